@@ -13,8 +13,9 @@
 #   profile          M4 build with -DSC_PROFILE run under `-icount shift=0`: prints
 #                    SC_PROFILE_LAYER <idx> <ticks> <calls> <name> and SC_PROFILE_TOTAL
 #                    <ticks>; one tick = SC_PROFILE_TICK_INSNS (40) instructions
+#   profile-m3       the same on the M3
 #   profile-calibrate  measures instructions per SysTick tick with a loop of known length
-#   board-clean      removes build/m4 build/m3 build/m4-profile (nothing else)
+#   board-clean      removes build/m4 build/m3 build/m4-profile build/m3-profile (nothing else)
 # Every flag is a variable: `make qemu ARM_OPT=-Os QEMU_TIMEOUT=60`.
 # The exit status of `make qemu` is make's own (2) when the program fails; make's error
 # line shows the program's status, and codegen.board.run() runs QEMU itself to get it.
@@ -87,6 +88,7 @@ SC_RUN_DEF := -DSC_RUN_FN=$(PREFIX)_run
 $(eval $(call sc_variant,m4,build/m4,$$(M4_MCPU),$$(M4_LDSCRIPT),$$(SC_RUN_DEF),,))
 $(eval $(call sc_variant,m3,build/m3,$$(M3_MCPU),$$(M3_LDSCRIPT),$$(SC_RUN_DEF),,))
 $(eval $(call sc_variant,m4-profile,build/m4-profile,$$(M4_MCPU),$$(M4_LDSCRIPT),-DSC_PROFILE $$(SC_RUN_DEF),$(SC_PROFILE_SRCS),-Wl$(comma)--wrap=$(PREFIX)_run))
+$(eval $(call sc_variant,m3-profile,build/m3-profile,$$(M3_MCPU),$$(M3_LDSCRIPT),-DSC_PROFILE $$(SC_RUN_DEF),$(SC_PROFILE_SRCS),-Wl$(comma)--wrap=$(PREFIX)_run))
 
 build/m4-profile/calibrate.elf: $(call sc_objs,build/m4-profile,$(SC_BOARD_SRCS) $(SC_PROFILE_SRCS) $(SC_BOARD_DIR)/calibrate.c) $(M4_LDSCRIPT)
 	$(ARM_CC) $(M4_MCPU) $(ARM_SPECS) -T$(M4_LDSCRIPT) -L$(SC_BOARD_DIR) $(ARM_LDFLAGS) \
@@ -95,7 +97,7 @@ build/m4-profile/calibrate.elf: $(call sc_objs,build/m4-profile,$(SC_BOARD_SRCS)
 SC_QEMU_M4 = $(SC_TIMEOUT) $(QEMU_TIMEOUT) $(QEMU) -M $(QEMU_M4_MACHINE) $(QEMU_FLAGS)
 SC_QEMU_M3 = $(SC_TIMEOUT) $(QEMU_TIMEOUT) $(QEMU) -M $(QEMU_M3_MACHINE) $(QEMU_FLAGS)
 
-.PHONY: cortex-m4 cortex-m3 qemu qemu-m3 size baseline profile profile-calibrate board-clean
+.PHONY: cortex-m4 cortex-m3 qemu qemu-m3 size baseline profile profile-m3 profile-calibrate board-clean
 
 cortex-m4: build/m4/$(PREFIX).elf
 cortex-m3: build/m3/$(PREFIX).elf
@@ -114,8 +116,11 @@ size: build/m4/$(PREFIX).elf build/m4/baseline.elf
 profile: build/m4-profile/$(PREFIX).elf
 	$(SC_QEMU_M4) $(QEMU_ICOUNT) -kernel $<
 
+profile-m3: build/m3-profile/$(PREFIX).elf
+	$(SC_QEMU_M3) $(QEMU_ICOUNT) -kernel $<
+
 profile-calibrate: build/m4-profile/calibrate.elf
 	$(SC_QEMU_M4) $(QEMU_ICOUNT) -kernel $<
 
 board-clean:
-	rm -rf build/m4 build/m3 build/m4-profile
+	rm -rf build/m4 build/m3 build/m4-profile build/m3-profile
