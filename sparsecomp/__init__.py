@@ -1,0 +1,50 @@
+"""sparsecomp: compress trained PyTorch models to an exact byte budget for microcontrollers.
+
+Example::
+
+    >>> from sparsecomp import compress_NN_models                     # doctest: +SKIP
+    >>> report = compress_NN_models(model, 100, train_loader, test_loader,
+    ...                             val_loader=val_loader)            # doctest: +SKIP
+    >>> print(report)                                                 # doctest: +SKIP
+
+The model is changed in place; ``codegen.save_compressed_model`` on it then emits at most
+100 KB (100,000 bytes) of const weight data, exactly as counted.
+"""
+
+from .allocation import UnreachableBudget, allocate
+from .budget import parse_size
+from .compress import BudgetError, CompressionError, compress_NN_models
+from .data import load_digits, load_mnist
+from .decompose import DecompositionError, cp_conv, decompose, svd_linear, tucker2_conv
+from .pruning import LevelPruner, MaskedPruner, ThresholdPruner, find_compressible_layers
+from .report import CompressionReport
+from .sensitivity import SensitivityResult, sensitivity_analysis
+from .vbmf import evbmf, evbmf_rank, tucker2_ranks
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "BudgetError",
+    "CompressionError",
+    "CompressionReport",
+    "DecompositionError",
+    "LevelPruner",
+    "MaskedPruner",
+    "SensitivityResult",
+    "ThresholdPruner",
+    "UnreachableBudget",
+    "allocate",
+    "compress_NN_models",
+    "cp_conv",
+    "decompose",
+    "evbmf",
+    "evbmf_rank",
+    "find_compressible_layers",
+    "load_digits",
+    "load_mnist",
+    "parse_size",
+    "sensitivity_analysis",
+    "svd_linear",
+    "tucker2_conv",
+    "tucker2_ranks",
+]

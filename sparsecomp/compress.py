@@ -1,0 +1,650 @@
+"""compress_NN_models: compress a trained model in place to an exact byte budget.
+
+Pipeline (every step logged; nothing written to disk unless asked):
+
+1. Measure the model with codegen (the same count the emitted C will have), the baseline
+   accuracy on validation and test data, and refuse budgets below the smallest reachable size.
+2. Optional layer separation: Tucker-2 (VBMF ranks) / CP for Conv2d, truncated SVD for Linear
+   (rank searched on validation accuracy).  Each factorization is fine-tuned and kept only if
+   validation accuracy stays within tolerance; rejections and failures are in the report.
+3. Per-layer sensitivity (each layer pruned alone) -> byte allocation by accuracy lost per
+   byte saved (:mod:`sparsecomp.allocation`).
+4. Rounds of sparsity-constrained retraining: masks tightened along an AGP cubic ramp, then
+   fine-tuning with fixed masks; masks persist (pruned weights stay zero), BN and biases train.
+   The best state on validation data among those within budget is kept in memory.
+5. Stop when the exact bytes fit and validation accuracy is within tolerance, or at
+   ``max_rounds`` / ``time_limit`` / a NaN loss, with the reason in the report.
+
+Example::
+
+    >>> report = compress_NN_models(model, 100, train_loader, test_loader,
+    ...                             val_loader=val_loader)            # doctest: +SKIP
+    >>> print(report)                                                 # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+import torch
+import torch.distributed as dist
+import torch.nn as nn
+from torch.utils.data import DataLoader, Subset
+from tqdm.auto import tqdm
+
+from .allocation import UnreachableBudget, allocate
+from .budget import ByteModel, current_nnz, exact_weight_bytes, parse_size
+from .decompose import (
+    DecompositionError,
+    cp_conv,
+    max_useful_linear_rank,
+    svd_linear,
+    tucker2_conv,
+)
+from .pruning import MaskedPruner, find_compressible_layers, magnitude_mask, replace_module
+from .report import CompressionReport, DecompositionRecord, LayerRow, RoundRecord
+from .schedule import agp_sparsity, pruning_steps
+from .sensitivity import DEFAULT_SPARSITIES, SensitivityResult, sensitivity_analysis
+from .training import Metric, all_reduce_sum, distributed, evaluate, make_optimizer, split_batch, top1
+from .vbmf import tucker2_ranks
+
+logger = logging.getLogger(__name__)
+
+
+class BudgetError(ValueError):
+    """The requested budget cannot be reached; the message states the smallest reachable size."""
+
+    def __init__(self, message: str, smallest_reachable_bytes: int):
+        super().__init__(message)
+        self.smallest_reachable_bytes = smallest_reachable_bytes
+
+
+class CompressionError(RuntimeError):
+    """Compression could not run (bad model, bad loaders, ...)."""
+
+
+# --------------------------------------------------------------------------------------
+# helpers
+# --------------------------------------------------------------------------------------
+def _state(model: nn.Module) -> dict[str, torch.Tensor]:
+    return {k: v.detach().clone() for k, v in model.state_dict().items()}
+
+
+def _check_model(model: nn.Module) -> None:
+    if not isinstance(model, nn.Module):
+        raise CompressionError(f"model must be a torch.nn.Module, got {type(model).__name__}")
+    if isinstance(model, torch.jit.ScriptModule):
+        raise CompressionError("model is a TorchScript module; pass the original nn.Module (it must be fx-traceable)")
+    if torch.is_inference_mode_enabled():
+        raise CompressionError("compress_NN_models was called inside torch.inference_mode(); call it outside")
+    params = list(model.parameters())
+    if not params:
+        raise CompressionError("model has no parameters: nothing to compress")
+    if any(p.is_inference() for p in params):
+        raise CompressionError(
+            "model parameters are inference tensors (created under torch.inference_mode()); "
+            "rebuild or load the model outside inference mode so it can be retrained"
+        )
+    if not any(p.requires_grad for p in params):
+        raise CompressionError(
+            "model is in an eval-only state: no parameter requires grad, so it cannot be retrained. "
+            "Call model.requires_grad_(True) first (compress_NN_models switches train/eval itself)"
+        )
+    if not find_compressible_layers(model):
+        raise CompressionError("model has no Conv1d/Conv2d/Linear layer to compress")
+
+
+def _first_batch(loader: Iterable, what: str):
+    try:
+        n = len(loader)  # type: ignore[arg-type]
+    except TypeError:
+        n = None
+    if n == 0:
+        raise CompressionError(f"{what} is empty (len == 0)")
+    for batch in loader:
+        return split_batch(batch)
+    raise CompressionError(f"{what} yielded no batches")
+
+
+def _carve_validation(train_loader, fraction: float, seed: int) -> tuple[DataLoader, DataLoader]:
+    """Deterministic, seeded split of the training data into (train, val) loaders."""
+    ds = getattr(train_loader, "dataset", None)
+    if ds is None or not hasattr(ds, "__len__"):
+        raise CompressionError("val_loader is None and train_loader has no sized .dataset to split; pass val_loader")
+    n = len(ds)
+    n_val = max(1, int(round(n * fraction)))
+    if n - n_val < 1:
+        raise CompressionError(f"training set has {n} samples: too few to carve a validation split")
+    perm = torch.randperm(n, generator=torch.Generator().manual_seed(seed)).tolist()
+    val_ds, tr_ds = Subset(ds, perm[:n_val]), Subset(ds, perm[n_val:])
+    bs = train_loader.batch_size or 32
+    kw = dict(num_workers=train_loader.num_workers, collate_fn=train_loader.collate_fn)
+    sampler = None
+    if distributed():
+        sampler = torch.utils.data.distributed.DistributedSampler(tr_ds, shuffle=True, seed=seed)
+    tr = DataLoader(
+        tr_ds, batch_size=bs, shuffle=sampler is None, sampler=sampler,
+        generator=torch.Generator().manual_seed(seed + 1), drop_last=train_loader.drop_last, **kw,
+    )
+    val = DataLoader(val_ds, batch_size=bs, shuffle=False, **kw)
+    logger.info("carved a seeded validation split: %d train / %d val samples (seed %d)", n - n_val, n_val, seed)
+    return tr, val
+
+
+class _Masks(MaskedPruner):
+    """The compressor's masks: magnitude masks tightened layer by layer."""
+
+    def tighten(self, model: nn.Module, layer: str, sparsity: float) -> None:
+        p = model.get_submodule(layer).weight
+        name = f"{layer}.weight"
+        old = self.masks.get(name)
+        if old is None:
+            old = p.detach() != 0
+        mask = magnitude_mask(p.detach() * old, sparsity, old)
+        if distributed():  # identical masks on every rank
+            m8 = mask.to(torch.uint8)
+            dist.broadcast(m8, src=0)
+            mask = m8.bool()
+        self.set_mask(name, p, mask)
+
+
+@dataclass
+class _Ctx:
+    model: nn.Module
+    train_loader: Iterable
+    val_loader: Iterable
+    criterion: nn.Module
+    device: torch.device
+    metric: Metric
+    optimizer: str
+    max_batches: int | None
+    progress: bool
+    deadline: float | None
+    example: torch.Tensor
+    representation: str
+
+
+class _Stop(Exception):
+    def __init__(self, reason: str):
+        super().__init__(reason)
+        self.reason = reason
+
+
+def _train(
+    ctx: _Ctx,
+    masks: _Masks,
+    epochs: int,
+    lr: float,
+    targets: dict[str, float] | None = None,
+    desc: str = "train",
+    select_best: bool = True,
+) -> tuple[float, dict[str, torch.Tensor] | None, int]:
+    """Train ``epochs`` epochs with masks applied; ramp sparsities to ``targets`` (AGP).
+
+    Returns (best val accuracy, best state (only states at the final masks), epochs run).
+    Raises :class:`_Stop` on NaN loss or time limit (the model is left as it was at the
+    last epoch end).
+    """
+    model = ctx.model
+    train_model: nn.Module = model
+    if distributed():
+        from torch.nn.parallel import DistributedDataParallel as DDP
+
+        ids = [ctx.device.index or 0] if ctx.device.type == "cuda" else None
+        train_model = DDP(model, device_ids=ids)
+    params = [p for p in model.parameters() if p.requires_grad]
+    opt = make_optimizer(params, ctx.optimizer, lr)
+    masks.rebind(model)
+    masks.attach(opt)
+    try:
+        n_batches = _num_batches(ctx.train_loader, ctx.max_batches)
+        ramp = {}
+        steps: list[int] = []
+        if targets:
+            start = {n: 1.0 - int((model.get_submodule(n).weight != 0).sum()) / model.get_submodule(n).weight.numel()
+                     for n in targets}
+            ramp = {n: (start[n], max(start[n], s)) for n, s in targets.items() if s > start[n] + 1e-12}
+            if ramp:
+                steps = pruning_steps(epochs * n_batches, ramp_fraction=0.6 if epochs > 1 else 0.5)
+        step_index = {it: k + 1 for k, it in enumerate(steps)}
+        best_acc, best_state = -math.inf, None
+        last_good = _state(model)
+        it = 0
+        bar = tqdm(total=epochs * n_batches, desc=desc, disable=not ctx.progress, leave=False)
+        for epoch in range(epochs):
+            sampler = getattr(ctx.train_loader, "sampler", None)
+            if hasattr(sampler, "set_epoch"):
+                sampler.set_epoch(epoch)
+            model.train()
+            for b, batch in enumerate(ctx.train_loader):
+                if ctx.max_batches is not None and b >= ctx.max_batches:
+                    break
+                if it in step_index:
+                    for n, (s0, s1) in ramp.items():
+                        masks.tighten(model, n, agp_sparsity(s0, s1, step_index[it], len(steps)))
+                    masks.apply()
+                x, y = split_batch(batch)
+                x, y = x.to(ctx.device), y.to(ctx.device)
+                opt.zero_grad(set_to_none=True)
+                loss = ctx.criterion(train_model(x), y)
+                bad = not bool(torch.isfinite(loss.detach()))
+                late = ctx.deadline is not None and time.monotonic() > ctx.deadline
+                if distributed():
+                    bad_all, late_all = all_reduce_sum([float(bad), float(late)], ctx.device)
+                    bad, late = bad_all > 0, late_all > 0
+                if bad:
+                    model.load_state_dict(last_good)
+                    masks.apply()
+                    raise _Stop(f"NaN/Inf loss in {desc}, epoch {epoch + 1}, batch {b + 1}")
+                if late:
+                    raise _Stop(f"time limit reached during {desc}")
+                loss.backward()
+                opt.step()
+                it += 1
+                bar.update(1)
+                bar.set_postfix(loss=f"{loss.item():.4f}")
+            at_final = not steps or it > steps[-1]
+            last_good = _state(model)
+            if select_best and at_final:
+                acc = evaluate(model, ctx.val_loader, ctx.device, ctx.metric)
+                logger.info("%s epoch %d/%d: val accuracy %.4f", desc, epoch + 1, epochs, acc)
+                if acc > best_acc:
+                    best_acc, best_state = acc, last_good
+        bar.close()
+        if ramp:  # make sure the final sparsity is reached even with very few batches
+            for n, (_, s1) in ramp.items():
+                masks.tighten(model, n, s1)
+            masks.apply()
+            if best_state is None and select_best:
+                best_acc = evaluate(model, ctx.val_loader, ctx.device, ctx.metric)
+                best_state = _state(model)
+        return best_acc, best_state, epochs
+    finally:
+        masks.detach()
+
+
+def _num_batches(loader: Iterable, cap: int | None) -> int:
+    try:
+        n = len(loader)  # type: ignore[arg-type]
+    except TypeError:
+        n = sum(1 for _ in loader)
+    return max(1, min(n, cap) if cap is not None else n)
+
+
+# --------------------------------------------------------------------------------------
+# decomposition
+# --------------------------------------------------------------------------------------
+def _factorize_layers(
+    ctx: _Ctx, masks: _Masks, base_val: float, tol: float, lr: float, epochs: int, conv_method: str,
+    min_params: int,
+) -> list[DecompositionRecord]:
+    model = ctx.model
+    records: list[DecompositionRecord] = []
+    layers = sorted(find_compressible_layers(model).items(), key=lambda kv: -kv[1].weight.numel())
+    for name, mod in layers:
+        if mod.weight.numel() < min_params:
+            continue
+        if isinstance(mod, nn.Linear):
+            method = "svd"
+        elif isinstance(mod, nn.Conv2d) and mod.groups == 1 and mod.weight.shape[2:].numel() > 1:
+            method = conv_method
+        else:
+            continue
+        bytes_before = mod.weight.numel() * 4
+        saved_state = _state(model)
+        try:
+            if method == "svd":
+                out_f, in_f = mod.weight.shape
+                r_max = max_useful_linear_rank(out_f, in_f)
+                if r_max < 1:
+                    continue
+                rank = _search_linear_rank(ctx, name, mod, r_max, base_val - 2 * tol)
+                if rank is None:
+                    records.append(DecompositionRecord(name, method, [], False,
+                                                       f"no rank <= {r_max} keeps val accuracy near baseline",
+                                                       bytes_before, bytes_before))
+                    continue
+                new = svd_linear(mod, rank)
+                ranks = [rank]
+            else:
+                r_out, r_in = tucker2_ranks(mod.weight.detach().cpu().numpy())
+                if method == "cp":
+                    ranks = [max(r_out, r_in)]
+                    new = cp_conv(mod, ranks[0])
+                else:
+                    ranks = [r_out, r_in]
+                    new = tucker2_conv(mod, (r_out, r_in))
+        except (DecompositionError, ValueError) as exc:
+            logger.warning("decomposition of %s (%s) failed: %s", name, method, exc)
+            records.append(DecompositionRecord(name, method, [], False, f"failed: {exc}", bytes_before, bytes_before))
+            continue
+        bytes_after = sum(p.numel() for n_, p in new.named_parameters() if n_.endswith("weight")) * 4
+        if bytes_after >= 0.8 * bytes_before:
+            records.append(DecompositionRecord(name, method, ranks, False,
+                                               f"ranks {ranks} save too little ({bytes_after} vs {bytes_before} B)",
+                                               bytes_before, bytes_after))
+            continue
+        replace_module(model, name, new)
+        try:
+            acc, state, _ = _train(ctx, masks, epochs, lr, desc=f"fine-tune {name} ({method})")
+        except _Stop as stop:
+            replace_module(model, name, mod)
+            model.load_state_dict(saved_state)
+            records.append(DecompositionRecord(name, method, ranks, False, f"fine-tuning stopped: {stop.reason}",
+                                               bytes_before, bytes_after))
+            if "time limit" in stop.reason:
+                break
+            continue
+        if state is not None and acc >= base_val - tol:
+            model.load_state_dict(state)
+            records.append(DecompositionRecord(name, method, ranks, True,
+                                               f"val accuracy {acc:.4f} within {tol} of {base_val:.4f}",
+                                               bytes_before, bytes_after, acc))
+            logger.info("decomposed %s with %s ranks %s: %d -> %d weight bytes, val %.4f",
+                        name, method, ranks, bytes_before, bytes_after, acc)
+        else:
+            replace_module(model, name, mod)
+            model.load_state_dict(saved_state)
+            records.append(DecompositionRecord(name, method, ranks, False,
+                                               f"val accuracy {acc:.4f} below {base_val - tol:.4f} after fine-tuning",
+                                               bytes_before, bytes_after, acc))
+            logger.info("rejected %s decomposition of %s: val %.4f < %.4f", method, name, acc, base_val - tol)
+    return records
+
+
+@torch.no_grad()
+def _search_linear_rank(ctx: _Ctx, name: str, mod: nn.Linear, r_max: int, threshold: float) -> int | None:
+    """Smallest rank in [1, r_max] whose factorization (before fine-tuning) keeps val accuracy
+    >= threshold (binary search, accuracy assumed monotone in rank)."""
+    model = ctx.model
+
+    def acc_at(r: int) -> float:
+        replace_module(model, name, svd_linear(mod, r))
+        try:
+            return evaluate(model, ctx.val_loader, ctx.device, ctx.metric)
+        finally:
+            replace_module(model, name, mod)
+
+    if acc_at(r_max) < threshold:
+        return None
+    lo, hi = 1, r_max
+    while lo < hi:
+        mid = (lo + hi) // 2
+        if acc_at(mid) >= threshold:
+            hi = mid
+        else:
+            lo = mid + 1
+    return lo
+
+
+# --------------------------------------------------------------------------------------
+# main entry point
+# --------------------------------------------------------------------------------------
+def compress_NN_models(  # noqa: N802 - public name fixed by the issue
+    model: nn.Module,
+    target_size: int | float | str,
+    train_loader: Iterable,
+    test_loader: Iterable,
+    val_loader: Iterable | None = None,
+    *,
+    num_epochs: int = 3,
+    learning_rate: float = 1e-3,
+    criterion: nn.Module | None = None,
+    device: str | torch.device = "cpu",
+    representation: str = "csr",
+    accuracy_tolerance: float = 0.01,
+    layers_factorization: bool = True,
+    max_rounds: int = 4,
+    seed: int = 0,
+    progress: bool = True,
+    optimizer: str = "adam",
+    conv_decomposition: str = "tucker2",
+    factorization_min_params: int = 4096,
+    sensitivity: SensitivityResult | None = None,
+    sensitivity_sparsities: Iterable[float] = DEFAULT_SPARSITIES,
+    sensitivity_batches: int | None = 8,
+    val_fraction: float = 0.1,
+    max_batches_per_epoch: int | None = None,
+    time_limit: float | None = None,
+    example_input: torch.Tensor | None = None,
+    metric: Metric = top1,
+) -> CompressionReport:
+    """Compress ``model`` in place so codegen emits at most ``target_size`` of weight data.
+
+    ``target_size`` is in KB (1 KB = 1000 bytes) of ``MODEL_WEIGHT_BYTES`` for
+    ``representation``, or a string like ``"100KB"``, ``"96KiB"``, ``"4096B"``.
+    ``accuracy_tolerance`` is a fraction (0.01 = one accuracy point) of allowed validation
+    accuracy loss.  Model selection uses validation data only: when ``val_loader`` is None a
+    seeded ``val_fraction`` split is carved from ``train_loader.dataset``; ``test_loader`` is
+    only reported.  Under ``torch.distributed`` the model is trained with
+    DistributedDataParallel and every decision is taken identically on all ranks.
+
+    Raises :class:`BudgetError` when the budget is below the smallest reachable size and
+    :class:`CompressionError` on unusable models or loaders.
+
+    Example::
+
+        >>> report = compress_NN_models(model, "16KB", train_loader, test_loader,
+        ...                             num_epochs=2, accuracy_tolerance=0.02)  # doctest: +SKIP
+        >>> report.final_bytes <= 16000                                           # doctest: +SKIP
+        True
+    """
+    t0 = time.monotonic()
+    budget = parse_size(target_size)
+    if representation not in ("csr", "dense"):
+        raise ValueError(f"representation must be 'csr' or 'dense', got {representation!r}")
+    if num_epochs < 1 or max_rounds < 1:
+        raise ValueError("num_epochs and max_rounds must be >= 1")
+    if not 0 <= accuracy_tolerance < 1:
+        raise ValueError(f"accuracy_tolerance is a fraction in [0, 1), got {accuracy_tolerance}")
+    if conv_decomposition not in ("tucker2", "cp"):
+        raise ValueError(f"conv_decomposition must be 'tucker2' or 'cp', got {conv_decomposition!r}")
+    _check_model(model)
+    device = torch.device(device)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise CompressionError("device='cuda' requested but CUDA is not available")
+
+    x0, _ = _first_batch(train_loader, "train_loader")
+    _first_batch(test_loader, "test_loader")
+    if val_loader is None:
+        train_loader, val_loader = _carve_validation(train_loader, val_fraction, seed)
+    else:
+        _first_batch(val_loader, "val_loader")
+    example = (example_input if example_input is not None else x0[:1]).to(device)
+
+    was_training = model.training
+    model.to(device)
+    criterion = criterion if criterion is not None else nn.CrossEntropyLoss()
+    fork_devices = [device.index or 0] if device.type == "cuda" else []
+    with torch.random.fork_rng(devices=fork_devices), torch.enable_grad():
+        torch.manual_seed(seed)
+        ctx = _Ctx(model, train_loader, val_loader, criterion, device, metric, optimizer,
+                   max_batches_per_epoch, progress and _is_rank0(),
+                   None if time_limit is None else t0 + time_limit, example, representation)
+        report = _run(ctx, budget, num_epochs, learning_rate, accuracy_tolerance, layers_factorization, max_rounds,
+                      conv_decomposition, factorization_min_params, sensitivity, list(sensitivity_sparsities),
+                      sensitivity_batches, test_loader, t0)
+    model.train(was_training)
+    return report
+
+
+def _is_rank0() -> bool:
+    return not distributed() or dist.get_rank() == 0
+
+
+def _run(ctx: _Ctx, budget, num_epochs, lr, tol, factorize, max_rounds, conv_method, min_params,
+         sensitivity, sens_sparsities, sens_batches, test_loader, t0) -> CompressionReport:
+    model = ctx.model
+    bm = ByteModel(model, ctx.example, ctx.representation)
+    initial_bytes = bm.exact_total
+    floor = bm.floor()
+    logger.info("initial weight bytes %d, budget %d, smallest reachable by pruning %d", initial_bytes, budget, floor)
+    if budget < floor:
+        raise BudgetError(
+            f"budget of {budget} bytes is below the smallest reachable size of {floor} bytes "
+            f"({floor / 1000:.3f} KB, {ctx.representation}): {bm.fixed} bytes are not prunable "
+            f"(biases, folded BatchNorm, other layers) and every compressible layer keeps at least one "
+            f"weight per output row. Use a target_size of at least {math.ceil(floor / 10) / 100} KB.",
+            floor,
+        )
+    val_before = evaluate(model, ctx.val_loader, ctx.device, ctx.metric)
+    test_before = evaluate(model, test_loader, ctx.device, ctx.metric)
+    logger.info("baseline accuracy: val %.4f, test %.4f", val_before, test_before)
+    report = CompressionReport(
+        target_bytes=budget, initial_bytes=initial_bytes, final_bytes=initial_bytes,
+        representation=ctx.representation, success=False, stopped_reason="",
+        val_accuracy_before=val_before, test_accuracy_before=test_before, accuracy_tolerance=tol,
+        smallest_reachable_bytes=floor,
+    )
+    masks = _Masks()
+
+    if initial_bytes <= budget:
+        report.success = True
+        report.stopped_reason = "model already within budget; nothing to do"
+        return _finish(report, ctx, test_loader, t0)
+
+    try:
+        if factorize:
+            report.decompositions = _factorize_layers(ctx, masks, val_before, tol, lr, 1, conv_method, min_params)
+            bm = ByteModel(model, ctx.example, ctx.representation)
+            logger.info("after layer separation: %d bytes", bm.exact_total)
+            if bm.exact_total <= budget:
+                report.success = True
+                report.stopped_reason = "within budget after layer separation"
+                return _finish(report, ctx, test_loader, t0)
+
+        names = list(bm.layers)
+        if sensitivity is None or any(n not in sensitivity.curves for n in names):
+            missing = [n for n in names if sensitivity is None or n not in sensitivity.curves]
+            computed = sensitivity_analysis(model, ctx.val_loader, sens_sparsities, layers=missing, device=ctx.device,
+                                            metric=ctx.metric, max_batches=sens_batches, progress=ctx.progress)
+            if sensitivity is None:
+                sensitivity = computed
+            else:
+                sensitivity = SensitivityResult(sensitivity.baseline, sensitivity.sparsities,
+                                                {**sensitivity.curves, **computed.curves})
+    except _Stop as stop:
+        report.stopped_reason = stop.reason
+        report.warnings.append("stopped before pruning; model is over budget")
+        return _finish(report, ctx, test_loader, t0)
+
+    numel = {n: g.numel for n, g in bm.layers.items()}
+    min_nnz = {n: min(g.numel, g.rows) for n, g in bm.layers.items()}
+
+    def drop(name: str, s: float) -> float:
+        return sensitivity.accuracy_drop(name, s)
+
+    alloc_budget = budget
+    best: tuple[float, dict, int] | None = None  # (val acc, state, exact bytes) within budget
+    round_lr = lr
+    stop_reason = f"max_rounds={max_rounds} reached"
+    for rnd in range(1, max_rounds + 1):
+        rt = time.monotonic()
+        nnz_now = current_nnz(model)
+        try:
+            targets_nnz = allocate(numel, nnz_now, min_nnz, bm.layer_bytes, drop, bm.fixed, alloc_budget)
+        except UnreachableBudget as exc:
+            stop_reason = f"round {rnd}: {exc}"
+            break
+        estimate = bm.estimate(targets_nnz)
+        targets = {n: 1.0 - targets_nnz[n] / numel[n] for n in names}
+        logger.info("round %d: allocation for %d bytes (estimate %d): %s", rnd, alloc_budget, estimate,
+                    ", ".join(f"{n}={100 * (1 - s):.1f}%" for n, s in targets.items()))
+        try:
+            acc, state, ep = _train(ctx, masks, num_epochs, round_lr, targets, desc=f"round {rnd}")
+        except _Stop as stop:
+            stop_reason = stop.reason
+            report.rounds.append(RoundRecord(rnd, alloc_budget, estimate, -1, float("nan"), 0,
+                                             time.monotonic() - rt, stop.reason))
+            break
+        if state is not None:
+            model.load_state_dict(state)
+            masks.apply()
+        exact = int(exact_weight_bytes(model, ctx.example, ctx.representation).total)
+        note = ""
+        if exact <= budget and (best is None or acc > best[0]):
+            best = (acc, state if state is not None else _state(model), exact)
+        if exact > budget:
+            # the estimate disagreed with codegen (e.g. BN folding made zeros): tighten and go again
+            alloc_budget = max(floor, alloc_budget - (exact - budget) - max(16, budget // 200))
+            note = f"over budget by {exact - budget} B; re-allocating for {alloc_budget} B"
+        elif acc < report.val_accuracy_before - tol:
+            round_lr = round_lr * 0.5
+            note = f"val accuracy {acc:.4f} below {val_before - tol:.4f}; fine-tuning again (lr {round_lr:g})"
+        logger.info("round %d: exact %d bytes, val %.4f %s", rnd, exact, acc, note)
+        report.rounds.append(RoundRecord(rnd, alloc_budget, estimate, exact, acc, ep, time.monotonic() - rt, note))
+        if exact <= budget and acc >= val_before - tol:
+            report.success = True
+            stop_reason = "budget and accuracy criterion met"
+            break
+    else:
+        if best is not None and best[0] < val_before - tol:
+            stop_reason = (f"max_rounds={max_rounds} reached: within budget but val accuracy {best[0]:.4f} "
+                           f"is below baseline {val_before:.4f} - tolerance {tol}")
+
+    if best is not None:
+        model.load_state_dict(best[1])
+        masks.apply()
+    exact = int(exact_weight_bytes(model, ctx.example, ctx.representation).total)
+    if exact > budget:
+        exact = _force_into_budget(ctx, bm, masks, budget, numel, min_nnz, drop, floor)
+        report.warnings.append("no retrained state fit the budget; weights were pruned to fit without fine-tuning")
+    report.stopped_reason = stop_reason
+    return _finish(report, ctx, test_loader, t0)
+
+
+def _force_into_budget(ctx: _Ctx, bm: ByteModel, masks: _Masks, budget, numel, min_nnz, drop, floor) -> int:
+    model = ctx.model
+    target = budget
+    for _ in range(20):
+        nnz = allocate(numel, current_nnz(model), min_nnz, bm.layer_bytes, drop, bm.fixed, max(target, floor))
+        for n, k in nnz.items():
+            masks.tighten(model, n, 1.0 - k / numel[n])
+        masks.apply()
+        exact = int(exact_weight_bytes(model, ctx.example, ctx.representation).total)
+        if exact <= budget:
+            return exact
+        target -= exact - budget + 16
+    raise CompressionError(f"could not bring the model under {budget} bytes (codegen counts {exact})")
+
+
+def _finish(report: CompressionReport, ctx: _Ctx, test_loader, t0: float) -> CompressionReport:
+    model = ctx.model
+    final = exact_weight_bytes(model, ctx.example, ctx.representation)
+    report.final_bytes = int(final.total)
+    report.val_accuracy_after = evaluate(model, ctx.val_loader, ctx.device, ctx.metric)
+    report.test_accuracy_after = evaluate(model, test_loader, ctx.device, ctx.metric)
+    report.layers = _layer_rows(model, final, ctx.representation)
+    report.wall_time_s = time.monotonic() - t0
+    if report.final_bytes > report.target_bytes:
+        report.success = False
+    logger.info("compression finished: %d bytes (budget %d), val %.4f, test %.4f: %s", report.final_bytes,
+                report.target_bytes, report.val_accuracy_after, report.test_accuracy_after, report.stopped_reason)
+    return report
+
+
+def _layer_rows(model: nn.Module, byte_report, representation: str) -> list[LayerRow]:
+    from .budget import encoded_nbytes
+    from .pruning import weight_matrix_shape
+
+    comp = find_compressible_layers(model)
+    per_layer = {k: int(v) for k, v in dict(getattr(byte_report, "layers", {})).items()}
+    rows: list[LayerRow] = []
+    for name in list(per_layer) + [n for n in comp if n not in per_layer]:
+        mod = model.get_submodule(name) if name else model
+        if name in comp:
+            r, c = weight_matrix_shape(mod)
+            nnz = int((mod.weight != 0).sum())
+            dense = encoded_nbytes(r, c, nnz, "dense")
+            fmt = representation if encoded_nbytes(r, c, nnz, representation) < dense else "dense"
+            rows.append(LayerRow(name, type(mod).__name__, list(mod.weight.shape), nnz / (r * c), fmt,
+                                 per_layer.get(name, 0)))
+        else:
+            shape = list(getattr(mod, "weight", torch.empty(0)).shape) if hasattr(mod, "weight") else []
+            rows.append(LayerRow(name, type(mod).__name__, shape, None, "dense", per_layer.get(name, 0)))
+    return rows
+

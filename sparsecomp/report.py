@@ -1,0 +1,137 @@
+"""The report returned by :func:`sparsecomp.compress_NN_models`.
+
+Example::
+
+    >>> r = CompressionReport(target_bytes=1000, initial_bytes=4000, final_bytes=900,
+    ...                       representation="csr", success=True, stopped_reason="budget and accuracy met")
+    >>> r.to_dict()["final_bytes"]
+    900
+    >>> "900" in str(r)
+    True
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field
+
+
+@dataclass
+class LayerRow:
+    """One row of the per-layer table (``bytes`` are codegen's, weights + bias of the layer)."""
+
+    name: str
+    op: str
+    shape: list[int]
+    density: float | None
+    format: str
+    bytes: int
+
+
+@dataclass
+class DecompositionRecord:
+    """What happened when a layer was factorized."""
+
+    layer: str
+    method: str
+    ranks: list[int]
+    accepted: bool
+    reason: str
+    bytes_before: int = 0
+    bytes_after: int = 0
+    val_accuracy: float | None = None
+
+
+@dataclass
+class RoundRecord:
+    """One compression round."""
+
+    round: int
+    budget_for_allocation: int
+    estimated_bytes: int
+    exact_bytes: int
+    val_accuracy: float
+    epochs: int
+    seconds: float
+    note: str = ""
+
+
+@dataclass
+class CompressionReport:
+    """Outcome of a compression run.  ``str(report)`` is a readable table; ``to_dict()`` is JSON-able."""
+
+    target_bytes: int
+    initial_bytes: int
+    final_bytes: int
+    representation: str
+    success: bool
+    stopped_reason: str
+    val_accuracy_before: float | None = None
+    val_accuracy_after: float | None = None
+    test_accuracy_before: float | None = None
+    test_accuracy_after: float | None = None
+    accuracy_tolerance: float | None = None
+    smallest_reachable_bytes: int | None = None
+    layers: list[LayerRow] = field(default_factory=list)
+    decompositions: list[DecompositionRecord] = field(default_factory=list)
+    rounds: list[RoundRecord] = field(default_factory=list)
+    wall_time_s: float = 0.0
+    warnings: list[str] = field(default_factory=list)
+
+    @property
+    def within_budget(self) -> bool:
+        return self.final_bytes <= self.target_bytes
+
+    @property
+    def compression_ratio(self) -> float:
+        return self.initial_bytes / self.final_bytes if self.final_bytes else float("inf")
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        d["within_budget"] = self.within_budget
+        d["compression_ratio"] = self.compression_ratio
+        return d
+
+    def to_json(self, **kw) -> str:
+        return json.dumps(self.to_dict(), **kw)
+
+    def __str__(self) -> str:
+        def pct(x: float | None) -> str:
+            return "   n/a" if x is None else f"{100 * x:6.2f}%"
+
+        lines = [
+            "sparsecomp compression report",
+            f"  budget        {self.target_bytes:>10,d} bytes ({self.target_bytes / 1000:.3f} KB, {self.representation})",
+            f"  before        {self.initial_bytes:>10,d} bytes",
+            f"  after         {self.final_bytes:>10,d} bytes  ({'within' if self.within_budget else 'OVER'} budget, "
+            f"x{self.compression_ratio:.2f})",
+            f"  accuracy val  {pct(self.val_accuracy_before)} -> {pct(self.val_accuracy_after)}",
+            f"  accuracy test {pct(self.test_accuracy_before)} -> {pct(self.test_accuracy_after)}",
+            f"  result        {'OK' if self.success else 'NOT MET'}: {self.stopped_reason}",
+            f"  wall time     {self.wall_time_s:.1f} s",
+            "",
+        ]
+        if self.layers:
+            w = max(12, *(len(r.name) for r in self.layers))
+            lines.append(f"  {'layer':<{w}}  {'op':<12} {'shape':<18} {'format':<7} {'density':>8} {'bytes':>9}")
+            for r in self.layers:
+                dens = "" if r.density is None else f"{100 * r.density:7.2f}%"
+                shape = "x".join(str(s) for s in r.shape)
+                lines.append(f"  {r.name:<{w}}  {r.op:<12} {shape:<18} {r.format:<7} {dens:>8} {r.bytes:>9,d}")
+            lines.append("")
+        if self.decompositions:
+            lines.append("  decompositions:")
+            for d in self.decompositions:
+                state = "kept" if d.accepted else "rejected"
+                lines.append(f"    {d.layer}: {d.method} ranks={d.ranks} {state} ({d.reason})")
+            lines.append("")
+        if self.rounds:
+            lines.append("  rounds:  #  alloc-budget  estimate     exact  val-acc  epochs   time  note")
+            for r in self.rounds:
+                lines.append(
+                    f"          {r.round:2d} {r.budget_for_allocation:>12,d} {r.estimated_bytes:>9,d} "
+                    f"{r.exact_bytes:>9,d}  {pct(r.val_accuracy)} {r.epochs:>6d} {r.seconds:5.1f}s  {r.note}"
+                )
+        for w_ in self.warnings:
+            lines.append(f"  warning: {w_}")
+        return "\n".join(lines)
