@@ -169,10 +169,12 @@ def _prefix(d: Path) -> str:
 
 
 def _header_defines(d: Path, prefix: str) -> dict[str, int]:
-    """Integer #defines of <prefix>.h with the prefix removed: INPUT_SIZE, ARENA_BYTES, ..."""
-    header = d / f"{prefix}.h"
+    """Integer #defines of model.h (<PREFIX>_*), prefix removed: INPUT_SIZE, ARENA_BYTES, ..."""
+    header = d / "model.h"
     if not header.is_file():
-        raise BoardError(f"{header} not found (the model's public header)")
+        header = d / f"{prefix}.h"
+    if not header.is_file():
+        raise BoardError(f"{d / 'model.h'} not found (the model's public header)")
     out: dict[str, int] = {}
     pattern = re.compile(rf"#define\s+{re.escape(prefix.upper())}_(\w+)\s+\(?\s*(\d+)[uUlL]*\s*\)?")
     for m in pattern.finditer(header.read_text()):
@@ -578,7 +580,7 @@ def measure(
     if arena_bytes is None:
         arena_bytes = _find_number(report, ("arena_bytes", "arena"))
     if weight_bytes is None or arena_bytes is None:
-        raise BoardError(f"{prefix}.h defines no {prefix.upper()}_WEIGHT_BYTES / _ARENA_BYTES")
+        raise BoardError(f"model.h defines no {prefix.upper()}_WEIGHT_BYTES / _ARENA_BYTES")
 
     symbols = symbol_sizes(elf)
     weight_bytes_nm = sum(symbols.get(name, 0) for name in set(weight_symbols(d)))

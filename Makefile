@@ -1,0 +1,30 @@
+# sparsecomp developer Makefile: `make demo` and `make test` are all a newcomer needs.
+PYTHON ?= python3
+VENV   ?= .venv
+PY     := $(VENV)/bin/python
+STAMP  := $(VENV)/.installed
+
+.PHONY: venv demo test test-fast lint clean bench bench-quick
+
+venv: $(STAMP)
+
+$(STAMP): pyproject.toml constraints.txt
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip -c constraints.txt 2>/dev/null || true
+	$(PY) -m pip install -q -c constraints.txt -e '.[test,examples]'
+	touch $(STAMP)
+
+demo: $(STAMP)
+	$(PY) examples/demo_digits.py
+
+test: $(STAMP)
+	$(PY) -m pytest -n 2 -q tests
+
+test-fast: $(STAMP)
+	$(PY) -m pytest -n 2 -q -m "not slow and not board" tests
+
+lint: $(STAMP)
+	$(PY) -m ruff check sparsecomp codegen tests examples
+
+clean:
+	rm -rf build dist *.egg-info .pytest_cache

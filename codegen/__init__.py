@@ -1,0 +1,43 @@
+"""codegen: PyTorch model -> typed IR -> exact-size encodings -> static memory plan -> plain C99.
+
+Example:
+    >>> import torch
+    >>> from codegen import save_compressed_model, weight_bytes
+    >>> net = torch.nn.Sequential(torch.nn.Linear(4, 3), torch.nn.ReLU())
+    >>> weight_bytes(net, torch.zeros(1, 4)).total   # 12 weights + 3 biases, float32
+    60
+"""
+
+from codegen.api import (
+    ByteReport,
+    EmitResult,
+    VerifyResult,
+    build_graph,
+    save_compressed_model,
+    verify,
+    weight_bytes,
+)
+from codegen.errors import (
+    CodegenError,
+    UnsupportedConfigError,
+    UnsupportedOpError,
+    UntraceableModelError,
+)
+from codegen.lower import register_lowering
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "ByteReport",
+    "CodegenError",
+    "EmitResult",
+    "UnsupportedConfigError",
+    "UnsupportedOpError",
+    "UntraceableModelError",
+    "VerifyResult",
+    "build_graph",
+    "register_lowering",
+    "save_compressed_model",
+    "verify",
+    "weight_bytes",
+]

@@ -1,0 +1,350 @@
+"""Public API of the code generator: sizes, emission and verification against PyTorch."""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+import shutil
+import subprocess
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from codegen import emit, formats, ir
+from codegen.errors import CodegenError
+from codegen.lower import lower
+from codegen.memory import GraphMemory, plan_graph
+from codegen.trace import example_from, prepare_model, trace
+
+log = logging.getLogger(__name__)
+
+VERSION = "0.1.0"
+_ROLE_SUFFIX = {"weight": "w", "bias": "b", "scale": "scale", "shift": "shift"}
+RTOL = 1e-4  # self-test tolerance relative to the largest |output|
+ATOL = 1e-6
+
+
+def default_tolerance(expected: np.ndarray) -> float:
+    """The self-test tolerance on the max abs error: 1e-4 x the largest |output| + 1e-6.
+
+    float32 sums in a different order (BLAS vs the C loops) and BatchNorm folding differ from
+    PyTorch by a few ulps of the accumulated values; a wrong index or shape gives errors of the
+    order of the outputs themselves.
+    """
+    scale = float(np.max(np.abs(expected))) if expected.size else 0.0
+    return RTOL * scale + ATOL
+
+
+def _check_prefix(prefix: str) -> None:
+    if not re.fullmatch(r"[A-Za-z][A-Za-z0-9_]*", prefix or "") or prefix.startswith("sc_"):
+        raise CodegenError(
+            f"prefix {prefix!r} is not usable as a C identifier prefix: use letters, digits and '_', "
+            "starting with a letter (and not 'sc_', reserved for the runtime), e.g. prefix='kws'"
+        )
+
+
+def encode_graph(g: ir.Graph, representation: str, prefix: str) -> None:
+    """Chooses and builds the storage of every constant tensor (op.encoded)."""
+    formats.check_representation(representation)
+    for op in g.ops:
+        op.encoded = {}
+        for role, arr in op.params.items():
+            base = f"{prefix}_{op.name}_{_ROLE_SUFFIX.get(role, role)}"
+            if role in op.encodable:
+                op.encoded[role] = formats.encode_tensor(arr, base, representation)
+            else:
+                op.encoded[role] = formats.ENCODINGS["dense"].encode(arr.reshape(-1, 1), base)
+
+
+def build_graph(
+    model: torch.nn.Module,
+    example_input: torch.Tensor | tuple[int, ...],
+    representation: str = "csr",
+    prefix: str = "model",
+    leaf_modules: tuple[type, ...] = (),
+    concrete_args: dict | None = None,
+) -> tuple[ir.Graph, GraphMemory]:
+    """Traces, lowers, encodes and plans a model: everything but rendering. The model is not modified."""
+    _check_prefix(prefix)
+    formats.check_representation(representation)
+    m = prepare_model(model)
+    x = example_from(example_input)
+    gm = trace(m, x, leaf_modules, concrete_args)
+    g = lower(gm)
+    encode_graph(g, representation, prefix)
+    return g, plan_graph(g)
+
+
+@dataclass
+class ArrayInfo:
+    name: str
+    layer: str  # torch module path (or fx node name)
+    role: str
+    ctype: str
+    count: int
+    nbytes: int
+
+
+@dataclass
+class ByteReport:
+    """Exact bytes of every const array the emitted C holds; ``total`` is MODEL_WEIGHT_BYTES."""
+
+    total: int
+    layers: dict[str, int]
+    arrays: list[ArrayInfo] = field(default_factory=list)
+
+
+def _byte_report(g: ir.Graph) -> ByteReport:
+    arrays = [
+        ArrayInfo(a.name, op.source, role, a.ctype, a.count, a.nbytes)
+        for op in g.ops
+        for role, e in op.encoded.items()
+        for a in e.arrays.values()
+        if a.count
+    ]
+    layers: dict[str, int] = {}
+    for a in arrays:
+        layers[a.layer] = layers.get(a.layer, 0) + a.nbytes
+    return ByteReport(sum(a.nbytes for a in arrays), layers, arrays)
+
+
+def weight_bytes(
+    model: torch.nn.Module,
+    example_input: torch.Tensor | tuple[int, ...],
+    representation: str = "csr",
+    leaf_modules: tuple[type, ...] = (),
+) -> ByteReport:
+    """Exact bytes of const weight data ``save_compressed_model`` would emit (MODEL_WEIGHT_BYTES).
+
+    The compressor budgets with this function, so the budget and the C agree by construction.
+
+    >>> net = torch.nn.Sequential(torch.nn.Linear(4, 3))
+    >>> r = weight_bytes(net, (1, 4)); (r.total, r.layers)
+    (60, {'0': 60})
+    """
+    g, _ = build_graph(model, example_input, representation, leaf_modules=leaf_modules)
+    return _byte_report(g)
+
+
+def _report(g: ir.Graph, mem: GraphMemory, prefix: str, representation: str, model_name: str) -> dict:
+    layers = []
+    for i, op in enumerate(g.ops):
+        w = op.encoded.get("weight")
+        layer_bytes = sum(e.nbytes for e in op.encoded.values())
+        params = sum(int(np.size(a)) for a in op.params.values())
+        nnz = sum(e.nnz for e in op.encoded.values())
+        layers.append(
+            {
+                "index": i,
+                "name": op.name,
+                "source": op.source,
+                "op": op.describe(),
+                "torch": op.torch_op,
+                "activation": getattr(op, "act", ir.NO_ACT).kind,
+                "format": w.encoding if w else ("dense" if op.encoded else "-"),
+                "kernel": w.kernel if w else None,
+                "density": round(w.density, 6) if w else None,
+                "weight_shape": [w.rows, w.cols] if w else None,
+                "nnz": nnz,
+                "params": params,
+                "bytes": layer_bytes,
+                "macs": op.macs(),
+                "output_shape": list(g.values[op.output].shape),
+                "arrays": [
+                    {"name": a.name, "role": role, "ctype": a.ctype, "count": a.count, "bytes": a.nbytes}
+                    for role, e in op.encoded.items()
+                    for a in e.arrays.values()
+                    if a.count
+                ],
+            }
+        )
+    total = sum(ly["bytes"] for ly in layers)
+    return {
+        "generator": f"{emit.GENERATOR_KEY} {VERSION}",
+        "model": model_name,
+        "prefix": prefix,
+        "representation": representation,
+        "input_shape": list(g.input_value.shape),
+        "output_shape": list(g.output_value.shape),
+        "layers": layers,
+        "totals": {
+            "weight_bytes": total,
+            "dense_float32_bytes": sum(ly["params"] for ly in layers) * 4,
+            "params": sum(ly["params"] for ly in layers),
+            "nnz": sum(ly["nnz"] for ly in layers),
+            "macs": sum(ly["macs"] for ly in layers),
+        },
+        "memory": {
+            "arena_bytes": mem.arena_bytes,
+            "lower_bound_bytes": mem.lower_bound,
+            "strategy": mem.strategy,
+            "buffers": mem.buffers,
+        },
+    }
+
+
+@dataclass
+class EmitResult:
+    directory: Path
+    report: dict
+
+    @property
+    def weight_bytes(self) -> int:
+        return int(self.report["totals"]["weight_bytes"])
+
+    @property
+    def arena_bytes(self) -> int:
+        return int(self.report["memory"]["arena_bytes"])
+
+    def table(self) -> str:
+        """A per-layer table: op, format, density, bytes, MACs."""
+        return format_table(self.report)
+
+
+def format_table(report: dict) -> str:
+    rows = [("layer", "op", "format", "density", "bytes", "MACs", "output")]
+    for ly in report["layers"]:
+        dens = "" if ly["density"] is None else f"{ly['density']:.3f}"
+        out = "x".join(map(str, ly["output_shape"]))
+        rows.append((ly["source"], ly["op"] + ("+" + ly["activation"] if ly["activation"] != "none" else ""),
+                     ly["format"], dens, str(ly["bytes"]), str(ly["macs"]), out))  # fmt: skip
+    t = report["totals"]
+    m = report["memory"]
+    rows.append(("total", "", "", "", str(t["weight_bytes"]), str(t["macs"]), ""))
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    lines = ["  ".join(c.ljust(w) if i < 3 else c.rjust(w) for i, (c, w) in enumerate(zip(r, widths))) for r in rows]
+    lines.insert(1, "  ".join("-" * w for w in widths))
+    lines.append(
+        f"weights: {t['weight_bytes']} bytes (dense float32: {t['dense_float32_bytes']}); "
+        f"arena: {m['arena_bytes']} bytes (lower bound {m['lower_bound_bytes']})"
+    )
+    return "\n".join(lines)
+
+
+def save_compressed_model(
+    model: torch.nn.Module,
+    representation: str = "csr",
+    input_data: torch.Tensor | None = None,
+    directory: str | os.PathLike = "sparsecomp_model",
+    *,
+    input_shape: tuple[int, ...] | None = None,
+    prefix: str = "model",
+    overwrite: bool = False,
+    tolerance: float | None = None,
+    leaf_modules: tuple[type, ...] = (),
+    concrete_args: dict | None = None,
+) -> EmitResult:
+    """Emits the model as a self-contained C directory (see DESIGN.md for its layout).
+
+    ``input_data`` (a batch of 1) becomes headers/input.h with PyTorch's output for it, and
+    ``make -C directory check`` compares the C against it. Without it, give ``input_shape``
+    (with the batch dim, e.g. (1, 1, 28, 28)). ``representation``: "dense" or "csr" (CSR where it
+    is smaller than dense, per tensor).
+
+    >>> net = torch.nn.Sequential(torch.nn.Conv2d(1, 4, 3), torch.nn.ReLU(), torch.nn.Flatten(),
+    ...                           torch.nn.Linear(4 * 6 * 6, 10))
+    >>> res = save_compressed_model(net, "csr", torch.randn(1, 1, 8, 8), "/tmp/doc_model",
+    ...                             overwrite=True)                      # doctest: +SKIP
+    >>> res.weight_bytes                                                  # doctest: +SKIP
+    5960
+    """
+    if input_data is None and input_shape is None:
+        raise CodegenError("give input_data (a sample of batch size 1) or input_shape, e.g. (1, 1, 28, 28)")
+    example = example_from(input_data if input_data is not None else tuple(input_shape))
+    g, mem = build_graph(model, example, representation, prefix, leaf_modules, concrete_args)
+    name = type(model).__name__
+    report = _report(g, mem, prefix, representation, name)
+    test_io = None
+    if input_data is not None:
+        m = prepare_model(model)
+        with torch.no_grad():
+            y = m(example).detach().float().numpy()
+        if not np.all(np.isfinite(y)):
+            raise CodegenError("the model's output for input_data is not finite (NaN/inf); check the model")
+        tol = default_tolerance(y) if tolerance is None else float(tolerance)
+        doc = "given by the caller" if tolerance is not None else (
+            f"max abs error <= {RTOL:g} x max|output| + {ATOL:g} (codegen.api.default_tolerance)")  # fmt: skip
+        test_io = (example.numpy().astype(np.float32), y.astype(np.float32), tol, doc)
+        report["test"] = {"tolerance": tol, "max_abs_output": float(np.max(np.abs(y)))}
+    rendered = emit.render(
+        g, mem, prefix=prefix, representation=representation, model_name=name, version=VERSION,
+        report=report, test_io=test_io,
+    )  # fmt: skip
+    path = emit.write_directory(rendered, directory, overwrite)
+    log.info(
+        "emitted %s to %s: %d weight bytes, %d arena bytes", name, path, report["totals"]["weight_bytes"],
+        report["memory"]["arena_bytes"],
+    )  # fmt: skip
+    return EmitResult(path, report)
+
+
+@dataclass
+class VerifyResult:
+    max_abs_error: float
+    max_rel_error: float  # max abs error / max |reference|
+    outputs: np.ndarray
+    reference: np.ndarray
+
+
+def _prefix_of(directory: Path) -> str:
+    import json
+
+    try:
+        return str(json.loads((directory / emit.REPORT_NAME).read_text())["prefix"])
+    except (OSError, ValueError, KeyError) as exc:
+        raise CodegenError(f"{directory} is not a directory emitted by sparsecomp (no report.json)") from exc
+
+
+def compile_host(directory: str | os.PathLike, driver_c: str, out_dir: Path, cc: str | None = None,
+                 extra_flags: tuple[str, ...] = ()) -> Path:  # fmt: skip
+    """Compiles the emitted model plus a driver source with the host compiler; returns the binary."""
+    directory = Path(directory)
+    cc = cc or os.environ.get("CC", "cc")
+    drv = out_dir / "driver.c"
+    drv.write_text(driver_c)
+    exe = out_dir / "driver"
+    cmd = [cc, "-std=c99", "-O2", "-Wall", "-Wextra", "-Werror", "-pedantic", *extra_flags,
+           f"-I{directory}", str(directory / "model.c"), str(drv), "-o", str(exe), "-lm"]  # fmt: skip
+    proc = subprocess.run(cmd, capture_output=True, text=True)
+    if proc.returncode != 0:
+        raise CodegenError(f"compiling {directory} failed:\n{' '.join(cmd)}\n{proc.stderr}")
+    return exe
+
+
+def verify(
+    model: torch.nn.Module,
+    directory: str | os.PathLike,
+    inputs: torch.Tensor,
+    *,
+    cc: str | None = None,
+    extra_flags: tuple[str, ...] = (),
+) -> VerifyResult:
+    """Builds the emitted C with the host compiler, runs it on every sample of ``inputs`` (N, ...)
+    and compares with PyTorch.
+
+    >>> res = verify(net, "my_model", torch.randn(16, 1, 28, 28))   # doctest: +SKIP
+    >>> res.max_abs_error < 1e-4                                      # doctest: +SKIP
+    True
+    """
+    directory = Path(directory)
+    prefix = _prefix_of(directory)
+    m = prepare_model(model)
+    x = inputs.detach().to("cpu").float()
+    with torch.no_grad():
+        ref = torch.cat([m(x[i : i + 1]) for i in range(x.shape[0])]).numpy()
+    build = Path(tempfile.mkdtemp(prefix="sparsecomp-verify-"))
+    try:
+        exe = compile_host(directory, emit.render_verify_main(prefix, VERSION), build, cc, extra_flags)
+        proc = subprocess.run([str(exe)], input=x.numpy().astype("<f4").tobytes(), capture_output=True, timeout=600)
+        if proc.returncode != 0:
+            raise CodegenError(f"the emitted model failed with exit code {proc.returncode}: {proc.stderr.decode()}")
+    finally:
+        shutil.rmtree(build, ignore_errors=True)
+    out = np.frombuffer(proc.stdout, dtype="<f4").reshape(ref.shape)
+    err = float(np.max(np.abs(out.astype(np.float64) - ref))) if ref.size else 0.0
+    scale = float(np.max(np.abs(ref))) if ref.size else 0.0
+    return VerifyResult(err, err / scale if scale else err, out, ref)

@@ -1,0 +1,235 @@
+"""Static memory planning: every intermediate activation gets an offset in ONE arena.
+
+Two layers:
+
+* ``MemoryPlanner`` — the tiny, C-free interface (as TFLM's micro_memory_planner): add buffers with
+  their size and first/last use, get offsets. It tries a two-ended "ping-pong" placement at the
+  lower bound (optimal for chains of layers) and greedy-by-size first fit, and keeps the smaller.
+* ``plan_graph`` — turns an IR graph into buffers: views share their input's storage, elementwise
+  ops run in place when their input dies there, the model input and output live in the caller's
+  memory. The lower bound is the largest total of simultaneously live arena buffers.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from codegen import ir
+
+
+def _align(n: int, a: int) -> int:
+    return (n + a - 1) // a * a
+
+
+@dataclass
+class Buffer:
+    name: str
+    size: int
+    first: int
+    last: int
+    side: int = 0  # preferred end of the arena for the two-ended strategy: 0 bottom, 1 top
+
+    def overlaps_in_time(self, other: Buffer) -> bool:
+        return not (self.last < other.first or other.last < self.first)
+
+
+@dataclass
+class Plan:
+    offsets: dict[str, int]
+    arena_bytes: int
+    lower_bound: int
+    strategy: str
+
+
+class MemoryPlanner:
+    """Plans offsets of buffers with known lifetimes in one arena.
+
+    >>> p = MemoryPlanner()
+    >>> p.add_buffer("a", 40, 0, 1); p.add_buffer("b", 36, 1, 2); p.add_buffer("c", 20, 2, 3)
+    >>> plan = p.plan(); (plan.arena_bytes, plan.lower_bound)
+    (76, 76)
+    """
+
+    def __init__(self, alignment: int = 4):
+        self.alignment = alignment
+        self.buffers: list[Buffer] = []
+
+    def add_buffer(self, name: str, size: int, first: int, last: int, side: int = 0) -> None:
+        if size < 0 or last < first:
+            raise ValueError(f"buffer {name}: bad size {size} or lifetime [{first}, {last}]")
+        if any(b.name == name for b in self.buffers):
+            raise ValueError(f"buffer {name} added twice")
+        self.buffers.append(Buffer(name, _align(size, self.alignment), first, last, side))
+
+    def lower_bound(self) -> int:
+        """The largest total size of buffers live at the same time: no plan can use less."""
+        if not self.buffers:
+            return 0
+        times = sorted({b.first for b in self.buffers})
+        return max(sum(b.size for b in self.buffers if b.first <= t <= b.last) for t in times)
+
+    def _conflicts(self, b: Buffer, placed: dict[str, int]) -> list[tuple[int, int]]:
+        by_name = {x.name: x for x in self.buffers}
+        return sorted(
+            (placed[n], placed[n] + by_name[n].size) for n in placed if by_name[n].overlaps_in_time(b)
+        )
+
+    def _first_fit(self, b: Buffer, placed: dict[str, int], limit: int | None, from_top: bool) -> int | None:
+        spans = self._conflicts(b, placed)
+        if not from_top:
+            off = 0
+            for lo, hi in spans:
+                if off + b.size <= lo:
+                    break
+                off = max(off, _align(hi, self.alignment))
+            return off if limit is None or off + b.size <= limit else None
+        assert limit is not None
+        end = limit
+        for lo, hi in sorted(spans, key=lambda s: -s[1]):
+            if hi <= end - b.size:
+                break
+            end = min(end, lo)
+        off = (end - b.size) // self.alignment * self.alignment
+        return off if off >= 0 else None
+
+    def _two_ended(self, limit: int, sides: dict[str, int]) -> dict[str, int] | None:
+        placed: dict[str, int] = {}
+        for b in sorted(self.buffers, key=lambda x: (x.first, x.last, x.name)):
+            off = self._first_fit(b, placed, limit, from_top=bool(sides[b.name]))
+            if off is None:
+                off = self._first_fit(b, placed, limit, from_top=not sides[b.name])
+            if off is None:
+                return None
+            placed[b.name] = off
+        return placed
+
+    def _greedy_by_size(self) -> dict[str, int]:
+        placed: dict[str, int] = {}
+        for b in sorted(self.buffers, key=lambda x: (-x.size, x.first, x.name)):
+            placed[b.name] = self._first_fit(b, placed, None, from_top=False)  # type: ignore[assignment]
+        return placed
+
+    def _extent(self, placed: dict[str, int]) -> int:
+        return max((placed[b.name] + b.size for b in self.buffers), default=0)
+
+    def plan(self) -> Plan:
+        lb = self.lower_bound()
+        greedy = self._greedy_by_size()
+        best, best_size, strategy = greedy, self._extent(greedy), "greedy-by-size"
+        order = sorted(self.buffers, key=lambda x: (x.first, x.last, x.name))
+        hinted = {b.name: b.side for b in self.buffers}
+        alternating = {b.name: i % 2 for i, b in enumerate(order)}
+        a = self.alignment
+        for sides in (hinted, alternating):
+            # the smallest arena (a multiple of the alignment) in which the two-ended placement fits
+            lo, hi = -(-lb // a), best_size // a
+            found = None
+            while lo < hi:
+                mid = (lo + hi) // 2
+                two = self._two_ended(mid * a, sides)
+                if two is None:
+                    lo = mid + 1
+                else:
+                    found, hi = two, mid
+            if found is not None and self._extent(found) < best_size:
+                best, best_size, strategy = found, self._extent(found), "two-ended"
+        self._validate(best)
+        return Plan(dict(sorted(best.items())), best_size, lb, strategy)
+
+    def _validate(self, placed: dict[str, int]) -> None:
+        for i, a in enumerate(self.buffers):
+            for b in self.buffers[i + 1 :]:
+                if a.overlaps_in_time(b) and a.size and b.size:
+                    oa, ob = placed[a.name], placed[b.name]
+                    if oa < ob + b.size and ob < oa + a.size:
+                        raise AssertionError(f"planner bug: {a.name} and {b.name} overlap")
+
+
+@dataclass
+class Storage:
+    """Where a value lives: the caller's input or output, or an offset (bytes) in the arena."""
+
+    kind: str  # "input", "output" or "arena"
+    offset: int = 0
+    group: str = ""
+
+
+@dataclass
+class GraphMemory:
+    storage: dict[str, Storage]
+    arena_bytes: int
+    lower_bound: int
+    strategy: str
+    buffers: list[dict] = field(default_factory=list)
+
+
+def plan_graph(g: ir.Graph, alignment: int = 4) -> GraphMemory:
+    """Assigns storage to every value of the graph (see module docstring)."""
+    parent = {v: v for v in g.values}
+
+    def find(v: str) -> str:
+        while parent[v] != v:
+            parent[v] = parent[parent[v]]
+            v = parent[v]
+        return v
+
+    n = len(g.ops)
+    first = {v: -1 if v == g.input else n for v in g.values}
+    last = {v: -1 for v in g.values}
+    for i, op in enumerate(g.ops):
+        first[op.output] = min(first[op.output], i)
+        for v in op.inputs:
+            last[v] = max(last[v], i)
+    last[g.output] = n
+
+    def members(root: str) -> list[str]:
+        return [v for v in g.values if find(v) == root]
+
+    # In-place: an elementwise op writes over an input that dies at this op (same size).
+    for i, op in enumerate(g.ops):
+        if not op.inplace:
+            continue
+        for v in op.inputs:
+            root = find(v)
+            group = members(root)
+            if g.input in group or max(last[m] for m in group) != i:
+                continue
+            if g.values[v].numel != g.values[op.output].numel:
+                continue
+            parent[find(op.output)] = root
+            break
+
+    groups: dict[str, list[str]] = {}
+    for v in g.values:
+        if first[v] <= n and (last[v] >= 0 or v == g.output):
+            groups.setdefault(find(v), []).append(v)
+
+    planner = MemoryPlanner(alignment)
+    side: dict[str, int] = {}
+    for i, op in enumerate(g.ops):  # ping-pong: an op's output goes to the other end than its input
+        root = find(op.output)
+        if root not in side:
+            src = find(op.inputs[0]) if op.inputs else None
+            side[root] = 1 - side.get(src, 1) if src is not None else 0
+
+    storage: dict[str, Storage] = {}
+    for root, vs in sorted(groups.items()):
+        if g.input in vs:
+            kind = "input"
+        elif g.output in vs:
+            kind = "output"
+        else:
+            kind = "arena"
+            size = max(g.values[v].nbytes for v in vs)
+            planner.add_buffer(root, size, min(first[v] for v in vs), max(last[v] for v in vs), side.get(root, 0))
+        for v in vs:
+            storage[v] = Storage(kind, 0, root)
+    plan = planner.plan()
+    for s in storage.values():
+        if s.kind == "arena":
+            s.offset = plan.offsets[s.group]
+    buffers = [
+        {"name": b.name, "offset": plan.offsets[b.name], "bytes": b.size, "first_op": b.first, "last_op": b.last}
+        for b in sorted(planner.buffers, key=lambda b: (plan.offsets[b.name], b.first))
+    ]
+    return GraphMemory(storage, plan.arena_bytes, plan.lower_bound, plan.strategy, buffers)

@@ -1,0 +1,100 @@
+"""Frontend: torch.fx symbolic tracing with standard torch.nn modules kept whole, plus ShapeProp."""
+
+from __future__ import annotations
+
+import copy
+import logging
+
+import torch
+import torch.fx as fx
+from torch.fx.passes.shape_prop import ShapeProp
+
+from codegen.errors import CodegenError, UntraceableModelError
+
+log = logging.getLogger(__name__)
+
+
+class LeafTracer(fx.Tracer):
+    """Keeps every standard torch.nn module (and the user's ``leaf_modules``) as one node."""
+
+    def __init__(self, leaf_types: tuple[type, ...] = ()):
+        super().__init__()
+        self.leaf_types = leaf_types
+
+    def is_leaf_module(self, m: torch.nn.Module, module_qualified_name: str) -> bool:
+        if self.leaf_types and isinstance(m, self.leaf_types):
+            return True
+        return super().is_leaf_module(m, module_qualified_name)
+
+
+_UNTRACEABLE_HELP = (
+    "torch.fx traces forward() with symbolic tensors, so Python control flow that depends on tensor "
+    "values or shapes (if/while on a tensor, loops over a tensor, len(x), .item()) cannot be "
+    "recorded. Fix it in one of these ways: (1) move the dynamic part into its own nn.Module and "
+    "pass its class in leaf_modules=... together with a registered lowering; (2) make the branch "
+    "static, e.g. decide it in __init__ or pass the decided value through concrete_args; "
+    "(3) rewrite it with tensor ops (torch.where, masks)."
+)
+
+
+def prepare_model(model: torch.nn.Module) -> torch.nn.Module:
+    """A float32 CPU copy of the model in eval mode; the user's model is left untouched."""
+    if not isinstance(model, torch.nn.Module):
+        raise CodegenError(f"expected a torch.nn.Module, got {type(model).__name__}")
+    try:
+        m = copy.deepcopy(model)
+    except Exception as exc:  # pragma: no cover - exotic models
+        raise CodegenError(f"could not copy the model to trace it: {exc}") from exc
+    return m.to("cpu").float().eval()
+
+
+def example_from(example_input: torch.Tensor | tuple[int, ...] | list[int]) -> torch.Tensor:
+    """Accepts a batch-1 tensor or a shape (with the batch dimension) and returns a CPU tensor."""
+    if isinstance(example_input, torch.Tensor):
+        x = example_input.detach().to("cpu").float()
+    elif isinstance(example_input, (tuple, list, torch.Size)) and all(isinstance(d, int) for d in example_input):
+        x = torch.zeros(tuple(example_input))
+    else:
+        raise CodegenError(
+            "input must be a tensor of shape (1, ...) or a shape tuple such as (1, 1, 28, 28); "
+            f"got {type(example_input).__name__}"
+        )
+    if x.dim() < 2 or x.shape[0] != 1:
+        raise CodegenError(
+            f"input has shape {tuple(x.shape)}: the generated C runs one sample at a time, so give one "
+            "sample with a batch dimension of 1, e.g. x[:1] or x.unsqueeze(0)"
+        )
+    return x
+
+
+def trace(
+    model: torch.nn.Module,
+    example_input: torch.Tensor,
+    leaf_modules: tuple[type, ...] = (),
+    concrete_args: dict | None = None,
+) -> fx.GraphModule:
+    """Symbolically traces a prepared model and records shapes on every node (node.meta['tensor_meta'])."""
+    tracer = LeafTracer(tuple(leaf_modules))
+    try:
+        graph = tracer.trace(model, concrete_args=concrete_args)
+    except (torch.fx.proxy.TraceError, TypeError, RuntimeError, AttributeError, NotImplementedError) as exc:
+        raise UntraceableModelError(
+            f"torch.fx could not trace {type(model).__name__}.forward(): {exc}\n{_UNTRACEABLE_HELP}"
+        ) from exc
+    gm = fx.GraphModule(tracer.root, graph, type(model).__name__)
+    placeholders = [n for n in gm.graph.nodes if n.op == "placeholder"]
+    if len(placeholders) != 1:
+        raise CodegenError(
+            f"{type(model).__name__}.forward() takes {len(placeholders)} inputs; the generated C has one "
+            "input tensor. Wrap the model so forward(x) takes a single tensor."
+        )
+    try:
+        with torch.no_grad():
+            ShapeProp(gm).propagate(example_input)
+    except Exception as exc:
+        raise CodegenError(
+            f"running the traced model on an input of shape {tuple(example_input.shape)} failed: {exc}. "
+            "Check that the input shape is the one the model expects."
+        ) from exc
+    log.debug("traced %s: %d nodes", type(model).__name__, len(gm.graph.nodes))
+    return gm

@@ -1,0 +1,94 @@
+/*
+ * sparsecomp runtime — elementwise and data-movement ops, float32. Elementwise kernels are
+ * safe in place (out may equal an input): the planner uses that to save arena memory.
+ */
+#ifndef SC_ELTWISE_H
+#define SC_ELTWISE_H
+
+#include "sc_runtime.h"
+
+static inline void sc_add(const float *a, const float *b, float *out, int32_t n, int act, float alpha)
+{
+    int32_t i;
+    for (i = 0; i < n; ++i) out[i] = sc_act(a[i] + b[i], act, alpha);
+}
+
+static inline void sc_mul(const float *a, const float *b, float *out, int32_t n, int act, float alpha)
+{
+    int32_t i;
+    for (i = 0; i < n; ++i) out[i] = sc_act(a[i] * b[i], act, alpha);
+}
+
+static inline void sc_activation(const float *x, float *out, int32_t n, int act, float alpha)
+{
+    int32_t i;
+    for (i = 0; i < n; ++i) out[i] = sc_act(x[i], act, alpha);
+}
+
+/* Inference-form BatchNorm: out[c][i] = act(x[c][i] * scale[c] + shift[c]). */
+static inline void sc_affine(const float *x, float *out, const float *scale, const float *shift,
+                             int32_t channels, int32_t inner, int act, float alpha)
+{
+    int32_t c, i;
+    for (c = 0; c < channels; ++c) {
+        const float s = scale[c], t = shift[c];
+        for (i = 0; i < inner; ++i) out[c * inner + i] = sc_act(x[c * inner + i] * s + t, act, alpha);
+    }
+}
+
+static inline void sc_copy(float *dst, const float *src, int32_t n)
+{
+    int32_t i;
+    if (dst == src) return;
+    for (i = 0; i < n; ++i) dst[i] = src[i];
+}
+
+/* One input of a concatenation: `outer` blocks of `part` values, placed at `offset` within
+ * output blocks of `total` values. */
+static inline void sc_concat_part(float *out, const float *in, int32_t outer, int32_t part,
+                                  int32_t total, int32_t offset)
+{
+    int32_t o;
+    for (o = 0; o < outer; ++o) sc_copy(out + o * total + offset, in + o * part, part);
+}
+
+/* Softmax (or log-softmax) over rows of `cols` values. */
+static inline void sc_softmax(const float *x, float *out, int32_t rows, int32_t cols, int log_)
+{
+    int32_t r, i;
+    for (r = 0; r < rows; ++r) {
+        const float *xr = x + r * cols;
+        float *yr = out + r * cols;
+        float m = xr[0], sum = 0.0f;
+        for (i = 1; i < cols; ++i)
+            if (xr[i] > m) m = xr[i];
+        if (log_) {
+            float lse;
+            for (i = 0; i < cols; ++i) sum += SC_EXPF(xr[i] - m);
+            lse = SC_LOGF(sum);
+            for (i = 0; i < cols; ++i) yr[i] = xr[i] - m - lse;
+        } else {
+            for (i = 0; i < cols; ++i) {
+                yr[i] = SC_EXPF(xr[i] - m);
+                sum += yr[i];
+            }
+            for (i = 0; i < cols; ++i) yr[i] /= sum;
+        }
+    }
+}
+
+/* Constant padding of (C, H, W) to (C, Hout, Wout), input placed at (top, left). */
+static inline void sc_pad(const float *in, float *out, int32_t c, int32_t hin, int32_t win,
+                          int32_t hout, int32_t wout, int32_t top, int32_t left, float value)
+{
+    int32_t ch, y, x;
+    for (ch = 0; ch < c; ++ch) {
+        float *oc = out + ch * hout * wout;
+        const float *ic = in + ch * hin * win;
+        for (y = 0; y < hout * wout; ++y) oc[y] = value;
+        for (y = 0; y < hin; ++y)
+            for (x = 0; x < win; ++x) oc[(y + top) * wout + x + left] = ic[y * win + x];
+    }
+}
+
+#endif /* SC_ELTWISE_H */

@@ -1,0 +1,52 @@
+/*
+ * sparsecomp runtime — porting knobs. Everything a port may need to change is here.
+ *
+ *   SC_WEIGHT      storage class of const weight arrays. Default: static const, kept by the
+ *                  linker (used) so that the bytes in flash are exactly MODEL_WEIGHT_BYTES.
+ *                  To place weights in a named flash section:
+ *                    #define SC_WEIGHT_SECTION __attribute__((section(".rodata.weights")))
+ *   SC_ARENA_ATTR  attributes of the activation arena (e.g. a fast-RAM section, or SC_NVM
+ *                  for energy-harvesting devices that must keep progress across power loss).
+ *   SC_EXPF/SC_TANHF/SC_LOGF  math functions (replace with a table or approximation if wanted).
+ *
+ * The runtime is C99, allocates nothing, and every function is static inline in a header, so
+ * two models emitted with different prefixes link into one firmware without symbol clashes.
+ */
+#ifndef SC_PORT_H
+#define SC_PORT_H
+
+#include <stdint.h>
+#include <stddef.h>
+#include <math.h>
+
+#if defined(__GNUC__)
+#define SC_USED __attribute__((used))
+#define SC_ALIGNED(n) __attribute__((aligned(n)))
+#else
+#define SC_USED
+#define SC_ALIGNED(n)
+#endif
+
+#ifndef SC_WEIGHT_SECTION
+#define SC_WEIGHT_SECTION
+#endif
+
+#ifndef SC_WEIGHT
+#define SC_WEIGHT static const SC_USED SC_WEIGHT_SECTION
+#endif
+
+#ifndef SC_ARENA_ATTR
+#define SC_ARENA_ATTR SC_ALIGNED(8)
+#endif
+
+#ifndef SC_EXPF
+#define SC_EXPF expf
+#endif
+#ifndef SC_TANHF
+#define SC_TANHF tanhf
+#endif
+#ifndef SC_LOGF
+#define SC_LOGF logf
+#endif
+
+#endif /* SC_PORT_H */
