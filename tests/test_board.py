@@ -73,7 +73,7 @@ static inline void sc_dense(const float *w, const float *b, const float *x, floa
 """
 
 _TOY_MODEL_C = """\
-#include "{prefix}.h"
+#include "model.h"
 #include "headers/fc1.h"
 #include "headers/fc2.h"
 #include "runtime/sc_runtime.h"
@@ -93,7 +93,7 @@ int {prefix}_run(const float *input, float *output)
 _TOY_MAIN_C = """\
 #include <stdio.h>
 #include <string.h>
-#include "{prefix}.h"
+#include "model.h"
 #include "headers/input.h"
 static float out[{PREFIX}_OUTPUT_SIZE];
 int main(void)
@@ -119,11 +119,11 @@ int main(void)
 """
 
 _TOY_MAKEFILE = """\
-PREFIX = {prefix}
+PREFIX ?= {prefix}
 CC ?= gcc
 CPPFLAGS += -I.
 CFLAGS ?= -std=c99 -O2 -Wall -Wextra -Werror -pedantic
-MODEL_SRCS = {prefix}.c
+MODEL_SRCS = model.c
 APP_SRCS = app/main.c
 .PHONY: all check clean
 all: build/host/selftest
@@ -161,7 +161,7 @@ def write_toy_model(directory: Path, *, prefix: str = "model", n_in: int = 16, h
     for sub in ("headers", "runtime", "app"):
         (directory / sub).mkdir(parents=True, exist_ok=True)
     shutil.copytree(BOARD_SRC, directory / "board", dirs_exist_ok=True)
-    (directory / f"{prefix}.h").write_text(
+    (directory / "model.h").write_text(
         f"#ifndef {up}_H\n#define {up}_H\n"
         f"#define {up}_INPUT_SIZE {n_in}\n#define {up}_OUTPUT_SIZE {n_out}\n"
         f"#define {up}_ARENA_BYTES {4 * hidden}\n#define {up}_WEIGHT_BYTES {weight_bytes}\n"
@@ -174,7 +174,7 @@ def write_toy_model(directory: Path, *, prefix: str = "model", n_in: int = 16, h
         + f"#define SC_TOLERANCE {tolerance:.9g}f\n"
     )
     (directory / "runtime" / "sc_runtime.h").write_text(_TOY_RUNTIME)
-    (directory / f"{prefix}.c").write_text(
+    (directory / "model.c").write_text(
         _TOY_MODEL_C.format(prefix=prefix, n_in=n_in, hidden=hidden, n_out=n_out))
     (directory / "app" / "main.c").write_text(_TOY_MAIN_C.format(prefix=prefix, PREFIX=up))
     (directory / "Makefile").write_text(_TOY_MAKEFILE.format(prefix=prefix))

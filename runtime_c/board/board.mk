@@ -23,7 +23,7 @@
 SC_BOARD_DIR := $(patsubst %/,%,$(dir $(lastword $(MAKEFILE_LIST))))
 
 PREFIX     ?= model
-MODEL_SRCS ?= $(PREFIX).c
+MODEL_SRCS ?= model.c
 APP_SRCS   ?= app/main.c
 
 # ---- toolchain and flags -------------------------------------------------------------
