@@ -120,7 +120,9 @@ def emit_and_verify(
         gen = torch.Generator().manual_seed(seed)
         inputs = torch.randn((n_inputs, *tuple(x_shape)[1:]), generator=gen)
     directory = Path(tmp_path) / name
-    res = save_compressed_model(model, representation, input_data=inputs[:1], directory=directory, overwrite=True)
+    res = save_compressed_model(
+        model, representation, input_data=inputs[:1], directory=directory, overwrite=True
+    )
     flags = tuple(extra_flags) + (SANITIZE_FLAGS if sanitize else ())
     v = verify(model, directory, inputs, extra_flags=flags)
     out = ParityResult(
@@ -136,7 +138,7 @@ def read_report(directory: Path) -> dict:
     return json.loads((Path(directory) / "report.json").read_text())
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def sanitizer_problem(cc: str | None = None) -> str | None:
     """None when ``cc`` builds and runs an ASan+UBSan program here, else the reason it does not."""
     cc = cc or os.environ.get("CC", "cc")
@@ -144,7 +146,9 @@ def sanitizer_problem(cc: str | None = None) -> str | None:
         return f"no C compiler {cc!r}"
     d = Path(tempfile.mkdtemp(prefix="sc-asan-probe-"))
     try:
-        (d / "p.c").write_text("#include <stdio.h>\nint main(void){int a[3]={1,2,3};printf(\"%d\\n\",a[1]);return 0;}\n")
+        (d / "p.c").write_text(
+            '#include <stdio.h>\nint main(void){int a[3]={1,2,3};printf("%d\\n",a[1]);return 0;}\n'
+        )
         cmd = [cc, *SANITIZE_FLAGS, str(d / "p.c"), "-o", str(d / "p")]
         proc = subprocess.run(cmd, capture_output=True, text=True)
         if proc.returncode != 0:
