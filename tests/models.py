@@ -259,7 +259,7 @@ def make_trained_like(model: nn.Module, seed: int = 0, sparsity: float = 0.7) ->
         return torch.rand(shape, generator=g) * (hi - lo) + lo
 
     layers = _weighted_layers(model)
-    for name, m in model.named_modules():
+    for m in model.modules():
         if isinstance(m, (nn.Conv1d, nn.Conv2d, nn.Linear)):
             fan_in = m.weight[0].numel()
             bound = (3.0 / fan_in) ** 0.5  # unit variance outputs for unit variance inputs
