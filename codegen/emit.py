@@ -56,9 +56,10 @@ def _ccomment(s: str) -> str:
     return s.replace("*/", "* /").replace("\n", " ")
 
 
-def environment() -> jinja2.Environment:
+def environment(extra_dirs: list[str] | tuple[str, ...] = ()) -> jinja2.Environment:
+    """The Jinja2 environment: extension directories first, then the packaged templates."""
     env = jinja2.Environment(
-        loader=jinja2.FileSystemLoader(str(templates_dir())),
+        loader=jinja2.FileSystemLoader([*map(str, extra_dirs), str(templates_dir())]),
         undefined=jinja2.StrictUndefined,
         trim_blocks=True,
         lstrip_blocks=True,
@@ -89,7 +90,8 @@ def render(
     report: dict,
     test_io: tuple[np.ndarray, np.ndarray, float, str] | None,
 ) -> Rendered:
-    env = environment()
+    ext_dirs = sorted({op.extension_dir for op in g.ops if op.extension_dir})
+    env = environment(ext_dirs)
     out = Rendered(report=report)
     P = prefix.upper()
 
@@ -139,7 +141,8 @@ def render(
     out.files["Makefile"] = env.get_template("Makefile.j2").render(**common)
     rt = runtime_dir()
     for h in ["sc_port.h", "sc_runtime.h", *runtime_headers]:
-        out.copies[f"runtime/{h}"] = rt / h
+        found = [Path(d) / h for d in ext_dirs if (Path(d) / h).is_file()]
+        out.copies[f"runtime/{h}"] = found[0] if found else rt / h
     board = rt / "board"
     if board.is_dir():
         for f in sorted(board.iterdir()):

@@ -65,6 +65,8 @@ class Op:
     ``params``: float32 constant tensors by role ("weight", "bias", "scale", ...).
     ``encodable``: the roles whose storage format is chosen by codegen.formats
     (the others are always dense float32).
+    ``extension_dir``: for ops defined outside codegen, a directory holding the op's template
+    (``ops/<template>``) and its runtime headers; searched before the packaged ones.
     """
 
     name: str  # unique C identifier of the layer
@@ -80,6 +82,7 @@ class Op:
     runtime: ClassVar[tuple[str, ...]] = ()
     inplace: ClassVar[bool] = False
     encodable: ClassVar[tuple[str, ...]] = ()
+    extension_dir: ClassVar[str | None] = None
 
     def macs(self) -> int:
         return 0

@@ -49,32 +49,36 @@ def register_lowering(*targets: Any) -> Callable[[Lowering], Lowering]:
     return deco
 
 
+_PRETTY: dict[int, str] = {}
+
+
+def _pretty_names() -> dict[int, str]:
+    """id(callable) -> the name a user writes: F.relu, torch.cat, Tensor.view, operator.add."""
+    if not _PRETTY:
+        for ns, label in ((torch.Tensor, "Tensor"), (torch, "torch"), (F, "F"), (operator, "operator")):
+            for attr in dir(ns):
+                if attr.startswith("_"):
+                    continue
+                obj = getattr(ns, attr, None)
+                if callable(obj) and not isinstance(obj, type):
+                    _PRETTY[id(obj)] = f"{label}.{attr}"  # later namespaces win: F over torch
+    return _PRETTY
+
+
 def _target_name(t: Any) -> str:
     if isinstance(t, type):
-        return f"{t.__module__}.{t.__qualname__}".replace("torch.nn.modules.", "nn.").replace(
-            "nn.activation.", "nn."
-        )
-    mod = getattr(t, "__module__", None) or ""
-    name = getattr(t, "__qualname__", None) or getattr(t, "__name__", None) or repr(t)
-    if mod in ("_operator", "operator"):
-        return f"operator.{name}"
-    if mod.startswith("torch.nn.functional"):
-        return f"F.{name}"
-    if name.startswith("TensorBase.") or name.startswith("Tensor."):
-        return "Tensor." + name.split(".", 1)[1]
-    return f"{mod}.{name}" if mod else name
+        if t.__module__.startswith("torch.nn.modules"):
+            return f"nn.{t.__qualname__}"
+        return f"{t.__module__}.{t.__qualname__}"
+    name = _pretty_names().get(id(t))
+    if name:
+        return name
+    return getattr(t, "__qualname__", None) or getattr(t, "__name__", None) or repr(t)
 
 
 def supported_ops() -> list[str]:
     """Human-readable names of every registered target, sorted."""
-    names = set()
-    for t in LOWERINGS:
-        n = _target_name(t)
-        for pre in ("torch.nn.modules.", "nn.modules."):
-            n = n.replace(pre, "nn.")
-        n = re.sub(r"^nn\.\w+\.", "nn.", n) if n.startswith("nn.") and n.count(".") > 1 else n
-        names.add(n)
-    return sorted(names)
+    return sorted({_target_name(t) for t in LOWERINGS})
 
 
 C_KEYWORDS = frozenset(

@@ -1,0 +1,136 @@
+"""Bad input gets one clear error that names the layer and says what to do."""
+
+import pytest
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from codegen import (
+    CodegenError,
+    UnsupportedConfigError,
+    UnsupportedOpError,
+    UntraceableModelError,
+    save_compressed_model,
+    weight_bytes,
+)
+
+
+class TwoUnsupported(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.block = nn.Sequential(nn.Conv2d(1, 4, 3), nn.GELU())
+        self.lstm_like = nn.GRUCell(4, 4)  # never called: only traced nodes count
+        self.fc = nn.Linear(4 * 6 * 6, 3)
+
+    def forward(self, x):
+        x = self.block(x)
+        x = torch.erf(x)
+        return self.fc(x.flatten(1))
+
+
+def test_unsupported_ops_are_listed_in_one_error(tmp_path):
+    with pytest.raises(UnsupportedOpError) as ei:
+        save_compressed_model(TwoUnsupported(), "csr", torch.randn(1, 1, 8, 8), tmp_path / "m")
+    err = ei.value
+    names = [n[0] for n in err.nodes]
+    assert len(err.nodes) == 2, err
+    assert "block_1" in names and "erf" in names
+    msg = str(err)
+    assert "GELU" in msg and "'block.1'" in msg  # the module path of the unsupported module
+    assert "torch.erf" in msg
+    assert "nn.Conv2d" in msg and "Supported operations" in msg
+    assert not (tmp_path / "m").exists()
+    assert list(tmp_path.iterdir()) == []  # no temporary directory left behind either
+
+
+class DataDependent(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.fc = nn.Linear(4, 2)
+
+    def forward(self, x):
+        if x.sum() > 0:
+            return self.fc(x)
+        return -self.fc(x)
+
+
+def test_untraceable_model_explains_how_to_fix(tmp_path):
+    with pytest.raises(UntraceableModelError) as ei:
+        save_compressed_model(DataDependent(), "dense", torch.randn(1, 4), tmp_path / "m")
+    msg = str(ei.value)
+    assert "control flow" in msg and "leaf_modules" in msg and "concrete_args" in msg
+
+
+def test_batch_size_other_than_one(tmp_path):
+    with pytest.raises(CodegenError, match="batch dimension of 1"):
+        save_compressed_model(nn.Linear(4, 2), "csr", torch.randn(3, 4), tmp_path / "m")
+
+
+def test_non_finite_weights_name_the_layer(tmp_path):
+    net = nn.Sequential(nn.Linear(4, 4), nn.ReLU(), nn.Linear(4, 2))
+    with torch.no_grad():
+        net[2].weight[0, 1] = float("nan")
+    with pytest.raises(CodegenError, match=r"layer '2': weight has 1 non-finite"):
+        save_compressed_model(net, "csr", torch.randn(1, 4), tmp_path / "m")
+
+
+@pytest.mark.parametrize("prefix", ["1model", "my-model", "", "sc_model", "a b"])
+def test_bad_prefix(tmp_path, prefix):
+    with pytest.raises(CodegenError, match="C identifier"):
+        save_compressed_model(nn.Linear(4, 2), "csr", torch.randn(1, 4), tmp_path / "m", prefix=prefix)
+
+
+def test_bad_representation():
+    with pytest.raises(ValueError, match="unknown representation 'sparse'"):
+        weight_bytes(nn.Linear(4, 2), (1, 4), "sparse")
+
+
+def test_unsupported_configuration_names_layer_and_fix(tmp_path):
+    net = nn.Sequential(nn.Conv2d(1, 2, 3, padding=1, padding_mode="reflect"))
+    with pytest.raises(UnsupportedConfigError, match=r"layer '0': padding_mode='reflect'.*padding_mode='zeros'"):
+        save_compressed_model(net, "dense", torch.randn(1, 1, 5, 5), tmp_path / "m")
+
+
+class Broadcast(nn.Module):
+    def forward(self, x):
+        return x + x.mean(dim=1, keepdim=True)
+
+
+def test_broadcasting_add_is_refused_with_shapes(tmp_path):
+    with pytest.raises(UnsupportedConfigError) as ei:
+        save_compressed_model(Broadcast(), "dense", torch.randn(1, 3, 4, 4), tmp_path / "m")
+    assert "mean" in str(ei.value) or "broadcasting" in str(ei.value)
+
+
+class ReflectPad(nn.Module):
+    def forward(self, x):
+        return F.pad(x, (1, 1), mode="reflect")
+
+
+def test_pad_modes(tmp_path):
+    with pytest.raises(UnsupportedConfigError, match="mode='constant'"):
+        save_compressed_model(ReflectPad(), "dense", torch.randn(1, 2, 5), tmp_path / "m")
+
+
+class TwoOutputs(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.fc = nn.Linear(4, 2)
+
+    def forward(self, x):
+        return self.fc(x), x
+
+
+def test_multiple_outputs(tmp_path):
+    with pytest.raises(CodegenError, match="return one tensor"):
+        save_compressed_model(TwoOutputs(), "dense", torch.randn(1, 4), tmp_path / "m")
+
+
+def test_wrong_input_shape(tmp_path):
+    with pytest.raises(CodegenError, match="input shape"):
+        save_compressed_model(nn.Linear(4, 2), "dense", torch.randn(1, 5), tmp_path / "m")
+
+
+def test_needs_input_or_shape(tmp_path):
+    with pytest.raises(CodegenError, match="input_shape"):
+        save_compressed_model(nn.Linear(4, 2), "dense", None, tmp_path / "m")
