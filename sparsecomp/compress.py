@@ -481,14 +481,15 @@ def _run(ctx: _Ctx, budget, num_epochs, lr, tol, factorize, max_rounds, conv_met
     model = ctx.model
     bm = ByteModel(model, ctx.example, ctx.representation)
     initial_bytes = bm.exact_total
-    floor = bm.floor()
-    logger.info("initial weight bytes %d, budget %d, smallest reachable by pruning %d", initial_bytes, budget, floor)
+    floor = _reachable_floor(bm, model, factorize)
+    logger.info("initial weight bytes %d, budget %d, smallest reachable %d", initial_bytes, budget, floor)
     if budget < floor:
+        how = "pruned and factorized to rank 1" if factorize else "pruned"
         raise BudgetError(
             f"budget of {budget} bytes is below the smallest reachable size of {floor} bytes "
             f"({floor / 1000:.3f} KB, {ctx.representation}): {bm.fixed} bytes are not prunable "
-            f"(biases, folded BatchNorm, other layers) and every compressible layer keeps at least one "
-            f"weight per output row. Use a target_size of at least {math.ceil(floor / 10) / 100} KB.",
+            f"(biases, folded BatchNorm, other layers) and every compressible layer, {how}, keeps at least "
+            f"one weight per output row. Use a target_size of at least {math.ceil(floor / 10) / 100} KB.",
             floor,
         )
     val_before = evaluate(model, ctx.val_loader, ctx.device, ctx.metric)
@@ -512,6 +513,15 @@ def _run(ctx: _Ctx, budget, num_epochs, lr, tol, factorize, max_rounds, conv_met
             report.decompositions = _factorize_layers(ctx, masks, val_before, tol, lr, 1, conv_method, min_params)
             bm = ByteModel(model, ctx.example, ctx.representation)
             logger.info("after layer separation: %d bytes", bm.exact_total)
+            floor = bm.floor()
+            report.smallest_reachable_bytes = floor
+            if budget < floor:
+                report.stopped_reason = (
+                    f"budget unreachable after layer separation: pruning can reach {floor} bytes at best "
+                    f"(budget {budget}); the factorizations that would go lower were rejected or not possible"
+                )
+                logger.error("%s", report.stopped_reason)
+                return _finish(report, ctx, test_loader, t0)
             if bm.exact_total <= budget:
                 report.success = True
                 report.stopped_reason = "within budget after layer separation"
@@ -595,6 +605,27 @@ def _run(ctx: _Ctx, budget, num_epochs, lr, tol, factorize, max_rounds, conv_met
         report.warnings.append("no retrained state fit the budget; weights were pruned to fit without fine-tuning")
     report.stopped_reason = stop_reason
     return _finish(report, ctx, test_loader, t0)
+
+
+def _reachable_floor(bm: ByteModel, model: nn.Module, factorize: bool) -> int:
+    """Lower bound of the reachable size: each layer at one nonzero per output row, or (when
+    factorization is allowed) its rank-1 factorization at one nonzero per row, whichever is smaller."""
+    from .budget import encoded_nbytes
+
+    rep = bm.representation
+    total = bm.fixed
+    for name, g in bm.layers.items():
+        best = bm.layer_bytes(name, min(g.numel, g.rows))
+        mod = model.get_submodule(name)
+        if factorize and isinstance(mod, nn.Linear):
+            out_f, in_f = mod.weight.shape
+            best = min(best, encoded_nbytes(1, in_f, 1, rep) + encoded_nbytes(out_f, 1, out_f, rep))
+        elif factorize and isinstance(mod, nn.Conv2d) and mod.groups == 1:
+            c_out, c_in, kh, kw = mod.weight.shape
+            best = min(best, encoded_nbytes(1, c_in, 1, rep) + encoded_nbytes(1, kh * kw, 1, rep)
+                       + encoded_nbytes(c_out, 1, c_out, rep))
+        total += best
+    return total
 
 
 def _force_into_budget(ctx: _Ctx, bm: ByteModel, masks: _Masks, budget, numel, min_nnz, drop, floor) -> int:
