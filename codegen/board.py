@@ -226,6 +226,16 @@ def _declared_arrays(text: str) -> list[str]:
     return names
 
 
+def _report_array_names(report: dict) -> list[str]:
+    """Names of the const weight arrays listed in report.json (layers[].arrays[].name)."""
+    names: list[str] = []
+    for layer in report.get("layers", []) if isinstance(report, dict) else []:
+        for arr in layer.get("arrays", []) if isinstance(layer, dict) else []:
+            if isinstance(arr, dict) and isinstance(arr.get("name"), str):
+                names.append(arr["name"])
+    return names
+
+
 def weight_symbols(directory: str | os.PathLike[str]) -> list[str]:
     """Names of the const arrays defined in ``headers/*.h``, except the sample in ``input.h``."""
     d = Path(directory)
@@ -583,7 +593,8 @@ def measure(
         raise BoardError(f"model.h defines no {prefix.upper()}_WEIGHT_BYTES / _ARENA_BYTES")
 
     symbols = symbol_sizes(elf)
-    weight_bytes_nm = sum(symbols.get(name, 0) for name in set(weight_symbols(d)))
+    names = _report_array_names(report) or weight_symbols(d)
+    weight_bytes_nm = sum(symbols.get(name, 0) for name in set(names))
 
     model_flash = fw.flash - base.flash
     model_ram = fw.ram - base.ram
@@ -659,20 +670,27 @@ def board_command(directory: str | os.PathLike[str], targets: Sequence[str] = ("
             print(f"  measure: {exc}")
             return 1
         print("  flash (Cortex-M4F, same flags as the baseline firmware):")
-        print(f"    weights            {_fmt_bytes(m.weight_bytes)}")
-        print(f"    code (model+runtime) {_fmt_bytes(m.code_bytes)}")
-        print(f"    model total        {_fmt_bytes(m.model_flash_bytes)}")
-        print(f"    whole firmware     {_fmt_bytes(m.firmware.flash)} "
+        print(f"    {'weights':<22}{_fmt_bytes(m.weight_bytes)}")
+        print(f"    {'code (model+runtime)':<22}{_fmt_bytes(m.code_bytes)}")
+        print(f"    {'model total':<22}{_fmt_bytes(m.model_flash_bytes)}")
+        print(f"    {'whole firmware':<22}{_fmt_bytes(m.firmware.flash)} "
               f"(baseline self-test without the model: {_fmt_bytes(m.baseline.flash)})")
         print("  RAM:")
-        print(f"    arena              {_fmt_bytes(m.arena_bytes)}")
-        print(f"    other static data  {_fmt_bytes(m.other_ram_bytes)}")
-        print(f"    whole firmware     {_fmt_bytes(m.firmware.ram)} static + "
+        print(f"    {'arena':<22}{_fmt_bytes(m.arena_bytes)}")
+        print(f"    {'other static data':<22}{_fmt_bytes(m.other_ram_bytes)}")
+        print(f"    {'whole firmware':<22}{_fmt_bytes(m.firmware.ram)} static + "
               f"{_fmt_bytes(m.firmware.heap)} heap + {_fmt_bytes(m.firmware.stack)} stack reserved")
         if m.instructions is not None:
             print(f"  instructions per inference (qemu -icount, resolution {INSNS_PER_TICK_DEFAULT}): "
                   f"{m.instructions:,}")
+            macs = {}
+            for layer in _report_json(d).get("layers", []):
+                if isinstance(layer, dict) and isinstance(layer.get("index"), int):
+                    macs[layer["index"]] = layer.get("macs") or 0
+            print(f"    {'layer':<38s} {'instructions':>12}  share  insns/MAC (MACs of report.json)")
             for layer in m.layers:
                 share = 100.0 * layer.instructions / m.instructions if m.instructions else 0.0
-                print(f"    [{layer.index:3d}] {layer.name:<32s} {layer.instructions:>12,}  {share:5.1f}%")
+                n_mac = macs.get(layer.index, 0)
+                per_mac = f"{layer.instructions / n_mac:9.2f}" if n_mac else f"{'-':>9}"
+                print(f"    [{layer.index:3d}] {layer.name:<32s} {layer.instructions:>12,} {share:5.1f}%  {per_mac}")
     return status

@@ -333,3 +333,93 @@ def test_not_a_model_directory(tmp_path):
     with pytest.raises(cboard.BoardError, match="unknown board target"):
         write_toy_model(tmp_path / "t")
         cboard.build(tmp_path / "t", "m7")
+
+
+# ---- models emitted by codegen.save_compressed_model ----------------------------------------
+
+
+def _emitted_models():
+    import torch
+
+    class SmallCNN(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv1 = torch.nn.Conv2d(1, 4, 3, padding=1)
+            self.bn1 = torch.nn.BatchNorm2d(4)
+            self.pool = torch.nn.MaxPool2d(2)
+            self.conv2 = torch.nn.Conv2d(4, 8, 3)
+            self.fc = torch.nn.Linear(8 * 2 * 2, 5)
+
+        def forward(self, x):
+            x = self.pool(torch.relu(self.bn1(self.conv1(x))))
+            x = torch.relu(self.conv2(x))
+            return self.fc(torch.flatten(x, 1))
+
+    def mlp():
+        return torch.nn.Sequential(torch.nn.Linear(20, 16), torch.nn.ReLU(), torch.nn.Linear(16, 4)), (1, 20)
+
+    def cnn():
+        return SmallCNN(), (1, 1, 8, 8)
+
+    return {"mlp": mlp, "cnn": cnn}
+
+
+def _prune_(net, density: float) -> None:
+    import torch
+
+    with torch.no_grad():
+        for mod in net.modules():
+            if isinstance(mod, (torch.nn.Linear, torch.nn.Conv2d)):
+                w = mod.weight
+                keep = max(1, round(density * w.numel()))
+                threshold = w.abs().flatten().kthvalue(w.numel() - keep + 1).values
+                w.mul_((w.abs() >= threshold).to(w.dtype))
+
+
+@pytest.fixture(scope="module", params=[("mlp", "dense", 1.0), ("cnn", "dense", 1.0), ("cnn", "csr", 0.3)],
+                ids=lambda p: f"{p[0]}-{p[1]}")
+def emitted(request, tmp_path_factory):
+    require_board()
+    torch = pytest.importorskip("torch")
+    from codegen import save_compressed_model
+
+    name, representation, density = request.param
+    torch.manual_seed(0)
+    net, shape = _emitted_models()[name]()
+    net.eval()
+    if isinstance(net, torch.nn.Module) and density < 1.0:
+        _prune_(net, density)
+    with torch.no_grad():  # give BatchNorm non-trivial statistics
+        for mod in net.modules():
+            if isinstance(mod, torch.nn.BatchNorm2d):
+                mod.running_mean.uniform_(-0.5, 0.5)
+                mod.running_var.uniform_(0.5, 2.0)
+    x = torch.randn(*shape)
+    with torch.no_grad():
+        expected = net(x).numpy().reshape(-1).astype(np.float32)
+    d = tmp_path_factory.mktemp(f"emitted_{name}_{representation}") / "model"
+    res = save_compressed_model(net, representation, input_data=x, directory=d)
+    return d, expected, res
+
+
+@pytest.mark.parametrize("target", ["m4", "m3"])
+def test_emitted_model_runs_on_board_and_matches_pytorch(emitted, target):
+    d, expected, res = emitted
+    result = cboard.run(d, target)
+    assert result.passed, result.stdout + result.stderr
+    assert result.outputs.shape == expected.shape
+    tolerance = res.report["test"]["tolerance"]
+    np.testing.assert_allclose(result.outputs, expected, rtol=0, atol=tolerance)
+
+
+def test_emitted_model_measure(emitted):
+    d, _, res = emitted
+    m = cboard.measure(d)
+    assert m.weight_bytes == res.report["totals"]["weight_bytes"] == m.weight_bytes_nm
+    assert m.arena_bytes == res.report["memory"]["arena_bytes"]
+    assert m.weight_bytes + m.code_bytes == m.model_flash_bytes
+    assert m.code_bytes > 0
+    assert m.arena_bytes <= m.model_ram_bytes < m.arena_bytes + 64
+    names = [layer.name for layer in m.layers]
+    assert names == [layer["source"] for layer in res.report["layers"]]
+    assert sum(layer.instructions for layer in m.layers) <= m.instructions
