@@ -228,7 +228,8 @@ def test_failing_self_test_exit_code_propagates(tmp_path, target):
     assert result.max_abs_error == pytest.approx(0.5, abs=1e-3)
     # `make qemu` fails too, and make's error line names the program's status
     goal = "qemu" if target == "m4" else "qemu-m3"
-    proc = subprocess.run(["make", "-C", str(d), goal], capture_output=True, text=True)
+    env = {**os.environ, "LC_ALL": "C"}
+    proc = subprocess.run(["make", "-C", str(d), goal], capture_output=True, text=True, env=env)
     assert proc.returncode != 0
     assert "Error 1" in proc.stderr
 
@@ -423,3 +424,33 @@ def test_emitted_model_measure(emitted):
     names = [layer.name for layer in m.layers]
     assert names == [layer["source"] for layer in res.report["layers"]]
     assert sum(layer.instructions for layer in m.layers) <= m.instructions
+
+
+# ---- every end-to-end model of tests/models.py on the emulated M4F and M3 --------------------
+
+
+@pytest.fixture(scope="module", params=sorted(__import__("models").E2E_MODELS))
+def e2e_emitted(request, tmp_path_factory):
+    """An E2E model (trained-like, ~70% pruned) emitted with "csr": a mix of dense and CSR layers."""
+    require_board()
+    import torch
+    from models import build_model
+
+    from codegen import save_compressed_model
+
+    model, x = build_model(request.param)
+    with torch.no_grad():
+        reference = model(x).numpy().reshape(-1).astype(np.float32)
+    d = tmp_path_factory.mktemp(f"e2e_{request.param}") / request.param
+    save_compressed_model(model, "csr", input_data=x, directory=d)
+    return request.param, d, reference
+
+
+@pytest.mark.parametrize("target", ["m4", "m3"])
+def test_e2e_model_on_board_matches_pytorch(e2e_emitted, target):
+    from helpers import assert_parity
+
+    name, d, reference = e2e_emitted
+    result = cboard.run(d, target)
+    assert result.passed, f"{name} on {target}: exit {result.exit_code}\n{result.stdout}{result.stderr}"
+    assert_parity(result.outputs, reference, f"{name} on the emulated {target}")
