@@ -252,6 +252,25 @@ def test_any_exit_status_and_faults_propagate(tmp_path):
     assert "SC_FAULT" in crash.stderr
 
 
+def test_hung_program_times_out(tmp_path):
+    d = tmp_path / "hang"
+    write_toy_model(d)
+    (d / "app" / "hang.c").write_text("int main(void)\n{\n    for (;;) {\n    }\n}\n")
+    elf = cboard.build(d, "m4", make_vars={"APP_SRCS": "app/hang.c", "PREFIX": "hang"})
+    result = cboard.run_elf(elf, "m4", timeout=1.0)
+    assert result.timed_out and result.exit_code == 124 and not result.passed
+
+
+def test_require_board_skips_or_fails(monkeypatch):
+    monkeypatch.setattr(cboard, "board_toolchain_available", lambda: (False, "no arm-none-eabi-gcc"))
+    monkeypatch.delenv("SPARSECOMP_REQUIRE_BOARD", raising=False)
+    with pytest.raises(pytest.skip.Exception, match="no arm-none-eabi-gcc"):
+        require_board()
+    monkeypatch.setenv("SPARSECOMP_REQUIRE_BOARD", "1")
+    with pytest.raises(pytest.fail.Exception, match="SPARSECOMP_REQUIRE_BOARD=1"):
+        require_board()
+
+
 def test_make_qemu_and_size_targets(toy):
     d, info = toy
     proc = subprocess.run(["make", "-s", "-C", str(d), "qemu"], capture_output=True, text=True)
