@@ -1,0 +1,202 @@
+"""The ``sparsecomp`` command line.
+
+    sparsecomp emit PACKAGE.MODULE:FACTORY --weights W.pt --input-shape 1,1,28,28 -o DIR
+                    [--representation csr] [--prefix P] [--overwrite]
+    sparsecomp report DIR        pretty-print DIR/report.json of an emitted model
+    sparsecomp board DIR         build and run DIR on the emulated Cortex-M boards
+
+Example::
+
+    $ sparsecomp emit mypkg.models:lenet5 --weights lenet5.pt --input-shape 1,1,28,28 -o lenet5_c
+    $ make -C lenet5_c check
+    $ sparsecomp report lenet5_c
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import json
+import logging
+import os
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+logger = logging.getLogger(__name__)
+
+
+class CLIError(Exception):
+    """A user error: printed as one line, exit status 2."""
+
+
+def _parse_shape(text: str) -> tuple[int, ...]:
+    try:
+        shape = tuple(int(s) for s in text.replace("x", ",").split(",") if s.strip())
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"bad shape {text!r}: use comma-separated integers like 1,1,28,28") from None
+    if not shape or any(s <= 0 for s in shape):
+        raise argparse.ArgumentTypeError(f"bad shape {text!r}: dimensions must be positive")
+    return shape
+
+
+def _load_factory(spec: str):
+    mod_name, sep, attr = spec.partition(":")
+    if not sep or not mod_name or not attr:
+        raise CLIError(f"model must be PACKAGE.MODULE:FACTORY, got {spec!r}")
+    if os.getcwd() not in sys.path and "" not in sys.path:
+        sys.path.insert(0, os.getcwd())
+    try:
+        module = importlib.import_module(mod_name)
+    except ImportError as exc:
+        raise CLIError(f"cannot import {mod_name!r}: {exc}") from exc
+    obj = module
+    for part in attr.split("."):
+        if not hasattr(obj, part):
+            raise CLIError(f"{mod_name!r} has no attribute {attr!r}")
+        obj = getattr(obj, part)
+    if not callable(obj):
+        raise CLIError(f"{spec} is not callable")
+    return obj
+
+
+def cmd_emit(args: argparse.Namespace) -> int:
+    import torch
+
+    from codegen import save_compressed_model
+
+    factory = _load_factory(args.model)
+    model = factory()
+    if not isinstance(model, torch.nn.Module):
+        raise CLIError(f"{args.model}() returned {type(model).__name__}, not a torch.nn.Module")
+    if args.weights:
+        wpath = Path(args.weights)
+        if not wpath.is_file():
+            raise CLIError(f"weights file {wpath} does not exist")
+        state = torch.load(wpath, map_location="cpu", weights_only=True)
+        if isinstance(state, dict) and "state_dict" in state and isinstance(state["state_dict"], dict):
+            state = state["state_dict"]
+        if not isinstance(state, dict):
+            raise CLIError(f"{wpath} does not hold a state_dict")
+        try:
+            model.load_state_dict(state)
+        except RuntimeError as exc:
+            raise CLIError(f"{wpath} does not match {args.model}(): {exc}") from exc
+    model.eval()
+    torch.manual_seed(args.seed)
+    sample = torch.rand(args.input_shape) if args.self_test else None
+    res = save_compressed_model(
+        model, args.representation, input_data=sample, directory=args.output,
+        input_shape=None if sample is not None else args.input_shape, prefix=args.prefix,
+        overwrite=args.overwrite,
+    )  # fmt: skip
+    print(f"emitted {args.model} to {res.directory}: {res.weight_bytes} weight bytes, {res.arena_bytes} arena bytes")
+    if sample is not None:
+        print(f"build and self-test with: make -C {res.directory} check")
+    return 0
+
+
+def format_report(info: dict) -> str:
+    """Human-readable table of an emitted directory's report.json."""
+    try:
+        from codegen.api import format_table
+
+        body = format_table(info)
+    except (ImportError, KeyError):  # pragma: no cover - fallback for foreign report files
+        body = json.dumps(info.get("layers", []), indent=2)
+    head = [
+        f"model:          {info.get('model', '?')} (prefix {info.get('prefix', '?')}, "
+        f"{info.get('representation', '?')})",
+        f"generator:      {info.get('generator', '?')}",
+        f"input / output: {info.get('input_shape')} -> {info.get('output_shape')}",
+        "",
+    ]
+    return "\n".join(head) + body
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    path = Path(args.directory)
+    rj = path if path.is_file() else path / "report.json"
+    if not rj.is_file():
+        raise CLIError(f"{rj} not found: is {args.directory} a directory emitted by sparsecomp?")
+    try:
+        info = json.loads(rj.read_text())
+    except json.JSONDecodeError as exc:
+        raise CLIError(f"{rj} is not valid JSON: {exc}") from exc
+    if args.json:
+        print(json.dumps(info, indent=2))
+    else:
+        print(format_report(info))
+    return 0
+
+
+def cmd_board(args: argparse.Namespace) -> int:
+    try:
+        from codegen.board import board_command
+    except ImportError as exc:
+        raise CLIError(f"board support is not available: {exc}") from exc
+    rc = board_command(args.directory, tuple(args.target or ("m4",)))
+    return int(rc) if isinstance(rc, int) else 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(
+        prog="sparsecomp",
+        description="Compress PyTorch models to a byte budget and emit plain C99 for Cortex-M.",
+    )
+    ap.add_argument("-v", "--verbose", action="store_true", help="log progress messages")
+    sub = ap.add_subparsers(dest="command", metavar="COMMAND")
+    sub.required = True
+
+    e = sub.add_parser("emit", help="emit C for a model built by a Python factory",
+                       description="Build a model with PACKAGE.MODULE:FACTORY(), load weights, emit C.")
+    e.add_argument("model", metavar="PACKAGE.MODULE:FACTORY", help="callable returning the nn.Module")
+    e.add_argument("--weights", metavar="W.pt", help="state_dict saved with torch.save (optional)")
+    e.add_argument("--input-shape", required=True, type=_parse_shape, metavar="N,C,H,W",
+                   help="example input shape including the batch dimension (batch 1), e.g. 1,1,28,28")
+    e.add_argument("-o", "--output", required=True, metavar="DIR", help="output directory")
+    e.add_argument("--representation", default="csr", choices=["csr", "dense"], help="weight storage (default csr)")
+    e.add_argument("--prefix", default="model", help="prefix of the C names (default model)")
+    e.add_argument("--overwrite", action="store_true", help="replace DIR if it is an emitted model directory")
+    e.add_argument("--no-self-test", dest="self_test", action="store_false",
+                   help="do not embed a random test input (headers/input.h) for `make check`")
+    e.add_argument("--seed", type=int, default=0, help="seed of the random self-test input")
+    e.set_defaults(func=cmd_emit)
+
+    r = sub.add_parser("report", help="pretty-print report.json of an emitted directory",
+                       description="Pretty-print the per-layer table of an emitted model directory.")
+    r.add_argument("directory", metavar="DIR")
+    r.add_argument("--json", action="store_true", help="print the raw JSON")
+    r.set_defaults(func=cmd_report)
+
+    b = sub.add_parser("board", help="build and run an emitted directory on the emulated boards",
+                       description="Cross-build DIR for Cortex-M, run it under QEMU and report size/cycles.")
+    b.add_argument("directory", metavar="DIR")
+    b.add_argument("--target", action="append", choices=["m4", "m3"],
+                   help="board to run on (repeatable; default m4)")
+    b.set_defaults(func=cmd_board)
+    return ap
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``sparsecomp`` console script."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
+                        format="%(levelname)s %(name)s: %(message)s")
+    try:
+        return args.func(args)
+    except CLIError as exc:
+        print(f"sparsecomp {args.command}: error: {exc}", file=sys.stderr)
+        return 2
+    except Exception as exc:  # codegen errors carry actionable messages: show them without a traceback
+        from codegen.errors import CodegenError
+
+        if isinstance(exc, (CodegenError, FileExistsError, FileNotFoundError)):
+            print(f"sparsecomp {args.command}: error: {exc}", file=sys.stderr)
+            return 2
+        raise
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

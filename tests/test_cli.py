@@ -1,0 +1,122 @@
+"""The sparsecomp command line: emit, report, board, --help."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import textwrap
+
+import pytest
+import torch
+
+from sparsecomp import cli
+
+FACTORY = textwrap.dedent(
+    """
+    import torch.nn as nn
+
+    def tiny():
+        return nn.Sequential(nn.Conv2d(1, 4, 3), nn.ReLU(), nn.Flatten(), nn.Linear(4 * 6 * 6, 5))
+
+    not_callable = 3
+    """
+)
+
+
+@pytest.fixture
+def factory(tmp_path, monkeypatch):
+    (tmp_path / "cli_models_for_test.py").write_text(FACTORY)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    import importlib
+
+    mod = importlib.import_module("cli_models_for_test")
+    torch.manual_seed(0)
+    model = mod.tiny()
+    with torch.no_grad():
+        model[3].weight[:, ::2] = 0
+    torch.save(model.state_dict(), tmp_path / "w.pt")
+    return tmp_path, model
+
+
+@pytest.mark.parametrize("sub", [[], ["emit"], ["report"], ["board"]])
+def test_help_on_every_subcommand(sub, capsys):
+    with pytest.raises(SystemExit) as ei:
+        cli.main([*sub, "--help"])
+    assert ei.value.code == 0
+    assert "usage: sparsecomp" in capsys.readouterr().out
+
+
+def test_emit_then_report_then_build(factory, capsys):
+    tmp, model = factory
+    out = tmp / "emitted"
+    rc = cli.main(["emit", "cli_models_for_test:tiny", "--weights", str(tmp / "w.pt"),
+                   "--input-shape", "1,1,8,8", "-o", str(out), "--prefix", "tiny"])
+    assert rc == 0
+    text = capsys.readouterr().out
+    from codegen import weight_bytes
+
+    expected = weight_bytes(model, (1, 1, 8, 8)).total
+    assert f"{expected} weight bytes" in text
+    info = json.loads((out / "report.json").read_text())
+    assert info["totals"]["weight_bytes"] == expected and info["prefix"] == "tiny"
+    assert any(layer["format"] == "csr" for layer in info["layers"])
+    run = subprocess.run(["make", "-s", "-C", str(out), "check"], capture_output=True, text=True)
+    assert run.returncode == 0, run.stdout + run.stderr
+    # a foreign non-empty directory is refused without --overwrite (codegen's rule), with a message
+    foreign = tmp / "foreign"
+    foreign.mkdir()
+    (foreign / "mine.txt").write_text("user file")
+    assert cli.main(["emit", "cli_models_for_test:tiny", "--input-shape", "1,1,8,8", "-o", str(foreign)]) == 2
+    assert "overwrite" in capsys.readouterr().err.lower()
+    assert (foreign / "mine.txt").read_text() == "user file"
+    assert cli.main(["emit", "cli_models_for_test:tiny", "--input-shape", "1,1,8,8", "-o", str(out),
+                     "--overwrite", "--representation", "dense", "--prefix", "tiny"]) == 0
+    capsys.readouterr()
+    assert cli.main(["report", str(out)]) == 0
+    rep = capsys.readouterr().out
+    assert "dense" in rep and "arena" in rep and "linear" in rep
+    assert cli.main(["report", str(out), "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["representation"] == "dense"
+
+
+@pytest.mark.parametrize(
+    "argv,msg",
+    [
+        (["emit", "no_colon_here", "--input-shape", "1,4", "-o", "X"], "PACKAGE.MODULE:FACTORY"),
+        (["emit", "no_such_module_xyz:f", "--input-shape", "1,4", "-o", "X"], "cannot import"),
+        (["emit", "cli_models_for_test:missing", "--input-shape", "1,4", "-o", "X"], "no attribute"),
+        (["emit", "cli_models_for_test:not_callable", "--input-shape", "1,4", "-o", "X"], "not callable"),
+        (["emit", "cli_models_for_test:tiny", "--weights", "nope.pt", "--input-shape", "1,1,8,8", "-o", "X"],
+         "does not exist"),
+        (["report", "not_a_dir"], "report.json not found"),
+    ],
+)
+def test_user_errors_exit_2_with_a_message(factory, argv, msg, capsys, monkeypatch):
+    monkeypatch.chdir(factory[0])
+    assert cli.main(argv) == 2
+    assert msg in capsys.readouterr().err
+
+
+def test_mismatched_weights(factory, capsys):
+    tmp, _ = factory
+    torch.save({"0.weight": torch.zeros(1)}, tmp / "bad.pt")
+    rc = cli.main(["emit", "cli_models_for_test:tiny", "--weights", str(tmp / "bad.pt"),
+                   "--input-shape", "1,1,8,8", "-o", str(tmp / "o")])
+    assert rc == 2 and "does not match" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        cli.main(["emit", "cli_models_for_test:tiny", "--input-shape", "1,a", "-o", str(tmp / "o")])
+
+
+def test_board_calls_codegen_board_lazily(tmp_path, monkeypatch):
+    import codegen.board
+
+    calls = []
+    monkeypatch.setattr(codegen.board, "board_command", lambda d, targets=("m4",): calls.append((d, targets)) or 1)
+    assert cli.main(["board", str(tmp_path), "--target", "m3"]) == 1
+    assert calls == [(str(tmp_path), ("m3",))]
+
+
+def test_module_entry_point_runs():
+    run = subprocess.run([sys.executable, "-m", "sparsecomp.cli", "--help"], capture_output=True, text=True)
+    assert run.returncode == 0 and "emit" in run.stdout and "board" in run.stdout
