@@ -64,17 +64,24 @@ SC_PROFILE_SRCS := $(SC_BOARD_DIR)/profile.c
 sc_objs = $(patsubst %.c,$(1)/obj/%.o,$(2))
 
 # $(call sc_variant,<name>,<build dir>,<mcpu>,<linker script>,<extra cflags>,<extra board srcs>,<extra ldflags>)
+# Every variant keeps its flags in <build dir>/flags.txt, rewritten only when they change:
+# objects and ELFs depend on it, so `make cortex-m4 ARM_OPT=-Os` after -O2 rebuilds.
 define sc_variant
-$(2)/obj/%.o: %.c
+$(2)/flags.txt: sc-force
+	@mkdir -p $$(@D)
+	@printf '%s\n' '$(3) $$(ARM_CPPFLAGS) $(5) $$(ARM_CFLAGS) | $$(ARM_CC) $$(ARM_SPECS) $$(ARM_LDFLAGS) $(7) $$(ARM_STACK_SIZE) $$(ARM_HEAP_SIZE) $$(ARM_LDLIBS) | $(4) | $$(MODEL_SRCS) | $$(APP_SRCS)' > $$@.tmp
+	@if cmp -s $$@.tmp $$@; then rm -f $$@.tmp; else mv -f $$@.tmp $$@; fi
+
+$(2)/obj/%.o: %.c $(2)/flags.txt
 	@mkdir -p $$(@D)
 	$$(ARM_CC) $(3) $$(ARM_CPPFLAGS) $(5) $$(ARM_CFLAGS) -MMD -MP -c -o $$@ $$<
 
-$(2)/$$(PREFIX).elf: $(call sc_objs,$(2),$(MODEL_SRCS) $(APP_SRCS) $(SC_BOARD_SRCS) $(6)) $(4) $$(SC_BOARD_DIR)/cortex_m.ld
+$(2)/$$(PREFIX).elf: $(call sc_objs,$(2),$(MODEL_SRCS) $(APP_SRCS) $(SC_BOARD_SRCS) $(6)) $(4) $$(SC_BOARD_DIR)/cortex_m.ld $(2)/flags.txt
 	$$(ARM_CC) $(3) $$(ARM_SPECS) -T$(4) -L$$(SC_BOARD_DIR) $$(ARM_LDFLAGS) $(7) \
 	    -Wl,--defsym=__stack_size__=$$(ARM_STACK_SIZE) -Wl,--defsym=__heap_size__=$$(ARM_HEAP_SIZE) \
 	    -Wl,-Map=$$(@:.elf=.map) -o $$@ $$(filter %.o,$$^) $$(ARM_LDLIBS)
 
-$(2)/baseline.elf: $(call sc_objs,$(2),$(APP_SRCS) $(SC_BOARD_SRCS) $(SC_BOARD_DIR)/baseline.c $(6)) $(4) $$(SC_BOARD_DIR)/cortex_m.ld
+$(2)/baseline.elf: $(call sc_objs,$(2),$(APP_SRCS) $(SC_BOARD_SRCS) $(SC_BOARD_DIR)/baseline.c $(6)) $(4) $$(SC_BOARD_DIR)/cortex_m.ld $(2)/flags.txt
 	$$(ARM_CC) $(3) $$(ARM_SPECS) -T$(4) -L$$(SC_BOARD_DIR) $$(ARM_LDFLAGS) \
 	    -Wl,--defsym=__stack_size__=$$(ARM_STACK_SIZE) -Wl,--defsym=__heap_size__=$$(ARM_HEAP_SIZE) \
 	    -Wl,-Map=$$(@:.elf=.map) -o $$@ $$(filter %.o,$$^) $$(ARM_LDLIBS)
@@ -97,7 +104,9 @@ build/m4-profile/calibrate.elf: $(call sc_objs,build/m4-profile,$(SC_BOARD_SRCS)
 SC_QEMU_M4 = $(SC_TIMEOUT) $(QEMU_TIMEOUT) $(QEMU) -M $(QEMU_M4_MACHINE) $(QEMU_FLAGS)
 SC_QEMU_M3 = $(SC_TIMEOUT) $(QEMU_TIMEOUT) $(QEMU) -M $(QEMU_M3_MACHINE) $(QEMU_FLAGS)
 
-.PHONY: cortex-m4 cortex-m3 qemu qemu-m3 size baseline profile profile-m3 profile-calibrate board-clean
+sc-force:
+
+.PHONY: sc-force cortex-m4 cortex-m3 qemu qemu-m3 size baseline profile profile-m3 profile-calibrate board-clean
 
 cortex-m4: build/m4/$(PREFIX).elf
 cortex-m3: build/m3/$(PREFIX).elf
