@@ -337,6 +337,11 @@ def test_other_prefix(tmp_path):
     np.testing.assert_allclose(result.outputs, info["expected"], atol=1e-5)
     m = cboard.measure(d, instructions=False)
     assert m.weight_bytes == m.weight_bytes_nm == info["weight_bytes"]
+    # other flags rebuild (board.mk keeps a flags stamp per build dir): -Os code is smaller
+    small = cboard.measure(d, instructions=False, make_vars={"ARM_OPT": "-Os"})
+    assert small.weight_bytes == m.weight_bytes
+    assert small.code_bytes < m.code_bytes
+    assert "-Os" in (d / "build" / "m4" / "flags.txt").read_text()
 
 
 def test_board_command_prints_a_report(toy, capsys):
