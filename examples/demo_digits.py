@@ -19,34 +19,14 @@ import time
 from pathlib import Path
 
 import torch
-import torch.nn as nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from codegen import save_compressed_model  # noqa: E402
 from sparsecomp import compress_NN_models, load_digits  # noqa: E402
+from sparsecomp.models import digits_cnn, train_classifier  # noqa: E402
 
 log = logging.getLogger("demo_digits")
-
-
-def make_model() -> nn.Module:
-    return nn.Sequential(
-        nn.Conv2d(1, 8, 3, padding=1), nn.BatchNorm2d(8), nn.ReLU(),
-        nn.Conv2d(8, 16, 3, padding=1), nn.BatchNorm2d(16), nn.ReLU(), nn.MaxPool2d(2),
-        nn.Flatten(), nn.Linear(16 * 4 * 4, 64), nn.ReLU(), nn.Linear(64, 10),
-    )  # fmt: skip
-
-
-def train(model: nn.Module, loader, epochs: int, lr: float = 3e-3) -> None:
-    opt = torch.optim.Adam(model.parameters(), lr)
-    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, epochs * len(loader))
-    model.train()
-    for _ in range(epochs):
-        for x, y in loader:
-            opt.zero_grad()
-            nn.functional.cross_entropy(model(x), y).backward()
-            opt.step()
-            sched.step()
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -63,8 +43,8 @@ def main(argv: list[str] | None = None) -> int:
 
     train_loader, val_loader, test_loader = load_digits(batch_size=64, seed=args.seed)
     torch.manual_seed(args.seed)
-    model = make_model()
-    train(model, train_loader, epochs=15)
+    model = digits_cnn()
+    train_classifier(model, train_loader, epochs=12, lr=3e-3, progress=not args.quiet)
     log.info("trained the float model in %.1f s", time.monotonic() - t0)
 
     report = compress_NN_models(
