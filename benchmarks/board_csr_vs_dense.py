@@ -1,5 +1,8 @@
 """Instructions per inference on an emulated Cortex-M4F: dense vs CSR weights, LeNet-5.
 
+LeNet-5 is the Caffe variant by default (20/50 channels, 431,080 parameters, the project's
+reference model); ``--model classic`` uses the 6/16-channel original.
+
 For each density (fraction of weights kept by magnitude pruning, per layer) the same pruned
 LeNet-5 is emitted twice, with representation "dense" and "csr" ("csr" stores a tensor in CSR
 only where that is smaller than dense, so at density 1 it is dense), built for the Cortex-M4F
@@ -11,7 +14,7 @@ flash wait states change the picture somewhat; the ratios here are the instructi
 
 Usage:
     .venv/bin/python benchmarks/board_csr_vs_dense.py [--densities 1 0.5 0.2 0.1 0.05]
-        [--workdir DIR] [--json results.json] [--opt -O2]
+        [--model caffe|classic] [--workdir DIR] [--json results.json] [--opt -O2]
 """
 
 from __future__ import annotations
@@ -27,11 +30,10 @@ import torch
 
 from codegen import board, save_compressed_model
 
-LAYERS = ("conv1", "conv2", "fc1", "fc2", "fc3")
 
-
-class LeNet5(torch.nn.Module):
-    """LeNet-5 for 1x28x28 inputs (conv1 padded to keep the classic 32x32 geometry)."""
+class LeNet5Classic(torch.nn.Module):
+    """LeNet-5 as in LeCun et al. 1998 (6/16 channels, 61,706 parameters), 1x28x28 inputs
+    (conv1 padded to keep the 32x32 geometry)."""
 
     def __init__(self) -> None:
         super().__init__()
@@ -52,13 +54,27 @@ class LeNet5(torch.nn.Module):
         return self.fc3(x)
 
 
-def pruned_lenet(density: float, seed: int = 0) -> LeNet5:
-    """LeNet-5 with random weights, each layer's weight magnitude-pruned to ``density``."""
+def lenet5_caffe() -> torch.nn.Module:
+    """LeNet-5, Caffe variant (20/50 channels, 431,080 parameters): the pruning literature's
+    LeNet-5 and the project's reference model (sparsecomp.models.lenet5)."""
+    return torch.nn.Sequential(
+        torch.nn.Conv2d(1, 20, 5), torch.nn.MaxPool2d(2), torch.nn.Conv2d(20, 50, 5), torch.nn.MaxPool2d(2),
+        torch.nn.Flatten(), torch.nn.Linear(800, 500), torch.nn.ReLU(), torch.nn.Linear(500, 10),
+    )  # fmt: skip
+
+
+MODELS = {"caffe": lenet5_caffe, "classic": LeNet5Classic}
+
+
+def pruned_lenet(variant: str, density: float, seed: int = 0) -> torch.nn.Module:
+    """LeNet-5 with seeded random weights, each layer's weight magnitude-pruned to ``density``."""
     torch.manual_seed(seed)
-    net = LeNet5().eval()
+    net = MODELS[variant]().eval()
     with torch.no_grad():
-        for name in LAYERS:
-            w = getattr(net, name).weight
+        for mod in net.modules():
+            if not isinstance(mod, (torch.nn.Conv2d, torch.nn.Linear)):
+                continue
+            w = mod.weight
             keep = max(1, round(density * w.numel()))
             if keep < w.numel():
                 threshold = w.abs().flatten().kthvalue(w.numel() - keep).values
@@ -74,18 +90,17 @@ def measure_one(net: torch.nn.Module, x: torch.Tensor, representation: str, dire
     if not run.passed:
         raise SystemExit(f"{directory}: self-test failed on the M4 (exit {run.exit_code}):\n{run.stdout}")
     m = board.measure(directory, make_vars=make_vars)
-    formats = {layer["name"]: layer["format"] for layer in res.report["layers"]}
-    layer_bytes = {layer["name"]: layer["bytes"] for layer in res.report["layers"]}
-    insns = {layer.name: layer.instructions for layer in m.layers}
+    insns = {layer.index: layer.instructions for layer in m.layers}
     return {
         "representation": representation,
         "weight_bytes": m.weight_bytes,
         "code_bytes": m.code_bytes,
         "instructions": m.instructions,
-        "layers": {
-            name: {"format": formats.get(name), "bytes": layer_bytes.get(name),
-                   "instructions": insns.get(name)}
-            for name in LAYERS
+        "layers": {  # weighted layers only, by the torch module name
+            f"{layer['source']} ({layer['op']})": {
+                "format": layer["format"], "bytes": layer["bytes"], "instructions": insns.get(layer["index"]),
+            }
+            for layer in res.report["layers"] if layer["format"] != "-"
         },
     }
 
@@ -96,6 +111,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--workdir", type=Path, default=None, help="where to emit (default: a temp dir)")
     ap.add_argument("--json", type=Path, default=None, help="also write the results here")
     ap.add_argument("--opt", default="-O2", help="optimisation flag of the cross build")
+    ap.add_argument("--model", choices=sorted(MODELS), default="caffe",
+                    help="caffe: 20/50-channel LeNet-5 (431k params, the project's reference); classic: 6/16")
     args = ap.parse_args(argv)
 
     ok, reason = board.board_toolchain_available()
@@ -107,20 +124,22 @@ def main(argv: list[str] | None = None) -> int:
     results = []
     t0 = time.time()
     for density in args.densities:
-        net = pruned_lenet(density)
+        net = pruned_lenet(args.model, density)
         row = {"density": density}
         for rep in ("dense", "csr"):
             row[rep] = measure_one(net, x, rep, work / f"d{density:g}_{rep}", args.opt)
         results.append(row)
 
-    print(f"LeNet-5 on Cortex-M4F (QEMU mps2-an386, -icount shift=0, {args.opt}): "
+    print(f"LeNet-5 ({args.model}) on Cortex-M4F (QEMU mps2-an386, -icount shift=0, {args.opt}): "
           "instructions per inference, dense vs CSR\n")
-    head = f"{'density':>7}  {'layer':<6} {'fmt':<5} {'dense insns':>12} {'csr insns':>12} " \
+    names = list(results[0]["dense"]["layers"]) if results else []
+    width = max([len(n) for n in names] + [6])
+    head = f"{'density':>7}  {'layer':<{width}} {'fmt':<5} {'dense insns':>12} {'csr insns':>12} " \
            f"{'csr/dense':>9} {'dense B':>8} {'csr B':>8}"
     print(head)
     print("-" * len(head))
     for row in results:
-        for name in (*LAYERS, "total"):
+        for name in (*names, "total"):
             if name == "total":
                 di, ci = row["dense"]["instructions"], row["csr"]["instructions"]
                 db, cb = row["dense"]["weight_bytes"], row["csr"]["weight_bytes"]
@@ -129,7 +148,7 @@ def main(argv: list[str] | None = None) -> int:
                 d, c = row["dense"]["layers"][name], row["csr"]["layers"][name]
                 di, ci, db, cb, fmt = d["instructions"], c["instructions"], d["bytes"], c["bytes"], c["format"]
             ratio = f"{ci / di:.2f}" if di else "-"
-            print(f"{row['density']:>7g}  {name:<6} {fmt:<5} {di:>12,} {ci:>12,} {ratio:>9} {db:>8,} {cb:>8,}")
+            print(f"{row['density']:>7g}  {name:<{width}} {fmt:<5} {di:>12,} {ci:>12,} {ratio:>9} {db:>8,} {cb:>8,}")
         print()
     print("fmt: the encoding the \"csr\" emission chose for that layer (CSR only where smaller).")
     print(f"({len(results) * 2} emissions, {time.time() - t0:.0f} s; work dir {work})")
