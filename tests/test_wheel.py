@@ -36,6 +36,9 @@ REPO = Path(__file__).resolve().parents[1]
 _SKIP_NAMES = {
     ".venv",
     ".git",
+    ".pytest_cache",
+    ".ruff_cache",
+    ".hypothesis",
     "build",
     "dist",
     "__pycache__",
