@@ -40,10 +40,12 @@ def default_tolerance(expected: np.ndarray) -> float:
 
 
 def _check_prefix(prefix: str) -> None:
-    if not re.fullmatch(r"[A-Za-z][A-Za-z0-9_]*", prefix or "") or prefix.startswith("sc_"):
+    # No "__" and no trailing "_": include guards are <PREFIX>__<FILE>_H, so the first "__" ends
+    # the prefix and two models' guards can never collide.
+    if not re.fullmatch(r"[A-Za-z][A-Za-z0-9]*(_[A-Za-z0-9]+)*", prefix or "") or prefix.lower().startswith("sc_"):
         raise CodegenError(
-            f"prefix {prefix!r} is not usable as a C identifier prefix: use letters, digits and '_', "
-            "starting with a letter (and not 'sc_', reserved for the runtime), e.g. prefix='kws'"
+            f"prefix {prefix!r} is not usable as a C identifier prefix: use letters, digits and single '_' "
+            "between them, starting with a letter (and not 'sc_', reserved for the runtime), e.g. prefix='kws'"
         )
 
 

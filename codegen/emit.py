@@ -125,7 +125,7 @@ def render(
     for op in weighted:
         arrays = [a for e in op.encoded.values() for a in e.arrays.values() if a.count]
         out.files[f"headers/{op.name}.h"] = env.get_template("layer.h.j2").render(
-            version=version, op=op, arrays=arrays, guard=f"{P}_{op.name.upper()}_H"
+            version=version, op=op, arrays=arrays, guard=f"{P}__L_{op.name.upper()}_H"
         )
     out.files["headers/headers.h"] = env.get_template("headers.h.j2").render(**common)
     if test_io is not None:
@@ -185,7 +185,8 @@ def write_directory(r: Rendered, directory: str | os.PathLike, overwrite: bool) 
         if entries and previous is None and not overwrite:
             raise CodegenError(
                 f"{target} is not empty and was not written by sparsecomp; choose an empty or new "
-                "directory, or pass overwrite=True (files not written by sparsecomp are kept)"
+                "directory, or pass overwrite=True (it replaces the files sparsecomp writes, such as Makefile "
+                "and model.c, and keeps every other file)"
             )
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=target.parent))

@@ -95,13 +95,14 @@ def c_identifier(text: str) -> str:
     s = re.sub(r"_+", "_", s).strip("_")
     if not s or s[0].isdigit():
         s = "l_" + s
-    if s in C_KEYWORDS or s in RESERVED_NAMES:
+    if s in C_KEYWORDS or s.lower() in RESERVED_NAMES:
         s += "_"
     return s
 
 
 class NameAllocator:
-    """Gives unique, deterministic C identifiers."""
+    """Gives unique, deterministic C identifiers, unique even ignoring case (they also name files
+    and upper-case include guards: 'fc' and 'FC' must not both become headers/fc.h / MODEL_FC_H)."""
 
     def __init__(self) -> None:
         self.used: set[str] = set()
@@ -109,9 +110,9 @@ class NameAllocator:
     def __call__(self, text: str) -> str:
         base = c_identifier(text)
         name, i = base, 2
-        while name in self.used:
+        while name.lower() in self.used:
             name, i = f"{base}_{i}", i + 1
-        self.used.add(name)
+        self.used.add(name.lower())
         return name
 
 
@@ -356,10 +357,27 @@ _ACT_KIND: dict[Any, str] = {
 }  # fmt: skip
 
 
+_INPLACE_ARG = {F.relu: 1, F.relu6: 1, F.leaky_relu: 2, F.hardswish: 1, F.hardsigmoid: 1}
+
+
+def _is_inplace(ctx: LowerContext, node: fx.Node) -> bool:
+    """nn.ReLU(inplace=True), F.relu(x, inplace=True), ...: the activation overwrites its input."""
+    if node.op == "call_module":
+        return bool(getattr(ctx.module(node), "inplace", False))
+    index = _INPLACE_ARG.get(node.target)
+    return index is not None and bool(ctx.arg(node, index, "inplace", False))
+
+
 @register_lowering(*dict.fromkeys(_ACT_KIND))
 def lower_activation(ctx: LowerContext, node: fx.Node) -> None:
     x = ctx.tensor_arg(node, 0, "input")
+    old = ctx.value(x)
     ctx.emit(node, ir.Act(**ctx.common(node, [x]), numel=ctx.numel(x), act=_act_of(ctx, node)))
+    if _is_inplace(ctx, node):
+        # torch mutated x (and every view of it): later users of x read the activated values.
+        for name, value in list(ctx.env.items()):
+            if value == old:
+                ctx.env[name] = ctx.env[node.name]
 
 
 # ---- layout-preserving ops: no code, the result is the same memory ------------------------------

@@ -81,7 +81,14 @@ def trace(
         raise UntraceableModelError(
             f"torch.fx could not trace {type(model).__name__}.forward(): {exc}\n{_UNTRACEABLE_HELP}"
         ) from exc
-    gm = fx.GraphModule(tracer.root, graph, type(model).__name__)
+    try:
+        gm = fx.GraphModule(tracer.root, graph, type(model).__name__)
+    except SyntaxError as exc:  # fx writes `self.block.if(x)` for a submodule named after a keyword
+        raise UntraceableModelError(
+            f"torch.fx cannot generate Python code for {type(model).__name__}: {exc.msg} in "
+            f"'{(exc.text or '').strip()}'. A submodule is probably named after a Python keyword "
+            "(e.g. an nn.ModuleDict key 'if' or 'class'); rename it."
+        ) from exc
     placeholders = [n for n in gm.graph.nodes if n.op == "placeholder"]
     if len(placeholders) != 1:
         raise CodegenError(

@@ -253,11 +253,6 @@ def test_two_prefixes_link_into_one_firmware(small, tmp_path):
     assert np.max(np.abs(out - ref)) <= default_tolerance(ref)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG templates: include guards are PREFIX_H (model.h) and PREFIX_INPUT_H (input.h), so prefix "
-    "'net_input' model.h and prefix 'net' input.h share the guard NET_INPUT_H and the second is skipped",
-)
 def test_prefixes_whose_guards_collide(small, tmp_path):
     model, x = small
     for p in ("net", "net_input"):
@@ -433,12 +428,6 @@ class KeywordNames(nn.Module):
         return self.d["if"](x)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG codegen/trace.py: a submodule named after a Python keyword makes fx.GraphModule raise "
-    "SyntaxError (fx writes `self.d.if(x)`), which trace() does not catch: a raw SyntaxError, not a "
-    "CodegenError naming the module",
-)
 def test_python_keyword_module_name_gives_codegen_error(tmp_path):
     with pytest.raises(UntraceableModelError):
         save_compressed_model(KeywordNames(), "csr", input_data=torch.randn(1, 4), directory=tmp_path / "k")
@@ -470,13 +459,6 @@ class CaseNames(nn.Module):
         return self.INPUT(torch.relu(self.FC(torch.relu(self.fc(x)))))
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG codegen/lower.py NameAllocator / templates layer.h.j2: names are unique only case-sensitively, "
-    "but the include guard is PREFIX_<NAME.upper()>_H, so 'fc' and 'FC' share MODEL_FC_H and model.c skips "
-    "the second header (model_FC_w undeclared); on case-insensitive file systems (macOS, Windows) "
-    "headers/fc.h and headers/FC.h, or headers/INPUT.h and headers/input.h, are the same file",
-)
 def test_module_names_differing_only_in_case(tmp_path):
     res = save_compressed_model(CaseNames(), "dense", input_data=torch.randn(1, 4), directory=tmp_path / "c")
     names = [f.lower() for f in res.report["files"]]

@@ -74,7 +74,7 @@ def test_non_finite_weights_name_the_layer(tmp_path):
         save_compressed_model(net, "csr", torch.randn(1, 4), tmp_path / "m")
 
 
-@pytest.mark.parametrize("prefix", ["1model", "my-model", "", "sc_model", "a b"])
+@pytest.mark.parametrize("prefix", ["1model", "my-model", "", "sc_model", "a b", "net__x", "net_", "SC_net"])
 def test_bad_prefix(tmp_path, prefix):
     with pytest.raises(CodegenError, match="C identifier"):
         save_compressed_model(nn.Linear(4, 2), "csr", torch.randn(1, 4), tmp_path / "m", prefix=prefix)

@@ -139,14 +139,6 @@ res = codegen.save_compressed_model(net, "csr", input_data=torch.randn(1, 1, 8, 
 json.dump({"weight_bytes": res.weight_bytes}, sys.stdout)
 """
 
-RESOURCES_BUG = (
-    "BUG codegen/resources.py: templates/ and runtime_c/ have no __init__.py, so in the wheel "
-    "codegen.templates is a namespace package and importlib.resources.files() returns a MultiplexedPath "
-    "whose str() is \"MultiplexedPath('...')\", not a path; resource_dir() then falls back to "
-    "site-packages/templates, which does not exist (FileNotFoundError). The editable checkout hides it."
-)
-
-
 def _outside(tmp_path: Path) -> tuple[Path, dict[str, str]]:
     work = tmp_path / "outside"
     work.mkdir()
@@ -172,7 +164,6 @@ def test_installed_wheel_imports_from_its_site_packages(venv, tmp_path):
     assert not any((work / p).resolve() == REPO for p in info["sys_path"])  # "" is the cwd: work
 
 
-@pytest.mark.xfail(strict=True, reason=RESOURCES_BUG)
 def test_installed_wheel_finds_its_templates_and_runtime(venv, tmp_path):
     py, site = venv
     work, env = _outside(tmp_path)
@@ -181,7 +172,6 @@ def test_installed_wheel_finds_its_templates_and_runtime(venv, tmp_path):
     _installed(info["runtime_c"], site, "runtime_c")
 
 
-@pytest.mark.xfail(strict=True, reason=RESOURCES_BUG)
 def test_installed_wheel_emits_a_model_that_builds(venv, tmp_path):
     py, site = venv
     work, env = _outside(tmp_path)
