@@ -619,3 +619,48 @@ def test_sanitized(cfg, tmp_path):
     require_sanitizer()
     make, shape, rep = cfg
     run(make(), shape, rep, tmp_path, sanitize=True, n_inputs=2)
+
+
+# ---- in-place activations (torch mutates the input tensor; later users must see the new values) -----------
+class InplaceReuse(nn.Module):
+    def __init__(self, act, on_input=False):
+        super().__init__()
+        self.conv = nn.Conv2d(3, 3, 3, padding=1)
+        self.act = act
+        self.on_input = on_input
+
+    def forward(self, x):
+        y = x if self.on_input else self.conv(x)
+        flat = y.flatten(1)  # a view: torch's in-place activation changes it too
+        z = self.act(y)
+        return (y + z).flatten(1) * flat
+
+
+INPLACE = {
+    "nn.ReLU": lambda: nn.ReLU(inplace=True),
+    "nn.LeakyReLU": lambda: nn.LeakyReLU(0.1, inplace=True),
+    "nn.Hardswish": lambda: nn.Hardswish(inplace=True),
+    "F.relu": lambda: Fn(lambda x: F.relu(x, inplace=True)),
+    "F.leaky_relu": lambda: Fn(lambda x: F.leaky_relu(x, 0.2, True)),
+    "F.relu6_kw": lambda: Fn(lambda x: F.relu6(x, inplace=True)),
+}
+
+
+@pytest.mark.parametrize("act", INPLACE.values(), ids=INPLACE.keys())
+def test_inplace_activation_reused(act, tmp_path):
+    run(InplaceReuse(act()), (1, 3, 4, 5), "dense", tmp_path, scale=3.0)
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="codegen.api.verify/save_compressed_model run the torch model on the caller's input tensor "
+    "without cloning it, so an in-place activation on the model input changes the input the C then gets",
+)
+def test_inplace_activation_on_model_input(tmp_path):
+    run(
+        InplaceReuse(nn.LeakyReLU(0.1, inplace=True), on_input=True),
+        (1, 3, 4, 5),
+        "dense",
+        tmp_path,
+        scale=3.0,
+    )
