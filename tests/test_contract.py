@@ -142,7 +142,7 @@ def test_model_h_macros(emitted, small):
     assert macros["ARENA_BYTES"] == rep["memory"]["arena_bytes"] == emitted.arena_bytes
     assert macros["WEIGHT_BYTES"] == rep["totals"]["weight_bytes"] == emitted.weight_bytes
     assert re.search(r"\bint model_run\(const float \*input, float \*output\);", text)
-    assert "#ifndef MODEL_H" in text
+    assert "#ifndef MODEL__MODEL_H" in text
 
 
 # ---- determinism ---------------------------------------------------------------------------------
