@@ -89,7 +89,10 @@ def render(
     version: str,
     report: dict,
     test_io: tuple[np.ndarray, np.ndarray, float, str] | None,
+    extra_context: dict | None = None,
 ) -> Rendered:
+    """Renders every file of the emitted directory. ``extra_context``: more template variables
+    (codegen.early_exit passes ``stages`` and extra sources/headers; ordinary emission passes none)."""
     ext_dirs = sorted({op.extension_dir for op in g.ops if op.extension_dir})
     env = environment(ext_dirs)
     out = Rendered(report=report)
@@ -118,6 +121,7 @@ def render(
         weight_bytes=report["totals"]["weight_bytes"], num_layers=len(g.ops),
         layer_headers=layer_headers, runtime_headers=runtime_headers, has_input=test_io is not None,
     )  # fmt: skip
+    common.update(extra_context or {})
     out.files["model.h"] = env.get_template("model.h.j2").render(**common)
     out.files["model.c"] = env.get_template("model.c.j2").render(
         **common, ops=g.ops, buf=buf, bias=bias, shape=shape

@@ -7,6 +7,11 @@
  *                    #define SC_WEIGHT_SECTION __attribute__((section(".rodata.weights")))
  *   SC_ARENA_ATTR  attributes of the activation arena (e.g. a fast-RAM section, or SC_NVM
  *                  for energy-harvesting devices that must keep progress across power loss).
+ *   SC_NVM         placement of the state an early-exit model (model_ee.c) must keep across a power
+ *                  loss between model_ee_step() calls: the arena and the step counter. Default:
+ *                  nothing (ordinary RAM). On an energy-harvesting device put them in FRAM/MRAM, e.g.
+ *                    #define SC_NVM __attribute__((section(".persistent")))
+ *                  (a section the startup code does not zero). See model_ee.h.
  *   SC_EXPF/SC_TANHF/SC_LOGF  math functions (replace with a table or approximation if wanted).
  *
  * The runtime is C99, allocates nothing, and every function is static inline in a header, so
@@ -37,6 +42,10 @@
 
 #ifndef SC_ARENA_ATTR
 #define SC_ARENA_ATTR SC_ALIGNED(8)
+#endif
+
+#ifndef SC_NVM
+#define SC_NVM
 #endif
 
 #ifndef SC_EXPF
