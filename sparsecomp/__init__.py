@@ -48,3 +48,15 @@ __all__ = [
     "tucker2_conv",
     "tucker2_ranks",
 ]
+
+# early-exit models (issue 6)
+from .early_exit import (  # noqa: E402
+    EarlyExitModel,
+    ExitResult,
+    build_exit_model,
+    evaluate_exits,
+    simulate_exit,
+    train_exits,
+)
+
+__all__ += ["EarlyExitModel", "ExitResult", "build_exit_model", "evaluate_exits", "simulate_exit", "train_exits"]
