@@ -571,7 +571,7 @@ def _pad(ctx: LowerContext, node: fx.Node, pads: tuple[int, ...], value: float) 
     )
 
 
-@register_lowering(nn.ZeroPad2d, nn.ConstantPad1d, nn.ConstantPad2d)
+@register_lowering(nn.ZeroPad1d, nn.ZeroPad2d, nn.ConstantPad1d, nn.ConstantPad2d)
 def lower_pad_module(ctx: LowerContext, node: fx.Node) -> None:
     m = ctx.module(node)
     _pad(ctx, node, tuple(int(p) for p in m.padding), float(getattr(m, "value", 0.0)))
