@@ -25,6 +25,7 @@ from helpers import (
 )
 
 from codegen.api import verify
+from codegen.errors import CodegenError
 
 REPS = ["dense", "csr"]
 WEIGHTED = (nn.Conv1d, nn.Conv2d, nn.Linear)
@@ -109,6 +110,7 @@ LINEAR = {
     "17to1_nobias": (17, 1, False, (1, 17)),
     "rows_3d_input": (8, 5, True, (1, 4, 8)),
     "wide_300": (300, 4, True, (1, 300)),
+    "rows_4d_input": (5, 3, True, (1, 2, 3, 5)),
 }
 
 
@@ -451,6 +453,8 @@ CAT = {
     "cat_neg_dim": lambda a, b, x: torch.cat([b, a], dim=-3),
     "cat_same_twice": lambda a, b, x: torch.cat([a, a], 1),
     "cat_then_relu": lambda a, b, x: F.relu(torch.cat([a, b], 1)),
+    "cat_height": lambda a, b, x: torch.cat([a, b, a], 2),
+    "cat_width": lambda a, b, x: torch.cat([b, a], dim=-1),
 }
 
 
@@ -516,10 +520,13 @@ PADS = {
     "ConstantPad2d_asym": (lambda: nn.ConstantPad2d((0, 1, 2, 0), -1.25), (1, 1, 3, 2)),
     "ConstantPad1d": (lambda: nn.ConstantPad1d((3, 1), -1.0), (1, 2, 5)),
     "ConstantPad1d_int": (lambda: nn.ConstantPad1d(2, 3.5), (1, 3, 4)),
+    "ZeroPad1d": (lambda: nn.ZeroPad1d((2, 1)), (1, 3, 4)),
     "F.pad_2d": (lambda: Fn(lambda x: F.pad(x, (1, 1, 2, 0))), (1, 2, 3, 4)),
     "F.pad_value": (lambda: Fn(lambda x: F.pad(x, (2, 3), value=1.5)), (1, 2, 3, 4)),
     "F.pad_1d_kw": (lambda: Fn(lambda x: F.pad(x, pad=(0, 2), mode="constant", value=-2.0)), (1, 2, 5)),
     "F.pad_zero": (lambda: Fn(lambda x: F.pad(x, (0, 0, 0, 0))), (1, 2, 3, 3)),
+    "F.pad_features": (lambda: Fn(lambda x: F.pad(x, (1, 2), value=0.25)), (1, 5)),
+    "F.pad_channels_of_signal": (lambda: Fn(lambda x: F.pad(x, (1, 0, 2, 1))), (1, 2, 4)),
 }
 
 
@@ -527,6 +534,20 @@ PADS = {
 def test_pad(cfg, tmp_path):
     make, shape = cfg
     run(make(), shape, "dense", tmp_path)
+
+
+@pytest.mark.xfail(
+    strict=True,
+    raises=CodegenError,
+    reason="codegen.emit.cfloat prints -inf as '-inff' (not C); pads with -inf (max-pool emulation) fail to compile",
+)
+def test_pad_minus_inf_then_maxpool(tmp_path):
+    run(
+        Fn(lambda x: F.max_pool2d(F.pad(x, (1, 1, 1, 1), value=float("-inf")), 3, 2)),
+        (1, 2, 5, 5),
+        "dense",
+        tmp_path,
+    )
 
 
 class PadConv(nn.Module):
