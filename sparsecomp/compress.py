@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import logging
 import math
+import os
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -404,7 +405,7 @@ def compress_NN_models(  # noqa: N802 - public name fixed by the issue
     optimizer: str = "adam",
     conv_decomposition: str = "tucker2",
     factorization_min_params: int = 4096,
-    sensitivity: SensitivityResult | None = None,
+    sensitivity: SensitivityResult | str | os.PathLike | None = None,
     sensitivity_sparsities: Iterable[float] = DEFAULT_SPARSITIES,
     sensitivity_batches: int | None = 8,
     val_fraction: float = 0.1,
@@ -412,6 +413,7 @@ def compress_NN_models(  # noqa: N802 - public name fixed by the issue
     time_limit: float | None = None,
     example_input: torch.Tensor | None = None,
     metric: Metric = top1,
+    checkpoint_path: str | os.PathLike | None = None,
 ) -> CompressionReport:
     """Compress ``model`` in place so codegen emits at most ``target_size`` of weight data.
 
@@ -426,6 +428,13 @@ def compress_NN_models(  # noqa: N802 - public name fixed by the issue
     Raises :class:`BudgetError` when the budget is below the smallest reachable size and
     :class:`CompressionError` on unusable models or loaders.
 
+    The model is moved to ``device`` and modified in place (weights, and layers replaced by
+    their factorizations).  Nothing is written to disk unless ``checkpoint_path`` is given
+    (the final state_dict is saved there).  ``sensitivity`` may be a
+    :class:`SensitivityResult` or the CSV path written by :func:`sensitivity_analysis`;
+    layers missing from it are analysed.  ``max_batches_per_epoch`` and ``time_limit``
+    (seconds) bound the run; ``example_input`` (batch 1) defaults to the first training sample.
+
     Example::
 
         >>> report = compress_NN_models(model, "16KB", train_loader, test_loader,
@@ -435,6 +444,8 @@ def compress_NN_models(  # noqa: N802 - public name fixed by the issue
     """
     t0 = time.monotonic()
     budget = parse_size(target_size)
+    if isinstance(sensitivity, (str, os.PathLike)):
+        sensitivity = SensitivityResult.from_csv(sensitivity)
     if representation not in ("csr", "dense"):
         raise ValueError(f"representation must be 'csr' or 'dense', got {representation!r}")
     if num_epochs < 1 or max_rounds < 1:
@@ -469,6 +480,9 @@ def compress_NN_models(  # noqa: N802 - public name fixed by the issue
                       conv_decomposition, factorization_min_params, sensitivity, list(sensitivity_sparsities),
                       sensitivity_batches, test_loader, t0)
     model.train(was_training)
+    if checkpoint_path is not None and _is_rank0():
+        torch.save(model.state_dict(), checkpoint_path)
+        logger.info("saved the compressed state_dict to %s", checkpoint_path)
     return report
 
 

@@ -70,3 +70,20 @@ def test_compressor_reuses_a_given_analysis(setup, monkeypatch):
                                    layers_factorization=False, num_epochs=1, max_rounds=1, progress=False,
                                    accuracy_tolerance=0.2)
     assert report.final_bytes <= 1200
+
+
+def test_compressor_reads_analysis_csv_and_saves_checkpoint_only_when_asked(setup, tmp_path, monkeypatch):
+    import sparsecomp.compress as cm
+
+    model, loader = setup
+    sensitivity_analysis(model, loader, sparsities=[0.5, 0.9], progress=False, csv_path=tmp_path / "s.csv")
+    monkeypatch.setattr(cm, "sensitivity_analysis", lambda *a, **k: pytest.fail("CSV must be reused"))
+    m = copy.deepcopy(model)
+    r = cm.compress_NN_models(m, "1200B", loader, loader, val_loader=loader, sensitivity=tmp_path / "s.csv",
+                              checkpoint_path=tmp_path / "best.pt", layers_factorization=False, num_epochs=1,
+                              max_rounds=1, progress=False, accuracy_tolerance=0.2)
+    fresh = copy.deepcopy(model)
+    fresh.load_state_dict(torch.load(tmp_path / "best.pt", weights_only=True))
+    assert all(torch.equal(a, b) for a, b in zip(fresh.state_dict().values(), m.state_dict().values()))
+    assert r.final_bytes <= 1200
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["best.pt", "s.csv"]
