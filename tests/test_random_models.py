@@ -15,7 +15,7 @@ import os
 
 import torch
 import torch.nn as nn
-from helpers import emit_and_verify, randomize_batchnorm, sparsify_
+from helpers import emit_and_verify, randomize_batchnorm, require_sanitizer, sparsify_
 from hypothesis import HealthCheck, Phase, given, note, settings
 from hypothesis import strategies as st
 
@@ -181,7 +181,7 @@ def _architecture(draw, dims: int) -> tuple[nn.Sequential, tuple[int, ...]]:
     return nn.Sequential(*layers), x_shape
 
 
-def _check(data, dims: int, rep: str, tmp_path_factory, seed: int) -> None:
+def _check(data, dims: int, rep: str, tmp_path_factory, seed: int, sanitize: bool = False) -> None:
     torch.manual_seed(seed)
     model, x_shape = _architecture(data.draw, dims)
     randomize_batchnorm(model, seed)
@@ -192,7 +192,9 @@ def _check(data, dims: int, rep: str, tmp_path_factory, seed: int) -> None:
                     m.weight, data.draw(st.sampled_from(DENSITIES), label=f"density of module {i}"), seed + i
                 )
     note(f"input {x_shape}, representation {rep}:\n{model}")
-    emit_and_verify(model, x_shape, rep, tmp_path_factory.mktemp("rand"), n_inputs=2, seed=seed)
+    emit_and_verify(
+        model, x_shape, rep, tmp_path_factory.mktemp("rand"), n_inputs=2, seed=seed, sanitize=sanitize
+    )
 
 
 @SETTINGS
@@ -217,6 +219,16 @@ def test_random_conv1d_dense(data, tmp_path_factory):
 @given(data=st.data())
 def test_random_conv1d_csr(data, tmp_path_factory):
     _check(data, 1, "csr", tmp_path_factory, 40)
+
+
+@settings(SETTINGS, max_examples=max(1, EXAMPLES * 3 // 8))
+@given(data=st.data())
+def test_random_sanitized(data, tmp_path_factory):
+    """Random 1-D and 2-D architectures built with AddressSanitizer + UBSan (out-of-bounds reads of
+    the input, output and weight arrays, signed overflow, misaligned access)."""
+    require_sanitizer()
+    dims = data.draw(st.sampled_from([1, 2]))
+    _check(data, dims, data.draw(st.sampled_from(["dense", "csr"])), tmp_path_factory, 60, sanitize=True)
 
 
 @SETTINGS
