@@ -685,3 +685,23 @@ def test_inplace_activation_on_model_input(tmp_path):
         tmp_path,
         scale=3.0,
     )
+
+
+class Reused(nn.Module):
+    """One conv, batchnorm and relu module applied twice: the first BatchNorm folds into the first use
+    of the conv only (its weights must not leak into the second use)."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv2d(3, 3, 3, padding=1)
+        self.bn = nn.BatchNorm2d(3)
+        self.relu = nn.ReLU()
+
+    def forward(self, x):
+        return self.bn(self.relu(self.conv(self.relu(self.bn(self.conv(x))))))
+
+
+@pytest.mark.parametrize("rep", REPS)
+def test_module_used_twice(rep, tmp_path):
+    res = run(Reused(), (1, 3, 5, 5), rep, tmp_path)
+    assert [ly["op"] for ly in res.report["layers"]] == ["conv", "conv", "batchnorm"]
