@@ -57,7 +57,7 @@ def encode_graph(g: ir.Graph, representation: str, prefix: str) -> None:
         for role, arr in op.params.items():
             base = f"{prefix}_{op.name}_{_ROLE_SUFFIX.get(role, role)}"
             if role in op.encodable:
-                op.encoded[role] = formats.encode_tensor(arr, base, representation)
+                op.encoded[role] = formats.encode_tensor(arr, base, representation, layer=op.source)
             else:
                 op.encoded[role] = formats.ENCODINGS["dense"].encode(arr.reshape(-1, 1), base)
 

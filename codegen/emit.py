@@ -112,7 +112,8 @@ def render(
 
     weighted = [op for op in g.ops if op.encoded]
     layer_headers = [f"{op.name}.h" for op in weighted]
-    runtime_headers = sorted({h for op in g.ops for h in op.runtime})
+    runtime_headers = sorted({h for op in g.ops for h in op.runtime}
+                             | {h for op in g.ops for e in op.encoded.values() for h in e.runtime})
     common = dict(
         version=version, prefix=prefix, PREFIX=P, model_name=model_name, representation=representation,
         input_shape=list(g.input_value.shape), output_shape=list(g.output_value.shape),

@@ -1,0 +1,359 @@
+/*
+ * sparsecomp runtime — int8 and codebook (weight-shared) weights, executed directly from flash.
+ * Activations stay float32 (weight-only quantization). Layouts (codegen/formats.py documents
+ * the exact byte counts):
+ *
+ *   q8          int8 q[rows][cols], float scale[rows]: w = scale[row] * q
+ *   q8_csr      CSR of q (col, ptr as in sc_linear.h/sc_conv.h), float scale[rows]
+ *   q8_rel      relative index: per row, entries of (gap_bits + 8) bits, LSB-first:
+ *               low gap_bits = zeros skipped before the entry, high 8 bits = q (two's complement)
+ *   cb          b-bit indices into a float codebook, packed LSB-first, row-major
+ *   cb_csr      CSR whose values are b-bit indices (packed LSB-first) into the codebook
+ *   cb_rel      relative index: entries of (gap_bits + b) bits, low = gap, high = codebook index
+ *
+ * Packed streams are LSB-first: field i of width W is bits [i*W, (i+1)*W) of the stream, stream
+ * bit k is bit (k % 8) of byte k / 8. Rows follow each other without padding, and every kernel
+ * reads its streams sequentially. A gap too long for gap_bits is bridged by filler entries whose
+ * value is zero, so an entry's column is always (previous column + 1 + gap).
+ *
+ * Linear: y = scale[o] * sum(q * x) + bias (q8 forms) or sum(codebook[i] * x) + bias. Conv uses
+ * the weight-stationary structure of sc_conv.h: each weight w = scale[oc] * q (exactly the
+ * float32 weight the model holds) or codebook[i] is applied to every output position it reaches.
+ */
+#ifndef SC_QUANT_H
+#define SC_QUANT_H
+
+#include "sc_runtime.h"
+#include "sc_linear.h"
+#include "sc_conv.h"
+
+/* ---- LSB-first bit reader (fields of 1..16 bits) -------------------------------------------- */
+
+typedef struct {
+    const uint8_t *p;
+    uint32_t buf;
+    int32_t n;
+} sc_bitreader;
+
+static inline void sc_bits_init(sc_bitreader *r, const uint8_t *p)
+{
+    r->p = p;
+    r->buf = 0u;
+    r->n = 0;
+}
+
+/* The next `width` bits (1..16); reads only the bytes it needs. */
+static inline uint32_t sc_bits_get(sc_bitreader *r, int32_t width)
+{
+    uint32_t v;
+    while (r->n < width) {
+        r->buf |= (uint32_t)(*r->p++) << r->n;
+        r->n += 8;
+    }
+    v = r->buf & ((1u << width) - 1u);
+    r->buf >>= width;
+    r->n -= width;
+    return v;
+}
+
+/* The int8 value held in the low 8 bits of v (two's complement). */
+static inline int32_t sc_s8(uint32_t v)
+{
+    const int32_t b = (int32_t)(v & 0xFFu);
+    return b - ((b & 0x80) << 1);
+}
+
+/* ---- linear ---------------------------------------------------------------------------------- */
+
+static inline void sc_linear_q8(const float *x, float *y, const int8_t *q, const float *scale,
+                                const float *bias, const sc_linear_params *p)
+{
+    int32_t r, o, i;
+    for (r = 0; r < p->rows; ++r) {
+        const float *xr = x + r * p->in;
+        const int8_t *wr = q;
+        float *yr = y + r * p->out;
+        for (o = 0; o < p->out; ++o) {
+            float acc = 0.0f;
+            for (i = 0; i < p->in; ++i) acc += (float)wr[i] * xr[i];
+            wr += p->in;
+            yr[o] = sc_act(scale[o] * acc + (bias ? bias[o] : 0.0f), p->act, p->alpha);
+        }
+    }
+}
+
+static inline void sc_linear_cb(const float *x, float *y, const uint8_t *idx, const float *cb,
+                                int32_t bits, const float *bias, const sc_linear_params *p)
+{
+    int32_t r, o, i;
+    for (r = 0; r < p->rows; ++r) {
+        const float *xr = x + r * p->in;
+        float *yr = y + r * p->out;
+        sc_bitreader br;
+        sc_bits_init(&br, idx);
+        for (o = 0; o < p->out; ++o) {
+            float acc = bias ? bias[o] : 0.0f;
+            for (i = 0; i < p->in; ++i) acc += cb[sc_bits_get(&br, bits)] * xr[i];
+            yr[o] = sc_act(acc, p->act, p->alpha);
+        }
+    }
+}
+
+/* sc_linear_q8_csr_<it>_<pt> and sc_linear_cb_csr_<it>_<pt>. */
+#define SC_DEFINE_LINEAR_QCSR(IS, PS, IT, PT)                                                     \
+    static inline void sc_linear_q8_csr_##IS##_##PS(const float *x, float *y, const int8_t *q,  \
+                                                    const IT *col, const PT *ptr,                \
+                                                    const float *scale, const float *bias,       \
+                                                    const sc_linear_params *p)                   \
+    {                                                                                            \
+        int32_t r, o, k;                                                                         \
+        for (r = 0; r < p->rows; ++r) {                                                          \
+            const float *xr = x + r * p->in;                                                     \
+            float *yr = y + r * p->out;                                                          \
+            for (o = 0; o < p->out; ++o) {                                                       \
+                float acc = 0.0f;                                                                \
+                const int32_t end = (int32_t)ptr[o + 1];                                         \
+                for (k = (int32_t)ptr[o]; k < end; ++k) acc += (float)q[k] * xr[col[k]];         \
+                yr[o] = sc_act(scale[o] * acc + (bias ? bias[o] : 0.0f), p->act, p->alpha);      \
+            }                                                                                    \
+        }                                                                                        \
+    }                                                                                            \
+    static inline void sc_linear_cb_csr_##IS##_##PS(const float *x, float *y, const uint8_t *idx,\
+                                                    const float *cb, const IT *col,              \
+                                                    const PT *ptr, int32_t bits,                 \
+                                                    const float *bias, const sc_linear_params *p)\
+    {                                                                                            \
+        int32_t r, o, k;                                                                         \
+        for (r = 0; r < p->rows; ++r) {                                                          \
+            const float *xr = x + r * p->in;                                                     \
+            float *yr = y + r * p->out;                                                          \
+            sc_bitreader br;                                                                     \
+            sc_bits_init(&br, idx);                                                              \
+            for (o = 0; o < p->out; ++o) {                                                       \
+                float acc = bias ? bias[o] : 0.0f;                                               \
+                const int32_t end = (int32_t)ptr[o + 1];                                         \
+                for (k = (int32_t)ptr[o]; k < end; ++k)                                          \
+                    acc += cb[sc_bits_get(&br, bits)] * xr[col[k]];                              \
+                yr[o] = sc_act(acc, p->act, p->alpha);                                           \
+            }                                                                                    \
+        }                                                                                        \
+    }
+
+/* sc_linear_q8_rel_<pt> and sc_linear_cb_rel_<pt>. */
+#define SC_DEFINE_LINEAR_QREL(PS, PT)                                                             \
+    static inline void sc_linear_q8_rel_##PS(const float *x, float *y, const uint8_t *stream,   \
+                                             const PT *ptr, const float *scale, int32_t gap_bits,\
+                                             const float *bias, const sc_linear_params *p)       \
+    {                                                                                            \
+        const uint32_t gmask = (1u << gap_bits) - 1u;                                            \
+        int32_t r, o, k;                                                                         \
+        for (r = 0; r < p->rows; ++r) {                                                          \
+            const float *xr = x + r * p->in;                                                     \
+            float *yr = y + r * p->out;                                                          \
+            sc_bitreader br;                                                                     \
+            sc_bits_init(&br, stream);                                                           \
+            for (o = 0; o < p->out; ++o) {                                                       \
+                float acc = 0.0f;                                                                \
+                int32_t pos = 0;                                                                 \
+                const int32_t n = (int32_t)ptr[o + 1] - (int32_t)ptr[o];                         \
+                for (k = 0; k < n; ++k) {                                                        \
+                    const uint32_t f = sc_bits_get(&br, gap_bits + 8);                           \
+                    pos += (int32_t)(f & gmask);                                                 \
+                    acc += (float)sc_s8(f >> gap_bits) * xr[pos++];                              \
+                }                                                                                \
+                yr[o] = sc_act(scale[o] * acc + (bias ? bias[o] : 0.0f), p->act, p->alpha);      \
+            }                                                                                    \
+        }                                                                                        \
+    }                                                                                            \
+    static inline void sc_linear_cb_rel_##PS(const float *x, float *y, const uint8_t *stream,   \
+                                             const float *cb, const PT *ptr, int32_t bits,       \
+                                             int32_t gap_bits, const float *bias,                \
+                                             const sc_linear_params *p)                          \
+    {                                                                                            \
+        const uint32_t gmask = (1u << gap_bits) - 1u;                                            \
+        int32_t r, o, k;                                                                         \
+        for (r = 0; r < p->rows; ++r) {                                                          \
+            const float *xr = x + r * p->in;                                                     \
+            float *yr = y + r * p->out;                                                          \
+            sc_bitreader br;                                                                     \
+            sc_bits_init(&br, stream);                                                           \
+            for (o = 0; o < p->out; ++o) {                                                       \
+                float acc = bias ? bias[o] : 0.0f;                                               \
+                int32_t pos = 0;                                                                 \
+                const int32_t n = (int32_t)ptr[o + 1] - (int32_t)ptr[o];                         \
+                for (k = 0; k < n; ++k) {                                                        \
+                    const uint32_t f = sc_bits_get(&br, gap_bits + bits);                        \
+                    pos += (int32_t)(f & gmask);                                                 \
+                    acc += cb[f >> gap_bits] * xr[pos++];                                        \
+                }                                                                                \
+                yr[o] = sc_act(acc, p->act, p->alpha);                                           \
+            }                                                                                    \
+        }                                                                                        \
+    }
+
+/* ---- convolution (weight-stationary, as sc_conv.h) ------------------------------------------ */
+
+/* Applies weight wv at flat position j of output channel oc's row ([C_in/groups][kh][kw]). */
+static inline void sc_conv_q_apply(const float *in_g, float *o, float wv, int32_t j,
+                                   const sc_conv_params *p)
+{
+    const int32_t khw = p->kh * p->kw;
+    const int32_t ci = j / khw, rr = j - ci * khw;
+    const int32_t ky = rr / p->kw, kx = rr - ky * p->kw;
+    sc_conv_tap(in_g + ci * p->hin * p->win, o, wv, ky, kx, p);
+}
+
+/* Output channel oc's plane (filled with its bias) and its group's input. */
+#define SC_CONV_Q_CHANNEL                                                                         \
+    float *o = out + oc * plane_out;                                                             \
+    const float *in_g = in + (oc / cout_g) * cin_g * p->hin * p->win;                           \
+    sc_conv_fill(o, plane_out, bias ? bias[oc] : 0.0f)
+
+#define SC_CONV_Q_DIMS                                                                            \
+    const int32_t cin_g = p->cin / p->groups, cout_g = p->cout / p->groups;                     \
+    const int32_t plane_out = p->hout * p->wout;                                                 \
+    const int32_t row_len = cin_g * p->kh * p->kw
+
+static inline void sc_conv_q8(const float *in, float *out, const int8_t *q, const float *scale,
+                              const float *bias, const sc_conv_params *p)
+{
+    SC_CONV_Q_DIMS;
+    int32_t oc, j;
+    for (oc = 0; oc < p->cout; ++oc) {
+        SC_CONV_Q_CHANNEL;
+        for (j = 0; j < row_len; ++j) {
+            const int32_t qv = q[oc * row_len + j];
+            if (qv) sc_conv_q_apply(in_g, o, scale[oc] * (float)qv, j, p);
+        }
+        sc_act_inplace(o, plane_out, p->act, p->alpha);
+    }
+}
+
+static inline void sc_conv_cb(const float *in, float *out, const uint8_t *idx, const float *cb,
+                              int32_t bits, const float *bias, const sc_conv_params *p)
+{
+    SC_CONV_Q_DIMS;
+    int32_t oc, j;
+    sc_bitreader br;
+    sc_bits_init(&br, idx);
+    for (oc = 0; oc < p->cout; ++oc) {
+        SC_CONV_Q_CHANNEL;
+        for (j = 0; j < row_len; ++j) {
+            const float wv = cb[sc_bits_get(&br, bits)];
+            if (wv != 0.0f) sc_conv_q_apply(in_g, o, wv, j, p);
+        }
+        sc_act_inplace(o, plane_out, p->act, p->alpha);
+    }
+}
+
+/* sc_conv_q8_csr_<it>_<pt> and sc_conv_cb_csr_<it>_<pt>. */
+#define SC_DEFINE_CONV_QCSR(IS, PS, IT, PT)                                                       \
+    static inline void sc_conv_q8_csr_##IS##_##PS(const float *in, float *out, const int8_t *q, \
+                                                  const IT *col, const PT *ptr,                  \
+                                                  const float *scale, const float *bias,         \
+                                                  const sc_conv_params *p)                       \
+    {                                                                                            \
+        SC_CONV_Q_DIMS;                                                                          \
+        int32_t oc, k;                                                                           \
+        (void)row_len;                                                                           \
+        for (oc = 0; oc < p->cout; ++oc) {                                                       \
+            const int32_t end = (int32_t)ptr[oc + 1];                                            \
+            SC_CONV_Q_CHANNEL;                                                                   \
+            for (k = (int32_t)ptr[oc]; k < end; ++k)                                             \
+                sc_conv_q_apply(in_g, o, scale[oc] * (float)q[k], (int32_t)col[k], p);           \
+            sc_act_inplace(o, plane_out, p->act, p->alpha);                                      \
+        }                                                                                        \
+    }                                                                                            \
+    static inline void sc_conv_cb_csr_##IS##_##PS(const float *in, float *out,                  \
+                                                  const uint8_t *idx, const float *cb,           \
+                                                  const IT *col, const PT *ptr, int32_t bits,    \
+                                                  const float *bias, const sc_conv_params *p)    \
+    {                                                                                            \
+        SC_CONV_Q_DIMS;                                                                          \
+        int32_t oc, k;                                                                           \
+        sc_bitreader br;                                                                         \
+        (void)row_len;                                                                           \
+        sc_bits_init(&br, idx);                                                                  \
+        for (oc = 0; oc < p->cout; ++oc) {                                                       \
+            const int32_t end = (int32_t)ptr[oc + 1];                                            \
+            SC_CONV_Q_CHANNEL;                                                                   \
+            for (k = (int32_t)ptr[oc]; k < end; ++k)                                             \
+                sc_conv_q_apply(in_g, o, cb[sc_bits_get(&br, bits)], (int32_t)col[k], p);        \
+            sc_act_inplace(o, plane_out, p->act, p->alpha);                                      \
+        }                                                                                        \
+    }
+
+/* sc_conv_q8_rel_<pt> and sc_conv_cb_rel_<pt>. Filler entries (value zero) are skipped. */
+#define SC_DEFINE_CONV_QREL(PS, PT)                                                               \
+    static inline void sc_conv_q8_rel_##PS(const float *in, float *out, const uint8_t *stream,  \
+                                           const PT *ptr, const float *scale, int32_t gap_bits,  \
+                                           const float *bias, const sc_conv_params *p)           \
+    {                                                                                            \
+        const uint32_t gmask = (1u << gap_bits) - 1u;                                            \
+        SC_CONV_Q_DIMS;                                                                          \
+        int32_t oc, k;                                                                           \
+        sc_bitreader br;                                                                         \
+        (void)row_len;                                                                           \
+        sc_bits_init(&br, stream);                                                               \
+        for (oc = 0; oc < p->cout; ++oc) {                                                       \
+            const int32_t n = (int32_t)ptr[oc + 1] - (int32_t)ptr[oc];                           \
+            int32_t pos = 0;                                                                     \
+            SC_CONV_Q_CHANNEL;                                                                   \
+            for (k = 0; k < n; ++k) {                                                            \
+                const uint32_t f = sc_bits_get(&br, gap_bits + 8);                               \
+                const int32_t qv = sc_s8(f >> gap_bits);                                         \
+                pos += (int32_t)(f & gmask);                                                     \
+                if (qv) sc_conv_q_apply(in_g, o, scale[oc] * (float)qv, pos, p);                 \
+                ++pos;                                                                           \
+            }                                                                                    \
+            sc_act_inplace(o, plane_out, p->act, p->alpha);                                      \
+        }                                                                                        \
+    }                                                                                            \
+    static inline void sc_conv_cb_rel_##PS(const float *in, float *out, const uint8_t *stream,  \
+                                           const float *cb, const PT *ptr, int32_t bits,         \
+                                           int32_t gap_bits, const float *bias,                  \
+                                           const sc_conv_params *p)                              \
+    {                                                                                            \
+        const uint32_t gmask = (1u << gap_bits) - 1u;                                            \
+        SC_CONV_Q_DIMS;                                                                          \
+        int32_t oc, k;                                                                           \
+        sc_bitreader br;                                                                         \
+        (void)row_len;                                                                           \
+        sc_bits_init(&br, stream);                                                               \
+        for (oc = 0; oc < p->cout; ++oc) {                                                       \
+            const int32_t n = (int32_t)ptr[oc + 1] - (int32_t)ptr[oc];                           \
+            int32_t pos = 0;                                                                     \
+            SC_CONV_Q_CHANNEL;                                                                   \
+            for (k = 0; k < n; ++k) {                                                            \
+                const uint32_t f = sc_bits_get(&br, gap_bits + bits);                            \
+                const float wv = cb[f >> gap_bits];                                              \
+                pos += (int32_t)(f & gmask);                                                     \
+                if (wv != 0.0f) sc_conv_q_apply(in_g, o, wv, pos, p);                            \
+                ++pos;                                                                           \
+            }                                                                                    \
+            sc_act_inplace(o, plane_out, p->act, p->alpha);                                      \
+        }                                                                                        \
+    }
+
+#define SC_DEFINE_QCSR_ALL(IS, PS, IT, PT)                                                        \
+    SC_DEFINE_LINEAR_QCSR(IS, PS, IT, PT)                                                        \
+    SC_DEFINE_CONV_QCSR(IS, PS, IT, PT)
+
+SC_DEFINE_QCSR_ALL(u8, u8, uint8_t, uint8_t)
+SC_DEFINE_QCSR_ALL(u8, u16, uint8_t, uint16_t)
+SC_DEFINE_QCSR_ALL(u8, u32, uint8_t, uint32_t)
+SC_DEFINE_QCSR_ALL(u16, u8, uint16_t, uint8_t)
+SC_DEFINE_QCSR_ALL(u16, u16, uint16_t, uint16_t)
+SC_DEFINE_QCSR_ALL(u16, u32, uint16_t, uint32_t)
+SC_DEFINE_QCSR_ALL(u32, u8, uint32_t, uint8_t)
+SC_DEFINE_QCSR_ALL(u32, u16, uint32_t, uint16_t)
+SC_DEFINE_QCSR_ALL(u32, u32, uint32_t, uint32_t)
+
+SC_DEFINE_LINEAR_QREL(u8, uint8_t)
+SC_DEFINE_LINEAR_QREL(u16, uint16_t)
+SC_DEFINE_LINEAR_QREL(u32, uint32_t)
+SC_DEFINE_CONV_QREL(u8, uint8_t)
+SC_DEFINE_CONV_QREL(u16, uint16_t)
+SC_DEFINE_CONV_QREL(u32, uint32_t)
+
+#endif /* SC_QUANT_H */
