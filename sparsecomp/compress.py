@@ -203,6 +203,8 @@ def _train(
     masks.attach(opt)
     try:
         n_batches = _num_batches(ctx.train_loader, ctx.max_batches)
+        # cosine decay to 5% of lr over the round: large steps while masks tighten, small ones after
+        sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, max(1, epochs * n_batches), eta_min=0.05 * lr)
         ramp = {}
         steps: list[int] = []
         if targets:
@@ -245,6 +247,7 @@ def _train(
                     raise _Stop(f"time limit reached during {desc}")
                 loss.backward()
                 opt.step()
+                sched.step()
                 it += 1
                 bar.update(1)
                 bar.set_postfix(loss=f"{loss.item():.4f}")
