@@ -605,8 +605,11 @@ def check_supported(gm: fx.GraphModule) -> None:
         raise UnsupportedOpError(bad, supported_ops())
 
 
-def lower(gm: fx.GraphModule) -> ir.Graph:
-    """Lowers a traced, shape-propagated GraphModule to the IR and runs the IR passes."""
+def lower(gm: fx.GraphModule, env_out: dict[str, str] | None = None) -> ir.Graph:
+    """Lowers a traced, shape-propagated GraphModule to the IR and runs the IR passes.
+
+    ``env_out``, if given, receives fx node name -> IR value name (views map to their input's value).
+    """
     check_supported(gm)
     ctx = LowerContext(gm)
     graph_in = graph_out = None
@@ -626,6 +629,8 @@ def lower(gm: fx.GraphModule) -> ir.Graph:
         elif node.op in ("call_module", "call_function", "call_method") and "tensor_meta" in node.meta:
             LOWERINGS[lowering_key(node, ctx.modules)](ctx, node)
     assert graph_in is not None and graph_out is not None
+    if env_out is not None:
+        env_out.update(ctx.env)
     g = ir.Graph(ctx.values, ctx.ops, graph_in, graph_out)
     if g.output == g.input:  # the model returns its input (or a view of it)
         out = ctx.value_names("v_output")

@@ -457,6 +457,8 @@ def compress_NN_models(  # noqa: N802 - public name fixed by the issue
         raise ValueError(f"accuracy_tolerance is a fraction in [0, 1), got {accuracy_tolerance}")
     if conv_decomposition not in ("tucker2", "cp"):
         raise ValueError(f"conv_decomposition must be 'tucker2' or 'cp', got {conv_decomposition!r}")
+    if isinstance(model, (nn.parallel.DistributedDataParallel, nn.DataParallel)):
+        model = model.module  # compress the wrapped model; DDP is applied internally when distributed
     _check_model(model)
     device = torch.device(device)
     if device.type == "cuda" and not torch.cuda.is_available():
