@@ -49,7 +49,7 @@ import torch.fx as fx
 from codegen import api, emit, ir
 from codegen.errors import CodegenError
 from codegen.formats import CArray
-from codegen.lower import LOWERINGS, PASSES, LowerContext, _meta, check_supported, lowering_key
+from codegen.lower import _meta, lower
 from codegen.memory import GraphMemory, MemoryPlanner, Storage, plan_graph
 from codegen.resources import runtime_dir
 from codegen.trace import example_from, prepare_model, trace
@@ -158,28 +158,11 @@ def resolve_exit_nodes(gm: fx.GraphModule, exit_points: Sequence[str]) -> list[f
 
 def lower_with_env(gm: fx.GraphModule) -> tuple[ir.Graph, dict[str, str]]:
     """``codegen.lower.lower`` that also returns fx node name -> IR value name (same IR)."""
-    check_supported(gm)
-    ctx = LowerContext(gm)
-    graph_in = graph_out = None
-    for node in gm.graph.nodes:
-        if node.op == "placeholder":
-            graph_in = ctx.value_names("input")
-            ctx.values[graph_in] = ir.Value(graph_in, ctx.shape(node))
-            ctx.env[node.name] = graph_in
-        elif node.op == "output":
-            res = node.args[0]
-            if not isinstance(res, fx.Node) or _meta(res) is None:
-                raise CodegenError("the backbone must return one tensor; wrap it so forward() returns a single tensor")
-            graph_out = ctx.value(res)
-        elif node.op in ("call_module", "call_function", "call_method") and "tensor_meta" in node.meta:
-            LOWERINGS[lowering_key(node, ctx.modules)](ctx, node)
-    assert graph_in is not None and graph_out is not None
-    if graph_out == graph_in:
+    env: dict[str, str] = {}
+    g = lower(gm, env_out=env)
+    if any(isinstance(op, ir.Copy) for op in g.ops):  # lower() adds a copy only for output == input
         raise CodegenError("the backbone returns its input; an early-exit backbone must compute something")
-    g = ir.Graph(ctx.values, ctx.ops, graph_in, graph_out)
-    for p in PASSES:
-        p(g)
-    return g, dict(ctx.env)
+    return g, env
 
 
 @dataclass
