@@ -5,7 +5,8 @@ in both representations (CSR with random per-layer densities, empty layers inclu
 
 Reproducible: derandomized (the examples depend only on the test code), no example database.
 Shrinking is off to bound the run time; on failure the architecture is printed (hypothesis
-``note``) — paste it into a test_ops.py case to debug. Set SPARSECOMP_HYPOTHESIS_EXAMPLES to run more.
+``note``) — paste it into a test_ops.py case to debug. Set SPARSECOMP_HYPOTHESIS_EXAMPLES to run more;
+set SPARSECOMP_HYPOTHESIS_EXPLORE=1 (with pytest --hypothesis-seed=N) to explore other examples.
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ EXAMPLES = int(os.environ.get("SPARSECOMP_HYPOTHESIS_EXAMPLES", "8"))
 SETTINGS = settings(
     max_examples=EXAMPLES,
     deadline=None,
-    derandomize=True,
+    derandomize=not os.environ.get("SPARSECOMP_HYPOTHESIS_EXPLORE"),
     database=None,
     phases=[Phase.explicit, Phase.generate],
     suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large, HealthCheck.filter_too_much],
