@@ -651,7 +651,10 @@ def _force_into_budget(ctx: _Ctx, bm: ByteModel, masks: _Masks, budget, numel, m
     model = ctx.model
     target = budget
     for _ in range(20):
-        nnz = allocate(numel, current_nnz(model), min_nnz, bm.layer_bytes, drop, bm.fixed, max(target, floor))
+        try:
+            nnz = allocate(numel, current_nnz(model), min_nnz, bm.layer_bytes, drop, bm.fixed, max(target, floor))
+        except UnreachableBudget as exc:
+            raise CompressionError(f"could not bring the model under {budget} bytes: {exc}") from exc
         for n, k in nnz.items():
             masks.tighten(model, n, 1.0 - k / numel[n])
         masks.apply()
