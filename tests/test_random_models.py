@@ -70,10 +70,11 @@ def _shape(layers: list[nn.Module], x_shape: tuple[int, ...]) -> tuple[int, ...]
     """Output shape of the stack, or None if these hyperparameters are invalid for it."""
     try:
         with torch.no_grad():
-            y = nn.Sequential(*layers).eval()(torch.zeros(x_shape))
+            y = nn.Sequential(*layers).eval()(torch.randn(x_shape))
     except RuntimeError:
         return None
-    return tuple(y.shape) if y.numel() else None
+    # a max pool whose window lies entirely in the padding (possible with dilation) gives -inf in torch too
+    return tuple(y.shape) if y.numel() and bool(torch.isfinite(y).all()) else None
 
 
 def _block(draw, dims: int, c: int):
