@@ -50,7 +50,7 @@ from codegen import api, emit, ir
 from codegen.errors import CodegenError
 from codegen.formats import CArray
 from codegen.lower import _meta, lower
-from codegen.memory import GraphMemory, MemoryPlanner, Storage, plan_graph
+from codegen.memory import GraphMemory, plan_graph
 from codegen.resources import runtime_dir
 from codegen.trace import example_from, prepare_model, trace
 
@@ -266,73 +266,20 @@ def plan_stages(g: ir.Graph, stages: list[Stage], points: list[ExitPoint], featu
         last[p.value] = max(last[p.value], 2 * p.op_index + 1)
     last[g.output] = t_end
 
-    parent = {v: v for v in first}
-
-    def find(v: str) -> str:
-        while parent[v] != v:
-            parent[v] = parent[parent[v]]
-            v = parent[v]
-        return v
-
-    def members(root: str) -> list[str]:
-        return [v for v in first if find(v) == root]
-
-    for i, op in enumerate(g.ops):  # in place: as plan_graph, over an input that dies at this op
-        if not op.inplace:
-            continue
-        for v in op.inputs:
-            group = members(find(v))
-            if g.input in group or max(last[m] for m in group) != 2 * i:
-                continue
-            if g.values[v].numel != g.values[op.output].numel:
-                continue
-            parent[find(op.output)] = find(v)
-            break
-
-    groups: dict[str, list[str]] = {}
-    for v in first:
-        if last[v] >= 0:
-            groups.setdefault(find(v), []).append(v)
-    side: dict[str, int] = {}
-    for op in g.ops:
-        root = find(op.output)
-        if root not in side:
-            src = find(op.inputs[0]) if op.inputs and op.inputs[0] in parent else None
-            side[root] = 1 - side.get(src, 1) if src is not None else 0
-
-    planner = MemoryPlanner(alignment)
-    storage: dict[str, Storage] = {}
-    out_first = None
-    for root, vs in sorted(groups.items()):
-        if g.input in vs:
-            kind = "input"
-        elif g.output in vs:
-            kind = "output"
-            out_first = min(first[v] for v in vs)
-        else:
-            kind = "arena"
-            size = max(g.values[v].nbytes for v in vs)
-            planner.add_buffer(root, size, min(first[v] for v in vs), max(last[v] for v in vs), side.get(root, 0))
-        for v in vs:
-            storage[v] = Storage(kind, 0, root)
-    in_last = max((last[v] for v in groups.get(find(g.input), [g.input])), default=0)
-    planner.add_buffer("ee_input", g.input_value.nbytes, -1, max(in_last, 0), 1)
-    planner.add_buffer("ee_output", g.output_value.nbytes, out_first if out_first is not None else 0, t_end, 1)
-    planner.add_buffer("ee_features", features_bytes, -1, t_end, 1)
-    if scratch_bytes:
-        planner.add_buffer("ee_scratch", scratch_bytes, -1, t_end, 1)
-    plan = planner.plan()
-    for s in storage.values():
-        if s.kind == "arena":
-            s.offset = plan.offsets[s.group]
-    buffers = [
-        {"name": b.name, "offset": plan.offsets[b.name], "bytes": b.size, "first_time": b.first, "last_time": b.last}
-        for b in sorted(planner.buffers, key=lambda b: (plan.offsets[b.name], b.first))
+    # The exit path's own buffers: the input copy (incremental API), the backbone's answer (kept
+    # from the first op that may write it to the end), the pooled features and the head's scratch.
+    extra = [
+        ("ee_input", g.input_value.nbytes, -1, max(last[g.input], 0), 1),
+        ("ee_output", g.output_value.nbytes, -1, t_end, 1),
+        ("ee_features", features_bytes, -1, t_end, 1),
     ]
-    mem = GraphMemory(storage, plan.arena_bytes, plan.lower_bound, plan.strategy, buffers)
+    if scratch_bytes:
+        extra.append(("ee_scratch", scratch_bytes, -1, t_end, 1))
+    mem = plan_graph(g, alignment, lifetimes=(first, last), op_time=lambda i: 2 * i, extra=extra)
+    plan = mem.extra_offsets
     return StagePlan(
-        mem, plan.offsets["ee_input"], plan.offsets["ee_output"], plan.offsets["ee_features"],
-        plan.offsets.get("ee_scratch", 0), plan_graph(g, alignment).arena_bytes,
+        mem, plan["ee_input"], plan["ee_output"], plan["ee_features"], plan.get("ee_scratch", 0),
+        plan_graph(g, alignment).arena_bytes,
     )  # fmt: skip
 
 

@@ -31,7 +31,7 @@ REPORT_NAME = "report.json"
 
 def cfloat(x: float) -> str:
     """A float32 as a C literal that round-trips exactly (9 significant digits)."""
-    s = "%.9g" % float(np.float32(x))
+    s = f"{float(np.float32(x)):.9g}"
     if not any(ch in s for ch in ".en"):
         s += ".0"
     return s + "f"

@@ -12,6 +12,7 @@ Two layers:
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 from codegen import ir
@@ -161,18 +162,12 @@ class GraphMemory:
     lower_bound: int
     strategy: str
     buffers: list[dict] = field(default_factory=list)
+    extra_offsets: dict[str, int] = field(default_factory=dict)  # offsets of plan_graph's ``extra`` buffers
 
 
-def plan_graph(g: ir.Graph, alignment: int = 4) -> GraphMemory:
-    """Assigns storage to every value of the graph (see module docstring)."""
-    parent = {v: v for v in g.values}
-
-    def find(v: str) -> str:
-        while parent[v] != v:
-            parent[v] = parent[parent[v]]
-            v = parent[v]
-        return v
-
+def value_lifetimes(g: ir.Graph) -> tuple[dict[str, int], dict[str, int]]:
+    """First definition and last use of every value, op i running at time i; the input is defined
+    at -1 and the output used at len(ops). Values neither defined nor used get first > last."""
     n = len(g.ops)
     first = {v: -1 if v == g.input else n for v in g.values}
     last = {v: -1 for v in g.values}
@@ -181,9 +176,34 @@ def plan_graph(g: ir.Graph, alignment: int = 4) -> GraphMemory:
         for v in op.inputs:
             last[v] = max(last[v], i)
     last[g.output] = n
+    return first, last
+
+
+def plan_graph(
+    g: ir.Graph,
+    alignment: int = 4,
+    *,
+    lifetimes: tuple[dict[str, int], dict[str, int]] | None = None,
+    op_time: Callable[[int], int] = lambda i: i,
+    extra: Sequence[tuple[str, int, int, int, int]] = (),
+) -> GraphMemory:
+    """Assigns storage to every value of the graph (see module docstring).
+
+    Callers with their own notion of time (codegen.early_exit: stages that must be restartable)
+    pass ``lifetimes`` (first, last per value) and ``op_time`` (the time op i runs at), and
+    ``extra`` buffers (name, bytes, first, last, preferred side) planned in the same arena.
+    """
+    first, last = lifetimes if lifetimes is not None else value_lifetimes(g)
+    parent = {v: v for v in first}
+
+    def find(v: str) -> str:
+        while parent[v] != v:
+            parent[v] = parent[parent[v]]
+            v = parent[v]
+        return v
 
     def members(root: str) -> list[str]:
-        return [v for v in g.values if find(v) == root]
+        return [v for v in first if find(v) == root]
 
     # In-place: an elementwise op writes over an input that dies at this op (same size).
     for i, op in enumerate(g.ops):
@@ -192,7 +212,7 @@ def plan_graph(g: ir.Graph, alignment: int = 4) -> GraphMemory:
         for v in op.inputs:
             root = find(v)
             group = members(root)
-            if g.input in group or max(last[m] for m in group) != i:
+            if g.input in group or max(last[m] for m in group) != op_time(i):
                 continue
             if g.values[v].numel != g.values[op.output].numel:
                 continue
@@ -200,13 +220,13 @@ def plan_graph(g: ir.Graph, alignment: int = 4) -> GraphMemory:
             break
 
     groups: dict[str, list[str]] = {}
-    for v in g.values:
-        if first[v] <= n and (last[v] >= 0 or v == g.output):
+    for v in first:
+        if first[v] <= last[v] or v == g.output:
             groups.setdefault(find(v), []).append(v)
 
     planner = MemoryPlanner(alignment)
     side: dict[str, int] = {}
-    for i, op in enumerate(g.ops):  # ping-pong: an op's output goes to the other end than its input
+    for op in g.ops:  # ping-pong: an op's output goes to the other end than its input
         root = find(op.output)
         if root not in side:
             src = find(op.inputs[0]) if op.inputs else None
@@ -224,12 +244,17 @@ def plan_graph(g: ir.Graph, alignment: int = 4) -> GraphMemory:
             planner.add_buffer(root, size, min(first[v] for v in vs), max(last[v] for v in vs), side.get(root, 0))
         for v in vs:
             storage[v] = Storage(kind, 0, root)
+    for name, size, b_first, b_last, b_side in extra:
+        planner.add_buffer(name, size, b_first, b_last, b_side)
     plan = planner.plan()
-    for s in storage.values():
-        if s.kind == "arena":
-            s.offset = plan.offsets[s.group]
+    for st in storage.values():
+        if st.kind == "arena":
+            st.offset = plan.offsets[st.group]
     buffers = [
-        {"name": b.name, "offset": plan.offsets[b.name], "bytes": b.size, "first_op": b.first, "last_op": b.last}
+        {"name": b.name, "offset": plan.offsets[b.name], "bytes": b.size, "first": b.first, "last": b.last}
         for b in sorted(planner.buffers, key=lambda b: (plan.offsets[b.name], b.first))
     ]
-    return GraphMemory(storage, plan.arena_bytes, plan.lower_bound, plan.strategy, buffers)
+    return GraphMemory(
+        storage, plan.arena_bytes, plan.lower_bound, plan.strategy, buffers,
+        {name: plan.offsets[name] for name, *_ in extra},
+    )  # fmt: skip

@@ -312,12 +312,12 @@ def test_stage_plan_keeps_cross_stage_reads_intact(emitted):
     assert stages[1]["layers"][:2] == ["block1.conv1", "block1.conv2"]
     bufs = {b["name"]: b for b in rep["memory"]["buffers"]}
     assert {"ee_input", "ee_output", "ee_features"} <= set(bufs)
-    assert bufs["ee_features"]["first_time"] == -1 and bufs["ee_features"]["last_time"] == 2 * len(rep["layers"]) + 1
+    assert bufs["ee_features"]["first"] == -1 and bufs["ee_features"]["last"] == 2 * len(rep["layers"]) + 1
     # no two buffers alive at the same time overlap
     items = list(bufs.values())
     for i, a in enumerate(items):
         for b in items[i + 1 :]:
-            if a["last_time"] < b["first_time"] or b["last_time"] < a["first_time"]:
+            if a["last"] < b["first"] or b["last"] < a["first"]:
                 continue
             assert a["offset"] + a["bytes"] <= b["offset"] or b["offset"] + b["bytes"] <= a["offset"], (a, b)
 
