@@ -24,6 +24,7 @@ from codegen.errors import (
     UntraceableModelError,
 )
 from codegen.lower import register_lowering
+from codegen.early_exit import save_compressed_early_exit_model, verify_early_exit  # noqa: E402  (after api)
 
 __version__ = "0.1.0"
 
@@ -37,7 +38,9 @@ __all__ = [
     "VerifyResult",
     "build_graph",
     "register_lowering",
+    "save_compressed_early_exit_model",
     "save_compressed_model",
     "verify",
+    "verify_early_exit",
     "weight_bytes",
 ]

@@ -244,8 +244,12 @@ def save_compressed_model(
 
     ``input_data`` (a batch of 1) becomes headers/input.h with PyTorch's output for it, and
     ``make -C directory check`` compares the C against it. Without it, give ``input_shape``
-    (with the batch dim, e.g. (1, 1, 28, 28)). ``representation``: "dense" or "csr" (CSR where it
-    is smaller than dense, per tensor).
+    (with the batch dim, e.g. (1, 1, 28, 28)). ``representation``, chosen per tensor, the smallest allowed
+    form wins: "dense" (float32), "csr" (float32 CSR where smaller than dense), "int8" (int8 dense /
+    CSR / relative-index; the weights must lie on an int8 grid: codegen.quantize.quantize_int8_),
+    "codebook" (k-means shared values, b-bit packed indices, dense / CSR / relative-index; at most 256
+    distinct values per tensor: codegen.quantize.share_weights_), "auto" (the smallest of all).
+    Encodings are exact: the C computes with the weights the model has.
 
     >>> net = torch.nn.Sequential(torch.nn.Conv2d(1, 4, 3), torch.nn.ReLU(), torch.nn.Flatten(),
     ...                           torch.nn.Linear(4 * 6 * 6, 10))
