@@ -17,6 +17,7 @@ from codegen.api import (
     verify,
     weight_bytes,
 )
+from codegen.early_exit import save_compressed_early_exit_model, verify_early_exit
 from codegen.errors import (
     CodegenError,
     UnsupportedConfigError,
@@ -24,7 +25,6 @@ from codegen.errors import (
     UntraceableModelError,
 )
 from codegen.lower import register_lowering
-from codegen.early_exit import save_compressed_early_exit_model, verify_early_exit  # noqa: E402  (after api)
 
 __version__ = "0.1.0"
 
