@@ -30,6 +30,7 @@ import os
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass
+from functools import partial
 
 import torch
 import torch.distributed as dist
@@ -286,6 +287,13 @@ def _factorize_layers(
     ctx: _Ctx, masks: _Masks, base_val: float, tol: float, lr: float, epochs: int, conv_method: str,
     min_params: int,
 ) -> list[DecompositionRecord]:
+    """Try to factorize every large layer (largest first); keep each one only if validation
+    accuracy stays within ``tol`` of ``base_val`` after fine-tuning.
+
+    Linear: first the smallest SVD rank whose accuracy before fine-tuning is within ``2*tol``
+    (fine-tuning usually recovers the rest); if that is rejected, the smallest rank already
+    within ``tol`` before fine-tuning (accepted unless fine-tuning fails).  Conv2d: VBMF ranks.
+    """
     model = ctx.model
     records: list[DecompositionRecord] = []
     layers = sorted(find_compressible_layers(model).items(), key=lambda kv: -kv[1].weight.numel())
@@ -299,65 +307,98 @@ def _factorize_layers(
         else:
             continue
         bytes_before = mod.weight.numel() * 4
-        saved_state = _state(model)
-        try:
-            if method == "svd":
-                out_f, in_f = mod.weight.shape
-                r_max = max_useful_linear_rank(out_f, in_f)
-                if r_max < 1:
-                    continue
-                rank = _search_linear_rank(ctx, name, mod, r_max, base_val - 2 * tol)
+        if method == "svd":
+            out_f, in_f = mod.weight.shape
+            r_max = max_useful_linear_rank(out_f, in_f)
+            if r_max < 1:
+                continue
+            tried: set[int] = set()
+            for slack in (2 * tol, tol):
+                try:
+                    rank = _search_linear_rank(ctx, name, mod, r_max, base_val - slack)
+                except DecompositionError as exc:
+                    records.append(_failed(name, method, exc, bytes_before))
+                    break
                 if rank is None:
-                    records.append(DecompositionRecord(name, method, [], False,
-                                                       f"no rank <= {r_max} keeps val accuracy near baseline",
-                                                       bytes_before, bytes_before))
+                    records.append(DecompositionRecord(
+                        name, method, [], False,
+                        f"no rank <= {r_max} keeps val accuracy within {slack:.4f} of baseline", bytes_before,
+                        bytes_before))  # fmt: skip
                     continue
-                new = svd_linear(mod, rank)
-                ranks = [rank]
-            else:
-                r_out, r_in = tucker2_ranks(mod.weight.detach().cpu().numpy())
-                if method == "cp":
-                    ranks = [max(r_out, r_in)]
-                    new = cp_conv(mod, ranks[0])
-                else:
-                    ranks = [r_out, r_in]
-                    new = tucker2_conv(mod, (r_out, r_in))
-        except (DecompositionError, ValueError) as exc:
-            logger.warning("decomposition of %s (%s) failed: %s", name, method, exc)
-            records.append(DecompositionRecord(name, method, [], False, f"failed: {exc}", bytes_before, bytes_before))
-            continue
-        bytes_after = sum(p.numel() for n_, p in new.named_parameters() if n_.endswith("weight")) * 4
-        if bytes_after >= 0.8 * bytes_before:
-            records.append(DecompositionRecord(name, method, ranks, False,
-                                               f"ranks {ranks} save too little ({bytes_after} vs {bytes_before} B)",
-                                               bytes_before, bytes_after))
-            continue
-        replace_module(model, name, new)
-        try:
-            acc, state, _ = _train(ctx, masks, epochs, lr, desc=f"fine-tune {name} ({method})")
-        except _Stop as stop:
-            replace_module(model, name, mod)
-            model.load_state_dict(saved_state)
-            records.append(DecompositionRecord(name, method, ranks, False, f"fine-tuning stopped: {stop.reason}",
-                                               bytes_before, bytes_after))
-            if "time limit" in stop.reason:
-                break
-            continue
-        if state is not None and acc >= base_val - tol:
-            model.load_state_dict(state)
-            records.append(DecompositionRecord(name, method, ranks, True,
-                                               f"val accuracy {acc:.4f} within {tol} of {base_val:.4f}",
-                                               bytes_before, bytes_after, acc))
-            logger.info("decomposed %s with %s ranks %s: %d -> %d weight bytes, val %.4f",
-                        name, method, ranks, bytes_before, bytes_after, acc)
+                if rank in tried:
+                    continue
+                tried.add(rank)
+                rec = _try_factorization(ctx, masks, name, mod, method, [rank], partial(svd_linear, mod, rank),
+                                         base_val, tol, lr, epochs)
+                records.append(rec)
+                if rec.accepted or "time limit" in rec.reason:
+                    break
         else:
-            replace_module(model, name, mod)
-            model.load_state_dict(saved_state)
-            records.append(DecompositionRecord(name, method, ranks, False,
-                                               f"val accuracy {acc:.4f} below {base_val - tol:.4f} after fine-tuning",
-                                               bytes_before, bytes_after, acc))
-            logger.info("rejected %s decomposition of %s: val %.4f < %.4f", method, name, acc, base_val - tol)
+            try:
+                r_out, r_in = tucker2_ranks(mod.weight.detach().cpu().numpy())
+            except ValueError as exc:
+                records.append(_failed(name, method, exc, bytes_before))
+                continue
+            if method == "cp":
+                ranks = [max(r_out, r_in)]
+                factory = partial(cp_conv, mod, ranks[0])
+            else:
+                ranks = [r_out, r_in]
+                factory = partial(tucker2_conv, mod, (r_out, r_in))
+            records.append(_try_factorization(ctx, masks, name, mod, method, ranks, factory, base_val, tol, lr,
+                                              epochs))
+        if records and "time limit" in records[-1].reason:
+            break
     return records
+
+
+def _failed(name: str, method: str, exc: Exception, nbytes: int) -> DecompositionRecord:
+    logger.warning("decomposition of %s (%s) failed: %s", name, method, exc)
+    return DecompositionRecord(name, method, [], False, f"failed: {exc}", nbytes, nbytes)
+
+
+def _try_factorization(ctx: _Ctx, masks: _Masks, name: str, mod: nn.Module, method: str, ranks: list[int],
+                       factory, base_val: float, tol: float, lr: float, epochs: int) -> DecompositionRecord:
+    """Replace ``name`` by ``factory()``, fine-tune, keep it if val accuracy >= base_val - tol
+    (the state before fine-tuning is a candidate too); otherwise restore the layer and weights."""
+    model = ctx.model
+    bytes_before = mod.weight.numel() * 4
+    try:
+        new = factory()
+    except (DecompositionError, ValueError) as exc:
+        return _failed(name, method, exc, bytes_before)
+    bytes_after = sum(p.numel() for n_, p in new.named_parameters() if n_.endswith("weight")) * 4
+    if bytes_after >= 0.8 * bytes_before:
+        return DecompositionRecord(name, method, ranks, False,
+                                   f"ranks {ranks} save too little ({bytes_after} vs {bytes_before} B)",
+                                   bytes_before, bytes_after)
+    saved_state = _state(model)
+    replace_module(model, name, new)
+    pre_acc = evaluate(model, ctx.val_loader, ctx.device, ctx.metric)
+    pre_state = _state(model)
+    try:
+        acc, state, _ = _train(ctx, masks, epochs, lr, desc=f"fine-tune {name} ({method})")
+    except _Stop as stop:
+        replace_module(model, name, mod)
+        model.load_state_dict(saved_state)
+        return DecompositionRecord(name, method, ranks, False, f"fine-tuning stopped: {stop.reason}",
+                                   bytes_before, bytes_after)
+    if state is None or pre_acc >= acc:
+        acc, state = pre_acc, pre_state
+    if acc >= base_val - tol:
+        model.load_state_dict(state)
+        logger.info("decomposed %s with %s ranks %s: %d -> %d weight bytes, val %.4f",
+                    name, method, ranks, bytes_before, bytes_after, acc)
+        return DecompositionRecord(name, method, ranks, True,
+                                   f"val accuracy {acc:.4f} within {tol} of {base_val:.4f}",
+                                   bytes_before, bytes_after, acc)
+    replace_module(model, name, mod)
+    model.load_state_dict(saved_state)
+    logger.info("rejected %s decomposition of %s (ranks %s): val %.4f < %.4f", method, name, ranks, acc,
+                base_val - tol)
+    return DecompositionRecord(name, method, ranks, False,
+                               f"val accuracy {acc:.4f} below {base_val - tol:.4f} after fine-tuning",
+                               bytes_before, bytes_after, acc)
 
 
 @torch.no_grad()
