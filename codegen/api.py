@@ -268,7 +268,7 @@ def save_compressed_model(
     if input_data is not None:
         m = prepare_model(model)
         with torch.no_grad():
-            y = m(example).detach().float().numpy()
+            y = m(example.clone()).detach().float().numpy()
         if not np.all(np.isfinite(y)):
             raise CodegenError("the model's output for input_data is not finite (NaN/inf); check the model")
         tol = default_tolerance(y) if tolerance is None else float(tolerance)
@@ -341,7 +341,7 @@ def verify(
     m = prepare_model(model)
     x = inputs.detach().to("cpu").float()
     with torch.no_grad():
-        ref = torch.cat([m(x[i : i + 1]) for i in range(x.shape[0])]).numpy()
+        ref = torch.cat([m(x[i : i + 1].clone()) for i in range(x.shape[0])]).numpy()
     build = Path(tempfile.mkdtemp(prefix="sparsecomp-verify-"))
     try:
         exe = compile_host(directory, emit.render_verify_main(prefix, VERSION), build, cc, extra_flags)

@@ -96,12 +96,27 @@ def trace(
             "input tensor. Wrap the model so forward(x) takes a single tensor."
         )
     try:
-        with torch.no_grad():
-            ShapeProp(gm).propagate(example_input)
+        with torch.no_grad():  # clones: an in-place op on the input must not change the caller's tensor
+            traced_out = ShapeProp(gm).propagate(example_input.clone())
+            eager_out = model(example_input.clone())
     except Exception as exc:
         raise CodegenError(
             f"running the traced model on an input of shape {tuple(example_input.shape)} failed: {exc}. "
             "Check that the input shape is the one the model expects."
         ) from exc
+    if (
+        isinstance(traced_out, torch.Tensor)
+        and isinstance(eager_out, torch.Tensor)
+        and not (
+            traced_out.shape == eager_out.shape
+            and torch.allclose(traced_out, eager_out, rtol=1e-5, atol=1e-6, equal_nan=True)
+        )
+    ):
+        raise UntraceableModelError(
+            f"the graph torch.fx traced from {type(model).__name__}.forward() computes a different result "
+            "than forward() itself. The usual cause is an in-place update (x += y, x.relu_(), x[...] = ...) "
+            "of a tensor that another variable also refers to, which torch.fx records as an out-of-place "
+            "op. Rewrite it out of place (x = x + y)."
+        )
     log.debug("traced %s: %d nodes", type(model).__name__, len(gm.graph.nodes))
     return gm
