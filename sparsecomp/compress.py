@@ -24,6 +24,7 @@ Example::
 
 from __future__ import annotations
 
+import copy
 import logging
 import math
 import os
@@ -168,6 +169,20 @@ class _Ctx:
     deadline: float | None
     example: torch.Tensor
     representation: str
+    teacher: nn.Module | None = None
+    distill_alpha: float = 0.0
+    distill_temperature: float = 4.0
+
+    def loss(self, outputs: torch.Tensor, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        loss = self.criterion(outputs, y)
+        if self.teacher is None or self.distill_alpha <= 0:
+            return loss
+        with torch.no_grad():
+            t_out = self.teacher(x)
+        T = self.distill_temperature
+        kd = nn.functional.kl_div(nn.functional.log_softmax(outputs / T, dim=1),
+                                  nn.functional.softmax(t_out / T, dim=1), reduction="batchmean") * T * T
+        return (1 - self.distill_alpha) * loss + self.distill_alpha * kd
 
 
 class _Stop(Exception):
@@ -234,7 +249,7 @@ def _train(
                 x, y = split_batch(batch)
                 x, y = x.to(ctx.device), y.to(ctx.device)
                 opt.zero_grad(set_to_none=True)
-                loss = ctx.criterion(train_model(x), y)
+                loss = ctx.loss(train_model(x), x, y)
                 bad = not bool(torch.isfinite(loss.detach()))
                 late = ctx.deadline is not None and time.monotonic() > ctx.deadline
                 if distributed():
@@ -458,6 +473,7 @@ def compress_NN_models(  # noqa: N802 - public name fixed by the issue
     example_input: torch.Tensor | None = None,
     metric: Metric = top1,
     checkpoint_path: str | os.PathLike | None = None,
+    distillation: float = 0.0,
 ) -> CompressionReport:
     """Compress ``model`` in place so codegen emits at most ``target_size`` of weight data.
 
@@ -478,6 +494,8 @@ def compress_NN_models(  # noqa: N802 - public name fixed by the issue
     :class:`SensitivityResult` or the CSV path written by :func:`sensitivity_analysis`;
     layers missing from it are analysed.  ``max_batches_per_epoch`` and ``time_limit``
     (seconds) bound the run; ``example_input`` (batch 1) defaults to the first training sample.
+    ``distillation`` (0..1) mixes a knowledge-distillation loss from a frozen copy of the
+    original model into retraining (classification outputs only; 0 = off).
 
     Example::
 
@@ -494,6 +512,8 @@ def compress_NN_models(  # noqa: N802 - public name fixed by the issue
         raise ValueError(f"representation must be 'csr' or 'dense', got {representation!r}")
     if num_epochs < 1 or max_rounds < 1:
         raise ValueError("num_epochs and max_rounds must be >= 1")
+    if not 0 <= distillation <= 1:
+        raise ValueError(f"distillation is a weight in [0, 1], got {distillation}")
     if not 0 <= accuracy_tolerance < 1:
         raise ValueError(f"accuracy_tolerance is a fraction in [0, 1), got {accuracy_tolerance}")
     if conv_decomposition not in ("tucker2", "cp"):
@@ -522,6 +542,10 @@ def compress_NN_models(  # noqa: N802 - public name fixed by the issue
         ctx = _Ctx(model, train_loader, val_loader, criterion, device, metric, optimizer,
                    max_batches_per_epoch, progress and _is_rank0(),
                    None if time_limit is None else t0 + time_limit, example, representation)
+        if distillation > 0:
+            # the uncompressed model teaches the compressed one (Hinton et al.): a frozen copy
+            ctx.teacher = copy.deepcopy(model).eval().requires_grad_(False)
+            ctx.distill_alpha = float(distillation)
         report = _run(ctx, budget, num_epochs, learning_rate, accuracy_tolerance, layers_factorization, max_rounds,
                       conv_decomposition, factorization_min_params, sensitivity, list(sensitivity_sparsities),
                       sensitivity_batches, test_loader, t0)

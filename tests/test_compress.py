@@ -286,3 +286,14 @@ def test_decomposed_layers_match_pytorch_in_c(method, tmp_path, monkeypatch):
     save_compressed_model(model, "csr", input_data=x[:1], directory=tmp_path / "m")
     res = verify(model, tmp_path / "m", x)
     assert res.max_rel_error < 1e-4, res.max_abs_error
+
+
+def test_distillation_option(model, digits):
+    train, val, test = digits
+    ref = copy.deepcopy(model)
+    r = compress_NN_models(model, 9, train, test, val_loader=val, distillation=0.5, layers_factorization=False,
+                           **FAST)
+    assert r.final_bytes <= 9000 and r.val_accuracy_after > 0.8
+    assert not all(torch.equal(a, b) for a, b in zip(ref.parameters(), model.parameters()))
+    with pytest.raises(ValueError, match="distillation"):
+        compress_NN_models(model, 9, train, test, val_loader=val, distillation=2.0, **FAST)
