@@ -239,6 +239,8 @@ def save_compressed_model(
     tolerance: float | None = None,
     leaf_modules: tuple[type, ...] = (),
     concrete_args: dict | None = None,
+    integer: bool = False,
+    calibration_data=None,
 ) -> EmitResult:
     """Emits the model as a self-contained C directory (see DESIGN.md for its layout).
 
@@ -251,6 +253,13 @@ def save_compressed_model(
     distinct values per tensor: codegen.quantize.share_weights_), "auto" (the smallest of all).
     Encodings are exact: the C computes with the weights the model has.
 
+    ``integer=True``: fully integer inference for MCUs without an FPU (codegen/integer.py): int8
+    activations calibrated on ``calibration_data`` (a tensor (N, ...) of sample inputs or a DataLoader;
+    required), int8 weights per output channel, int32 accumulation. model.h then also declares
+    ``<prefix>_run_int8(const int8_t *, int8_t *)`` with the input/output scale and zero point;
+    ``<prefix>_run`` keeps its float signature. ``representation`` chooses the int8 weight encodings:
+    "int8"/"auto" (dense, CSR or relative-index, the smallest), "csr" (dense or CSR), "dense".
+
     >>> net = torch.nn.Sequential(torch.nn.Conv2d(1, 4, 3), torch.nn.ReLU(), torch.nn.Flatten(),
     ...                           torch.nn.Linear(4 * 6 * 6, 10))
     >>> res = save_compressed_model(net, "csr", torch.randn(1, 1, 8, 8), "/tmp/doc_model",
@@ -258,6 +267,17 @@ def save_compressed_model(
     >>> res.weight_bytes                                                  # doctest: +SKIP
     5960
     """
+    if integer:
+        from codegen.integer import save_integer_model
+
+        return save_integer_model(
+            model, representation, input_data, directory, calibration_data=calibration_data,
+            input_shape=input_shape, prefix=prefix, overwrite=overwrite, leaf_modules=leaf_modules,
+            concrete_args=concrete_args,
+        )  # fmt: skip
+    if calibration_data is not None:
+        raise CodegenError("calibration_data is only used with integer=True (fully integer inference); "
+                           "pass integer=True or drop calibration_data")  # fmt: skip
     if input_data is None and input_shape is None:
         raise CodegenError("give input_data (a sample of batch size 1) or input_shape, e.g. (1, 1, 28, 28)")
     example = example_from(input_data if input_data is not None else tuple(input_shape))
