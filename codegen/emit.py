@@ -6,6 +6,7 @@ deterministic: the same model and arguments give byte-identical files.
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import os
@@ -29,9 +30,14 @@ GENERATOR_KEY = "sparsecomp"
 REPORT_NAME = "report.json"
 
 
+_SPECIAL = {"inf": "INFINITY", "-inf": "(-INFINITY)", "nan": "NAN", "-nan": "NAN"}  # from <math.h>
+
+
 def cfloat(x: float) -> str:
-    """A float32 as a C literal that round-trips exactly (9 significant digits)."""
+    """A float32 as a C literal that round-trips exactly (9 significant digits); inf/NaN as math.h macros."""
     s = f"{float(np.float32(x)):.9g}"
+    if s in _SPECIAL:
+        return _SPECIAL[s]
     if not any(ch in s for ch in ".en"):
         s += ".0"
     return s + "f"
@@ -44,6 +50,8 @@ def carray_body(a: CArray) -> str:
         plain = ~(np.char.find(items, ".") >= 0) & ~(np.char.find(items, "e") >= 0)
         items = np.where(plain, np.char.add(items, ".0"), items)
         items = np.char.add(items, "f")
+        for text, macro in _SPECIAL.items():  # weights are checked finite; sample inputs may not be
+            items = np.where(np.char.equal(items, text + ".0f"), macro, items)
         per = 8
     else:
         items = np.asarray(a.values).astype(np.int64).astype(str)
@@ -57,7 +65,13 @@ def _ccomment(s: str) -> str:
 
 
 def environment(extra_dirs: list[str] | tuple[str, ...] = ()) -> jinja2.Environment:
-    """The Jinja2 environment: extension directories first, then the packaged templates."""
+    """The Jinja2 environment: extension directories first, then the packaged templates (cached:
+    compiled templates are reused across emissions)."""
+    return _environment(tuple(map(str, extra_dirs)))
+
+
+@functools.lru_cache(maxsize=16)
+def _environment(extra_dirs: tuple[str, ...]) -> jinja2.Environment:
     env = jinja2.Environment(
         loader=jinja2.FileSystemLoader([*map(str, extra_dirs), str(templates_dir())]),
         undefined=jinja2.StrictUndefined,

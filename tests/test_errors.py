@@ -134,3 +134,23 @@ def test_wrong_input_shape(tmp_path):
 def test_needs_input_or_shape(tmp_path):
     with pytest.raises(CodegenError, match="input_shape"):
         save_compressed_model(nn.Linear(4, 2), "dense", None, tmp_path / "m")
+
+
+class AliasedInplace(nn.Module):
+    """torch.fx records `b += x` as an out-of-place add, so `a` (the same tensor) loses the update."""
+
+    def __init__(self):
+        super().__init__()
+        self.fc = nn.Linear(4, 4)
+
+    def forward(self, x):
+        a = self.fc(x)
+        b = a
+        b += x
+        return a * 3
+
+
+def test_traced_graph_that_disagrees_with_forward_is_refused(tmp_path):
+    with pytest.raises(UntraceableModelError, match="in-place update"):
+        save_compressed_model(AliasedInplace(), "dense", torch.randn(1, 4), tmp_path / "m")
+    assert list(tmp_path.iterdir()) == []
