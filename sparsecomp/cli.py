@@ -23,6 +23,8 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
+from codegen.formats import REPRESENTATIONS
+
 logger = logging.getLogger(__name__)
 
 
@@ -155,7 +157,8 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--input-shape", required=True, type=_parse_shape, metavar="N,C,H,W",
                    help="example input shape including the batch dimension (batch 1), e.g. 1,1,28,28")
     e.add_argument("-o", "--output", required=True, metavar="DIR", help="output directory")
-    e.add_argument("--representation", default="csr", choices=["csr", "dense"], help="weight storage (default csr)")
+    e.add_argument("--representation", default="csr", choices=sorted(REPRESENTATIONS),
+                   help="weight storage (default csr); int8/codebook need a quantized/shared model")
     e.add_argument("--prefix", default="model", help="prefix of the C names (default model)")
     e.add_argument("--overwrite", action="store_true", help="replace DIR if it is an emitted model directory")
     e.add_argument("--no-self-test", dest="self_test", action="store_false",
