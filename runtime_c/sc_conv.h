@@ -42,8 +42,9 @@ static inline void sc_conv_fill(float *o, int32_t n, float b)
     for (i = 0; i < n; ++i) o[i] = b;
 }
 
-static inline void sc_conv_dense(const float *in, float *out, const float *w, const float *bias,
-                                 const sc_conv_params *p)
+/* Weight-stationary dense conv (any dilation): each weight applied with sc_conv_tap. */
+static inline void sc_conv_dense_any(const float *in, float *out, const float *w, const float *bias,
+                                     const sc_conv_params *p)
 {
     const int32_t cin_g = p->cin / p->groups, cout_g = p->cout / p->groups;
     const int32_t plane_in = p->hin * p->win, plane_out = p->hout * p->wout;
@@ -57,6 +58,330 @@ static inline void sc_conv_dense(const float *in, float *out, const float *w, co
                 for (kx = 0; kx < p->kw; ++kx) sc_conv_tap(in_g + ci * plane_in, o, *w++, ky, kx, p);
         sc_act_inplace(o, plane_out, p->act, p->alpha);
     }
+}
+
+/* ---- dense kernels (output-stationary, register-blocked) ------------------------------------ *
+ * Every dense kernel keeps its accumulators in registers and walks weights and inputs with
+ * pointers: 4 output channels x 4 output positions per block (16 accumulators: each weight load
+ * feeds 4 MACs, each input load 4 MACs). Output positions whose window lies inside the input
+ * ("interior") are blocked; the others clip their window (no padding buffer, no bounds test
+ * per MAC). The template picks the most specific kernel for the layer's shape, so only the
+ * kernels a model uses are compiled in:
+ *   sc_conv_dense_pw   1x1, stride 1, no padding (a matrix product over the flattened plane)
+ *   sc_conv_dense_dw   depthwise (groups == cin == cout), any kernel, stride, padding
+ *   sc_conv_dense_d1   any grouped conv without dilation
+ *   sc_conv_dense      anything (dispatches; dilated convs use the tap loop above)
+ */
+
+#ifndef SC_FMA
+#if defined(__FP_FAST_FMAF)
+#define SC_FMA(a, b, c) __builtin_fmaf((a), (b), (c)) /* one VFMA on the Cortex-M4F */
+#else
+#define SC_FMA(a, b, c) ((a) * (b) + (c))
+#endif
+#endif
+
+/* Interior outputs: [*lo, *hi) whose taps 0..k-1 (dilation 1) all lie inside [0, n_in). */
+static inline void sc_conv_interior(int32_t pad, int32_t stride, int32_t k, int32_t n_in, int32_t n_out,
+                                    int32_t *lo, int32_t *hi)
+{
+    int32_t a, b;
+    sc_valid_range(-pad, stride, n_in, n_out, lo, hi);
+    sc_valid_range(k - 1 - pad, stride, n_in, n_out, &a, &b);
+    if (a > *lo) *lo = a;
+    if (b < *hi) *hi = b;
+    if (*hi < *lo) *hi = *lo;
+}
+
+/* Taps [*k0, *k1) of a window starting at input position i0 that lie inside [0, n) (dilation 1). */
+static inline void sc_conv_clip(int32_t i0, int32_t k, int32_t n, int32_t *k0, int32_t *k1)
+{
+    int32_t a = i0 < 0 ? -i0 : 0, b = n - i0 < k ? n - i0 : k;
+    if (b < a) b = a;
+    *k0 = a;
+    *k1 = b;
+}
+
+/* 4 output channels (weight rows w[0..3], 4 values per 4 positions) at 4 interior positions
+ * whose windows start at x[0..3]; acc[c*4 + j] receives channel c at position j (bias added). */
+static inline void sc_conv_block44(const float *const *xs, const float *const *ws, const float *b,
+                                   int32_t cin_g, int32_t kh, int32_t kw, int32_t row_skip,
+                                   int32_t ch_skip, float *acc)
+{
+    const float *x0 = xs[0], *x1 = xs[1], *x2 = xs[2], *x3 = xs[3];
+    const float *w0 = ws[0], *w1 = ws[1], *w2 = ws[2], *w3 = ws[3];
+    float a00 = b[0], a01 = b[0], a02 = b[0], a03 = b[0];
+    float a10 = b[1], a11 = b[1], a12 = b[1], a13 = b[1];
+    float a20 = b[2], a21 = b[2], a22 = b[2], a23 = b[2];
+    float a30 = b[3], a31 = b[3], a32 = b[3], a33 = b[3];
+    int32_t ci, ky, kx;
+    for (ci = 0; ci < cin_g; ++ci) {
+        for (ky = 0; ky < kh; ++ky) {
+            for (kx = 0; kx < kw; ++kx) {
+                const float v0 = *x0++, v1 = *x1++, v2 = *x2++, v3 = *x3++;
+                const float c0 = *w0++, c1 = *w1++, c2 = *w2++, c3 = *w3++;
+                a00 = SC_FMA(c0, v0, a00); a01 = SC_FMA(c0, v1, a01);
+                a02 = SC_FMA(c0, v2, a02); a03 = SC_FMA(c0, v3, a03);
+                a10 = SC_FMA(c1, v0, a10); a11 = SC_FMA(c1, v1, a11);
+                a12 = SC_FMA(c1, v2, a12); a13 = SC_FMA(c1, v3, a13);
+                a20 = SC_FMA(c2, v0, a20); a21 = SC_FMA(c2, v1, a21);
+                a22 = SC_FMA(c2, v2, a22); a23 = SC_FMA(c2, v3, a23);
+                a30 = SC_FMA(c3, v0, a30); a31 = SC_FMA(c3, v1, a31);
+                a32 = SC_FMA(c3, v2, a32); a33 = SC_FMA(c3, v3, a33);
+            }
+            x0 += row_skip; x1 += row_skip; x2 += row_skip; x3 += row_skip;
+        }
+        x0 += ch_skip; x1 += ch_skip; x2 += ch_skip; x3 += ch_skip;
+    }
+    acc[0] = a00; acc[1] = a01; acc[2] = a02; acc[3] = a03;
+    acc[4] = a10; acc[5] = a11; acc[6] = a12; acc[7] = a13;
+    acc[8] = a20; acc[9] = a21; acc[10] = a22; acc[11] = a23;
+    acc[12] = a30; acc[13] = a31; acc[14] = a32; acc[15] = a33;
+}
+
+/* 4 output channels at the position whose window starts at (iy, ix), clipped to the input. */
+static inline void sc_conv_block41(const float *in_g, int32_t iy, int32_t ix, const float *const *ws,
+                                   const float *b, int32_t cin_g, const sc_conv_params *p, float *acc)
+{
+    int32_t ky0, ky1, kx0, kx1;
+    sc_conv_clip(iy, p->kh, p->hin, &ky0, &ky1);
+    sc_conv_clip(ix, p->kw, p->win, &kx0, &kx1);
+    if (ky1 == ky0 || kx1 == kx0) {
+        acc[0] = b[0]; acc[1] = b[1]; acc[2] = b[2]; acc[3] = b[3];
+        return;
+    }
+    {
+    const float *x = in_g + (iy + ky0) * p->win + ix + kx0;
+    const int32_t nkx = kx1 - kx0, khw = p->kh * p->kw;
+    const int32_t row_skip = p->win - nkx, wskip = p->kw - nkx;
+    const int32_t ch_skip = p->hin * p->win - (ky1 - ky0) * p->win, wch = khw - (ky1 - ky0) * p->kw;
+    const int32_t start = ky0 * p->kw + kx0;
+    const float *w0 = ws[0] + start, *w1 = ws[1] + start, *w2 = ws[2] + start, *w3 = ws[3] + start;
+    float a0 = b[0], a1 = b[1], a2 = b[2], a3 = b[3];
+    int32_t ci, ky, kx;
+    for (ci = 0; ci < cin_g; ++ci) {
+        for (ky = ky0; ky < ky1; ++ky) {
+            for (kx = 0; kx < nkx; ++kx) {
+                const float v = *x++;
+                a0 = SC_FMA(*w0++, v, a0);
+                a1 = SC_FMA(*w1++, v, a1);
+                a2 = SC_FMA(*w2++, v, a2);
+                a3 = SC_FMA(*w3++, v, a3);
+            }
+            x += row_skip;
+            w0 += wskip; w1 += wskip; w2 += wskip; w3 += wskip;
+        }
+        x += ch_skip;
+        w0 += wch; w1 += wch; w2 += wch; w3 += wch;
+    }
+    acc[0] = a0; acc[1] = a1; acc[2] = a2; acc[3] = a3;
+    }
+}
+
+/* Weight rows, biases and output planes of channels [oc, oc + 4) of a group with cout_g
+ * channels; channels past the group's end repeat its last one (computed twice, stored twice). */
+static inline void sc_conv_rows4(const float *w, const float *bias, float *out, int32_t oc, int32_t n,
+                                 int32_t row_len, int32_t plane_out, const float **ws, float *b, float **os)
+{
+    int32_t i;
+    for (i = 0; i < 4; ++i) {
+        const int32_t c = oc + (i < n ? i : n - 1);
+        ws[i] = w + c * row_len;
+        b[i] = bias ? bias[c] : 0.0f;
+        os[i] = out + c * plane_out;
+    }
+}
+
+/* Any conv with dilation 1 (groups allowed). */
+static inline void sc_conv_dense_d1(const float *in, float *out, const float *w, const float *bias,
+                                    const sc_conv_params *p)
+{
+    const int32_t cin_g = p->cin / p->groups, cout_g = p->cout / p->groups;
+    const int32_t plane_in = p->hin * p->win, plane_out = p->hout * p->wout;
+    const int32_t row_len = cin_g * p->kh * p->kw;
+    const int32_t row_skip = p->win - p->kw, ch_skip = plane_in - p->kh * p->win;
+    int32_t y0, y1, x0, x1, nx, n_in, g, ob, k, j, c, oy, ox;
+    sc_conv_interior(p->ph, p->sh, p->kh, p->hin, p->hout, &y0, &y1);
+    sc_conv_interior(p->pw, p->sw, p->kw, p->win, p->wout, &x0, &x1);
+    nx = x1 - x0;
+    n_in = (y1 - y0) * nx;
+    for (g = 0; g < p->groups; ++g) {
+        const float *in_g = in + g * cin_g * plane_in;
+        for (ob = 0; ob < cout_g; ob += 4) {
+            const float *ws[4];
+            float *os[4], b[4], acc[16];
+            sc_conv_rows4(w, bias, out, g * cout_g + ob, cout_g - ob, row_len, plane_out, ws, b, os);
+            /* interior positions, 4 at a time in raster order */
+            for (k = 0; k + 4 <= n_in; k += 4) {
+                const float *xs[4];
+                int32_t oo[4];
+                for (j = 0; j < 4; ++j) {
+                    const int32_t qy = y0 + (k + j) / nx, qx = x0 + (k + j) % nx;
+                    xs[j] = in_g + (qy * p->sh - p->ph) * p->win + qx * p->sw - p->pw;
+                    oo[j] = qy * p->wout + qx;
+                }
+                sc_conv_block44(xs, ws, b, cin_g, p->kh, p->kw, row_skip, ch_skip, acc);
+                for (c = 0; c < 4; ++c)
+                    for (j = 0; j < 4; ++j) os[c][oo[j]] = sc_act(acc[c * 4 + j], p->act, p->alpha);
+            }
+            /* the remaining interior positions and the border, one at a time with clipped windows */
+            for (oy = 0; oy < p->hout; ++oy) {
+                for (ox = 0; ox < p->wout; ++ox) {
+                    const int32_t r = (oy - y0) * nx + (ox - x0);
+                    if (oy >= y0 && oy < y1 && ox >= x0 && ox < x1 && r < (n_in & ~3)) continue;
+                    sc_conv_block41(in_g, oy * p->sh - p->ph, ox * p->sw - p->pw, ws, b, cin_g, p, acc);
+                    for (c = 0; c < 4; ++c) os[c][oy * p->wout + ox] = sc_act(acc[c], p->act, p->alpha);
+                }
+            }
+        }
+    }
+}
+
+/* 1x1 convolution, stride 1, no padding: out[oc][q] = sum_ci w[oc][ci] * in[ci][q] over the
+ * flattened plane, 4 channels x 4 positions per block. */
+static inline void sc_conv_dense_pw(const float *in, float *out, const float *w, const float *bias,
+                                    const sc_conv_params *p)
+{
+    const int32_t cin_g = p->cin / p->groups, cout_g = p->cout / p->groups;
+    const int32_t plane = p->hin * p->win;
+    int32_t g, ob, q, ci;
+    for (g = 0; g < p->groups; ++g) {
+        const float *in_g = in + g * cin_g * plane;
+        for (ob = 0; ob < cout_g; ob += 4) {
+            const float *ws[4];
+            float *os[4], b[4];
+            sc_conv_rows4(w, bias, out, g * cout_g + ob, cout_g - ob, cin_g, plane, ws, b, os);
+            for (q = 0; q + 4 <= plane; q += 4) {
+                const float *x = in_g + q;
+                const float *w0 = ws[0], *w1 = ws[1], *w2 = ws[2], *w3 = ws[3];
+                float a00 = b[0], a01 = b[0], a02 = b[0], a03 = b[0];
+                float a10 = b[1], a11 = b[1], a12 = b[1], a13 = b[1];
+                float a20 = b[2], a21 = b[2], a22 = b[2], a23 = b[2];
+                float a30 = b[3], a31 = b[3], a32 = b[3], a33 = b[3];
+                for (ci = 0; ci < cin_g; ++ci) {
+                    const float v0 = x[0], v1 = x[1], v2 = x[2], v3 = x[3];
+                    const float c0 = *w0++, c1 = *w1++, c2 = *w2++, c3 = *w3++;
+                    x += plane;
+                    a00 = SC_FMA(c0, v0, a00); a01 = SC_FMA(c0, v1, a01);
+                    a02 = SC_FMA(c0, v2, a02); a03 = SC_FMA(c0, v3, a03);
+                    a10 = SC_FMA(c1, v0, a10); a11 = SC_FMA(c1, v1, a11);
+                    a12 = SC_FMA(c1, v2, a12); a13 = SC_FMA(c1, v3, a13);
+                    a20 = SC_FMA(c2, v0, a20); a21 = SC_FMA(c2, v1, a21);
+                    a22 = SC_FMA(c2, v2, a22); a23 = SC_FMA(c2, v3, a23);
+                    a30 = SC_FMA(c3, v0, a30); a31 = SC_FMA(c3, v1, a31);
+                    a32 = SC_FMA(c3, v2, a32); a33 = SC_FMA(c3, v3, a33);
+                }
+                os[0][q] = sc_act(a00, p->act, p->alpha); os[0][q + 1] = sc_act(a01, p->act, p->alpha);
+                os[0][q + 2] = sc_act(a02, p->act, p->alpha); os[0][q + 3] = sc_act(a03, p->act, p->alpha);
+                os[1][q] = sc_act(a10, p->act, p->alpha); os[1][q + 1] = sc_act(a11, p->act, p->alpha);
+                os[1][q + 2] = sc_act(a12, p->act, p->alpha); os[1][q + 3] = sc_act(a13, p->act, p->alpha);
+                os[2][q] = sc_act(a20, p->act, p->alpha); os[2][q + 1] = sc_act(a21, p->act, p->alpha);
+                os[2][q + 2] = sc_act(a22, p->act, p->alpha); os[2][q + 3] = sc_act(a23, p->act, p->alpha);
+                os[3][q] = sc_act(a30, p->act, p->alpha); os[3][q + 1] = sc_act(a31, p->act, p->alpha);
+                os[3][q + 2] = sc_act(a32, p->act, p->alpha); os[3][q + 3] = sc_act(a33, p->act, p->alpha);
+            }
+            for (; q < plane; ++q) {
+                const float *x = in_g + q;
+                const float *w0 = ws[0], *w1 = ws[1], *w2 = ws[2], *w3 = ws[3];
+                float a0 = b[0], a1 = b[1], a2 = b[2], a3 = b[3];
+                for (ci = 0; ci < cin_g; ++ci) {
+                    const float v = *x;
+                    x += plane;
+                    a0 = SC_FMA(*w0++, v, a0);
+                    a1 = SC_FMA(*w1++, v, a1);
+                    a2 = SC_FMA(*w2++, v, a2);
+                    a3 = SC_FMA(*w3++, v, a3);
+                }
+                os[0][q] = sc_act(a0, p->act, p->alpha);
+                os[1][q] = sc_act(a1, p->act, p->alpha);
+                os[2][q] = sc_act(a2, p->act, p->alpha);
+                os[3][q] = sc_act(a3, p->act, p->alpha);
+            }
+        }
+    }
+}
+
+/* Extent of the zero-padded input plane a depthwise conv reads: SC_CONV_DW_PAD(p) floats. */
+#define SC_CONV_DW_PAD_H(p) (((p)->hout - 1) * (p)->sh + (p)->kh)
+#define SC_CONV_DW_PAD_W(p) (((p)->wout - 1) * (p)->sw + (p)->kw)
+
+/* Depthwise convolution (groups == cin == cout, dilation 1). Each channel is first copied into
+ * `pad` (SC_CONV_DW_PAD_H(p) x SC_CONV_DW_PAD_W(p) floats, the zero-padded window the outputs
+ * read), so every output position is "interior": blocks of 4 positions in raster order share
+ * each weight load. Safe in place (out == in) when the output plane is not larger than the
+ * input plane: channel c's input is in `pad` before its output is written. */
+static inline void sc_conv_dense_dw(const float *in, float *out, const float *w, const float *bias,
+                                    const sc_conv_params *p, float *pad)
+{
+    const int32_t hp = SC_CONV_DW_PAD_H(p), wp = SC_CONV_DW_PAD_W(p);
+    const int32_t plane_in = p->hin * p->win, plane_out = p->hout * p->wout, khw = p->kh * p->kw;
+    const int32_t rows = p->hin < hp - p->ph ? p->hin : hp - p->ph;
+    const int32_t cols = p->win < wp - p->pw ? p->win : wp - p->pw;
+    const int32_t row_skip = wp - p->kw, ystep = p->sh * wp;
+    int32_t c, i, y, x, k, ky, kx;
+    for (i = 0; i < hp * wp; ++i) pad[i] = 0.0f;
+    for (c = 0; c < p->cout; ++c) {
+        const float *ic = in + c * plane_in, *wc = w + c * khw;
+        float *oc = out + c * plane_out;
+        const float b = bias ? bias[c] : 0.0f;
+        int32_t qy = 0, qx = 0;
+        for (y = 0; y < rows; ++y) {
+            float *d = pad + (y + p->ph) * wp + p->pw;
+            const float *src = ic + y * p->win;
+            for (x = 0; x < cols; ++x) d[x] = src[x];
+        }
+        for (k = 0; k + 4 <= plane_out; k += 4) {
+            const float *xs[4], *wq = wc;
+            float a0 = b, a1 = b, a2 = b, a3 = b;
+            for (i = 0; i < 4; ++i) {
+                xs[i] = pad + qy * ystep + qx * p->sw;
+                if (++qx == p->wout) {
+                    qx = 0;
+                    ++qy;
+                }
+            }
+            {
+                const float *q0 = xs[0], *q1 = xs[1], *q2 = xs[2], *q3 = xs[3];
+                for (ky = 0; ky < p->kh; ++ky) {
+                    for (kx = 0; kx < p->kw; ++kx) {
+                        const float wv = *wq++;
+                        a0 = SC_FMA(wv, *q0++, a0);
+                        a1 = SC_FMA(wv, *q1++, a1);
+                        a2 = SC_FMA(wv, *q2++, a2);
+                        a3 = SC_FMA(wv, *q3++, a3);
+                    }
+                    q0 += row_skip; q1 += row_skip; q2 += row_skip; q3 += row_skip;
+                }
+            }
+            oc[k] = sc_act(a0, p->act, p->alpha);
+            oc[k + 1] = sc_act(a1, p->act, p->alpha);
+            oc[k + 2] = sc_act(a2, p->act, p->alpha);
+            oc[k + 3] = sc_act(a3, p->act, p->alpha);
+        }
+        for (; k < plane_out; ++k) {
+            const float *q = pad + qy * ystep + qx * p->sw, *wq = wc;
+            float a = b;
+            for (ky = 0; ky < p->kh; ++ky) {
+                for (kx = 0; kx < p->kw; ++kx) a = SC_FMA(*wq++, *q++, a);
+                q += row_skip;
+            }
+            oc[k] = sc_act(a, p->act, p->alpha);
+            if (++qx == p->wout) {
+                qx = 0;
+                ++qy;
+            }
+        }
+    }
+}
+
+/* Any convolution: the most specific kernel for the shape (the template calls those directly). */
+static inline void sc_conv_dense(const float *in, float *out, const float *w, const float *bias,
+                                 const sc_conv_params *p)
+{
+    if (p->dh != 1 || p->dw != 1)
+        sc_conv_dense_any(in, out, w, bias, p);
+    else
+        sc_conv_dense_d1(in, out, w, bias, p);
 }
 
 /* CSR kernels, one per (column index type, row pointer type) pair: sc_conv_csr_<it>_<pt>. */
