@@ -213,27 +213,30 @@ static inline int32_t sc_i8_conv_tap(const int8_t *in_g, int32_t j, int32_t qv, 
         }                                                                                        \
     }
 
+/* [lo, hi) of the kernel taps k with 0 <= base + k * d < n. */
+static inline void sc_i8_tap_range(int32_t base, int32_t d, int32_t n, int32_t k, int32_t *lo, int32_t *hi)
+{
+    *lo = base >= 0 ? 0 : (-base + d - 1) / d;
+    *hi = n - 1 - base < 0 ? 0 : (n - 1 - base) / d + 1;
+    if (*hi > k) *hi = k;
+}
+
 static inline void sc_i8_conv_q8(const int8_t *in, int8_t *out, const int8_t *q, const int32_t *bias,
                                  const int32_t *mult, const int8_t *shift, const sc_i8_conv_params *p)
 {
     SC_I8_CONV_BEGIN
     {
         const int8_t *wr = q + oc * row_len;
-        int32_t ci, ky, kx;
+        int32_t ci, ky, kx, ky0, ky1, kx0, kx1;
+        sc_i8_tap_range(iy0, p->dh, p->hin, p->kh, &ky0, &ky1);
+        sc_i8_tap_range(ix0, p->dw, p->win, p->kw, &kx0, &kx1);
         for (ci = 0; ci < cin_g; ++ci) {
             const int8_t *in_c = in_g + ci * p->hin * p->win;
-            for (ky = 0; ky < p->kh; ++ky) {
-                const int32_t iy = iy0 + ky * p->dh;
-                if (iy < 0 || iy >= p->hin) {
-                    wr += p->kw;
-                    continue;
-                }
-                for (kx = 0; kx < p->kw; ++kx) {
-                    const int32_t ix = ix0 + kx * p->dw;
-                    if (ix >= 0 && ix < p->win)
-                        acc += (int32_t)wr[kx] * ((int32_t)in_c[iy * p->win + ix] - p->in_zp);
-                }
-                wr += p->kw;
+            const int8_t *wc = wr + ci * p->kh * p->kw;
+            for (ky = ky0; ky < ky1; ++ky) {
+                const int32_t r = (iy0 + ky * p->dh) * p->win + ix0; /* + kx * dw >= 0 for kx >= kx0 */
+                const int8_t *wrow = wc + ky * p->kw;
+                for (kx = kx0; kx < kx1; ++kx) acc += (int32_t)wrow[kx] * ((int32_t)in_c[r + kx * p->dw] - p->in_zp);
             }
         }
     }

@@ -302,7 +302,9 @@ def test_deterministic(tmp_path):
 
 # ---- end-to-end models -------------------------------------------------------------------------------
 
-E2E = ["lenet300_100", "resnet_tiny", "ds_cnn", "conv1d_sensor", "inception", "odd_names", "tensor_methods", "lenet5"]
+# lenet5 (431k weights) was also bit-exact but compiles slowly, so it stays out of the suite; the
+# others exercise every op family end to end
+E2E = ["lenet300_100", "resnet_tiny", "ds_cnn", "conv1d_sensor", "inception", "odd_names", "tensor_methods"]
 
 
 @pytest.mark.parametrize("name", E2E)
@@ -440,3 +442,20 @@ def test_runs_on_emulated_board_bit_exact(target, tmp_path):
 
 if shutil.which("cc") is None:  # pragma: no cover
     pytestmark = pytest.mark.skip(reason="no host C compiler")
+
+
+def test_kernels_clean_under_asan_ubsan(tmp_path):
+    from helpers import SANITIZE_FLAGS, require_sanitizer
+
+    require_sanitizer()
+    torch.manual_seed(4)
+    net = _seq(nn.ZeroPad2d((1, 0, 2, 1)), nn.Conv2d(2, 4, 3, stride=2, padding=2, dilation=2), nn.ReLU(),
+               nn.AvgPool2d(3, stride=2, padding=1, count_include_pad=False, ceil_mode=True),
+               nn.Conv2d(4, 4, 2, groups=4, padding=1), nn.Tanh(), nn.Flatten(), nn.LazyLinear(3))  # fmt: skip
+    net(torch.zeros(1, 2, 9, 8))
+    res, _ = emit_integer(net, (1, 2, 9, 8), tmp_path)
+    qm = res.integer_model
+    x = (3 * torch.randn(6, 2, 9, 8)).numpy()
+    xq = qm.quantize_input(x).reshape(6, -1)
+    out = run_int8_c(res.directory, xq, 3, tmp_path / "san", flags=SANITIZE_FLAGS)
+    np.testing.assert_array_equal(out, qm.run(xq).reshape(6, 3))
