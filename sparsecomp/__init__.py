@@ -60,3 +60,11 @@ from .early_exit import (  # noqa: E402
 )
 
 __all__ += ["EarlyExitModel", "ExitResult", "build_exit_model", "evaluate_exits", "simulate_exit", "train_exits"]
+
+# quantization, weight sharing, BatchNorm folding, Huffman archives (issue 5)
+from .bits import BitsResult, QuantPlan, bits_analysis  # noqa: E402
+from .folding import fold_batchnorm_  # noqa: E402
+from .weight_sharing import WeightSharingError, fine_tune_shared_, share_  # noqa: E402
+
+__all__ += ["BitsResult", "QuantPlan", "WeightSharingError", "bits_analysis", "fine_tune_shared_",
+            "fold_batchnorm_", "share_"]

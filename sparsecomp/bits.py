@@ -1,0 +1,313 @@
+"""Per-layer bit widths and encodings: ``bits_analysis`` (accuracy of each layer weight-shared
+alone at several bit widths) and ``QuantPlan`` (which encoding each layer gets, its estimated
+bytes at a given nonzero count, and applying it to a model).
+
+Example::
+
+    >>> import torch, torch.nn as nn
+    >>> from torch.utils.data import DataLoader, TensorDataset
+    >>> _ = torch.manual_seed(0)
+    >>> model = nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 2))
+    >>> data = DataLoader(TensorDataset(torch.randn(32, 4), torch.randint(0, 2, (32,))), batch_size=16)
+    >>> res = bits_analysis(model, data, bits=[4, 2], progress=False)
+    >>> sorted(res.curves), sorted(res.curves["0"])
+    (['0', '2'], [2, 4])
+"""
+
+from __future__ import annotations
+
+import copy
+import csv
+import logging
+import math
+import os
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn as nn
+from tqdm.auto import tqdm
+
+from .pruning import find_compressible_layers, weight_matrix_shape
+from .training import Metric, evaluate, top1
+from .weight_sharing import WeightSharingError, check_bits, check_finite
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_BITS = (8, 6, 4, 2)
+
+
+@dataclass
+class BitsResult:
+    """Accuracy with one layer weight-shared alone: ``curves[layer][bits] = accuracy``."""
+
+    baseline: float
+    bits: list[int]
+    curves: dict[str, dict[int, float]] = field(default_factory=dict)
+
+    def accuracy_drop(self, layer: str, bits: int) -> float:
+        return max(0.0, self.baseline - self.curves[layer][bits])
+
+    def smallest_bits(self, layer: str, max_drop: float) -> int | None:
+        """Fewest bits whose accuracy drop is at most ``max_drop`` (None if none is)."""
+        ok = [b for b, a in self.curves[layer].items() if self.baseline - a <= max_drop]
+        return min(ok) if ok else None
+
+    def to_rows(self) -> list[dict]:
+        return [{"layer": layer, "bits": b, "accuracy": a, "drop": self.baseline - a}
+                for layer, curve in self.curves.items() for b, a in sorted(curve.items())]
+
+    def to_csv(self, path: str | os.PathLike) -> None:
+        """Write ``layer,bits,accuracy,drop`` rows (the float baseline as bits 32 of layer '*')."""
+        with open(path, "w", newline="") as f:
+            w = csv.DictWriter(f, fieldnames=["layer", "bits", "accuracy", "drop"])
+            w.writeheader()
+            w.writerow({"layer": "*", "bits": 32, "accuracy": self.baseline, "drop": 0.0})
+            for row in self.to_rows():
+                w.writerow(row)
+
+    @classmethod
+    def from_csv(cls, path: str | os.PathLike) -> BitsResult:
+        baseline, curves, bs = 0.0, {}, set()
+        with open(path, newline="") as f:
+            for row in csv.DictReader(f):
+                b, a = int(row["bits"]), float(row["accuracy"])
+                if row["layer"] == "*":
+                    baseline = a
+                else:
+                    curves.setdefault(row["layer"], {})[b] = a
+                    bs.add(b)
+        return cls(baseline=baseline, bits=sorted(bs), curves=curves)
+
+    def plot(self, path: str | os.PathLike) -> None:
+        """Save a PNG of accuracy vs. bits per layer (needs matplotlib: ``pip install sparsecomp[plot]``)."""
+        try:
+            import matplotlib
+
+            matplotlib.use("Agg", force=False)
+            import matplotlib.pyplot as plt
+        except ImportError as exc:
+            raise ImportError("plotting needs matplotlib: pip install 'sparsecomp[plot]'") from exc
+        fig, ax = plt.subplots(figsize=(6, 4))
+        for layer, curve in self.curves.items():
+            xs = sorted(curve)
+            ax.plot(xs, [curve[b] for b in xs], marker="o", label=layer)
+        ax.axhline(self.baseline, color="gray", linestyle="--", linewidth=1, label="float")
+        ax.set_xlabel("bits per shared weight of the layer (others float)")
+        ax.set_ylabel("validation accuracy")
+        ax.grid(True, alpha=0.3)
+        ax.legend(fontsize="small")
+        fig.tight_layout()
+        fig.savefig(path, dpi=100)
+        plt.close(fig)
+
+
+@torch.no_grad()
+def bits_analysis(
+    model: nn.Module,
+    val_loader: Iterable | None,
+    bits: Sequence[int] = DEFAULT_BITS,
+    *,
+    layers: Iterable[str] | None = None,
+    device: str | torch.device = "cpu",
+    metric: Metric = top1,
+    max_batches: int | None = None,
+    csv_path: str | os.PathLike | None = None,
+    plot_path: str | os.PathLike | None = None,
+    progress: bool = True,
+) -> BitsResult:
+    """Weight-share each Conv/Linear layer alone (linear-init k-means, zeros kept; the others
+    stay float) at each bit width and record validation accuracy.  The model is restored
+    afterwards.  ``csv_path``/``plot_path`` save the table and a PNG (the plot needs matplotlib).
+    """
+    from codegen.quantize import share_array
+
+    if val_loader is None:
+        raise WeightSharingError("bits_analysis needs validation data (val_loader is None)")
+    bits = sorted({check_bits(b) for b in bits}, reverse=True)
+    if not bits:
+        raise WeightSharingError("bits must be a non-empty list of integers in 1..8")
+    all_layers = find_compressible_layers(model)
+    names = list(all_layers) if layers is None else list(layers)
+    for n in names:
+        if n not in all_layers:
+            raise KeyError(f"{n!r} is not a Conv1d/Conv2d/Linear layer of the model; known: {list(all_layers)}")
+    check_finite(model, names)
+    baseline = evaluate(model, val_loader, device, metric, max_batches)
+    result = BitsResult(baseline=baseline, bits=sorted(bits))
+    bar = tqdm(total=len(names) * len(bits), desc="bits", disable=not progress, leave=False)
+    for name in names:
+        w = all_layers[name].weight
+        saved = w.detach().clone()
+        curve = {}
+        try:
+            for b in bits:
+                shared = share_array(saved.cpu().numpy(), b)
+                w.copy_(torch.from_numpy(shared).to(w))
+                curve[b] = evaluate(model, val_loader, device, metric, max_batches)
+                bar.update(1)
+        finally:
+            w.copy_(saved)
+        result.curves[name] = curve
+        logger.info("bits %s: %s", name, ", ".join(f"{b}->{a:.4f}" for b, a in sorted(curve.items())))
+    bar.close()
+    if csv_path is not None:
+        result.to_csv(csv_path)
+    if plot_path is not None:
+        result.plot(plot_path)
+    return result
+
+
+# --------------------------------------------------------------------------------------
+# per-layer plans
+# --------------------------------------------------------------------------------------
+def _expected_entries(rows: int, cols: int, nnz: int, gap_bits: int) -> int:
+    """Entries (nonzeros + fillers) of a relative-index stream when the nonzeros are spread at
+    random: a zero run before a nonzero is geometric, P(run >= j 2^g) = (1 - d)^(j 2^g)."""
+    if nnz <= 0:
+        return 0
+    d = min(1.0, nnz / max(1, rows * cols))
+    q = (1.0 - d) ** (1 << gap_bits)
+    return int(math.ceil(nnz * (1.0 + (q / (1.0 - q) if q < 1 else 0.0))))
+
+
+def layer_nbytes(rows: int, cols: int, nnz: int, kind: str, bits: int | None = None) -> int:
+    """Bytes of a [rows, cols] weight with ``nnz`` nonzeros stored as ``kind``: "dense"/"csr"
+    (exact), "int8" (exact for int8 and int8_csr; int8_rel with the entries of randomly placed
+    nonzeros) or "codebook" with ``bits`` (2^bits shared values, same estimate of the entries).
+    Every formula is codegen's (``codegen.formats.ENCODINGS[...].nbytes``)."""
+    from codegen.formats import ENCODINGS, GAP_BITS, MAX_CODEBOOK, encoded_nbytes
+
+    if kind in ("dense", "csr"):
+        return encoded_nbytes(rows, cols, nnz, kind)
+    if kind == "int8":
+        sizes = [ENCODINGS["int8"].nbytes(rows, cols, nnz), ENCODINGS["int8_csr"].nbytes(rows, cols, nnz)]
+        sizes += [ENCODINGS["int8_rel"].nbytes(rows, cols, nnz, entries=_expected_entries(rows, cols, nnz, g),
+                                               gap_bits=g) for g in GAP_BITS]
+        return min(sizes)
+    if kind == "codebook":
+        k = min(1 << check_bits(bits), max(nnz, 1))
+        sizes = [ENCODINGS["codebook"].nbytes(rows, cols, nnz, k=min(MAX_CODEBOOK, k + (nnz < rows * cols))),
+                 ENCODINGS["codebook_csr"].nbytes(rows, cols, nnz, k=k)]
+        for g in GAP_BITS:
+            e = _expected_entries(rows, cols, nnz, g)
+            kk = k + (e > nnz)
+            if kk <= MAX_CODEBOOK:
+                sizes.append(ENCODINGS["codebook_rel"].nbytes(rows, cols, nnz, k=kk, entries=e, gap_bits=g))
+        return min(sizes)
+    raise ValueError(f"unknown layer kind {kind!r}")
+
+
+@dataclass
+class QuantPlan:
+    """How each compressible layer is stored: ``layers[name] = ("int8", None)``, ``("codebook", bits)``
+    or ``("csr", None)`` (float).  ``default`` applies to layers not listed (e.g. new factor layers)."""
+
+    representation: str
+    layers: dict[str, tuple[str, int | None]] = field(default_factory=dict)
+    default: tuple[str, int | None] = ("csr", None)
+
+    def kind(self, name: str) -> tuple[str, int | None]:
+        return self.layers.get(name, self.default)
+
+    def estimate(self, name: str, rows: int, cols: int, nnz: int) -> int:
+        kind, bits = self.kind(name)
+        size = layer_nbytes(rows, cols, nnz, kind, bits)
+        if self.representation == "auto":
+            size = min(size, layer_nbytes(rows, cols, nnz, "csr"))
+        return size
+
+    def apply_(self, model: nn.Module) -> nn.Module:
+        """Quantize (int8) or share (codebook) the weights in place, as planned."""
+        from codegen.quantize import int8_quantize_array, share_array
+
+        comp = find_compressible_layers(model)
+        check_finite(model, [n for n in comp if self.kind(n)[0] != "csr"])
+        with torch.no_grad():
+            for name, m in comp.items():
+                kind, bits = self.kind(name)
+                w = m.weight.detach().cpu().numpy()
+                if kind == "int8":
+                    new = int8_quantize_array(w.astype("float64"))
+                elif kind == "codebook":
+                    new = share_array(w, int(bits))
+                else:
+                    continue
+                m.weight.copy_(torch.from_numpy(new).to(m.weight))
+        return model
+
+    def exact_bytes(self, model: nn.Module, example: torch.Tensor):
+        """codegen's ByteReport of a quantized copy of ``model`` (the model is not changed)."""
+        from .budget import exact_weight_bytes
+
+        return exact_weight_bytes(self.apply_(copy.deepcopy(model)), example, self.representation)
+
+    def describe(self) -> str:
+        return ", ".join(f"{n}={k}{'' if b is None else f'/{b}b'}" for n, (k, b) in self.layers.items())
+
+
+def make_plan(
+    model: nn.Module,
+    representation: str,
+    val_loader: Iterable | None,
+    tolerance: float,
+    bits: int | Mapping[str, int] | None = None,
+    *,
+    candidates: Sequence[int] = (8, 7, 6, 5, 4, 3, 2),
+    device: str | torch.device = "cpu",
+    metric: Metric = top1,
+    max_batches: int | None = None,
+    progress: bool = False,
+) -> QuantPlan:
+    """The per-layer plan of ``representation`` ("int8", "codebook", "auto").
+
+    int8: every layer int8.  codebook: ``bits`` (an int or {layer: bits}) when given, otherwise per
+    layer the fewest bits (of ``candidates``) whose accuracy, the layer shared alone, stays within
+    ``tolerance / 2`` of the float model (:func:`bits_analysis`; 8 bits if none does).
+    auto: per layer the smallest of codebook (bits as above), int8 and float, among those that keep
+    the accuracy within ``tolerance / 2`` (bytes at the layer's current density).
+    """
+    comp = find_compressible_layers(model)
+    if representation == "int8":
+        return QuantPlan("int8", {n: ("int8", None) for n in comp}, ("int8", None))
+    if representation not in ("codebook", "auto"):
+        raise ValueError(f"no quantization plan for representation {representation!r}")
+    chosen: dict[str, int | None] = {}
+    if bits is not None:
+        if isinstance(bits, Mapping):
+            unknown = sorted(set(bits) - set(comp))
+            if unknown:
+                raise WeightSharingError(f"bits: no Conv1d/Conv2d/Linear layer named {unknown}; layers are "
+                                         f"{list(comp)}")
+        chosen = {n: check_bits(bits[n] if isinstance(bits, Mapping) else bits, n)
+                  for n in comp if not isinstance(bits, Mapping) or n in bits}
+    todo = [n for n in comp if n not in chosen]
+    res = None
+    if todo:
+        if val_loader is None:
+            raise WeightSharingError(f"choosing the bits of layers {todo} needs validation data (val_loader)")
+        res = bits_analysis(model, val_loader, candidates, layers=todo, device=device, metric=metric,
+                            max_batches=max_batches, progress=progress)
+        for n in todo:
+            chosen[n] = res.smallest_bits(n, tolerance / 2)
+    plan = QuantPlan(representation, default=("codebook", 8))
+    for n, m in comp.items():
+        b = chosen[n]
+        if representation == "codebook":
+            plan.layers[n] = ("codebook", b if b is not None else 8)
+            continue
+        rows, cols = weight_matrix_shape(m)
+        nnz = int((m.weight != 0).sum())
+        options = [(layer_nbytes(rows, cols, nnz, "csr"), ("csr", None))]
+        if b is not None:
+            options.append((layer_nbytes(rows, cols, nnz, "codebook", b), ("codebook", b)))
+        if b is None or b >= 8:
+            q = copy.deepcopy(model)
+            QuantPlan("int8", {n: ("int8", None)}).apply_(q)
+            acc = evaluate(q, val_loader, device, metric, max_batches)
+            base = res.baseline if res is not None else evaluate(model, val_loader, device, metric, max_batches)
+            if base - acc <= tolerance / 2:
+                options.append((layer_nbytes(rows, cols, nnz, "int8"), ("int8", None)))
+        plan.layers[n] = min(options, key=lambda t: t[0])[1]
+    logger.info("quantization plan (%s): %s", representation, plan.describe())
+    return plan
