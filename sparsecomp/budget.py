@@ -67,8 +67,13 @@ def encoded_nbytes(rows: int, cols: int, nnz: int, representation: str) -> int:
     return int(_codegen().formats.encoded_nbytes(rows, cols, nnz, representation))
 
 
-def exact_weight_bytes(model: nn.Module, example_input: torch.Tensor, representation: str):
-    """``codegen.weight_bytes`` on ``model`` (the authoritative ``MODEL_WEIGHT_BYTES``)."""
+def exact_weight_bytes(model: nn.Module, example_input: torch.Tensor, representation: str, plan=None):
+    """``codegen.weight_bytes`` on ``model`` (the authoritative ``MODEL_WEIGHT_BYTES``).
+
+    With a :class:`sparsecomp.bits.QuantPlan` (int8/codebook/auto), the bytes of a copy quantized
+    or weight-shared as planned (the model itself is not changed)."""
+    if plan is not None:
+        return plan.exact_bytes(model, example_input)
     was_training = model.training
     model.eval()
     try:
@@ -100,13 +105,14 @@ class ByteModel:
     exact total by construction.
     """
 
-    def __init__(self, model: nn.Module, example_input: torch.Tensor, representation: str):
+    def __init__(self, model: nn.Module, example_input: torch.Tensor, representation: str, plan=None):
         self.representation = representation
+        self.plan = plan  # QuantPlan: per-layer int8/codebook estimates (value-dependent representations)
         self.layers: dict[str, LayerGeom] = {}
         for name, mod in find_compressible_layers(model).items():
             rows, cols = weight_matrix_shape(mod)
             self.layers[name] = LayerGeom(name, rows, cols, type(mod).__name__)
-        report = exact_weight_bytes(model, example_input, representation)
+        report = exact_weight_bytes(model, example_input, representation, plan)
         self.exact_total = int(report.total)
         self.exact_layers = {k: int(v) for k, v in dict(getattr(report, "layers", {})).items()}
         nnz = current_nnz(model)
@@ -114,6 +120,8 @@ class ByteModel:
 
     def layer_bytes(self, name: str, nnz: int) -> int:
         g = self.layers[name]
+        if self.plan is not None:
+            return self.plan.estimate(name, g.rows, g.cols, int(nnz))
         return encoded_nbytes(g.rows, g.cols, int(nnz), self.representation)
 
     def estimate(self, nnz: dict[str, int]) -> int:

@@ -40,6 +40,7 @@ from torch.utils.data import DataLoader, Subset
 from tqdm.auto import tqdm
 
 from .allocation import UnreachableBudget, allocate
+from .bits import QuantPlan, make_plan
 from .budget import ByteModel, current_nnz, exact_weight_bytes, parse_size
 from .decompose import (
     DecompositionError,
@@ -48,12 +49,14 @@ from .decompose import (
     svd_linear,
     tucker2_conv,
 )
+from .folding import fold_batchnorm_
 from .pruning import MaskedPruner, find_compressible_layers, magnitude_mask, replace_module
 from .report import CompressionReport, DecompositionRecord, LayerRow, RoundRecord
 from .schedule import agp_sparsity, pruning_steps
 from .sensitivity import DEFAULT_SPARSITIES, SensitivityResult, sensitivity_analysis
 from .training import Metric, all_reduce_sum, distributed, evaluate, make_optimizer, split_batch, top1
 from .vbmf import tucker2_ranks
+from .weight_sharing import attach_int8_, attach_shared_, check_finite, detach_quantizers_
 
 logger = logging.getLogger(__name__)
 
@@ -172,6 +175,7 @@ class _Ctx:
     teacher: nn.Module | None = None
     distill_alpha: float = 0.0
     distill_temperature: float = 4.0
+    plan: QuantPlan | None = None  # int8/codebook/auto: how each layer is quantized (bytes measured on a copy)
 
     def loss(self, outputs: torch.Tensor, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         loss = self.criterion(outputs, y)
@@ -474,6 +478,9 @@ def compress_NN_models(  # noqa: N802 - public name fixed by the issue
     metric: Metric = top1,
     checkpoint_path: str | os.PathLike | None = None,
     distillation: float = 0.0,
+    bits: int | dict[str, int] | None = None,
+    quant_epochs: int = 1,
+    quant_learning_rate: float | None = None,
 ) -> CompressionReport:
     """Compress ``model`` in place so codegen emits at most ``target_size`` of weight data.
 
@@ -497,6 +504,16 @@ def compress_NN_models(  # noqa: N802 - public name fixed by the issue
     ``distillation`` (0..1) mixes a knowledge-distillation loss from a frozen copy of the
     original model into retraining (classification outputs only; 0 = off).
 
+    ``representation`` is any of ``codegen.formats.REPRESENTATIONS``: "csr"/"dense" (float),
+    "int8" (per-channel int8, pruned to a budget counted in int8 bytes, then quantized and
+    fine-tuned ``quant_epochs`` with a straight-through estimator), "codebook" (Deep Compression
+    weight sharing: ``bits`` per layer -- an int, {layer: bits}, or None to choose them with
+    :func:`sparsecomp.bits.bits_analysis` -- then centroid fine-tuning) or "auto" (per layer the
+    smallest of float, int8 and codebook that keeps accuracy).  For int8/codebook/auto every
+    BatchNorm after a conv/linear is first folded into it (:func:`sparsecomp.fold_batchnorm_`),
+    the budget counts the bytes of the quantized model exactly, and the model ends quantized /
+    weight-shared so ``save_compressed_model(model, representation)`` emits exactly those bytes.
+
     Example::
 
         >>> report = compress_NN_models(model, "16KB", train_loader, test_loader,
@@ -508,8 +525,12 @@ def compress_NN_models(  # noqa: N802 - public name fixed by the issue
     budget = parse_size(target_size)
     if isinstance(sensitivity, (str, os.PathLike)):
         sensitivity = SensitivityResult.from_csv(sensitivity)
-    if representation not in ("csr", "dense"):
-        raise ValueError(f"representation must be 'csr' or 'dense', got {representation!r}")
+    from codegen.formats import REPRESENTATIONS
+
+    if representation not in REPRESENTATIONS:
+        raise ValueError(f"representation must be one of {sorted(REPRESENTATIONS)}, got {representation!r}")
+    if quant_epochs < 0:
+        raise ValueError(f"quant_epochs must be >= 0, got {quant_epochs}")
     if num_epochs < 1 or max_rounds < 1:
         raise ValueError("num_epochs and max_rounds must be >= 1")
     if not 0 <= distillation <= 1:
@@ -535,6 +556,11 @@ def compress_NN_models(  # noqa: N802 - public name fixed by the issue
 
     was_training = model.training
     model.to(device)
+    quantized = representation not in ("csr", "dense")
+    if quantized:
+        check_finite(model)
+        # codegen would fold BatchNorm at emission and rescale quantized rows: fold it here, once
+        fold_batchnorm_(model)
     criterion = criterion if criterion is not None else nn.CrossEntropyLoss()
     fork_devices = [device.index or 0] if device.type == "cuda" else []
     with torch.random.fork_rng(devices=fork_devices), torch.enable_grad():
@@ -546,9 +572,13 @@ def compress_NN_models(  # noqa: N802 - public name fixed by the issue
             # the uncompressed model teaches the compressed one (Hinton et al.): a frozen copy
             ctx.teacher = copy.deepcopy(model).eval().requires_grad_(False)
             ctx.distill_alpha = float(distillation)
+        if quantized:
+            ctx.plan = make_plan(model, representation, val_loader, accuracy_tolerance, bits, device=device,
+                                 metric=metric, max_batches=sensitivity_batches, progress=ctx.progress)
         report = _run(ctx, budget, num_epochs, learning_rate, accuracy_tolerance, layers_factorization, max_rounds,
                       conv_decomposition, factorization_min_params, sensitivity, list(sensitivity_sparsities),
-                      sensitivity_batches, test_loader, t0)
+                      sensitivity_batches, test_loader, t0, quant_epochs,
+                      quant_learning_rate if quant_learning_rate is not None else learning_rate / 5)
     model.train(was_training)
     if checkpoint_path is not None and _is_rank0():
         torch.save(model.state_dict(), checkpoint_path)
@@ -561,10 +591,13 @@ def _is_rank0() -> bool:
 
 
 def _run(ctx: _Ctx, budget, num_epochs, lr, tol, factorize, max_rounds, conv_method, min_params,
-         sensitivity, sens_sparsities, sens_batches, test_loader, t0) -> CompressionReport:
+         sensitivity, sens_sparsities, sens_batches, test_loader, t0, quant_epochs=0,
+         quant_lr=1e-4) -> CompressionReport:
     model = ctx.model
-    bm = ByteModel(model, ctx.example, ctx.representation)
+    bm = ByteModel(model, ctx.example, ctx.representation, ctx.plan)
     initial_bytes = bm.exact_total
+    if ctx.plan is not None:  # "before" is the float model (csr); the quantized copy is what pruning budgets
+        initial_bytes = int(exact_weight_bytes(model, ctx.example, "csr").total)
     floor = _reachable_floor(bm, model, factorize)
     logger.info("initial weight bytes %d, budget %d, smallest reachable %d", initial_bytes, budget, floor)
     if budget < floor:
@@ -587,15 +620,18 @@ def _run(ctx: _Ctx, budget, num_epochs, lr, tol, factorize, max_rounds, conv_met
     )
     masks = _Masks()
 
-    if initial_bytes <= budget:
+    if bm.exact_total <= budget:
         report.success = True
         report.stopped_reason = "model already within budget; nothing to do"
+        if ctx.plan is not None:
+            report.stopped_reason = "model within budget once quantized; no pruning needed"
+            _quantize_stage(ctx, report, quant_epochs, quant_lr, tol)
         return _finish(report, ctx, test_loader, t0)
 
     try:
         if factorize:
             report.decompositions = _factorize_layers(ctx, masks, val_before, tol, lr, 1, conv_method, min_params)
-            bm = ByteModel(model, ctx.example, ctx.representation)
+            bm = ByteModel(model, ctx.example, ctx.representation, ctx.plan)
             logger.info("after layer separation: %d bytes", bm.exact_total)
             floor = bm.floor()
             report.smallest_reachable_bytes = floor
@@ -658,7 +694,7 @@ def _run(ctx: _Ctx, budget, num_epochs, lr, tol, factorize, max_rounds, conv_met
         if state is not None:
             model.load_state_dict(state)
             masks.apply()
-        exact = int(exact_weight_bytes(model, ctx.example, ctx.representation).total)
+        exact = int(exact_weight_bytes(model, ctx.example, ctx.representation, ctx.plan).total)
         note = ""
         if exact <= budget and (best is None or acc > best[0]):
             best = (acc, state if state is not None else _state(model), exact)
@@ -683,12 +719,56 @@ def _run(ctx: _Ctx, budget, num_epochs, lr, tol, factorize, max_rounds, conv_met
     if best is not None:
         model.load_state_dict(best[1])
         masks.apply()
-    exact = int(exact_weight_bytes(model, ctx.example, ctx.representation).total)
+    exact = int(exact_weight_bytes(model, ctx.example, ctx.representation, ctx.plan).total)
     if exact > budget:
         exact = _force_into_budget(ctx, bm, masks, budget, numel, min_nnz, drop, floor)
         report.warnings.append("no retrained state fit the budget; weights were pruned to fit without fine-tuning")
     report.stopped_reason = stop_reason
+    if ctx.plan is not None:
+        _quantize_stage(ctx, report, quant_epochs, quant_lr, tol)
     return _finish(report, ctx, test_loader, t0)
+
+
+def _quantize_stage(ctx: _Ctx, report: CompressionReport, epochs: int, lr: float, tol: float) -> None:
+    """Quantize / weight-share the pruned model as planned (zeros kept), fine-tune ``epochs`` with the
+    quantization kept (int8: straight-through estimator; codebook: centroids trained with summed
+    gradients, index assignment fixed), keep the better of before/after fine-tuning on validation data."""
+    model, plan = ctx.model, ctx.plan
+    assert plan is not None
+    names = find_compressible_layers(model)
+    int8 = [n for n in names if plan.kind(n)[0] == "int8"]
+    shared = [n for n in names if plan.kind(n)[0] == "codebook"]
+    plan.apply_(model)
+    ctx.plan = None  # the model itself now holds the emitted values
+    acc0 = evaluate(model, ctx.val_loader, ctx.device, ctx.metric)
+    logger.info("quantized as planned (%s): val %.4f", plan.describe(), acc0)
+    note = f"quantized ({plan.describe()}): val {acc0:.4f}"
+    if epochs > 0 and (int8 or shared):
+        state0 = _state(model)
+        attach_shared_(model, shared)
+        attach_int8_(model, int8)
+        state = None
+        try:
+            _, state, _ = _train(ctx, _Masks(), epochs, lr, desc="quantized fine-tuning")
+        except _Stop as stop:
+            report.warnings.append(f"quantized fine-tuning stopped: {stop.reason}")
+        if state is not None:
+            model.load_state_dict(state)
+        detach_quantizers_(model)
+        acc1 = evaluate(model, ctx.val_loader, ctx.device, ctx.metric)
+        if acc1 < acc0:
+            model.load_state_dict(state0)
+            note += f"; fine-tuning gave {acc1:.4f}, kept the state before it"
+        else:
+            note += f" -> {acc1:.4f} after {epochs} epoch(s) of quantized fine-tuning"
+        acc0 = max(acc0, acc1)
+    if acc0 < report.val_accuracy_before - tol:
+        report.warnings.append(f"after quantization val accuracy {acc0:.4f} is below baseline "
+                               f"{report.val_accuracy_before:.4f} - tolerance {tol}")
+        if report.success:
+            report.success = False
+            report.stopped_reason += "; accuracy lost by quantization exceeds the tolerance"
+    report.quantization = note
 
 
 def _reachable_floor(bm: ByteModel, model: nn.Module, factorize: bool) -> int:
@@ -696,7 +776,7 @@ def _reachable_floor(bm: ByteModel, model: nn.Module, factorize: bool) -> int:
     factorization is allowed) its rank-1 factorization at one nonzero per row, whichever is smaller."""
     from .budget import encoded_nbytes
 
-    rep = bm.representation
+    rep = bm.representation if bm.plan is None else "csr"  # factor layers: a float upper bound
     total = bm.fixed
     for name, g in bm.layers.items():
         best = bm.layer_bytes(name, min(g.numel, g.rows))
@@ -723,7 +803,7 @@ def _force_into_budget(ctx: _Ctx, bm: ByteModel, masks: _Masks, budget, numel, m
         for n, k in nnz.items():
             masks.tighten(model, n, 1.0 - k / numel[n])
         masks.apply()
-        exact = int(exact_weight_bytes(model, ctx.example, ctx.representation).total)
+        exact = int(exact_weight_bytes(model, ctx.example, ctx.representation, ctx.plan).total)
         if exact <= budget:
             return exact
         target -= exact - budget + 16
@@ -758,7 +838,10 @@ def _layer_rows(model: nn.Module, byte_report, representation: str) -> list[Laye
             r, c = weight_matrix_shape(mod)
             nnz = int((mod.weight != 0).sum())
             dense = encoded_nbytes(r, c, nnz, "dense")
-            fmt = representation if encoded_nbytes(r, c, nnz, representation) < dense else "dense"
+            if representation in ("dense", "csr"):
+                fmt = representation if encoded_nbytes(r, c, nnz, representation) < dense else "dense"
+            else:  # the encoding codegen picks for these exact values
+                fmt = _encoding_name(mod.weight, representation, name)
             rows.append(LayerRow(name, type(mod).__name__, list(mod.weight.shape), nnz / (r * c), fmt,
                                  per_layer.get(name, 0)))
         else:
@@ -766,3 +849,13 @@ def _layer_rows(model: nn.Module, byte_report, representation: str) -> list[Laye
             rows.append(LayerRow(name, type(mod).__name__, shape, None, "dense", per_layer.get(name, 0)))
     return rows
 
+
+
+def _encoding_name(weight: torch.Tensor, representation: str, layer: str) -> str:
+    from codegen.errors import CodegenError
+    from codegen.formats import choose_encoding
+
+    try:
+        return choose_encoding(weight.detach().cpu().numpy(), representation, layer).name
+    except CodegenError:
+        return "?"

@@ -77,6 +77,7 @@ class CompressionReport:
     rounds: list[RoundRecord] = field(default_factory=list)
     wall_time_s: float = 0.0
     warnings: list[str] = field(default_factory=list)
+    quantization: str = ""  # int8/codebook/auto: the per-layer plan and the accuracy after quantizing
 
     @property
     def within_budget(self) -> bool:
@@ -109,15 +110,18 @@ class CompressionReport:
             f"  accuracy test {pct(self.test_accuracy_before)} -> {pct(self.test_accuracy_after)}",
             f"  result        {'OK' if self.success else 'NOT MET'}: {self.stopped_reason}",
             f"  wall time     {self.wall_time_s:.1f} s",
-            "",
         ]
+        if self.quantization:
+            lines.append(f"  quantization  {self.quantization}")
+        lines.append("")
         if self.layers:
             w = max(12, *(len(r.name) for r in self.layers))
-            lines.append(f"  {'layer':<{w}}  {'op':<12} {'shape':<18} {'format':<7} {'density':>8} {'bytes':>9}")
+            fw = max(7, *(len(r.format) for r in self.layers))
+            lines.append(f"  {'layer':<{w}}  {'op':<12} {'shape':<18} {'format':<{fw}} {'density':>8} {'bytes':>9}")
             for r in self.layers:
                 dens = "" if r.density is None else f"{100 * r.density:7.2f}%"
                 shape = "x".join(str(s) for s in r.shape)
-                lines.append(f"  {r.name:<{w}}  {r.op:<12} {shape:<18} {r.format:<7} {dens:>8} {r.bytes:>9,d}")
+                lines.append(f"  {r.name:<{w}}  {r.op:<12} {shape:<18} {r.format:<{fw}} {dens:>8} {r.bytes:>9,d}")
             lines.append("")
         if self.decompositions:
             lines.append("  decompositions:")
