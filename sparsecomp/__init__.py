@@ -64,7 +64,8 @@ __all__ += ["EarlyExitModel", "ExitResult", "build_exit_model", "evaluate_exits"
 # quantization, weight sharing, BatchNorm folding, Huffman archives (issue 5)
 from .bits import BitsResult, QuantPlan, bits_analysis  # noqa: E402
 from .folding import fold_batchnorm_  # noqa: E402
+from .huffman import ArchiveError, compare_stages, huffman_decode, huffman_encode  # noqa: E402
 from .weight_sharing import WeightSharingError, fine_tune_shared_, share_  # noqa: E402
 
-__all__ += ["BitsResult", "QuantPlan", "WeightSharingError", "bits_analysis", "fine_tune_shared_",
+__all__ += ["ArchiveError", "BitsResult", "QuantPlan", "compare_stages", "huffman_decode", "huffman_encode", "WeightSharingError", "bits_analysis", "fine_tune_shared_",
             "fold_batchnorm_", "share_"]
