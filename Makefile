@@ -28,3 +28,13 @@ lint: $(STAMP)
 
 clean:
 	rm -rf build dist *.egg-info .pytest_cache
+
+# Benchmarks (benchmarks/run.py): write docs/benchmarks.md, docs/img/*.png and docs/results.json.
+# MNIST IDX files are read from ../shared/data/mnist (override: make bench BENCH_ARGS="--data DIR").
+BENCH_ARGS ?=
+
+bench: $(STAMP)
+	$(PY) benchmarks/run.py --mode full $(BENCH_ARGS)
+
+bench-quick: $(STAMP)
+	$(PY) benchmarks/run.py --mode quick $(BENCH_ARGS)

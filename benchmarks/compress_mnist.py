@@ -34,6 +34,18 @@ FACTORIES = {"lenet300": lenet300_100, "lenet5": lenet5}
 log = logging.getLogger("bench")
 
 
+def train_or_load(name: str, train, wpath: Path, epochs: int) -> torch.nn.Module:
+    """The float model ``name`` (seed 0) trained ``epochs`` epochs, cached in ``wpath``."""
+    torch.manual_seed(0)
+    model = FACTORIES[name]()
+    if wpath.exists():
+        model.load_state_dict(torch.load(wpath, weights_only=True))
+    else:
+        train_classifier(model, train, epochs, lr=1e-3, progress=False)
+        torch.save(model.state_dict(), wpath)
+    return model
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--data", default=str(default_mnist_dir(ROOT) or ""), help="MNIST IDX directory")
@@ -54,16 +66,9 @@ def main(argv: list[str] | None = None) -> int:
     train, val, test = load_mnist(args.data, batch_size=128, seed=0)
     results = {}
     for name in args.models.split(","):
-        torch.manual_seed(0)
-        model = FACTORIES[name]()
-        params = sum(p.numel() for p in model.parameters())
-        wpath = out / f"{name}.pt"
         t = time.monotonic()
-        if wpath.exists():
-            model.load_state_dict(torch.load(wpath, weights_only=True))
-        else:
-            train_classifier(model, train, args.epochs, lr=1e-3, progress=False)
-            torch.save(model.state_dict(), wpath)
+        model = train_or_load(name, train, out / f"{name}.pt", args.epochs)
+        params = sum(p.numel() for p in model.parameters())
         base = evaluate(model, test)
         log.info("%s: %d params, baseline test accuracy %.4f (%.0f s)", name, params, base, time.monotonic() - t)
         runs, misses = [], 0
