@@ -376,30 +376,37 @@ def plot(results: dict, img: Path) -> list[str]:
         e = results["models"].get(name)
         if not e:
             continue
-        fig, ax = plt.subplots(figsize=(7, 4.5))
-        for rep in REPRESENTATIONS:
-            pts = sorted((p["weight_bytes"], p["test_accuracy"]) for p in e["points"]
-                         if p["representation"] == rep and p.get("weight_bytes"))  # fmt: skip
-            if pts:
-                ax.plot([p[0] / 1000 for p in pts], [100 * p[1] for p in pts], "o-", color=COLORS[rep], label=rep)
+        fig, axes = plt.subplots(1, 2, figsize=(12, 4.5))
         dc = DEEP_COMPRESSION[name]
-        ax.plot([dc["bytes"] / 1000], [100 * dc["accuracy"]], "k*", markersize=14, label=dc["label"])
-        ax.axhline(100 * e["float_test_accuracy"], color="gray", ls="--", lw=1,
-                   label=f"float32 dense ({e['dense']['weight_bytes'] / 1000:,.0f} KB)" if e.get("dense") else "float32")
-        ax.set_xscale("log")
-        xs = [p["weight_bytes"] / 1000 for p in e["points"] if p.get("weight_bytes")] + [dc["bytes"] / 1000]
-        ax.set_xlim(min(xs) / 1.4, max(xs) * 1.4)
-        ticks = sorted({round(v) for v in [*(b for b in results["settings"]["budgets"].get(name, [])), dc["bytes"] / 1000]})
-        ax.xaxis.set_major_locator(FixedLocator(ticks))
-        ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
-        ax.xaxis.set_minor_formatter(NullFormatter())
-        ax.set_xlabel("emitted weight bytes, KB (1 KB = 1000 B, log scale; ticks at the budgets)")
-        ax.set_ylabel("MNIST test accuracy (%)")
-        lo = min([100 * p["test_accuracy"] for p in e["points"] if p.get("test_accuracy") is not None] + [97.0])
-        ax.set_ylim(max(lo - 1, 0), 100)
-        ax.set_title(f"{e['title']}: accuracy vs exact emitted bytes")
-        ax.grid(True, which="both", alpha=0.3)
-        ax.legend(fontsize=8, loc="lower right")
+        accs = [100 * p["test_accuracy"] for p in e["points"] if p.get("test_accuracy") is not None]
+        zoom_lo = min(97.0, 100 * e["float_test_accuracy"] - 1)
+        for k, ax in enumerate(axes):
+            for rep in REPRESENTATIONS:
+                pts = sorted((p["weight_bytes"], p["test_accuracy"]) for p in e["points"]
+                             if p["representation"] == rep and p.get("weight_bytes"))  # fmt: skip
+                if pts:
+                    ax.plot([p[0] / 1000 for p in pts], [100 * p[1] for p in pts], "o-", color=COLORS[rep], label=rep)
+            ax.plot([dc["bytes"] / 1000], [100 * dc["accuracy"]], "k*", markersize=14, label=dc["label"])
+            dense_kb = (e.get("dense") or {}).get("weight_bytes", 0) / 1000
+            ax.axhline(100 * e["float_test_accuracy"], color="gray", ls="--", lw=1,
+                       label=f"our float32 dense ({dense_kb:,.0f} KB)")  # fmt: skip
+            ax.set_xscale("log")
+            xs = [p["weight_bytes"] / 1000 for p in e["points"] if p.get("weight_bytes")] + [dc["bytes"] / 1000]
+            ax.set_xlim(min(xs) / 1.4, max(xs) * 1.4)
+            ticks = sorted({round(v) for v in [*results["settings"]["budgets"].get(name, []), dc["bytes"] / 1000]})
+            ax.xaxis.set_major_locator(FixedLocator(ticks))
+            ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
+            ax.xaxis.set_minor_formatter(NullFormatter())
+            ax.set_xlabel("emitted weight bytes, KB (1 KB = 1000 B, log; ticks at the budgets)")
+            ax.set_ylabel("MNIST test accuracy (%)")
+            if k == 0:
+                ax.set_ylim(max(min(accs + [97.0]) - 2, 0), 100)
+                ax.set_title(f"{e['title']}: accuracy vs exact emitted bytes")
+                ax.legend(fontsize=8, loc="lower right")
+            else:
+                ax.set_ylim(zoom_lo, 100)
+                ax.set_title(f"zoom: {zoom_lo:g}-100%")
+            ax.grid(True, which="both", alpha=0.3)
         fig.tight_layout()
         f = img / f"accuracy_vs_bytes_{name}.png"
         fig.savefig(f, dpi=110)
@@ -489,7 +496,10 @@ def render(results: dict, out: Path, img_files: list[str]) -> str:
                          f"| {_pct(best['test_accuracy'])} | {dcs} |")
             else:
                 L.append(f"| {e['title']} | {rep} | no point at or below {dc['bytes']:,} B | - | - | {dcs} |")
-    L += ["", "Per representation, the most accurate point whose budget is at most Deep Compression's size. "
+    L += ["", "Every point is one `compress_NN_models(model, budget, ..., representation=R)` call (it accepts csr, "
+          "int8, codebook and auto at this commit, so no point needed quantizing after the fact), followed by "
+          "`save_compressed_model(model, R)`. "
+          "Per representation, the most accurate point whose budget is at most Deep Compression's size. "
           "Deep Compression's bytes are its paper's (pruning + quantization, before Huffman coding, "
           "index overhead included); ours are the exact `MODEL_WEIGHT_BYTES` of the emitted C "
           "(biases and CSR indices included).", ""]  # fmt: skip
@@ -594,7 +604,14 @@ def render(results: dict, out: Path, img_files: list[str]) -> str:
           "are upper bounds; instruction counts are deterministic and unaffected.", ""]
     L += ["## Reproduce", "", "```", "make bench          # full mode (sizes above)",
           "make bench-quick    # quick mode: 1 budget per representation, tiny training",
-          "python benchmarks/run.py --help", "```", ""]
+          "python benchmarks/run.py --help", "",
+          "# one point / one row of the tables, e.g. LeNet-5, int8, 44 KB, with this run's settings:",
+          f"python benchmarks/run.py --mode {results['mode']} --models lenet5 --reps int8 --budgets 'lenet5=44' "
+          "--no-encodings --out /tmp/one", "```", "",
+          "Everything is seeded: the whole command repeats its numbers on the same machine and torch build "
+          "(wall times aside). A single point run alone sees the MNIST loader's shuffle in another state, so its "
+          "accuracy can differ slightly; its bytes and instruction counts for the same weights are exact. "
+          "Float models are cached in out/bench/<mode>/ (delete them to retrain).", ""]
     text = "\n".join(L)
     (out / "benchmarks.md").write_text(text)
     return text
