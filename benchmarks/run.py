@@ -496,10 +496,33 @@ def render(results: dict, out: Path, img_files: list[str]) -> str:
                          f"| {_pct(best['test_accuracy'])} | {dcs} |")
             else:
                 L.append(f"| {e['title']} | {rep} | no point at or below {dc['bytes']:,} B | - | - | {dcs} |")
+    L.append("")
+    for name in ("lenet300", "lenet5"):
+        e = results["models"].get(name)
+        if not e:
+            continue
+        base = e["float_test_accuracy"]
+        ok = [p for p in e["points"] if p.get("weight_bytes") and p.get("test_accuracy") is not None
+              and p["test_accuracy"] >= base - 0.01]  # fmt: skip
+        dense_b = (e.get("dense") or {}).get("weight_bytes") or 1
+        if ok:
+            p = min(ok, key=lambda q: q["weight_bytes"])
+            L.append(f"* {e['title']}: the smallest point within 1 accuracy point of our float32 model "
+                     f"({_pct(base)}) is {p['weight_bytes']:,} B ({p['representation']}, "
+                     f"{dense_b / p['weight_bytes']:.0f}x smaller) at {_pct(p['test_accuracy'])}.")  # fmt: skip
+        else:
+            L.append(f"* {e['title']}: no point within 1 accuracy point of our float32 model ({_pct(base)}).")
+    for e in results["models"].values():
+        d = (e["board"].get("dense float32") or {}).get("instructions")
+        parts = [f"{rep} {b['instructions'] / d:.2f}x" for rep, b in e["board"].items()
+                 if rep != "dense float32" and b and b.get("instructions") and d]  # fmt: skip
+        if parts:
+            L.append(f"* {e['title']} on the M4, instructions per inference vs dense float32 (rows of the flash table): "
+                     f"{', '.join(parts)}.")
     L += ["", "Every point is one `compress_NN_models(model, budget, ..., representation=R)` call (it accepts csr, "
           "int8, codebook and auto at this commit, so no point needed quantizing after the fact), followed by "
           "`save_compressed_model(model, R)`. "
-          "Per representation, the most accurate point whose budget is at most Deep Compression's size. "
+          "The table shows, per representation, the most accurate point whose budget is at most Deep Compression's size. "
           "Deep Compression's bytes are its paper's (pruning + quantization, before Huffman coding, "
           "index overhead included); ours are the exact `MODEL_WEIGHT_BYTES` of the emitted C "
           "(biases and CSR indices included).", ""]  # fmt: skip
@@ -595,7 +618,13 @@ def render(results: dict, out: Path, img_files: list[str]) -> str:
                 L.append(f"| {k} | {a['bytes']:,} | {a['vs_dense']:.3f} | {b['bytes']:,} | {b['vs_dense']:.3f} |")
         L.append("")
 
-    L += ["## Settings of this run", "", "```", json.dumps(cfg, indent=1), "```", ""]
+    L += ["## Settings of this run", "", "| setting | value |", "|---|---|"]
+    L += [f"| {k} | `{json.dumps(v)}` |" for k, v in cfg.items()]
+    L += ["", "Budgets are in KB (1000 bytes); max_batches caps the batches per fine-tuning epoch (null = all); "
+          "time_limit is seconds per compression; analysis_batches are the validation batches (1000 images) of "
+          "the pruning-sensitivity and codebook-bits analyses, run once per MNIST model and shared by its points; "
+          "small_ratio: the non-MNIST models are compressed to 1/small_ratio of their float32 bytes; per_model "
+          "overrides the settings of one model.", ""]
     L += ["## Machine and versions", "", "| | |", "|---|---|"]
     for k in ("cpu", "cores", "memory_gib", "load_average_at_start", "os", "python", "torch", "torch_threads",
               "gcc", "arm_none_eabi_gcc", "qemu", "git_commit"):
