@@ -90,6 +90,12 @@ class Op:
     def describe(self) -> str:
         return self.kind
 
+    def overwrites_input(self) -> bool:
+        """The output may take input 0's storage (when input 0 dies here). True for elementwise
+        ops (``inplace``, same size) and for kernels that read everything each output needs, and
+        every later output needs, before writing it (output no larger than the input)."""
+        return self.inplace
+
 
 @dataclass
 class Conv2d(Op):
@@ -116,6 +122,18 @@ class Conv2d(Op):
 
     def describe(self) -> str:
         return "depthwise_conv" if self.groups == self.in_shape[0] and self.groups > 1 else "conv"
+
+    def overwrites_input(self) -> bool:
+        """Float dense depthwise (channel copied to a padding buffer first) and 1x1 stride-1
+        (positions gathered 4 at a time into a column buffer first) run in place (sc_conv.h)."""
+        w = self.encoded.get("weight")
+        if w is None or w.encoding != "dense" or self.runtime != Conv2d.runtime or self.dilation != (1, 1):
+            return False
+        c, h, wd = self.in_shape
+        if self.groups == c and self.out_shape[0] == c and c > 1:
+            return self.out_shape[1] * self.out_shape[2] <= h * wd
+        return (tuple(self.kernel) == (1, 1) and tuple(self.stride) == (1, 1) and tuple(self.padding) == (0, 0)
+                and tuple(self.out_shape) == tuple(self.in_shape))
 
 
 @dataclass
@@ -156,6 +174,11 @@ class Pool2d(Op):
 
     def describe(self) -> str:
         return f"{self.mode}pool"
+
+    def overwrites_input(self) -> bool:
+        """Without padding, output k's window starts at input index >= k and outputs are written
+        in order after their window is read, so the float kernels (sc_pool.h) run in place."""
+        return self.runtime == Pool2d.runtime and tuple(self.padding) == (0, 0)
 
 
 @dataclass

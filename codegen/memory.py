@@ -29,9 +29,21 @@ class Buffer:
     first: int
     last: int
     side: int = 0  # preferred end of the arena for the two-ended strategy: 0 bottom, 1 top
+    # (first, last, size) pieces of a buffer whose size changes over its life (an op that writes a
+    # smaller output over its input, e.g. pooling in place); empty: ``size`` all along
+    pieces: tuple[tuple[int, int, int], ...] = ()
 
     def overlaps_in_time(self, other: Buffer) -> bool:
         return not (self.last < other.first or other.last < self.first)
+
+    def size_during(self, lo: int, hi: int) -> int:
+        """Bytes the buffer occupies (from its offset) at some time in [lo, hi]."""
+        if not self.pieces:
+            return self.size
+        return max((sz for f, la, sz in self.pieces if not (la < lo or hi < f)), default=0)
+
+    def size_against(self, other: Buffer) -> int:
+        return self.size_during(max(self.first, other.first), min(self.last, other.last))
 
 
 @dataclass
@@ -55,43 +67,50 @@ class MemoryPlanner:
         self.alignment = alignment
         self.buffers: list[Buffer] = []
 
-    def add_buffer(self, name: str, size: int, first: int, last: int, side: int = 0) -> None:
+    def add_buffer(self, name: str, size: int, first: int, last: int, side: int = 0,
+                   pieces: Sequence[tuple[int, int, int]] = ()) -> None:
+        """``pieces``: optional (first, last, bytes) parts of a buffer whose size changes over time
+        (``size`` must be their largest); the buffer then occupies only the live part's bytes."""
         if size < 0 or last < first:
             raise ValueError(f"buffer {name}: bad size {size} or lifetime [{first}, {last}]")
         if any(b.name == name for b in self.buffers):
             raise ValueError(f"buffer {name} added twice")
-        self.buffers.append(Buffer(name, _align(size, self.alignment), first, last, side))
+        parts = tuple((f, la, _align(sz, self.alignment)) for f, la, sz in pieces)
+        self.buffers.append(Buffer(name, _align(size, self.alignment), first, last, side, parts))
 
     def lower_bound(self) -> int:
         """The largest total size of buffers live at the same time: no plan can use less."""
         if not self.buffers:
             return 0
-        times = sorted({b.first for b in self.buffers})
-        return max(sum(b.size for b in self.buffers if b.first <= t <= b.last) for t in times)
+        times = sorted({b.first for b in self.buffers} | {f for b in self.buffers for f, _, _ in b.pieces})
+        return max(sum(b.size_during(t, t) for b in self.buffers if b.first <= t <= b.last) for t in times)
 
-    def _conflicts(self, b: Buffer, placed: dict[str, int]) -> list[tuple[int, int]]:
+    def _conflicts(self, b: Buffer, placed: dict[str, int]) -> list[tuple[int, int, int]]:
+        """(offset, bytes, b's bytes) of every placed buffer live at the same time as b."""
         by_name = {x.name: x for x in self.buffers}
         return sorted(
-            (placed[n], placed[n] + by_name[n].size) for n in placed if by_name[n].overlaps_in_time(b)
-        )
+            (placed[n], by_name[n].size_against(b), b.size_against(by_name[n]))
+            for n in placed if by_name[n].overlaps_in_time(b)
+        )  # fmt: skip
+
+    @staticmethod
+    def _fits(off: int, spans: list[tuple[int, int, int]]) -> bool:
+        return all(off + own <= lo or lo + size <= off for lo, size, own in spans)
 
     def _first_fit(self, b: Buffer, placed: dict[str, int], limit: int | None, from_top: bool) -> int | None:
         spans = self._conflicts(b, placed)
+        a = self.alignment
         if not from_top:
-            off = 0
-            for lo, hi in spans:
-                if off + b.size <= lo:
-                    break
-                off = max(off, _align(hi, self.alignment))
-            return off if limit is None or off + b.size <= limit else None
+            for off in sorted({0} | {_align(lo + size, a) for lo, size, _ in spans}):
+                if self._fits(off, spans):
+                    return off if limit is None or off + b.size <= limit else None
+            return None  # unreachable: past every span fits
         assert limit is not None
-        end = limit
-        for lo, hi in sorted(spans, key=lambda s: -s[1]):
-            if hi <= end - b.size:
-                break
-            end = min(end, lo)
-        off = (end - b.size) // self.alignment * self.alignment
-        return off if off >= 0 else None
+        cands = {(limit - b.size) // a * a} | {(lo - own) // a * a for lo, _, own in spans}
+        for off in sorted(cands, reverse=True):
+            if 0 <= off <= limit - b.size and self._fits(off, spans):
+                return off
+        return None
 
     def _two_ended(self, limit: int, sides: dict[str, int]) -> dict[str, int] | None:
         placed: dict[str, int] = {}
@@ -142,7 +161,7 @@ class MemoryPlanner:
             for b in self.buffers[i + 1 :]:
                 if a.overlaps_in_time(b) and a.size and b.size:
                     oa, ob = placed[a.name], placed[b.name]
-                    if oa < ob + b.size and ob < oa + a.size:
+                    if oa < ob + b.size_against(a) and ob < oa + a.size_against(b):
                         raise AssertionError(f"planner bug: {a.name} and {b.name} overlap")
 
 
@@ -163,6 +182,9 @@ class GraphMemory:
     strategy: str
     buffers: list[dict] = field(default_factory=list)
     extra_offsets: dict[str, int] = field(default_factory=dict)  # offsets of plan_graph's ``extra`` buffers
+    # the lower bound without any in-place execution (every value its own buffer): the classic
+    # "largest input + output" bound of a chain; in-place kernels can take the arena below it
+    chained_lower_bound: int = 0
 
 
 def value_lifetimes(g: ir.Graph) -> tuple[dict[str, int], dict[str, int]]:
@@ -205,17 +227,24 @@ def plan_graph(
     def members(root: str) -> list[str]:
         return [v for v in first if find(v) == root]
 
-    # In-place: an elementwise op writes over an input that dies at this op (same size).
+    # In-place: an elementwise op writes over an input that dies at this op (same size); a kernel
+    # whose op says so (ir.Op.overwrites_input: pooling, depthwise and 1x1 convs) over input 0.
     for i, op in enumerate(g.ops):
-        if not op.inplace:
+        if not op.overwrites_input():
             continue
-        for v in op.inputs:
+        for v in op.inputs if op.inplace else op.inputs[:1]:
             root = find(v)
             group = members(root)
             if g.input in group or max(last[m] for m in group) != op_time(i):
                 continue
-            if g.values[v].numel != g.values[op.output].numel:
+            n_in, n_out = g.values[v].numel, g.values[op.output].numel
+            if n_in != n_out if op.inplace else n_out > n_in:
                 continue
+            merged = group + ([] if find(op.output) == root else members(find(op.output)))
+            if g.output in merged and any(g.values[m].numel > g.values[g.output].numel for m in merged):
+                continue  # the caller's output buffer holds only the output
+            if find(op.output) == root:
+                break
             parent[find(op.output)] = root
             break
 
@@ -241,11 +270,20 @@ def plan_graph(
         else:
             kind = "arena"
             size = max(g.values[v].nbytes for v in vs)
-            planner.add_buffer(root, size, min(first[v] for v in vs), max(last[v] for v in vs), side.get(root, 0))
+            pieces = [(first[v], last[v], g.values[v].nbytes) for v in vs]
+            uniform = len({p[2] for p in pieces}) == 1
+            planner.add_buffer(root, size, min(first[v] for v in vs), max(last[v] for v in vs), side.get(root, 0),
+                               () if uniform else pieces)  # fmt: skip
         for v in vs:
             storage[v] = Storage(kind, 0, root)
     for name, size, b_first, b_last, b_side in extra:
         planner.add_buffer(name, size, b_first, b_last, b_side)
+    chained = MemoryPlanner(alignment)
+    for v in first:
+        if first[v] <= last[v] and v != g.input and v != g.output:
+            chained.add_buffer(v, g.values[v].nbytes, first[v], last[v])
+    for name, size, b_first, b_last, _ in extra:
+        chained.add_buffer(name, size, b_first, b_last)
     plan = planner.plan()
     for st in storage.values():
         if st.kind == "arena":
@@ -256,5 +294,5 @@ def plan_graph(
     ]
     return GraphMemory(
         storage, plan.arena_bytes, plan.lower_bound, plan.strategy, buffers,
-        {name: plan.offsets[name] for name, *_ in extra},
+        {name: plan.offsets[name] for name, *_ in extra}, chained.lower_bound(),
     )  # fmt: skip

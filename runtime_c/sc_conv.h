@@ -17,21 +17,38 @@ typedef struct {
     float alpha;
 } sc_conv_params;
 
-/* out_c[oy][ox] += wv * in_c[oy*sh + ky*dh - ph][ox*sw + kx*dw - pw] over the valid positions. */
+#ifndef SC_FMA
+#if defined(__FP_FAST_FMAF)
+#define SC_FMA(a, b, c) __builtin_fmaf((a), (b), (c)) /* one VFMA on the Cortex-M4F */
+#else
+#define SC_FMA(a, b, c) ((a) * (b) + (c))
+#endif
+#endif
+
+/* out_c[oy][ox] += wv * in_c[oy*sh + ky*dh - ph][ox*sw + kx*dw - pw] over the valid positions
+ * (pointer walking; stride 1 unrolled by 4: load, load, FMA, store per MAC). */
 static inline void sc_conv_tap(const float *in_c, float *out_c, float wv, int32_t ky, int32_t kx,
                                const sc_conv_params *p)
 {
-    int32_t oy0, oy1, ox0, ox1, oy, ox;
-    const int32_t yoff = ky * p->dh - p->ph, xoff = kx * p->dw - p->pw;
+    int32_t oy0, oy1, ox0, ox1, oy, i, n;
+    const int32_t yoff = ky * p->dh - p->ph, xoff = kx * p->dw - p->pw, sw = p->sw;
     sc_valid_range(yoff, p->sh, p->hin, p->hout, &oy0, &oy1);
-    sc_valid_range(xoff, p->sw, p->win, p->wout, &ox0, &ox1);
+    sc_valid_range(xoff, sw, p->win, p->wout, &ox0, &ox1);
+    n = ox1 - ox0;
     for (oy = oy0; oy < oy1; ++oy) {
-        const float *irow = in_c + (oy * p->sh + yoff) * p->win;
-        float *orow = out_c + oy * p->wout;
-        if (p->sw == 1) {
-            for (ox = ox0; ox < ox1; ++ox) orow[ox] += wv * irow[ox + xoff];
+        const float *ip = in_c + (oy * p->sh + yoff) * p->win + ox0 * sw + xoff;
+        float *op = out_c + oy * p->wout + ox0;
+        if (sw == 1) {
+            for (i = 0; i + 4 <= n; i += 4, ip += 4, op += 4) {
+                const float v0 = ip[0], v1 = ip[1], v2 = ip[2], v3 = ip[3];
+                op[0] = SC_FMA(wv, v0, op[0]);
+                op[1] = SC_FMA(wv, v1, op[1]);
+                op[2] = SC_FMA(wv, v2, op[2]);
+                op[3] = SC_FMA(wv, v3, op[3]);
+            }
+            for (; i < n; ++i, ++ip, ++op) *op = SC_FMA(wv, *ip, *op);
         } else {
-            for (ox = ox0; ox < ox1; ++ox) orow[ox] += wv * irow[ox * p->sw + xoff];
+            for (i = 0; i < n; ++i, ip += sw, ++op) *op = SC_FMA(wv, *ip, *op);
         }
     }
 }
@@ -72,14 +89,6 @@ static inline void sc_conv_dense_any(const float *in, float *out, const float *w
  *   sc_conv_dense_d1   any grouped conv without dilation
  *   sc_conv_dense      anything (dispatches; dilated convs use the tap loop above)
  */
-
-#ifndef SC_FMA
-#if defined(__FP_FAST_FMAF)
-#define SC_FMA(a, b, c) __builtin_fmaf((a), (b), (c)) /* one VFMA on the Cortex-M4F */
-#else
-#define SC_FMA(a, b, c) ((a) * (b) + (c))
-#endif
-#endif
 
 /* Interior outputs: [*lo, *hi) whose taps 0..k-1 (dilation 1) all lie inside [0, n_in). */
 static inline void sc_conv_interior(int32_t pad, int32_t stride, int32_t k, int32_t n_in, int32_t n_out,
@@ -237,31 +246,47 @@ static inline void sc_conv_dense_d1(const float *in, float *out, const float *w,
     }
 }
 
-/* 1x1 convolution, stride 1, no padding: out[oc][q] = sum_ci w[oc][ci] * in[ci][q] over the
- * flattened plane, 4 channels x 4 positions per block. */
+/* 1x1 convolution, stride 1, no padding: out[oc][q] = sum_ci w[oc][ci] * in[ci][q], 4 channels x
+ * 4 positions per block. Positions q..q+3 of the group's input channels are first gathered into
+ * `col` (4 * cin/groups floats), so the kernel is safe in place (out == in, cin == cout): those
+ * positions are read by no other block. Past the plane's end the last position is repeated. */
 static inline void sc_conv_dense_pw(const float *in, float *out, const float *w, const float *bias,
-                                    const sc_conv_params *p)
+                                    const sc_conv_params *p, float *col)
 {
     const int32_t cin_g = p->cin / p->groups, cout_g = p->cout / p->groups;
     const int32_t plane = p->hin * p->win;
-    int32_t g, ob, q, ci;
+    int32_t g, ob, q, ci, j, n;
     for (g = 0; g < p->groups; ++g) {
         const float *in_g = in + g * cin_g * plane;
-        for (ob = 0; ob < cout_g; ob += 4) {
-            const float *ws[4];
-            float *os[4], b[4];
-            sc_conv_rows4(w, bias, out, g * cout_g + ob, cout_g - ob, cin_g, plane, ws, b, os);
-            for (q = 0; q + 4 <= plane; q += 4) {
+        for (q = 0; q < plane; q += 4) {
+            n = plane - q < 4 ? plane - q : 4;
+            if (n == 4) {
                 const float *x = in_g + q;
-                const float *w0 = ws[0], *w1 = ws[1], *w2 = ws[2], *w3 = ws[3];
-                float a00 = b[0], a01 = b[0], a02 = b[0], a03 = b[0];
-                float a10 = b[1], a11 = b[1], a12 = b[1], a13 = b[1];
-                float a20 = b[2], a21 = b[2], a22 = b[2], a23 = b[2];
-                float a30 = b[3], a31 = b[3], a32 = b[3], a33 = b[3];
+                float *d = col;
+                for (ci = 0; ci < cin_g; ++ci, x += plane, d += 4) {
+                    const float v0 = x[0], v1 = x[1], v2 = x[2], v3 = x[3];
+                    d[0] = v0; d[1] = v1; d[2] = v2; d[3] = v3;
+                }
+            } else {
+                for (ci = 0; ci < cin_g; ++ci)
+                    for (j = 0; j < 4; ++j) col[ci * 4 + j] = in_g[ci * plane + q + (j < n ? j : n - 1)];
+            }
+            for (ob = 0; ob < cout_g; ob += 4) {
+                const float *ws[4];
+                float *os[4], b[4];
+                const float *x = col;
+                const float *w0, *w1, *w2, *w3;
+                float a00, a01, a02, a03, a10, a11, a12, a13, a20, a21, a22, a23, a30, a31, a32, a33;
+                sc_conv_rows4(w, bias, out, g * cout_g + ob, cout_g - ob, cin_g, plane, ws, b, os);
+                w0 = ws[0]; w1 = ws[1]; w2 = ws[2]; w3 = ws[3];
+                a00 = a01 = a02 = a03 = b[0];
+                a10 = a11 = a12 = a13 = b[1];
+                a20 = a21 = a22 = a23 = b[2];
+                a30 = a31 = a32 = a33 = b[3];
                 for (ci = 0; ci < cin_g; ++ci) {
                     const float v0 = x[0], v1 = x[1], v2 = x[2], v3 = x[3];
                     const float c0 = *w0++, c1 = *w1++, c2 = *w2++, c3 = *w3++;
-                    x += plane;
+                    x += 4;
                     a00 = SC_FMA(c0, v0, a00); a01 = SC_FMA(c0, v1, a01);
                     a02 = SC_FMA(c0, v2, a02); a03 = SC_FMA(c0, v3, a03);
                     a10 = SC_FMA(c1, v0, a10); a11 = SC_FMA(c1, v1, a11);
@@ -271,31 +296,23 @@ static inline void sc_conv_dense_pw(const float *in, float *out, const float *w,
                     a30 = SC_FMA(c3, v0, a30); a31 = SC_FMA(c3, v1, a31);
                     a32 = SC_FMA(c3, v2, a32); a33 = SC_FMA(c3, v3, a33);
                 }
-                os[0][q] = sc_act(a00, p->act, p->alpha); os[0][q + 1] = sc_act(a01, p->act, p->alpha);
-                os[0][q + 2] = sc_act(a02, p->act, p->alpha); os[0][q + 3] = sc_act(a03, p->act, p->alpha);
-                os[1][q] = sc_act(a10, p->act, p->alpha); os[1][q + 1] = sc_act(a11, p->act, p->alpha);
-                os[1][q + 2] = sc_act(a12, p->act, p->alpha); os[1][q + 3] = sc_act(a13, p->act, p->alpha);
-                os[2][q] = sc_act(a20, p->act, p->alpha); os[2][q + 1] = sc_act(a21, p->act, p->alpha);
-                os[2][q + 2] = sc_act(a22, p->act, p->alpha); os[2][q + 3] = sc_act(a23, p->act, p->alpha);
-                os[3][q] = sc_act(a30, p->act, p->alpha); os[3][q + 1] = sc_act(a31, p->act, p->alpha);
-                os[3][q + 2] = sc_act(a32, p->act, p->alpha); os[3][q + 3] = sc_act(a33, p->act, p->alpha);
-            }
-            for (; q < plane; ++q) {
-                const float *x = in_g + q;
-                const float *w0 = ws[0], *w1 = ws[1], *w2 = ws[2], *w3 = ws[3];
-                float a0 = b[0], a1 = b[1], a2 = b[2], a3 = b[3];
-                for (ci = 0; ci < cin_g; ++ci) {
-                    const float v = *x;
-                    x += plane;
-                    a0 = SC_FMA(*w0++, v, a0);
-                    a1 = SC_FMA(*w1++, v, a1);
-                    a2 = SC_FMA(*w2++, v, a2);
-                    a3 = SC_FMA(*w3++, v, a3);
+                if (n == 4) {
+                    float *o0 = os[0] + q, *o1 = os[1] + q, *o2 = os[2] + q, *o3 = os[3] + q;
+                    o0[0] = sc_act(a00, p->act, p->alpha); o0[1] = sc_act(a01, p->act, p->alpha);
+                    o0[2] = sc_act(a02, p->act, p->alpha); o0[3] = sc_act(a03, p->act, p->alpha);
+                    o1[0] = sc_act(a10, p->act, p->alpha); o1[1] = sc_act(a11, p->act, p->alpha);
+                    o1[2] = sc_act(a12, p->act, p->alpha); o1[3] = sc_act(a13, p->act, p->alpha);
+                    o2[0] = sc_act(a20, p->act, p->alpha); o2[1] = sc_act(a21, p->act, p->alpha);
+                    o2[2] = sc_act(a22, p->act, p->alpha); o2[3] = sc_act(a23, p->act, p->alpha);
+                    o3[0] = sc_act(a30, p->act, p->alpha); o3[1] = sc_act(a31, p->act, p->alpha);
+                    o3[2] = sc_act(a32, p->act, p->alpha); o3[3] = sc_act(a33, p->act, p->alpha);
+                } else {
+                    const float acc[16] = {a00, a01, a02, a03, a10, a11, a12, a13,
+                                           a20, a21, a22, a23, a30, a31, a32, a33};
+                    int32_t c;
+                    for (c = 0; c < 4; ++c)
+                        for (j = 0; j < n; ++j) os[c][q + j] = sc_act(acc[c * 4 + j], p->act, p->alpha);
                 }
-                os[0][q] = sc_act(a0, p->act, p->alpha);
-                os[1][q] = sc_act(a1, p->act, p->alpha);
-                os[2][q] = sc_act(a2, p->act, p->alpha);
-                os[3][q] = sc_act(a3, p->act, p->alpha);
             }
         }
     }

@@ -81,7 +81,7 @@ static inline void sc_linear_dense(const float *x, float *y, const float *w, con
             for (o = 0; o < p->out; ++o) {                                                       \
                 float acc = bias ? bias[o] : 0.0f;                                               \
                 const int32_t end = (int32_t)ptr[o + 1];                                         \
-                for (k = (int32_t)ptr[o]; k < end; ++k) acc += val[k] * xr[col[k]];              \
+                for (k = (int32_t)ptr[o]; k < end; ++k) acc = SC_FMA(val[k], xr[col[k]], acc);   \
                 yr[o] = sc_act(acc, p->act, p->alpha);                                           \
             }                                                                                    \
         }                                                                                        \

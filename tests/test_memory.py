@@ -104,5 +104,27 @@ def test_plain_chain_graph_equals_lower_bound():
     )  # fmt: skip
     _, mem = build_graph(net, (1, 1, 28, 28))
     assert mem.arena_bytes == mem.lower_bound
-    # conv1 out (6x24x24) and pool1 out (6x12x12) are live together
-    assert mem.lower_bound == (6 * 24 * 24 + 6 * 12 * 12) * 4
+    # without in-place execution conv1 out (6x24x24) and pool1 out (6x12x12) are live together;
+    # the pools run in place (ir.Pool2d.overwrites_input), so conv1's output alone is the peak
+    assert mem.chained_lower_bound == (6 * 24 * 24 + 6 * 12 * 12) * 4
+    assert mem.lower_bound == 6 * 24 * 24 * 4
+
+
+def test_buffer_that_shrinks_in_place():
+    # a (400 B, t 0..1) shrinks to 100 B (t 1..3) in place; b (300 B) is live at t 2..3
+    p = MemoryPlanner()
+    p.add_buffer("a", 400, 0, 3, pieces=[(0, 1, 400), (1, 3, 100)])
+    p.add_buffer("b", 300, 2, 3)
+    plan = p.plan()
+    assert plan.lower_bound == 400 and plan.arena_bytes == 400
+    assert plan.offsets["b"] >= 100 or plan.offsets["a"] >= 300
+
+
+def test_depthwise_and_pointwise_run_in_place():
+    net = nn.Sequential(
+        nn.Conv2d(1, 8, 3), nn.Conv2d(8, 8, 3, padding=1, groups=8), nn.ReLU(), nn.Conv2d(8, 8, 1),
+        nn.ReLU(), nn.Flatten(), nn.Linear(8 * 6 * 6, 4),
+    )  # fmt: skip
+    _, mem = build_graph(net, (1, 1, 8, 8))
+    assert mem.arena_bytes == 8 * 6 * 6 * 4  # one buffer: dw and 1x1 overwrite their input
+    assert mem.chained_lower_bound == 2 * 8 * 6 * 6 * 4
