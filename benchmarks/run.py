@@ -123,6 +123,7 @@ def environment() -> dict:
         "gcc": _first_line(["gcc", "--version"]), "arm_none_eabi_gcc": _first_line(["arm-none-eabi-gcc", "--version"]),
         "qemu": _first_line(["qemu-system-arm", "--version"]),
         "git_commit": commit + (" (working tree had uncommitted changes)" if dirty else ""),
+        "uncommitted_files": sorted(line[3:] for line in dirty.splitlines()),
     }  # fmt: skip
 
 
@@ -627,11 +628,12 @@ def render(results: dict, out: Path, img_files: list[str]) -> str:
           "overrides the settings of one model.", ""]
     L += ["## Machine and versions", "", "| | |", "|---|---|"]
     for k in ("cpu", "cores", "memory_gib", "load_average_at_start", "os", "python", "torch", "torch_threads",
-              "gcc", "arm_none_eabi_gcc", "qemu", "git_commit"):
+              "gcc", "arm_none_eabi_gcc", "qemu", "git_commit", "uncommitted_files"):
         L.append(f"| {k} | {env.get(k)} |")
     L += ["", "The machine was shared with other jobs while this ran (see the load average): wall times "
           "are upper bounds; instruction counts are deterministic and unaffected.", ""]
-    L += ["## Reproduce", "", "```", "make bench          # full mode (sizes above)",
+    L += ["## Reproduce", "", "```", "make bench          # full mode (sizes above); MNIST from ../shared/data/mnist,",
+          "                    # elsewhere: make bench BENCH_ARGS='--data DIR'",
           "make bench-quick    # quick mode: 1 budget per representation, tiny training",
           "python benchmarks/run.py --help", "",
           "# one point / one row of the tables, e.g. LeNet-5, int8, 44 KB, with this run's settings:",
