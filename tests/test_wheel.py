@@ -136,6 +136,9 @@ net = nn.Sequential(nn.Conv2d(1, 4, 3), nn.BatchNorm2d(4), nn.ReLU(), nn.MaxPool
 with torch.no_grad():
     net[5].weight[:, ::2] = 0.0
 res = codegen.save_compressed_model(net, "csr", input_data=torch.randn(1, 1, 8, 8), directory="emitted")
+# the integer path uses its own templates (templates/ops_int8) and runtime headers
+codegen.save_compressed_model(net.eval(), "int8", input_data=torch.randn(1, 1, 8, 8), directory="emitted_int8",
+                              integer=True, calibration_data=torch.randn(16, 1, 8, 8))
 json.dump({"weight_bytes": res.weight_bytes}, sys.stdout)
 """
 
@@ -182,6 +185,9 @@ def test_installed_wheel_emits_a_model_that_builds(venv, tmp_path):
     d = work / "emitted"
     assert (d / "runtime" / "sc_runtime.h").read_bytes() == (REPO / "runtime_c" / "sc_runtime.h").read_bytes()
     check = _run(["make", "-C", d, "check"], env=env)
+    assert check.returncode == 0, check.stdout[-2000:] + check.stderr[-2000:]
+    assert "SC_PASS" in check.stdout
+    check = _run(["make", "-C", work / "emitted_int8", "check"], env=env)
     assert check.returncode == 0, check.stdout[-2000:] + check.stderr[-2000:]
     assert "SC_PASS" in check.stdout
 
