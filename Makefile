@@ -11,7 +11,7 @@ venv: $(STAMP)
 $(STAMP): pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip -c constraints.txt 2>/dev/null || true
-	$(PY) -m pip install -q -c constraints.txt -e '.[test,examples]'
+	$(PY) -m pip install -q -c constraints.txt -e '.[test,examples,dev]'
 	touch $(STAMP)
 
 demo: $(STAMP)
@@ -24,7 +24,7 @@ test-fast: $(STAMP)
 	$(PY) -m pytest -n 2 -q -m "not slow and not board" tests
 
 lint: $(STAMP)
-	$(PY) -m ruff check sparsecomp codegen tests examples
+	$(PY) -m ruff check sparsecomp codegen tests examples benchmarks
 
 clean:
 	rm -rf build dist *.egg-info .pytest_cache

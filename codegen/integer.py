@@ -621,7 +621,7 @@ def _quantize_ops(g: ir.Graph, qp: dict[str, QParams], representation: str, pref
         qo = QOp(kind, op)
         enc: dict[str, Encoded] = {}
 
-        def int_array(role: str, suffix: str, ctype: str, values: np.ndarray) -> None:
+        def int_array(role: str, suffix: str, ctype: str, values: np.ndarray, enc=enc, base=base) -> None:
             v = np.asarray(values, dtype=np.int64)
             enc[role] = Encoded("dense", v.size, 1, int(np.count_nonzero(v)), {"values": CArray(base + suffix, ctype, v)})
 
