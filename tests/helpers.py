@@ -202,3 +202,21 @@ def layer(report: dict, source: str) -> dict:
         if ly["source"] == source:
             return ly
     raise KeyError(f"no layer {source!r} in report; layers: {[ly['source'] for ly in report['layers']]}")
+
+
+def nm_symbols(obj: Path) -> list[tuple[str, str, int]]:
+    """(name, type, size) of every sized symbol of an object file (``nm -S``)."""
+    out = subprocess.run(["nm", "-S", "--size-sort", str(obj)], capture_output=True, text=True, check=True).stdout
+    syms = []
+    for line in out.splitlines():
+        parts = line.split()
+        if len(parts) == 4:
+            syms.append((parts[3], parts[2], int(parts[1], 16)))
+    return syms
+
+
+def nm_weight_bytes(directory: Path, prefix: str = "model") -> int:
+    """Bytes of the read-only data symbols ``<prefix>_*`` of the emitted model's host object (``make object``)."""
+    subprocess.run(["make", "-s", "-C", str(directory), "object"], check=True, capture_output=True)
+    obj = Path(directory) / "build" / "host" / "model.o"
+    return sum(s for n, t, s in nm_symbols(obj) if t in "rR" and n.startswith(prefix + "_"))

@@ -7,11 +7,11 @@ import copy
 import logging
 import shutil
 import subprocess
-from pathlib import Path
 
 import pytest
 import torch
 import torch.nn as nn
+from helpers import nm_weight_bytes
 from torch.utils.data import DataLoader, TensorDataset
 
 import sparsecomp.compress as compress_mod
@@ -21,19 +21,6 @@ from sparsecomp.decompose import DecompositionError
 
 torch.set_num_threads(1)
 FAST = dict(num_epochs=2, progress=False, sensitivity_batches=2, accuracy_tolerance=0.05, max_rounds=2)
-
-
-def nm_weight_bytes(directory: Path, prefix: str = "model") -> int:
-    """Bytes of the const data symbols of the compiled model object, summed from ``nm -S``."""
-    subprocess.run(["make", "-s", "-C", str(directory), "object"], check=True, capture_output=True)
-    out = subprocess.run(["nm", "-S", str(directory / "build" / "host" / "model.o")], check=True,
-                         capture_output=True, text=True).stdout
-    total = 0
-    for line in out.splitlines():
-        parts = line.split()
-        if len(parts) == 4 and parts[2] in ("r", "R") and parts[3].startswith(prefix + "_"):
-            total += int(parts[1], 16)
-    return total
 
 
 class Net(nn.Module):

@@ -11,7 +11,8 @@ import subprocess
 import pytest
 import torch
 import torch.nn as nn
-from test_compress import FAST, Net, nm_weight_bytes, sample
+from helpers import nm_weight_bytes
+from test_compress import FAST, Net, sample
 
 from codegen import save_compressed_model, weight_bytes
 from codegen.formats import int8_grid

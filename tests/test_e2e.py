@@ -24,7 +24,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from helpers import emit_and_verify
+from helpers import emit_and_verify, nm_symbols
 from models import E2E_MODELS, PARAM_COUNTS, PLAIN_CHAINS, build_model, sample_inputs
 
 import codegen
@@ -128,19 +128,6 @@ def test_e2e_model(name, representation, tmp_path, record_property):
 # ---- exact byte accounting with nm ---------------------------------------------------------------
 
 DATA_TYPES = set("rRdDbBgGsSvV")  # nm symbol types of data (read-only, initialized, zero-initialized)
-
-
-def nm_symbols(obj: Path) -> list[tuple[str, str, int]]:
-    """(name, type, size) of every sized symbol of an object file."""
-    out = subprocess.run(
-        ["nm", "-S", "--size-sort", str(obj)], capture_output=True, text=True, check=True
-    ).stdout
-    syms = []
-    for line in out.splitlines():
-        parts = line.split()
-        if len(parts) == 4:
-            syms.append((parts[3], parts[2], int(parts[1], 16)))
-    return syms
 
 
 def section_sizes(obj: Path) -> dict[str, int]:
