@@ -168,9 +168,9 @@ def _prefix(d: Path) -> str:
     return "model"
 
 
-def _header_defines(d: Path, prefix: str) -> dict[str, int]:
+def _header_defines(d: Path, prefix: str, header: Path | None = None) -> dict[str, int]:
     """Integer #defines of model.h (<PREFIX>_*), prefix removed: INPUT_SIZE, ARENA_BYTES, ..."""
-    header = d / "model.h"
+    header = header or d / "model.h"
     if not header.is_file():
         header = d / f"{prefix}.h"
     if not header.is_file():
@@ -227,9 +227,14 @@ def _declared_arrays(text: str) -> list[str]:
 
 
 def _report_array_names(report: dict) -> list[str]:
-    """Names of the const weight arrays listed in report.json (layers[].arrays[].name)."""
+    """Names of the const weight arrays listed in report.json (layers[].arrays[].name, and
+    early_exit.heads[].arrays[].name in an early-exit directory)."""
     names: list[str] = []
-    for layer in report.get("layers", []) if isinstance(report, dict) else []:
+    if not isinstance(report, dict):
+        return names
+    ee = report.get("early_exit")
+    heads = ee.get("heads", []) if isinstance(ee, dict) else []
+    for layer in [*report.get("layers", []), *heads]:
         for arr in layer.get("arrays", []) if isinstance(layer, dict) else []:
             if isinstance(arr, dict) and isinstance(arr.get("name"), str):
                 names.append(arr["name"])
@@ -591,6 +596,9 @@ def measure(
         arena_bytes = _find_number(report, ("arena_bytes", "arena"))
     if weight_bytes is None or arena_bytes is None:
         raise BoardError(f"model.h defines no {prefix.upper()}_WEIGHT_BYTES / _ARENA_BYTES")
+    if (d / "model_ee.h").is_file():  # an early-exit directory: the exit heads' weights are weights too
+        ee_defines = _header_defines(d, f"{prefix}_ee", header=d / "model_ee.h")
+        weight_bytes += ee_defines.get("WEIGHT_BYTES", 0)
 
     symbols = symbol_sizes(elf)
     names = _report_array_names(report) or weight_symbols(d)

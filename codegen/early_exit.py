@@ -619,6 +619,7 @@ def save_compressed_early_exit_model(
         g, mem, prefix=prefix, representation=representation, model_name=name, version=api.VERSION,
         report=report, test_io=test_io,
         extra_context=dict(stages=stage_ctx, extra_sources=["model_ee.c"], extra_headers=["model_ee.h"],
+                           baseline_sources=["app/baseline_ee.c"],
                            ee_headers=[f"ee_{op.name}.h" for op in hg.ops]),
     )  # fmt: skip
     env = emit.environment()
@@ -685,6 +686,7 @@ def save_compressed_early_exit_model(
             rows=[emit.carray_body(CArray(f"{ee_prefix}_e{k}", "float", ys[k])) for k in range(len(ys))],
         )  # fmt: skip
     files["app/main.c"] = env.get_template("main_ee.c.j2").render(**ctx)
+    files["app/baseline_ee.c"] = env.get_template("baseline_ee.c.j2").render(**ctx)
     rt = runtime_dir()
     for h in ee_runtime:
         rendered.copies.setdefault(f"runtime/{h}", rt / h)

@@ -413,6 +413,24 @@ def test_instructions_per_exit_grow_with_the_exit(emitted):
     shutil.rmtree(d / "build" / "m4-profile", ignore_errors=True)
 
 
+@pytest.mark.board
+def test_flash_and_ram_measured_against_a_stubbed_baseline(emitted):
+    """`make size` / board.measure work in an early-exit directory: the baseline firmware stubs the
+    <prefix>_ee_* API too (app/baseline_ee.c), and the weights counted are backbone + exit heads."""
+    require_board()
+    from codegen import board
+
+    kind, *_, d, res = emitted
+    m = board.measure(d, instructions=False)
+    mm, e = _macros(d / "model.h", "MODEL"), _macros(d / "model_ee.h", "MODEL_EE")
+    assert m.weight_bytes == m.weight_bytes_nm == mm["WEIGHT_BYTES"] + e["WEIGHT_BYTES"]
+    assert 0 < m.code_bytes < m.weight_bytes
+    assert m.arena_bytes == e["ARENA_BYTES"] and 0 <= m.other_ram_bytes <= 256
+    proc = subprocess.run(["make", "-C", str(d), "size"], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+    assert "model (code+weights+arena)" in proc.stdout
+
+
 def test_lowering_is_the_one_codegen_uses():
     """codegen.early_exit lowers with lower_with_env (to map fx nodes to IR values): same IR as lower()."""
     from codegen import build_graph

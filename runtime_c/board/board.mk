@@ -8,7 +8,7 @@
 #   qemu-m3          same on the M3 (mps2-an385)
 #   size             text/data/bss of the M4 firmware, of the baseline, and the difference
 #   baseline         build/m4/baseline.elf and build/m3/baseline.elf: app/main.c with
-#                    <prefix>_run stubbed out (board/baseline.c), same flags; the size
+#                    <prefix>_run stubbed out (board/baseline.c, plus $(BASELINE_SRCS)), same flags; the size
 #                    difference to the real firmware is the model (code + weights + arena)
 #   profile          M4 build with -DSC_PROFILE run under `-icount shift=0`: prints
 #                    SC_PROFILE_LAYER <idx> <ticks> <calls> <name> and SC_PROFILE_TOTAL
@@ -25,6 +25,9 @@ SC_BOARD_DIR := $(patsubst %/,%,$(dir $(lastword $(MAKEFILE_LIST))))
 PREFIX     ?= model
 MODEL_SRCS ?= model.c
 APP_SRCS   ?= app/main.c
+# Extra stubs linked into baseline.elf besides board/baseline.c (an early-exit directory stubs
+# its <prefix>_ee_* API in app/baseline_ee.c).
+BASELINE_SRCS ?=
 
 # ---- toolchain and flags -------------------------------------------------------------
 ARM_CC      ?= arm-none-eabi-gcc
@@ -81,12 +84,12 @@ $(2)/$$(PREFIX).elf: $(call sc_objs,$(2),$(MODEL_SRCS) $(APP_SRCS) $(SC_BOARD_SR
 	    -Wl,--defsym=__stack_size__=$$(ARM_STACK_SIZE) -Wl,--defsym=__heap_size__=$$(ARM_HEAP_SIZE) \
 	    -Wl,-Map=$$(@:.elf=.map) -o $$@ $$(filter %.o,$$^) $$(ARM_LDLIBS)
 
-$(2)/baseline.elf: $(call sc_objs,$(2),$(APP_SRCS) $(SC_BOARD_SRCS) $(SC_BOARD_DIR)/baseline.c $(6)) $(4) $$(SC_BOARD_DIR)/cortex_m.ld $(2)/flags.txt
+$(2)/baseline.elf: $(call sc_objs,$(2),$(APP_SRCS) $(SC_BOARD_SRCS) $(SC_BOARD_DIR)/baseline.c $(BASELINE_SRCS) $(6)) $(4) $$(SC_BOARD_DIR)/cortex_m.ld $(2)/flags.txt
 	$$(ARM_CC) $(3) $$(ARM_SPECS) -T$(4) -L$$(SC_BOARD_DIR) $$(ARM_LDFLAGS) \
 	    -Wl,--defsym=__stack_size__=$$(ARM_STACK_SIZE) -Wl,--defsym=__heap_size__=$$(ARM_HEAP_SIZE) \
 	    -Wl,-Map=$$(@:.elf=.map) -o $$@ $$(filter %.o,$$^) $$(ARM_LDLIBS)
 
--include $(patsubst %.o,%.d,$(call sc_objs,$(2),$(MODEL_SRCS) $(APP_SRCS) $(SC_BOARD_SRCS) $(SC_BOARD_DIR)/baseline.c $(6)))
+-include $(patsubst %.o,%.d,$(call sc_objs,$(2),$(MODEL_SRCS) $(APP_SRCS) $(SC_BOARD_SRCS) $(SC_BOARD_DIR)/baseline.c $(BASELINE_SRCS) $(6)))
 endef
 
 comma := ,
