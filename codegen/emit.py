@@ -128,7 +128,11 @@ def render(
     layer_headers = [f"{op.name}.h" for op in weighted]
     runtime_headers = sorted({h for op in g.ops for h in op.runtime}
                              | {h for op in g.ops for e in op.encoded.values() for h in e.runtime})
+    # sc_act compiles only the activations the model uses (a ReLU model links no expf/tanhf)
+    acts = {getattr(op, "act", ir.NO_ACT).kind for op in g.ops}
+    act_mask = sum(1 << i for i, kind in enumerate(ir.ACTIVATIONS) if kind in acts and kind != "none")
     common = dict(
+        act_mask=act_mask, act_kinds=sorted(acts - {"none"}),
         version=version, prefix=prefix, PREFIX=P, model_name=model_name, representation=representation,
         input_shape=list(g.input_value.shape), output_shape=list(g.output_value.shape),
         input_size=g.input_value.numel, output_size=g.output_value.numel,

@@ -201,6 +201,52 @@ static inline void sc_conv_rows4(const float *w, const float *bias, float *out, 
     }
 }
 
+#if SC_SMALL_CODE
+/* Dot product of one clipped window (nky rows of nkx taps per input channel) with its weights. */
+static SC_NOINLINE float sc_conv_window(const float *x, const float *w, int32_t nky, int32_t nkx, float acc,
+                                        const sc_conv_params *p)
+{
+    const int32_t cin_g = p->cin / p->groups;
+    const int32_t x_row = p->win - nkx, x_ch = p->hin * p->win - nky * p->win;
+    const int32_t w_row = p->kw - nkx, w_ch = p->kh * p->kw - nky * p->kw;
+    int32_t ci, ky;
+    for (ci = 0; ci < cin_g; ++ci, x += x_ch, w += w_ch)
+        for (ky = 0; ky < nky; ++ky, x += x_row, w += w_row) {
+            int32_t k;
+            for (k = nkx; k >= 2; k -= 2, x += 2, w += 2) {
+                acc = SC_FMA(w[0], x[0], acc);
+                acc = SC_FMA(w[1], x[1], acc);
+            }
+            if (k) acc = SC_FMA(*w++, *x++, acc);
+        }
+    return acc;
+}
+
+/* Any conv with dilation 1 (groups allowed), compact form (-Os): one output at a time, its window
+ * clipped to the input once. Never in place (the planner gives it its own output). */
+static inline void sc_conv_dense_d1(const float *in, float *out, const float *w, const float *bias,
+                                    const sc_conv_params *p)
+{
+    const int32_t cin_g = p->cin / p->groups, cout_g = p->cout / p->groups;
+    const int32_t plane_in = p->hin * p->win, row_len = cin_g * p->kh * p->kw;
+    int32_t oc, oy, ox, ky0, ky1, kx0, kx1;
+    for (oc = 0; oc < p->cout; ++oc) {
+        const float *in_g = in + (oc / cout_g) * cin_g * plane_in;
+        const float *wo = w + oc * row_len;
+        for (oy = 0; oy < p->hout; ++oy) {
+            const int32_t iy = oy * p->sh - p->ph;
+            sc_conv_clip(iy, p->kh, p->hin, &ky0, &ky1);
+            for (ox = 0; ox < p->wout; ++ox) {
+                const int32_t ix = ox * p->sw - p->pw;
+                sc_conv_clip(ix, p->kw, p->win, &kx0, &kx1);
+                *out++ = sc_act(sc_conv_window(in_g + (iy + ky0) * p->win + ix + kx0, wo + ky0 * p->kw + kx0,
+                                               ky1 - ky0, kx1 - kx0, bias ? bias[oc] : 0.0f, p),
+                                p->act, p->alpha);
+            }
+        }
+    }
+}
+#else
 /* Any conv with dilation 1 (groups allowed). */
 static inline void sc_conv_dense_d1(const float *in, float *out, const float *w, const float *bias,
                                     const sc_conv_params *p)
@@ -245,6 +291,8 @@ static inline void sc_conv_dense_d1(const float *in, float *out, const float *w,
         }
     }
 }
+
+#endif /* SC_SMALL_CODE */
 
 /* 1x1 convolution, stride 1, no padding: out[oc][q] = sum_ci w[oc][ci] * in[ci][q], 4 channels x
  * 4 positions per block. Positions q..q+3 of the group's input channels are first gathered into

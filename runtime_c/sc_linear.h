@@ -21,6 +21,22 @@ typedef struct {
 #endif
 #endif
 
+#if SC_SMALL_CODE
+/* Compact form (-Os): one output at a time. */
+static inline void sc_linear_dense(const float *x, float *y, const float *w, const float *bias,
+                                   const sc_linear_params *p)
+{
+    int32_t r, o, i;
+    for (r = 0; r < p->rows; ++r, x += p->in) {
+        const float *wr = w;
+        for (o = 0; o < p->out; ++o) {
+            float acc = bias ? bias[o] : 0.0f;
+            for (i = 0; i < p->in; ++i) acc = SC_FMA(*wr++, x[i], acc);
+            *y++ = sc_act(acc, p->act, p->alpha);
+        }
+    }
+}
+#else
 /* 4 outputs at a time (each input load feeds 4 MACs), inputs unrolled by 4; the weight rows are
  * walked with pointers. Outputs past the end repeat the last row (computed and stored twice). */
 static inline void sc_linear_dense(const float *x, float *y, const float *w, const float *bias,
@@ -67,6 +83,8 @@ static inline void sc_linear_dense(const float *x, float *y, const float *w, con
         }
     }
 }
+
+#endif /* SC_SMALL_CODE */
 
 /* CSR kernels, one per (column index type, row pointer type) pair: sc_linear_csr_<it>_<pt>. */
 #define SC_DEFINE_LINEAR_CSR(SUFFIX, IT, PT)                                                      \

@@ -27,9 +27,11 @@
 #if defined(__GNUC__)
 #define SC_USED __attribute__((used))
 #define SC_ALIGNED(n) __attribute__((aligned(n)))
+#define SC_NOINLINE __attribute__((noinline, unused)) /* static helper with its own registers; may be unused */
 #else
 #define SC_USED
 #define SC_ALIGNED(n)
+#define SC_NOINLINE
 #endif
 
 #ifndef SC_WEIGHT_SECTION

@@ -23,24 +23,57 @@ typedef enum {
     SC_ACT_HARDSIGMOID
 } sc_act_kind;
 
+/* SC_SMALL_CODE=1: compact dense conv/linear kernels (one output at a time, no register
+ * blocking) instead of the fast ones. On by default when the compiler optimizes for size (-Os
+ * defines __OPTIMIZE_SIZE__), off otherwise; -DSC_SMALL_CODE=0 or =1 overrides. */
+#ifndef SC_SMALL_CODE
+#if defined(__OPTIMIZE_SIZE__)
+#define SC_SMALL_CODE 1
+#else
+#define SC_SMALL_CODE 0
+#endif
+#endif
+
+/* SC_ACT_MASK (bit k = sc_act_kind k) selects the activations compiled into sc_act; the
+ * generated model.c defines it from the activations the model uses, so a ReLU-only model links
+ * no expf/tanhf. Left undefined (runtime used on its own), every activation is compiled in. */
+#ifndef SC_ACT_MASK
+#define SC_ACT_MASK 0xffu
+#endif
+
 static inline float sc_act(float x, int act, float alpha)
 {
+    (void)alpha;
     switch (act) {
-    case SC_ACT_RELU: return x > 0.0f ? x : 0.0f;
+#if SC_ACT_MASK & 0x02u
+    case SC_ACT_RELU: return x > 0.0f ? x : (x == x ? 0.0f : x); /* relu(NaN) = NaN, as torch */
+#endif
+#if SC_ACT_MASK & 0x04u
     case SC_ACT_RELU6: return x < 0.0f ? 0.0f : (x > 6.0f ? 6.0f : x);
+#endif
+#if SC_ACT_MASK & 0x08u
     case SC_ACT_LEAKY_RELU: return x >= 0.0f ? x : x * alpha;
+#endif
+#if SC_ACT_MASK & 0x10u
     case SC_ACT_SIGMOID: return 1.0f / (1.0f + SC_EXPF(-x));
+#endif
+#if SC_ACT_MASK & 0x20u
     case SC_ACT_TANH: return SC_TANHF(x);
+#endif
+#if SC_ACT_MASK & 0x40u
     case SC_ACT_HARDSWISH: {
         float r = x + 3.0f;
         r = r < 0.0f ? 0.0f : (r > 6.0f ? 6.0f : r);
         return x * r / 6.0f;
     }
+#endif
+#if SC_ACT_MASK & 0x80u
     case SC_ACT_HARDSIGMOID: {
         float r = x + 3.0f;
         r = r < 0.0f ? 0.0f : (r > 6.0f ? 6.0f : r);
         return r / 6.0f;
     }
+#endif
     default: return x;
     }
 }

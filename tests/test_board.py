@@ -437,6 +437,15 @@ def test_emitted_model_runs_on_board_and_matches_pytorch(emitted, target):
     np.testing.assert_allclose(result.outputs, expected, rtol=0, atol=tolerance)
 
 
+@pytest.mark.parametrize("target", ["m4", "m3"])
+def test_emitted_model_at_Os_matches_pytorch(emitted, target):
+    """-Os selects the compact dense kernels (SC_SMALL_CODE, __OPTIMIZE_SIZE__): parity on the board too."""
+    d, expected, res = emitted
+    result = cboard.run(d, target, make_vars={"ARM_OPT": "-Os"})
+    assert result.passed, result.stdout + result.stderr
+    np.testing.assert_allclose(result.outputs, expected, rtol=0, atol=res.report["test"]["tolerance"])
+
+
 def test_emitted_model_measure(emitted):
     d, _, res = emitted
     m = cboard.measure(d)

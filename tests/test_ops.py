@@ -9,6 +9,8 @@ one documented in tests/helpers.py.
 from __future__ import annotations
 
 import copy
+import shutil
+import subprocess
 
 import numpy as np
 import pytest
@@ -31,7 +33,7 @@ WEIGHTED = (nn.Conv1d, nn.Conv2d, nn.Linear)
 
 
 def run(model: nn.Module, x_shape, rep: str, tmp_path, *, scale: float = 1.0, n_inputs: int = 3, seed: int = 0,
-        sanitize: bool = False):  # fmt: skip
+        sanitize: bool = False, extra_flags: tuple[str, ...] = ()):  # fmt: skip
     """Seeds, prunes for CSR, randomizes BatchNorm statistics, emits, builds, runs and compares."""
     torch.manual_seed(seed)
     model = model.eval()
@@ -42,7 +44,7 @@ def run(model: nn.Module, x_shape, rep: str, tmp_path, *, scale: float = 1.0, n_
                 sparsify_(m.weight, 0.4, seed + i)
     gen = torch.Generator().manual_seed(seed + 1)
     inputs = torch.randn((n_inputs, *x_shape[1:]), generator=gen) * scale
-    res = emit_and_verify(model, x_shape, rep, tmp_path, inputs=inputs, sanitize=sanitize)
+    res = emit_and_verify(model, x_shape, rep, tmp_path, inputs=inputs, sanitize=sanitize, extra_flags=extra_flags)
     if rep == "csr":
         for ly in res.report["layers"]:
             if ly["format"] not in ("-",) and ly["weight_shape"] is not None:
@@ -118,6 +120,32 @@ LINEAR = {
 def test_linear(cfg, rep, tmp_path):
     fin, fout, bias, shape = cfg
     run(nn.Sequential(nn.Linear(fin, fout, bias=bias)), shape, rep, tmp_path)
+
+
+# ---- compact kernels of -Os builds (SC_SMALL_CODE, runtime_c/sc_runtime.h) -----------------------
+# gcc -Os selects them (__OPTIMIZE_SIZE__); the suite builds at -O2, so force them here. A fused ReLU
+# also exercises the activation in their epilogue.
+SMALL = ("-DSC_SMALL_CODE=1",)
+
+
+@pytest.mark.parametrize("cfg", CONV2D.values(), ids=CONV2D.keys())
+def test_conv2d_small_code(cfg, tmp_path):
+    cin, cout, k, s, p, d, g, bias, hw = cfg
+    m = nn.Sequential(nn.Conv2d(cin, cout, k, stride=s, padding=p, dilation=d, groups=g, bias=bias), nn.ReLU())
+    run(m, (1, cin, *hw), "dense", tmp_path, extra_flags=SMALL)
+
+
+@pytest.mark.parametrize("cfg", CONV1D.values(), ids=CONV1D.keys())
+def test_conv1d_small_code(cfg, tmp_path):
+    cin, cout, k, s, p, d, g, bias, length = cfg
+    m = nn.Sequential(nn.Conv1d(cin, cout, k, stride=s, padding=p, dilation=d, groups=g, bias=bias))
+    run(m, (1, cin, length), "dense", tmp_path, extra_flags=SMALL)
+
+
+@pytest.mark.parametrize("cfg", LINEAR.values(), ids=LINEAR.keys())
+def test_linear_small_code(cfg, tmp_path):
+    fin, fout, bias, shape = cfg
+    run(nn.Sequential(nn.Linear(fin, fout, bias=bias), nn.ReLU()), shape, "dense", tmp_path, extra_flags=SMALL)
 
 
 # ---- batch norm ----------------------------------------------------------------------------------
@@ -694,3 +722,33 @@ class Reused(nn.Module):
 def test_module_used_twice(rep, tmp_path):
     res = run(Reused(), (1, 3, 5, 5), rep, tmp_path)
     assert [ly["op"] for ly in res.report["layers"]] == ["conv", "conv", "batchnorm"]
+
+
+# ---- activations: only the used ones are compiled; NaN propagates like torch -----------------------
+@pytest.mark.skipif(shutil.which("nm") is None, reason="binutils (nm) not available")
+def test_only_the_activations_a_model_uses_are_linked(tmp_path):
+    """model.c defines SC_ACT_MASK from the model's activations, so a ReLU model's object needs no
+    expf/tanhf (on a Cortex-M that is about 1.5 KB of libm), and a sigmoid/tanh model still gets them."""
+    relu = nn.Sequential(nn.Conv1d(2, 3, 3), nn.ReLU(), nn.Flatten(), nn.Linear(15, 2))
+    smooth = nn.Sequential(nn.Conv1d(2, 3, 3), nn.Sigmoid(), nn.Flatten(), nn.Linear(15, 2), nn.Tanh())
+    for name, model, want in (("relu", relu, set()), ("smooth", smooth, {"expf", "tanhf"})):
+        res = run(model, (1, 2, 7), "dense", tmp_path / name)
+        proc = subprocess.run(["make", "-s", "-C", str(res.directory), "object"], capture_output=True, text=True)
+        assert proc.returncode == 0, proc.stderr
+        undefined = subprocess.run(["nm", "-u", str(res.directory / "build" / "host" / "model.o")],
+                                   capture_output=True, text=True, check=True).stdout.split()
+        assert {s for s in undefined if s in ("expf", "tanhf", "expm1f", "logf")} == want, (name, undefined)
+
+
+def test_relu_of_nan_is_nan_as_in_torch(tmp_path):
+    m = nn.Sequential(nn.Linear(4, 3), nn.ReLU(), nn.Linear(3, 2), nn.ReLU6()).eval()
+    d = tmp_path / "m"
+    from codegen import save_compressed_model
+
+    save_compressed_model(m, "dense", input_data=torch.ones(1, 4), directory=d)
+    x = torch.tensor([[1.0, float("nan"), 2.0, 3.0], [-1.0, -2.0, -3.0, -4.0]])
+    v = verify(m, d, x)
+    with torch.no_grad():
+        ref = m(x).numpy()
+    assert np.isnan(ref[0]).all() and np.isnan(v.outputs[0]).all(), v.outputs
+    assert_parity(v.outputs[1], ref[1], "finite row")
