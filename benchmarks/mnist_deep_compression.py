@@ -92,8 +92,17 @@ def train_float(model: torch.nn.Module, train, val, epochs: int, lr: float, weig
     model.load_state_dict(best_state)
 
 
+def reseed(loader, seed: int = 0) -> None:
+    """Restart the shuffling of a loader from ``load_mnist``'s seed, so that a model's training or a
+    run gives the same result whatever ran before it in the process."""
+    gen = getattr(getattr(loader, "loader", loader), "generator", None)
+    if gen is not None:
+        gen.manual_seed(seed)
+
+
 def trained_model(name: str, train, val, out: Path, args) -> torch.nn.Module:
     torch.manual_seed(0)
+    reseed(train)
     model = FACTORIES[name]()
     wpath = out / f"{name}.pt"
     if wpath.exists():
@@ -113,6 +122,7 @@ def run_one(name: str, model, representation: str, budget: int, data, args, out:
     from sparsecomp import compare_stages, compress_NN_models, huffman_encode
 
     train, val, test = data
+    reseed(train)
     if args.shift > 0:
         train = ShiftLoader(train, args.shift, seed=1)
     m = copy.deepcopy(model)
