@@ -674,6 +674,7 @@ def _run(ctx: _Ctx, budget, num_epochs, lr, tol, factorize, max_rounds, conv_met
     stop_reason = f"max_rounds={max_rounds} reached"
     for rnd in range(1, max_rounds + 1):
         rt = time.monotonic()
+        round_alloc = alloc_budget  # the budget this round allocates for (alloc_budget may shrink below)
         nnz_now = current_nnz(model)
         try:
             targets_nnz = allocate(numel, nnz_now, min_nnz, bm.layer_bytes, drop, bm.fixed, alloc_budget)
@@ -688,7 +689,7 @@ def _run(ctx: _Ctx, budget, num_epochs, lr, tol, factorize, max_rounds, conv_met
             acc, state, ep = _train(ctx, masks, num_epochs, round_lr, targets, desc=f"round {rnd}")
         except _Stop as stop:
             stop_reason = stop.reason
-            report.rounds.append(RoundRecord(rnd, alloc_budget, estimate, -1, float("nan"), 0,
+            report.rounds.append(RoundRecord(rnd, round_alloc, estimate, -1, float("nan"), 0,
                                              time.monotonic() - rt, stop.reason))
             break
         if state is not None:
@@ -706,7 +707,7 @@ def _run(ctx: _Ctx, budget, num_epochs, lr, tol, factorize, max_rounds, conv_met
             round_lr = round_lr * 0.5
             note = f"val accuracy {acc:.4f} below {val_before - tol:.4f}; fine-tuning again (lr {round_lr:g})"
         logger.info("round %d: exact %d bytes, val %.4f %s", rnd, exact, acc, note)
-        report.rounds.append(RoundRecord(rnd, alloc_budget, estimate, exact, acc, ep, time.monotonic() - rt, note))
+        report.rounds.append(RoundRecord(rnd, round_alloc, estimate, exact, acc, ep, time.monotonic() - rt, note))
         if exact <= budget and acc >= val_before - tol:
             report.success = True
             stop_reason = "budget and accuracy criterion met"

@@ -7,6 +7,7 @@ import copy
 import logging
 import shutil
 import subprocess
+import types
 
 import pytest
 import torch
@@ -146,6 +147,28 @@ def test_gradual_schedule_no_jump_to_final_density(model, digits, monkeypatch):
     assert len(big) >= 5
     assert all(b >= a - 1e-9 for a, b in zip(big, big[1:]))
     assert big[0] < 0.5 * big[-1], f"first step {big[0]:.3f} jumps most of the way to {big[-1]:.3f}"
+
+
+def test_round_record_shows_the_budget_that_round_allocated_for(model, digits, monkeypatch):
+    """When codegen's exact count disagrees with the estimate the next round re-allocates for less;
+    each RoundRecord keeps the budget its own allocation used (as logged), not the next one."""
+    train, val, test = digits
+    budget = 9000
+    real, calls = compress_mod.exact_weight_bytes, []
+
+    def first_over(*a, **k):
+        rep = real(*a, **k)
+        calls.append(rep.total)
+        return types.SimpleNamespace(total=budget + 500) if len(calls) == 1 else rep
+
+    monkeypatch.setattr(compress_mod, "exact_weight_bytes", first_over)
+    report = compress_NN_models(model, f"{budget}B", train, test, val_loader=val, layers_factorization=False,
+                                **FAST)
+    r1, r2 = report.rounds[:2]
+    assert r1.exact_bytes == budget + 500 and "over budget by 500 B" in r1.note
+    assert r1.budget_for_allocation == budget >= r1.estimated_bytes
+    assert r2.budget_for_allocation < budget and r2.estimated_bytes <= r2.budget_for_allocation
+    assert report.final_bytes <= budget
 
 
 def test_test_set_is_only_reported_and_no_files_written(model, digits, tmp_path, monkeypatch):
