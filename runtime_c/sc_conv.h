@@ -1,9 +1,9 @@
 /*
  * sparsecomp runtime — 1-D/2-D convolution (any stride, padding, dilation, groups), float32.
  * Weights are [C_out][C_in/groups][kh][kw]; the sparse forms store that matrix as CSR rows of
- * length C_in/groups*kh*kw and walk the nonzeros directly (no im2col buffer): each weight is
- * applied to every output position it reaches ("weight-stationary"), so the cost is
- * proportional to the number of nonzeros.
+ * length C_in/groups*kh*kw and walk the nonzeros directly (no im2col buffer): a channel's
+ * nonzeros are decoded into input offsets, then accumulated at every output position in
+ * registers (see "CSR kernels" below), so the cost is proportional to the number of nonzeros.
  */
 #ifndef SC_CONV_H
 #define SC_CONV_H
@@ -449,28 +449,138 @@ static inline void sc_conv_dense(const float *in, float *out, const float *w, co
         sc_conv_dense_d1(in, out, w, bias, p);
 }
 
-/* CSR kernels, one per (column index type, row pointer type) pair: sc_conv_csr_<it>_<pt>. */
+/* ---- CSR kernels (output-stationary) ------------------------------------------------------- *
+ * A channel's nonzeros are decoded SC_CSR_CHUNK at a time into input offsets relative to the
+ * window origin (ci*H*W + ky*dh*W + kx*dw) on the stack, then every output position accumulates
+ * them in registers: 4 positions per pass in the interior (each weight and offset load feeds 4
+ * MACs), one at a time with a bounds test per tap on the border. The cost is proportional to the
+ * nonzeros; the scratch is 12 bytes per chunk entry (384 B of stack by default). */
+#ifndef SC_CSR_CHUNK
+#define SC_CSR_CHUNK 32
+#endif
+/* Rows with fewer nonzeros than this use the weight-stationary tap loop (sc_conv_tap) instead. */
+#ifndef SC_CSR_TAPS_BELOW
+#define SC_CSR_TAPS_BELOW 3
+#endif
+
+/* Adds n taps (weights v, offsets off, tap rows ty / columns tx with dilation applied) of one
+ * output channel to its output plane o. The first chunk starts from the bias b (`first`), the
+ * others from the sums in o; the last chunk applies the activation as it stores (`last`). */
+#define SC_SPARSE_LOAD(i) (first ? b : orow[i])
+#define SC_SPARSE_STORE(i, a) (orow[i] = last ? sc_act((a), p->act, p->alpha) : (a))
+static inline void sc_conv_sparse_taps(const float *in_g, float *o, const float *v, const int32_t *off,
+                                       const int32_t *ty, const int32_t *tx, int32_t n,
+                                       const sc_conv_params *p, float b, int first, int last)
+{
+    const int32_t sw = p->sw, s2 = 2 * sw, s3 = 3 * sw;
+    int32_t y0, y1, x0, x1, oy, ox, k;
+    sc_conv_interior(p->ph, p->sh, (p->kh - 1) * p->dh + 1, p->hin, p->hout, &y0, &y1);
+    sc_conv_interior(p->pw, sw, (p->kw - 1) * p->dw + 1, p->win, p->wout, &x0, &x1);
+    for (oy = 0; oy < p->hout; ++oy) {
+        const int32_t iy = oy * p->sh - p->ph;
+        float *orow = o + oy * p->wout;
+        const int inner = oy >= y0 && oy < y1;
+        for (ox = 0; ox < p->wout;) {
+            const int32_t i0 = iy * p->win + ox * sw - p->pw; /* input index of the window origin */
+            if (inner && ox >= x0 && ox + 4 <= x1) {
+                const float *base = in_g + i0;
+                float a0 = SC_SPARSE_LOAD(ox), a1 = SC_SPARSE_LOAD(ox + 1);
+                float a2 = SC_SPARSE_LOAD(ox + 2), a3 = SC_SPARSE_LOAD(ox + 3);
+                if (sw == 1) {
+                    for (k = 0; k < n; ++k) {
+                        const float *q = base + off[k];
+                        const float c = v[k];
+                        a0 = SC_FMA(c, q[0], a0); a1 = SC_FMA(c, q[1], a1);
+                        a2 = SC_FMA(c, q[2], a2); a3 = SC_FMA(c, q[3], a3);
+                    }
+                } else {
+                    for (k = 0; k < n; ++k) {
+                        const float *q = base + off[k];
+                        const float c = v[k];
+                        a0 = SC_FMA(c, q[0], a0); a1 = SC_FMA(c, q[sw], a1);
+                        a2 = SC_FMA(c, q[s2], a2); a3 = SC_FMA(c, q[s3], a3);
+                    }
+                }
+                SC_SPARSE_STORE(ox, a0); SC_SPARSE_STORE(ox + 1, a1);
+                SC_SPARSE_STORE(ox + 2, a2); SC_SPARSE_STORE(ox + 3, a3);
+                ox += 4;
+            } else if (inner && ox >= x0 && ox < x1) {
+                const float *base = in_g + i0;
+                float a = SC_SPARSE_LOAD(ox);
+                for (k = 0; k < n; ++k) a = SC_FMA(v[k], base[off[k]], a);
+                SC_SPARSE_STORE(ox, a);
+                ++ox;
+            } else {
+                const int32_t ix = ox * sw - p->pw;
+                float a = SC_SPARSE_LOAD(ox);
+                for (k = 0; k < n; ++k) {
+                    const int32_t y = iy + ty[k], x = ix + tx[k];
+                    if ((uint32_t)y < (uint32_t)p->hin && (uint32_t)x < (uint32_t)p->win)
+                        a = SC_FMA(v[k], in_g[i0 + off[k]], a);
+                }
+                SC_SPARSE_STORE(ox, a);
+                ++ox;
+            }
+        }
+    }
+}
+
+#undef SC_SPARSE_LOAD
+#undef SC_SPARSE_STORE
+
+/* One kernel per (column index type, row pointer type) pair: sc_conv_csr_<it>_<pt>. A 1x1,
+ * stride-1, unpadded conv walks its plane as one row (blocks of 4 run across row ends). */
 #define SC_DEFINE_CONV_CSR(SUFFIX, IT, PT)                                                        \
     static inline void sc_conv_##SUFFIX(const float *in, float *out, const float *val,          \
                                         const IT *col, const PT *ptr, const float *bias,        \
-                                        const sc_conv_params *p)                                 \
+                                        const sc_conv_params *p0)                                \
     {                                                                                            \
-        const int32_t cin_g = p->cin / p->groups, cout_g = p->cout / p->groups;                 \
-        const int32_t plane_in = p->hin * p->win, plane_out = p->hout * p->wout;                \
-        const int32_t khw = p->kh * p->kw;                                                       \
-        int32_t oc, k;                                                                           \
+        sc_conv_params flat;                                                                     \
+        const sc_conv_params *p = p0;                                                            \
+        const int32_t cin_g = p0->cin / p0->groups, cout_g = p0->cout / p0->groups;             \
+        const int32_t plane_in = p0->hin * p0->win, plane_out = p0->hout * p0->wout;            \
+        const int32_t khw = p0->kh * p0->kw;                                                     \
+        int32_t off[SC_CSR_CHUNK];                                                               \
+        int32_t ty[SC_CSR_CHUNK], tx[SC_CSR_CHUNK];                                              \
+        int32_t oc, k, i, n;                                                                     \
+        if (khw == 1 && p0->sh == 1 && p0->sw == 1 && p0->ph == 0 && p0->pw == 0) {              \
+            flat = *p0;                                                                          \
+            flat.hin = flat.hout = 1;                                                            \
+            flat.win = flat.wout = plane_in;                                                     \
+            p = &flat;                                                                           \
+        }                                                                                        \
         for (oc = 0; oc < p->cout; ++oc) {                                                       \
             float *o = out + oc * plane_out;                                                     \
             const float *in_g = in + (oc / cout_g) * cin_g * plane_in;                          \
-            const int32_t end = (int32_t)ptr[oc + 1];                                            \
-            sc_conv_fill(o, plane_out, bias ? bias[oc] : 0.0f);                                  \
-            for (k = (int32_t)ptr[oc]; k < end; ++k) {                                           \
-                const int32_t j = (int32_t)col[k];                                               \
-                const int32_t ci = j / khw, r = j - ci * khw;                                    \
-                const int32_t ky = r / p->kw, kx = r - ky * p->kw;                               \
-                sc_conv_tap(in_g + ci * plane_in, o, val[k], ky, kx, p);                         \
+            const int32_t start = (int32_t)ptr[oc], end = (int32_t)ptr[oc + 1];                  \
+            const float b = bias ? bias[oc] : 0.0f;                                              \
+            if (end - start < SC_CSR_TAPS_BELOW) {                                               \
+                /* a few nonzeros: weight-stationary taps over the plane are cheaper */          \
+                sc_conv_fill(o, plane_out, b);                                                   \
+                for (k = start; k < end; ++k) {                                                  \
+                    const int32_t j = (int32_t)col[k];                                           \
+                    const int32_t ci = j / khw, r = j - ci * khw;                                \
+                    const int32_t ky = r / p0->kw, kx = r - ky * p0->kw;                         \
+                    sc_conv_tap(in_g + ci * plane_in, o, val[k], ky, kx, p0);                    \
+                }                                                                                \
+                sc_act_inplace(o, plane_out, p0->act, p0->alpha);                                \
+                continue;                                                                        \
             }                                                                                    \
-            sc_act_inplace(o, plane_out, p->act, p->alpha);                                      \
+            k = start;                                                                           \
+            do {                                                                                 \
+                n = end - k < SC_CSR_CHUNK ? end - k : SC_CSR_CHUNK;                             \
+                for (i = 0; i < n; ++i) {                                                        \
+                    const int32_t j = (int32_t)col[k + i];                                       \
+                    const int32_t ci = j / khw, r = j - ci * khw;                                \
+                    const int32_t ky = r / p->kw, kx = r - ky * p->kw;                           \
+                    ty[i] = ky * p->dh;                                                          \
+                    tx[i] = kx * p->dw;                                                          \
+                    off[i] = ci * plane_in + ty[i] * p->win + tx[i];                             \
+                }                                                                                \
+                sc_conv_sparse_taps(in_g, o, val + k, off, ty, tx, n, p, b, k == start,          \
+                                    k + n == end);                                               \
+                k += n;                                                                          \
+            } while (k < end);                                                                   \
         }                                                                                        \
     }
 

@@ -97,10 +97,17 @@ static inline void sc_linear_dense(const float *x, float *y, const float *w, con
             const float *xr = x + r * p->in;                                                     \
             float *yr = y + r * p->out;                                                          \
             for (o = 0; o < p->out; ++o) {                                                       \
-                float acc = bias ? bias[o] : 0.0f;                                               \
-                const int32_t end = (int32_t)ptr[o + 1];                                         \
-                for (k = (int32_t)ptr[o]; k < end; ++k) acc = SC_FMA(val[k], xr[col[k]], acc);   \
-                yr[o] = sc_act(acc, p->act, p->alpha);                                           \
+                const float *v = val + ptr[o];                                                   \
+                const IT *c = col + ptr[o];                                                      \
+                float a0 = bias ? bias[o] : 0.0f, a1 = 0.0f;                                     \
+                for (k = (int32_t)(ptr[o + 1] - ptr[o]); k >= 4; k -= 4, v += 4, c += 4) {      \
+                    a0 = SC_FMA(v[0], xr[c[0]], a0);                                             \
+                    a1 = SC_FMA(v[1], xr[c[1]], a1);                                             \
+                    a0 = SC_FMA(v[2], xr[c[2]], a0);                                             \
+                    a1 = SC_FMA(v[3], xr[c[3]], a1);                                             \
+                }                                                                                \
+                for (; k > 0; --k) a0 = SC_FMA(*v++, xr[*c++], a0);                              \
+                yr[o] = sc_act(a0 + a1, p->act, p->alpha);                                       \
             }                                                                                    \
         }                                                                                        \
     }
