@@ -468,7 +468,7 @@ static inline void sc_conv_dense(const float *in, float *out, const float *w, co
  * others from the sums in o; the last chunk applies the activation as it stores (`last`). */
 #define SC_SPARSE_LOAD(i) (first ? b : orow[i])
 #define SC_SPARSE_STORE(i, a) (orow[i] = last ? sc_act((a), p->act, p->alpha) : (a))
-static inline void sc_conv_sparse_taps(const float *in_g, float *o, const float *v, const int32_t *off,
+static inline SC_SPECIALIZE void sc_conv_sparse_taps(const float *in_g, float *o, const float *v, const int32_t *off,
                                        const int32_t *ty, const int32_t *tx, int32_t n,
                                        const sc_conv_params *p, float b, int first, int last)
 {
@@ -531,7 +531,7 @@ static inline void sc_conv_sparse_taps(const float *in_g, float *o, const float 
 /* One kernel per (column index type, row pointer type) pair: sc_conv_csr_<it>_<pt>. A 1x1,
  * stride-1, unpadded conv walks its plane as one row (blocks of 4 run across row ends). */
 #define SC_DEFINE_CONV_CSR(SUFFIX, IT, PT)                                                        \
-    static inline void sc_conv_##SUFFIX(const float *in, float *out, const float *val,          \
+    static inline SC_SPECIALIZE void sc_conv_##SUFFIX(const float *in, float *out, const float *val,          \
                                         const IT *col, const PT *ptr, const float *bias,        \
                                         const sc_conv_params *p0)                                \
     {                                                                                            \
@@ -593,5 +593,187 @@ SC_DEFINE_CONV_CSR(csr_u16_u32, uint16_t, uint32_t)
 SC_DEFINE_CONV_CSR(csr_u32_u8, uint32_t, uint8_t)
 SC_DEFINE_CONV_CSR(csr_u32_u16, uint32_t, uint16_t)
 SC_DEFINE_CONV_CSR(csr_u32_u32, uint32_t, uint32_t)
+
+/* ---- CSR kernels for the common specialized shapes ---------------------------------------- */
+
+/* Adds n nonzeros (weights v, input planes xs) to a flat output row o of `len` positions, 8 per
+ * pass: each weight load and plane pointer load feeds 8 MACs. The first chunk of a row starts
+ * from the bias (`first`), the last one applies the activation as it stores (`last`). */
+#define SC_SPARSE_LOAD(i) (first ? b : o[i])
+#define SC_SPARSE_STORE(i, a) (o[i] = last ? sc_act((a), p->act, p->alpha) : (a))
+static inline SC_SPECIALIZE void sc_conv_sparse_flat(float *o, const float *const *xs, const float *v,
+                                                     int32_t n, int32_t len, float b, int first, int last,
+                                                     const sc_conv_params *p)
+{
+    int32_t i = 0, k;
+    for (; i + 16 <= len; i += 16) {
+        float a0 = SC_SPARSE_LOAD(i), a1 = SC_SPARSE_LOAD(i + 1), a2 = SC_SPARSE_LOAD(i + 2);
+        float a3 = SC_SPARSE_LOAD(i + 3), a4 = SC_SPARSE_LOAD(i + 4), a5 = SC_SPARSE_LOAD(i + 5);
+        float a6 = SC_SPARSE_LOAD(i + 6), a7 = SC_SPARSE_LOAD(i + 7), a8 = SC_SPARSE_LOAD(i + 8);
+        float a9 = SC_SPARSE_LOAD(i + 9), a10 = SC_SPARSE_LOAD(i + 10), a11 = SC_SPARSE_LOAD(i + 11);
+        float a12 = SC_SPARSE_LOAD(i + 12), a13 = SC_SPARSE_LOAD(i + 13), a14 = SC_SPARSE_LOAD(i + 14);
+        float a15 = SC_SPARSE_LOAD(i + 15);
+        for (k = 0; k < n; ++k) {
+            const float *q = xs[k] + i;
+            const float c = v[k];
+            a0 = SC_FMA(c, q[0], a0); a1 = SC_FMA(c, q[1], a1);
+            a2 = SC_FMA(c, q[2], a2); a3 = SC_FMA(c, q[3], a3);
+            a4 = SC_FMA(c, q[4], a4); a5 = SC_FMA(c, q[5], a5);
+            a6 = SC_FMA(c, q[6], a6); a7 = SC_FMA(c, q[7], a7);
+            a8 = SC_FMA(c, q[8], a8); a9 = SC_FMA(c, q[9], a9);
+            a10 = SC_FMA(c, q[10], a10); a11 = SC_FMA(c, q[11], a11);
+            a12 = SC_FMA(c, q[12], a12); a13 = SC_FMA(c, q[13], a13);
+            a14 = SC_FMA(c, q[14], a14); a15 = SC_FMA(c, q[15], a15);
+        }
+        SC_SPARSE_STORE(i, a0); SC_SPARSE_STORE(i + 1, a1); SC_SPARSE_STORE(i + 2, a2);
+        SC_SPARSE_STORE(i + 3, a3); SC_SPARSE_STORE(i + 4, a4); SC_SPARSE_STORE(i + 5, a5);
+        SC_SPARSE_STORE(i + 6, a6); SC_SPARSE_STORE(i + 7, a7); SC_SPARSE_STORE(i + 8, a8);
+        SC_SPARSE_STORE(i + 9, a9); SC_SPARSE_STORE(i + 10, a10); SC_SPARSE_STORE(i + 11, a11);
+        SC_SPARSE_STORE(i + 12, a12); SC_SPARSE_STORE(i + 13, a13); SC_SPARSE_STORE(i + 14, a14);
+        SC_SPARSE_STORE(i + 15, a15);
+    }
+    for (; i + 8 <= len; i += 8) {
+        float a0 = SC_SPARSE_LOAD(i), a1 = SC_SPARSE_LOAD(i + 1), a2 = SC_SPARSE_LOAD(i + 2);
+        float a3 = SC_SPARSE_LOAD(i + 3), a4 = SC_SPARSE_LOAD(i + 4), a5 = SC_SPARSE_LOAD(i + 5);
+        float a6 = SC_SPARSE_LOAD(i + 6), a7 = SC_SPARSE_LOAD(i + 7);
+        for (k = 0; k < n; ++k) {
+            const float *q = xs[k] + i;
+            const float c = v[k];
+            a0 = SC_FMA(c, q[0], a0); a1 = SC_FMA(c, q[1], a1);
+            a2 = SC_FMA(c, q[2], a2); a3 = SC_FMA(c, q[3], a3);
+            a4 = SC_FMA(c, q[4], a4); a5 = SC_FMA(c, q[5], a5);
+            a6 = SC_FMA(c, q[6], a6); a7 = SC_FMA(c, q[7], a7);
+        }
+        SC_SPARSE_STORE(i, a0); SC_SPARSE_STORE(i + 1, a1); SC_SPARSE_STORE(i + 2, a2);
+        SC_SPARSE_STORE(i + 3, a3); SC_SPARSE_STORE(i + 4, a4); SC_SPARSE_STORE(i + 5, a5);
+        SC_SPARSE_STORE(i + 6, a6); SC_SPARSE_STORE(i + 7, a7);
+    }
+    for (; i < len; ++i) {
+        float a = SC_SPARSE_LOAD(i);
+        for (k = 0; k < n; ++k) a = SC_FMA(v[k], xs[k][i], a);
+        SC_SPARSE_STORE(i, a);
+    }
+}
+
+/* Adds n nonzeros (weights v, offsets off into the padded plane) to the output plane o of a
+ * depthwise channel whose input is the zero-padded plane `pad` (width wp): 4 positions of an
+ * output row per pass. */
+static inline SC_SPECIALIZE void sc_conv_sparse_padded(float *o, const float *pad, int32_t wp, const float *v,
+                                                       const int32_t *off, int32_t n, float b, int first,
+                                                       int last, const sc_conv_params *p)
+{
+    const int32_t sw = p->sw, s2 = 2 * sw, s3 = 3 * sw;
+    int32_t oy, ox, k;
+    for (oy = 0; oy < p->hout; ++oy, o += p->wout) {
+        const float *row = pad + oy * p->sh * wp;
+        for (ox = 0; ox + 4 <= p->wout; ox += 4) {
+            const float *base = row + ox * sw;
+            float a0 = SC_SPARSE_LOAD(ox), a1 = SC_SPARSE_LOAD(ox + 1);
+            float a2 = SC_SPARSE_LOAD(ox + 2), a3 = SC_SPARSE_LOAD(ox + 3);
+            for (k = 0; k < n; ++k) {
+                const float *q = base + off[k];
+                const float c = v[k];
+                a0 = SC_FMA(c, q[0], a0); a1 = SC_FMA(c, q[sw], a1);
+                a2 = SC_FMA(c, q[s2], a2); a3 = SC_FMA(c, q[s3], a3);
+            }
+            SC_SPARSE_STORE(ox, a0); SC_SPARSE_STORE(ox + 1, a1);
+            SC_SPARSE_STORE(ox + 2, a2); SC_SPARSE_STORE(ox + 3, a3);
+        }
+        for (; ox < p->wout; ++ox) {
+            const float *base = row + ox * sw;
+            float a = SC_SPARSE_LOAD(ox);
+            for (k = 0; k < n; ++k) a = SC_FMA(v[k], base[off[k]], a);
+            SC_SPARSE_STORE(ox, a);
+        }
+    }
+}
+#undef SC_SPARSE_LOAD
+#undef SC_SPARSE_STORE
+
+/* sc_conv_csr_pw_<it>_<pt>: 1x1, stride 1, no padding, any groups (a sparse matrix product over
+ * the flattened plane). sc_conv_csr_dw_<it>_<pt>: depthwise (groups == cin == cout, dilation 1);
+ * each channel with nonzeros is copied into the zero-padded plane `pad` (SC_CONV_DW_PAD_H(p) x
+ * SC_CONV_DW_PAD_W(p) floats, as sc_conv_dense_dw) so that no tap needs a bounds test; a channel
+ * without nonzeros is its activated bias. Safe in place under the same condition as
+ * sc_conv_dense_dw (channel c's input is read before its output is written). */
+#define SC_DEFINE_CONV_CSR_SHAPES(SUFFIX, IT, PT)                                                 \
+    static inline SC_SPECIALIZE void sc_conv_pw_##SUFFIX(const float *in, float *out,            \
+                                                         const float *val, const IT *col,         \
+                                                         const PT *ptr, const float *bias,        \
+                                                         const sc_conv_params *p)                 \
+    {                                                                                            \
+        const int32_t cin_g = p->cin / p->groups, cout_g = p->cout / p->groups;                 \
+        const int32_t plane = p->hin * p->win;                                                   \
+        const float *xs[SC_CSR_CHUNK];                                                           \
+        int32_t oc, k, i, n;                                                                     \
+        for (oc = 0; oc < p->cout; ++oc) {                                                       \
+            float *o = out + oc * plane;                                                         \
+            const float *in_g = in + (oc / cout_g) * cin_g * plane;                             \
+            const int32_t start = (int32_t)ptr[oc], end = (int32_t)ptr[oc + 1];                  \
+            const float b = bias ? bias[oc] : 0.0f;                                              \
+            k = start;                                                                           \
+            do {                                                                                 \
+                n = end - k < SC_CSR_CHUNK ? end - k : SC_CSR_CHUNK;                             \
+                for (i = 0; i < n; ++i) xs[i] = in_g + (int32_t)col[k + i] * plane;              \
+                if (k == start && k + n == end) /* the common case: the row in one chunk */      \
+                    sc_conv_sparse_flat(o, xs, val + k, n, plane, b, 1, 1, p);                   \
+                else                                                                             \
+                    sc_conv_sparse_flat(o, xs, val + k, n, plane, b, k == start, k + n == end, p); \
+                k += n;                                                                          \
+            } while (k < end);                                                                   \
+        }                                                                                        \
+    }                                                                                            \
+    static inline SC_SPECIALIZE void sc_conv_dw_##SUFFIX(const float *in, float *out,            \
+                                                         const float *val, const IT *col,         \
+                                                         const PT *ptr, const float *bias,        \
+                                                         const sc_conv_params *p, float *pad)     \
+    {                                                                                            \
+        const int32_t hp = SC_CONV_DW_PAD_H(p), wp = SC_CONV_DW_PAD_W(p);                       \
+        const int32_t plane_in = p->hin * p->win, plane_out = p->hout * p->wout;                \
+        const int32_t rows = p->hin < hp - p->ph ? p->hin : hp - p->ph;                         \
+        const int32_t cols = p->win < wp - p->pw ? p->win : wp - p->pw;                         \
+        int32_t off[SC_CSR_CHUNK];                                                               \
+        int32_t c, i, y, x, k, n;                                                                \
+        for (i = 0; i < hp * wp; ++i) pad[i] = 0.0f;                                             \
+        for (c = 0; c < p->cout; ++c) {                                                          \
+            float *oc = out + c * plane_out;                                                     \
+            const int32_t start = (int32_t)ptr[c], end = (int32_t)ptr[c + 1];                    \
+            const float b = bias ? bias[c] : 0.0f;                                               \
+            if (start == end) {                                                                  \
+                const float a = sc_act(b, p->act, p->alpha);                                     \
+                for (i = 0; i < plane_out; ++i) oc[i] = a;                                       \
+                continue;                                                                        \
+            }                                                                                    \
+            for (y = 0; y < rows; ++y) {                                                         \
+                float *d = pad + (y + p->ph) * wp + p->pw;                                       \
+                const float *src = in + c * plane_in + y * p->win;                               \
+                for (x = 0; x < cols; ++x) d[x] = src[x];                                        \
+            }                                                                                    \
+            k = start;                                                                           \
+            do {                                                                                 \
+                n = end - k < SC_CSR_CHUNK ? end - k : SC_CSR_CHUNK;                             \
+                for (i = 0; i < n; ++i) {                                                        \
+                    const int32_t j = (int32_t)col[k + i], ky = j / p->kw;                      \
+                    off[i] = ky * wp + (j - ky * p->kw);                                         \
+                }                                                                                \
+                if (k == start && k + n == end)                                                  \
+                    sc_conv_sparse_padded(oc, pad, wp, val + k, off, n, b, 1, 1, p);             \
+                else                                                                             \
+                    sc_conv_sparse_padded(oc, pad, wp, val + k, off, n, b, k == start,           \
+                                          k + n == end, p);                                      \
+                k += n;                                                                          \
+            } while (k < end);                                                                   \
+        }                                                                                        \
+    }
+
+SC_DEFINE_CONV_CSR_SHAPES(csr_u8_u8, uint8_t, uint8_t)
+SC_DEFINE_CONV_CSR_SHAPES(csr_u8_u16, uint8_t, uint16_t)
+SC_DEFINE_CONV_CSR_SHAPES(csr_u8_u32, uint8_t, uint32_t)
+SC_DEFINE_CONV_CSR_SHAPES(csr_u16_u8, uint16_t, uint8_t)
+SC_DEFINE_CONV_CSR_SHAPES(csr_u16_u16, uint16_t, uint16_t)
+SC_DEFINE_CONV_CSR_SHAPES(csr_u16_u32, uint16_t, uint32_t)
+SC_DEFINE_CONV_CSR_SHAPES(csr_u32_u8, uint32_t, uint8_t)
+SC_DEFINE_CONV_CSR_SHAPES(csr_u32_u16, uint32_t, uint16_t)
+SC_DEFINE_CONV_CSR_SHAPES(csr_u32_u32, uint32_t, uint32_t)
 
 #endif /* SC_CONV_H */

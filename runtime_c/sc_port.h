@@ -28,7 +28,14 @@
 #define SC_USED __attribute__((used))
 #define SC_ALIGNED(n) __attribute__((aligned(n)))
 #define SC_NOINLINE __attribute__((noinline, unused)) /* static helper with its own registers; may be unused */
+#if defined(__OPTIMIZE_SIZE__)
+#define SC_SPECIALIZE
 #else
+/* inlined at each call site so that the layer's constant parameters fold into the loops */
+#define SC_SPECIALIZE __attribute__((always_inline))
+#endif
+#else
+#define SC_SPECIALIZE
 #define SC_USED
 #define SC_ALIGNED(n)
 #define SC_NOINLINE

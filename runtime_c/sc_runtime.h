@@ -46,7 +46,7 @@ static inline float sc_act(float x, int act, float alpha)
     (void)alpha;
     switch (act) {
 #if SC_ACT_MASK & 0x02u
-    case SC_ACT_RELU: return x > 0.0f ? x : (x == x ? 0.0f : x); /* relu(NaN) = NaN, as torch */
+    case SC_ACT_RELU: return x < 0.0f ? 0.0f : x; /* relu(NaN) = NaN, as torch (NaN < 0 is false) */
 #endif
 #if SC_ACT_MASK & 0x04u
     case SC_ACT_RELU6: return x < 0.0f ? 0.0f : (x > 6.0f ? 6.0f : x);

@@ -1,0 +1,154 @@
+"""The CSR fast paths of runtime_c against PyTorch, on the host and on the emulated board.
+
+* CSR linear: 8 nonzeros per step (``sc_csr_dot8_<is>``: hand-scheduled on the Cortex-M4F, the
+  C loop elsewhere), then the rest one by one: rows with 0, 1..7, 8, 9..15, 16 and more nonzeros,
+  uint8 and uint16 column indices.
+* CSR pointwise (``sc_conv_pw_*``): 16 / 8 / 1 positions per pass, rows in one chunk of
+  SC_CSR_CHUNK nonzeros and rows over several chunks (the first chunk starts from the bias, the
+  last applies the activation).
+* CSR depthwise (``sc_conv_dw_*``): padded plane, strides, empty channels, a 7x7 kernel with a full
+  channel (two chunks), a 1-D depthwise conv.
+
+Every model is checked on the host (gcc, sanitizers on) and on the emulated M4F (where the
+assembly loop runs) and M3 (the C loop), at -O2 and -Os.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+import torch.nn as nn
+from helpers import assert_parity, emit_and_verify
+
+from codegen import board as cboard
+from codegen import formats
+
+FORCED = "csr_only_kernels"
+
+
+@pytest.fixture(autouse=True)
+def force_csr(monkeypatch):
+    monkeypatch.setitem(formats.REPRESENTATIONS, FORCED, ("csr",))
+
+
+def _rows_nnz_(w: torch.Tensor, counts: list[int], seed: int) -> None:
+    """Keeps exactly counts[r % len(counts)] nonzeros (random positions) in row r of w viewed 2-D."""
+    g = np.random.default_rng(seed)
+    w2 = w.detach().view(w.shape[0], -1)
+    mask = torch.zeros_like(w2)
+    for r in range(w2.shape[0]):
+        k = min(counts[r % len(counts)], w2.shape[1])
+        mask[r, torch.as_tensor(g.choice(w2.shape[1], size=k, replace=False), dtype=torch.long)] = 1.0
+    with torch.no_grad():
+        w2.mul_(mask)
+
+
+ROW_COUNTS = [0, 1, 7, 8, 9, 15, 16, 17, 23, 40, 3, 64]
+
+
+def _linear(fin: int, fout: int, seed: int) -> nn.Module:
+    torch.manual_seed(seed)
+    net = nn.Sequential(nn.Linear(fin, fout), nn.ReLU(), nn.Linear(fout, 7))
+    _rows_nnz_(net[0].weight, ROW_COUNTS, seed)
+    _rows_nnz_(net[2].weight, [0, 5, 8, 13], seed + 1)
+    return net
+
+
+def _pointwise(seed: int) -> nn.Module:
+    torch.manual_seed(seed)
+    net = nn.Sequential(nn.Conv2d(48, 20, 1), nn.ReLU6(), nn.Conv2d(20, 9, 1, bias=False))
+    _rows_nnz_(net[0].weight, [0, 1, 6, 8, 33, 48, 17], seed)  # 33 and 48: two chunks of 32
+    _rows_nnz_(net[2].weight, [3, 0, 11], seed + 1)
+    return net
+
+
+def _depthwise(seed: int) -> nn.Module:
+    torch.manual_seed(seed)
+    net = nn.Sequential(
+        nn.Conv2d(6, 6, 3, padding=1, groups=6), nn.ReLU(),
+        nn.Conv2d(6, 6, 3, stride=2, padding=1, groups=6), nn.Tanh(),
+        nn.Conv2d(6, 6, 7, padding=3, groups=6),  # 49 taps: a full channel takes two chunks
+    )
+    _rows_nnz_(net[0].weight, [0, 1, 2, 9, 5, 3], seed)
+    _rows_nnz_(net[2].weight, [4, 0, 9], seed + 1)
+    _rows_nnz_(net[4].weight, [49, 0, 1, 33, 12, 40], seed + 2)
+    return net
+
+
+class _Depthwise1d(nn.Module):
+    def __init__(self, seed: int):
+        super().__init__()
+        torch.manual_seed(seed)
+        self.conv = nn.Conv1d(5, 5, 5, padding=2, groups=5)
+        _rows_nnz_(self.conv.weight, [0, 1, 2, 5, 3], seed)
+
+    def forward(self, x):
+        return torch.relu(self.conv(x))
+
+
+CASES = {
+    # name -> (model factory, input shape, the kernels model.c must call)
+    "linear_u8": (lambda: _linear(200, 24, 1), (1, 200), ["sc_linear_csr_u8_"]),
+    "linear_u16": (lambda: _linear(700, 24, 2), (1, 700), ["sc_linear_csr_u16_"]),
+    "linear_rows": (lambda: nn.Sequential(_linear(40, 12, 3)), (1, 5, 40), ["sc_linear_csr_u8_"]),
+    "pointwise_5x7": (lambda: _pointwise(4), (1, 48, 5, 7), ["sc_conv_pw_csr_"]),  # 35 = 16*2 + 3
+    "pointwise_3x9": (lambda: _pointwise(5), (1, 48, 3, 9), ["sc_conv_pw_csr_"]),  # 27 = 16 + 8 + 3
+    "depthwise": (lambda: _depthwise(6), (1, 6, 9, 11), ["sc_conv_dw_csr_"]),
+    "depthwise_1d": (lambda: _Depthwise1d(7), (1, 5, 19), ["sc_conv_dw_csr_"]),
+}
+
+
+def _emit(name: str, tmp_path):
+    make, shape, kernels = CASES[name]
+    model = make().eval()
+    res = emit_and_verify(model, shape, FORCED, tmp_path, n_inputs=3, sanitize=True)
+    src = (res.directory / "model.c").read_text()
+    for k in kernels:
+        assert k in src, f"{name}: expected a call to {k}* in model.c"
+    return model, res
+
+
+@pytest.mark.parametrize("name", CASES)
+def test_sparse_fast_paths_match_pytorch_on_host(name, tmp_path):
+    _emit(name, tmp_path)
+
+
+@pytest.mark.board
+@pytest.mark.parametrize("opt", ["-O2", "-Os"])
+@pytest.mark.parametrize("target", ["m4", "m3"])
+@pytest.mark.parametrize("name", CASES)
+def test_sparse_fast_paths_match_pytorch_on_board(name, target, opt, tmp_path):
+    from test_board import require_board
+
+    require_board()
+    model, res = _emit(name, tmp_path)
+    run = cboard.run(res.directory, target, make_vars={"ARM_OPT": opt})
+    assert run.passed, f"{name} on {target} {opt}: exit {run.exit_code}\n{run.stdout}{run.stderr}"
+    x = torch.randn((3, *CASES[name][1][1:]), generator=torch.Generator().manual_seed(0))[:1]  # emit_and_verify's sample
+    with torch.no_grad():
+        assert_parity(run.outputs, model(x).numpy().reshape(-1), f"{name} on {target} {opt}")
+
+
+@pytest.mark.board
+def test_m4_build_uses_the_assembly_loop(tmp_path):
+    """The M4F build of a CSR linear layer contains the hand-scheduled loop (VLDMIA of 8 weights,
+    register-pair VMOVs); the M3 build does not (no FPU: the C loop)."""
+    from test_board import require_board
+
+    require_board()
+    _, res = _emit("linear_u16", tmp_path)
+    for target, expect in (("m4", True), ("m3", False)):
+        elf = cboard.build(res.directory, target)
+        dis = _objdump(elf)
+        has = "vldmia" in dis and "{s8-s15}" in dis
+        assert has == expect, f"{target}: assembly loop {'missing' if expect else 'present'} in {elf}"
+
+
+def _objdump(elf) -> str:
+    import shutil
+    import subprocess
+
+    tool = shutil.which("arm-none-eabi-objdump")
+    assert tool, "arm-none-eabi-objdump not found"
+    return subprocess.run([tool, "-d", str(elf)], capture_output=True, text=True, check=True).stdout
