@@ -375,7 +375,7 @@ static inline void sc_conv_dense_pw(const float *in, float *out, const float *w,
  * read), so every output position is "interior": blocks of 4 positions in raster order share
  * each weight load. Safe in place (out == in) when the output plane is not larger than the
  * input plane: channel c's input is in `pad` before its output is written. */
-static inline void sc_conv_dense_dw(const float *in, float *out, const float *w, const float *bias,
+static inline SC_SPECIALIZE void sc_conv_dense_dw(const float *in, float *out, const float *w, const float *bias,
                                     const sc_conv_params *p, float *pad)
 {
     const int32_t hp = SC_CONV_DW_PAD_H(p), wp = SC_CONV_DW_PAD_W(p);
@@ -434,6 +434,61 @@ static inline void sc_conv_dense_dw(const float *in, float *out, const float *w,
             if (++qx == p->wout) {
                 qx = 0;
                 ++qy;
+            }
+        }
+    }
+}
+
+/* Depthwise 3x3, stride 1, dilation 1 (the MobileNet / DS-CNN block): as sc_conv_dense_dw (same
+ * padded plane, same in-place rule), but the 9 weights stay in registers and each output row is
+ * swept left to right with the window's columns in registers: 2 outputs per pass take 6 loads
+ * and 18 FMAs. */
+static inline SC_SPECIALIZE void sc_conv_dense_dw3(const float *in, float *out, const float *w, const float *bias,
+                                                   const sc_conv_params *p, float *pad)
+{
+    const int32_t hp = SC_CONV_DW_PAD_H(p), wp = SC_CONV_DW_PAD_W(p);
+    const int32_t plane_in = p->hin * p->win, wout = p->wout;
+    const int32_t rows = p->hin < hp - p->ph ? p->hin : hp - p->ph;
+    const int32_t cols = p->win < wp - p->pw ? p->win : wp - p->pw;
+    int32_t c, i, y, x, oy, ox;
+    for (i = 0; i < hp * wp; ++i) pad[i] = 0.0f;
+    for (c = 0; c < p->cout; ++c) {
+        const float *wc = w + c * 9;
+        const float w0 = wc[0], w1 = wc[1], w2 = wc[2], w3 = wc[3], w4 = wc[4];
+        const float w5 = wc[5], w6 = wc[6], w7 = wc[7], w8 = wc[8];
+        const float b = bias ? bias[c] : 0.0f;
+        float *o = out + c * p->hout * wout;
+        for (y = 0; y < rows; ++y) {
+            float *d = pad + (y + p->ph) * wp + p->pw;
+            const float *src = in + c * plane_in + y * p->win;
+            for (x = 0; x < cols; ++x) d[x] = src[x];
+        }
+        for (oy = 0; oy < p->hout; ++oy, o += wout) {
+            const float *r0 = pad + oy * wp, *r1 = r0 + wp, *r2 = r1 + wp;
+            float x00 = r0[0], x01 = r0[1], x10 = r1[0], x11 = r1[1], x20 = r2[0], x21 = r2[1];
+            for (ox = 0; ox + 2 <= wout; ox += 2) {
+                const float x02 = r0[ox + 2], x12 = r1[ox + 2], x22 = r2[ox + 2];
+                const float x03 = r0[ox + 3], x13 = r1[ox + 3], x23 = r2[ox + 3];
+                float a = b, e = b;
+                a = SC_FMA(w0, x00, a); e = SC_FMA(w0, x01, e);
+                a = SC_FMA(w1, x01, a); e = SC_FMA(w1, x02, e);
+                a = SC_FMA(w2, x02, a); e = SC_FMA(w2, x03, e);
+                a = SC_FMA(w3, x10, a); e = SC_FMA(w3, x11, e);
+                a = SC_FMA(w4, x11, a); e = SC_FMA(w4, x12, e);
+                a = SC_FMA(w5, x12, a); e = SC_FMA(w5, x13, e);
+                a = SC_FMA(w6, x20, a); e = SC_FMA(w6, x21, e);
+                a = SC_FMA(w7, x21, a); e = SC_FMA(w7, x22, e);
+                a = SC_FMA(w8, x22, a); e = SC_FMA(w8, x23, e);
+                o[ox] = sc_act(a, p->act, p->alpha);
+                o[ox + 1] = sc_act(e, p->act, p->alpha);
+                x00 = x02; x01 = x03; x10 = x12; x11 = x13; x20 = x22; x21 = x23;
+            }
+            if (ox < wout) {
+                float a = b;
+                a = SC_FMA(w0, x00, a); a = SC_FMA(w1, x01, a); a = SC_FMA(w2, r0[ox + 2], a);
+                a = SC_FMA(w3, x10, a); a = SC_FMA(w4, x11, a); a = SC_FMA(w5, r1[ox + 2], a);
+                a = SC_FMA(w6, x20, a); a = SC_FMA(w7, x21, a); a = SC_FMA(w8, r2[ox + 2], a);
+                o[ox] = sc_act(a, p->act, p->alpha);
             }
         }
     }

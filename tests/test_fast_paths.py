@@ -1,4 +1,4 @@
-"""The CSR fast paths of runtime_c against PyTorch, on the host and on the emulated board.
+"""The fast paths of runtime_c against PyTorch, on the host and on the emulated board.
 
 * CSR linear: 8 nonzeros per step (``sc_csr_dot8_<is>``: hand-scheduled on the Cortex-M4F, the
   C loop elsewhere), then the rest one by one: rows with 0, 1..7, 8, 9..15, 16 and more nonzeros,
@@ -8,6 +8,8 @@
   last applies the activation).
 * CSR depthwise (``sc_conv_dw_*``): padded plane, strides, empty channels, a 7x7 kernel with a full
   channel (two chunks), a 1-D depthwise conv.
+* Dense depthwise 3x3 stride 1 (``sc_conv_dense_dw3``): output widths 1, 2 and odd (the pair
+  loop's tail), no padding, ReLU6, no bias, in place inside a DS-CNN-like block.
 
 Every model is checked on the host (gcc, sanitizers on) and on the emulated M4F (where the
 assembly loop runs) and M3 (the C loop), at -O2 and -Os.
@@ -87,22 +89,42 @@ class _Depthwise1d(nn.Module):
         return torch.relu(self.conv(x))
 
 
+def _dw3(seed: int, pad: int, act: nn.Module, bias: bool = True) -> nn.Module:
+    torch.manual_seed(seed)
+    return nn.Sequential(nn.Conv2d(5, 5, 3, padding=pad, groups=5, bias=bias), act)
+
+
+def _ds_block(seed: int) -> nn.Module:
+    """conv -> depthwise 3x3 (in place over its input) -> pointwise, as in DS-CNN."""
+    torch.manual_seed(seed)
+    return nn.Sequential(nn.Conv2d(1, 8, 3, padding=1), nn.ReLU(), nn.Conv2d(8, 8, 3, padding=1, groups=8),
+                         nn.BatchNorm2d(8), nn.ReLU(), nn.Conv2d(8, 8, 1), nn.ReLU(), nn.Flatten(), nn.Linear(8 * 6 * 5, 4))
+
+
 CASES = {
-    # name -> (model factory, input shape, the kernels model.c must call)
-    "linear_u8": (lambda: _linear(200, 24, 1), (1, 200), ["sc_linear_csr_u8_"]),
-    "linear_u16": (lambda: _linear(700, 24, 2), (1, 700), ["sc_linear_csr_u16_"]),
-    "linear_rows": (lambda: nn.Sequential(_linear(40, 12, 3)), (1, 5, 40), ["sc_linear_csr_u8_"]),
-    "pointwise_5x7": (lambda: _pointwise(4), (1, 48, 5, 7), ["sc_conv_pw_csr_"]),  # 35 = 16*2 + 3
-    "pointwise_3x9": (lambda: _pointwise(5), (1, 48, 3, 9), ["sc_conv_pw_csr_"]),  # 27 = 16 + 8 + 3
-    "depthwise": (lambda: _depthwise(6), (1, 6, 9, 11), ["sc_conv_dw_csr_"]),
-    "depthwise_1d": (lambda: _Depthwise1d(7), (1, 5, 19), ["sc_conv_dw_csr_"]),
+    # name -> (model factory, input shape, representation, the kernels model.c must call)
+    "linear_u8": (lambda: _linear(200, 24, 1), (1, 200), FORCED, ["sc_linear_csr_u8_"]),
+    "linear_u16": (lambda: _linear(700, 24, 2), (1, 700), FORCED, ["sc_linear_csr_u16_"]),
+    "linear_rows": (lambda: nn.Sequential(_linear(40, 12, 3)), (1, 5, 40), FORCED, ["sc_linear_csr_u8_"]),
+    "pointwise_5x7": (lambda: _pointwise(4), (1, 48, 5, 7), FORCED, ["sc_conv_pw_csr_"]),  # 35 = 16*2 + 3
+    "pointwise_3x9": (lambda: _pointwise(5), (1, 48, 3, 9), FORCED, ["sc_conv_pw_csr_"]),  # 27 = 16 + 8 + 3
+    "depthwise": (lambda: _depthwise(6), (1, 6, 9, 11), FORCED, ["sc_conv_dw_csr_"]),
+    "depthwise_1d": (lambda: _Depthwise1d(7), (1, 5, 19), FORCED, ["sc_conv_dw_csr_"]),
+    "dense_dw3_odd": (lambda: _dw3(8, 1, nn.ReLU()), (1, 5, 6, 7), "dense", ["sc_conv_dense_dw3("]),
+    "dense_dw3_w2_nopad": (lambda: _dw3(9, 0, nn.ReLU6(), bias=False), (1, 5, 4, 4), "dense", ["sc_conv_dense_dw3("]),
+    "dense_dw3_w1": (lambda: _dw3(10, 0, nn.Identity()), (1, 5, 6, 3), "dense", ["sc_conv_dense_dw3("]),
+    "dense_ds_block": (lambda: _ds_block(11), (1, 1, 6, 5), "dense", ["sc_conv_dense_dw3(", "sc_conv_dense_pw("]),
 }
 
 
 def _emit(name: str, tmp_path):
-    make, shape, kernels = CASES[name]
+    make, shape, representation, kernels = CASES[name]
     model = make().eval()
-    res = emit_and_verify(model, shape, FORCED, tmp_path, n_inputs=3, sanitize=True)
+    if name == "dense_ds_block":
+        with torch.no_grad():  # non-trivial BatchNorm statistics
+            model[3].running_mean.uniform_(-0.5, 0.5)
+            model[3].running_var.uniform_(0.5, 2.0)
+    res = emit_and_verify(model, shape, representation, tmp_path, n_inputs=3, sanitize=True)
     src = (res.directory / "model.c").read_text()
     for k in kernels:
         assert k in src, f"{name}: expected a call to {k}* in model.c"
@@ -110,7 +132,7 @@ def _emit(name: str, tmp_path):
 
 
 @pytest.mark.parametrize("name", CASES)
-def test_sparse_fast_paths_match_pytorch_on_host(name, tmp_path):
+def test_fast_paths_match_pytorch_on_host(name, tmp_path):
     _emit(name, tmp_path)
 
 
@@ -118,7 +140,7 @@ def test_sparse_fast_paths_match_pytorch_on_host(name, tmp_path):
 @pytest.mark.parametrize("opt", ["-O2", "-Os"])
 @pytest.mark.parametrize("target", ["m4", "m3"])
 @pytest.mark.parametrize("name", CASES)
-def test_sparse_fast_paths_match_pytorch_on_board(name, target, opt, tmp_path):
+def test_fast_paths_match_pytorch_on_board(name, target, opt, tmp_path):
     from test_board import require_board
 
     require_board()
