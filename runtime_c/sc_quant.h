@@ -16,9 +16,9 @@
  * reads its streams sequentially. A gap too long for gap_bits is bridged by filler entries whose
  * value is zero, so an entry's column is always (previous column + 1 + gap).
  *
- * Linear: y = scale[o] * sum(q * x) + bias (q8 forms) or sum(codebook[i] * x) + bias. Conv uses
- * the weight-stationary structure of sc_conv.h: each weight w = scale[oc] * q (exactly the
- * float32 weight the model holds) or codebook[i] is applied to every output position it reaches.
+ * Linear: y = scale[o] * sum(q * x) + bias (q8 forms) or sum(codebook[i] * x) + bias. Conv decodes
+ * each weight w = scale[oc] * q (exactly the float32 weight the model holds) or codebook[i] and
+ * runs the output-stationary CSR loop of sc_conv.h over the nonzeros (see below).
  */
 #ifndef SC_QUANT_H
 #define SC_QUANT_H
@@ -65,19 +65,33 @@ static inline int32_t sc_s8(uint32_t v)
 
 /* ---- linear ---------------------------------------------------------------------------------- */
 
+/* 4 outputs at a time (each input load feeds 4 MACs; outputs past the end repeat the last row,
+ * computed and stored twice); each int8 weight is converted once (LDRSB, VMOV, VCVT). */
 static inline void sc_linear_q8(const float *x, float *y, const int8_t *q, const float *scale,
                                 const float *bias, const sc_linear_params *p)
 {
-    int32_t r, o, i;
+    const int32_t n = p->in;
+    int32_t r, o, i, j;
     for (r = 0; r < p->rows; ++r) {
-        const float *xr = x + r * p->in;
-        const int8_t *wr = q;
+        const float *xr = x + r * n;
         float *yr = y + r * p->out;
-        for (o = 0; o < p->out; ++o) {
-            float acc = 0.0f;
-            for (i = 0; i < p->in; ++i) acc += (float)wr[i] * xr[i];
-            wr += p->in;
-            yr[o] = sc_act(scale[o] * acc + (bias ? bias[o] : 0.0f), p->act, p->alpha);
+        for (o = 0; o < p->out; o += 4) {
+            const int8_t *w0, *w1, *w2, *w3;
+            const float *xp = xr;
+            float acc[4], a0 = 0.0f, a1 = 0.0f, a2 = 0.0f, a3 = 0.0f;
+            int32_t oj[4];
+            for (j = 0; j < 4; ++j) oj[j] = o + j < p->out ? o + j : p->out - 1;
+            w0 = q + oj[0] * n; w1 = q + oj[1] * n; w2 = q + oj[2] * n; w3 = q + oj[3] * n;
+            for (i = 0; i < n; ++i) {
+                const float v = *xp++;
+                a0 = SC_FMA((float)*w0++, v, a0);
+                a1 = SC_FMA((float)*w1++, v, a1);
+                a2 = SC_FMA((float)*w2++, v, a2);
+                a3 = SC_FMA((float)*w3++, v, a3);
+            }
+            acc[0] = a0; acc[1] = a1; acc[2] = a2; acc[3] = a3;
+            for (j = 0; j < 4 && o + j < p->out; ++j)
+                yr[o + j] = sc_act(scale[oj[j]] * acc[j] + (bias ? bias[oj[j]] : 0.0f), p->act, p->alpha);
         }
     }
 }
@@ -111,10 +125,17 @@ static inline void sc_linear_cb(const float *x, float *y, const uint8_t *idx, co
             const float *xr = x + r * p->in;                                                     \
             float *yr = y + r * p->out;                                                          \
             for (o = 0; o < p->out; ++o) {                                                       \
-                float acc = 0.0f;                                                                \
-                const int32_t end = (int32_t)ptr[o + 1];                                         \
-                for (k = (int32_t)ptr[o]; k < end; ++k) acc += (float)q[k] * xr[col[k]];         \
-                yr[o] = sc_act(scale[o] * acc + (bias ? bias[o] : 0.0f), p->act, p->alpha);      \
+                const int8_t *v = q + ptr[o];                                                    \
+                const IT *c = col + ptr[o];                                                      \
+                float a0 = 0.0f, a1 = 0.0f;                                                      \
+                for (k = (int32_t)(ptr[o + 1] - ptr[o]); k >= 4; k -= 4, v += 4, c += 4) {      \
+                    a0 = SC_FMA((float)v[0], xr[c[0]], a0);                                      \
+                    a1 = SC_FMA((float)v[1], xr[c[1]], a1);                                      \
+                    a0 = SC_FMA((float)v[2], xr[c[2]], a0);                                      \
+                    a1 = SC_FMA((float)v[3], xr[c[3]], a1);                                      \
+                }                                                                                \
+                for (; k > 0; --k) a0 = SC_FMA((float)*v++, xr[*c++], a0);                       \
+                yr[o] = sc_act(scale[o] * (a0 + a1) + (bias ? bias[o] : 0.0f), p->act, p->alpha); \
             }                                                                                    \
         }                                                                                        \
     }                                                                                            \
@@ -191,41 +212,63 @@ static inline void sc_linear_cb(const float *x, float *y, const uint8_t *idx, co
         }                                                                                        \
     }
 
-/* ---- convolution (weight-stationary, as sc_conv.h) ------------------------------------------ */
-
-/* Applies weight wv at flat position j of output channel oc's row ([C_in/groups][kh][kw]). */
-static inline void sc_conv_q_apply(const float *in_g, float *o, float wv, int32_t j,
-                                   const sc_conv_params *p)
-{
-    const int32_t khw = p->kh * p->kw;
-    const int32_t ci = j / khw, rr = j - ci * khw;
-    const int32_t ky = rr / p->kw, kx = rr - ky * p->kw;
-    sc_conv_tap(in_g + ci * p->hin * p->win, o, wv, ky, kx, p);
-}
-
-/* Output channel oc's plane (filled with its bias) and its group's input. */
-#define SC_CONV_Q_CHANNEL                                                                         \
-    float *o = out + oc * plane_out;                                                             \
-    const float *in_g = in + (oc / cout_g) * cin_g * p->hin * p->win;                           \
-    sc_conv_fill(o, plane_out, bias ? bias[oc] : 0.0f)
+/* ---- convolution (output-stationary, as the CSR kernels of sc_conv.h) ------------------------ *
+ * Every quantized conv decodes an output channel's nonzero weights SC_CSR_CHUNK at a time into
+ * float32 values (scale[oc] * q, exactly the model's weight, or codebook[i]) and input offsets on
+ * the stack (512 B), then sc_conv_sparse_taps accumulates them into each output position in
+ * registers, 4 positions per pass (bias and activation fused). Decoding costs a few instructions
+ * per nonzero per output channel, not per MAC. */
 
 #define SC_CONV_Q_DIMS                                                                            \
     const int32_t cin_g = p->cin / p->groups, cout_g = p->cout / p->groups;                     \
-    const int32_t plane_out = p->hout * p->wout;                                                 \
-    const int32_t row_len = cin_g * p->kh * p->kw
+    const int32_t plane_in = p->hin * p->win, plane_out = p->hout * p->wout;                    \
+    const int32_t khw = p->kh * p->kw, row_len = cin_g * khw;                                   \
+    float cv[SC_CSR_CHUNK];                                                                      \
+    int32_t coff[SC_CSR_CHUNK], cty[SC_CSR_CHUNK], ctx[SC_CSR_CHUNK];                           \
+    int32_t oc, cn, cfirst;                                                                      \
+    float cb_;                                                                                   \
+    float *o;                                                                                    \
+    const float *in_g;                                                                           \
+    (void)row_len
+
+/* Output channel oc: its plane, its group's input, its bias; the chunk starts empty. */
+#define SC_CONV_Q_BEGIN                                                                           \
+    o = out + oc * plane_out;                                                                    \
+    in_g = in + (oc / cout_g) * cin_g * plane_in;                                               \
+    cb_ = bias ? bias[oc] : 0.0f;                                                                \
+    cn = 0;                                                                                      \
+    cfirst = 1
+
+/* Adds the weight wv at flat row position j ([C_in/groups][kh][kw]) to the chunk. */
+#define SC_CONV_Q_PUSH(J, WV)                                                                     \
+    do {                                                                                         \
+        const int32_t j_ = (J), ci_ = j_ / khw, r_ = j_ - ci_ * khw;                            \
+        const int32_t ky_ = r_ / p->kw, kx_ = r_ - ky_ * p->kw;                                  \
+        cv[cn] = (WV);                                                                           \
+        cty[cn] = ky_ * p->dh;                                                                   \
+        ctx[cn] = kx_ * p->dw;                                                                   \
+        coff[cn] = ci_ * plane_in + cty[cn] * p->win + ctx[cn];                                 \
+        if (++cn == SC_CSR_CHUNK) {                                                              \
+            sc_conv_sparse_taps(in_g, o, cv, coff, cty, ctx, cn, p, cb_, cfirst, 0);             \
+            cfirst = 0;                                                                          \
+            cn = 0;                                                                              \
+        }                                                                                        \
+    } while (0)
+
+/* The channel's last chunk (possibly empty): stores bias + sums, activated. */
+#define SC_CONV_Q_END sc_conv_sparse_taps(in_g, o, cv, coff, cty, ctx, cn, p, cb_, cfirst, 1)
 
 static inline void sc_conv_q8(const float *in, float *out, const int8_t *q, const float *scale,
                               const float *bias, const sc_conv_params *p)
 {
     SC_CONV_Q_DIMS;
-    int32_t oc, j;
+    int32_t j;
     for (oc = 0; oc < p->cout; ++oc) {
-        SC_CONV_Q_CHANNEL;
-        for (j = 0; j < row_len; ++j) {
-            const int32_t qv = q[oc * row_len + j];
-            if (qv) sc_conv_q_apply(in_g, o, scale[oc] * (float)qv, j, p);
-        }
-        sc_act_inplace(o, plane_out, p->act, p->alpha);
+        const int8_t *qr = q + oc * row_len;
+        SC_CONV_Q_BEGIN;
+        for (j = 0; j < row_len; ++j)
+            if (qr[j]) SC_CONV_Q_PUSH(j, scale[oc] * (float)qr[j]);
+        SC_CONV_Q_END;
     }
 }
 
@@ -233,16 +276,16 @@ static inline void sc_conv_cb(const float *in, float *out, const uint8_t *idx, c
                               int32_t bits, const float *bias, const sc_conv_params *p)
 {
     SC_CONV_Q_DIMS;
-    int32_t oc, j;
+    int32_t j;
     sc_bitreader br;
     sc_bits_init(&br, idx);
     for (oc = 0; oc < p->cout; ++oc) {
-        SC_CONV_Q_CHANNEL;
+        SC_CONV_Q_BEGIN;
         for (j = 0; j < row_len; ++j) {
             const float wv = cb[sc_bits_get(&br, bits)];
-            if (wv != 0.0f) sc_conv_q_apply(in_g, o, wv, j, p);
+            if (wv != 0.0f) SC_CONV_Q_PUSH(j, wv);
         }
-        sc_act_inplace(o, plane_out, p->act, p->alpha);
+        SC_CONV_Q_END;
     }
 }
 
@@ -254,14 +297,13 @@ static inline void sc_conv_cb(const float *in, float *out, const uint8_t *idx, c
                                                   const sc_conv_params *p)                       \
     {                                                                                            \
         SC_CONV_Q_DIMS;                                                                          \
-        int32_t oc, k;                                                                           \
-        (void)row_len;                                                                           \
+        int32_t k;                                                                               \
         for (oc = 0; oc < p->cout; ++oc) {                                                       \
             const int32_t end = (int32_t)ptr[oc + 1];                                            \
-            SC_CONV_Q_CHANNEL;                                                                   \
+            SC_CONV_Q_BEGIN;                                                                     \
             for (k = (int32_t)ptr[oc]; k < end; ++k)                                             \
-                sc_conv_q_apply(in_g, o, scale[oc] * (float)q[k], (int32_t)col[k], p);           \
-            sc_act_inplace(o, plane_out, p->act, p->alpha);                                      \
+                SC_CONV_Q_PUSH((int32_t)col[k], scale[oc] * (float)q[k]);                        \
+            SC_CONV_Q_END;                                                                       \
         }                                                                                        \
     }                                                                                            \
     static inline void sc_conv_cb_csr_##IS##_##PS(const float *in, float *out,                  \
@@ -270,16 +312,15 @@ static inline void sc_conv_cb(const float *in, float *out, const uint8_t *idx, c
                                                   const float *bias, const sc_conv_params *p)    \
     {                                                                                            \
         SC_CONV_Q_DIMS;                                                                          \
-        int32_t oc, k;                                                                           \
+        int32_t k;                                                                               \
         sc_bitreader br;                                                                         \
-        (void)row_len;                                                                           \
         sc_bits_init(&br, idx);                                                                  \
         for (oc = 0; oc < p->cout; ++oc) {                                                       \
             const int32_t end = (int32_t)ptr[oc + 1];                                            \
-            SC_CONV_Q_CHANNEL;                                                                   \
+            SC_CONV_Q_BEGIN;                                                                     \
             for (k = (int32_t)ptr[oc]; k < end; ++k)                                             \
-                sc_conv_q_apply(in_g, o, cb[sc_bits_get(&br, bits)], (int32_t)col[k], p);        \
-            sc_act_inplace(o, plane_out, p->act, p->alpha);                                      \
+                SC_CONV_Q_PUSH((int32_t)col[k], cb[sc_bits_get(&br, bits)]);                     \
+            SC_CONV_Q_END;                                                                       \
         }                                                                                        \
     }
 
@@ -291,22 +332,21 @@ static inline void sc_conv_cb(const float *in, float *out, const uint8_t *idx, c
     {                                                                                            \
         const uint32_t gmask = (1u << gap_bits) - 1u;                                            \
         SC_CONV_Q_DIMS;                                                                          \
-        int32_t oc, k;                                                                           \
+        int32_t k;                                                                               \
         sc_bitreader br;                                                                         \
-        (void)row_len;                                                                           \
         sc_bits_init(&br, stream);                                                               \
         for (oc = 0; oc < p->cout; ++oc) {                                                       \
             const int32_t n = (int32_t)ptr[oc + 1] - (int32_t)ptr[oc];                           \
             int32_t pos = 0;                                                                     \
-            SC_CONV_Q_CHANNEL;                                                                   \
+            SC_CONV_Q_BEGIN;                                                                     \
             for (k = 0; k < n; ++k) {                                                            \
                 const uint32_t f = sc_bits_get(&br, gap_bits + 8);                               \
                 const int32_t qv = sc_s8(f >> gap_bits);                                         \
                 pos += (int32_t)(f & gmask);                                                     \
-                if (qv) sc_conv_q_apply(in_g, o, scale[oc] * (float)qv, pos, p);                 \
+                if (qv) SC_CONV_Q_PUSH(pos, scale[oc] * (float)qv);                              \
                 ++pos;                                                                           \
             }                                                                                    \
-            sc_act_inplace(o, plane_out, p->act, p->alpha);                                      \
+            SC_CONV_Q_END;                                                                       \
         }                                                                                        \
     }                                                                                            \
     static inline void sc_conv_cb_rel_##PS(const float *in, float *out, const uint8_t *stream,  \
@@ -316,22 +356,21 @@ static inline void sc_conv_cb(const float *in, float *out, const uint8_t *idx, c
     {                                                                                            \
         const uint32_t gmask = (1u << gap_bits) - 1u;                                            \
         SC_CONV_Q_DIMS;                                                                          \
-        int32_t oc, k;                                                                           \
+        int32_t k;                                                                               \
         sc_bitreader br;                                                                         \
-        (void)row_len;                                                                           \
         sc_bits_init(&br, stream);                                                               \
         for (oc = 0; oc < p->cout; ++oc) {                                                       \
             const int32_t n = (int32_t)ptr[oc + 1] - (int32_t)ptr[oc];                           \
             int32_t pos = 0;                                                                     \
-            SC_CONV_Q_CHANNEL;                                                                   \
+            SC_CONV_Q_BEGIN;                                                                     \
             for (k = 0; k < n; ++k) {                                                            \
                 const uint32_t f = sc_bits_get(&br, gap_bits + bits);                            \
                 const float wv = cb[f >> gap_bits];                                              \
                 pos += (int32_t)(f & gmask);                                                     \
-                if (wv != 0.0f) sc_conv_q_apply(in_g, o, wv, pos, p);                            \
+                if (wv != 0.0f) SC_CONV_Q_PUSH(pos, wv);                                         \
                 ++pos;                                                                           \
             }                                                                                    \
-            sc_act_inplace(o, plane_out, p->act, p->alpha);                                      \
+            SC_CONV_Q_END;                                                                       \
         }                                                                                        \
     }
 
