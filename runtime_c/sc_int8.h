@@ -201,12 +201,13 @@ static inline void sc_i8_linear_q8(const int8_t *x, int8_t *y, const int8_t *q, 
     int32_t r, o, i;
 #if SC_INT8_DSP
     /* 4 output rows per pass share the input loads: per 4 inputs 5 loads, 10 SXTB16, 8 SMLAD (16 MACs) */
-    const int32_t in = p->in, n4 = p->in & ~3;
+    const int32_t in = p->in, n4 = p->in & ~3, out4 = p->out & ~3;
     for (r = 0; r < p->rows; ++r) {
         const int8_t *xr = x + r * in;
         int8_t *yr = y + r * p->out;
-        for (o = 0; o + 4 <= p->out; o += 4) {
-            const int8_t *w0 = q + o * in, *w1 = w0 + in, *w2 = w1 + in, *w3 = w2 + in;
+        const int8_t *w = q; /* row o of the weights (walked, not o * in: gcc 12 then warns of overflow) */
+        for (o = 0; o < out4; o += 4, w += 4 * in) {
+            const int8_t *w0 = w, *w1 = w0 + in, *w2 = w1 + in, *w3 = w2 + in;
             int32_t a0 = bias ? bias[o] : 0, a1 = bias ? bias[o + 1] : 0;
             int32_t a2 = bias ? bias[o + 2] : 0, a3 = bias ? bias[o + 3] : 0;
             /* one index counting up to 0 from -n4 walks all 5 rows: no end pointer, 14 registers */
@@ -240,8 +241,8 @@ static inline void sc_i8_linear_q8(const int8_t *x, int8_t *y, const int8_t *q, 
             yr[o + 2] = sc_i8_requant(a2, mult[o + 2], shift[o + 2], p->out_zp, p->act_min, p->act_max);
             yr[o + 3] = sc_i8_requant(a3, mult[o + 3], shift[o + 3], p->out_zp, p->act_min, p->act_max);
         }
-        for (; o < p->out; ++o) {
-            const int32_t acc = sc_i8_dot_dsp(q + o * in, xr, in, bias ? bias[o] : 0);
+        for (o = out4; o < p->out; ++o, w += in) {
+            const int32_t acc = sc_i8_dot_dsp(w, xr, in, bias ? bias[o] : 0);
             SC_I8_LINEAR_OUT;
         }
     }
@@ -358,9 +359,63 @@ static inline void sc_i8_tap_range(int32_t base, int32_t d, int32_t n, int32_t k
     if (*hi > k) *hi = k;
 }
 
+/* Depthwise (groups == cin == cout): per channel the accumulator of a window fully inside the input
+ * starts at bias - in_zp * sum(q) and adds q * x over the taps with walking pointers (no clipping, no
+ * division); border windows clip their tap ranges once per output row (ky) and position (kx). */
+static inline void sc_i8_conv_q8_dw(const int8_t *in, int8_t *out, const int8_t *q, const int32_t *bias,
+                                    const int32_t *mult, const int8_t *shift, const sc_i8_conv_params *p)
+{
+    const int32_t kh = p->kh, kw = p->kw, dh = p->dh, dw = p->dw, hin = p->hin, win = p->win;
+    const int32_t khw = kh * kw, zp = p->in_zp, row_skip = dh * win - kw * dw;
+    int32_t c, oy, ox, ky, kx, j;
+    for (c = 0; c < p->cout; ++c) {
+        const int8_t *const in_c = in + c * hin * win, *const wc = q + c * khw;
+        const int32_t b = bias ? bias[c] : 0, m = mult[c], sh = shift[c];
+        int32_t qsum = 0, b_in;
+        for (j = 0; j < khw; ++j) qsum += wc[j];
+        b_in = b - zp * qsum;
+        for (oy = 0; oy < p->hout; ++oy) {
+            const int32_t iy0 = oy * p->sh - p->ph;
+            int32_t ky0, ky1;
+            sc_i8_tap_range(iy0, dh, hin, kh, &ky0, &ky1);
+            for (ox = 0; ox < p->wout; ++ox) {
+                const int32_t ix0 = ox * p->sw - p->pw;
+                int32_t acc;
+                if (ky0 == 0 && ky1 == kh && ix0 >= 0 && ix0 + (kw - 1) * dw < win) {
+                    const int8_t *w = wc;
+                    int32_t xo = iy0 * win + ix0;
+                    acc = b_in;
+                    if (kw == 3) { /* the common 3-wide kernel: one row per iteration */
+                        for (ky = 0; ky < kh; ++ky, w += 3, xo += dh * win)
+                            acc += (int32_t)w[0] * in_c[xo] + (int32_t)w[1] * in_c[xo + dw] + (int32_t)w[2] * in_c[xo + 2 * dw];
+                    } else {
+                        for (ky = 0; ky < kh; ++ky, xo += row_skip)
+                            for (kx = 0; kx < kw; ++kx, xo += dw) acc += (int32_t)*w++ * (int32_t)in_c[xo];
+                    }
+                } else {
+                    int32_t kx0, kx1;
+                    sc_i8_tap_range(ix0, dw, win, kw, &kx0, &kx1);
+                    acc = b;
+                    for (ky = ky0; ky < ky1; ++ky) {
+                        const int32_t r = (iy0 + ky * dh) * win + ix0; /* + kx * dw >= 0 for kx >= kx0 */
+                        for (kx = kx0; kx < kx1; ++kx)
+                            acc += (int32_t)wc[ky * kw + kx] * ((int32_t)in_c[r + kx * dw] - zp);
+                    }
+                }
+                *out++ = sc_i8_requant(acc, m, sh, p->out_zp, p->act_min, p->act_max);
+            }
+        }
+    }
+}
+
 static inline void sc_i8_conv_q8(const int8_t *in, int8_t *out, const int8_t *q, const int32_t *bias,
                                  const int32_t *mult, const int8_t *shift, const sc_i8_conv_params *p)
 {
+    if (p->groups == p->cin && p->cout == p->cin) {
+        sc_i8_conv_q8_dw(in, out, q, bias, mult, shift, p);
+        return;
+    }
+    {
     SC_I8_CONV_BEGIN
     {
         const int8_t *wr = q + oc * row_len;
@@ -378,6 +433,7 @@ static inline void sc_i8_conv_q8(const int8_t *in, int8_t *out, const int8_t *q,
         }
     }
     SC_I8_CONV_END
+    }
 }
 
 #if SC_INT8_DSP
@@ -428,15 +484,23 @@ static inline void sc_i8_im2col2_inner(const int8_t *src, unsigned char *col, co
     const int32_t row_step = p->dh * p->win, plane = p->hin * p->win;
     unsigned char *const colb = col + 4;
     int32_t ci, ky, j = 0;
+    if (kh == 1 && kw == 1) { /* 1x1: one tap per input channel */
+        for (ci = 0; ci < cin; ++ci) {
+            const int32_t k = SC_I8_COLB(ci), o = ci * plane;
+            col[k] = (unsigned char)src[o];
+            colb[k] = (unsigned char)src[o + sw];
+        }
+        return;
+    }
     for (ci = 0; ci < cin; ++ci) {
-        const int8_t *r = src + ci * plane;
+        int32_t r = ci * plane; /* offsets, not pointers: nothing points past the input */
         for (ky = 0; ky < kh; ++ky, r += row_step) {
-            const int8_t *s = r;
             const int32_t end = j + kw;
-            for (; j < end; ++j, s += dw) {
+            int32_t o = r;
+            for (; j < end; ++j, o += dw) {
                 const int32_t k = SC_I8_COLB(j);
-                col[k] = (unsigned char)s[0];
-                colb[k] = (unsigned char)s[sw];
+                col[k] = (unsigned char)src[o];
+                colb[k] = (unsigned char)src[o + sw];
             }
         }
     }

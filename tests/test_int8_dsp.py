@@ -47,6 +47,9 @@ CASES = {
     # grouped and depthwise convs keep the plain kernel in both builds
     "conv_groups_depthwise": (lambda: _seq(nn.Conv2d(4, 4, 3, groups=4, padding=1), nn.Conv2d(4, 6, 3, groups=2)),
                               (1, 4, 6, 6)),  # fmt: skip
+    # depthwise (plain sc_i8_conv_q8_dw in both builds): 3-wide rows with stride and dilation, then 5x5
+    "depthwise_stride_dil": (lambda: _seq(nn.Conv2d(3, 3, 3, groups=3, stride=2, padding=2, dilation=(1, 2)), nn.ReLU(),
+                                          nn.Conv2d(3, 3, 5, groups=3, padding=(2, 1))), (1, 3, 11, 12)),  # fmt: skip
     # in % 4 == 1, out = 7 (one 4-row pass + 3 single rows), 3 rows
     "linear_odd": (lambda: _seq(nn.Linear(13, 7), nn.ReLU()), (1, 3, 13)),
     # in < 4 (no pair at all), out % 4 == 1; then in % 4 == 0
@@ -76,7 +79,7 @@ def test_pair_kernels_bit_exact_on_host(name, tmp_path):
     """-DSC_INT8_DSP=1 (pair kernels, portable helpers) and =0 (plain kernels) both equal the reference."""
     d = _check(name, tmp_path, [DSP, PLAIN])
     src = (d / "model.c").read_text()
-    convs_g1 = name.startswith("conv") and name != "conv_groups_depthwise"
+    convs_g1 = name.startswith("conv") and name != "conv_groups_depthwise"  # groups == 1 convs only
     assert ("sc_i8_conv_q8_dsp(" in src) == convs_g1
     if convs_g1:
         assert "#if SC_INT8_DSP" in src and "uint32_t col[" in src
@@ -86,7 +89,7 @@ def test_pair_kernels_clean_under_asan_ubsan(tmp_path):
     from helpers import SANITIZE_FLAGS, require_sanitizer
 
     require_sanitizer()
-    for name in ("conv_cin1_odd_kw", "conv_dilation", "conv_interior_nobias", "linear_odd"):
+    for name in ("conv_cin1_odd_kw", "conv_dilation", "conv_interior_nobias", "depthwise_stride_dil", "linear_odd"):
         _check(name, tmp_path / name, [DSP + SANITIZE_FLAGS], n=4)
 
 
@@ -133,7 +136,8 @@ def test_portable_dsp_helpers_match_their_definition(tmp_path):
 def _board_net():
     torch.manual_seed(11)
     return _seq(nn.Conv2d(1, 6, 3, padding=1), nn.ReLU(), nn.Conv2d(6, 5, (3, 2), stride=(1, 2)), nn.ReLU(),
-                nn.Conv2d(5, 8, 1), nn.ReLU(), nn.Flatten(), nn.LazyLinear(7), nn.ReLU(), nn.Linear(7, 5))  # fmt: skip
+                nn.Conv2d(5, 8, 1), nn.ReLU(), nn.Flatten(), nn.LazyLinear(12), nn.ReLU(), nn.Linear(12, 7),
+                nn.Linear(7, 5))  # fmt: skip
 
 
 def _disassembly(elf: Path) -> str:
