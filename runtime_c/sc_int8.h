@@ -1,7 +1,7 @@
 /*
  * sparsecomp runtime — fully integer inference (int8 activations, int8 weights, int32
  * accumulation, fixed-point requantization). No float at run time: every kernel here uses
- * int32 arithmetic plus one 32x32->64-bit multiply (SMULL on Cortex-M3/M4).
+ * int32 arithmetic plus one 32x32->64-bit multiply-accumulate (SMLAL on Cortex-M3/M4).
  *
  * Quantization (codegen/integer.py computes every constant at generation time):
  *   activation  real = scale * (q - zero_point), q int8, one scale/zero point per tensor
