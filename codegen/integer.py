@@ -66,6 +66,8 @@ log = logging.getLogger(__name__)
 INT32_MIN, INT32_MAX = -(2**31), 2**31 - 1
 ADD_LEFT_SHIFT = 20  # headroom of the int8 add (TFLite uses 20 for int8)
 RUNTIME = ("sc_int8.h",)
+# largest stack scratch of the SMLAD conv kernel (column + start values); larger convs use the plain kernel
+DSP_SCRATCH_MAX_BYTES = 8192
 # weight encodings each representation may use in integer mode (the smallest wins)
 INTEGER_ENCODINGS = {
     "dense": ("int8",),
@@ -591,6 +593,17 @@ def _encode_q(q: np.ndarray, base: str, representation: str, layer: str) -> Enco
     return enc
 
 
+def dsp_column_words(op: ir.Op, weight_kernel: str) -> int:
+    """uint32 words of the column buffer of the SMLAD conv kernel (``sc_i8_conv_q8_dsp``, compiled when
+    the C is built with SC_INT8_DSP): 2 output positions x row_len int8 rounded up to 4. The kernel's
+    stack scratch is this column plus cout int32 start values. 0 where that kernel is not used:
+    grouped/depthwise convs, sparse weights, or scratch above ``DSP_SCRATCH_MAX_BYTES``."""
+    if not isinstance(op, ir.Conv2d) or op.groups != 1 or weight_kernel != "q8":
+        return 0
+    words = (op.in_shape[0] * op.kernel[0] * op.kernel[1] + 3) // 4 * 2
+    return words if 4 * (words + op.out_shape[0]) <= DSP_SCRATCH_MAX_BYTES else 0
+
+
 def _bias_and_multipliers(op: ir.Op, q: np.ndarray, w_scale: np.ndarray, qin: QParams, qout: QParams
                           ) -> tuple[np.ndarray | None, np.ndarray, np.ndarray]:  # fmt: skip
     rows = q.shape[0]
@@ -641,6 +654,8 @@ def _quantize_ops(g: ir.Graph, qp: dict[str, QParams], representation: str, pref
             int_array("shift", "_sh", "int8_t", shift)
             lo, hi = _act_bounds(op.act, qout, f"'{op.source}'")
             qo.scalars.update(in_zp=qin.zero_point, out_zp=qout.zero_point, act_min=lo, act_max=hi)
+            if kind == "conv":
+                qo.scalars["dsp_col"] = dsp_column_words(op, enc["weight"].kernel)
         elif kind in ("maxpool", "avgpool", "pad", "copy"):
             qo.scalars["zp"] = qin.zero_point
             if kind == "pad":

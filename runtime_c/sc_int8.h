@@ -1,7 +1,7 @@
 /*
  * sparsecomp runtime — fully integer inference (int8 activations, int8 weights, int32
  * accumulation, fixed-point requantization). No float at run time: every kernel here uses
- * int32 arithmetic plus one 32x32->64-bit multiply (SMULL on Cortex-M3/M4).
+ * int32 arithmetic plus one 32x32->64-bit multiply-accumulate (SMLAL on Cortex-M3/M4).
  *
  * Quantization (codegen/integer.py computes every constant at generation time):
  *   activation  real = scale * (q - zero_point), q int8, one scale/zero point per tensor
@@ -20,18 +20,86 @@
 #ifndef SC_INT8_H
 #define SC_INT8_H
 
+#include <string.h>
+
 #include "sc_runtime.h"
+
+/* ---- DSP pair arithmetic ----------------------------------------------------------------------
+ * SC_INT8_DSP selects the dense linear and conv (groups == 1) kernels that multiply int8 pairs with
+ * SMLAD (two 16x16 products + accumulate in one instruction): 4 int8 are loaded with one 32-bit
+ * load, SXTB16 sign-extends bytes 0 and 2 into two halfwords and SXTB16 ROR #8 bytes 1 and 3.
+ * Default: 1 where the target has the DSP extension (__ARM_FEATURE_DSP: Cortex-M4/M7/M33/M55),
+ * 0 elsewhere (Cortex-M0/M3, host) where the plain kernels run. Override with -DSC_INT8_DSP=0/1:
+ * without the DSP extension the helpers below are exact portable C, so the same pair kernels run
+ * (and are tested, under ASan/UBSan too) on the host. They assume little-endian byte order. */
+#ifndef SC_INT8_DSP
+#if defined(__ARM_FEATURE_DSP) && __ARM_FEATURE_DSP
+#define SC_INT8_DSP 1
+#else
+#define SC_INT8_DSP 0
+#endif
+#endif
+
+#if SC_INT8_DSP && defined(__BYTE_ORDER__) && defined(__ORDER_LITTLE_ENDIAN__)
+#if __BYTE_ORDER__ != __ORDER_LITTLE_ENDIAN__
+#error "the SC_INT8_DSP pair kernels assume little-endian byte order; build with -DSC_INT8_DSP=0"
+#endif
+#endif
+
+#if defined(__ARM_FEATURE_DSP) && __ARM_FEATURE_DSP
+#include <arm_acle.h>
+/* (b2, b0) of x as two sign-extended halfwords */
+static inline uint32_t sc_sxtb16(uint32_t x) { return (uint32_t)__sxtb16((int32_t)x); }
+/* (b3, b1) of x: SXTB16 with ROR #8 (one instruction; gcc 12 does not fold a rotate into __sxtb16) */
+#if defined(__GNUC__)
+static inline uint32_t sc_sxtb16_ror8(uint32_t x)
+{
+    uint32_t r;
+    __asm__("sxtb16 %0, %1, ror #8" : "=r"(r) : "r"(x));
+    return r;
+}
+#else
+static inline uint32_t sc_sxtb16_ror8(uint32_t x) { return (uint32_t)__sxtb16((int32_t)((x >> 8) | (x << 24))); }
+#endif
+/* acc + lo(a) * lo(b) + hi(a) * hi(b), signed halfwords */
+static inline int32_t sc_smlad(uint32_t a, uint32_t b, int32_t acc) { return __smlad((int32_t)a, (int32_t)b, acc); }
+#else
+static inline int32_t sc_s16lo(uint32_t x) { return (int32_t)((x & 0xFFFFu) ^ 0x8000u) - 0x8000; }
+static inline int32_t sc_s16hi(uint32_t x) { return (int32_t)((x >> 16) ^ 0x8000u) - 0x8000; }
+static inline uint32_t sc_sxtb16(uint32_t x)
+{
+    const uint32_t lo = ((x & 0xFFu) ^ 0x80u) - 0x80u; /* sign-extended modulo 2^32 */
+    const uint32_t hi = (((x >> 16) & 0xFFu) ^ 0x80u) - 0x80u;
+    return (lo & 0xFFFFu) | (hi << 16);
+}
+static inline uint32_t sc_sxtb16_ror8(uint32_t x) { return sc_sxtb16((x >> 8) | (x << 24)); }
+static inline int32_t sc_smlad(uint32_t a, uint32_t b, int32_t acc)
+{
+    return acc + sc_s16lo(a) * sc_s16lo(b) + sc_s16hi(a) * sc_s16hi(b);
+}
+#endif
+
+/* 4 bytes from any address (one LDR on the M4, which allows unaligned word loads; no aliasing). */
+static inline uint32_t sc_ld32(const void *p)
+{
+    uint32_t v;
+    memcpy(&v, p, sizeof v);
+    return v;
+}
 
 /* ---- fixed-point primitives ----------------------------------------------------------------- */
 
-/* round(a * b / 2^31), ties away from zero; saturates the single overflow case. */
+/* TFLite's SaturatingRoundingDoublingHighMul: (a * b + nudge) / 2^31 truncated toward zero, nudge
+ * 2^30 when a * b >= 0 and 1 - 2^30 otherwise; saturates the single overflow case. For both signs that
+ * equals floor((a * b + 2^30) / 2^31) (for ab < 0: trunc(v / 2^31) = floor((v + 2^31 - 1) / 2^31) with
+ * v = ab + 1 - 2^30), one SMLAL and a shift on the M4. The floor is written without shifting a negative
+ * value (implementation-defined in C): ~(~v >> 31) == floor(v / 2^31) for v < 0. */
 static inline int32_t sc_i8_srdhm(int32_t a, int32_t b)
 {
-    int64_t ab, v;
+    int64_t v;
     if (a == b && a == INT32_MIN) return INT32_MAX;
-    ab = (int64_t)a * (int64_t)b;
-    v = ab + (ab >= 0 ? ((int64_t)1 << 30) : (1 - ((int64_t)1 << 30)));
-    return (int32_t)(v >= 0 ? (v >> 31) : -((-v) >> 31)); /* division truncating toward zero */
+    v = (int64_t)a * (int64_t)b + ((int64_t)1 << 30);
+    return (int32_t)(v >= 0 ? (v >> 31) : ~(~v >> 31));
 }
 
 /* x / 2^e rounded to nearest, ties away from zero (e in 0..31). */
@@ -107,10 +175,79 @@ typedef struct {
 #define SC_I8_LINEAR_OUT                                                                          \
     yr[o] = sc_i8_clamp(sc_i8_mbqm(acc, mult[o], shift[o]) + p->out_zp, p->act_min, p->act_max)
 
+static inline int8_t sc_i8_requant(int32_t acc, int32_t mult, int32_t shift, int32_t zp, int32_t lo, int32_t hi)
+{
+    return sc_i8_clamp(sc_i8_mbqm(acc, mult, shift) + zp, lo, hi);
+}
+
+#if SC_INT8_DSP
+/* acc + sum_i w[i] * x[i] over n values, 4 per SMLAD pair (bytes 0/2 and 1/3 of both sides match). */
+static inline int32_t sc_i8_dot_dsp(const int8_t *w, const int8_t *x, int32_t n, int32_t acc)
+{
+    int32_t i;
+    for (i = 0; i + 4 <= n; i += 4) {
+        const uint32_t xv = sc_ld32(x + i), wv = sc_ld32(w + i);
+        acc = sc_smlad(sc_sxtb16(wv), sc_sxtb16(xv), acc);
+        acc = sc_smlad(sc_sxtb16_ror8(wv), sc_sxtb16_ror8(xv), acc);
+    }
+    for (; i < n; ++i) acc += (int32_t)w[i] * (int32_t)x[i];
+    return acc;
+}
+#endif
+
 static inline void sc_i8_linear_q8(const int8_t *x, int8_t *y, const int8_t *q, const int32_t *bias,
                                    const int32_t *mult, const int8_t *shift, const sc_i8_linear_params *p)
 {
     int32_t r, o, i;
+#if SC_INT8_DSP
+    /* 4 output rows per pass share the input loads: per 4 inputs 5 loads, 10 SXTB16, 8 SMLAD (16 MACs) */
+    const int32_t in = p->in, n4 = p->in & ~3, out4 = p->out & ~3;
+    for (r = 0; r < p->rows; ++r) {
+        const int8_t *xr = x + r * in;
+        int8_t *yr = y + r * p->out;
+        const int8_t *w = q; /* row o of the weights (walked, not o * in: gcc 12 then warns of overflow) */
+        for (o = 0; o < out4; o += 4, w += 4 * in) {
+            const int8_t *w0 = w, *w1 = w0 + in, *w2 = w1 + in, *w3 = w2 + in;
+            int32_t a0 = bias ? bias[o] : 0, a1 = bias ? bias[o + 1] : 0;
+            int32_t a2 = bias ? bias[o + 2] : 0, a3 = bias ? bias[o + 3] : 0;
+            /* one index counting up to 0 from -n4 walks all 5 rows: no end pointer, 14 registers */
+            const int8_t *const xe = xr + n4, *const e0 = w0 + n4, *const e1 = w1 + n4;
+            const int8_t *const e2 = w2 + n4, *const e3 = w3 + n4;
+            for (i = -n4; i != 0; i += 4) {
+                const uint32_t xv = sc_ld32(xe + i);
+                const uint32_t xa = sc_sxtb16(xv), xb = sc_sxtb16_ror8(xv);
+                uint32_t wv = sc_ld32(e0 + i);
+                a0 = sc_smlad(sc_sxtb16(wv), xa, a0);
+                a0 = sc_smlad(sc_sxtb16_ror8(wv), xb, a0);
+                wv = sc_ld32(e1 + i);
+                a1 = sc_smlad(sc_sxtb16(wv), xa, a1);
+                a1 = sc_smlad(sc_sxtb16_ror8(wv), xb, a1);
+                wv = sc_ld32(e2 + i);
+                a2 = sc_smlad(sc_sxtb16(wv), xa, a2);
+                a2 = sc_smlad(sc_sxtb16_ror8(wv), xb, a2);
+                wv = sc_ld32(e3 + i);
+                a3 = sc_smlad(sc_sxtb16(wv), xa, a3);
+                a3 = sc_smlad(sc_sxtb16_ror8(wv), xb, a3);
+            }
+            for (i = n4; i < in; ++i) {
+                const int32_t xv = xr[i];
+                a0 += (int32_t)w0[i] * xv;
+                a1 += (int32_t)w1[i] * xv;
+                a2 += (int32_t)w2[i] * xv;
+                a3 += (int32_t)w3[i] * xv;
+            }
+            yr[o] = sc_i8_requant(a0, mult[o], shift[o], p->out_zp, p->act_min, p->act_max);
+            yr[o + 1] = sc_i8_requant(a1, mult[o + 1], shift[o + 1], p->out_zp, p->act_min, p->act_max);
+            yr[o + 2] = sc_i8_requant(a2, mult[o + 2], shift[o + 2], p->out_zp, p->act_min, p->act_max);
+            yr[o + 3] = sc_i8_requant(a3, mult[o + 3], shift[o + 3], p->out_zp, p->act_min, p->act_max);
+        }
+        for (o = out4; o < p->out; ++o, w += in) {
+            const int32_t acc = sc_i8_dot_dsp(w, xr, in, bias ? bias[o] : 0);
+            SC_I8_LINEAR_OUT;
+        }
+    }
+    (void)i;
+#else
     for (r = 0; r < p->rows; ++r) {
         const int8_t *xr = x + r * p->in;
         const int8_t *wr = q;
@@ -122,6 +259,7 @@ static inline void sc_i8_linear_q8(const int8_t *x, int8_t *y, const int8_t *q, 
             SC_I8_LINEAR_OUT;
         }
     }
+#endif
 }
 
 #define SC_I8_DEFINE_LINEAR_CSR(IS, PS, IT, PT)                                                   \
@@ -221,9 +359,63 @@ static inline void sc_i8_tap_range(int32_t base, int32_t d, int32_t n, int32_t k
     if (*hi > k) *hi = k;
 }
 
+/* Depthwise (groups == cin == cout): per channel the accumulator of a window fully inside the input
+ * starts at bias - in_zp * sum(q) and adds q * x over the taps with walking pointers (no clipping, no
+ * division); border windows clip their tap ranges once per output row (ky) and position (kx). */
+static inline void sc_i8_conv_q8_dw(const int8_t *in, int8_t *out, const int8_t *q, const int32_t *bias,
+                                    const int32_t *mult, const int8_t *shift, const sc_i8_conv_params *p)
+{
+    const int32_t kh = p->kh, kw = p->kw, dh = p->dh, dw = p->dw, hin = p->hin, win = p->win;
+    const int32_t khw = kh * kw, zp = p->in_zp, row_skip = dh * win - kw * dw;
+    int32_t c, oy, ox, ky, kx, j;
+    for (c = 0; c < p->cout; ++c) {
+        const int8_t *const in_c = in + c * hin * win, *const wc = q + c * khw;
+        const int32_t b = bias ? bias[c] : 0, m = mult[c], sh = shift[c];
+        int32_t qsum = 0, b_in;
+        for (j = 0; j < khw; ++j) qsum += wc[j];
+        b_in = b - zp * qsum;
+        for (oy = 0; oy < p->hout; ++oy) {
+            const int32_t iy0 = oy * p->sh - p->ph;
+            int32_t ky0, ky1;
+            sc_i8_tap_range(iy0, dh, hin, kh, &ky0, &ky1);
+            for (ox = 0; ox < p->wout; ++ox) {
+                const int32_t ix0 = ox * p->sw - p->pw;
+                int32_t acc;
+                if (ky0 == 0 && ky1 == kh && ix0 >= 0 && ix0 + (kw - 1) * dw < win) {
+                    const int8_t *w = wc;
+                    int32_t xo = iy0 * win + ix0;
+                    acc = b_in;
+                    if (kw == 3) { /* the common 3-wide kernel: one row per iteration */
+                        for (ky = 0; ky < kh; ++ky, w += 3, xo += dh * win)
+                            acc += (int32_t)w[0] * in_c[xo] + (int32_t)w[1] * in_c[xo + dw] + (int32_t)w[2] * in_c[xo + 2 * dw];
+                    } else {
+                        for (ky = 0; ky < kh; ++ky, xo += row_skip)
+                            for (kx = 0; kx < kw; ++kx, xo += dw) acc += (int32_t)*w++ * (int32_t)in_c[xo];
+                    }
+                } else {
+                    int32_t kx0, kx1;
+                    sc_i8_tap_range(ix0, dw, win, kw, &kx0, &kx1);
+                    acc = b;
+                    for (ky = ky0; ky < ky1; ++ky) {
+                        const int32_t r = (iy0 + ky * dh) * win + ix0; /* + kx * dw >= 0 for kx >= kx0 */
+                        for (kx = kx0; kx < kx1; ++kx)
+                            acc += (int32_t)wc[ky * kw + kx] * ((int32_t)in_c[r + kx * dw] - zp);
+                    }
+                }
+                *out++ = sc_i8_requant(acc, m, sh, p->out_zp, p->act_min, p->act_max);
+            }
+        }
+    }
+}
+
 static inline void sc_i8_conv_q8(const int8_t *in, int8_t *out, const int8_t *q, const int32_t *bias,
                                  const int32_t *mult, const int8_t *shift, const sc_i8_conv_params *p)
 {
+    if (p->groups == p->cin && p->cout == p->cin) {
+        sc_i8_conv_q8_dw(in, out, q, bias, mult, shift, p);
+        return;
+    }
+    {
     SC_I8_CONV_BEGIN
     {
         const int8_t *wr = q + oc * row_len;
@@ -241,7 +433,164 @@ static inline void sc_i8_conv_q8(const int8_t *in, int8_t *out, const int8_t *q,
         }
     }
     SC_I8_CONV_END
+    }
 }
+
+#if SC_INT8_DSP
+/* Scratch of the SMLAD conv (sc_i8_conv_q8_dsp), declared by the op template with sizes known at
+ * generation time: acc0[cout] int32 (bias - in_zp * sum of the channel's weights) and the column of 2
+ * output positions A and B, raw int8 inputs with padded taps = in_zp, interleaved per 4 taps
+ * (A t0..t3, B t0..t3): row_len rounded up to 4, times 2 bytes, as uint32 words. */
+#define SC_I8_COLB(j) ((j) + ((j) & ~3)) /* byte of tap j of position A (B: + 4) */
+
+/* The window of one output position (its taps j at byte SC_I8_COLB(j) of `col`). The parameters are
+ * copied to locals first: the byte stores may alias *p, which would reload them every tap. */
+static inline void sc_i8_im2col(const int8_t *in, unsigned char *col, int32_t iy0, int32_t ix0,
+                                const sc_i8_conv_params *p)
+{
+    const unsigned char zp = (unsigned char)p->in_zp;
+    const int32_t cin = p->cin, kh = p->kh, kw = p->kw, dh = p->dh, dw = p->dw, win = p->win;
+    const int32_t plane = p->hin * win;
+    int32_t ci, ky, j = 0, ky0, ky1, kx0, kx1;
+    sc_i8_tap_range(iy0, dh, p->hin, kh, &ky0, &ky1);
+    sc_i8_tap_range(ix0, dw, win, kw, &kx0, &kx1);
+    if (kx0 > kw) kx0 = kw;
+    if (kx1 < kx0) kx1 = kx0;
+    for (ci = 0; ci < cin; ++ci) {
+        const int8_t *in_c = in + ci * plane;
+        for (ky = 0; ky < kh; ++ky) {
+            const int32_t end = j + kw;
+            if (ky < ky0 || ky >= ky1) {
+                for (; j < end; ++j) col[SC_I8_COLB(j)] = zp;
+            } else {
+                const int8_t *src = in_c + (iy0 + ky * dh) * win + ix0 + kx0 * dw;
+                const int32_t a = j + kx0, b = j + kx1;
+                for (; j < a; ++j) col[SC_I8_COLB(j)] = zp;
+                if (dw == 1)
+                    for (; j < b; ++j) col[SC_I8_COLB(j)] = (unsigned char)*src++;
+                else
+                    for (; j < b; ++j, src += dw) col[SC_I8_COLB(j)] = (unsigned char)*src;
+                for (; j < end; ++j) col[SC_I8_COLB(j)] = zp;
+            }
+        }
+    }
+}
+
+/* Both windows of the pair at once when they are fully inside the input and B is A shifted by one
+ * stride along x (the common case): one pointer walks the taps of A, B's are `sw` further. */
+static inline void sc_i8_im2col2_inner(const int8_t *src, unsigned char *col, const sc_i8_conv_params *p)
+{
+    const int32_t cin = p->cin, kh = p->kh, kw = p->kw, dw = p->dw, sw = p->sw;
+    const int32_t row_step = p->dh * p->win, plane = p->hin * p->win;
+    unsigned char *const colb = col + 4;
+    int32_t ci, ky, j = 0;
+    if (kh == 1 && kw == 1) { /* 1x1: one tap per input channel */
+        for (ci = 0; ci < cin; ++ci) {
+            const int32_t k = SC_I8_COLB(ci), o = ci * plane;
+            col[k] = (unsigned char)src[o];
+            colb[k] = (unsigned char)src[o + sw];
+        }
+        return;
+    }
+    for (ci = 0; ci < cin; ++ci) {
+        int32_t r = ci * plane; /* offsets, not pointers: nothing points past the input */
+        for (ky = 0; ky < kh; ++ky, r += row_step) {
+            const int32_t end = j + kw;
+            int32_t o = r;
+            for (; j < end; ++j, o += dw) {
+                const int32_t k = SC_I8_COLB(j);
+                col[k] = (unsigned char)src[o];
+                colb[k] = (unsigned char)src[o + sw];
+            }
+        }
+    }
+}
+
+/* Dense conv, groups == 1, SMLAD pairs. Per output channel the accumulator starts at bias - in_zp *
+ * sum(q) (acc0, computed once per call); the windows of 2 output positions are copied to the column
+ * with padded taps = in_zp, so acc0 + sum q * x over all taps is exactly bias + sum q * (x - in_zp) over
+ * the in-bounds taps. Then 2 output channels x 2 positions per pass: per 4 taps 2 weight loads, one
+ * LDRD of the column, 8 SXTB16 and 8 SMLAD for 16 MACs (bytes 0/2 and 1/3 of both sides pair up, so the
+ * weights are not reordered). An odd last channel or position is computed twice and written once. */
+static inline void sc_i8_conv_q8_dsp(const int8_t *in, int8_t *out, const int8_t *q, const int32_t *bias,
+                                     const int32_t *mult, const int8_t *shift, int32_t *acc0, uint32_t *col,
+                                     const sc_i8_conv_params *p)
+{
+    const int32_t row_len = p->cin * p->kh * p->kw, n4 = row_len & ~3;
+    const int32_t npos = p->hout * p->wout;
+    unsigned char *const colb = (unsigned char *)col;
+    int32_t pos, oc, j;
+    for (oc = 0; oc < p->cout; ++oc) {
+        const int8_t *w = q + oc * row_len;
+        int32_t s = 0;
+        for (j = 0; j < n4; j += 4) {
+            const uint32_t v = sc_ld32(w + j);
+            s = sc_smlad(sc_sxtb16(v), 0x00010001u, s);
+            s = sc_smlad(sc_sxtb16_ror8(v), 0x00010001u, s);
+        }
+        for (; j < row_len; ++j) s += w[j];
+        acc0[oc] = (bias ? bias[oc] : 0) - p->in_zp * s;
+    }
+    for (pos = 0; pos < npos; pos += 2) {
+        const int32_t two = pos + 1 < npos;
+        int32_t oy = pos / p->wout, ox = pos - oy * p->wout;
+        const int32_t iy0 = oy * p->sh - p->ph, ix0 = ox * p->sw - p->pw;
+        if (two && ox + 1 < p->wout && iy0 >= 0 && iy0 + (p->kh - 1) * p->dh < p->hin && ix0 >= 0 &&
+            ix0 + p->sw + (p->kw - 1) * p->dw < p->win) {
+            sc_i8_im2col2_inner(in + iy0 * p->win + ix0, colb, p);
+        } else {
+            sc_i8_im2col(in, colb, iy0, ix0, p);
+            if (two && ++ox == p->wout) {
+                ox = 0;
+                ++oy;
+            }
+            sc_i8_im2col(in, colb + 4, oy * p->sh - p->ph, ox * p->sw - p->pw, p);
+        }
+        for (oc = 0; oc < p->cout; oc += 2) {
+            const int32_t two_oc = oc + 1 < p->cout;
+            const int8_t *wa = q + oc * row_len, *wb = two_oc ? wa + row_len : wa;
+            const int8_t *const wend = wa + n4;
+            const uint32_t *c = col;
+            int32_t a00 = acc0[oc], a10 = acc0[two_oc ? oc + 1 : oc], a01 = a00, a11 = a10;
+            int8_t *const o0 = out + oc * npos + pos;
+            while (wa < wend) {
+                const uint32_t xa = c[0], xb = c[1];
+                const uint32_t xal = sc_sxtb16(xa), xah = sc_sxtb16_ror8(xa);
+                const uint32_t xbl = sc_sxtb16(xb), xbh = sc_sxtb16_ror8(xb);
+                uint32_t v = sc_ld32(wa), wl = sc_sxtb16(v), wh = sc_sxtb16_ror8(v);
+                a00 = sc_smlad(wl, xal, a00);
+                a00 = sc_smlad(wh, xah, a00);
+                a01 = sc_smlad(wl, xbl, a01);
+                a01 = sc_smlad(wh, xbh, a01);
+                v = sc_ld32(wb);
+                wl = sc_sxtb16(v);
+                wh = sc_sxtb16_ror8(v);
+                a10 = sc_smlad(wl, xal, a10);
+                a10 = sc_smlad(wh, xah, a10);
+                a11 = sc_smlad(wl, xbl, a11);
+                a11 = sc_smlad(wh, xbh, a11);
+                wa += 4;
+                wb += 4;
+                c += 2;
+            }
+            for (j = n4; j < row_len; ++j) {
+                const int32_t xa = ((int32_t)colb[SC_I8_COLB(j)] ^ 0x80) - 0x80, xb = ((int32_t)colb[SC_I8_COLB(j) + 4] ^ 0x80) - 0x80;
+                const int32_t qa = *wa++, qb = *wb++;
+                a00 += qa * xa;
+                a01 += qa * xb;
+                a10 += qb * xa;
+                a11 += qb * xb;
+            }
+            o0[0] = sc_i8_requant(a00, mult[oc], shift[oc], p->out_zp, p->act_min, p->act_max);
+            if (two) o0[1] = sc_i8_requant(a01, mult[oc], shift[oc], p->out_zp, p->act_min, p->act_max);
+            if (two_oc) {
+                o0[npos] = sc_i8_requant(a10, mult[oc + 1], shift[oc + 1], p->out_zp, p->act_min, p->act_max);
+                if (two) o0[npos + 1] = sc_i8_requant(a11, mult[oc + 1], shift[oc + 1], p->out_zp, p->act_min, p->act_max);
+            }
+        }
+    }
+}
+#endif
 
 #define SC_I8_DEFINE_CONV_CSR(IS, PS, IT, PT)                                                     \
     static inline void sc_i8_conv_q8_csr_##IS##_##PS(                                            \

@@ -1,0 +1,162 @@
+"""The SMLAD pair kernels of the integer path (runtime_c/sc_int8.h, SC_INT8_DSP).
+
+On the host the DSP helpers (sc_sxtb16, sc_sxtb16_ror8, sc_smlad) are portable C, so the pair
+kernels are built with -DSC_INT8_DSP=1 and checked bit-exact against the numpy reference
+(codegen.integer.IntegerModel.run), next to the plain kernels (-DSC_INT8_DSP=0, the host default)
+and under ASan/UBSan. On the emulated Cortex-M4 the real SXTB16/SMLAD instructions run (checked in
+the disassembly); the Cortex-M3 has no DSP extension and keeps the plain kernels.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from test_integer import _require_board, emit_integer, run_int8_c  # noqa: E402
+
+DSP = ("-DSC_INT8_DSP=1",)
+PLAIN = ("-DSC_INT8_DSP=0",)
+RUNTIME = Path(__file__).resolve().parents[1] / "runtime_c"
+
+
+def _seq(*mods):
+    return nn.Sequential(*mods)
+
+
+# (model factory, input shape): conv cases for sc_i8_conv_q8_dsp, linear cases for the 4-row pair loop
+CASES = {
+    # cin = 1, odd kw, row_len 15 (not a multiple of 4), odd cout, odd number of positions (5 x 3)
+    "conv_cin1_odd_kw": (lambda: _seq(nn.Conv2d(1, 5, (3, 5))), (1, 1, 7, 7)),
+    # stride 2 + padding: border windows, pairs that straddle output rows (wout = 5)
+    "conv_stride2_pad": (lambda: _seq(nn.Conv2d(3, 4, 3, stride=2, padding=1), nn.ReLU()), (1, 3, 9, 10)),
+    # dilation and asymmetric stride/padding/dilation, row_len 18
+    "conv_dilation": (lambda: _seq(nn.Conv2d(2, 6, 3, stride=(1, 2), padding=(2, 1), dilation=(2, 1))),
+                      (1, 2, 8, 9)),  # fmt: skip
+    # interior pairs (im2col of both windows at once) and borders, row_len 72 (multiple of 4), no bias
+    "conv_interior_nobias": (lambda: _seq(nn.Conv2d(8, 6, 3, padding=1, bias=False), nn.ReLU6()), (1, 8, 7, 9)),
+    # 1x1 (row_len 4), then 'same' even kernel (asymmetric padding)
+    "conv_1x1_same": (lambda: _seq(nn.Conv2d(4, 7, 1), nn.ReLU(), nn.Conv2d(7, 3, 4, padding="same")), (1, 4, 5, 6)),
+    "conv1d": (lambda: _seq(nn.Conv1d(3, 5, 5, stride=2, padding=2), nn.ReLU()), (1, 3, 17)),
+    # grouped and depthwise convs keep the plain kernel in both builds
+    "conv_groups_depthwise": (lambda: _seq(nn.Conv2d(4, 4, 3, groups=4, padding=1), nn.Conv2d(4, 6, 3, groups=2)),
+                              (1, 4, 6, 6)),  # fmt: skip
+    # depthwise (plain sc_i8_conv_q8_dw in both builds): 3-wide rows with stride and dilation, then 5x5
+    "depthwise_stride_dil": (lambda: _seq(nn.Conv2d(3, 3, 3, groups=3, stride=2, padding=2, dilation=(1, 2)), nn.ReLU(),
+                                          nn.Conv2d(3, 3, 5, groups=3, padding=(2, 1))), (1, 3, 11, 12)),  # fmt: skip
+    # in % 4 == 1, out = 7 (one 4-row pass + 3 single rows), 3 rows
+    "linear_odd": (lambda: _seq(nn.Linear(13, 7), nn.ReLU()), (1, 3, 13)),
+    # in < 4 (no pair at all), out % 4 == 1; then in % 4 == 0
+    "linear_small": (lambda: _seq(nn.Flatten(), nn.Linear(3, 9), nn.ReLU(), nn.Linear(9, 8), nn.Linear(8, 1)), (1, 3)),
+}
+
+
+def _check(name: str, tmp_path: Path, flag_sets: list[tuple[str, ...]], n: int = 10) -> Path:
+    torch.manual_seed(sum(map(ord, name)))
+    make, shape = CASES[name]
+    res, _ = emit_integer(make(), shape, tmp_path)
+    qm = res.integer_model
+    g = torch.Generator().manual_seed(7)
+    x = (3 * torch.randn((n, *shape[1:]), generator=g)).numpy()
+    xq = qm.quantize_input(x).reshape(n, -1)
+    n_out = int(np.prod(qm.graph.output_value.shape))
+    ref = qm.run(xq).reshape(n, n_out)
+    for i, flags in enumerate(flag_sets):
+        out = run_int8_c(res.directory, xq, n_out, tmp_path / f"b{i}", flags=flags)
+        bad = np.argwhere(out != ref)
+        assert bad.size == 0, f"{' '.join(flags)}: {len(bad)} outputs differ, first {bad[0]}: C {out[tuple(bad[0])]} ref {ref[tuple(bad[0])]}"
+    return res.directory
+
+
+@pytest.mark.parametrize("name", list(CASES))
+def test_pair_kernels_bit_exact_on_host(name, tmp_path):
+    """-DSC_INT8_DSP=1 (pair kernels, portable helpers) and =0 (plain kernels) both equal the reference."""
+    d = _check(name, tmp_path, [DSP, PLAIN])
+    src = (d / "model.c").read_text()
+    convs_g1 = name.startswith("conv") and name != "conv_groups_depthwise"  # groups == 1 convs only
+    assert ("sc_i8_conv_q8_dsp(" in src) == convs_g1
+    if convs_g1:
+        assert "#if SC_INT8_DSP" in src and "uint32_t col[" in src
+
+
+def test_pair_kernels_clean_under_asan_ubsan(tmp_path):
+    from helpers import SANITIZE_FLAGS, require_sanitizer
+
+    require_sanitizer()
+    for name in ("conv_cin1_odd_kw", "conv_dilation", "conv_interior_nobias", "depthwise_stride_dil", "linear_odd"):
+        _check(name, tmp_path / name, [DSP + SANITIZE_FLAGS], n=4)
+
+
+def test_portable_dsp_helpers_match_their_definition(tmp_path):
+    """sc_sxtb16 / sc_sxtb16_ror8 / sc_smlad (portable C on the host) against the Arm definitions."""
+    rng = np.random.default_rng(1)
+    words = np.concatenate([rng.integers(0, 2**32, 300, dtype=np.uint64),
+                            [0, 0xFFFFFFFF, 0x80808080, 0x7F7F7F7F, 0x00800080, 0x80000000]]).astype(np.uint64)  # fmt: skip
+    src = tmp_path / "h.c"
+    src.write_text(
+        '#include <stdio.h>\n#include "sc_int8.h"\n'
+        f"static const uint32_t w[] = {{{', '.join(f'{int(v)}u' for v in words)}}};\n"
+        "int main(void) {\n    unsigned i; const unsigned n = sizeof w / sizeof w[0];\n"
+        "    for (i = 0; i < n; ++i) printf(\"%lu %lu %ld\\n\", (unsigned long)sc_sxtb16(w[i]),\n"
+        "        (unsigned long)sc_sxtb16_ror8(w[i]), (long)sc_smlad(w[i], w[n - 1 - i], (int32_t)i - 100));\n"
+        "    return 0;\n}\n"
+    )
+    exe = tmp_path / "h"
+    subprocess.run(["cc", "-std=c99", "-O2", "-Wall", "-Wextra", "-Werror", "-pedantic", "-DSC_INT8_DSP=1",
+                    f"-I{RUNTIME}", str(src), "-o", str(exe)], check=True)  # fmt: skip
+    got = np.array([ln.split() for ln in subprocess.run([str(exe)], capture_output=True, text=True, check=True)
+                    .stdout.splitlines()], dtype=np.int64)  # fmt: skip
+
+    def s8(v):
+        return ((v & 0xFF) ^ 0x80) - 0x80
+
+    def s16(v):
+        return ((v & 0xFFFF) ^ 0x8000) - 0x8000
+
+    def sxtb16(v):
+        return (s8(v) & 0xFFFF) | ((s8(v >> 16) & 0xFFFF) << 16)
+
+    w = [int(v) for v in words]
+    for i, v in enumerate(w):
+        ror8 = ((v >> 8) | (v << 24)) & 0xFFFFFFFF
+        b = w[len(w) - 1 - i]
+        smlad = (i - 100) + s16(v) * s16(b) + s16(v >> 16) * s16(b >> 16)
+        assert tuple(got[i]) == (sxtb16(v), sxtb16(ror8), smlad), (hex(v), hex(b))
+
+
+# ---- Cortex-M: real SMLAD on the M4, plain kernels on the M3 -----------------------------------------
+
+
+def _board_net():
+    torch.manual_seed(11)
+    return _seq(nn.Conv2d(1, 6, 3, padding=1), nn.ReLU(), nn.Conv2d(6, 5, (3, 2), stride=(1, 2)), nn.ReLU(),
+                nn.Conv2d(5, 8, 1), nn.ReLU(), nn.Flatten(), nn.LazyLinear(12), nn.ReLU(), nn.Linear(12, 7),
+                nn.Linear(7, 5))  # fmt: skip
+
+
+def _disassembly(elf: Path) -> str:
+    return subprocess.run(["arm-none-eabi-objdump", "-d", str(elf)], capture_output=True, text=True, check=True).stdout
+
+
+@pytest.mark.parametrize("target,cppflags,expect_dsp", [("m4", "", True), ("m4", "-DSC_INT8_DSP=0", False),
+                                                        ("m3", "", False)])  # fmt: skip
+def test_board_bit_exact_with_and_without_dsp(target, cppflags, expect_dsp, tmp_path):
+    _require_board()
+    from codegen import board
+
+    net = _board_net()
+    net(torch.zeros(1, 1, 9, 8))
+    res, _ = emit_integer(net, (1, 1, 9, 8), tmp_path)
+    make_vars = {"CPPFLAGS": f"-I. {cppflags}"} if cppflags else None
+    run = board.run(res.directory, target, make_vars=make_vars)
+    assert run.exit_code == 0, run.stdout + run.stderr
+    assert run.max_abs_error == 0.0
+    dis = _disassembly(res.directory / "build" / target / "model.elf")
+    for insn in ("smlad", "sxtb16"):
+        assert (f"\t{insn}\t" in dis) == expect_dsp, insn
