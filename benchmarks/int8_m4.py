@@ -85,22 +85,8 @@ def dsp_instructions(elf: Path) -> dict[str, int]:
     return {insn: dis.count(f"\t{insn}\t") for insn in ("smlad", "sxtb16")}
 
 
-# gcc 12 -O2 refuses the float digits CNN's in-place depthwise conv (sc_conv_dense_dw inlined with its
-# constant 4x4 plane): "iteration 1073741823 invokes undefined behavior [-Werror=aggressive-loop-
-# optimizations]" in the tail loop; such a build is retried with that warning not an error (the run still
-# has to pass its self-test against PyTorch) and the row says so.
-RETRY_WARN = {"ARM_WARN": "-Wall -Wextra -Werror -pedantic -Wno-error=aggressive-loop-optimizations"}
-NOTES: list[str] = []
-
-
 def profile(d: Path, target: str = "m4", make_vars: dict[str, str] | None = None) -> board.Profile:
-    try:
-        run = board.run(str(d), target, profile=True, make_vars=make_vars)
-    except board.BoardBuildError as exc:
-        if "aggressive-loop-optimizations" not in str(exc):
-            raise
-        NOTES.append(f"{d.name} ({target}): built with -Wno-error=aggressive-loop-optimizations")
-        run = board.run(str(d), target, profile=True, make_vars={**(make_vars or {}), **RETRY_WARN})
+    run = board.run(str(d), target, profile=True, make_vars=make_vars)
     if not run.passed or run.profile is None:
         raise RuntimeError(f"{d} on {target} {make_vars or ''}: self-test failed\n{run.stdout[-1500:]}{run.stderr[-500:]}")
     return run.profile
@@ -126,7 +112,7 @@ def measure(name: str, work: Path, epochs: int) -> dict:
         "dsp": pd.total_instructions, "plain": pp.total_instructions, "m3_int8": p3.total_instructions,
         "stack_dsp": stack_bytes(di, []), "stack_plain": stack_bytes(di, ["-DSC_INT8_DSP=0"]),
         "weight_bytes_float": fl.weight_bytes, "weight_bytes_int8": it.weight_bytes,
-        "notes": [n for n in NOTES if n.startswith(name + "_")], "arena_float": fl.arena_bytes, "arena_int8": it.arena_bytes, "dsp_insns_in_firmware": dsp, "layers": layers,
+        "arena_float": fl.arena_bytes, "arena_int8": it.arena_bytes, "dsp_insns_in_firmware": dsp, "layers": layers,
     }  # fmt: skip
 
 
@@ -171,8 +157,6 @@ def main(argv: list[str] | None = None) -> int:
         rows.append(measure(name, work, args.epochs))
         print(json.dumps({k: v for k, v in rows[-1].items() if k != "layers"}), flush=True)
     print(table(rows))
-    for note in NOTES:
-        print(f"note: {note}")
     if args.json:
         Path(args.json).write_text(json.dumps(rows, indent=1))
     return 0

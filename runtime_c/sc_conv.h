@@ -395,7 +395,9 @@ static inline SC_SPECIALIZE void sc_conv_dense_dw(const float *in, float *out, c
             const float *src = ic + y * p->win;
             for (x = 0; x < cols; ++x) d[x] = src[x];
         }
-        for (k = 0; k + 4 <= plane_out; k += 4) {
+        /* explicit bounds: gcc 12 -O2 rejected the open tail loop ("iteration 1073741823 invokes
+         * undefined behavior", -Werror=aggressive-loop-optimizations) for a constant plane of 16 */
+        for (k = 0; k < (plane_out & ~3); k += 4) {
             const float *xs[4], *wq = wc;
             float a0 = b, a1 = b, a2 = b, a3 = b;
             for (i = 0; i < 4; ++i) {
@@ -423,7 +425,7 @@ static inline SC_SPECIALIZE void sc_conv_dense_dw(const float *in, float *out, c
             oc[k + 2] = sc_act(a2, p->act, p->alpha);
             oc[k + 3] = sc_act(a3, p->act, p->alpha);
         }
-        for (; k < plane_out; ++k) {
+        for (k = plane_out & ~3; k < plane_out; ++k) {
             const float *q = pad + qy * ystep + qx * p->sw, *wq = wc;
             float a = b;
             for (ky = 0; ky < p->kh; ++ky) {
@@ -660,8 +662,8 @@ static inline SC_SPECIALIZE void sc_conv_sparse_flat(float *o, const float *cons
                                                      int32_t n, int32_t len, float b, int first, int last,
                                                      const sc_conv_params *p)
 {
-    int32_t i = 0, k;
-    for (; i + 16 <= len; i += 16) {
+    int32_t i, k;
+    for (i = 0; i < (len & ~15); i += 16) { /* explicit bounds, as in sc_conv_dense_dw */
         float a0 = SC_SPARSE_LOAD(i), a1 = SC_SPARSE_LOAD(i + 1), a2 = SC_SPARSE_LOAD(i + 2);
         float a3 = SC_SPARSE_LOAD(i + 3), a4 = SC_SPARSE_LOAD(i + 4), a5 = SC_SPARSE_LOAD(i + 5);
         float a6 = SC_SPARSE_LOAD(i + 6), a7 = SC_SPARSE_LOAD(i + 7), a8 = SC_SPARSE_LOAD(i + 8);
@@ -687,7 +689,7 @@ static inline SC_SPECIALIZE void sc_conv_sparse_flat(float *o, const float *cons
         SC_SPARSE_STORE(i + 12, a12); SC_SPARSE_STORE(i + 13, a13); SC_SPARSE_STORE(i + 14, a14);
         SC_SPARSE_STORE(i + 15, a15);
     }
-    for (; i + 8 <= len; i += 8) {
+    if (len & 8) {
         float a0 = SC_SPARSE_LOAD(i), a1 = SC_SPARSE_LOAD(i + 1), a2 = SC_SPARSE_LOAD(i + 2);
         float a3 = SC_SPARSE_LOAD(i + 3), a4 = SC_SPARSE_LOAD(i + 4), a5 = SC_SPARSE_LOAD(i + 5);
         float a6 = SC_SPARSE_LOAD(i + 6), a7 = SC_SPARSE_LOAD(i + 7);
@@ -703,7 +705,7 @@ static inline SC_SPECIALIZE void sc_conv_sparse_flat(float *o, const float *cons
         SC_SPARSE_STORE(i + 3, a3); SC_SPARSE_STORE(i + 4, a4); SC_SPARSE_STORE(i + 5, a5);
         SC_SPARSE_STORE(i + 6, a6); SC_SPARSE_STORE(i + 7, a7);
     }
-    for (; i < len; ++i) {
+    for (i = len & ~7; i < len; ++i) {
         float a = SC_SPARSE_LOAD(i);
         for (k = 0; k < n; ++k) a = SC_FMA(v[k], xs[k][i], a);
         SC_SPARSE_STORE(i, a);

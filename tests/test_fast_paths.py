@@ -174,3 +174,29 @@ def _objdump(elf) -> str:
     tool = shutil.which("arm-none-eabi-objdump")
     assert tool, "arm-none-eabi-objdump not found"
     return subprocess.run([tool, "-d", str(elf)], capture_output=True, text=True, check=True).stdout
+
+
+@pytest.mark.board
+@pytest.mark.parametrize("opt", ["-O2", "-O3"])
+@pytest.mark.parametrize("hw, k, s, p", [(4, 3, 1, 1), (4, 5, 1, 2), (8, 3, 2, 1), (4, 3, 2, 1)])
+def test_depthwise_with_a_plane_multiple_of_4_builds_with_werror(hw, k, s, p, opt, tmp_path):
+    """gcc 12 at -O2 once rejected sc_conv_dense_dw inlined with a 16-position plane
+    ("iteration 1073741823 invokes undefined behavior", -Werror=aggressive-loop-optimizations, the
+    board's default warnings): dense and CSR depthwise / pointwise kernels with planes that are
+    multiples of 4, 8 and 16 must build with -Werror and match PyTorch."""
+    from test_board import require_board
+
+    require_board()
+    torch.manual_seed(12)
+    model = nn.Sequential(nn.Conv2d(1, 16, 3, padding=1), nn.ReLU(),
+                          nn.Conv2d(16, 16, k, stride=s, padding=p, groups=16), nn.ReLU6(),
+                          nn.Conv2d(16, 8, 1), nn.Flatten()).eval()
+    _rows_nnz_(model[4].weight, [3, 0, 9], 13)
+    x = torch.randn(1, 1, hw, hw)
+    for representation in ("dense", FORCED):
+        res = emit_and_verify(model, tuple(x.shape), representation, tmp_path / representation.replace("/", "_"),
+                              inputs=x)
+        run = cboard.run(res.directory, "m4", make_vars={"ARM_OPT": opt})
+        assert run.passed, f"{representation} {opt}: exit {run.exit_code}\n{run.stdout}{run.stderr}"
+        with torch.no_grad():
+            assert_parity(run.outputs, model(x).numpy().reshape(-1), f"{representation} at {opt} on the M4")
