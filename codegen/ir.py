@@ -97,6 +97,10 @@ class Op:
         return self.inplace
 
 
+# Largest stack column buffer (8 positions x C_in floats) for a CSR 1x1 conv run in place.
+PWC_MAX_CBUF_BYTES = 4096
+
+
 @dataclass
 class Conv2d(Op):
     """Convolution (also Conv1d with h == 1). Weight is viewed as [C_out, C_in/groups*kh*kw]."""
@@ -124,14 +128,19 @@ class Conv2d(Op):
         return "depthwise_conv" if self.groups == self.in_shape[0] and self.groups > 1 else "conv"
 
     def overwrites_input(self) -> bool:
-        """Float dense depthwise (channel copied to a padding buffer first) and 1x1 stride-1
-        (positions gathered 4 at a time into a column buffer first) run in place (sc_conv.h)."""
+        """Float depthwise, dense or CSR (channel copied to a padding buffer first), and 1x1
+        stride-1 (dense: 4 positions gathered into a column buffer first; CSR, groups == 1: 8
+        positions, when the buffer stays within PWC_MAX_CBUF_BYTES of stack) run in place
+        (sc_conv.h)."""
         w = self.encoded.get("weight")
-        if w is None or w.encoding != "dense" or self.runtime != Conv2d.runtime or self.dilation != (1, 1):
+        if (w is None or w.encoding not in ("dense", "csr") or self.runtime != Conv2d.runtime
+                or tuple(self.dilation) != (1, 1)):
             return False
         c, h, wd = self.in_shape
         if self.groups == c and self.out_shape[0] == c and c > 1:
             return self.out_shape[1] * self.out_shape[2] <= h * wd
+        if w.encoding == "csr" and (self.groups != 1 or 8 * 4 * c > PWC_MAX_CBUF_BYTES):
+            return False
         return (tuple(self.kernel) == (1, 1) and tuple(self.stride) == (1, 1) and tuple(self.padding) == (0, 0)
                 and tuple(self.out_shape) == tuple(self.in_shape))
 

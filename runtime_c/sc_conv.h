@@ -753,6 +753,19 @@ static inline SC_SPECIALIZE void sc_conv_sparse_padded(float *o, const float *pa
  * SC_CONV_DW_PAD_W(p) floats, as sc_conv_dense_dw) so that no tap needs a bounds test; a channel
  * without nonzeros is its activated bias. Safe in place under the same condition as
  * sc_conv_dense_dw (channel c's input is read before its output is written). */
+/* Positions per pass of sc_conv_pwc_* (the column buffer is SC_PWC_BLOCK * cin floats). */
+#define SC_PWC_BLOCK 8
+#define SC_PWC_ACC float a0 = b, a1 = b, a2 = b, a3 = b, a4 = b, a5 = b, a6 = b, a7 = b
+#define SC_PWC_FMA(w, x)                                                                          \
+    a0 = SC_FMA(w, x[0], a0); a1 = SC_FMA(w, x[1], a1); a2 = SC_FMA(w, x[2], a2);                \
+    a3 = SC_FMA(w, x[3], a3); a4 = SC_FMA(w, x[4], a4); a5 = SC_FMA(w, x[5], a5);                \
+    a6 = SC_FMA(w, x[6], a6); a7 = SC_FMA(w, x[7], a7)
+#define SC_PWC_STORE(o)                                                                           \
+    o[0] = sc_act(a0, p->act, p->alpha); o[1] = sc_act(a1, p->act, p->alpha);                    \
+    o[2] = sc_act(a2, p->act, p->alpha); o[3] = sc_act(a3, p->act, p->alpha);                    \
+    o[4] = sc_act(a4, p->act, p->alpha); o[5] = sc_act(a5, p->act, p->alpha);                    \
+    o[6] = sc_act(a6, p->act, p->alpha); o[7] = sc_act(a7, p->act, p->alpha)
+
 #define SC_DEFINE_CONV_CSR_SHAPES(SUFFIX, IT, PT)                                                 \
     static inline SC_SPECIALIZE void sc_conv_pw_##SUFFIX(const float *in, float *out,            \
                                                          const float *val, const IT *col,         \
@@ -778,6 +791,51 @@ static inline SC_SPECIALIZE void sc_conv_sparse_padded(float *o, const float *pa
                     sc_conv_sparse_flat(o, xs, val + k, n, plane, b, k == start, k + n == end, p); \
                 k += n;                                                                          \
             } while (k < end);                                                                   \
+        }                                                                                        \
+    }                                                                                            \
+    /* groups == 1, through `cbuf` (SC_PWC_BLOCK * cin floats): SC_PWC_BLOCK positions of every  \
+     * input channel are gathered first, then every output channel's nonzeros are accumulated   \
+     * over them; safe in place (out == in, cin == cout), like sc_conv_dense_pw. */              \
+    static inline SC_SPECIALIZE void sc_conv_pwc_##SUFFIX(const float *in, float *out,           \
+                                                          const float *val, const IT *col,        \
+                                                          const PT *ptr, const float *bias,       \
+                                                          const sc_conv_params *p, float *cbuf)   \
+    {                                                                                            \
+        const int32_t plane = p->hin * p->win;                                                   \
+        int32_t q, ci, j, oc, k;                                                                 \
+        for (q = 0; q < plane; q += SC_PWC_BLOCK) {                                              \
+            const int32_t n = plane - q < SC_PWC_BLOCK ? plane - q : SC_PWC_BLOCK;               \
+            for (ci = 0; ci < p->cin; ++ci) {                                                    \
+                const float *x = in + ci * plane + q;                                            \
+                float *d = cbuf + ci * SC_PWC_BLOCK;                                             \
+                if (n == SC_PWC_BLOCK) {                                                         \
+                    for (j = 0; j < SC_PWC_BLOCK; j += 4) {                                      \
+                        const float v0 = x[j], v1 = x[j + 1], v2 = x[j + 2], v3 = x[j + 3];      \
+                        d[j] = v0; d[j + 1] = v1; d[j + 2] = v2; d[j + 3] = v3;                  \
+                    }                                                                            \
+                } else {                                                                         \
+                    for (j = 0; j < SC_PWC_BLOCK; ++j) d[j] = x[j < n ? j : n - 1];              \
+                }                                                                                \
+            }                                                                                    \
+            for (oc = 0; oc < p->cout; ++oc) {                                                   \
+                const float b = bias ? bias[oc] : 0.0f;                                          \
+                const float *v = val + ptr[oc];                                                  \
+                const IT *c = col + ptr[oc];                                                     \
+                float *o = out + oc * plane + q;                                                 \
+                SC_PWC_ACC;                                                                      \
+                for (k = (int32_t)(ptr[oc + 1] - ptr[oc]); k > 0; --k) {                         \
+                    const float *x = cbuf + (int32_t)(*c++) * SC_PWC_BLOCK;                      \
+                    const float w = *v++;                                                        \
+                    SC_PWC_FMA(w, x);                                                            \
+                }                                                                                \
+                if (n == SC_PWC_BLOCK) {                                                         \
+                    SC_PWC_STORE(o);                                                             \
+                } else {                                                                         \
+                    float t[SC_PWC_BLOCK];                                                       \
+                    SC_PWC_STORE(t);                                                             \
+                    for (j = 0; j < n; ++j) o[j] = t[j];                                         \
+                }                                                                                \
+            }                                                                                    \
         }                                                                                        \
     }                                                                                            \
     static inline SC_SPECIALIZE void sc_conv_dw_##SUFFIX(const float *in, float *out,            \

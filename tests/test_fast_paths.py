@@ -8,6 +8,8 @@
   last applies the activation).
 * CSR depthwise (``sc_conv_dw_*``): padded plane, strides, empty channels, a 7x7 kernel with a full
   channel (two chunks), a 1-D depthwise conv.
+* CSR depthwise and pointwise in place (``sc_conv_pwc_*``: 8 positions gathered per pass, the last
+  pass partial), the arena holding one activation.
 * Dense depthwise 3x3 stride 1 (``sc_conv_dense_dw3``): output widths 1, 2 and odd (the pair
   loop's tail), no padding, ReLU6, no bias, in place inside a DS-CNN-like block.
 
@@ -101,6 +103,17 @@ def _ds_block(seed: int) -> nn.Module:
                          nn.BatchNorm2d(8), nn.ReLU(), nn.Conv2d(8, 8, 1), nn.ReLU(), nn.Flatten(), nn.Linear(8 * 6 * 5, 4))
 
 
+def _inplace_block(seed: int) -> nn.Module:
+    """conv -> CSR depthwise -> CSR pointwise (C_in == C_out): both run in place over their input."""
+    torch.manual_seed(seed)
+    net = nn.Sequential(nn.Conv2d(2, 12, 3, padding=1), nn.ReLU(), nn.Conv2d(12, 12, 3, padding=1, groups=12),
+                        nn.ReLU(), nn.Conv2d(12, 12, 1), nn.ReLU6(), nn.Flatten(), nn.Linear(12 * 5 * 7, 3))
+    _rows_nnz_(net[0].weight, [18], seed)
+    _rows_nnz_(net[2].weight, [0, 1, 4, 9], seed + 1)
+    _rows_nnz_(net[4].weight, [0, 1, 5, 12, 8, 3], seed + 2)
+    return net
+
+
 CASES = {
     # name -> (model factory, input shape, representation, the kernels model.c must call)
     "linear_u8": (lambda: _linear(200, 24, 1), (1, 200), FORCED, ["sc_linear_csr_u8_"]),
@@ -110,6 +123,8 @@ CASES = {
     "pointwise_3x9": (lambda: _pointwise(5), (1, 48, 3, 9), FORCED, ["sc_conv_pw_csr_"]),  # 27 = 16 + 8 + 3
     "depthwise": (lambda: _depthwise(6), (1, 6, 9, 11), FORCED, ["sc_conv_dw_csr_"]),
     "depthwise_1d": (lambda: _Depthwise1d(7), (1, 5, 19), FORCED, ["sc_conv_dw_csr_"]),
+    "csr_inplace_block": (lambda: _inplace_block(14), (1, 2, 5, 7), FORCED,  # plane 35 = 4 * 8 + 3
+                          ["sc_conv_dw_csr_", "sc_conv_pwc_csr_"]),
     "dense_dw3_odd": (lambda: _dw3(8, 1, nn.ReLU()), (1, 5, 6, 7), "dense", ["sc_conv_dense_dw3("]),
     "dense_dw3_w2_nopad": (lambda: _dw3(9, 0, nn.ReLU6(), bias=False), (1, 5, 4, 4), "dense", ["sc_conv_dense_dw3("]),
     "dense_dw3_w1": (lambda: _dw3(10, 0, nn.Identity()), (1, 5, 6, 3), "dense", ["sc_conv_dense_dw3("]),
@@ -200,3 +215,11 @@ def test_depthwise_with_a_plane_multiple_of_4_builds_with_werror(hw, k, s, p, op
         assert run.passed, f"{representation} {opt}: exit {run.exit_code}\n{run.stdout}{run.stderr}"
         with torch.no_grad():
             assert_parity(run.outputs, model(x).numpy().reshape(-1), f"{representation} at {opt} on the M4")
+
+
+def test_csr_depthwise_and_pointwise_run_in_place(tmp_path):
+    """The CSR depthwise and 1x1 convs of a DS-CNN-like block overwrite their input: the arena is
+    the largest activation, as with dense weights."""
+    _, res = _emit("csr_inplace_block", tmp_path)
+    mem = res.report["memory"]
+    assert mem["arena_bytes"] == 4 * 12 * 5 * 7, mem
