@@ -604,6 +604,22 @@ def dsp_column_words(op: ir.Op, weight_kernel: str) -> int:
     return words if 4 * (words + op.out_shape[0]) <= DSP_SCRATCH_MAX_BYTES else 0
 
 
+def dw_pad_bytes(op: ir.Op, weight_kernel: str) -> int:
+    """int8 bytes of the in_zp-padded input plane of the depthwise kernel (``sc_i8_conv_q8_dwp``; the
+    template declares it on the stack): the extent the outputs read, plus 3 slack bytes (as
+    ``SC_I8_DW_PAD_BYTES``). 0 where that kernel is not used: not depthwise (groups == cin == cout),
+    sparse weights, or a plane above ``DSP_SCRATCH_MAX_BYTES`` (the clipping kernel runs instead)."""
+    if not isinstance(op, ir.Conv2d) or weight_kernel != "q8":
+        return 0
+    c = op.in_shape[0]
+    if not (op.groups == c == op.out_shape[0] and c > 1):
+        return 0
+    hp = (op.out_shape[1] - 1) * op.stride[0] + (op.kernel[0] - 1) * op.dilation[0] + 1
+    wp = (op.out_shape[2] - 1) * op.stride[1] + (op.kernel[1] - 1) * op.dilation[1] + 1
+    n = hp * wp + 3
+    return n if n <= DSP_SCRATCH_MAX_BYTES else 0
+
+
 def _bias_and_multipliers(op: ir.Op, q: np.ndarray, w_scale: np.ndarray, qin: QParams, qout: QParams
                           ) -> tuple[np.ndarray | None, np.ndarray, np.ndarray]:  # fmt: skip
     rows = q.shape[0]
@@ -656,6 +672,7 @@ def _quantize_ops(g: ir.Graph, qp: dict[str, QParams], representation: str, pref
             qo.scalars.update(in_zp=qin.zero_point, out_zp=qout.zero_point, act_min=lo, act_max=hi)
             if kind == "conv":
                 qo.scalars["dsp_col"] = dsp_column_words(op, enc["weight"].kernel)
+                qo.scalars["dw_pad"] = dw_pad_bytes(op, enc["weight"].kernel)
         elif kind in ("maxpool", "avgpool", "pad", "copy"):
             qo.scalars["zp"] = qin.zero_point
             if kind == "pad":

@@ -63,6 +63,8 @@ static inline uint32_t sc_sxtb16_ror8(uint32_t x) { return (uint32_t)__sxtb16((i
 #endif
 /* acc + lo(a) * lo(b) + hi(a) * hi(b), signed halfwords */
 static inline int32_t sc_smlad(uint32_t a, uint32_t b, int32_t acc) { return __smlad((int32_t)a, (int32_t)b, acc); }
+/* acc + lo(a) * hi(b) + hi(a) * lo(b) (SMLADX) */
+static inline int32_t sc_smladx(uint32_t a, uint32_t b, int32_t acc) { return __smladx((int32_t)a, (int32_t)b, acc); }
 #else
 static inline int32_t sc_s16lo(uint32_t x) { return (int32_t)((x & 0xFFFFu) ^ 0x8000u) - 0x8000; }
 static inline int32_t sc_s16hi(uint32_t x) { return (int32_t)((x >> 16) ^ 0x8000u) - 0x8000; }
@@ -76,6 +78,10 @@ static inline uint32_t sc_sxtb16_ror8(uint32_t x) { return sc_sxtb16((x >> 8) | 
 static inline int32_t sc_smlad(uint32_t a, uint32_t b, int32_t acc)
 {
     return acc + sc_s16lo(a) * sc_s16lo(b) + sc_s16hi(a) * sc_s16hi(b);
+}
+static inline int32_t sc_smladx(uint32_t a, uint32_t b, int32_t acc)
+{
+    return acc + sc_s16lo(a) * sc_s16hi(b) + sc_s16hi(a) * sc_s16lo(b);
 }
 #endif
 
@@ -111,9 +117,31 @@ static inline int32_t sc_i8_rdbpot(int32_t x, int32_t e)
     return (x >> e) + (rem > threshold ? 1 : 0);
 }
 
-/* x * mult * 2^(shift - 31), rounded (TFLite's MultiplyByQuantizedMultiplier). */
+/* sc_i8_rdbpot(sc_i8_srdhm(x, mult), e) for e >= 2 and mult >= 0 with one SMLAL: with t =
+ * floor((x * mult + 2^30) / 2^31) (srdhm never saturates for mult >= 0), rounding half away from zero
+ * is rdbpot(t, e) = floor((t + 2^(e-1) - [t < 0]) / 2^e), and floor((floor(a / b) + k) / c) =
+ * floor((a + k * b) / (b * c)), so the result is floor((x * mult + C) / 2^(31+e)) with
+ * C = 2^30 - [t < 0] * 2^31 + 2^(30+e). t < 0 implies x < 0, and for x < 0 with t == 0 both forms give 0,
+ * so [x < 0] selects C. Its low word is 2^30 | [x < 0] << 31, its high word 2^(e-2) - [x < 0]; the
+ * result is the high word of x * mult + C shifted right by e - 1 (LSR, ORR, SUB, SMLAL, ASR on the M4). */
+static inline int32_t sc_i8_mbqm_hk(int32_t x, int32_t mult, uint32_t half, int32_t k) /* half 2^(e-2), k e-1 */
+{
+    const uint32_t neg = (uint32_t)x >> 31;
+    const uint64_t c = ((uint64_t)(half - neg) << 32) | (0x40000000u | (neg << 31));
+    const uint64_t v = (uint64_t)((int64_t)x * (int64_t)mult) + c;
+    return (int32_t)(uint32_t)(v >> 32) >> k;
+}
+
+static inline int32_t sc_i8_mbqm_e2(int32_t x, int32_t mult, int32_t e)
+{
+    return sc_i8_mbqm_hk(x, mult, ((uint32_t)1) << (e - 2), e - 1);
+}
+
+/* x * mult * 2^(shift - 31), rounded (TFLite's MultiplyByQuantizedMultiplier). mult >= 0 (as
+ * codegen.integer.quantize_multiplier makes it); shift <= -2, the usual case, takes sc_i8_mbqm_e2. */
 static inline int32_t sc_i8_mbqm(int32_t x, int32_t mult, int32_t shift)
 {
+    if (shift <= -2) return sc_i8_mbqm_e2(x, mult, -shift);
     if (shift > 0) {
         if (x > (INT32_MAX >> shift)) x = INT32_MAX;
         else if (x < (INT32_MIN >> shift)) x = INT32_MIN;
@@ -126,6 +154,14 @@ static inline int32_t sc_i8_mbqm(int32_t x, int32_t mult, int32_t shift)
 static inline int8_t sc_i8_clamp(int32_t v, int32_t lo, int32_t hi)
 {
     return (int8_t)(v < lo ? lo : (v > hi ? hi : v));
+}
+
+/* clamp(mbqm(acc, mult, shift) + zp, lo, hi), lo/hi within int8: the clamp is applied before adding zp
+ * (bounds lo - zp, hi - zp), so a saturated mbqm near INT32_MAX cannot overflow. */
+static inline int8_t sc_i8_requant(int32_t acc, int32_t mult, int32_t shift, int32_t zp, int32_t lo, int32_t hi)
+{
+    const int32_t v = sc_i8_mbqm(acc, mult, shift), a = lo - zp, b = hi - zp;
+    return (int8_t)((v < a ? a : (v > b ? b : v)) + zp);
 }
 
 /* ---- LSB-first bit reader (as sc_quant.h), started at any bit ------------------------------- */
@@ -173,12 +209,8 @@ typedef struct {
 } sc_i8_linear_params;
 
 #define SC_I8_LINEAR_OUT                                                                          \
-    yr[o] = sc_i8_clamp(sc_i8_mbqm(acc, mult[o], shift[o]) + p->out_zp, p->act_min, p->act_max)
+    yr[o] = sc_i8_requant(acc, mult[o], shift[o], p->out_zp, p->act_min, p->act_max)
 
-static inline int8_t sc_i8_requant(int32_t acc, int32_t mult, int32_t shift, int32_t zp, int32_t lo, int32_t hi)
-{
-    return sc_i8_clamp(sc_i8_mbqm(acc, mult, shift) + zp, lo, hi);
-}
 
 #if SC_INT8_DSP
 /* acc + sum_i w[i] * x[i] over n values, 4 per SMLAD pair (bytes 0/2 and 1/3 of both sides match). */
@@ -345,8 +377,8 @@ static inline int32_t sc_i8_conv_tap(const int8_t *in_g, int32_t j, int32_t qv, 
                 int32_t acc = bias ? bias[oc] : 0;
 
 #define SC_I8_CONV_END                                                                            \
-                *out++ = sc_i8_clamp(sc_i8_mbqm(acc, mult[oc], shift[oc]) + p->out_zp,           \
-                                     p->act_min, p->act_max);                                    \
+                *out++ = sc_i8_requant(acc, mult[oc], shift[oc], p->out_zp, p->act_min,          \
+                                       p->act_max);                                              \
             }                                                                                    \
         }                                                                                        \
     }
@@ -403,6 +435,128 @@ static inline void sc_i8_conv_q8_dw(const int8_t *in, int8_t *out, const int8_t 
                     }
                 }
                 *out++ = sc_i8_requant(acc, m, sh, p->out_zp, p->act_min, p->act_max);
+            }
+        }
+    }
+}
+
+/* ---- depthwise on an in_zp-padded plane (groups == cin == cout, dense int8 weights) -------------
+ * Per channel the input plane is copied into `pad` (int8 on the caller's stack, sized at generation
+ * time: SC_I8_DW_PAD_BYTES(p)) whose border holds in_zp, so every window is interior: the accumulator
+ * starts at bias - in_zp * sum(q) and adds q * x over all taps (padded taps add q * in_zp, which the
+ * start value cancels: exactly the reference's sum over in-bounds taps of q * (x - in_zp)). The plane
+ * is the extent the outputs read (rows/columns past it are never copied); 3 slack bytes after it let
+ * the 3x3 kernel load a 4-byte word at the last column. */
+#define SC_I8_DW_PAD_H(p) (((p)->hout - 1) * (p)->sh + ((p)->kh - 1) * (p)->dh + 1)
+#define SC_I8_DW_PAD_W(p) (((p)->wout - 1) * (p)->sw + ((p)->kw - 1) * (p)->dw + 1)
+#define SC_I8_DW_PAD_BYTES(p) (SC_I8_DW_PAD_H(p) * SC_I8_DW_PAD_W(p) + 3)
+
+/* Requantization with the channel's constants hoisted (sc_i8_requant; shift <= -2 takes one SMLAL). */
+typedef struct {
+    int32_t m, sh, k, a, b, zp;
+    uint32_t half;
+} sc_i8_rq;
+
+static inline sc_i8_rq sc_i8_rq_make(int32_t m, int32_t sh, int32_t zp, int32_t lo, int32_t hi)
+{
+    sc_i8_rq r;
+    r.m = m;
+    r.sh = sh;
+    r.k = -sh - 1;
+    r.half = sh <= -2 ? ((uint32_t)1) << (-sh - 2) : 0u;
+    r.a = lo - zp;
+    r.b = hi - zp;
+    r.zp = zp;
+    return r;
+}
+
+static inline int8_t sc_i8_rq_apply(int32_t acc, const sc_i8_rq *r)
+{
+    const int32_t v = r->sh <= -2 ? sc_i8_mbqm_hk(acc, r->m, r->half, r->k) : sc_i8_mbqm(acc, r->m, r->sh);
+    return (int8_t)((v < r->a ? r->a : (v > r->b ? r->b : v)) + r->zp);
+}
+
+/* 3x3, stride 1, dilation 1: the channel's 9 weights in registers, 2 outputs per pass. With SMLAD, per
+ * kernel row one 4-byte load x0..x3, SXTB16 -> (x0, x2), SXTB16 ROR 8 -> (x1, x3), weights (w0, w2) and
+ * (w1, 0) as halfwords: out0 += w0 x0 + w2 x2 + w1 x1, out1 += w0 x1 + w2 x3 + w1 x2 (SMLADX): 7
+ * instructions for 6 MACs. Without DSP the same 2 outputs share 4 byte loads per kernel row. */
+static inline SC_SPECIALIZE void sc_i8_dw3_plane(const int8_t *pc, int8_t *o, const int8_t *wc, int32_t b_in,
+                                                 const sc_i8_rq *rq, int32_t wp, int32_t hout, int32_t wout)
+{
+    int32_t oy, ox;
+#if SC_INT8_DSP
+#define SC_I8_W02(i) ((uint32_t)(uint16_t)(int16_t)wc[i] | ((uint32_t)(uint16_t)(int16_t)wc[(i) + 2] << 16))
+    const uint32_t u0 = SC_I8_W02(0), u1 = SC_I8_W02(3), u2 = SC_I8_W02(6);
+    const uint32_t v0 = (uint16_t)(int16_t)wc[1], v1 = (uint16_t)(int16_t)wc[4], v2 = (uint16_t)(int16_t)wc[7];
+#undef SC_I8_W02
+#define SC_I8_DW3_ROW(r, u, v)                                                                    \
+    do {                                                                                          \
+        const uint32_t xw = sc_ld32(r), xl = sc_sxtb16(xw), xh = sc_sxtb16_ror8(xw);                 \
+        a = sc_smlad(u, xl, a);                                                                   \
+        a = sc_smlad(v, xh, a);                                                                   \
+        e = sc_smlad(u, xh, e);                                                                   \
+        e = sc_smladx(v, xl, e);                                                                  \
+    } while (0)
+#else
+    const int32_t w0 = wc[0], w1 = wc[1], w2 = wc[2], w3 = wc[3], w4 = wc[4], w5 = wc[5];
+    const int32_t w6 = wc[6], w7 = wc[7], w8 = wc[8];
+#define SC_I8_DW3_ROW(r, wa, wb, wc_)                                                             \
+    do {                                                                                          \
+        const int32_t x0 = (r)[0], x1 = (r)[1], x2 = (r)[2], x3 = (r)[3];                         \
+        a += wa * x0 + wb * x1 + wc_ * x2;                                                        \
+        e += wa * x1 + wb * x2 + wc_ * x3;                                                        \
+    } while (0)
+#endif
+    for (oy = 0; oy < hout; ++oy, o += wout) {
+        const int8_t *r = pc + oy * wp;
+        for (ox = 0; ox < wout; ox += 2, r += 2) {
+            int32_t a = b_in, e = b_in;
+#if SC_INT8_DSP
+            SC_I8_DW3_ROW(r, u0, v0);
+            SC_I8_DW3_ROW(r + wp, u1, v1);
+            SC_I8_DW3_ROW(r + 2 * wp, u2, v2);
+#else
+            SC_I8_DW3_ROW(r, w0, w1, w2);
+            SC_I8_DW3_ROW(r + wp, w3, w4, w5);
+            SC_I8_DW3_ROW(r + 2 * wp, w6, w7, w8);
+#endif
+            o[ox] = sc_i8_rq_apply(a, rq);
+            if (ox + 1 < wout) o[ox + 1] = sc_i8_rq_apply(e, rq); /* an odd last output: e is unused */
+        }
+    }
+#undef SC_I8_DW3_ROW
+}
+
+static inline SC_SPECIALIZE void sc_i8_conv_q8_dwp(const int8_t *in, int8_t *out, const int8_t *q,
+                                                   const int32_t *bias, const int32_t *mult, const int8_t *shift,
+                                                   int8_t *pad, const sc_i8_conv_params *p)
+{
+    const int32_t kh = p->kh, kw = p->kw, dh = p->dh, dw = p->dw, sh = p->sh, sw = p->sw, khw = kh * kw;
+    const int32_t hp = SC_I8_DW_PAD_H(p), wp = SC_I8_DW_PAD_W(p), hout = p->hout, wout = p->wout;
+    const int32_t rows = p->hin < hp - p->ph ? p->hin : hp - p->ph;
+    const int32_t cols = p->win < wp - p->pw ? p->win : wp - p->pw;
+    const int32_t zp = p->in_zp;
+    int32_t c, y, oy, ox, ky, kx, j;
+    memset(pad, (unsigned char)zp, (size_t)SC_I8_DW_PAD_BYTES(p));
+    for (c = 0; c < p->cout; ++c) {
+        const int8_t *const wc = q + c * khw;
+        const sc_i8_rq rq = sc_i8_rq_make(mult[c], shift[c], p->out_zp, p->act_min, p->act_max);
+        int8_t *o = out + c * hout * wout;
+        int32_t qsum = 0, b_in;
+        for (j = 0; j < khw; ++j) qsum += wc[j];
+        b_in = (bias ? bias[c] : 0) - zp * qsum;
+        for (y = 0; y < rows; ++y) memcpy(pad + (y + p->ph) * wp + p->pw, in + (c * p->hin + y) * p->win, (size_t)cols);
+        if (kh == 3 && kw == 3 && sh == 1 && sw == 1 && dh == 1 && dw == 1) {
+            sc_i8_dw3_plane(pad, o, wc, b_in, &rq, wp, hout, wout);
+            continue;
+        }
+        for (oy = 0; oy < hout; ++oy) {
+            for (ox = 0; ox < wout; ++ox) {
+                const int8_t *r = pad + oy * sh * wp + ox * sw, *w = wc;
+                int32_t acc = b_in;
+                for (ky = 0; ky < kh; ++ky, r += dh * wp)
+                    for (kx = 0; kx < kw; ++kx) acc += (int32_t)*w++ * (int32_t)r[kx * dw];
+                *o++ = sc_i8_rq_apply(acc, &rq);
             }
         }
     }
@@ -721,7 +875,7 @@ static inline void sc_i8_add(const int8_t *a, const int8_t *b, int8_t *y, int32_
     for (i = 0; i < n; ++i) {
         const int32_t av = sc_i8_mbqm(((int32_t)a[i] - p->a_zp) * ((int32_t)1 << p->left_shift), p->a_mult, p->a_shift);
         const int32_t bv = sc_i8_mbqm(((int32_t)b[i] - p->b_zp) * ((int32_t)1 << p->left_shift), p->b_mult, p->b_shift);
-        y[i] = sc_i8_clamp(sc_i8_mbqm(av + bv, p->out_mult, p->out_shift) + p->out_zp, p->act_min, p->act_max);
+        y[i] = sc_i8_requant(av + bv, p->out_mult, p->out_shift, p->out_zp, p->act_min, p->act_max);
     }
 }
 
@@ -734,7 +888,7 @@ static inline void sc_i8_mul(const int8_t *a, const int8_t *b, int8_t *y, int32_
     int32_t i;
     for (i = 0; i < n; ++i) {
         const int32_t prod = ((int32_t)a[i] - p->a_zp) * ((int32_t)b[i] - p->b_zp);
-        y[i] = sc_i8_clamp(sc_i8_mbqm(prod, p->mult, p->shift) + p->out_zp, p->act_min, p->act_max);
+        y[i] = sc_i8_requant(prod, p->mult, p->shift, p->out_zp, p->act_min, p->act_max);
     }
 }
 
@@ -746,7 +900,7 @@ static inline void sc_i8_concat_part(const int8_t *x, int8_t *y, int32_t outer, 
     int32_t o, i;
     for (o = 0; o < outer; ++o) {
         for (i = 0; i < size; ++i)
-            y[i] = sc_i8_clamp(sc_i8_mbqm((int32_t)x[i] - in_zp, mult, shift) + out_zp, -128, 127);
+            y[i] = sc_i8_requant((int32_t)x[i] - in_zp, mult, shift, out_zp, -128, 127);
         x += size;
         y += stride;
     }

@@ -44,12 +44,26 @@ CASES = {
     # 1x1 (row_len 4), then 'same' even kernel (asymmetric padding)
     "conv_1x1_same": (lambda: _seq(nn.Conv2d(4, 7, 1), nn.ReLU(), nn.Conv2d(7, 3, 4, padding="same")), (1, 4, 5, 6)),
     "conv1d": (lambda: _seq(nn.Conv1d(3, 5, 5, stride=2, padding=2), nn.ReLU()), (1, 3, 17)),
-    # grouped and depthwise convs keep the plain kernel in both builds
+    # a grouped conv keeps the plain kernel in both builds; the depthwise one takes the padded plane
     "conv_groups_depthwise": (lambda: _seq(nn.Conv2d(4, 4, 3, groups=4, padding=1), nn.Conv2d(4, 6, 3, groups=2)),
                               (1, 4, 6, 6)),  # fmt: skip
     # depthwise (plain sc_i8_conv_q8_dw in both builds): 3-wide rows with stride and dilation, then 5x5
     "depthwise_stride_dil": (lambda: _seq(nn.Conv2d(3, 3, 3, groups=3, stride=2, padding=2, dilation=(1, 2)), nn.ReLU(),
                                           nn.Conv2d(3, 3, 5, groups=3, padding=(2, 1))), (1, 3, 11, 12)),  # fmt: skip
+    # depthwise on the in_zp-padded plane (sc_i8_conv_q8_dwp): 3x3 stride 1 with padding, odd output width 9
+    "dw3_pad_odd": (lambda: _seq(nn.Conv2d(5, 5, 3, groups=5, padding=1), nn.ReLU()), (1, 5, 6, 9)),
+    # 3x3 stride 1 without padding, even output width (6), no bias; then ReLU6 and a 3x3 with wout = 2
+    "dw3_nopad_nobias": (lambda: _seq(nn.Conv2d(3, 3, 3, groups=3, bias=False), nn.ReLU6(),
+                                      nn.Conv2d(3, 3, 3, groups=3, padding=(1, 0))), (1, 3, 5, 8)),  # fmt: skip
+    # output width 1 (input width 1, padding 1), asymmetric padding rows, output height 1
+    "dw3_wout1": (lambda: _seq(nn.Conv2d(4, 4, 3, groups=4, padding=(0, 1)), nn.Conv2d(4, 4, 3, groups=4, padding=1)),
+                  (1, 4, 3, 1)),  # fmt: skip
+    # stride 2 (rows and columns past the last window are not copied), then 5x5 padding 2, then (1, 3) s (2, 1)
+    "dw_stride2_5x5": (lambda: _seq(nn.Conv2d(4, 4, 3, groups=4, stride=2, padding=1), nn.ReLU(),
+                                    nn.Conv2d(4, 4, 5, groups=4, padding=2), nn.Conv2d(4, 4, (1, 3), groups=4, stride=(2, 1))),
+                       (1, 4, 11, 10)),  # fmt: skip
+    # a plane above DSP_SCRATCH_MAX_BYTES keeps the clipping kernel sc_i8_conv_q8_dw
+    "dw_large_plane": (lambda: _seq(nn.Conv2d(2, 2, 3, groups=2, padding=1)), (1, 2, 95, 90)),
     # in % 4 == 1, out = 7 (one 4-row pass + 3 single rows), 3 rows
     "linear_odd": (lambda: _seq(nn.Linear(13, 7), nn.ReLU()), (1, 3, 13)),
     # in < 4 (no pair at all), out % 4 == 1; then in % 4 == 0
@@ -83,13 +97,17 @@ def test_pair_kernels_bit_exact_on_host(name, tmp_path):
     assert ("sc_i8_conv_q8_dsp(" in src) == convs_g1
     if convs_g1:
         assert "#if SC_INT8_DSP" in src and "uint32_t col[" in src
+    dw_padded = name.startswith(("dw", "depthwise", "conv_groups_depthwise")) and name != "dw_large_plane"
+    assert ("sc_i8_conv_q8_dwp(" in src) == dw_padded
+    assert ("int8_t pad[" in src) == dw_padded
 
 
 def test_pair_kernels_clean_under_asan_ubsan(tmp_path):
     from helpers import SANITIZE_FLAGS, require_sanitizer
 
     require_sanitizer()
-    for name in ("conv_cin1_odd_kw", "conv_dilation", "conv_interior_nobias", "depthwise_stride_dil", "linear_odd"):
+    for name in ("conv_cin1_odd_kw", "conv_dilation", "conv_interior_nobias", "depthwise_stride_dil", "linear_odd",
+                 "dw3_pad_odd", "dw3_wout1", "dw_stride2_5x5"):
         _check(name, tmp_path / name, [DSP + SANITIZE_FLAGS], n=4)
 
 
@@ -135,7 +153,8 @@ def test_portable_dsp_helpers_match_their_definition(tmp_path):
 
 def _board_net():
     torch.manual_seed(11)
-    return _seq(nn.Conv2d(1, 6, 3, padding=1), nn.ReLU(), nn.Conv2d(6, 5, (3, 2), stride=(1, 2)), nn.ReLU(),
+    return _seq(nn.Conv2d(1, 6, 3, padding=1), nn.ReLU(), nn.Conv2d(6, 6, 3, padding=1, groups=6), nn.ReLU(),
+                nn.Conv2d(6, 6, 5, padding=2, stride=(2, 1), groups=6), nn.ReLU(), nn.Conv2d(6, 5, (3, 2), stride=(1, 2)), nn.ReLU(),
                 nn.Conv2d(5, 8, 1), nn.ReLU(), nn.Flatten(), nn.LazyLinear(12), nn.ReLU(), nn.Linear(12, 7),
                 nn.Linear(7, 5))  # fmt: skip
 
@@ -151,12 +170,61 @@ def test_board_bit_exact_with_and_without_dsp(target, cppflags, expect_dsp, tmp_
     from codegen import board
 
     net = _board_net()
-    net(torch.zeros(1, 1, 9, 8))
-    res, _ = emit_integer(net, (1, 1, 9, 8), tmp_path)
+    net(torch.zeros(1, 1, 9, 7))
+    res, _ = emit_integer(net, (1, 1, 9, 7), tmp_path)
     make_vars = {"CPPFLAGS": f"-I. {cppflags}"} if cppflags else None
     run = board.run(res.directory, target, make_vars=make_vars)
     assert run.exit_code == 0, run.stdout + run.stderr
     assert run.max_abs_error == 0.0
     dis = _disassembly(res.directory / "build" / target / "model.elf")
-    for insn in ("smlad", "sxtb16"):
+    for insn in ("smlad", "smladx", "sxtb16"):
         assert (f"\t{insn}\t" in dis) == expect_dsp, insn
+
+
+def test_requantization_fast_path_matches_reference(tmp_path):
+    """sc_i8_mbqm (one SMLAL for shift <= -2, sc_i8_mbqm_e2) and sc_i8_requant against the numpy
+    reference (codegen.integer.mbqm) on random and edge accumulators, multipliers and shifts, ties
+    included (accumulators k * 2^(e-1) around multiples of 2^e with mult = 2^30)."""
+    from codegen.integer import mbqm
+
+    rng = np.random.default_rng(3)
+    edges = [0, 1, -1, 2, -2, 127, -128, 2**31 - 1, -(2**31), 2**30, -(2**30), 2**30 - 1, -(2**30) + 1]
+    acc = np.concatenate([rng.integers(-(2**31), 2**31, 4000), rng.integers(-5000, 5000, 4000), edges * 20])
+    mult = np.concatenate([rng.integers(2**30, 2**31, acc.size - 200), np.full(100, 2**30), np.full(100, 2**31 - 1)])
+    rng.shuffle(mult)
+    shift = rng.integers(-31, 3, acc.size)
+    # exact ties of both roundings: mult = 2^30 halves, then k * 2^(e-1) sits on a rounding boundary
+    e = rng.integers(1, 12, 2000)
+    k = rng.integers(-4000, 4000, 2000)
+    acc = np.concatenate([acc, np.clip(2 * k * (1 << (e - 1)) + rng.integers(-2, 3, 2000), -(2**31), 2**31 - 1)])
+    mult = np.concatenate([mult, np.full(2000, 2**30)])
+    shift = np.concatenate([shift, -e])
+    mult[rng.random(mult.size) < 0.01] = 0
+    zp = rng.integers(-128, 128, acc.size)
+    lo = np.where(rng.random(acc.size) < 0.5, -128, rng.integers(-128, 0, acc.size))
+    hi = np.where(rng.random(acc.size) < 0.5, 127, rng.integers(0, 128, acc.size))
+    rows = np.stack([acc, mult, shift, zp, lo, hi], 1)
+    src = tmp_path / "r.c"
+    src.write_text(
+        '#include <stdio.h>\n#include "sc_int8.h"\nint main(void) {\n    long a, m, s, z, l, h;\n'
+        '    while (scanf("%ld %ld %ld %ld %ld %ld", &a, &m, &s, &z, &l, &h) == 6)\n'
+        '        printf("%ld %d\\n", (long)sc_i8_mbqm((int32_t)a, (int32_t)m, (int32_t)s),\n'
+        '               sc_i8_requant((int32_t)a, (int32_t)m, (int32_t)s, (int32_t)z, (int32_t)l, (int32_t)h));\n'
+        "    return 0;\n}\n"
+    )
+    from helpers import SANITIZE_FLAGS, sanitizer_problem
+
+    flags = [] if sanitizer_problem() else list(SANITIZE_FLAGS)
+    exe = tmp_path / "r"
+    subprocess.run(["cc", "-std=c99", "-O2", "-Wall", "-Wextra", "-Werror", "-pedantic", *flags, f"-I{RUNTIME}",
+                    str(src), "-o", str(exe)], check=True)  # fmt: skip
+    out = subprocess.run([str(exe)], input="\n".join(" ".join(map(str, r)) for r in rows), capture_output=True,
+                         text=True)  # fmt: skip
+    assert out.returncode == 0 and out.stderr == "", out.stderr[-2000:]
+    got = np.array([ln.split() for ln in out.stdout.splitlines()], dtype=np.int64)
+    want = mbqm(acc, mult, shift)
+    assert got.shape == (acc.size, 2)
+    bad = np.flatnonzero(got[:, 0] != want)
+    assert bad.size == 0, f"{bad.size} differ, first acc={acc[bad[0]]} mult={mult[bad[0]]} shift={shift[bad[0]]}: " \
+                          f"C {got[bad[0], 0]} ref {want[bad[0]]}"  # fmt: skip
+    assert np.array_equal(got[:, 1], np.clip(want + zp, lo, hi))
