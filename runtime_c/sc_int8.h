@@ -46,8 +46,10 @@
 #endif
 #endif
 
-#if defined(__ARM_FEATURE_DSP) && __ARM_FEATURE_DSP
+#if (defined(__ARM_FEATURE_DSP) && __ARM_FEATURE_DSP) || (defined(__ARM_FEATURE_SAT) && __ARM_FEATURE_SAT)
 #include <arm_acle.h>
+#endif
+#if defined(__ARM_FEATURE_DSP) && __ARM_FEATURE_DSP
 /* (b2, b0) of x as two sign-extended halfwords */
 static inline uint32_t sc_sxtb16(uint32_t x) { return (uint32_t)__sxtb16((int32_t)x); }
 /* (b3, b1) of x: SXTB16 with ROR #8 (one instruction; gcc 12 does not fold a rotate into __sxtb16) */
@@ -160,8 +162,31 @@ static inline int8_t sc_i8_clamp(int32_t v, int32_t lo, int32_t hi)
  * (bounds lo - zp, hi - zp), so a saturated mbqm near INT32_MAX cannot overflow. */
 static inline int8_t sc_i8_requant(int32_t acc, int32_t mult, int32_t shift, int32_t zp, int32_t lo, int32_t hi)
 {
-    const int32_t v = sc_i8_mbqm(acc, mult, shift), a = lo - zp, b = hi - zp;
-    return (int8_t)((v < a ? a : (v > b ? b : v)) + zp);
+    if (shift <= -2) { /* |sc_i8_mbqm_e2| <= 2^29 + 1: adding zp cannot overflow */
+        const int32_t v = sc_i8_mbqm_e2(acc, mult, -shift) + zp;
+        return (int8_t)(v < lo ? lo : (v > hi ? hi : v));
+    } else {
+        const int32_t v = sc_i8_mbqm(acc, mult, shift), a = lo - zp, b = hi - zp;
+        return (int8_t)((v < a ? a : (v > b ? b : v)) + zp);
+    }
+}
+
+/* v saturated to int8 (one SSAT on Armv7-M) */
+#if defined(__ARM_FEATURE_SAT) && __ARM_FEATURE_SAT
+static inline int32_t sc_ssat8(int32_t v) { return __ssat(v, 8); }
+#else
+static inline int32_t sc_ssat8(int32_t v) { return v < -128 ? -128 : (v > 127 ? 127 : v); }
+#endif
+
+/* The shift <= -2 requantization for kernels whose act bounds are compile-time constants (inlined with
+ * a static const parameter block): SSAT, and a compare only for a bound inside int8. */
+static inline int8_t sc_i8_requant_hk(int32_t acc, int32_t mult, uint32_t half, int32_t k, int32_t zp, int32_t lo,
+                                      int32_t hi)
+{
+    int32_t v = sc_ssat8(sc_i8_mbqm_hk(acc, mult, half, k) + zp);
+    if (lo > -128 && v < lo) v = lo;
+    if (hi < 127 && v > hi) v = hi;
+    return (int8_t)v;
 }
 
 /* ---- LSB-first bit reader (as sc_quant.h), started at any bit ------------------------------- */
@@ -451,38 +476,15 @@ static inline void sc_i8_conv_q8_dw(const int8_t *in, int8_t *out, const int8_t 
 #define SC_I8_DW_PAD_W(p) (((p)->wout - 1) * (p)->sw + ((p)->kw - 1) * (p)->dw + 1)
 #define SC_I8_DW_PAD_BYTES(p) (SC_I8_DW_PAD_H(p) * SC_I8_DW_PAD_W(p) + 3)
 
-/* Requantization with the channel's constants hoisted (sc_i8_requant; shift <= -2 takes one SMLAL). */
-typedef struct {
-    int32_t m, sh, k, a, b, zp;
-    uint32_t half;
-} sc_i8_rq;
-
-static inline sc_i8_rq sc_i8_rq_make(int32_t m, int32_t sh, int32_t zp, int32_t lo, int32_t hi)
-{
-    sc_i8_rq r;
-    r.m = m;
-    r.sh = sh;
-    r.k = -sh - 1;
-    r.half = sh <= -2 ? ((uint32_t)1) << (-sh - 2) : 0u;
-    r.a = lo - zp;
-    r.b = hi - zp;
-    r.zp = zp;
-    return r;
-}
-
-static inline int8_t sc_i8_rq_apply(int32_t acc, const sc_i8_rq *r)
-{
-    const int32_t v = r->sh <= -2 ? sc_i8_mbqm_hk(acc, r->m, r->half, r->k) : sc_i8_mbqm(acc, r->m, r->sh);
-    return (int8_t)((v < r->a ? r->a : (v > r->b ? r->b : v)) + r->zp);
-}
-
 /* 3x3, stride 1, dilation 1: the channel's 9 weights in registers, 2 outputs per pass. With SMLAD, per
  * kernel row one 4-byte load x0..x3, SXTB16 -> (x0, x2), SXTB16 ROR 8 -> (x1, x3), weights (w0, w2) and
  * (w1, 0) as halfwords: out0 += w0 x0 + w2 x2 + w1 x1, out1 += w0 x1 + w2 x3 + w1 x2 (SMLADX): 7
  * instructions for 6 MACs. Without DSP the same 2 outputs share 4 byte loads per kernel row. */
 static inline SC_SPECIALIZE void sc_i8_dw3_plane(const int8_t *pc, int8_t *o, const int8_t *wc, int32_t b_in,
-                                                 const sc_i8_rq *rq, int32_t wp, int32_t hout, int32_t wout)
+                                                 int32_t m, int32_t e, const sc_i8_conv_params *p)
 {
+    const int32_t wp = p->wout + 2, hout = p->hout, wout = p->wout, zp = p->out_zp, lo = p->act_min, hi = p->act_max;
+    const uint32_t half = ((uint32_t)1) << (e - 2);
     int32_t oy, ox;
 #if SC_INT8_DSP
 #define SC_I8_W02(i) ((uint32_t)(uint16_t)(int16_t)wc[i] | ((uint32_t)(uint16_t)(int16_t)wc[(i) + 2] << 16))
@@ -494,8 +496,8 @@ static inline SC_SPECIALIZE void sc_i8_dw3_plane(const int8_t *pc, int8_t *o, co
         const uint32_t xw = sc_ld32(r), xl = sc_sxtb16(xw), xh = sc_sxtb16_ror8(xw);                 \
         a = sc_smlad(u, xl, a);                                                                   \
         a = sc_smlad(v, xh, a);                                                                   \
-        e = sc_smlad(u, xh, e);                                                                   \
-        e = sc_smladx(v, xl, e);                                                                  \
+        b = sc_smlad(u, xh, b);                                                                   \
+        b = sc_smladx(v, xl, b);                                                                  \
     } while (0)
 #else
     const int32_t w0 = wc[0], w1 = wc[1], w2 = wc[2], w3 = wc[3], w4 = wc[4], w5 = wc[5];
@@ -504,13 +506,13 @@ static inline SC_SPECIALIZE void sc_i8_dw3_plane(const int8_t *pc, int8_t *o, co
     do {                                                                                          \
         const int32_t x0 = (r)[0], x1 = (r)[1], x2 = (r)[2], x3 = (r)[3];                         \
         a += wa * x0 + wb * x1 + wc_ * x2;                                                        \
-        e += wa * x1 + wb * x2 + wc_ * x3;                                                        \
+        b += wa * x1 + wb * x2 + wc_ * x3;                                                        \
     } while (0)
 #endif
     for (oy = 0; oy < hout; ++oy, o += wout) {
         const int8_t *r = pc + oy * wp;
-        for (ox = 0; ox < wout; ox += 2, r += 2) {
-            int32_t a = b_in, e = b_in;
+        for (ox = 0; ox + 2 <= wout; ox += 2, r += 2) {
+            int32_t a = b_in, b = b_in;
 #if SC_INT8_DSP
             SC_I8_DW3_ROW(r, u0, v0);
             SC_I8_DW3_ROW(r + wp, u1, v1);
@@ -520,8 +522,27 @@ static inline SC_SPECIALIZE void sc_i8_dw3_plane(const int8_t *pc, int8_t *o, co
             SC_I8_DW3_ROW(r + wp, w3, w4, w5);
             SC_I8_DW3_ROW(r + 2 * wp, w6, w7, w8);
 #endif
-            o[ox] = sc_i8_rq_apply(a, rq);
-            if (ox + 1 < wout) o[ox + 1] = sc_i8_rq_apply(e, rq); /* an odd last output: e is unused */
+            o[ox] = sc_i8_requant_hk(a, m, half, e - 1, zp, lo, hi);
+            o[ox + 1] = sc_i8_requant_hk(b, m, half, e - 1, zp, lo, hi);
+        }
+        if (ox < wout) { /* odd width: the last output alone */
+#if SC_INT8_DSP
+#define SC_I8_DW3_ONE(r, u, v)                                                                    \
+    do {                                                                                          \
+        const uint32_t xw = sc_ld32(r);                                                           \
+        a = sc_smlad(u, sc_sxtb16(xw), a);                                                        \
+        a = sc_smlad(v, sc_sxtb16_ror8(xw), a);                                                   \
+    } while (0)
+            int32_t a = b_in;
+            SC_I8_DW3_ONE(r, u0, v0);
+            SC_I8_DW3_ONE(r + wp, u1, v1);
+            SC_I8_DW3_ONE(r + 2 * wp, u2, v2);
+#undef SC_I8_DW3_ONE
+#else
+            const int32_t a = b_in + w0 * r[0] + w1 * r[1] + w2 * r[2] + w3 * r[wp] + w4 * r[wp + 1] + w5 * r[wp + 2] +
+                              w6 * r[2 * wp] + w7 * r[2 * wp + 1] + w8 * r[2 * wp + 2];
+#endif
+            o[ox] = sc_i8_requant_hk(a, m, half, e - 1, zp, lo, hi);
         }
     }
 #undef SC_I8_DW3_ROW
@@ -540,14 +561,13 @@ static inline SC_SPECIALIZE void sc_i8_conv_q8_dwp(const int8_t *in, int8_t *out
     memset(pad, (unsigned char)zp, (size_t)SC_I8_DW_PAD_BYTES(p));
     for (c = 0; c < p->cout; ++c) {
         const int8_t *const wc = q + c * khw;
-        const sc_i8_rq rq = sc_i8_rq_make(mult[c], shift[c], p->out_zp, p->act_min, p->act_max);
         int8_t *o = out + c * hout * wout;
         int32_t qsum = 0, b_in;
         for (j = 0; j < khw; ++j) qsum += wc[j];
         b_in = (bias ? bias[c] : 0) - zp * qsum;
         for (y = 0; y < rows; ++y) memcpy(pad + (y + p->ph) * wp + p->pw, in + (c * p->hin + y) * p->win, (size_t)cols);
-        if (kh == 3 && kw == 3 && sh == 1 && sw == 1 && dh == 1 && dw == 1) {
-            sc_i8_dw3_plane(pad, o, wc, b_in, &rq, wp, hout, wout);
+        if (kh == 3 && kw == 3 && sh == 1 && sw == 1 && dh == 1 && dw == 1 && shift[c] <= -2) {
+            sc_i8_dw3_plane(pad, o, wc, b_in, mult[c], -shift[c], p);
             continue;
         }
         for (oy = 0; oy < hout; ++oy) {
@@ -556,7 +576,7 @@ static inline SC_SPECIALIZE void sc_i8_conv_q8_dwp(const int8_t *in, int8_t *out
                 int32_t acc = b_in;
                 for (ky = 0; ky < kh; ++ky, r += dh * wp)
                     for (kx = 0; kx < kw; ++kx) acc += (int32_t)*w++ * (int32_t)r[kx * dw];
-                *o++ = sc_i8_rq_apply(acc, &rq);
+                *o++ = sc_i8_requant(acc, mult[c], shift[c], p->out_zp, p->act_min, p->act_max);
             }
         }
     }

@@ -182,7 +182,7 @@ def test_board_bit_exact_with_and_without_dsp(target, cppflags, expect_dsp, tmp_
 
 
 def test_requantization_fast_path_matches_reference(tmp_path):
-    """sc_i8_mbqm (one SMLAL for shift <= -2, sc_i8_mbqm_e2) and sc_i8_requant against the numpy
+    """sc_i8_mbqm (one SMLAL for shift <= -2, sc_i8_mbqm_e2), sc_i8_requant and sc_i8_requant_hk against the numpy
     reference (codegen.integer.mbqm) on random and edge accumulators, multipliers and shifts, ties
     included (accumulators k * 2^(e-1) around multiples of 2^e with mult = 2^30)."""
     from codegen.integer import mbqm
@@ -208,8 +208,10 @@ def test_requantization_fast_path_matches_reference(tmp_path):
     src.write_text(
         '#include <stdio.h>\n#include "sc_int8.h"\nint main(void) {\n    long a, m, s, z, l, h;\n'
         '    while (scanf("%ld %ld %ld %ld %ld %ld", &a, &m, &s, &z, &l, &h) == 6)\n'
-        '        printf("%ld %d\\n", (long)sc_i8_mbqm((int32_t)a, (int32_t)m, (int32_t)s),\n'
-        '               sc_i8_requant((int32_t)a, (int32_t)m, (int32_t)s, (int32_t)z, (int32_t)l, (int32_t)h));\n'
+        '        printf("%ld %d %d\\n", (long)sc_i8_mbqm((int32_t)a, (int32_t)m, (int32_t)s),\n'
+        '               sc_i8_requant((int32_t)a, (int32_t)m, (int32_t)s, (int32_t)z, (int32_t)l, (int32_t)h),\n'
+        '               s <= -2 ? sc_i8_requant_hk((int32_t)a, (int32_t)m, 1u << (-s - 2), (int32_t)(-s - 1),\n'
+        '                                          (int32_t)z, (int32_t)l, (int32_t)h) : -1000);\n'
         "    return 0;\n}\n"
     )
     from helpers import SANITIZE_FLAGS, sanitizer_problem
@@ -223,8 +225,9 @@ def test_requantization_fast_path_matches_reference(tmp_path):
     assert out.returncode == 0 and out.stderr == "", out.stderr[-2000:]
     got = np.array([ln.split() for ln in out.stdout.splitlines()], dtype=np.int64)
     want = mbqm(acc, mult, shift)
-    assert got.shape == (acc.size, 2)
+    assert got.shape == (acc.size, 3)
     bad = np.flatnonzero(got[:, 0] != want)
     assert bad.size == 0, f"{bad.size} differ, first acc={acc[bad[0]]} mult={mult[bad[0]]} shift={shift[bad[0]]}: " \
                           f"C {got[bad[0], 0]} ref {want[bad[0]]}"  # fmt: skip
     assert np.array_equal(got[:, 1], np.clip(want + zp, lo, hi))
+    assert np.array_equal(got[:, 2], np.where(shift <= -2, np.clip(want + zp, lo, hi), -1000))
