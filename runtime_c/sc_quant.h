@@ -212,18 +212,34 @@ static inline void sc_linear_cb(const float *x, float *y, const uint8_t *idx, co
         }                                                                                        \
     }
 
-/* ---- convolution (output-stationary, as the CSR kernels of sc_conv.h) ------------------------ *
+/* ---- convolution ---------------------------------------------------------------------------- *
  * Every quantized conv decodes an output channel's nonzero weights SC_CSR_CHUNK at a time into
  * float32 values (scale[oc] * q, exactly the model's weight, or codebook[i]) and input offsets on
- * the stack (512 B), then sc_conv_sparse_taps accumulates them into each output position in
- * registers, 4 positions per pass (bias and activation fused). Decoding costs a few instructions
- * per nonzero per output channel, not per MAC. */
+ * the stack, then accumulates them with the CSR loops of sc_conv.h: 1x1 stride-1 convs over the
+ * flattened plane (sc_conv_sparse_flat, 16 positions per pass), others output-stationary
+ * (sc_conv_sparse_taps, 4 positions per pass), bias and activation fused. A conv whose outputs are
+ * mostly on the border (fewer than half in 4-position interior blocks: small planes, depthwise
+ * with padding, strided first layers) applies each weight to every output it reaches instead
+ * (sc_conv_tap, windows clipped once per weight). Decoding costs a few instructions per nonzero
+ * per output channel, not per MAC. */
+
+/* 1 when fewer than half of the outputs fall in 4-position interior blocks of sc_conv_sparse_taps. */
+static inline int sc_conv_q_mostly_border(const sc_conv_params *p)
+{
+    int32_t y0, y1, x0, x1;
+    sc_conv_interior(p->ph, p->sh, (p->kh - 1) * p->dh + 1, p->hin, p->hout, &y0, &y1);
+    sc_conv_interior(p->pw, p->sw, (p->kw - 1) * p->dw + 1, p->win, p->wout, &x0, &x1);
+    return 2 * (y1 - y0) * ((x1 - x0) & ~3) < p->hout * p->wout;
+}
 
 #define SC_CONV_Q_DIMS                                                                            \
     const int32_t cin_g = p->cin / p->groups, cout_g = p->cout / p->groups;                     \
     const int32_t plane_in = p->hin * p->win, plane_out = p->hout * p->wout;                    \
     const int32_t khw = p->kh * p->kw, row_len = cin_g * khw;                                   \
+    const int cq_flat = khw == 1 && p->sh == 1 && p->sw == 1 && p->ph == 0 && p->pw == 0;        \
+    const int cq_ws = !cq_flat && sc_conv_q_mostly_border(p);                                    \
     float cv[SC_CSR_CHUNK];                                                                      \
+    const float *cxs[SC_CSR_CHUNK];                                                              \
     int32_t coff[SC_CSR_CHUNK], cty[SC_CSR_CHUNK], ctx[SC_CSR_CHUNK];                           \
     int32_t oc, cn, cfirst;                                                                      \
     float cb_;                                                                                   \
@@ -231,32 +247,59 @@ static inline void sc_linear_cb(const float *x, float *y, const uint8_t *idx, co
     const float *in_g;                                                                           \
     (void)row_len
 
+/* Accumulates a chunk into the channel's outputs (`last`: the row's final chunk). One out-of-line
+ * copy per model: every quantized conv shares it (code size). */
+static SC_NOINLINE void sc_conv_q_flush(const float *in_g, float *o, const float *cv, const float *const *cxs,
+                                        const int32_t *coff, const int32_t *cty, const int32_t *ctx, int32_t n,
+                                        int flat, float b, int first, int last, const sc_conv_params *p)
+{
+    if (flat)
+        sc_conv_sparse_flat(o, cxs, cv, n, p->hout * p->wout, b, first, last, p);
+    else
+        sc_conv_sparse_taps(in_g, o, cv, coff, cty, ctx, n, p, b, first, last);
+}
+
+#define SC_CONV_Q_FLUSH(LAST)                                                                     \
+    do {                                                                                         \
+        sc_conv_q_flush(in_g, o, cv, cxs, coff, cty, ctx, cn, cq_flat, cb_, cfirst, (LAST), p);  \
+        cfirst = 0;                                                                              \
+        cn = 0;                                                                                  \
+    } while (0)
+
 /* Output channel oc: its plane, its group's input, its bias; the chunk starts empty. */
 #define SC_CONV_Q_BEGIN                                                                           \
     o = out + oc * plane_out;                                                                    \
     in_g = in + (oc / cout_g) * cin_g * plane_in;                                               \
     cb_ = bias ? bias[oc] : 0.0f;                                                                \
     cn = 0;                                                                                      \
-    cfirst = 1
+    cfirst = 1;                                                                                  \
+    if (cq_ws) sc_conv_fill(o, plane_out, cb_)
 
-/* Adds the weight wv at flat row position j ([C_in/groups][kh][kw]) to the chunk. */
+/* Adds the weight wv at flat row position j ([C_in/groups][kh][kw]). */
 #define SC_CONV_Q_PUSH(J, WV)                                                                     \
     do {                                                                                         \
         const int32_t j_ = (J), ci_ = j_ / khw, r_ = j_ - ci_ * khw;                            \
         const int32_t ky_ = r_ / p->kw, kx_ = r_ - ky_ * p->kw;                                  \
-        cv[cn] = (WV);                                                                           \
-        cty[cn] = ky_ * p->dh;                                                                   \
-        ctx[cn] = kx_ * p->dw;                                                                   \
-        coff[cn] = ci_ * plane_in + cty[cn] * p->win + ctx[cn];                                 \
-        if (++cn == SC_CSR_CHUNK) {                                                              \
-            sc_conv_sparse_taps(in_g, o, cv, coff, cty, ctx, cn, p, cb_, cfirst, 0);             \
-            cfirst = 0;                                                                          \
-            cn = 0;                                                                              \
+        if (cq_ws) {                                                                             \
+            sc_conv_tap(in_g + ci_ * plane_in, o, (WV), ky_, kx_, p);                            \
+        } else {                                                                                 \
+            cv[cn] = (WV);                                                                       \
+            cxs[cn] = in_g + ci_ * plane_in;                                                     \
+            cty[cn] = ky_ * p->dh;                                                               \
+            ctx[cn] = kx_ * p->dw;                                                               \
+            coff[cn] = ci_ * plane_in + cty[cn] * p->win + ctx[cn];                             \
+            if (++cn == SC_CSR_CHUNK) SC_CONV_Q_FLUSH(0);                                        \
         }                                                                                        \
     } while (0)
 
-/* The channel's last chunk (possibly empty): stores bias + sums, activated. */
-#define SC_CONV_Q_END sc_conv_sparse_taps(in_g, o, cv, coff, cty, ctx, cn, p, cb_, cfirst, 1)
+/* The channel's end: the last chunk (possibly empty) stores bias + sums, activated. */
+#define SC_CONV_Q_END                                                                             \
+    do {                                                                                         \
+        if (cq_ws)                                                                               \
+            sc_act_inplace(o, plane_out, p->act, p->alpha);                                      \
+        else                                                                                     \
+            SC_CONV_Q_FLUSH(1);                                                                  \
+    } while (0)
 
 static inline void sc_conv_q8(const float *in, float *out, const int8_t *q, const float *scale,
                               const float *bias, const sc_conv_params *p)

@@ -513,3 +513,29 @@ def test_each_form_runs_on_the_emulated_board(on_board, target):
     result = cboard.run(d, target)
     assert result.passed, result.stdout + result.stderr
     np.testing.assert_allclose(result.outputs, expected, rtol=0, atol=res.report["test"]["tolerance"])
+
+
+class ConvPaths(nn.Module):
+    """The three conv paths of sc_quant.h: a conv whose outputs are mostly interior (chunked
+    output-stationary, 72 taps per row: more than one chunk of 32), a 1x1 stride-1 conv (over the
+    flattened plane) and a padded conv on a small plane (weight-stationary taps)."""
+
+    def __init__(self):
+        super().__init__()
+        self.wide = nn.Conv2d(8, 6, 3)  # 14x13 -> 12x11: interior blocks
+        self.pw = nn.Conv2d(6, 7, 1)  # 1x1
+        self.small = nn.Conv2d(7, 4, 3, stride=2, padding=1)  # 12x11 -> 6x6, border-heavy
+
+    def forward(self, x):
+        return self.small(torch.relu(self.pw(torch.relu(self.wide(x)))))
+
+
+@pytest.mark.parametrize("density", [0.3, 1.0])
+@pytest.mark.parametrize("form", [f for f in NEW_FORMS])
+def test_quantized_conv_paths(form, density, tmp_path, monkeypatch):
+    torch.manual_seed(3)
+    net = prepare_(ConvPaths(), form, density)
+    sanitize = sanitizer_problem() is None
+    res = emit_and_verify(net, (1, 8, 14, 13), only(monkeypatch, form), tmp_path, sanitize=sanitize)
+    for source in ("wide", "pw", "small"):
+        assert next(ly for ly in res.report["layers"] if ly["source"] == source)["format"] == form
