@@ -585,6 +585,17 @@ static inline SC_SPECIALIZE void sc_conv_sparse_taps(const float *in_g, float *o
 #undef SC_SPARSE_LOAD
 #undef SC_SPARSE_STORE
 
+/* 1 when fewer than half of the outputs fall in the 4-position interior blocks of
+ * sc_conv_sparse_taps (small padded planes, strided first layers): applying each weight to every
+ * output it reaches (sc_conv_tap, window clipped once per weight) is then cheaper. */
+static inline int sc_conv_mostly_border(const sc_conv_params *p)
+{
+    int32_t y0, y1, x0, x1;
+    sc_conv_interior(p->ph, p->sh, (p->kh - 1) * p->dh + 1, p->hin, p->hout, &y0, &y1);
+    sc_conv_interior(p->pw, p->sw, (p->kw - 1) * p->dw + 1, p->win, p->wout, &x0, &x1);
+    return 2 * (y1 - y0) * ((x1 - x0) & ~3) < p->hout * p->wout;
+}
+
 /* One kernel per (column index type, row pointer type) pair: sc_conv_csr_<it>_<pt>. A 1x1,
  * stride-1, unpadded conv walks its plane as one row (blocks of 4 run across row ends). */
 #define SC_DEFINE_CONV_CSR(SUFFIX, IT, PT)                                                        \
@@ -600,6 +611,7 @@ static inline SC_SPECIALIZE void sc_conv_sparse_taps(const float *in_g, float *o
         int32_t off[SC_CSR_CHUNK];                                                               \
         int32_t ty[SC_CSR_CHUNK], tx[SC_CSR_CHUNK];                                              \
         int32_t oc, k, i, n;                                                                     \
+        const int border = sc_conv_mostly_border(p0);                                            \
         if (khw == 1 && p0->sh == 1 && p0->sw == 1 && p0->ph == 0 && p0->pw == 0) {              \
             flat = *p0;                                                                          \
             flat.hin = flat.hout = 1;                                                            \
@@ -611,8 +623,8 @@ static inline SC_SPECIALIZE void sc_conv_sparse_taps(const float *in_g, float *o
             const float *in_g = in + (oc / cout_g) * cin_g * plane_in;                          \
             const int32_t start = (int32_t)ptr[oc], end = (int32_t)ptr[oc + 1];                  \
             const float b = bias ? bias[oc] : 0.0f;                                              \
-            if (end - start < SC_CSR_TAPS_BELOW) {                                               \
-                /* a few nonzeros: weight-stationary taps over the plane are cheaper */          \
+            if (end - start < SC_CSR_TAPS_BELOW || border) {                                     \
+                /* few nonzeros, or mostly border: weight-stationary taps are cheaper */         \
                 sc_conv_fill(o, plane_out, b);                                                   \
                 for (k = start; k < end; ++k) {                                                  \
                     const int32_t j = (int32_t)col[k];                                           \

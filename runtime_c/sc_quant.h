@@ -223,21 +223,12 @@ static inline void sc_linear_cb(const float *x, float *y, const uint8_t *idx, co
  * (sc_conv_tap, windows clipped once per weight). Decoding costs a few instructions per nonzero
  * per output channel, not per MAC. */
 
-/* 1 when fewer than half of the outputs fall in 4-position interior blocks of sc_conv_sparse_taps. */
-static inline int sc_conv_q_mostly_border(const sc_conv_params *p)
-{
-    int32_t y0, y1, x0, x1;
-    sc_conv_interior(p->ph, p->sh, (p->kh - 1) * p->dh + 1, p->hin, p->hout, &y0, &y1);
-    sc_conv_interior(p->pw, p->sw, (p->kw - 1) * p->dw + 1, p->win, p->wout, &x0, &x1);
-    return 2 * (y1 - y0) * ((x1 - x0) & ~3) < p->hout * p->wout;
-}
-
 #define SC_CONV_Q_DIMS                                                                            \
     const int32_t cin_g = p->cin / p->groups, cout_g = p->cout / p->groups;                     \
     const int32_t plane_in = p->hin * p->win, plane_out = p->hout * p->wout;                    \
     const int32_t khw = p->kh * p->kw, row_len = cin_g * khw;                                   \
     const int cq_flat = khw == 1 && p->sh == 1 && p->sw == 1 && p->ph == 0 && p->pw == 0;        \
-    const int cq_ws = !cq_flat && sc_conv_q_mostly_border(p);                                    \
+    const int cq_ws = !cq_flat && sc_conv_mostly_border(p);                                      \
     float cv[SC_CSR_CHUNK];                                                                      \
     const float *cxs[SC_CSR_CHUNK];                                                              \
     int32_t coff[SC_CSR_CHUNK], cty[SC_CSR_CHUNK], ctx[SC_CSR_CHUNK];                           \
