@@ -596,28 +596,20 @@ static inline int sc_conv_mostly_border(const sc_conv_params *p)
     return 2 * (y1 - y0) * ((x1 - x0) & ~3) < p->hout * p->wout;
 }
 
-/* One kernel per (column index type, row pointer type) pair: sc_conv_csr_<it>_<pt>. A 1x1,
- * stride-1, unpadded conv walks its plane as one row (blocks of 4 run across row ends). */
+/* One kernel per (column index type, row pointer type) pair: sc_conv_csr_<it>_<pt>. conv.j2 sends
+ * 1x1 stride-1 convs to sc_conv_pw(c)_csr_* and depthwise convs to sc_conv_dw_csr_* (below). */
 #define SC_DEFINE_CONV_CSR(SUFFIX, IT, PT)                                                        \
     static inline SC_SPECIALIZE void sc_conv_##SUFFIX(const float *in, float *out, const float *val,          \
                                         const IT *col, const PT *ptr, const float *bias,        \
-                                        const sc_conv_params *p0)                                \
+                                        const sc_conv_params *p)                                  \
     {                                                                                            \
-        sc_conv_params flat;                                                                     \
-        const sc_conv_params *p = p0;                                                            \
-        const int32_t cin_g = p0->cin / p0->groups, cout_g = p0->cout / p0->groups;             \
-        const int32_t plane_in = p0->hin * p0->win, plane_out = p0->hout * p0->wout;            \
-        const int32_t khw = p0->kh * p0->kw;                                                     \
+        const int32_t cin_g = p->cin / p->groups, cout_g = p->cout / p->groups;             \
+        const int32_t plane_in = p->hin * p->win, plane_out = p->hout * p->wout;            \
+        const int32_t khw = p->kh * p->kw;                                                     \
         int32_t off[SC_CSR_CHUNK];                                                               \
         int32_t ty[SC_CSR_CHUNK], tx[SC_CSR_CHUNK];                                              \
         int32_t oc, k, i, n;                                                                     \
-        const int border = sc_conv_mostly_border(p0);                                            \
-        if (khw == 1 && p0->sh == 1 && p0->sw == 1 && p0->ph == 0 && p0->pw == 0) {              \
-            flat = *p0;                                                                          \
-            flat.hin = flat.hout = 1;                                                            \
-            flat.win = flat.wout = plane_in;                                                     \
-            p = &flat;                                                                           \
-        }                                                                                        \
+        const int border = sc_conv_mostly_border(p);                                             \
         for (oc = 0; oc < p->cout; ++oc) {                                                       \
             float *o = out + oc * plane_out;                                                     \
             const float *in_g = in + (oc / cout_g) * cin_g * plane_in;                          \
@@ -629,10 +621,10 @@ static inline int sc_conv_mostly_border(const sc_conv_params *p)
                 for (k = start; k < end; ++k) {                                                  \
                     const int32_t j = (int32_t)col[k];                                           \
                     const int32_t ci = j / khw, r = j - ci * khw;                                \
-                    const int32_t ky = r / p0->kw, kx = r - ky * p0->kw;                         \
-                    sc_conv_tap(in_g + ci * plane_in, o, val[k], ky, kx, p0);                    \
+                    const int32_t ky = r / p->kw, kx = r - ky * p->kw;                         \
+                    sc_conv_tap(in_g + ci * plane_in, o, val[k], ky, kx, p);                     \
                 }                                                                                \
-                sc_act_inplace(o, plane_out, p0->act, p0->alpha);                                \
+                sc_act_inplace(o, plane_out, p->act, p->alpha);                                \
                 continue;                                                                        \
             }                                                                                    \
             k = start;                                                                           \
@@ -665,8 +657,8 @@ SC_DEFINE_CONV_CSR(csr_u32_u32, uint32_t, uint32_t)
 
 /* ---- CSR kernels for the common specialized shapes ---------------------------------------- */
 
-/* Adds n nonzeros (weights v, input planes xs) to a flat output row o of `len` positions, 8 per
- * pass: each weight load and plane pointer load feeds 8 MACs. The first chunk of a row starts
+/* Adds n nonzeros (weights v, input planes xs) to a flat output row o of `len` positions, 16 per
+ * pass (then 8, then 1): each weight load and plane pointer load feeds 16 MACs. The first chunk of a row starts
  * from the bias (`first`), the last one applies the activation as it stores (`last`). */
 #define SC_SPARSE_LOAD(i) (first ? b : o[i])
 #define SC_SPARSE_STORE(i, a) (o[i] = last ? sc_act((a), p->act, p->alpha) : (a))
