@@ -97,7 +97,9 @@ class Op:
         return self.inplace
 
 
-# Largest stack column buffer (8 positions x C_in floats) for a CSR 1x1 conv run in place.
+# A CSR 1x1 conv run in place gathers PWC_BLOCK positions (SC_PWC_BLOCK in sc_conv.h) of its
+# C_in channels into a stack buffer first; at most PWC_MAX_CBUF_BYTES of it.
+PWC_BLOCK = 8
 PWC_MAX_CBUF_BYTES = 4096
 
 
@@ -127,6 +129,10 @@ class Conv2d(Op):
     def describe(self) -> str:
         return "depthwise_conv" if self.groups == self.in_shape[0] and self.groups > 1 else "conv"
 
+    def pwc_cbuf_floats(self) -> int:
+        """Floats of the stack column buffer of the in-place CSR 1x1 kernel (sc_conv_pwc_csr_*)."""
+        return PWC_BLOCK * self.in_shape[0]
+
     def overwrites_input(self) -> bool:
         """Float depthwise, dense or CSR (channel copied to a padding buffer first), and 1x1
         stride-1 (dense: 4 positions gathered into a column buffer first; CSR, groups == 1: 8
@@ -139,7 +145,7 @@ class Conv2d(Op):
         c, h, wd = self.in_shape
         if self.groups == c and self.out_shape[0] == c and c > 1:
             return self.out_shape[1] * self.out_shape[2] <= h * wd
-        if w.encoding == "csr" and (self.groups != 1 or 8 * 4 * c > PWC_MAX_CBUF_BYTES):
+        if w.encoding == "csr" and (self.groups != 1 or 4 * self.pwc_cbuf_floats() > PWC_MAX_CBUF_BYTES):
             return False
         return (tuple(self.kernel) == (1, 1) and tuple(self.stride) == (1, 1) and tuple(self.padding) == (0, 0)
                 and tuple(self.out_shape) == tuple(self.in_shape))
