@@ -18,7 +18,8 @@ from pathlib import Path
 import jinja2
 import numpy as np
 
-from codegen import ir
+from codegen import cescape, ir
+from codegen.cescape import CText
 from codegen.errors import CodegenError
 from codegen.formats import CArray
 from codegen.memory import GraphMemory
@@ -43,7 +44,7 @@ def cfloat(x: float) -> str:
     return s + "f"
 
 
-def carray_body(a: CArray) -> str:
+def carray_body(a: CArray) -> CText:
     if a.ctype == "float":
         v = np.asarray(a.values, dtype=np.float32).astype(np.float64)
         items = np.char.mod("%.9g", v)
@@ -57,11 +58,7 @@ def carray_body(a: CArray) -> str:
         items = np.asarray(a.values).astype(np.int64).astype(str)
         per = 16
     lines = [", ".join(items[i : i + per]) for i in range(0, len(items), per)]
-    return ",\n".join("    " + ln for ln in lines)
-
-
-def _ccomment(s: str) -> str:
-    return s.replace("*/", "* /").replace("\n", " ")
+    return CText(",\n".join("    " + ln for ln in lines))
 
 
 def environment(extra_dirs: list[str] | tuple[str, ...] = ()) -> jinja2.Environment:
@@ -79,10 +76,11 @@ def _environment(extra_dirs: tuple[str, ...]) -> jinja2.Environment:
         lstrip_blocks=True,
         keep_trailing_newline=True,
         autoescape=False,
+        finalize=cescape.template_value,  # a string no filter escaped is printed through c_text
     )
     env.filters["cfloat"] = cfloat
     env.filters["carray"] = carray_body
-    env.filters["ccomment"] = _ccomment
+    env.filters.update(cescape.FILTERS)
     return env
 
 

@@ -7,6 +7,7 @@ Registering a target twice is an error. See docs/architecture.md, "Adding an op"
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import operator
 import re
@@ -87,12 +88,15 @@ C_KEYWORDS = frozenset(
     "volatile while _Bool _Complex _Imaginary main".split()
 )
 RESERVED_NAMES = frozenset({"input", "output", "headers", "arena", "model", "runtime"})
+MAX_IDENTIFIER = 48  # characters of a layer name made from a module path
 
 
 def c_identifier(text: str) -> str:
     """Sanitizes a module path or node name into a C identifier ("features.0" -> "features_0")."""
     s = re.sub(r"[^0-9A-Za-z_]", "_", text)
     s = re.sub(r"_+", "_", s).strip("_")
+    if len(s) > MAX_IDENTIFIER:  # names a file too (headers/<name>.h): keep it short, unique by a hash
+        s = s[: MAX_IDENTIFIER - 9].rstrip("_") + "_" + hashlib.sha1(text.encode("utf-8", "replace")).hexdigest()[:8]
     if not s or s[0].isdigit():
         s = "l_" + s
     if s in C_KEYWORDS or s.lower() in RESERVED_NAMES:

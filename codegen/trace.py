@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import copy
+import keyword
 import logging
+import threading
 
 import torch
 import torch.fx as fx
@@ -35,6 +38,43 @@ _UNTRACEABLE_HELP = (
     "static, e.g. decide it in __init__ or pass the decided value through concrete_args; "
     "(3) rewrite it with tensor ops (torch.where, masks)."
 )
+
+
+_FX_PATCH_LOCK = threading.Lock()
+
+
+def _fx_target(base: str, target: str) -> str:
+    # torch.fx's own _format_target writes getattr(self, "<name>") without escaping <name>, so a
+    # submodule named with a quote, a backslash or a newline (or after a keyword: self.block.if)
+    # gives Python that does not compile. Quote every non-plain name properly instead.
+    r = base
+    for e in target.split("."):
+        plain = e.isascii() and e.isidentifier() and not keyword.iskeyword(e)
+        r = f"{r}.{e}" if plain else f"getattr({r}, {e!r})"
+    return r
+
+
+@contextlib.contextmanager
+def _quoted_fx_targets():
+    import torch.fx.graph as fx_graph
+
+    if not callable(getattr(fx_graph, "_format_target", None)):  # another torch: keep its own
+        yield
+        return
+    with _FX_PATCH_LOCK:
+        original = fx_graph._format_target
+        fx_graph._format_target = _fx_target
+        try:
+            yield
+        finally:
+            fx_graph._format_target = original
+
+
+def graph_module(root: torch.nn.Module, graph: fx.Graph, class_name: str = "GraphModule") -> fx.GraphModule:
+    """``fx.GraphModule(root, graph, class_name)`` that also works for submodules whose names are
+    not Python identifiers (any text: quotes, backslashes, newlines, keywords)."""
+    with _quoted_fx_targets():
+        return fx.GraphModule(root, graph, class_name)
 
 
 def prepare_model(model: torch.nn.Module) -> torch.nn.Module:
@@ -82,12 +122,11 @@ def trace(
             f"torch.fx could not trace {type(model).__name__}.forward(): {exc}\n{_UNTRACEABLE_HELP}"
         ) from exc
     try:
-        gm = fx.GraphModule(tracer.root, graph, type(model).__name__)
-    except SyntaxError as exc:  # fx writes `self.block.if(x)` for a submodule named after a keyword
+        gm = graph_module(tracer.root, graph, type(model).__name__)
+    except SyntaxError as exc:  # should not happen any more (graph_module quotes names); kept clear
         raise UntraceableModelError(
             f"torch.fx cannot generate Python code for {type(model).__name__}: {exc.msg} in "
-            f"'{(exc.text or '').strip()}'. A submodule is probably named after a Python keyword "
-            "(e.g. an nn.ModuleDict key 'if' or 'class'); rename it."
+            f"'{(exc.text or '').strip()}'. Rename the submodules whose names are not Python identifiers."
         ) from exc
     placeholders = [n for n in gm.graph.nodes if n.op == "placeholder"]
     if len(placeholders) != 1:

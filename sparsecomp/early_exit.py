@@ -45,7 +45,7 @@ from codegen.early_exit import (
     feature_size,
 )
 from codegen.errors import CodegenError
-from codegen.trace import LeafTracer, example_from
+from codegen.trace import LeafTracer, example_from, graph_module
 
 from .training import split_batch
 
@@ -146,7 +146,7 @@ class EarlyExitModel(nn.Module):
     def _gm(self) -> fx.GraphModule:
         gm = self.__dict__.get("_fx")
         if gm is None or gm.__dict__.get("_sc_root") is not self.backbone:
-            gm = fx.GraphModule(self.backbone, self._graph)
+            gm = graph_module(self.backbone, self._graph)
             gm.__dict__["_sc_root"] = self.backbone
             self.__dict__["_fx"] = gm
         return gm

@@ -1,0 +1,223 @@
+"""Hardening (issue 12): hostile names never reach the C unescaped, emission never touches what
+it did not write, is all-or-nothing, and bad input gives one clear error.
+
+PyTorch is the oracle for every hostile-name emission: each compiles with -Werror and its
+``make check`` passes, and ``verify`` compares ``model_run`` with PyTorch on several inputs.
+"""
+
+from __future__ import annotations
+
+import re
+import subprocess
+from pathlib import Path
+
+import jinja2
+import numpy as np
+import pytest
+import torch
+import torch.nn as nn
+from helpers import assert_parity
+
+from codegen import cescape, emit
+from codegen.api import save_compressed_model, verify
+from codegen.resources import templates_dir
+
+# Names a module or a model class may carry. Each is tried as a module name and inside a class name.
+HOSTILE = [
+    "x */ return 7; /* y",
+    "a/*b",
+    "c//d",
+    "*",
+    "/",
+    "line\nbreak",
+    "E */\n#error pwned\n/* x",
+    "cr\rlf",
+    "trail\\",
+    "back\\slash\\\n#error spliced",
+    "q\"uo'te",
+    "tri??/",
+    "??=define X ??' ??( ??) ??! ??< ??> ??-",
+    "#error pwned",
+    "\t\v\f tabs",
+    "\u00fcn\u00efc\u00f6d\u00e9 \u540d\u524d \u2028 \U0001f600",
+    "if",
+    "x" * 5000,
+]
+MODULE_ONLY = ["nul\x00x"]  # a class name cannot hold a NUL
+
+
+def _make_check(directory: Path) -> str:
+    proc = subprocess.run(["make", "-s", "-C", str(directory), "check"], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-4000:]
+    assert "SC_PASS" in proc.stdout
+    return proc.stdout
+
+
+def _hostile_class(name: str, base: type) -> type:
+    return type(name, (base,), {})
+
+
+def _hostile_repr(m: nn.Module, text: str) -> nn.Module:
+    m.extra_repr = lambda: text  # the module's repr reaches the C comments (torch_op)
+    return m
+
+
+def hostile_model() -> nn.Module:
+    """Every hostile name as a module name, holding a layer whose repr is hostile too; an
+    activation module with a hostile name is fused into it."""
+    torch.manual_seed(0)
+    layers = nn.Sequential()
+    for i, name in enumerate(HOSTILE + MODULE_ONLY):
+        inner = nn.Sequential()
+        inner.add_module(name, _hostile_repr(nn.Linear(6, 6), HOSTILE[(i + 1) % len(HOSTILE)]))
+        layers.add_module(name, inner)
+        layers.add_module(name + " act", nn.Tanh())
+    layers.add_module("out */ #x", nn.Linear(6, 3))
+    return layers.eval()
+
+
+def test_c_escaping_is_the_identity_on_ordinary_names():
+    for s in ["features.0", "layer1.0.conv1", "fc", "my-model v2", "Conv2d(1, 4, kernel_size=(3, 3), stride=(1, 1))",
+              "Linear(in_features=4, out_features=3, bias=True) + r (relu fused)", "_x9", "A b_C-d.e"]:
+        assert cescape.c_comment(s) == s
+        assert cescape.c_text(s) == s
+        if "(" not in s:
+            assert cescape.c_string(s) == s
+
+
+@pytest.mark.parametrize("text", HOSTILE + MODULE_ONLY)
+def test_escaped_text_cannot_leave_its_context(text):
+    for out in (cescape.c_comment(text), cescape.c_string(text), cescape.c_text(text)):
+        assert all(" " <= ch <= "~" for ch in out), repr(out)  # one line of printable ASCII
+        assert len(out) <= 4 * 12 * cescape.MAX_TEXT
+    com = cescape.c_comment(text)
+    assert "*/" not in "/*" + com + "*/"[:-2] and "/*" not in com and "??" not in com and "\\" not in com
+    assert "*/" not in ("/* " + com)[3:] and not com.endswith(("*", "/")) and not com.startswith(("*", "/"))
+    lit = cescape.c_string(text)
+    assert not re.search(r'(?<!\\)"', lit.replace("\\\\", "")), lit  # every quote escaped
+    assert "??" not in lit
+
+
+def test_hostile_module_and_class_names_compile_and_match_pytorch(tmp_path):
+    model = hostile_model()
+    x = torch.randn(5, 6, generator=torch.Generator().manual_seed(1))
+    d = tmp_path / "m"
+    res = save_compressed_model(model, "csr", x[:1], d)
+    _make_check(d)
+    v = verify(model, d, x)
+    assert_parity(v.outputs, v.reference, "hostile module names")
+    text = "".join(p.read_text() for p in d.rglob("*") if p.is_file() and p.suffix in (".c", ".h"))
+    assert not re.search(r"^\s*#\s*(error|define X)", text, re.M)  # no injected directive
+    assert {ly["source"] for ly in res.report["layers"]} >= {f"{n}.{n}" for n in HOSTILE[:5]}
+    for f in d.rglob("*"):
+        assert len(f.name.encode()) <= 255
+    assert {ch for ch in text if ord(ch) > 127} <= {"\u2014"}  # only the templates' own dash
+
+
+@pytest.mark.parametrize("name", [n for n in HOSTILE if n != "if"], ids=lambda n: repr(n[:12]))
+def test_hostile_model_class_name(tmp_path, name):
+    cls = _hostile_class(name, nn.Sequential)
+    torch.manual_seed(0)
+    model = cls(nn.Linear(4, 5), nn.ReLU(), nn.Linear(5, 2)).eval()
+    x = torch.randn(3, 4, generator=torch.Generator().manual_seed(2))
+    d = tmp_path / "m"
+    save_compressed_model(model, "csr", x[:1], d)
+    out = _make_check(d)
+    v = verify(model, d, x)
+    assert_parity(v.outputs, v.reference, repr(name[:20]))
+    # model_run returns 0 and computes: the self-test printed every output
+    assert out.count("SC_OUT ") == 2
+
+
+def test_hostile_names_integer_path(tmp_path):
+    model = hostile_model()
+    cal = torch.randn(16, 6, generator=torch.Generator().manual_seed(3))
+    d = tmp_path / "q"
+    save_compressed_model(model, "int8", cal[:1], d, integer=True, calibration_data=cal)
+    _make_check(d)
+    assert not re.search(r"^\s*#\s*error", (d / "model.c").read_text(), re.M)
+
+
+# ---- every template escapes user text explicitly -------------------------------------------------
+
+USER_ATTRS = {"source", "torch_op", "model_name", "exit_name", "tolerance_doc"}
+ESCAPES = {"c_comment", "ccomment", "c_string"}
+
+
+def _unescaped_user_text(node: jinja2.nodes.Node, escaped: bool = False) -> list[str]:
+    found = []
+    if isinstance(node, jinja2.nodes.Filter) and node.name in ESCAPES:
+        escaped = True
+    if not escaped:
+        if isinstance(node, jinja2.nodes.Getattr) and node.attr in USER_ATTRS:
+            found.append(node.attr)
+        if isinstance(node, jinja2.nodes.Name) and node.name in USER_ATTRS:
+            found.append(node.name)
+        if isinstance(node, jinja2.nodes.Getattr) and node.attr == "name" and isinstance(node.node, jinja2.nodes.Name) \
+                and node.node.name in ("e", "exit", "point"):
+            found.append(f"{node.node.name}.name")
+    for child in node.iter_child_nodes():
+        found += _unescaped_user_text(child, escaped)
+    return found
+
+
+def test_every_template_escapes_user_text():
+    env = emit.environment()
+    templates = sorted(Path(templates_dir()).rglob("*.j2"))
+    assert len(templates) > 20
+    bad = {}
+    for path in templates:
+        ast = env.parse(path.read_text())
+        for out in ast.find_all(jinja2.nodes.Output):
+            for expr in out.nodes:
+                if isinstance(expr, jinja2.nodes.TemplateData):
+                    continue
+                hits = _unescaped_user_text(expr)
+                if hits:
+                    bad.setdefault(str(path.relative_to(templates_dir())), []).extend(hits)
+    assert not bad, f"user text printed without |c_comment or |c_string: {bad}"
+
+
+def test_a_template_that_forgets_the_filter_still_cannot_inject():
+    env = emit.environment()
+    t = env.from_string('/* {{ name }} */ const char *s = "{{ name }}";')
+    out = t.render(name='x */ "\n#error a\\')
+    assert out == '/* x * / <U+0022><U+000A>#error a<U+005C> */ const char *s = "x * / <U+0022><U+000A>#error a<U+005C>";'
+
+
+class _HostileBackbone(nn.Module):
+    NAMES = ("x */ return 7; /* y", "E */\n#error pwned\n/* x", "tri??/ \\", "q\"uo'te \u540d", "fc")
+
+    def __init__(self):
+        super().__init__()
+        a, b, c, d, e = self.NAMES
+        self.add_module(a, nn.Conv2d(1, 4, 3, padding=1))
+        self.add_module(b, nn.ReLU())
+        self.add_module(c, nn.Conv2d(4, 4, 3, padding=1))
+        self.add_module(d, nn.ReLU())
+        self.add_module(e, nn.Linear(4 * 8 * 8, 5))
+
+    def forward(self, x):
+        a, b, c, d, e = (getattr(self, n) for n in self.NAMES)
+        return e(torch.flatten(d(c(b(a(x)))), 1))
+
+
+@pytest.mark.parametrize("kind", ["global", "branch"])
+def test_hostile_names_early_exit(tmp_path, kind):
+    from codegen.early_exit import save_compressed_early_exit_model, verify_early_exit
+    from sparsecomp.early_exit import build_exit_model
+
+    torch.manual_seed(0)
+    net = _HostileBackbone().eval()
+    net.__class__ = type("EE */\n#error pwned\n/*", (_HostileBackbone,), {})
+    ee = build_exit_model(net, list(_HostileBackbone.NAMES[1:4:2]), (1, 1, 8, 8), kind, 2, hidden=8).eval()
+    x = torch.randn(4, 1, 8, 8, generator=torch.Generator().manual_seed(5))
+    d = tmp_path / "ee"
+    save_compressed_early_exit_model(net, ee, "csr", input_data=x[:1], directory=d)
+    _make_check(d)
+    text = (d / "model_ee.h").read_text() + (d / "model_ee.c").read_text() + (d / "model.c").read_text()
+    assert not re.search(r"^\s*#\s*error", text, re.M)
+    v = verify_early_exit(net, ee, d, x)
+    for k in range(v.reference.shape[0]):
+        assert_parity(v.oneshot[k], v.reference[k], f"exit {k}")
+    assert_parity(v.baseline, v.baseline_reference, "baseline")
