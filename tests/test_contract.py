@@ -369,7 +369,8 @@ def test_reemission_replaces_our_files_and_keeps_the_users(small, tmp_path):
     save_compressed_model(model, "csr", input_data=x, directory=d)
     (d / "NOTES.md").write_text("my notes\n")
     (d / "app" / "extra.c").write_text("/* user */\n")
-    (d / "headers" / "conv1.h").write_text("/* stale, hand-edited */\n")
+    (d / "headers" / "conv1.h").write_text("/* stale, hand-edited */\n")  # changed: no longer ours
+    stale = tree(d)["headers/conv2.h"]  # unchanged: ours, removed when the new emission has no conv2
     # another model, no input_data: different layer headers, no input.h
     other, xo = build_model("lenet300_100")
     res = save_compressed_model(other, "csr", input_shape=tuple(xo.shape), directory=d)
@@ -377,8 +378,9 @@ def test_reemission_replaces_our_files_and_keeps_the_users(small, tmp_path):
     got, want = tree(d), tree(fresh.directory)
     assert got.pop("NOTES.md") == b"my notes\n"
     assert got.pop("app/extra.c") == b"/* user */\n"
+    assert got.pop("headers/conv1.h") == b"/* stale, hand-edited */\n"  # a changed file is the user's
     assert got == want  # our files replaced; files of the old emission that are gone were removed
-    assert "headers/conv1.h" not in got and "headers/input.h" not in got
+    assert stale and "headers/conv2.h" not in got and "headers/input.h" not in got
     assert res.report["files"] == sorted(want)
     assert leftovers(tmp_path) == []
 
@@ -407,13 +409,13 @@ def test_failure_while_writing_leaves_nothing(small, tmp_path, monkeypatch):
     save_compressed_model(model, "dense", input_data=x, directory=d)
     before = tree(d)
 
-    def broken_copy(src, dst, *a, **k):
-        raise OSError("disk full")
+    def broken_write(self, data):
+        raise OSError(28, "No space left on device", str(self))
 
-    monkeypatch.setattr(cemit.shutil, "copyfile", broken_copy)
-    with pytest.raises(OSError, match="disk full"):
+    monkeypatch.setattr(cemit.Path, "write_bytes", broken_write)
+    with pytest.raises(CodegenError, match="No space left on device"):
         save_compressed_model(model, "csr", input_data=x, directory=tmp_path / "new")
-    with pytest.raises(OSError, match="disk full"):
+    with pytest.raises(CodegenError, match="No space left on device"):
         save_compressed_model(model, "csr", input_data=x, directory=d)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["m"]
     assert tree(d) == before

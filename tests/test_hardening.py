@@ -221,3 +221,222 @@ def test_hostile_names_early_exit(tmp_path, kind):
     for k in range(v.reference.shape[0]):
         assert_parity(v.oneshot[k], v.reference[k], f"exit {k}")
     assert_parity(v.baseline, v.baseline_reference, "baseline")
+
+
+# ---- writing the directory: what gets deleted, links, atomicity, errors --------------------------
+
+
+def _small():
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Linear(4, 6), nn.ReLU(), nn.Linear(6, 3)).eval(), torch.randn(1, 4)
+
+
+def _other():
+    torch.manual_seed(1)
+    return nn.Sequential(nn.Linear(4, 5), nn.Tanh(), nn.Linear(5, 2)).eval(), torch.randn(1, 4)
+
+
+def _tree(d: Path) -> dict[str, bytes]:
+    return {p.relative_to(d).as_posix(): p.read_bytes() for p in sorted(d.rglob("*")) if p.is_file()
+            and not p.is_symlink()}  # fmt: skip
+
+
+def _stray(parent: Path) -> list[str]:
+    return sorted(p.name for p in parent.iterdir() if ".tmp-" in p.name)
+
+
+def test_crafted_report_cannot_delete_outside_or_user_files(tmp_path):
+    import json
+
+    model, x = _small()
+    d = tmp_path / "m"
+    save_compressed_model(model, "csr", x, d)
+    victim = tmp_path / "victim.txt"
+    victim.write_text("precious\n")
+    absolute = tmp_path / "abs.txt"
+    absolute.write_text("precious too\n")
+    (d / "NOTES.md").write_text("mine\n")
+    rep = json.loads((d / "report.json").read_text())
+    rep["files"] += ["../victim.txt", str(absolute), "NOTES.md", "./NOTES.md", "app/../NOTES.md", "headers/../../victim.txt"]
+    rep["file_sha256"]["NOTES.md"] = "0" * 64  # listed, but not what we wrote
+    (d / "report.json").write_text(json.dumps(rep))
+    other, xo = _other()
+    save_compressed_model(other, "csr", xo, d)
+    assert victim.read_text() == "precious\n" and absolute.read_text() == "precious too\n"
+    assert (d / "NOTES.md").read_text() == "mine\n"
+    # a report.json without hashes (an emission of an older version): only files that carry our marker go
+    rep = json.loads((d / "report.json").read_text())
+    del rep["file_sha256"]
+    rep["files"] += ["NOTES.md", "../victim.txt"]
+    (d / "report.json").write_text(json.dumps(rep))
+    save_compressed_model(model, "csr", x, d)
+    assert victim.read_text() == "precious\n" and (d / "NOTES.md").read_text() == "mine\n"
+    assert _stray(tmp_path) == []
+
+
+def test_symlink_inside_the_target_is_refused(tmp_path):
+    from codegen import CodegenError
+
+    model, x = _small()
+    d = tmp_path / "m"
+    save_compressed_model(model, "csr", x, d)
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    (elsewhere / "keep.h").write_text("/* not ours */\n")
+    import shutil
+
+    shutil.rmtree(d / "runtime")
+    (d / "runtime").symlink_to(elsewhere, target_is_directory=True)
+    before = _tree(d)
+    with pytest.raises(CodegenError, match=re.escape(str(d / "runtime")) + ".*symbolic link"):
+        save_compressed_model(model, "csr", x, d, overwrite=True)
+    assert sorted(p.name for p in elsewhere.iterdir()) == ["keep.h"]
+    assert _tree(d) == before and _stray(tmp_path) == []
+    # a link at a file path is refused too; a link of the user's elsewhere is kept as a link
+    (d / "runtime").unlink()
+    (d / "Makefile").unlink()
+    (d / "Makefile").symlink_to(elsewhere / "keep.h")
+    with pytest.raises(CodegenError, match="Makefile.*symbolic link"):
+        save_compressed_model(model, "csr", x, d)
+    (d / "Makefile").unlink()
+    (d / "data").symlink_to(elsewhere, target_is_directory=True)
+    save_compressed_model(model, "csr", x, d)
+    assert (d / "data").is_symlink() and (elsewhere / "keep.h").read_text() == "/* not ours */\n"
+
+
+def test_refusals_come_before_any_change(tmp_path):
+    from codegen import CodegenError
+
+    model, x = _small()
+    other, xo = _other()
+    d = tmp_path / "m"
+    save_compressed_model(model, "csr", x, d)
+    (d / "model.c").write_text((d / "model.c").read_text() + "/* my edit */\n")
+    before = _tree(d)
+    with pytest.raises(CodegenError, match="model.c was not written by sparsecomp, or was changed since.*overwrite"):
+        save_compressed_model(other, "csr", xo, d)
+    assert _tree(d) == before
+    (d / "model.c").unlink()
+    (d / "Makefile").unlink()
+    (d / "Makefile").mkdir()
+    before = _tree(d)
+    with pytest.raises(CodegenError, match="Makefile is a directory where sparsecomp writes a file"):
+        save_compressed_model(other, "csr", xo, d, overwrite=True)
+    assert _tree(d) == before and _stray(tmp_path) == []
+
+
+def test_os_errors_become_one_clear_error(tmp_path, monkeypatch):
+    from codegen import CodegenError
+
+    model, x = _small()
+    f = tmp_path / "file"
+    f.write_text("x")
+    with pytest.raises(CodegenError, match=re.escape(str(f)) + " is a file"):
+        save_compressed_model(model, "csr", x, f / "sub" / "m")
+    with pytest.raises(CodegenError, match="File name too long"):
+        save_compressed_model(model, "csr", x, tmp_path / ("n" * 300))
+    import codegen.emit as cemit
+
+    def read_only(*a, **k):
+        raise OSError(30, "Read-only file system", str(tmp_path))
+
+    monkeypatch.setattr(cemit.tempfile, "mkstemp", read_only)
+    with pytest.raises(CodegenError, match="Read-only file system"):
+        save_compressed_model(model, "csr", x, tmp_path / "ro")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["file"]
+
+
+class _Killed(BaseException):
+    """Stands for SIGKILL: not an Exception, so no clean-up code runs."""
+
+
+def _setup_for_kill(d: Path) -> tuple[dict, dict]:
+    import shutil
+
+    model, x = _small()
+    other, xo = _other()
+    if d.exists():
+        shutil.rmtree(d)
+    fresh = d.parent / "fresh"
+    if fresh.exists():
+        shutil.rmtree(fresh)
+    new = _tree(save_compressed_model(other, "csr", xo, fresh).directory)
+    shutil.rmtree(fresh)
+    old = _tree(save_compressed_model(model, "csr", x, d).directory)
+    (d / "NOTES.md").write_text("mine\n")
+    (d / "app" / "extra.c").write_text("/* user */\n")
+    (d / "build").mkdir()
+    (d / "build" / "obj.o").write_bytes(b"\x7fELF")
+    return old, new
+
+
+USER = {"NOTES.md": b"mine\n", "app/extra.c": b"/* user */\n", "build/obj.o": b"\x7fELF"}
+
+
+@pytest.mark.parametrize("exchange", ["renameat2", "two renames"])
+def test_killed_reemission_leaves_old_or_new_never_a_mix(tmp_path, monkeypatch, exchange):
+    import codegen.emit as cemit
+
+    if exchange == "two renames":  # systems without an atomic exchange of two directories
+        monkeypatch.setattr(cemit, "_exchange", lambda a, b: False)
+    d = tmp_path / "m"
+    other, xo = _other()
+    steps: list[str] = []
+    _setup_for_kill(d)
+    monkeypatch.setattr(cemit, "_step", steps.append)
+    save_compressed_model(other, "csr", xo, d)
+    assert len(steps) >= 5, steps
+    seen = set()
+    for k in range(len(steps)):
+        old, new = _setup_for_kill(d)
+        calls = iter(range(10**6))
+
+        def kill_at(what, k=k):
+            if next(calls) == k:
+                raise _Killed(what)
+
+        monkeypatch.setattr(cemit, "_step", kill_at)
+        with pytest.raises(_Killed):
+            save_compressed_model(other, "csr", xo, d)
+        if not d.exists():  # only between the two renames: the old emission waits beside, whole
+            assert exchange == "two renames" and steps[k] == "swap 2"
+            (kept,) = [p for p in tmp_path.iterdir() if p.name.endswith(".old")]
+            assert {f: b for f, b in _tree(kept).items() if f not in USER} == old
+            d = kept
+        got = {f: b for f, b in _tree(d).items() if f not in USER}
+        d = tmp_path / "m"
+        assert got in (old, new), f"killed at {steps[k]}: a mix"
+        seen.add("old" if got == old else "new")
+        monkeypatch.setattr(cemit, "_step", lambda what: None)
+        save_compressed_model(other, "csr", xo, d)  # the next call finishes the job and cleans up
+        final = _tree(d)
+        assert {f: final.pop(f) for f in USER} == USER, f"killed at {steps[k]}: user files lost"
+        assert final == new and _stray(tmp_path) == [], steps[k]
+    assert seen == {"old", "new"}
+
+
+def test_really_killed_process(tmp_path):
+    """os._exit in the middle of moving the user's files: the next call puts them back."""
+    import sys
+
+    d = tmp_path / "m"
+    old, _ = _setup_for_kill(d)
+    code = f"""
+import os, sys, torch, torch.nn as nn
+sys.path.insert(0, {str(Path(__file__).parent)!r})
+import codegen.emit as cemit
+from test_hardening import _other
+from codegen import save_compressed_model
+n = iter(range(100))
+cemit._step = lambda what: os._exit(9) if next(n) == 1 else None
+other, xo = _other()
+save_compressed_model(other, "csr", xo, {str(d)!r})
+"""
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 9, proc.stderr[-3000:]
+    assert {f: b for f, b in _tree(d).items() if f not in USER} == old
+    assert _stray(tmp_path)  # the journal and the temporary directory of the killed process
+    model, x = _small()
+    save_compressed_model(model, "csr", x, d)
+    final = _tree(d)
+    assert {f: final.pop(f) for f in USER} == USER and final == old and _stray(tmp_path) == []
