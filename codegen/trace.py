@@ -81,6 +81,14 @@ def prepare_model(model: torch.nn.Module) -> torch.nn.Module:
     """A float32 CPU copy of the model in eval mode; the user's model is left untouched."""
     if not isinstance(model, torch.nn.Module):
         raise CodegenError(f"expected a torch.nn.Module, got {type(model).__name__}")
+    meta = [n for n, t in [*model.named_parameters(), *model.named_buffers()] if t.is_meta]
+    if meta:
+        raise CodegenError(
+            f"the model's tensor '{meta[0]}' ({len(meta)} in all) is on the 'meta' device, which holds shapes but "
+            "no values, so there are no weights to emit. Give the model real weights first, e.g. "
+            "model = model.to_empty(device='cpu') followed by model.load_state_dict(torch.load(...)), or build it "
+            "without device='meta'"
+        )
     try:
         m = copy.deepcopy(model)
     except Exception as exc:  # pragma: no cover - exotic models
@@ -105,6 +113,30 @@ def example_from(example_input: torch.Tensor | tuple[int, ...] | list[int]) -> t
             "sample with a batch dimension of 1, e.g. x[:1] or x.unsqueeze(0)"
         )
     return x
+
+
+def _run_eager(model: torch.nn.Module, x: torch.Tensor):
+    """Runs the (prepared) model once; a failure names the innermost module that raised it."""
+    entered: list[str] = []
+    hooks = []
+    for name, mod in model.named_modules():
+        hooks.append(mod.register_forward_pre_hook(lambda m, a, name=name: entered.append(name) and None))
+        hooks.append(mod.register_forward_hook(lambda m, a, o: entered.pop() and None))
+    try:
+        with torch.no_grad():
+            return model(x.clone())
+    except Exception as exc:
+        where = f" in layer '{entered[-1]}' ({type(model.get_submodule(entered[-1])).__name__})" \
+            if entered and entered[-1] else ""
+        why = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise CodegenError(
+            f"the model fails on an input of shape {tuple(x.shape)}{where}: {why}. Check the input shape "
+            "(input_shape / --input-shape, with the batch dimension of 1 first): it must be the one the model "
+            "expects"
+        ) from exc
+    finally:
+        for h in hooks:
+            h.remove()
 
 
 def trace(
@@ -134,10 +166,10 @@ def trace(
             f"{type(model).__name__}.forward() takes {len(placeholders)} inputs; the generated C has one "
             "input tensor. Wrap the model so forward(x) takes a single tensor."
         )
+    eager_out = _run_eager(model, example_input)
     try:
         with torch.no_grad():  # clones: an in-place op on the input must not change the caller's tensor
             traced_out = ShapeProp(gm).propagate(example_input.clone())
-            eager_out = model(example_input.clone())
     except Exception as exc:
         raise CodegenError(
             f"running the traced model on an input of shape {tuple(example_input.shape)} failed: {exc}. "

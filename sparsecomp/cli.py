@@ -75,14 +75,24 @@ def cmd_emit(args: argparse.Namespace) -> int:
         wpath = Path(args.weights)
         if not wpath.is_file():
             raise CLIError(f"weights file {wpath} does not exist")
-        state = torch.load(wpath, map_location="cpu", weights_only=True)
+        try:
+            state = torch.load(wpath, map_location="cpu", weights_only=True)
+        except Exception as exc:  # not a torch file, a pickle with foreign objects, a truncated file
+            with open(wpath, "rb") as f:
+                head = f.read(4)
+            if not (head.startswith(b"PK\x03\x04") or head[:1] == b"\x80"):  # zip (torch.save) or pickle
+                raise CLIError(f"{wpath} is not a file saved with torch.save; save model.state_dict() with "
+                               "torch.save and pass that file") from exc
+            raise CLIError(f"cannot load {wpath}: it is damaged or holds Python objects other than tensors "
+                           f"(torch.load(weights_only=True): {type(exc).__name__}); save model.state_dict() with "
+                           "torch.save and pass that file") from exc
         if isinstance(state, dict) and "state_dict" in state and isinstance(state["state_dict"], dict):
             state = state["state_dict"]
         if not isinstance(state, dict):
             raise CLIError(f"{wpath} does not hold a state_dict")
         try:
             model.load_state_dict(state)
-        except RuntimeError as exc:
+        except Exception as exc:
             raise CLIError(f"{wpath} does not match {args.model}(): {exc}") from exc
     model.eval()
     torch.manual_seed(args.seed)
@@ -160,7 +170,10 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--representation", default="csr", choices=sorted(REPRESENTATIONS),
                    help="weight storage (default csr); int8/codebook need a quantized/shared model")
     e.add_argument("--prefix", default="model", help="prefix of the C names (default model)")
-    e.add_argument("--overwrite", action="store_true", help="replace DIR if it is an emitted model directory")
+    e.add_argument("--overwrite", action="store_true",
+                   help="also write into a non-empty DIR that sparsecomp did not write (or over files changed since "
+                        "it wrote them): replaces the files sparsecomp writes (Makefile, model.c, ...) and keeps every "
+                        "other file. Not needed to re-emit into a directory sparsecomp wrote")
     e.add_argument("--no-self-test", dest="self_test", action="store_false",
                    help="do not embed a random test input (headers/input.h) for `make check`")
     e.add_argument("--seed", type=int, default=0, help="seed of the random self-test input")
@@ -192,13 +205,28 @@ def main(argv: Sequence[str] | None = None) -> int:
     except CLIError as exc:
         print(f"sparsecomp {args.command}: error: {exc}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        print(f"sparsecomp {args.command}: interrupted", file=sys.stderr)
+        return 130
     except Exception as exc:  # codegen errors carry actionable messages: show them without a traceback
         from codegen.errors import CodegenError
 
-        if isinstance(exc, (CodegenError, FileExistsError, FileNotFoundError)):
-            print(f"sparsecomp {args.command}: error: {exc}", file=sys.stderr)
+        if isinstance(exc, (CodegenError, OSError)):
+            print(f"sparsecomp {args.command}: error: {cli_message(str(exc))}", file=sys.stderr)
             return 2
         raise
+
+
+# Library messages name keyword arguments; on the command line they are options.
+_API_TO_CLI = {"overwrite=True (--overwrite on the command line)": "--overwrite", "overwrite=True": "--overwrite",
+               "input_shape / --input-shape": "--input-shape"}
+
+
+def cli_message(text: str) -> str:
+    """A library error message with the API's argument names replaced by the CLI's options."""
+    for api, cli in _API_TO_CLI.items():
+        text = text.replace(api, cli)
+    return text
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -43,6 +43,7 @@ from __future__ import annotations
 import heapq
 import io
 import logging
+import math
 import os
 import struct
 import tempfile
@@ -132,8 +133,18 @@ def huffman_stream(symbols: np.ndarray) -> bytes:
 
 
 class _Reader:
-    def __init__(self, data: bytes):
+    def __init__(self, data: bytes, max_decoded: int):
         self.data, self.pos = data, 0
+        self.left = max_decoded  # bytes the decoded tensors may still take
+
+    def budget(self, nbytes: int, what: str) -> None:
+        """Reserves ``nbytes`` of decoded data; refuses more than the archive's length allows."""
+        if nbytes > self.left:
+            raise ArchiveError(
+                f"corrupt archive: {what} would decode to {nbytes:,} bytes, more than this "
+                f"{len(self.data):,}-byte archive may hold (max_decoded_bytes; pass a larger one if it is genuine)"
+            )
+        self.left -= nbytes
 
     def take(self, n: int) -> bytes:
         if n < 0 or self.pos + n > len(self.data):
@@ -165,12 +176,19 @@ def _read_huffman(r: _Reader, count: int) -> np.ndarray:
         if count:
             raise ArchiveError("corrupt archive: empty Huffman table for a non-empty stream")
         return np.zeros(0, dtype=np.int64)
+    if nsym > len(r.data) - r.pos:  # every symbol takes at least one byte of the table
+        raise ArchiveError(f"corrupt archive: a Huffman table of {nsym} symbols in {len(r.data) - r.pos} bytes")
     syms = [r.varint() for _ in range(nsym)]
     lengths = dict(zip(syms, r.take(nsym)))
     (plen,) = r.unpack("<I")
     payload = r.take(plen)
     if nsym == 1:
+        r.budget(8 * count, "a Huffman stream")
         return np.full(count, syms[0], dtype=np.int64)
+    if count > 8 * plen:  # every symbol takes at least one bit
+        raise ArchiveError(f"corrupt archive: {count} symbols cannot fit in {plen} bytes of Huffman payload")
+    if any(not 0 < n <= 64 for n in lengths.values()):
+        raise ArchiveError("corrupt archive: invalid Huffman code length")
     codes = canonical_codes(lengths)
     table = {(lengths[s], c): s for s, c in codes.items()}
     bits = np.unpackbits(np.frombuffer(payload, dtype=np.uint8)).tolist()
@@ -232,6 +250,7 @@ def _sparse_payload(t: torch.Tensor) -> tuple[bytes, dict[str, int]]:
 
 
 def _read_sparse(r: _Reader, shape: tuple[int, ...]) -> torch.Tensor:
+    r.budget(4 * math.prod(shape), f"a sparse tensor of shape {shape}")
     (nnz,) = r.unpack("<I")
     (mode,) = r.unpack("<B")
     if mode == CODEBOOK:
@@ -246,7 +265,9 @@ def _read_sparse(r: _Reader, shape: tuple[int, ...]) -> torch.Tensor:
     else:
         raise ArchiveError(f"corrupt archive: unknown value mode {mode}")
     gaps = _read_huffman(r, nnz)
-    numel = int(np.prod(shape)) if shape else 1
+    numel = math.prod(shape)
+    if nnz > numel:
+        raise ArchiveError(f"corrupt archive: {nnz} nonzeros in a tensor of {numel} elements")
     pos = np.cumsum(gaps + 1) - 1
     if pos.size and int(pos[-1]) >= numel:
         raise ArchiveError("corrupt archive: nonzero position beyond the tensor")
@@ -316,11 +337,43 @@ def huffman_encode(model: nn.Module | dict, path: str | os.PathLike | BinaryIO) 
     return len(data)
 
 
-def huffman_decode(path: str | os.PathLike | BinaryIO, model: nn.Module | None = None) -> OrderedDict:
+MIN_DECODED_BYTES = 64 << 20  # the decoded tensors may take max(64 MiB, 256 x the archive's length)
+MAX_EXPANSION = 256
+
+
+def _text(r: _Reader, n: int, path, what: str) -> str:
+    raw = r.take(n)
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise ArchiveError(f"{path}: {what} at offset {r.pos - n} is not UTF-8 text ({raw[:40]!r})") from exc
+
+
+def huffman_decode(path: str | os.PathLike | BinaryIO, model: nn.Module | None = None, *,
+                   max_decoded_bytes: int | None = None) -> OrderedDict:
     """Read an archive written by :func:`huffman_encode`; returns the state_dict (bit-exact) and,
-    when ``model`` is given, loads it into the model (strict)."""
+    when ``model`` is given, loads it into the model (strict).
+
+    A damaged or crafted archive raises :class:`ArchiveError`, never a huge allocation: the decoded
+    tensors may take at most ``max_decoded_bytes`` (default max(64 MiB, 256 x the archive's length);
+    a pruned model's archive is far below that ratio).
+    """
     data = path.read() if hasattr(path, "read") else Path(path).read_bytes()  # type: ignore[union-attr]
-    r = _Reader(data)
+    if max_decoded_bytes is None:
+        max_decoded_bytes = max(MIN_DECODED_BYTES, MAX_EXPANSION * len(data))
+    try:
+        sd = _decode(_Reader(data, max_decoded_bytes), path)
+    except ArchiveError:
+        raise
+    except (ValueError, IndexError, KeyError, OverflowError, RuntimeError, struct.error, MemoryError) as exc:
+        raise ArchiveError(f"{path}: corrupt archive ({type(exc).__name__}: {exc})") from exc
+    if model is not None:
+        model.load_state_dict(sd)
+    return sd
+
+
+def _decode(r: _Reader, path) -> OrderedDict:
+    data = r.data
     if r.take(4) != MAGIC:
         raise ArchiveError(f"{path}: not a sparsecomp Huffman archive (bad magic)")
     version, count = r.unpack("<BI")
@@ -329,9 +382,9 @@ def huffman_decode(path: str | os.PathLike | BinaryIO, model: nn.Module | None =
     sd: OrderedDict = OrderedDict()
     for _ in range(count):
         (nlen,) = r.unpack("<H")
-        name = r.take(nlen).decode()
+        name = _text(r, nlen, path, "a tensor name")
         (dlen,) = r.unpack("<B")
-        dname = r.take(dlen).decode()
+        dname = _text(r, dlen, path, f"the dtype of tensor {name!r}")
         dtype = getattr(torch, dname, None)
         if not isinstance(dtype, torch.dtype):
             raise ArchiveError(f"{path}: tensor {name!r} has unknown dtype {dname!r}")
@@ -339,17 +392,14 @@ def huffman_decode(path: str | os.PathLike | BinaryIO, model: nn.Module | None =
         shape = tuple(r.unpack(f"<{ndim}I")) if ndim else ()
         (kind,) = r.unpack("<B")
         if kind == RAW:
-            n = int(np.prod(shape)) * torch.empty((), dtype=dtype).element_size() if shape else \
-                torch.empty((), dtype=dtype).element_size()
-            sd[name] = _from_raw(r.take(n), dtype, shape)
+            n = math.prod(shape) * torch.empty((), dtype=dtype).element_size()
+            sd[name] = _from_raw(r.take(n), dtype, shape)  # take: n is bounded by the file's length
         elif kind == SPARSE:
             sd[name] = _read_sparse(r, shape)
         else:
             raise ArchiveError(f"{path}: tensor {name!r} has unknown storage kind {kind}")
     if r.pos != len(data):
         raise ArchiveError(f"{path}: {len(data) - r.pos} trailing bytes after the last tensor")
-    if model is not None:
-        model.load_state_dict(sd)
     return sd
 
 

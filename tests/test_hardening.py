@@ -440,3 +440,140 @@ save_compressed_model(other, "csr", xo, {str(d)!r})
     save_compressed_model(model, "csr", x, d)
     final = _tree(d)
     assert {f: final.pop(f) for f in USER} == USER and final == old and _stray(tmp_path) == []
+
+
+# ---- the command line: clean errors, --overwrite -----------------------------------------------------
+
+
+@pytest.fixture
+def cli_factory(tmp_path, monkeypatch):
+    (tmp_path / "hardening_cli_models.py").write_text(
+        "import torch.nn as nn\n\ndef net():\n    return nn.Sequential(nn.Flatten(), nn.Linear(16, 3))\n"
+    )
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.chdir(tmp_path)
+    return tmp_path
+
+
+def _cli(argv, capsys):
+    from sparsecomp import cli
+
+    rc = cli.main(argv)
+    out = capsys.readouterr()
+    return rc, out.out, out.err
+
+
+def test_cli_input_shape_mismatch_is_one_clean_error(cli_factory, capsys):
+    rc, _, err = _cli(["emit", "hardening_cli_models:net", "--input-shape", "1,3,5,5", "-o", "o"], capsys)
+    assert rc == 2
+    assert "Traceback" not in err and err.count("\n") == 1, err
+    assert "layer '1' (Linear)" in err and "--input-shape" in err and "input_shape /" not in err
+
+
+@pytest.mark.parametrize("content", [b"not a torch file\n", b"PK\x03\x04garbage", b"\x80\x04garbage"])
+def test_cli_non_torch_weights_is_one_clean_error(cli_factory, capsys, content):
+    (cli_factory / "w.pt").write_bytes(content)
+    rc, _, err = _cli(["emit", "hardening_cli_models:net", "--weights", "w.pt", "--input-shape", "1,16", "-o", "o"],
+                      capsys)  # fmt: skip
+    assert rc == 2 and "Traceback" not in err and "w.pt" in err and "torch.save" in err, err
+    assert not (cli_factory / "o").exists()
+
+
+def test_cli_overwrite_help_and_message(cli_factory, capsys):
+    from sparsecomp import cli
+
+    help_text = " ".join(cli.build_parser()._subparsers._group_actions[0].choices["emit"].format_help().split())
+    assert "not written by sparsecomp" in help_text or "sparsecomp did not write" in help_text
+    assert "replace DIR if it is an emitted" not in help_text
+    (cli_factory / "o").mkdir()
+    (cli_factory / "o" / "mine.txt").write_text("x")
+    argv = ["emit", "hardening_cli_models:net", "--input-shape", "1,16", "-o", "o"]
+    rc, _, err = _cli(argv, capsys)
+    assert rc == 2 and "--overwrite" in err and "overwrite=True" not in err, err
+    rc, _, err = _cli([*argv, "--overwrite"], capsys)
+    assert rc == 0 and (cli_factory / "o" / "mine.txt").read_text() == "x"
+
+
+def test_cli_os_error_is_one_clean_error(cli_factory, capsys):
+    (cli_factory / "afile").write_text("x")
+    rc, _, err = _cli(["emit", "hardening_cli_models:net", "--input-shape", "1,16", "-o", "afile/o"], capsys)
+    assert rc == 2 and "Traceback" not in err and "afile" in err and err.count("\n") == 1, err
+
+
+# ---- smaller items -----------------------------------------------------------------------------------
+
+
+def test_meta_device_model_says_what_to_do(tmp_path):
+    from codegen import CodegenError, weight_bytes
+
+    with torch.device("meta"):
+        model = nn.Sequential(nn.Linear(4, 3))
+    with pytest.raises(CodegenError, match=r"'0.weight'.*'meta' device.*to_empty\(device='cpu'\).*load_state_dict"):
+        save_compressed_model(model, "csr", input_shape=(1, 4), directory=tmp_path / "m")
+    with pytest.raises(CodegenError, match="meta"):
+        weight_bytes(model, (1, 4))
+    assert list(tmp_path.iterdir()) == []
+
+
+def _archive_header(name: bytes, dtype: bytes, shape: tuple[int, ...], kind: int) -> bytes:
+    import struct
+
+    from sparsecomp.huffman import MAGIC, VERSION
+
+    return (MAGIC + struct.pack("<BI", VERSION, 1) + struct.pack("<H", len(name)) + name
+            + struct.pack("<B", len(dtype)) + dtype + struct.pack("<B", len(shape))
+            + struct.pack(f"<{len(shape)}I", *shape) + struct.pack("<B", kind))  # fmt: skip
+
+
+def test_crafted_archive_cannot_allocate_or_crash():
+    import io
+    import struct
+    import tracemalloc
+
+    from sparsecomp import ArchiveError, huffman_decode
+    from sparsecomp.huffman import RAW, SPARSE
+
+    # 48 GiB of float32 zeros announced by a 60-byte archive (a sparse tensor with no nonzero)
+    huge = _archive_header(b"w", b"float32", (65536, 65536, 3), SPARSE) + struct.pack("<IBB", 0, 2, 0)
+    tracemalloc.start()
+    with pytest.raises(ArchiveError, match="more than this .*-byte archive may hold"):
+        huffman_decode(io.BytesIO(huge))
+    assert tracemalloc.get_traced_memory()[1] < 64 << 20
+    tracemalloc.stop()
+    # a Huffman stream of 2**32 - 1 equal symbols (no payload bit per symbol)
+    ones = _archive_header(b"w", b"float32", (1 << 16, 1 << 16), SPARSE) + struct.pack("<IB", 2**32 - 1, 1)
+    with pytest.raises(ArchiveError):
+        huffman_decode(io.BytesIO(ones + b"\x01\x05\x01" + struct.pack("<I", 0)))
+    with pytest.raises(ArchiveError, match="tensor name at offset .* is not UTF-8"):
+        huffman_decode(io.BytesIO(_archive_header(b"\xff\xfe", b"float32", (1,), RAW) + b"\0" * 4))
+    with pytest.raises(ArchiveError, match="dtype .* is not UTF-8"):
+        huffman_decode(io.BytesIO(_archive_header(b"w", b"\xc3", (1,), RAW) + b"\0" * 4))
+    with pytest.raises(ArchiveError, match="truncated"):
+        huffman_decode(io.BytesIO(_archive_header(b"w", b"float32", (1 << 30, 1 << 30), RAW)))
+
+
+def test_mutated_archives_give_archive_error_or_the_data():
+    import io
+
+    from sparsecomp import ArchiveError, huffman_decode, huffman_encode
+
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(20, 10), nn.Linear(10, 4))
+    with torch.no_grad():
+        model[0].weight[model[0].weight.abs() < 0.1] = 0
+        model[0].weight.copy_(torch.round(model[0].weight * 8) / 8)
+    buf = io.BytesIO()
+    huffman_encode(model, buf)
+    data = buf.getvalue()
+    rng = np.random.default_rng(0)
+    outcomes = {"error": 0, "ok": 0}
+    for _ in range(400):
+        b = bytearray(data)
+        for i in rng.integers(0, len(b), size=int(rng.integers(1, 4))):
+            b[i] = int(rng.integers(0, 256))
+        try:
+            huffman_decode(io.BytesIO(bytes(b)))
+            outcomes["ok"] += 1
+        except ArchiveError:
+            outcomes["error"] += 1
+    assert outcomes["error"] > 50, outcomes
