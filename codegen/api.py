@@ -242,7 +242,7 @@ def save_compressed_model(
     integer: bool = False,
     calibration_data=None,
 ) -> EmitResult:
-    """Emits the model as a self-contained C directory (see DESIGN.md for its layout).
+    """Emits the model as a self-contained C directory (its layout: docs/architecture.md, "The emitted directory").
 
     ``input_data`` (a batch of 1) becomes headers/input.h with PyTorch's output for it, and
     ``make -C directory check`` compares the C against it. Without it, give ``input_shape``
@@ -259,6 +259,9 @@ def save_compressed_model(
     ``<prefix>_run_int8(const int8_t *, int8_t *)`` with the input/output scale and zero point;
     ``<prefix>_run`` keeps its float signature. ``representation`` chooses the int8 weight encodings:
     "int8"/"auto" (dense, CSR or relative-index, the smallest), "csr" (dense or CSR), "dense".
+    The self-test (``make check``) then checks the C is bit-exact against the integer reference, and
+    that its output is within ``tolerance`` of PyTorch's float output (default
+    ``codegen.integer.float_tolerance``: 8 % of max|output| + 2 output quantization steps).
 
     >>> net = torch.nn.Sequential(torch.nn.Conv2d(1, 4, 3), torch.nn.ReLU(), torch.nn.Flatten(),
     ...                           torch.nn.Linear(4 * 6 * 6, 10))
@@ -273,7 +276,7 @@ def save_compressed_model(
         return save_integer_model(
             model, representation, input_data, directory, calibration_data=calibration_data,
             input_shape=input_shape, prefix=prefix, overwrite=overwrite, leaf_modules=leaf_modules,
-            concrete_args=concrete_args,
+            concrete_args=concrete_args, tolerance=tolerance,
         )  # fmt: skip
     if calibration_data is not None:
         raise CodegenError("calibration_data is only used with integer=True (fully integer inference); "

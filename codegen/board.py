@@ -385,18 +385,29 @@ def parse_outputs(stdout: str) -> np.ndarray:
 
 
 def parse_profile(stdout: str) -> Profile | None:
-    """Read the ``SC_PROFILE_*`` lines printed by board/profile.c."""
-    m = re.search(r"^SC_PROFILE_TICK_INSNS\s+(\d+)", stdout, re.MULTILINE)
+    """Read the ``SC_PROFILE_*`` lines printed by board/profile.c.
+
+    profile.c prints one block (``SC_PROFILE_TICK_INSNS``, the layers, ``SC_PROFILE_TOTAL``) per
+    ``<prefix>_run`` call, and at exit one more block without a total for layers run outside it (the
+    early-exit self-test runs the stages again through ``<prefix>_ee_run``). The profile of one inference
+    is the first block with a total (else the first block).
+    """
+    starts = [m.start() for m in re.finditer(r"^SC_PROFILE_TICK_INSNS\s", stdout, re.MULTILINE)]
+    if not starts:
+        return None
+    blocks = [stdout[a:b] for a, b in zip(starts, [*starts[1:], len(stdout)])]
+    block = next((b for b in blocks if re.search(r"^SC_PROFILE_TOTAL\s", b, re.MULTILINE)), blocks[0])
+    m = re.search(r"^SC_PROFILE_TICK_INSNS\s+(\d+)", block, re.MULTILINE)
     if not m:
         return None
     per_tick = int(m.group(1))
     layers = [
         LayerProfile(int(idx), name.strip(), int(ticks) * per_tick, int(ticks), int(calls))
         for idx, ticks, calls, name in re.findall(
-            r"^SC_PROFILE_LAYER\s+(\d+)\s+(\d+)\s+(\d+)\s+(.*)$", stdout, re.MULTILINE
+            r"^SC_PROFILE_LAYER\s+(\d+)\s+(\d+)\s+(\d+)\s+(.*)$", block, re.MULTILINE
         )
     ]
-    mt = re.search(r"^SC_PROFILE_TOTAL\s+(\d+)", stdout, re.MULTILINE)
+    mt = re.search(r"^SC_PROFILE_TOTAL\s+(\d+)", block, re.MULTILINE)
     total_ticks = int(mt.group(1)) if mt else sum(layer.ticks for layer in layers)
     return Profile(layers, total_ticks * per_tick, total_ticks, per_tick)
 

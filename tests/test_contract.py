@@ -1,4 +1,4 @@
-"""The contract of the emitted directory (DESIGN.md, "Emitted directory"): layout, model.h API,
+"""The contract of the emitted directory (docs/architecture.md, "The emitted directory"): layout, model.h API,
 determinism, prefixes, linking into a user's firmware, the self-test's exit code, and the rules of
 writing a directory (never touch a user's file, leave nothing half-written behind)."""
 
@@ -43,7 +43,7 @@ def run(cmd: list[str], **kw) -> subprocess.CompletedProcess:
 
 
 def model_sources(d: Path) -> list[Path]:
-    """Every .c file outside app/ and board/: the model (DESIGN.md)."""
+    """Every .c file outside app/ and board/: the model (docs/architecture.md, "The emitted directory")."""
     return sorted(p for p in d.rglob("*.c") if p.relative_to(d).parts[0] not in ("app", "board", "build"))
 
 

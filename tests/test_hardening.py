@@ -577,3 +577,81 @@ def test_mutated_archives_give_archive_error_or_the_data():
         except ArchiveError:
             outcomes["error"] += 1
     assert outcomes["error"] > 50, outcomes
+
+
+def test_profile_of_an_early_exit_self_test_counts_each_layer_once():
+    from codegen.board import parse_profile
+
+    out = "\n".join([
+        "SC_PROFILE_TICK_INSNS 40", "SC_PROFILE_LAYER 0 10 1 conv", "SC_PROFILE_LAYER 1 5 1 fc", "SC_PROFILE_TOTAL 16",
+        "SC_EE_TICKS 0 3",
+        "SC_PROFILE_TICK_INSNS 40", "SC_PROFILE_LAYER 0 30 3 conv", "SC_PROFILE_LAYER 1 10 2 fc", "SC_PASS", "",
+    ])  # fmt: skip
+    p = parse_profile(out)
+    assert [(ly.index, ly.ticks, ly.calls) for ly in p.layers] == [(0, 10, 1), (1, 5, 1)]
+    assert p.total_instructions == 16 * 40 and p.layer_sum <= p.total_instructions
+
+
+def test_board_profile_of_an_early_exit_directory(tmp_path):
+    import os
+
+    from codegen import board
+
+    ok, reason = board.board_toolchain_available()
+    if not ok:
+        if os.environ.get("SPARSECOMP_REQUIRE_BOARD") == "1":
+            pytest.fail(reason)
+        pytest.skip(reason)
+    from codegen.early_exit import save_compressed_early_exit_model
+    from sparsecomp.early_exit import build_exit_model
+
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Conv2d(1, 4, 3, padding=1), nn.ReLU(), nn.Conv2d(4, 4, 3, padding=1), nn.ReLU(),
+                        nn.Flatten(), nn.Linear(4 * 8 * 8, 5)).eval()  # fmt: skip
+    ee = build_exit_model(net, ["1"], (1, 1, 8, 8), "branch", 2, hidden=0).eval()
+    d = tmp_path / "ee"
+    save_compressed_early_exit_model(net, ee, "csr", input_data=torch.randn(1, 1, 8, 8), directory=d)
+    prof = board.profile(d)
+    indices = [ly.index for ly in prof.layers]
+    assert indices == sorted(set(indices)) == list(range(len(indices)))
+    assert 0 < prof.layer_sum <= prof.total_instructions
+
+
+# ---- integer self-test against PyTorch's float output --------------------------------------------
+
+
+def _int_net():
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Linear(8, 16), nn.ReLU(), nn.Linear(16, 4)).eval()
+
+
+def test_integer_self_test_checks_the_float_model(tmp_path):
+    from codegen.integer import float_tolerance
+
+    net = _int_net()
+    cal = torch.randn(64, 8, generator=torch.Generator().manual_seed(1))
+    res = save_compressed_model(net, "int8", cal[:1], tmp_path / "ok", integer=True, calibration_data=cal)
+    out = _make_check(tmp_path / "ok")
+    t = res.report["test"]
+    err = float(re.search(r"^SC_FLOAT_MAX_ABS_ERROR (\S+)$", out, re.M).group(1))
+    assert err == pytest.approx(t["float_model_max_abs_error"], rel=1e-5, abs=1e-7)
+    with torch.no_grad():
+        y = net(cal[:1]).numpy()
+    assert t["float_model_tolerance"] == pytest.approx(float_tolerance(y, res.report["integer"]["output"]["scale"]))
+    assert 0 < err <= t["float_model_tolerance"] < 0.2 * np.max(np.abs(y))
+    assert "float_tolerance" in t["float_model_tolerance_doc"]
+
+
+def test_integer_model_far_from_pytorch_fails_make_check(tmp_path, caplog):
+    net = _int_net()
+    cal = 0.02 * torch.randn(64, 8, generator=torch.Generator().manual_seed(1))  # unlike the real input
+    x = 3.0 * torch.randn(1, 8, generator=torch.Generator().manual_seed(2))
+    res = save_compressed_model(net, "int8", x, tmp_path / "bad", integer=True, calibration_data=cal)
+    t = res.report["test"]
+    assert t["float_model_max_abs_error"] > 0.17 * t["float_model_max_abs_output"]
+    assert "make check` will fail" in caplog.text
+    proc = subprocess.run(["make", "-s", "-C", str(tmp_path / "bad"), "check"], capture_output=True, text=True)
+    assert proc.returncode != 0
+    assert "SC_FAIL the int8 output is" in proc.stdout and "away from PyTorch's float output" in proc.stdout
+    # the bit-exact check against the integer reference still passed: only the float bound failed
+    assert "SC_MAX_ABS_ERROR 0\n" in proc.stdout
