@@ -391,7 +391,7 @@ def test_killed_reemission_leaves_old_or_new_never_a_mix(tmp_path, monkeypatch, 
         old, new = _setup_for_kill(d)
         calls = iter(range(10**6))
 
-        def kill_at(what, k=k):
+        def kill_at(what, k=k, calls=calls):
             if next(calls) == k:
                 raise _Killed(what)
 
@@ -655,3 +655,12 @@ def test_integer_model_far_from_pytorch_fails_make_check(tmp_path, caplog):
     assert "SC_FAIL the int8 output is" in proc.stdout and "away from PyTorch's float output" in proc.stdout
     # the bit-exact check against the integer reference still passed: only the float bound failed
     assert "SC_MAX_ABS_ERROR 0\n" in proc.stdout
+
+
+def test_no_reference_to_a_missing_design_document():
+    root = Path(__file__).resolve().parent.parent
+    assert (root / "docs" / "architecture.md").is_file()
+    hits = [str(p.relative_to(root)) for sub in ("codegen", "sparsecomp", "tests", "templates", "docs", "runtime_c")
+            for p in (root / sub).rglob("*") if p.is_file() and p.suffix in (".py", ".md", ".j2", ".h", ".c")
+            and "DESIGN" + ".md" in p.read_text(errors="replace")]  # fmt: skip
+    assert hits == []
