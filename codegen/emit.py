@@ -516,6 +516,9 @@ def _swap(files: dict[str, bytes], target: Path, user: list[str]) -> Path:
         journal.unlink()
         return target
     except (Exception, KeyboardInterrupt):
+        old = tmp.with_name(tmp.name + ".old")
+        if _kind(target) == "missing" and _kind(old) == "dir":  # failed between the two renames
+            os.rename(old, target)
         if moved:  # put the user's files back before removing anything
             try:
                 _undo(tmp, target, user)

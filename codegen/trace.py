@@ -118,10 +118,20 @@ def example_from(example_input: torch.Tensor | tuple[int, ...] | list[int]) -> t
 def _run_eager(model: torch.nn.Module, x: torch.Tensor):
     """Runs the (prepared) model once; a failure names the innermost module that raised it."""
     entered: list[str] = []
+
+    def enter(name: str):
+        def hook(module, args) -> None:
+            entered.append(name)
+
+        return hook
+
+    def leave(module, args, output) -> None:
+        entered.pop()
+
     hooks = []
     for name, mod in model.named_modules():
-        hooks.append(mod.register_forward_pre_hook(lambda m, a, name=name: entered.append(name) and None))
-        hooks.append(mod.register_forward_hook(lambda m, a, o: entered.pop() and None))
+        hooks.append(mod.register_forward_pre_hook(enter(name)))
+        hooks.append(mod.register_forward_hook(leave))
     try:
         with torch.no_grad():
             return model(x.clone())
