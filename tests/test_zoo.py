@@ -129,6 +129,11 @@ def test_blocked_model_still_fails_clearly(name, tmp_path):
             f"Update its EXPECTED_BLOCKED entry in tests/test_zoo.py (was {err_class} matching {pattern!r})."
         )
         assert not d.exists(), "a failed emission left a directory behind"
+        # one error, grouped by op: a few lines whatever the number of offending nodes (issue 14)
+        head = msg.split("\nSupported operations")[0].splitlines()
+        assert len(head) <= UnsupportedOpError.MAX_GROUPS + 4, msg
+        if (err_class, pattern) == _BN_ACT:  # names the user's construct, not its 100s of operands
+            assert "timm.layers.norm_act.BatchNormAct2d was traced into; its forward() calls F.batch_norm" in msg
         return
     except Exception as exc:  # noqa: BLE001
         pytest.fail(f"{name} raised a raw {type(exc).__name__} instead of a CodegenError: {exc}")
