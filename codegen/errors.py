@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-
 # The module a functional form with parameter operands stands for (named in UnsupportedOpError's advice).
 _MODULE_FORM = {
     "F.batch_norm": "nn.BatchNorm1d/2d",
