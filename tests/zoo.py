@@ -71,27 +71,17 @@ def import_timm():
 
 
 # ---- standard TinyML blocks, written the way users write them ------------------------------------
-class LSTMKWS(nn.Module):
-    """Keyword spotter: MFCC frames (T, F) -> LSTM -> last step -> classes."""
+class RNNKWS(nn.Module):
+    """Keyword spotter: MFCC frames (T, F) -> nn.LSTM or nn.GRU (batch_first) -> last step -> classes."""
 
-    def __init__(self, n_mfcc: int = 10, hidden: int = 32, layers: int = 1, classes: int = 12):
+    def __init__(self, cell: type[nn.Module], n_mfcc: int = 10, hidden: int = 32, layers: int = 1,
+                 classes: int = 12):  # fmt: skip
         super().__init__()
-        self.lstm = nn.LSTM(n_mfcc, hidden, num_layers=layers, batch_first=True)
+        self.rnn = cell(n_mfcc, hidden, num_layers=layers, batch_first=True)
         self.fc = nn.Linear(hidden, classes)
 
     def forward(self, x):
-        y, _ = self.lstm(x)
-        return self.fc(y[:, -1])
-
-
-class GRUKWS(nn.Module):
-    def __init__(self, n_mfcc: int = 10, hidden: int = 32, layers: int = 1, classes: int = 12):
-        super().__init__()
-        self.gru = nn.GRU(n_mfcc, hidden, num_layers=layers, batch_first=True)
-        self.fc = nn.Linear(hidden, classes)
-
-    def forward(self, x):
-        y, _ = self.gru(x)
+        y, _ = self.rnn(x)
         return self.fc(y[:, -1])
 
 
@@ -403,10 +393,10 @@ _ENTRIES = [
     ZooEntry("tv_shufflenet_v2_x0_5", "torchvision", _tv("shufflenet_v2_x0_5", num_classes=10), _IMG),
     ZooEntry("tv_mnasnet0_5", "torchvision", _tv("mnasnet0_5", num_classes=10), _IMG),
     # standard TinyML blocks
-    ZooEntry("lstm_kws_1layer", "tinyml", lambda: LSTMKWS(layers=1), (1, 20, 10)),
-    ZooEntry("lstm_kws_2layer", "tinyml", lambda: LSTMKWS(layers=2), (1, 20, 10)),
-    ZooEntry("gru_kws_1layer", "tinyml", lambda: GRUKWS(layers=1), (1, 20, 10)),
-    ZooEntry("gru_kws_2layer", "tinyml", lambda: GRUKWS(layers=2), (1, 20, 10)),
+    ZooEntry("lstm_kws_1layer", "tinyml", lambda: RNNKWS(nn.LSTM, layers=1), (1, 20, 10)),
+    ZooEntry("lstm_kws_2layer", "tinyml", lambda: RNNKWS(nn.LSTM, layers=2), (1, 20, 10)),
+    ZooEntry("gru_kws_1layer", "tinyml", lambda: RNNKWS(nn.GRU, layers=1), (1, 20, 10)),
+    ZooEntry("gru_kws_2layer", "tinyml", lambda: RNNKWS(nn.GRU, layers=2), (1, 20, 10)),
     ZooEntry("crnn_kws", "tinyml", CRNNKWS, (1, 1, 20, 10)),
     ZooEntry("tcn", "tinyml", TCN, (1, 3, 64)),
     ZooEntry("unet_upsample", "tinyml", lambda: UNet(transposed=False), (1, 1, 16, 16)),
