@@ -98,6 +98,20 @@ def test_every_zoo_model_is_classified():
     assert len(zoo.ZOO) >= 40
 
 
+def test_zoo_libraries_are_the_pinned_ones():
+    """The zoo's verdicts hold for the timm/torchvision of constraints.txt (make venv installs those)."""
+    from importlib.metadata import version
+    from pathlib import Path
+
+    pins = dict(line.split("==") for line in (Path(__file__).parents[1] / "constraints.txt").read_text().split()
+                if "==" in line)  # fmt: skip
+    tv = zoo.import_torchvision()
+    assert version("timm") == pins["timm"] and version("torchvision") == pins["torchvision"]
+    # the shim only declares schemas when torchvision's C++ ops are missing; the definitions work either way
+    net = tv.models.mobilenet_v2(weights=None, width_mult=0.35, num_classes=3).eval()
+    assert net(torch.zeros(1, 3, 32, 32)).shape == (1, 3)
+
+
 @pytest.mark.parametrize("name", sorted(EMITS))
 def test_zoo_model_emits_and_matches_pytorch(name, tmp_path):
     from helpers import emit_and_verify
