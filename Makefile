@@ -3,8 +3,12 @@ PYTHON ?= python3
 VENV   ?= .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
+# The real model definitions of the zoo test (tests/zoo.py), versions in constraints.txt. --no-deps:
+# their other requirements (torch, numpy, pillow) are already installed, and timm's hub/yaml/safetensors
+# requirements serve only pretrained weights, which the tests never load.
+ZOO_PKGS := torchvision timm
 
-.PHONY: venv demo test test-fast lint clean bench bench-quick
+.PHONY: venv demo test test-fast lint clean bench bench-quick zoo
 
 venv: $(STAMP)
 
@@ -12,6 +16,7 @@ $(STAMP): pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip -c constraints.txt 2>/dev/null || true
 	$(PY) -m pip install -q -c constraints.txt -e '.[test,examples,dev]'
+	$(PY) -m pip install -q --no-deps -c constraints.txt $(ZOO_PKGS)
 	touch $(STAMP)
 
 demo: $(STAMP)
@@ -38,3 +43,7 @@ bench: $(STAMP)
 
 bench-quick: $(STAMP)
 	$(PY) benchmarks/run.py --mode quick $(BENCH_ARGS)
+
+# The model zoo report (benchmarks/zoo.py): writes docs/zoo.md.
+zoo: $(STAMP)
+	$(PY) benchmarks/zoo.py

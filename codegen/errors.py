@@ -2,6 +2,16 @@
 
 from __future__ import annotations
 
+# The module a functional form with parameter operands stands for (named in UnsupportedOpError's advice).
+_MODULE_FORM = {
+    "F.batch_norm": "nn.BatchNorm1d/2d",
+    "F.linear": "nn.Linear",
+    "F.conv1d": "nn.Conv1d",
+    "F.conv2d": "nn.Conv2d",
+    "F.layer_norm": "nn.LayerNorm",
+    "F.group_norm": "nn.GroupNorm",
+}
+
 
 class CodegenError(Exception):
     """Base class of every error the code generator raises on bad input."""
@@ -10,22 +20,84 @@ class CodegenError(Exception):
 class UnsupportedOpError(CodegenError):
     """The model uses operations the generator cannot lower to C.
 
-    ``nodes`` lists every offending node as (fx node name, target, module path).
+    ``nodes`` lists every offending node as (fx node name, target, module path). ``owners`` (same
+    order, optional) gives for each the class of the user module whose forward() made the node
+    ("" for torch.nn modules and the model's own forward), and ``consumers`` for each constant
+    tensor node the ops that use it. The message groups the nodes by op, with counts, so a model
+    with 1,000 offending nodes still gets a message of a few lines.
     """
 
-    def __init__(self, nodes: list[tuple[str, str, str]], supported: list[str]):
+    MAX_GROUPS = 20  # op groups listed in the message; the rest are counted
+
+    def __init__(
+        self,
+        nodes: list[tuple[str, str, str]],
+        supported: list[str],
+        owners: list[str] | None = None,
+        consumers: list[list[str]] | None = None,
+    ):
         self.nodes = nodes
         self.supported = supported
-        lines = [f"{len(nodes)} operation(s) in the model cannot be emitted as C:"]
-        for name, target, path in nodes:
-            where = f" (module '{path}')" if path else ""
-            lines.append(f"  - node '{name}': {target}{where}")
-        lines.append("Supported operations: " + ", ".join(supported) + ".")
+        self.owners = owners if owners is not None else [""] * len(nodes)
+        self.consumers = consumers if consumers is not None else [[] for _ in nodes]
+        super().__init__(self._message())
+
+    def _message(self) -> str:
+        ops: dict[str, list[int]] = {}  # op -> indices of its nodes
+        consts: dict[tuple[str, str], list[int]] = {}  # (owner class, ops using them) -> constant nodes
+        for i, (_name, target, _path) in enumerate(self.nodes):
+            if target.startswith("constant tensor "):
+                key = (self.owners[i], ", ".join(sorted(set(self.consumers[i]))) or "?")
+                consts.setdefault(key, []).append(i)
+            else:
+                ops.setdefault(target, []).append(i)
+        n_groups = len(ops) + len(consts)
+        lines = [
+            f"{len(self.nodes)} node(s) in the model cannot be emitted as C, for {n_groups} reason(s):"
+        ]
+        groups: list[tuple[int, str]] = []
+        for target, idx in ops.items():
+            owners = sorted({self.owners[i] for i in idx if self.owners[i]})
+            name, _, path = self.nodes[idx[0]]
+            where = f" in module '{path}'" if path else ""
+            line = f"  - {target}: {len(idx)} node(s), e.g. node '{name}'{where}"
+            if owners:
+                line += f"; called in the forward() of {', '.join(owners)}"
+            groups.append((len(idx), line))
+        for (owner, users), idx in consts.items():
+            name, target, path = self.nodes[idx[0]]
+            inside = f"{owner}.forward()" if owner else "the model's forward()"
+            groups.append((len(idx), (
+                f"  - {len(idx)} parameter/buffer tensor(s) used as operands of {users} in {inside}, "
+                f"e.g. {target.removeprefix('constant tensor ')}"
+            )))  # fmt: skip
+        groups.sort(key=lambda g: -g[0])
+        lines += [line for _, line in groups[: self.MAX_GROUPS]]
+        if len(groups) > self.MAX_GROUPS:
+            lines.append(f"  - ... and {len(groups) - self.MAX_GROUPS} more reason(s) (see .nodes)")
+        # name the user's construct: a module class whose forward() calls functional forms
+        traced_into: dict[str, set[str]] = {}
+        for (owner, users), _idx in consts.items():
+            if owner:
+                traced_into.setdefault(owner, set()).update(u for u in users.split(", ") if u != "?")
+        for target, idx in ops.items():
+            for i in idx:
+                if self.owners[i] in traced_into:
+                    traced_into[self.owners[i]].add(target)
+        for owner, users in sorted(traced_into.items()):
+            modules = [f"{u} -> {_MODULE_FORM[u]}" for u in sorted(users) if u in _MODULE_FORM]
+            instead = f" ({', '.join(modules)})" if modules else ""
+            lines.append(
+                f"{owner} was traced into; its forward() calls {', '.join(sorted(users)) or 'ops'} with its own "
+                f"parameters as operands. Replace it with the torch.nn modules it stands for{instead}, or pass "
+                f"leaf_modules=({owner.rsplit('.', 1)[-1]},) together with a registered lowering for it."
+            )
+        lines.append("Supported operations: " + ", ".join(self.supported) + ".")
         lines.append(
             "Replace these operations with supported ones, or register a lowering for them "
             "(see docs/architecture.md, 'Adding an op')."
         )
-        super().__init__("\n".join(lines))
+        return "\n".join(lines)
 
 
 class UntraceableModelError(CodegenError):

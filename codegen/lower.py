@@ -591,13 +591,28 @@ def lower_pad_function(ctx: LowerContext, node: fx.Node) -> None:
 
 
 # ---- the driver -----------------------------------------------------------------------------
+def _owner_class(node: fx.Node) -> str:
+    """The qualified class of the innermost user module (not torch.nn's own) whose forward() made ``node``."""
+    stack = node.meta.get("nn_module_stack") or {}
+    for entry in reversed(list(stack.values())):
+        cls = entry[1] if isinstance(entry, tuple) and len(entry) > 1 else None
+        if isinstance(cls, type):
+            if cls.__module__.startswith("torch.nn.modules"):
+                return ""  # torch.nn modules are lowered (or listed) as such
+            return f"{cls.__module__}.{cls.__qualname__}"
+    return ""
+
+
 def check_supported(gm: fx.GraphModule) -> None:
-    """Raises ONE UnsupportedOpError listing every node that has no lowering."""
+    """Raises ONE UnsupportedOpError listing every node that has no lowering (grouped by op in its message)."""
     modules = dict(gm.named_modules())
-    bad = []
+    bad, owners, consumers = [], [], []
     for node in gm.graph.nodes:
         if node.op == "get_attr" and _meta(node) is not None:
             bad.append((node.name, f"constant tensor self.{node.target}", _module_path(node)))
+            users = [u for u in node.users if u.op in ("call_module", "call_function", "call_method")]
+            owners.append(next((o for o in map(_owner_class, users) if o), _owner_class(node)))
+            consumers.append([_target_name(lowering_key(u, modules)) for u in users])
         if node.op not in ("call_module", "call_function", "call_method"):
             continue
         if "tensor_meta" not in node.meta:
@@ -605,8 +620,10 @@ def check_supported(gm: fx.GraphModule) -> None:
         key = lowering_key(node, modules)
         if key not in LOWERINGS:
             bad.append((node.name, _target_name(key), _module_path(node)))
+            owners.append(_owner_class(node))
+            consumers.append([])
     if bad:
-        raise UnsupportedOpError(bad, supported_ops())
+        raise UnsupportedOpError(bad, supported_ops(), owners, consumers)
 
 
 def lower(gm: fx.GraphModule, env_out: dict[str, str] | None = None) -> ir.Graph:

@@ -6,7 +6,9 @@ import contextlib
 import copy
 import keyword
 import logging
+import os
 import threading
+import traceback
 
 import torch
 import torch.fx as fx
@@ -149,6 +151,19 @@ def _run_eager(model: torch.nn.Module, x: torch.Tensor):
             h.remove()
 
 
+def _offending_line(exc: BaseException) -> str:
+    """' at FILE:LINE: CODE' of the innermost frame of the traceback outside torch (the model's or a
+    library's expression that torch.fx could not trace), or "" when there is none."""
+    torch_dir = os.path.dirname(torch.__file__) + os.sep
+    frames = [f for f in traceback.extract_tb(exc.__traceback__) if not f.filename.startswith(torch_dir)]
+    frames = [f for f in frames if os.path.abspath(f.filename) != os.path.abspath(__file__)]
+    if not frames:
+        return ""
+    f = frames[-1]
+    code = f" ({f.line.strip()})" if f.line else ""
+    return f"\n  at {f.filename}:{f.lineno}, in {f.name}{code}"
+
+
 def trace(
     model: torch.nn.Module,
     example_input: torch.Tensor,
@@ -161,7 +176,8 @@ def trace(
         graph = tracer.trace(model, concrete_args=concrete_args)
     except (torch.fx.proxy.TraceError, TypeError, RuntimeError, AttributeError, NotImplementedError) as exc:
         raise UntraceableModelError(
-            f"torch.fx could not trace {type(model).__name__}.forward(): {exc}\n{_UNTRACEABLE_HELP}"
+            f"torch.fx could not trace {type(model).__name__}.forward(): {exc}{_offending_line(exc)}\n"
+            f"{_UNTRACEABLE_HELP}"
         ) from exc
     try:
         gm = graph_module(tracer.root, graph, type(model).__name__)

@@ -1,5 +1,7 @@
 """Bad input gets one clear error that names the layer and says what to do."""
 
+import inspect
+
 import pytest
 import torch
 import torch.nn as nn
@@ -154,3 +156,46 @@ def test_traced_graph_that_disagrees_with_forward_is_refused(tmp_path):
     with pytest.raises(UntraceableModelError, match="in-place update"):
         save_compressed_model(AliasedInplace(), "dense", torch.randn(1, 4), tmp_path / "m")
     assert list(tmp_path.iterdir()) == []
+
+
+class BatchNormAct(nn.BatchNorm2d):
+    """A BatchNorm subclass whose forward calls the functional form, as timm's BatchNormAct2d does."""
+
+    def forward(self, x):
+        x = F.batch_norm(x, self.running_mean, self.running_var, self.weight, self.bias, False, 0.0, self.eps)
+        return torch.relu(x)
+
+
+def test_functional_subclass_is_named_once_with_counts(tmp_path):
+    """30 BatchNormAct layers give one error of a few lines (not 150), naming the class and the fix."""
+    layers = []
+    for _ in range(30):
+        layers += [nn.Conv2d(4, 4, 3, padding=1), BatchNormAct(4)]
+    with pytest.raises(UnsupportedOpError) as ei:
+        save_compressed_model(nn.Sequential(*layers).eval(), "dense", torch.randn(1, 4, 6, 6), tmp_path / "m")
+    err = ei.value
+    assert len(err.nodes) == 150  # 30 F.batch_norm + 4 x 30 parameter/buffer operands
+    msg = str(err).split("Supported operations")[0]
+    assert len(msg.strip().splitlines()) == 4, msg
+    assert "150 node(s) in the model cannot be emitted as C, for 2 reason(s)" in msg
+    assert "F.batch_norm: 30 node(s), e.g. node 'batch_norm' in module '1'" in msg
+    assert "120 parameter/buffer tensor(s) used as operands of F.batch_norm" in msg
+    qualname = f"{BatchNormAct.__module__}.{BatchNormAct.__qualname__}"
+    assert f"{qualname} was traced into; its forward() calls F.batch_norm" in msg
+    assert "F.batch_norm -> nn.BatchNorm1d/2d" in msg and "leaf_modules=(BatchNormAct,)" in msg
+    assert not (tmp_path / "m").exists()
+
+
+def test_unsupported_op_groups_are_capped():
+    nodes = [(f"n{i}", f"torch.op{i}", "") for i in range(UnsupportedOpError.MAX_GROUPS + 5)]
+    msg = str(UnsupportedOpError(nodes, ["nn.Linear"]))
+    assert "... and 5 more reason(s)" in msg
+    assert "torch.op0: 1 node(s), e.g. node 'n0'" in msg
+
+
+def test_untraceable_model_names_the_offending_line(tmp_path):
+    with pytest.raises(UntraceableModelError) as ei:
+        save_compressed_model(DataDependent(), "dense", torch.randn(1, 4), tmp_path / "m")
+    src, start = inspect.getsourcelines(DataDependent.forward)
+    line = start + next(i for i, s in enumerate(src) if "if x.sum() > 0" in s)
+    assert f"at {__file__}:{line}, in forward (if x.sum() > 0:)" in str(ei.value)

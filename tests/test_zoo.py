@@ -1,0 +1,174 @@
+"""The model zoo in CI (issue 14): every real architecture of tests/zoo.py either emits C that matches
+PyTorch, or is listed in EXPECTED_BLOCKED and fails with a clear CodegenError naming the reason.
+
+When an op is added
+-------------------
+* a model that now emits makes ``test_blocked_model_still_fails_clearly`` fail with "move it to
+  EMITS": delete its EXPECTED_BLOCKED entry and add it to EMITS (then this file checks its parity);
+* a model that now fails for another reason (the next missing op) fails the same test with the new
+  message: update its entry to the new reason.
+
+docs/zoo.md (benchmarks/zoo.py, ``make zoo``) is the full table with bytes, arena and errors.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+
+import pytest
+import torch
+
+from codegen import save_compressed_model
+from codegen.errors import CodegenError, UnsupportedOpError
+
+try:
+    import zoo
+
+    zoo.import_timm()
+    _MISSING = ""
+except ImportError as exc:  # timm/torchvision are installed by 'make venv' (constraints.txt)
+    _MISSING = f"timm/torchvision not installed ({exc}); run 'make venv'"
+
+if _MISSING and os.environ.get("SPARSECOMP_REQUIRE_ZOO") == "1":
+    raise RuntimeError(_MISSING)  # in CI a missing zoo is a failure, not a skip
+pytestmark = pytest.mark.skipif(bool(_MISSING), reason=_MISSING)
+
+# Models that emit today: name -> what else to run. "integer": also integer=True (bit-exact self-test);
+# "board": also on the emulated Cortex-M4F (test_zoo_model_on_board, marked board).
+EMITS: dict[str, set[str]] = {
+    "tv_mobilenet_v2_035": {"integer"},
+    "tv_squeezenet1_1": set(),
+    "tv_squeezenet1_0": set(),
+    "tv_mnasnet0_5": set(),
+    "ds_cnn_kws": {"integer", "board"},
+    "resnet8_mlperf_tiny": {"board"},
+    "mobilenet_v1_025_vww": {"integer", "board"},
+    "fc_autoencoder": {"integer", "board"},
+}
+
+_BN_ACT = ("UnsupportedOpError", r"F\.batch_norm")  # timm BatchNormAct2d calls F.batch_norm
+_BROADCAST = ("UnsupportedConfigError", r"broadcasting is not supported")
+# name -> (error class, a regex the offending ops of an UnsupportedOpError, or else the message, must
+# match): the reason it does not emit today.
+EXPECTED_BLOCKED: dict[str, tuple[str, str]] = {
+    "timm_mobilenetv2_035": _BN_ACT,
+    "timm_mobilenetv2_050": _BN_ACT,
+    "timm_mobilenetv3_small_050": _BN_ACT,
+    "timm_mobilenetv3_small_075": _BN_ACT,
+    "timm_mobilenetv3_large_075": _BN_ACT,
+    "timm_mobilenetv4_conv_small_035": _BN_ACT,
+    "timm_mobilenetv4_conv_small_050": _BN_ACT,
+    "timm_lcnet_035": _BN_ACT,
+    "timm_lcnet_050": _BN_ACT,
+    "timm_mnasnet_small": _BN_ACT,
+    "timm_mnasnet_050": _BN_ACT,
+    "timm_semnasnet_050": _BN_ACT,
+    "timm_efficientnet_lite0": _BN_ACT,
+    "timm_tinynet_e": _BN_ACT,
+    "timm_ghostnet_050": _BN_ACT,
+    "timm_regnetx_002": _BN_ACT,
+    "timm_mobileone_s0": _BN_ACT,
+    "timm_repghostnet_050": _BN_ACT,
+    "timm_fbnetc_100": _BN_ACT,
+    "timm_spnasnet_100": _BN_ACT,
+    # Conv2dSame computes its padding from the input size in Python
+    "timm_tf_efficientnet_lite0": ("UntraceableModelError", r"control flow"),
+    "tv_mobilenet_v3_small": _BROADCAST,  # SqueezeExcitation: (C,1,1) * (C,H,W)
+    "tv_mobilenet_v3_large": _BROADCAST,
+    "tv_shufflenet_v2_x0_5": ("UnsupportedOpError", r"Tensor\.chunk"),  # and transpose (channel shuffle)
+    "lstm_kws_1layer": ("UnsupportedOpError", r"nn\.LSTM"),
+    "lstm_kws_2layer": ("UnsupportedOpError", r"nn\.LSTM"),
+    "gru_kws_1layer": ("UnsupportedOpError", r"nn\.GRU"),
+    "gru_kws_2layer": ("UnsupportedOpError", r"nn\.GRU"),
+    "crnn_kws": ("UnsupportedOpError", r"nn\.GRU"),
+    "tcn": ("UnsupportedOpError", r"operator\.getitem"),  # Chomp1d's x[:, :, :-p]
+    "unet_upsample": ("UnsupportedOpError", r"nn\.Upsample"),
+    "unet_convtranspose": ("UnsupportedOpError", r"nn\.ConvTranspose2d"),
+    "se_cnn": ("UnsupportedOpError", r"Tensor\.expand_as"),
+    "se_conv_cnn": _BROADCAST,
+    "cbam_cnn": ("UnsupportedOpError", r"nn\.AdaptiveMaxPool2d"),
+}
+
+
+def test_every_zoo_model_is_classified():
+    assert not set(EMITS) & set(EXPECTED_BLOCKED), "a model is listed both as emitting and as blocked"
+    assert set(EMITS) | set(EXPECTED_BLOCKED) == set(zoo.ZOO)
+    assert len(zoo.ZOO) >= 40
+
+
+def test_zoo_libraries_are_the_pinned_ones():
+    """The zoo's verdicts hold for the timm/torchvision of constraints.txt (make venv installs those)."""
+    from importlib.metadata import version
+    from pathlib import Path
+
+    pins = dict(line.split("==") for line in (Path(__file__).parents[1] / "constraints.txt").read_text().split()
+                if "==" in line)  # fmt: skip
+    tv = zoo.import_torchvision()
+    assert version("timm") == pins["timm"] and version("torchvision") == pins["torchvision"]
+    # the shim only declares schemas when torchvision's C++ ops are missing; the definitions work either way
+    net = tv.models.mobilenet_v2(weights=None, width_mult=0.35, num_classes=3).eval()
+    assert net(torch.zeros(1, 3, 32, 32)).shape == (1, 3)
+
+
+@pytest.mark.parametrize("name", sorted(EMITS))
+def test_zoo_model_emits_and_matches_pytorch(name, tmp_path):
+    from helpers import emit_and_verify
+
+    model, x = zoo.build(name)
+    res = emit_and_verify(model, x.shape, "dense", tmp_path, inputs=x, name=name)  # -Werror, default_tolerance
+    assert res.report["memory"]["arena_bytes"] >= res.report["memory"]["lower_bound_bytes"] > 0
+    if "integer" in EMITS[name]:
+        cal = torch.randn((16, *x.shape[1:]), generator=torch.Generator().manual_seed(7))
+        d = tmp_path / f"{name}_int8"
+        save_compressed_model(model, "dense", x[:1], d, integer=True, calibration_data=cal)
+        proc = subprocess.run(["make", "-s", "-C", str(d), "check"], capture_output=True, text=True, timeout=300)
+        assert proc.returncode == 0 and "SC_PASS" in proc.stdout, proc.stdout + proc.stderr
+
+
+@pytest.mark.parametrize("name", sorted(EXPECTED_BLOCKED))
+def test_blocked_model_still_fails_clearly(name, tmp_path):
+    err_class, pattern = EXPECTED_BLOCKED[name]
+    model, x = zoo.build(name)
+    d = tmp_path / name
+    try:
+        save_compressed_model(model, "dense", input_data=x[:1], directory=d)
+    except CodegenError as exc:
+        msg = str(exc)
+        # an UnsupportedOpError's message also lists the supported ops: match the offending ones only
+        named = "\n".join(t for _, t, _ in exc.nodes) if isinstance(exc, UnsupportedOpError) else msg
+        assert type(exc).__name__ == err_class and re.search(pattern, named), (
+            f"{name} now fails for another reason: {type(exc).__name__}: {msg.splitlines()[0]}\n"
+            f"Update its EXPECTED_BLOCKED entry in tests/test_zoo.py (was {err_class} matching {pattern!r})."
+        )
+        assert not d.exists(), "a failed emission left a directory behind"
+        # one error, grouped by op: a few lines whatever the number of offending nodes (issue 14)
+        head = msg.split("\nSupported operations")[0].splitlines()
+        assert len(head) <= UnsupportedOpError.MAX_GROUPS + 4, msg
+        if (err_class, pattern) == _BN_ACT:  # names the user's construct, not its 100s of operands
+            assert "timm.layers.norm_act.BatchNormAct2d was traced into; its forward() calls F.batch_norm" in msg
+        return
+    except Exception as exc:  # noqa: BLE001
+        pytest.fail(f"{name} raised a raw {type(exc).__name__} instead of a CodegenError: {exc}")
+    pytest.fail(f"{name} now emits: move it from EXPECTED_BLOCKED to EMITS in tests/test_zoo.py "
+                "(where its parity with PyTorch is then checked)")  # fmt: skip
+
+
+@pytest.mark.board
+@pytest.mark.parametrize("name", sorted(n for n, opts in EMITS.items() if "board" in opts))
+def test_zoo_model_on_board(name, tmp_path):
+    from helpers import assert_parity
+    from test_board import require_board
+
+    from codegen import board as cboard
+
+    require_board()
+    model, x = zoo.build(name, n_inputs=1)
+    with torch.no_grad():
+        reference = model(x).numpy().reshape(-1)
+    d = tmp_path / name
+    save_compressed_model(model, "dense", input_data=x, directory=d)
+    result = cboard.run(d, "m4")
+    assert result.passed, f"{name} on m4: exit {result.exit_code}\n{result.stdout}{result.stderr}"
+    assert_parity(result.outputs, reference, f"{name} on the emulated m4")
