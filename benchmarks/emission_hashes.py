@@ -16,7 +16,6 @@ compares the copied runtime headers (they change when runtime_c/ is reorganized)
 from __future__ import annotations
 
 import argparse
-import copy
 import hashlib
 import json
 import logging

@@ -105,7 +105,7 @@ def test_plain_chain_graph_equals_lower_bound():
     _, mem = build_graph(net, (1, 1, 28, 28))
     assert mem.arena_bytes == mem.lower_bound
     # without in-place execution conv1 out (6x24x24) and pool1 out (6x12x12) are live together;
-    # the pools run in place (ir.Pool2d.overwrites_input), so conv1's output alone is the peak
+    # the pools run in place (codegen.ops.pool.Pool2d.overwrites_input), so conv1's output alone is the peak
     assert mem.chained_lower_bound == (6 * 24 * 24 + 6 * 12 * 12) * 4
     assert mem.lower_bound == 6 * 24 * 24 * 4
 
