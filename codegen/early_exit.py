@@ -448,22 +448,10 @@ def _head_graph(spec: ExitSpec, sizes: list[int], hidden_scratch: dict[str, int]
     return ir.Graph(values, ops, "features0", "output"), heads
 
 
-@dataclass
-class EarlyExitResult:
-    directory: Path
-    report: dict
-
-    @property
-    def weight_bytes(self) -> int:
-        return int(self.report["totals"]["weight_bytes"])
-
+class EarlyExitResult(emission.EmitResult):
     @property
     def ee_weight_bytes(self) -> int:
         return int(self.report["early_exit"]["weight_bytes"])
-
-    @property
-    def arena_bytes(self) -> int:
-        return int(self.report["memory"]["arena_bytes"])
 
 
 def _as_spec(exit_model) -> ExitSpec:
