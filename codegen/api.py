@@ -22,6 +22,7 @@ from codegen.emission import (  # noqa: F401 - public names re-exported by codeg
     ByteReport,
     Emission,
     EmitResult,
+    allocate_symbols,
     build_report,
     byte_report,
     check_prefix,
@@ -51,6 +52,7 @@ def encode_graph(g: ir.Graph, representation: str, prefix: str) -> None:
                 op.encoded[role] = formats.encode_tensor(arr, base, representation, layer=op.source)
             else:
                 op.encoded[role] = formats.ENCODINGS["dense"].encode(arr.reshape(-1, 1), base)
+    allocate_symbols(g, prefix)
 
 
 def build_graph(

@@ -29,6 +29,33 @@ RTOL = 1e-4  # self-test tolerance relative to the largest |output|
 ATOL = 1e-6
 
 
+# symbols model.c / model_ee.c define besides the const arrays: <prefix>_<name>
+FIXED_SYMBOLS = ("arena", "run", "run_int8", "test_input", "test_expected", "input_q", "quantize_input",
+                 "dequantize_output", "stage", "stage_arena")
+
+
+def allocate_symbols(g: ir.Graph, prefix: str) -> None:
+    """Makes every const array name of the graph unique (one allocator for every array a model emits).
+
+    Array names are built as <prefix>_<layer>_<role>[_<part>] from sanitized module paths, so two layers
+    can produce the same name (a Linear ``a`` with int8 weights gives ``a_w_scale``, so does a BatchNorm
+    ``a_w``). The first array in layer order keeps its name; a later one gets ``_2``, ``_3``, ... A model
+    without such a clash is unchanged.
+    """
+    arrays = [a for op in g.ops for e in op.encoded.values() for a in e.arrays.values()]
+    taken = {f"{prefix}_{s}" for s in FIXED_SYMBOLS} | {a.name for a in arrays}
+    seen: set[str] = {f"{prefix}_{s}" for s in FIXED_SYMBOLS}
+    for a in arrays:
+        if a.name in seen:
+            base, i = a.name, 2
+            while f"{base}_{i}" in taken:
+                i += 1
+            log.info("array %s renamed %s_%d: another layer's array has that name", base, base, i)
+            a.name = f"{base}_{i}"
+            taken.add(a.name)
+        seen.add(a.name)
+
+
 def default_tolerance(expected: np.ndarray) -> float:
     """The self-test tolerance on the max abs error: 1e-4 x the largest |output| + 1e-6.
 
@@ -216,6 +243,11 @@ def _check(e: Emission) -> None:
         raise CodegenError(f"report weight bytes {rep['totals']['weight_bytes']} != arrays {total} (bug)")
     if rep["memory"]["arena_bytes"] != e.memory.arena_bytes:  # pragma: no cover
         raise CodegenError("report arena bytes differ from the memory plan (bug)")
+    if e.test_io is not None and e.test_io[1].size != e.graph.output_value.numel:
+        raise CodegenError(
+            f"PyTorch gives {e.test_io[1].size} output values for the sample and the C would compute "
+            f"{e.graph.output_value.numel}; the self-test must compare every value (bug: report it with the model)"
+        )
 
 
 def render_emission(e: Emission) -> emit.Rendered:

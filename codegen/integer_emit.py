@@ -81,6 +81,7 @@ def build_integer(
     for op in g.ops:
         int8_handler(op)  # refuse unsupported ops before any other work, naming the layer
     qp, qops = integer.quantize_graph(g, value_ranges, representation, prefix)
+    emission.allocate_symbols(g, prefix)
     qm = IntegerModel(g, qp, qops, calibration_samples=n)
     qm.memory = plan_int8(g)
     return qm

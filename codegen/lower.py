@@ -47,6 +47,20 @@ def check_supported(gm: fx.GraphModule) -> None:
         raise UnsupportedOpError(bad, supported_ops())
 
 
+def _check_batch_dim(ctx: LowerContext, node: fx.Node) -> None:
+    """Every tensor keeps the batch dimension first, of size 1 (the C runs one sample): a view such as
+    ``x.view(-1, 4)`` or ``x.view(-1)`` that folds the batch into another dimension would make the C
+    compute a part of what PyTorch does."""
+    m = tensor_meta(node)
+    if m is not None and (len(m.shape) == 0 or int(m.shape[0]) != 1):
+        raise ctx.fail(
+            node, f"its result has shape {tuple(int(d) for d in m.shape)} for a batch of 1: it folds the batch "
+            "dimension into another one",
+            "Keep the batch dimension first, e.g. x.view(x.size(0), -1, 4) or x.flatten(1) instead of "
+            "x.view(-1, 4) or x.view(-1)",
+        )  # fmt: skip
+
+
 def lower(gm: fx.GraphModule, env_out: dict[str, str] | None = None) -> ir.Graph:
     """Lowers a traced, shape-propagated GraphModule to the IR and runs the IR passes.
 
@@ -59,6 +73,9 @@ def lower(gm: fx.GraphModule, env_out: dict[str, str] | None = None) -> ir.Graph
         if node.op == "placeholder":
             graph_in = ctx.value_names("input")
             ctx.values[graph_in] = ir.Value(graph_in, ctx.shape(node))
+            if ctx.values[graph_in].numel == 0:
+                raise CodegenError(f"the model input has shape {ctx.shape(node)} (batch dim excluded) with no "
+                                   "element; give an input with at least one element")  # fmt: skip
             ctx.env[node.name] = graph_in
         elif node.op == "output":
             res = node.args[0]
@@ -69,6 +86,7 @@ def lower(gm: fx.GraphModule, env_out: dict[str, str] | None = None) -> ir.Graph
                 )
             graph_out = ctx.value(res)
         elif node.op in ("call_module", "call_function", "call_method") and "tensor_meta" in node.meta:
+            _check_batch_dim(ctx, node)
             LOWERINGS[lowering_key(node, ctx.modules)](ctx, node)
     assert graph_in is not None and graph_out is not None
     if env_out is not None:

@@ -216,6 +216,16 @@ class LowerContext:
         )
 
     def emit(self, node: fx.Node, op: ir.Op) -> None:
+        for v in [*op.inputs, op.output]:
+            if self.values[v].numel == 0:
+                raise self.fail(
+                    node, f"it has a tensor with no element (shape {self.values[v].shape}, batch dim excluded)",
+                    "Remove the layer or give every dimension at least one element (C has no zero-size arrays)",
+                )
+        for role, arr in op.params.items():
+            if np.size(arr) == 0:
+                raise self.fail(node, f"its {role} has no element (shape {np.shape(arr)})",
+                                "Remove the layer or give it at least one input and one output feature")  # fmt: skip
         for role, arr in op.params.items():
             bad = int(np.size(arr) - np.count_nonzero(np.isfinite(arr)))
             if bad:

@@ -1,0 +1,90 @@
+"""Regression tests of the silently-wrong-C items of the hardening issue that live in the op internals:
+batch-folding views (7), zero-size layers (8), scratch that grows with the activation (9), colliding
+array names (10)."""
+
+from __future__ import annotations
+
+import subprocess
+from collections import OrderedDict
+
+import pytest
+import torch
+import torch.nn as nn
+
+from codegen import CodegenError, UnsupportedConfigError, save_compressed_model
+from codegen.quantize import quantize_int8_
+
+
+def _check(directory) -> str:
+    proc = subprocess.run(["make", "-s", "-C", str(directory), "check"], capture_output=True, text=True)
+    assert proc.returncode == 0 and "SC_PASS" in proc.stdout, proc.stdout + proc.stderr
+    return proc.stdout
+
+
+# ---- 7: a view that folds the batch dimension ------------------------------------------------------
+
+
+class FoldingView(nn.Module):
+    def __init__(self, mode: str):
+        super().__init__()
+        self.fc = nn.Linear(24, 24)
+        self.head = nn.Linear(4, 2)
+        self.mode = mode
+
+    def forward(self, x):
+        y = self.fc(x)
+        if self.mode == "rows":
+            return self.head(y.view(-1, 4))  # PyTorch: (6, 2)
+        if self.mode == "flat":
+            return y.view(-1)  # PyTorch: (24,)
+        return self.head(y.view(x.size(0), -1, 4))  # the batch dim kept: fine
+
+
+@pytest.mark.parametrize("mode", ["rows", "flat"])
+def test_view_folding_the_batch_is_refused_naming_the_node(mode, tmp_path):
+    with pytest.raises(UnsupportedConfigError, match=r"layer 'view'.*folds the batch dimension.*x\.view\(x\.size\(0\)"):
+        save_compressed_model(FoldingView(mode).eval(), "csr", torch.randn(1, 24), tmp_path / "m")
+    assert not (tmp_path / "m").exists()
+
+
+def test_view_keeping_the_batch_checks_every_output_value(tmp_path):
+    torch.manual_seed(0)
+    res = save_compressed_model(FoldingView("keep").eval(), "csr", torch.randn(1, 24), tmp_path / "m")
+    assert res.report["output_shape"] == [6, 2]
+    assert "#define MODEL_OUTPUT_SIZE  12" in (tmp_path / "m" / "model.h").read_text()
+    assert _check(tmp_path / "m").count("SC_OUT ") == 12
+
+
+# ---- 8: zero-size layers -----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("net,shape", [
+    (nn.Sequential(nn.Linear(4, 0), nn.ReLU()), (1, 4)),
+    (nn.Sequential(nn.Linear(4, 3), nn.Linear(3, 0)), (1, 4)),
+    (nn.Sequential(nn.Conv2d(2, 3, 3), nn.Flatten(), nn.Linear(27, 0)), (1, 2, 5, 5)),
+], ids=["linear_out0", "last_linear_out0", "after_conv"])  # fmt: skip
+def test_zero_size_layer_refused_naming_it(net, shape, tmp_path):
+    with pytest.raises(UnsupportedConfigError, match=r"layer '\d'.*no element.*Remove the layer"):
+        save_compressed_model(net.eval(), "csr", torch.randn(*shape), tmp_path / "m")
+
+
+def test_zero_size_input_refused(tmp_path):
+    with pytest.raises(CodegenError, match="model input has shape .* no element"):
+        save_compressed_model(nn.Sequential(nn.Linear(0, 3)).eval(), "csr", torch.randn(1, 0), tmp_path / "m")
+
+
+# ---- 10: sanitized names that collide ------------------------------------------------------------
+
+
+def test_colliding_array_names_get_unique_symbols(tmp_path):
+    """A BatchNorm ``a_w`` has ``model_a_w_scale``; so has the int8 weight of a Linear ``a``."""
+    torch.manual_seed(0)
+    net = nn.Sequential(OrderedDict(a_w=nn.BatchNorm1d(4), a=nn.Linear(4, 3))).eval()
+    with torch.no_grad():
+        net.a_w.running_mean.uniform_(-1, 1)
+        net.a_w.running_var.uniform_(0.5, 2)
+    quantize_int8_(net.a)
+    res = save_compressed_model(net, "int8", torch.randn(1, 4), tmp_path / "m")
+    names = [a["name"] for ly in res.report["layers"] for a in ly["arrays"]]
+    assert len(names) == len(set(names)) and "model_a_w_scale" in names and "model_a_w_scale_2" in names
+    _check(tmp_path / "m")
