@@ -25,6 +25,9 @@ from codegen.memory import GraphMemory
 log = logging.getLogger(__name__)
 
 VERSION = "0.1.0"
+# an arena above this is more static RAM than most microcontrollers have: emission warns, naming the
+# largest buffers (a model for a host or a large part may ignore it)
+ARENA_WARN_BYTES = 512 * 1024
 RTOL = 1e-4  # self-test tolerance relative to the largest |output|
 ATOL = 1e-6
 
@@ -243,6 +246,12 @@ def _check(e: Emission) -> None:
         raise CodegenError(f"report weight bytes {rep['totals']['weight_bytes']} != arrays {total} (bug)")
     if rep["memory"]["arena_bytes"] != e.memory.arena_bytes:  # pragma: no cover
         raise CodegenError("report arena bytes differ from the memory plan (bug)")
+    if e.memory.arena_bytes > ARENA_WARN_BYTES:
+        big = sorted(e.memory.buffers, key=lambda b: -b["bytes"])[:3]
+        log.warning("the activation arena is %d bytes (more than %d, the RAM of a large microcontroller); "
+                    "largest buffers: %s. Reduce the input size or the channels of those layers for an MCU",
+                    e.memory.arena_bytes, ARENA_WARN_BYTES,
+                    ", ".join(f"{b['name']} ({b['bytes']} bytes)" for b in big))  # fmt: skip
     if e.test_io is not None and e.test_io[1].size != e.graph.output_value.numel:
         raise CodegenError(
             f"PyTorch gives {e.test_io[1].size} output values for the sample and the C would compute "

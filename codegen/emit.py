@@ -121,6 +121,10 @@ def render(
     def bias(op: ir.Op) -> str:
         return op.encoded["bias"].c_ref("values") if "bias" in op.encoded else "NULL"
 
+    def scratch(op: ir.Op) -> str:  # the op's kernel scratch in the arena (memory.GraphMemory.scratch)
+        off = mem.scratch[op.name] // 4
+        return f"(arena + {off})" if off else "arena"
+
     def shape(value: str) -> str:
         return "x".join(str(d) for d in g.values[value].shape)
 
@@ -143,7 +147,7 @@ def render(
     common.update(extra_context or {})
     out.files["model.h"] = env.get_template("model.h.j2").render(**common)
     out.files["model.c"] = env.get_template("model.c.j2").render(
-        **common, ops=g.ops, buf=buf, bias=bias, shape=shape
+        **common, ops=g.ops, buf=buf, bias=bias, shape=shape, scratch=scratch
     )
     for op in weighted:
         arrays = [a for e in op.encoded.values() for a in e.arrays.values() if a.count]

@@ -64,6 +64,7 @@ class Scratch:
     name: str
     count: int
     comment: str
+    arena: bool = False  # planned in the arena (grows with the layer); False: a bounded stack array
 
     @property
     def nbytes(self) -> int:
@@ -118,6 +119,12 @@ class Op:
         it). ``in_place``: the planner gave the output input 0's storage. None: the template decides
         alone (ops with a single kernel)."""
         return None
+
+    def arena_scratch_bytes(self) -> int:
+        """Bytes of scratch the op's kernel needs in the arena during the op (the planner reserves them,
+        MODEL_ARENA_BYTES counts them): the kernel choice's scratch when it grows with the layer."""
+        kc = self.kernel_choice()
+        return kc.scratch.nbytes if kc is not None and kc.scratch is not None and kc.scratch.arena else 0
 
     def overwrites_input(self) -> bool:
         """The output may take input 0's storage (when input 0 dies here). True for elementwise

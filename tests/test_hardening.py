@@ -88,3 +88,35 @@ def test_colliding_array_names_get_unique_symbols(tmp_path):
     names = [a["name"] for ly in res.report["layers"] for a in ly["arrays"]]
     assert len(names) == len(set(names)) and "model_a_w_scale" in names and "model_a_w_scale_2" in names
     _check(tmp_path / "m")
+
+
+# ---- 9: no kernel scratch on the stack that grows with the activation -------------------------------
+
+
+def test_large_depthwise_plane_is_planned_in_the_arena(tmp_path, caplog):
+    """1x4x1500x1500 used to put a 9 MB `float pad[...]` on the stack (segfault on the host); 1x4x600x600 here; the arena
+    holds it now, and emission warns that the arena is larger than a microcontroller's RAM."""
+    net = nn.Sequential(nn.Conv2d(4, 4, 3, padding=1, groups=4), nn.ReLU()).eval()
+    with caplog.at_level("WARNING", logger="codegen.emission"):
+        res = save_compressed_model(net, "dense", None, tmp_path / "m", input_shape=(1, 4, 600, 600))
+    assert "activation arena is 1449616 bytes" in caplog.text and "l_0.scratch" in caplog.text
+    text = (tmp_path / "m" / "model.c").read_text()
+    assert "float pad[" not in text and "float *const pad = " in text
+    plane = 602 * 602 * 4
+    assert res.report["memory"]["arena_bytes"] == plane  # input and output are the caller's
+    assert f"#define MODEL_ARENA_BYTES  {plane}" in (tmp_path / "m" / "model.h").read_text()
+
+
+@pytest.mark.parametrize("rep", ["dense", "csr"])
+def test_depthwise_runs_with_a_small_stack(rep, tmp_path):
+    """The padded plane (222 x 222 floats, 197 KB) lives in the arena: the self-test passes with a
+    128 KB stack."""
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Conv2d(2, 2, 3, padding=1, groups=2), nn.Conv2d(2, 2, 1)).eval()
+    if rep == "csr":
+        with torch.no_grad():
+            net[0].weight[:, :, 0, :] = 0
+    save_compressed_model(net, rep, torch.randn(1, 2, 220, 220), tmp_path / "m")
+    proc = subprocess.run(["bash", "-c", f"make -s -C {tmp_path / 'm'} build/host/selftest && ulimit -s 128 && "
+                           f"{tmp_path / 'm'}/build/host/selftest"], capture_output=True, text=True)  # fmt: skip
+    assert proc.returncode == 0 and "SC_PASS" in proc.stdout, proc.stdout[-500:] + proc.stderr[-2000:]

@@ -74,13 +74,15 @@ class Conv2d(ir.Op):
         """The float kernel (runtime_c/sc_conv.h, sc_quant.h), most specific for the shape first."""
         w = self.encoded["weight"]
         dw = self.depthwise_1to1 and tuple(self.dilation) == (1, 1)
-        pad = ir.Scratch("float", "pad", self.pad_plane_floats(), "zero-padded input plane (stack)")
+        if self.runtime != Conv2d.runtime:  # the integer path (sc_int8.h) chooses in its own template
+            return ir.KernelChoice(f"sc_i8_conv_{w.kernel}")
+        pad = ir.Scratch("float", "pad", self.pad_plane_floats(), "zero-padded input plane", arena=True)
         if w.encoding == "dense":
             if tuple(self.dilation) != (1, 1):
                 return ir.KernelChoice("sc_conv_dense_any")
             if self.pointwise:
                 col = ir.Scratch("float", "col", 4 * self.in_shape[0] // self.groups,
-                                 "4 positions of the input channels (stack)")  # fmt: skip
+                                 "4 positions of the input channels", arena=True)  # fmt: skip
                 return ir.KernelChoice("sc_conv_dense_pw", col)
             if dw:
                 dw3 = tuple(self.kernel) == (3, 3) and tuple(self.stride) == (1, 1)
