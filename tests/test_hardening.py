@@ -120,3 +120,19 @@ def test_depthwise_runs_with_a_small_stack(rep, tmp_path):
     proc = subprocess.run(["bash", "-c", f"make -s -C {tmp_path / 'm'} build/host/selftest && ulimit -s 128 && "
                            f"{tmp_path / 'm'}/build/host/selftest"], capture_output=True, text=True)  # fmt: skip
     assert proc.returncode == 0 and "SC_PASS" in proc.stdout, proc.stdout[-500:] + proc.stderr[-2000:]
+
+
+def test_stack_usage_parses_gcc_su_files(tmp_path):
+    """`sparsecomp board` reports the model's stack from gcc -fstack-usage (runtime_c/board/board.mk)."""
+    from codegen.board import stack_usage
+
+    su = tmp_path / "model.su"
+    su.write_text("model.c:20:5:model_run\t272\tstatic\n"
+                  "runtime/sc_conv.h:100:20:sc_conv_csr_u8_u8\t96\tstatic\n"
+                  "runtime/sc_runtime.h:50:20:sc_act\t16\tstatic\n"
+                  "runtime/sc_linear.h:30:20:sc_linear_dense\t40\tdynamic,bounded\n")  # fmt: skip
+    s = stack_usage(su, "model")
+    assert (s.run_frame, s.bound, s.dynamic) == (272, 272 + 96 + 40, False)
+    assert s.largest[0] == ("sc_conv_csr_u8_u8", 96)
+    su.write_text(su.read_text() + "x.h:1:1:sc_vla\t8\tdynamic\n")
+    assert stack_usage(su, "model").dynamic
