@@ -77,6 +77,7 @@ class KernelChoice:
 
     name: str
     scratch: Scratch | None = None
+    in_place: bool = False  # the kernel may write its output over input 0 (the planner reads it)
 
 
 @dataclass

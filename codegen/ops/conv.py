@@ -71,32 +71,40 @@ class Conv2d(ir.Op):
                 * ((self.out_shape[2] - 1) * self.stride[1] + self.kernel[1]))  # fmt: skip
 
     def kernel_choice(self, in_place: bool = False) -> ir.KernelChoice:
-        """The float kernel (runtime_c/sc_conv.h, sc_quant.h), most specific for the shape first."""
+        """The float kernel (runtime_c/sc_conv.h, sc_quant.h), most specific for the shape first, its
+        scratch, and whether it may write over its input (``KernelChoice.in_place``, which the planner
+        reads through ``overwrites_input``). ``in_place``: the planner gave the output the input's
+        storage (the CSR 1x1 conv then gathers columns first: sc_conv_pwc_*)."""
         w = self.encoded["weight"]
-        dw = self.depthwise_1to1 and tuple(self.dilation) == (1, 1)
         if self.runtime != Conv2d.runtime:  # the integer path (sc_int8.h) chooses in its own template
             return ir.KernelChoice(f"sc_i8_conv_{w.kernel}")
+        dw = self.depthwise_1to1 and tuple(self.dilation) == (1, 1)
+        # depthwise: each channel is copied to the padded plane before its outputs are written
+        dw_in_place = self.out_shape[1] * self.out_shape[2] <= self.in_shape[1] * self.in_shape[2]
+        same_shape = tuple(self.out_shape) == tuple(self.in_shape)
         pad = ir.Scratch("float", "pad", self.pad_plane_floats(), "zero-padded input plane", arena=True)
         if w.encoding == "dense":
             if tuple(self.dilation) != (1, 1):
                 return ir.KernelChoice("sc_conv_dense_any")
-            if self.pointwise:
+            if self.pointwise:  # 4 positions gathered into the column first
                 col = ir.Scratch("float", "col", 4 * self.in_shape[0] // self.groups,
                                  "4 positions of the input channels", arena=True)  # fmt: skip
-                return ir.KernelChoice("sc_conv_dense_pw", col)
+                return ir.KernelChoice("sc_conv_dense_pw", col, in_place=same_shape)
             if dw:
                 dw3 = tuple(self.kernel) == (3, 3) and tuple(self.stride) == (1, 1)
-                return ir.KernelChoice("sc_conv_dense_dw3" if dw3 else "sc_conv_dense_dw", pad)
+                return ir.KernelChoice("sc_conv_dense_dw3" if dw3 else "sc_conv_dense_dw", pad, in_place=dw_in_place)
             return ir.KernelChoice("sc_conv_dense_d1")
         if w.encoding == "csr":
+            # groups == 1: SC_PWC_BLOCK positions gathered first, within PWC_MAX_CBUF_BYTES of stack
+            pwc_ok = self.groups == 1 and 4 * self.pwc_cbuf_floats() <= PWC_MAX_CBUF_BYTES and same_shape
             if self.pointwise and self.groups == 1 and in_place:
                 cbuf = ir.Scratch("float", "cbuf", self.pwc_cbuf_floats(),
                                   "SC_PWC_BLOCK positions of the input channels (stack): in place")  # fmt: skip
-                return ir.KernelChoice(f"sc_conv_pwc_{w.kernel}", cbuf)
+                return ir.KernelChoice(f"sc_conv_pwc_{w.kernel}", cbuf, in_place=pwc_ok)
             if self.pointwise:
-                return ir.KernelChoice(f"sc_conv_pw_{w.kernel}")
+                return ir.KernelChoice(f"sc_conv_pw_{w.kernel}", in_place=pwc_ok or (dw and dw_in_place))
             if dw:
-                return ir.KernelChoice(f"sc_conv_dw_{w.kernel}", pad)
+                return ir.KernelChoice(f"sc_conv_dw_{w.kernel}", pad, in_place=dw_in_place)
         return ir.KernelChoice(f"sc_conv_{w.kernel}")  # CSR generic; int8 / codebook forms (sc_quant.h)
 
     def pwc_cbuf_floats(self) -> int:
@@ -104,20 +112,8 @@ class Conv2d(ir.Op):
         return PWC_BLOCK * self.in_shape[0]
 
     def overwrites_input(self) -> bool:
-        """Float depthwise, dense or CSR (channel copied to a padding buffer first), and 1x1
-        stride-1 (dense: 4 positions gathered into a column buffer first; CSR, groups == 1: 8
-        positions, when the buffer stays within PWC_MAX_CBUF_BYTES of stack) run in place
-        (sc_conv.h)."""
-        w = self.encoded.get("weight")
-        if (w is None or w.encoding not in ("dense", "csr") or self.runtime != Conv2d.runtime
-                or tuple(self.dilation) != (1, 1)):
-            return False
-        _, h, wd = self.in_shape
-        if self.depthwise_1to1:
-            return self.out_shape[1] * self.out_shape[2] <= h * wd
-        if w.encoding == "csr" and (self.groups != 1 or 4 * self.pwc_cbuf_floats() > PWC_MAX_CBUF_BYTES):
-            return False
-        return self.pointwise and tuple(self.out_shape) == tuple(self.in_shape)
+        """What the kernel choice says (one place decides the kernel, its scratch and in-place)."""
+        return self.kernel_choice().in_place
 
 
 @register_lowering(nn.Conv1d, nn.Conv2d)
