@@ -675,7 +675,7 @@ def save_compressed_early_exit_model(
         files["app/main.c"] = env.get_template("main_ee.c.j2").render(**ctx)
         files["app/baseline_ee.c"] = env.get_template("baseline_ee.c.j2").render(**ctx)
         rt = runtime_dir()
-        for h in ee_runtime:
+        for h in [*ee_runtime, *(d for r in ee_runtime for d in emit.RUNTIME_INCLUDES.get(r, ()))]:
             rendered.copies.setdefault(f"runtime/{h}", rt / h)
 
     e = emission.Emission(g, mem, prefix, representation, name, report, test_io, extra_context=extra_context,

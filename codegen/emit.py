@@ -27,6 +27,8 @@ from codegen.resources import runtime_dir, templates_dir
 log = logging.getLogger(__name__)
 
 GENERATOR_KEY = "sparsecomp"
+# runtime headers that include another runtime header themselves (copied along, not included by model.c)
+RUNTIME_INCLUDES = {"sc_quant.h": ("sc_bits.h",), "sc_int8.h": ("sc_bits.h",)}
 REPORT_NAME = "report.json"
 
 
@@ -167,7 +169,8 @@ def render(
     out.files["app/main.c"] = env.get_template("main.c.j2").render(**common)
     out.files["Makefile"] = env.get_template("Makefile.j2").render(**common)
     rt = runtime_dir()
-    for h in ["sc_port.h", "sc_runtime.h", *runtime_headers]:
+    for h in ["sc_port.h", "sc_runtime.h", *runtime_headers,
+              *sorted({d for r in runtime_headers for d in RUNTIME_INCLUDES.get(r, ())} - set(runtime_headers))]:
         found = [Path(d) / h for d in ext_dirs if (Path(d) / h).is_file()]
         out.copies[f"runtime/{h}"] = found[0] if found else rt / h
     board = rt / "board"
