@@ -8,6 +8,7 @@ Example:
     60
 """
 
+import codegen.ops  # noqa: F401 - registers every op family's lowerings and int8 forms
 from codegen.api import (
     ByteReport,
     EmitResult,
@@ -24,7 +25,8 @@ from codegen.errors import (
     UnsupportedOpError,
     UntraceableModelError,
 )
-from codegen.lower import register_lowering
+from codegen.integer import Int8Handler, register_int8
+from codegen.lowering import register_lowering
 
 __version__ = "0.1.0"
 
@@ -32,11 +34,13 @@ __all__ = [
     "ByteReport",
     "CodegenError",
     "EmitResult",
+    "Int8Handler",
     "UnsupportedConfigError",
     "UnsupportedOpError",
     "UntraceableModelError",
     "VerifyResult",
     "build_graph",
+    "register_int8",
     "register_lowering",
     "save_compressed_early_exit_model",
     "save_compressed_model",

@@ -4,49 +4,41 @@ from __future__ import annotations
 
 import logging
 import os
-import re
 import shutil
 import subprocess
 import tempfile
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
 
 from codegen import emit, formats, ir
+from codegen.emission import (  # noqa: F401 - public names re-exported by codegen.api
+    ATOL,
+    RTOL,
+    VERSION,
+    ArrayInfo,
+    ByteReport,
+    Emission,
+    EmitResult,
+    allocate_symbols,
+    build_report,
+    byte_report,
+    check_prefix,
+    default_tolerance,
+    format_table,
+    write_emission,
+)
 from codegen.errors import CodegenError
+from codegen.integer_emit import save_integer_model
 from codegen.lower import lower
 from codegen.memory import GraphMemory, plan_graph
 from codegen.trace import example_from, prepare_model, trace
 
 log = logging.getLogger(__name__)
 
-VERSION = "0.1.0"
 _ROLE_SUFFIX = {"weight": "w", "bias": "b", "scale": "scale", "shift": "shift"}
-RTOL = 1e-4  # self-test tolerance relative to the largest |output|
-ATOL = 1e-6
-
-
-def default_tolerance(expected: np.ndarray) -> float:
-    """The self-test tolerance on the max abs error: 1e-4 x the largest |output| + 1e-6.
-
-    float32 sums in a different order (BLAS vs the C loops) and BatchNorm folding differ from
-    PyTorch by a few ulps of the accumulated values; a wrong index or shape gives errors of the
-    order of the outputs themselves.
-    """
-    scale = float(np.max(np.abs(expected))) if expected.size else 0.0
-    return RTOL * scale + ATOL
-
-
-def _check_prefix(prefix: str) -> None:
-    # No "__" and no trailing "_": include guards are <PREFIX>__<FILE>_H, so the first "__" ends
-    # the prefix and two models' guards can never collide.
-    if not re.fullmatch(r"[A-Za-z][A-Za-z0-9]*(_[A-Za-z0-9]+)*", prefix or "") or prefix.lower().startswith("sc_"):
-        raise CodegenError(
-            f"prefix {prefix!r} is not usable as a C identifier prefix: use letters, digits and single '_' "
-            "between them, starting with a letter (and not 'sc_', reserved for the runtime), e.g. prefix='kws'"
-        )
 
 
 def encode_graph(g: ir.Graph, representation: str, prefix: str) -> None:
@@ -60,6 +52,7 @@ def encode_graph(g: ir.Graph, representation: str, prefix: str) -> None:
                 op.encoded[role] = formats.encode_tensor(arr, base, representation, layer=op.source)
             else:
                 op.encoded[role] = formats.ENCODINGS["dense"].encode(arr.reshape(-1, 1), base)
+    allocate_symbols(g, prefix)
 
 
 def build_graph(
@@ -71,7 +64,7 @@ def build_graph(
     concrete_args: dict | None = None,
 ) -> tuple[ir.Graph, GraphMemory]:
     """Traces, lowers, encodes and plans a model: everything but rendering. The model is not modified."""
-    _check_prefix(prefix)
+    check_prefix(prefix)
     formats.check_representation(representation)
     m = prepare_model(model)
     x = example_from(example_input)
@@ -79,39 +72,6 @@ def build_graph(
     g = lower(gm)
     encode_graph(g, representation, prefix)
     return g, plan_graph(g)
-
-
-@dataclass
-class ArrayInfo:
-    name: str
-    layer: str  # torch module path (or fx node name)
-    role: str
-    ctype: str
-    count: int
-    nbytes: int
-
-
-@dataclass
-class ByteReport:
-    """Exact bytes of every const array the emitted C holds; ``total`` is MODEL_WEIGHT_BYTES."""
-
-    total: int
-    layers: dict[str, int]
-    arrays: list[ArrayInfo] = field(default_factory=list)
-
-
-def _byte_report(g: ir.Graph) -> ByteReport:
-    arrays = [
-        ArrayInfo(a.name, op.source, role, a.ctype, a.count, a.nbytes)
-        for op in g.ops
-        for role, e in op.encoded.items()
-        for a in e.arrays.values()
-        if a.count
-    ]
-    layers: dict[str, int] = {}
-    for a in arrays:
-        layers[a.layer] = layers.get(a.layer, 0) + a.nbytes
-    return ByteReport(sum(a.nbytes for a in arrays), layers, arrays)
 
 
 def weight_bytes(
@@ -129,102 +89,7 @@ def weight_bytes(
     (60, {'0': 60})
     """
     g, _ = build_graph(model, example_input, representation, leaf_modules=leaf_modules)
-    return _byte_report(g)
-
-
-def _report(g: ir.Graph, mem: GraphMemory, prefix: str, representation: str, model_name: str) -> dict:
-    layers = []
-    for i, op in enumerate(g.ops):
-        w = op.encoded.get("weight")
-        layer_bytes = sum(e.nbytes for e in op.encoded.values())
-        params = sum(int(np.size(a)) for a in op.params.values())
-        nnz = sum(e.nnz for e in op.encoded.values())
-        layers.append(
-            {
-                "index": i,
-                "name": op.name,
-                "source": op.source,
-                "op": op.describe(),
-                "torch": op.torch_op,
-                "activation": getattr(op, "act", ir.NO_ACT).kind,
-                "format": w.encoding if w else ("dense" if op.encoded else "-"),
-                "kernel": w.kernel if w else None,
-                "density": round(w.density, 6) if w else None,
-                "weight_shape": [w.rows, w.cols] if w else None,
-                "nnz": nnz,
-                "params": params,
-                "bytes": layer_bytes,
-                "macs": op.macs(),
-                "output_shape": list(g.values[op.output].shape),
-                "arrays": [
-                    {"name": a.name, "role": role, "ctype": a.ctype, "count": a.count, "bytes": a.nbytes}
-                    for role, e in op.encoded.items()
-                    for a in e.arrays.values()
-                    if a.count
-                ],
-            }
-        )
-    total = sum(ly["bytes"] for ly in layers)
-    return {
-        "generator": f"{emit.GENERATOR_KEY} {VERSION}",
-        "model": model_name,
-        "prefix": prefix,
-        "representation": representation,
-        "input_shape": list(g.input_value.shape),
-        "output_shape": list(g.output_value.shape),
-        "layers": layers,
-        "totals": {
-            "weight_bytes": total,
-            "dense_float32_bytes": sum(ly["params"] for ly in layers) * 4,
-            "params": sum(ly["params"] for ly in layers),
-            "nnz": sum(ly["nnz"] for ly in layers),
-            "macs": sum(ly["macs"] for ly in layers),
-        },
-        "memory": {
-            "arena_bytes": mem.arena_bytes,
-            "lower_bound_bytes": mem.lower_bound,
-            "strategy": mem.strategy,
-            "buffers": mem.buffers,
-        },
-    }
-
-
-@dataclass
-class EmitResult:
-    directory: Path
-    report: dict
-
-    @property
-    def weight_bytes(self) -> int:
-        return int(self.report["totals"]["weight_bytes"])
-
-    @property
-    def arena_bytes(self) -> int:
-        return int(self.report["memory"]["arena_bytes"])
-
-    def table(self) -> str:
-        """A per-layer table: op, format, density, bytes, MACs."""
-        return format_table(self.report)
-
-
-def format_table(report: dict) -> str:
-    rows = [("layer", "op", "format", "density", "bytes", "MACs", "output")]
-    for ly in report["layers"]:
-        dens = "" if ly["density"] is None else f"{ly['density']:.3f}"
-        out = "x".join(map(str, ly["output_shape"]))
-        rows.append((ly["source"], ly["op"] + ("+" + ly["activation"] if ly["activation"] != "none" else ""),
-                     ly["format"], dens, str(ly["bytes"]), str(ly["macs"]), out))  # fmt: skip
-    t = report["totals"]
-    m = report["memory"]
-    rows.append(("total", "", "", "", str(t["weight_bytes"]), str(t["macs"]), ""))
-    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
-    lines = ["  ".join(c.ljust(w) if i < 3 else c.rjust(w) for i, (c, w) in enumerate(zip(r, widths))) for r in rows]
-    lines.insert(1, "  ".join("-" * w for w in widths))
-    lines.append(
-        f"weights: {t['weight_bytes']} bytes (dense float32: {t['dense_float32_bytes']}); "
-        f"arena: {m['arena_bytes']} bytes (lower bound {m['lower_bound_bytes']})"
-    )
-    return "\n".join(lines)
+    return byte_report(g)
 
 
 def save_compressed_model(
@@ -271,8 +136,6 @@ def save_compressed_model(
     5960
     """
     if integer:
-        from codegen.integer import save_integer_model
-
         return save_integer_model(
             model, representation, input_data, directory, calibration_data=calibration_data,
             input_shape=input_shape, prefix=prefix, overwrite=overwrite, leaf_modules=leaf_modules,
@@ -286,7 +149,7 @@ def save_compressed_model(
     example = example_from(input_data if input_data is not None else tuple(input_shape))
     g, mem = build_graph(model, example, representation, prefix, leaf_modules, concrete_args)
     name = type(model).__name__
-    report = _report(g, mem, prefix, representation, name)
+    report = build_report(g, mem, prefix, representation, name)
     test_io = None
     if input_data is not None:
         m = prepare_model(model)
@@ -299,16 +162,8 @@ def save_compressed_model(
             f"max abs error <= {RTOL:g} x max|output| + {ATOL:g} (codegen.api.default_tolerance)")  # fmt: skip
         test_io = (example.numpy().astype(np.float32), y.astype(np.float32), tol, doc)
         report["test"] = {"tolerance": tol, "max_abs_output": float(np.max(np.abs(y)))}
-    rendered = emit.render(
-        g, mem, prefix=prefix, representation=representation, model_name=name, version=VERSION,
-        report=report, test_io=test_io,
-    )  # fmt: skip
-    path = emit.write_directory(rendered, directory, overwrite)
-    log.info(
-        "emitted %s to %s: %d weight bytes, %d arena bytes", name, path, report["totals"]["weight_bytes"],
-        report["memory"]["arena_bytes"],
-    )  # fmt: skip
-    return EmitResult(path, report)
+    e = Emission(g, mem, prefix, representation, name, report, test_io)
+    return write_emission(e, directory, overwrite)
 
 
 @dataclass

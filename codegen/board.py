@@ -557,6 +557,7 @@ class BoardMeasurement:
     instructions: int | None
     layers: list[LayerProfile]
     options: dict[str, str] = field(default_factory=dict)
+    stack: StackUsage | None = None
 
     def as_dict(self) -> dict:
         """JSON-friendly form (for reports and benchmarks)."""
@@ -573,7 +574,37 @@ class BoardMeasurement:
             "baseline": vars(self.baseline),
             "instructions": self.instructions,
             "layers": [vars(layer) for layer in self.layers],
+            "stack": vars(self.stack) if self.stack else None,
         }
+
+
+@dataclass(frozen=True)
+class StackUsage:
+    """Stack of one inference from gcc's -fstack-usage (board.mk) on model.c: the run function's frame and
+    the largest frames of the model's other (non-inlined) functions. ``bound`` = run + the two largest
+    other frames: the runtime's kernels call at most one more non-inlined level (an activation)."""
+
+    run_frame: int
+    largest: list[tuple[str, int]]
+    bound: int
+    dynamic: bool  # a frame gcc could not bound statically (a VLA or alloca): the bound is not safe
+
+
+def stack_usage(su_file: str | os.PathLike[str], prefix: str) -> StackUsage:
+    """Parses a gcc ``.su`` file ("file:line:col:function<TAB>bytes<TAB>static|dynamic[,bounded]")."""
+    frames: dict[str, int] = {}
+    dynamic = False
+    for line in Path(su_file).read_text().splitlines():
+        parts = line.split("\t")
+        if len(parts) < 3 or not parts[1].strip().isdigit():
+            continue
+        name = parts[0].rsplit(":", 1)[-1]
+        frames[name] = max(frames.get(name, 0), int(parts[1]))
+        dynamic |= "dynamic" in parts[2] and "bounded" not in parts[2]
+    run = max(frames.get(f"{prefix}_run", 0), frames.get(f"{prefix}_run_int8", 0))
+    others = sorted(((n, b) for n, b in frames.items() if n not in (f"{prefix}_run", f"{prefix}_run_int8")),
+                    key=lambda nb: (-nb[1], nb[0]))  # fmt: skip
+    return StackUsage(run, others[:5], run + sum(b for _, b in others[:2]), dynamic)
 
 
 def measure(
@@ -615,6 +646,8 @@ def measure(
     names = _report_array_names(report) or weight_symbols(d)
     weight_bytes_nm = sum(symbols.get(name, 0) for name in set(names))
 
+    su = d / t.build_dir / "obj" / "model.su"
+    stack = stack_usage(su, prefix) if su.is_file() else None
     model_flash = fw.flash - base.flash
     model_ram = fw.ram - base.ram
     layers: list[LayerProfile] = []
@@ -636,6 +669,7 @@ def measure(
         instructions=total,
         layers=layers,
         options=dict(make_vars or {}),
+        stack=stack,
     )
 
 
@@ -699,6 +733,11 @@ def board_command(directory: str | os.PathLike[str], targets: Sequence[str] = ("
         print(f"    {'other static data':<22}{_fmt_bytes(m.other_ram_bytes)}")
         print(f"    {'whole firmware':<22}{_fmt_bytes(m.firmware.ram)} static + "
               f"{_fmt_bytes(m.firmware.heap)} heap + {_fmt_bytes(m.firmware.stack)} stack reserved")
+        if m.stack is not None:
+            top = ", ".join(f"{n} {b} B" for n, b in m.stack.largest[:3])
+            print(f"    {'stack (model)':<22}{_fmt_bytes(m.stack.bound)} at most (gcc -fstack-usage: run "
+                  f"{m.stack.run_frame} B; largest other frames: {top or 'none'})"
+                  + ("; a frame is dynamic, the bound is not safe" if m.stack.dynamic else ""))
         if m.instructions is not None:
             print(f"  instructions per inference (qemu -icount, resolution {INSNS_PER_TICK_DEFAULT}): "
                   f"{m.instructions:,}")

@@ -46,11 +46,13 @@ import numpy as np
 import torch
 import torch.fx as fx
 
-from codegen import api, emit, ir
+from codegen import api, emission, emit, ir
 from codegen.errors import CodegenError
 from codegen.formats import CArray
-from codegen.lower import _meta, lower
+from codegen.lower import lower
+from codegen.lowering import tensor_meta
 from codegen.memory import GraphMemory, plan_graph
+from codegen.ops import Copy, Linear
 from codegen.resources import runtime_dir
 from codegen.trace import example_from, prepare_model, trace
 
@@ -113,7 +115,7 @@ def _scope_paths(node: fx.Node) -> list[str]:
 
 
 def _tensor_node(n: fx.Node) -> bool:
-    return n.op in ("call_module", "call_function", "call_method") and _meta(n) is not None
+    return n.op in ("call_module", "call_function", "call_method") and tensor_meta(n) is not None
 
 
 def resolve_exit_nodes(gm: fx.GraphModule, exit_points: Sequence[str]) -> list[fx.Node]:
@@ -160,7 +162,7 @@ def lower_with_env(gm: fx.GraphModule) -> tuple[ir.Graph, dict[str, str]]:
     """``codegen.lower.lower`` that also returns fx node name -> IR value name (same IR)."""
     env: dict[str, str] = {}
     g = lower(gm, env_out=env)
-    if any(isinstance(op, ir.Copy) for op in g.ops):  # lower() adds a copy only for output == input
+    if any(isinstance(op, Copy) for op in g.ops):  # lower() adds a copy only for output == input
         raise CodegenError("the backbone returns its input; an early-exit backbone must compute something")
     return g, env
 
@@ -407,10 +409,10 @@ def _check_simulate_exit(fn: Callable, spec: ExitSpec, sizes: list[int]) -> None
                 )
 
 
-def _head_graph(spec: ExitSpec, sizes: list[int], hidden_scratch: dict[str, int]) -> tuple[ir.Graph, list[list[ir.Linear]]]:
+def _head_graph(spec: ExitSpec, sizes: list[int], hidden_scratch: dict[str, int]) -> tuple[ir.Graph, list[list[Linear]]]:
     values: dict[str, ir.Value] = {}
     ops: list[ir.Op] = []
-    heads: list[list[ir.Linear]] = []
+    heads: list[list[Linear]] = []
     for h, head in enumerate(spec.heads):
         base = "gnet" if spec.kind == "global" else f"exit{h}"
         in_name = f"features{h}"
@@ -431,7 +433,7 @@ def _head_graph(spec: ExitSpec, sizes: list[int], hidden_scratch: dict[str, int]
             for role, arr in params.items():
                 if not np.all(np.isfinite(arr)):
                     raise CodegenError(f"exit head {name}: {role} has non-finite values (NaN or inf)")
-            op = ir.Linear(name=name, source=f"exit.{name}", torch_op=f"Linear({w.shape[1]}, {w.shape[0]})",
+            op = Linear(name=name, source=f"exit.{name}", torch_op=f"Linear({w.shape[1]}, {w.shape[0]})",
                            inputs=[in_name], output=out, params=params, in_features=w.shape[1],
                            out_features=w.shape[0], rows=1, act=ir.Activation(layer.act))  # fmt: skip
             if j < len(head) - 1:
@@ -446,22 +448,10 @@ def _head_graph(spec: ExitSpec, sizes: list[int], hidden_scratch: dict[str, int]
     return ir.Graph(values, ops, "features0", "output"), heads
 
 
-@dataclass
-class EarlyExitResult:
-    directory: Path
-    report: dict
-
-    @property
-    def weight_bytes(self) -> int:
-        return int(self.report["totals"]["weight_bytes"])
-
+class EarlyExitResult(emission.EmitResult):
     @property
     def ee_weight_bytes(self) -> int:
         return int(self.report["early_exit"]["weight_bytes"])
-
-    @property
-    def arena_bytes(self) -> int:
-        return int(self.report["memory"]["arena_bytes"])
 
 
 def _as_spec(exit_model) -> ExitSpec:
@@ -499,7 +489,7 @@ def save_compressed_early_exit_model(
     ...                                        directory="digits_ee")      # doctest: +SKIP
     >>> res.report["early_exit"]["exits"][0]["macs"]                       # doctest: +SKIP
     """
-    api._check_prefix(prefix)
+    emission.check_prefix(prefix)
     if input_data is None and input_shape is None:
         raise CodegenError("give input_data (a sample of batch size 1) or input_shape, e.g. (1, 1, 8, 8)")
     spec = _as_spec(exit_model)
@@ -546,7 +536,7 @@ def save_compressed_early_exit_model(
 
     # ---- PyTorch's answers ----
     name = type(baseline).__name__
-    report = api._report(g, mem, prefix, representation, name)
+    report = emission.build_report(g, mem, prefix, representation, name)
     n_exits = len(points)
     test_io = ee_expected = None
     if input_data is not None:
@@ -561,17 +551,17 @@ def save_compressed_early_exit_model(
                 raise CodegenError(f"PyTorch's output for input_data is not finite at exit {k - 1}; check the model")
         if not np.array_equal(ys[-1], y.reshape(-1)):
             raise CodegenError("the exit model's full path (exit index = number of exits) differs from the baseline")
-        tol = api.default_tolerance(y) if tolerance is None else float(tolerance)
+        tol = emission.default_tolerance(y) if tolerance is None else float(tolerance)
         doc = "given by the caller" if tolerance is not None else (
-            f"max abs error <= {api.RTOL:g} x max|output| + {api.ATOL:g} (codegen.api.default_tolerance)")  # fmt: skip
+            f"max abs error <= {emission.RTOL:g} x max|output| + {emission.ATOL:g} (codegen.api.default_tolerance)")  # fmt: skip
         test_io = (example.numpy().astype(np.float32), y.astype(np.float32), tol, doc)
         report["test"] = {"tolerance": tol, "max_abs_output": float(np.max(np.abs(y)))}
-        tols = [api.default_tolerance(yk) if tolerance is None else float(tolerance) for yk in ys]
+        tols = [emission.default_tolerance(yk) if tolerance is None else float(tolerance) for yk in ys]
         ee_expected = (np.stack(ys).astype(np.float32), tols)
 
     # ---- report ----
     macs = exit_macs(an, spec)
-    ee_bytes = api._byte_report(hg)
+    ee_bytes = emission.byte_report(hg)
     features_off = 0
     exits_rep = []
     for p, pool in zip(points, pools):
@@ -615,13 +605,8 @@ def save_compressed_early_exit_model(
          "exit_name": points[s.exit].name if s.exit is not None else None, "macs": s.macs}
         for s in stages
     ]  # fmt: skip
-    rendered = emit.render(
-        g, mem, prefix=prefix, representation=representation, model_name=name, version=api.VERSION,
-        report=report, test_io=test_io,
-        extra_context=dict(stages=stage_ctx, extra_sources=["model_ee.c"], extra_headers=["model_ee.h"],
-                           baseline_sources=["app/baseline_ee.c"],
-                           ee_headers=[f"ee_{op.name}.h" for op in hg.ops]),
-    )  # fmt: skip
+    extra_context = dict(stages=stage_ctx, extra_sources=["model_ee.c"], extra_headers=["model_ee.h"],
+                         baseline_sources=["app/baseline_ee.c"], ee_headers=[f"ee_{op.name}.h" for op in hg.ops])
     env = emit.environment()
     fo = plan.features_offset // 4
 
@@ -658,7 +643,7 @@ def save_compressed_early_exit_model(
         for p, (c, h, w, oh, ow) in zip(points, pools)
     ]  # fmt: skip
     ctx = dict(
-        version=api.VERSION, prefix=prefix, PREFIX=P, ee=ee_prefix, EE=ee_prefix.upper(), model_name=name,
+        version=emission.VERSION, prefix=prefix, PREFIX=P, ee=ee_prefix, EE=ee_prefix.upper(), model_name=name,
         representation=representation, kind=spec.kind, exits=exits_ctx, heads=heads, num_exits=n_exits,
         num_stages=len(stages), num_classes=spec.num_classes, features=sum(sizes),
         arena_bytes=mem.arena_bytes, baseline_arena_bytes=plan.baseline_arena_bytes,
@@ -671,31 +656,33 @@ def save_compressed_early_exit_model(
         buf=head_buf, bias=bias, has_input=input_data is not None,
         stage_exits=[s.exit for s in stages],
     )  # fmt: skip
-    files = rendered.files
-    files["model_ee.h"] = env.get_template("model_ee.h.j2").render(**ctx)
-    files["model_ee.c"] = env.get_template("model_ee.c.j2").render(**ctx)
-    for op in hg.ops:
-        arrays = [a for e in op.encoded.values() for a in e.arrays.values() if a.count]
-        files[f"headers/ee_{op.name}.h"] = env.get_template("layer.h.j2").render(
-            version=api.VERSION, op=op, arrays=arrays, guard=f"{P}_EE_{op.name.upper()}_H"
-        )
-    if ee_expected is not None:
-        ys, tols = ee_expected
-        files["headers/input_ee.h"] = env.get_template("input_ee.h.j2").render(
-            **ctx, expected=ys, tolerances=tols,
-            rows=[emit.carray_body(CArray(f"{ee_prefix}_e{k}", "float", ys[k])) for k in range(len(ys))],
-        )  # fmt: skip
-    files["app/main.c"] = env.get_template("main_ee.c.j2").render(**ctx)
-    files["app/baseline_ee.c"] = env.get_template("baseline_ee.c.j2").render(**ctx)
-    rt = runtime_dir()
-    for h in ee_runtime:
-        rendered.copies.setdefault(f"runtime/{h}", rt / h)
-    rendered.report["files"] = sorted([*files.keys() - {emit.REPORT_NAME}, *rendered.copies, emit.REPORT_NAME])
-    files[emit.REPORT_NAME] = json.dumps(rendered.report, indent=2) + "\n"
-    path = emit.write_directory(rendered, directory, overwrite)
-    log.info("emitted %s with %d %s exits to %s: %d + %d weight bytes, %d arena bytes", name, n_exits, spec.kind,
-             path, report["totals"]["weight_bytes"], ee_bytes.total, mem.arena_bytes)  # fmt: skip
-    return EarlyExitResult(path, rendered.report)
+
+    def add_files(rendered: emit.Rendered) -> None:
+        files = rendered.files
+        files["model_ee.h"] = env.get_template("model_ee.h.j2").render(**ctx)
+        files["model_ee.c"] = env.get_template("model_ee.c.j2").render(**ctx)
+        for op in hg.ops:
+            arrays = [a for e in op.encoded.values() for a in e.arrays.values() if a.count]
+            files[f"headers/ee_{op.name}.h"] = env.get_template("layer.h.j2").render(
+                version=emission.VERSION, op=op, arrays=arrays, guard=f"{P}_EE_{op.name.upper()}_H"
+            )
+        if ee_expected is not None:
+            ys, tols = ee_expected
+            files["headers/input_ee.h"] = env.get_template("input_ee.h.j2").render(
+                **ctx, expected=ys, tolerances=tols,
+                rows=[emit.carray_body(CArray(f"{ee_prefix}_e{k}", "float", ys[k])) for k in range(len(ys))],
+            )  # fmt: skip
+        files["app/main.c"] = env.get_template("main_ee.c.j2").render(**ctx)
+        files["app/baseline_ee.c"] = env.get_template("baseline_ee.c.j2").render(**ctx)
+        rt = runtime_dir()
+        for h in [*ee_runtime, *(d for r in ee_runtime for d in emit.RUNTIME_INCLUDES.get(r, ()))]:
+            rendered.copies.setdefault(f"runtime/{h}", rt / h)
+
+    e = emission.Emission(g, mem, prefix, representation, name, report, test_io, extra_context=extra_context,
+                          add_files=add_files, what=f"early-exit ({n_exits} {spec.kind} exits, {ee_bytes.total} "
+                          "more weight bytes) ")  # fmt: skip
+    res = emission.write_emission(e, directory, overwrite)
+    return EarlyExitResult(res.directory, res.report)
 
 
 # ---- host verification ------------------------------------------------------------------------------
@@ -720,7 +707,7 @@ def compile_early_exit(directory: str | os.PathLike, out_dir: Path, cc: str | No
     prefix = rep["prefix"]
     drv = out_dir / "driver_ee.c"
     drv.write_text(emit.environment().get_template("verify_ee_main.c.j2").render(
-        prefix=prefix, PREFIX=prefix.upper(), ee=f"{prefix}_ee", EE=f"{prefix}_ee".upper(), version=api.VERSION))
+        prefix=prefix, PREFIX=prefix.upper(), ee=f"{prefix}_ee", EE=f"{prefix}_ee".upper(), version=emission.VERSION))
     exe = out_dir / "driver_ee"
     cc = cc or os.environ.get("CC", "cc")
     cmd = [cc, "-std=c99", "-O2", "-Wall", "-Wextra", "-Werror", "-pedantic", *extra_flags, f"-I{d}",

@@ -33,6 +33,8 @@ from codegen.resources import runtime_dir, templates_dir
 log = logging.getLogger(__name__)
 
 GENERATOR_KEY = "sparsecomp"
+# runtime headers that include another runtime header themselves (copied along, not included by model.c)
+RUNTIME_INCLUDES = {"sc_quant.h": ("sc_bits.h",), "sc_int8.h": ("sc_bits.h",)}
 REPORT_NAME = "report.json"
 
 
@@ -124,6 +126,10 @@ def render(
     def bias(op: ir.Op) -> str:
         return op.encoded["bias"].c_ref("values") if "bias" in op.encoded else "NULL"
 
+    def scratch(op: ir.Op) -> str:  # the op's kernel scratch in the arena (memory.GraphMemory.scratch)
+        off = mem.scratch[op.name] // 4
+        return f"(arena + {off})" if off else "arena"
+
     def shape(value: str) -> str:
         return "x".join(str(d) for d in g.values[value].shape)
 
@@ -146,7 +152,7 @@ def render(
     common.update(extra_context or {})
     out.files["model.h"] = env.get_template("model.h.j2").render(**common)
     out.files["model.c"] = env.get_template("model.c.j2").render(
-        **common, ops=g.ops, buf=buf, bias=bias, shape=shape
+        **common, ops=g.ops, buf=buf, bias=bias, shape=shape, scratch=scratch
     )
     for op in weighted:
         arrays = [a for e in op.encoded.values() for a in e.arrays.values() if a.count]
@@ -166,7 +172,8 @@ def render(
     out.files["app/main.c"] = env.get_template("main.c.j2").render(**common)
     out.files["Makefile"] = env.get_template("Makefile.j2").render(**common)
     rt = runtime_dir()
-    for h in ["sc_port.h", "sc_runtime.h", *runtime_headers]:
+    for h in ["sc_port.h", "sc_runtime.h", *runtime_headers,
+              *sorted({d for r in runtime_headers for d in RUNTIME_INCLUDES.get(r, ())} - set(runtime_headers))]:
         found = [Path(d) / h for d in ext_dirs if (Path(d) / h).is_file()]
         out.copies[f"runtime/{h}"] = found[0] if found else rt / h
     board = rt / "board"

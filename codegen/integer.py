@@ -8,7 +8,8 @@ rounding) and ReLU/ReLU6 fused as clamping. The emitted C (``runtime_c/sc_int8.h
 ``<prefix>_run`` keeps its float signature (it quantizes the input, runs the integer path and
 dequantizes the output).
 
-Steps (``build_integer``):
+Steps (``codegen.integer_emit.build_integer`` drives them; this module holds the math, the
+calibration, the registry of int8 forms and the quantization pass ``quantize_graph``):
 
 1. trace + lower as usual (BatchNorm folded, activations fused);
 2. calibrate: run the traced model (torch.fx Interpreter) on the calibration data and record the
@@ -29,11 +30,11 @@ Steps (``build_integer``):
 
 ``IntegerModel.run`` is the bit-exact numpy (int64) reference of the C.
 
->>> import torch
->>> net = torch.nn.Sequential(torch.nn.Linear(4, 3), torch.nn.ReLU())
->>> qm = build_integer(net, torch.zeros(1, 4), torch.randn(64, 4))
->>> qm.run(qm.quantize_input(torch.randn(1, 4).numpy())).dtype
-dtype('int8')
+
+Each op family gives its int8 form through the registry here (``register_int8``, an ``Int8Handler``
+per IR op class, next to the op in ``codegen/ops/<family>.py``): its kind, template (under
+``templates/ops_int8/``), quantization (constants and scalars of a ``QOp``) and bit-exact numpy
+reference. An op registered outside the package gets integer emission the same way.
 
 Supported ops: Conv1d/Conv2d (groups, depthwise, stride, padding, dilation), Linear, BatchNorm
 (folded or standalone), ReLU/ReLU6 (fused clamps), other elementwise activations (LUT), max and
@@ -46,28 +47,29 @@ from __future__ import annotations
 
 import logging
 import math
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
+from typing import ClassVar
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import fx
 
 from codegen import formats, ir
 from codegen.errors import CodegenError, UnsupportedConfigError
 from codegen.formats import CArray, Encoded
-from codegen.lower import c_identifier, lower
-from codegen.memory import GraphMemory, plan_graph
-from codegen.trace import example_from, prepare_model, trace
+from codegen.memory import GraphMemory
 
 log = logging.getLogger(__name__)
 
 INT32_MIN, INT32_MAX = -(2**31), 2**31 - 1
 ADD_LEFT_SHIFT = 20  # headroom of the int8 add (TFLite uses 20 for int8)
+
 RUNTIME = ("sc_int8.h",)
+
 # largest stack scratch of the SMLAD conv kernel (column + start values); larger convs use the plain kernel
 DSP_SCRATCH_MAX_BYTES = 8192
+
 # weight encodings each representation may use in integer mode (the smallest wins)
 INTEGER_ENCODINGS = {
     "dense": ("int8",),
@@ -77,11 +79,13 @@ INTEGER_ENCODINGS = {
 }
 
 
+
 # ---- fixed-point arithmetic: the numpy (int64) reference of runtime_c/sc_int8.h ------------------
 
 
 def quantize_multiplier(m: float) -> tuple[int, int]:
     """(mult, shift) with mult in [2^30, 2^31) and m ~= mult * 2^(shift - 31) (TFLite's QuantizeMultiplier).
+
 
     >>> quantize_multiplier(0.5)
     (1073741824, 0)
@@ -132,8 +136,10 @@ def mbqm(x: np.ndarray, mult: np.ndarray | int, shift: np.ndarray | int) -> np.n
     return rdbpot(srdhm(x, mult), right)
 
 
-def _clamp8(v: np.ndarray, lo: int = -128, hi: int = 127) -> np.ndarray:
+
+def clamp8(v: np.ndarray, lo: int = -128, hi: int = 127) -> np.ndarray:
     return np.clip(v, lo, hi).astype(np.int64)
+
 
 
 # ---- quantization parameters ---------------------------------------------------------------------
@@ -172,7 +178,8 @@ class QParams:
         return {"scale": self.scale, "zero_point": self.zero_point}
 
 
-def _act_bounds(act: ir.Activation, q: QParams, where: str) -> tuple[int, int]:
+
+def act_bounds(act: ir.Activation, q: QParams, where: str) -> tuple[int, int]:
     if act.kind == "none":
         return -128, 127
     lo = max(-128, q.zero_point)
@@ -181,6 +188,7 @@ def _act_bounds(act: ir.Activation, q: QParams, where: str) -> tuple[int, int]:
     if act.kind == "relu6":
         return lo, int(min(127, q.zero_point + round(6.0 / q.scale)))
     raise CodegenError(f"layer {where}: fused activation {act.kind} reached the integer kernels (bug)")
+
 
 
 _ACT_FUNCS = {
@@ -195,11 +203,13 @@ _ACT_FUNCS = {
 }
 
 
+
 def activation_lut(act: ir.Activation, qin: QParams, qout: QParams) -> np.ndarray:
     """The int8 -> int8 table of an elementwise activation (index x + 128)."""
     x = qin.scale * (np.arange(-128, 128, dtype=np.float64) - qin.zero_point)
     y = _ACT_FUNCS[act.kind](x, act.alpha)
-    return _clamp8(np.round(y / qout.scale) + qout.zero_point).astype(np.int8)
+    return clamp8(np.round(y / qout.scale) + qout.zero_point).astype(np.int8)
+
 
 
 # ---- calibration ----------------------------------------------------------------------------------
@@ -226,6 +236,7 @@ class _RangeRecorder(fx.Interpreter):
             r = self.ranges.get(n.name)
             self.ranges[n.name] = [min(lo, r[0]), max(hi, r[1])] if r else [lo, hi]
         return out
+
 
 
 def _calibration_batches(data, sample_shape: tuple[int, ...]) -> Iterable[torch.Tensor]:
@@ -268,6 +279,7 @@ def _calibration_batches(data, sample_shape: tuple[int, ...]) -> Iterable[torch.
         raise CodegenError("calibration_data is empty; give at least one sample (N >= 1)")
 
 
+
 def calibrate(gm: fx.GraphModule, data, sample_shape: tuple[int, ...]) -> tuple[dict[str, list[float]], int]:
     """min/max of every fx node over the calibration data, and the number of samples."""
     ranges: dict[str, list[float]] = {}
@@ -286,17 +298,139 @@ def calibrate(gm: fx.GraphModule, data, sample_shape: tuple[int, ...]) -> tuple[
     return ranges, n
 
 
-# ---- the integer model ----------------------------------------------------------------------------
+# ---- the int8 form of each op: a registry keyed by IR op class --------------------------------------
 
 
 @dataclass
 class QOp:
     """Integer constants of one IR op (template variables and reference inputs)."""
 
-    kind: str  # conv, linear, maxpool, avgpool, add, mul, concat, lut, pad, copy
+    kind: str  # what the layer comment names: conv, linear, maxpool, avgpool, add, mul, concat, lut, pad, copy
     op: ir.Op
     consts: dict[str, np.ndarray] = field(default_factory=dict)  # int arrays (also in op.encoded)
     scalars: dict[str, int] = field(default_factory=dict)
+    template: str = ""  # under templates/ops_int8/ (or the op's extension_dir/ops_int8/)
+
+
+@dataclass
+class Int8Context:
+    """What an ``Int8Handler.quantize`` gets: the quantization of every value, the weight
+    representation, the C name of the layer and the encodings it fills (role -> Encoded)."""
+
+    qparams: dict[str, QParams]
+    representation: str
+    base: str  # "<prefix>_<layer name>": the prefix of the layer's array names
+    encoded: dict[str, Encoded] = field(default_factory=dict)
+
+    def qin(self, op: ir.Op, i: int = 0) -> QParams:
+        return self.qparams[op.inputs[i]]
+
+    def qout(self, op: ir.Op) -> QParams:
+        return self.qparams[op.output]
+
+    def int_array(self, role: str, suffix: str, ctype: str, values: np.ndarray) -> None:
+        """A dense integer const array ``<base><suffix>`` stored as the layer's ``role``."""
+        v = np.asarray(values, dtype=np.int64)
+        self.encoded[role] = Encoded("dense", v.size, 1, int(np.count_nonzero(v)), {"values": CArray(self.base + suffix, ctype, v)})
+
+
+class Int8Handler:
+    """The int8 form of one IR op family. Subclass, set ``kind``/``template``, implement ``quantize``
+    and ``reference``, and register with ``@register_int8(MyOp)``.
+
+    ``keeps_qparams``: the output keeps input 0's scale and zero point (pooling, padding, copies).
+    ``runtime``: the headers of the int8 kernels (under runtime_c/ or the op's extension_dir).
+    """
+
+    kind: ClassVar[str] = ""
+    template: ClassVar[str] = ""
+    keeps_qparams: ClassVar[bool] = False
+    runtime: ClassVar[tuple[str, ...]] = RUNTIME
+
+    def kind_of(self, op: ir.Op) -> str:
+        """The QOp kind (printed in the layer comment)."""
+        return self.kind
+
+    def template_of(self, op: ir.Op) -> str:
+        """The template under templates/ops_int8/ that renders the call."""
+        return self.template
+
+    def check(self, op: ir.Op) -> None:
+        """Raise UnsupportedConfigError naming the layer if this op cannot go int8."""
+
+    def rewrite(self, op: ir.Op) -> ir.Op:
+        """An equivalent op with an int8 kernel, before calibration (default: the op itself)."""
+        return op
+
+    def quantize(self, op: ir.Op, ctx: Int8Context, qo: QOp) -> None:
+        """Fills ``qo.consts``/``qo.scalars`` and the encodings (``ctx.int_array``, ``ctx.encoded``)."""
+        raise NotImplementedError
+
+    def reference(self, qo: QOp, ins: list[np.ndarray]) -> np.ndarray:
+        """The bit-exact numpy (int64) result of the C kernel for one sample."""
+        raise NotImplementedError
+
+
+INT8_HANDLERS: dict[type, Int8Handler] = {}
+
+
+def register_int8(*op_classes: type) -> Callable[[type[Int8Handler]], type[Int8Handler]]:
+    """Class decorator: registers an ``Int8Handler`` subclass as the int8 form of each IR op class."""
+
+    def deco(cls: type[Int8Handler]) -> type[Int8Handler]:
+        for c in op_classes:
+            if c in INT8_HANDLERS:
+                raise ValueError(f"an int8 handler for {c.__qualname__} is already registered")
+            INT8_HANDLERS[c] = cls()
+        return cls
+
+    return deco
+
+
+def int8_handler(op: ir.Op) -> Int8Handler:
+    """The registered handler of an op (nearest class in its MRO), or an error naming the layer."""
+    for c in type(op).__mro__:
+        h = INT8_HANDLERS.get(c)
+        if h is not None:
+            h.check(op)
+            return h
+    raise UnsupportedConfigError(
+        f"layer '{op.source}': {op.describe()} ({op.torch_op}) has no integer kernel; integer mode supports "
+        "conv, linear, batchnorm, activations, pooling, add, mul, concat, pad and views. Emit without "
+        "integer=True or replace the layer"
+    )
+
+
+@dataclass
+class Calibration:
+    """What an int8 graph pass may read: the traced model, fx node -> IR value, node ranges and the
+    value ranges it may extend."""
+
+    gm: fx.GraphModule
+    env: dict[str, str]
+    ranges: dict[str, list[float]]
+    value_ranges: dict[str, list[float]]
+
+
+# graph passes run after each op's rewrite, before quantization (e.g. splitting fused activations)
+INT8_PASSES: list[Callable[[ir.Graph, Calibration], None]] = []
+
+
+def register_int8_pass(fn: Callable[[ir.Graph, Calibration], None]) -> Callable[[ir.Graph, Calibration], None]:
+    INT8_PASSES.append(fn)
+    return fn
+
+
+def unique_op_name(g: ir.Graph, base: str) -> str:
+    taken = {op.name for op in g.ops}
+    name, i = base, 1
+    while name in taken:
+        i += 1
+        name = f"{base}_{i}"
+    return name
+
+
+# ---- the integer model ----------------------------------------------------------------------------
 
 
 @dataclass
@@ -342,232 +476,11 @@ class IntegerModel:
         env = {self.graph.input: np.asarray(x, dtype=np.int64)}
         for qo in self.qops:
             ins = [env[v] for v in qo.op.inputs]
-            env[qo.op.output] = _REFERENCE[qo.kind](qo, ins).reshape(-1)
+            env[qo.op.output] = int8_handler(qo.op).reference(qo, ins).reshape(-1)
         return env[self.graph.output].astype(np.int8)
 
 
-# ---- reference kernels (int64) ----------------------------------------------------------------------
-
-
-def _ref_conv(qo: QOp, ins: list[np.ndarray]) -> np.ndarray:
-    op: ir.Conv2d = qo.op  # type: ignore[assignment]
-    s = qo.scalars
-    c, h, w = op.in_shape
-    co, ho, wo = op.out_shape
-    kh, kw = op.kernel
-    x = torch.from_numpy((ins[0].reshape(c, h, w) - s["in_zp"]).astype(np.float64))[None]
-    pt, pl = op.padding
-    pb = max(0, (ho - 1) * op.stride[0] + (kh - 1) * op.dilation[0] + 1 - h - pt)
-    pr = max(0, (wo - 1) * op.stride[1] + (kw - 1) * op.dilation[1] + 1 - w - pl)
-    x = F.pad(x, (pl, pr, pt, pb))
-    wq = torch.from_numpy(qo.consts["q"].astype(np.float64)).reshape(co, c // op.groups, kh, kw)
-    acc = F.conv2d(x, wq, None, op.stride, 0, op.dilation, op.groups)[0, :, :ho, :wo].numpy()
-    acc = np.rint(acc).astype(np.int64)  # exact: integer sums below 2^53
-    if "bias" in qo.consts:
-        acc = acc + qo.consts["bias"].astype(np.int64)[:, None, None]
-    y = mbqm(acc, qo.consts["mult"][:, None, None], qo.consts["shift"][:, None, None]) + s["out_zp"]
-    return _clamp8(y, s["act_min"], s["act_max"])
-
-
-def _ref_linear(qo: QOp, ins: list[np.ndarray]) -> np.ndarray:
-    op: ir.Linear = qo.op  # type: ignore[assignment]
-    s = qo.scalars
-    x = ins[0].reshape(op.rows, op.in_features)
-    acc = x @ qo.consts["q"].astype(np.int64).T
-    if "bias" in qo.consts:
-        acc = acc + qo.consts["bias"].astype(np.int64)[None, :]
-    y = mbqm(acc, qo.consts["mult"][None, :], qo.consts["shift"][None, :]) + s["out_zp"]
-    return _clamp8(y, s["act_min"], s["act_max"])
-
-
-def _pool_windows(op: ir.Pool2d):
-    c, h, w = op.in_shape
-    _, ho, wo = op.out_shape
-    for oy in range(ho):
-        for ox in range(wo):
-            yield oy, ox
-
-
-def _ref_maxpool(qo: QOp, ins: list[np.ndarray]) -> np.ndarray:
-    op: ir.Pool2d = qo.op  # type: ignore[assignment]
-    c, h, w = op.in_shape
-    _, ho, wo = op.out_shape
-    x = ins[0].reshape(c, h, w)
-    out = np.full((c, ho, wo), -128, dtype=np.int64)
-    for oy, ox in _pool_windows(op):
-        ys = [oy * op.stride[0] - op.padding[0] + k * op.dilation[0] for k in range(op.kernel[0])]
-        xs = [ox * op.stride[1] - op.padding[1] + k * op.dilation[1] for k in range(op.kernel[1])]
-        ys = [y for y in ys if 0 <= y < h]
-        xs = [x_ for x_ in xs if 0 <= x_ < w]
-        if ys and xs:
-            out[:, oy, ox] = np.maximum(x[:, ys][:, :, xs].reshape(c, -1).max(axis=1), -128)
-    return out
-
-
-def _ref_avgpool(qo: QOp, ins: list[np.ndarray]) -> np.ndarray:
-    op: ir.Pool2d = qo.op  # type: ignore[assignment]
-    zp = qo.scalars["zp"]
-    c, h, w = op.in_shape
-    _, ho, wo = op.out_shape
-    x = ins[0].reshape(c, h, w) - zp
-    out = np.zeros((c, ho, wo), dtype=np.int64)
-    for oy, ox in _pool_windows(op):
-        hs, ws = oy * op.stride[0] - op.padding[0], ox * op.stride[1] - op.padding[1]
-        he, we = min(hs + op.kernel[0], h + op.padding[0]), min(ws + op.kernel[1], w + op.padding[1])
-        n = (he - hs) * (we - ws)
-        hs, ws, he, we = max(hs, 0), max(ws, 0), min(he, h), min(we, w)
-        total = x[:, hs:he, ws:we].reshape(c, -1).sum(axis=1)
-        if op.divisor:
-            n = op.divisor
-        elif not op.count_include_pad:
-            n = (he - hs) * (we - ws)
-        n = max(n, 1)
-        pos = total > 0
-        num = np.where(pos, total + n // 2, total - n // 2)
-        q = np.where(num >= 0, num // n, -((-num) // n))  # C division truncates toward zero
-        out[:, oy, ox] = _clamp8(q + zp)
-    return out
-
-
-def _ref_add(qo: QOp, ins: list[np.ndarray]) -> np.ndarray:
-    s = qo.scalars
-    a = mbqm((ins[0] - s["a_zp"]) << s["left_shift"], s["a_mult"], s["a_shift"])
-    b = mbqm((ins[1] - s["b_zp"]) << s["left_shift"], s["b_mult"], s["b_shift"])
-    return _clamp8(mbqm(a + b, s["out_mult"], s["out_shift"]) + s["out_zp"], s["act_min"], s["act_max"])
-
-
-def _ref_mul(qo: QOp, ins: list[np.ndarray]) -> np.ndarray:
-    s = qo.scalars
-    prod = (ins[0] - s["a_zp"]) * (ins[1] - s["b_zp"])
-    return _clamp8(mbqm(prod, s["mult"], s["shift"]) + s["out_zp"], s["act_min"], s["act_max"])
-
-
-def _ref_concat(qo: QOp, ins: list[np.ndarray]) -> np.ndarray:
-    op: ir.Concat = qo.op  # type: ignore[assignment]
-    parts = []
-    for i, (x, size) in enumerate(zip(ins, op.sizes)):
-        r = qo.consts["requant"][i]
-        parts.append(_clamp8(mbqm(x.reshape(op.outer, size) - r[0], r[1], r[2]) + r[3]))
-    return np.concatenate(parts, axis=1)
-
-
-def _ref_lut(qo: QOp, ins: list[np.ndarray]) -> np.ndarray:
-    return qo.consts["lut"].astype(np.int64)[ins[0] + 128]
-
-
-def _ref_pad(qo: QOp, ins: list[np.ndarray]) -> np.ndarray:
-    op: ir.Pad2d = qo.op  # type: ignore[assignment]
-    c, h, w = op.in_shape
-    _, ho, wo = op.out_shape
-    out = np.full((c, ho, wo), qo.scalars["value"], dtype=np.int64)
-    t, left = op.padding
-    ys, xs = slice(max(t, 0), min(t + h, ho)), slice(max(left, 0), min(left + w, wo))
-    out[:, ys, xs] = ins[0].reshape(c, h, w)[:, ys.start - t : ys.stop - t, xs.start - left : xs.stop - left]
-    return out
-
-
-def _ref_copy(qo: QOp, ins: list[np.ndarray]) -> np.ndarray:
-    return ins[0].copy()
-
-
-_REFERENCE = {
-    "conv": _ref_conv, "linear": _ref_linear, "maxpool": _ref_maxpool, "avgpool": _ref_avgpool,
-    "add": _ref_add, "mul": _ref_mul, "concat": _ref_concat, "lut": _ref_lut, "pad": _ref_pad,
-    "copy": _ref_copy,
-}  # fmt: skip
-
-
-# ---- graph rewriting ---------------------------------------------------------------------------------
-
-
-def _unique_name(g: ir.Graph, base: str) -> str:
-    taken = {op.name for op in g.ops}
-    name, i = base, 1
-    while name in taken:
-        i += 1
-        name = f"{base}_{i}"
-    return name
-
-
-def _affine_to_conv(g: ir.Graph) -> None:
-    """A standalone BatchNorm (y = x * scale[c] + shift[c]) becomes a depthwise 1x1 conv."""
-    for i, op in enumerate(g.ops):
-        if isinstance(op, ir.ChannelAffine):
-            c, inner = op.channels, op.inner
-            g.ops[i] = ir.Conv2d(
-                name=op.name, source=op.source, torch_op=op.torch_op, inputs=list(op.inputs), output=op.output,
-                params={"weight": op.params["scale"].reshape(c, 1).astype(np.float32),
-                        "bias": op.params["shift"].astype(np.float32)},
-                in_shape=(c, 1, inner), out_shape=(c, 1, inner), kernel=(1, 1), groups=c, act=op.act,
-            )  # fmt: skip
-
-
-def _split_activations(g: ir.Graph, gm: fx.GraphModule, env: dict[str, str], ranges: dict[str, list[float]],
-                       value_ranges: dict[str, list[float]]) -> None:  # fmt: skip
-    """Fused activations other than ReLU/ReLU6 become standalone Act ops again (integer LUTs); the
-    pre-activation range is the fx node feeding the activation node."""
-    produced = {op.output for op in g.ops}
-    for op in list(g.ops):
-        act = getattr(op, "act", ir.NO_ACT)
-        if isinstance(op, ir.Act) or act.kind in ("none", "relu", "relu6"):
-            continue
-        pre = None
-        for node in gm.graph.nodes:
-            if env.get(node.name) == op.output and node.args and isinstance(node.args[0], fx.Node):
-                src = node.args[0]
-                if src.name in ranges and env.get(src.name) not in produced:
-                    pre = src
-                    break
-        if pre is None:
-            raise UnsupportedConfigError(
-                f"layer '{op.source}': cannot find the input range of its fused {act.kind} for integer "
-                "quantization; apply the activation as a separate module"
-            )
-        v = f"{op.output}_pre"
-        while v in g.values:
-            v += "_"
-        g.values[v] = ir.Value(v, g.values[op.output].shape)
-        value_ranges[v] = list(ranges[pre.name])
-        src = str(node.target) if node.op == "call_module" else node.name
-        new = ir.Act(name=_unique_name(g, c_identifier(src)), source=src,
-                     torch_op=f"{act.kind} (split from {op.source} for its integer lookup table)",
-                     inputs=[v], output=op.output, numel=g.values[v].numel, act=act)  # fmt: skip
-        op.output = v
-        op.act = ir.NO_ACT
-        g.ops.insert(g.ops.index(op) + 1, new)
-
-
-def _kind(op: ir.Op) -> str:
-    if isinstance(op, ir.Conv2d):
-        return "conv"
-    if isinstance(op, ir.Linear):
-        return "linear"
-    if isinstance(op, ir.Pool2d):
-        return op.mode + "pool"
-    if isinstance(op, ir.Binary):
-        return op.mode
-    if isinstance(op, ir.Concat):
-        return "concat"
-    if isinstance(op, ir.Act):
-        return "lut"
-    if isinstance(op, ir.Pad2d):
-        return "pad"
-    if isinstance(op, ir.Copy):
-        return "copy"
-    if isinstance(op, ir.Softmax):
-        raise UnsupportedConfigError(
-            f"layer '{op.source}': {op.describe()} has no integer kernel. Remove it from the model before "
-            "integer export (the argmax is unchanged) and apply it to the dequantized output on the host, "
-            "or emit without integer=True"
-        )
-    raise UnsupportedConfigError(
-        f"layer '{op.source}': {op.describe()} ({op.torch_op}) has no integer kernel; integer mode supports "
-        "conv, linear, batchnorm, activations, pooling, add, mul, concat, pad and views. Emit without "
-        "integer=True or replace the layer"
-    )
-
-
-# ---- weights, biases and multipliers -----------------------------------------------------------------
+# ---- weights, biases and multipliers (shared by the weighted ops) ------------------------------------
 
 
 def quantize_weight(w: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -580,7 +493,8 @@ def quantize_weight(w: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return q, scale
 
 
-def _encode_q(q: np.ndarray, base: str, representation: str, layer: str) -> Encoded:
+
+def encode_q(q: np.ndarray, base: str, representation: str, layer: str) -> Encoded:
     """Encodes int8 q with the smallest int8 encoding allowed, without the float scale array."""
     allowed = INTEGER_ENCODINGS[representation]
     qf = q.astype(np.float32)
@@ -593,34 +507,8 @@ def _encode_q(q: np.ndarray, base: str, representation: str, layer: str) -> Enco
     return enc
 
 
-def dsp_column_words(op: ir.Op, weight_kernel: str) -> int:
-    """uint32 words of the column buffer of the SMLAD conv kernel (``sc_i8_conv_q8_dsp``, compiled when
-    the C is built with SC_INT8_DSP): 2 output positions x row_len int8 rounded up to 4. The kernel's
-    stack scratch is this column plus cout int32 start values. 0 where that kernel is not used:
-    grouped/depthwise convs, sparse weights, or scratch above ``DSP_SCRATCH_MAX_BYTES``."""
-    if not isinstance(op, ir.Conv2d) or op.groups != 1 or weight_kernel != "q8":
-        return 0
-    words = (op.in_shape[0] * op.kernel[0] * op.kernel[1] + 3) // 4 * 2
-    return words if 4 * (words + op.out_shape[0]) <= DSP_SCRATCH_MAX_BYTES else 0
 
-
-def dw_pad_bytes(op: ir.Op, weight_kernel: str) -> int:
-    """int8 bytes of the in_zp-padded input plane of the depthwise kernel (``sc_i8_conv_q8_dwp``; the
-    template declares it on the stack): the extent the outputs read, plus 3 slack bytes (as
-    ``SC_I8_DW_PAD_BYTES``). 0 where that kernel is not used: not depthwise (groups == cin == cout),
-    sparse weights, or a plane above ``DSP_SCRATCH_MAX_BYTES`` (the clipping kernel runs instead)."""
-    if not isinstance(op, ir.Conv2d) or weight_kernel != "q8":
-        return 0
-    c = op.in_shape[0]
-    if not (op.groups == c == op.out_shape[0] and c > 1):
-        return 0
-    hp = (op.out_shape[1] - 1) * op.stride[0] + (op.kernel[0] - 1) * op.dilation[0] + 1
-    wp = (op.out_shape[2] - 1) * op.stride[1] + (op.kernel[1] - 1) * op.dilation[1] + 1
-    n = hp * wp + 3
-    return n if n <= DSP_SCRATCH_MAX_BYTES else 0
-
-
-def _bias_and_multipliers(op: ir.Op, q: np.ndarray, w_scale: np.ndarray, qin: QParams, qout: QParams
+def bias_and_multipliers(op: ir.Op, q: np.ndarray, w_scale: np.ndarray, qin: QParams, qout: QParams
                           ) -> tuple[np.ndarray | None, np.ndarray, np.ndarray]:  # fmt: skip
     rows = q.shape[0]
     b = op.params.get("bias")
@@ -640,174 +528,50 @@ def _bias_and_multipliers(op: ir.Op, q: np.ndarray, w_scale: np.ndarray, qin: QP
     return (bias_q if has_bias else None), mult, shift
 
 
-def _quantize_ops(g: ir.Graph, qp: dict[str, QParams], representation: str, prefix: str) -> list[QOp]:
-    qops = []
-    for op in g.ops:
-        kind = _kind(op)
-        base = f"{prefix}_{op.name}"
-        qin = qp[op.inputs[0]] if op.inputs else None
-        qout = qp[op.output]
-        qo = QOp(kind, op)
-        enc: dict[str, Encoded] = {}
 
-        def int_array(role: str, suffix: str, ctype: str, values: np.ndarray, enc=enc, base=base) -> None:
-            v = np.asarray(values, dtype=np.int64)
-            enc[role] = Encoded("dense", v.size, 1, int(np.count_nonzero(v)), {"values": CArray(base + suffix, ctype, v)})
-
-        if kind in ("conv", "linear"):
-            q, w_scale = quantize_weight(op.params["weight"])
-            enc["weight"] = _encode_q(q, base + "_w", representation, op.source)
-            bias_q, mult, shift = _bias_and_multipliers(op, q, w_scale, qin, qout)
-            if kind == "linear" and qin.zero_point != 0:  # fold -in_zp * sum(q) into the bias
-                bias_q = (bias_q if bias_q is not None else np.zeros(q.shape[0], np.int64)) - qin.zero_point * q.sum(1)
-            qo.consts.update(q=q, mult=mult, shift=shift)
-            if bias_q is not None:
-                if np.any(np.abs(bias_q) > INT32_MAX):
-                    raise CodegenError(f"layer '{op.source}': the int32 bias overflows; the layer is too large")
-                qo.consts["bias"] = bias_q
-                int_array("bias", "_b", "int32_t", bias_q)
-            int_array("mult", "_m", "int32_t", mult)
-            int_array("shift", "_sh", "int8_t", shift)
-            lo, hi = _act_bounds(op.act, qout, f"'{op.source}'")
-            qo.scalars.update(in_zp=qin.zero_point, out_zp=qout.zero_point, act_min=lo, act_max=hi)
-            if kind == "conv":
-                qo.scalars["dsp_col"] = dsp_column_words(op, enc["weight"].kernel)
-                qo.scalars["dw_pad"] = dw_pad_bytes(op, enc["weight"].kernel)
-        elif kind in ("maxpool", "avgpool", "pad", "copy"):
-            qo.scalars["zp"] = qin.zero_point
-            if kind == "pad":
-                qo.scalars["value"] = int(qin.quantize(np.float32(op.value)))
-        elif kind == "add":
-            qa, qb = qin, qp[op.inputs[1]]
-            twice = 2.0 * max(qa.scale, qb.scale)
-            am, ash = quantize_multiplier(qa.scale / twice)
-            bm, bsh = quantize_multiplier(qb.scale / twice)
-            om, osh = quantize_multiplier(twice / ((1 << ADD_LEFT_SHIFT) * qout.scale))
-            lo, hi = _act_bounds(op.act, qout, f"'{op.source}'")
-            qo.scalars.update(a_zp=qa.zero_point, a_mult=am, a_shift=ash, b_zp=qb.zero_point, b_mult=bm, b_shift=bsh,
-                              left_shift=ADD_LEFT_SHIFT, out_mult=om, out_shift=osh, out_zp=qout.zero_point,
-                              act_min=lo, act_max=hi)  # fmt: skip
-        elif kind == "mul":
-            qa, qb = qin, qp[op.inputs[1]]
-            m, sh = quantize_multiplier(qa.scale * qb.scale / qout.scale)
-            lo, hi = _act_bounds(op.act, qout, f"'{op.source}'")
-            qo.scalars.update(a_zp=qa.zero_point, b_zp=qb.zero_point, mult=m, shift=sh, out_zp=qout.zero_point,
-                              act_min=lo, act_max=hi)  # fmt: skip
-        elif kind == "concat":
-            rows = []
-            for v in op.inputs:
-                m, sh = quantize_multiplier(qp[v].scale / qout.scale)
-                rows.append((qp[v].zero_point, m, sh, qout.zero_point))
-            qo.consts["requant"] = np.array(rows, dtype=np.int64)
-        elif kind == "lut":
-            lut = activation_lut(op.act, qin, qout)
-            qo.consts["lut"] = lut.astype(np.int64)
-            int_array("lut", "_lut", "int8_t", lut)
-        op.encoded = enc
-        op.runtime = RUNTIME  # instance attribute: the integer kernels live in sc_int8.h
-        qops.append(qo)
-    return qops
+def quantize_weighted(op: ir.Op, ctx: Int8Context, qo: QOp, fold_input_zp: bool = False) -> None:
+    """int8 weights per output channel, int32 bias, multipliers and shifts, clamps of the fused ReLU/ReLU6
+    (conv and linear). ``fold_input_zp``: -in_zp * sum(q) goes into the bias (the kernel skips it)."""
+    qin, qout = ctx.qin(op), ctx.qout(op)
+    q, w_scale = quantize_weight(op.params["weight"])
+    ctx.encoded["weight"] = encode_q(q, ctx.base + "_w", ctx.representation, op.source)
+    bias_q, mult, shift = bias_and_multipliers(op, q, w_scale, qin, qout)
+    if fold_input_zp and qin.zero_point != 0:
+        bias_q = (bias_q if bias_q is not None else np.zeros(q.shape[0], np.int64)) - qin.zero_point * q.sum(1)
+    qo.consts.update(q=q, mult=mult, shift=shift)
+    if bias_q is not None:
+        if np.any(np.abs(bias_q) > INT32_MAX):
+            raise CodegenError(f"layer '{op.source}': the int32 bias overflows; the layer is too large")
+        qo.consts["bias"] = bias_q
+        ctx.int_array("bias", "_b", "int32_t", bias_q)
+    ctx.int_array("mult", "_m", "int32_t", mult)
+    ctx.int_array("shift", "_sh", "int8_t", shift)
+    lo, hi = act_bounds(op.act, qout, f"'{op.source}'")
+    qo.scalars.update(in_zp=qin.zero_point, out_zp=qout.zero_point, act_min=lo, act_max=hi)
 
 
-# ---- building --------------------------------------------------------------------------------------
-
-
-class _Int8Value(ir.Value):
-    """A Value whose elements are int8 (for the arena planner)."""
-
-    @property
-    def nbytes(self) -> int:
-        return self.numel
-
-
-def plan_int8(g: ir.Graph) -> GraphMemory:
-    """The arena of the integer path: the ordinary planner over 1-byte elements (offsets in bytes)."""
-    gq = ir.Graph({k: _Int8Value(v.name, v.shape, "int8") for k, v in g.values.items()}, g.ops, g.input, g.output)
-    return plan_graph(gq)
-
-
-def build_integer(
-    model: torch.nn.Module,
-    example_input: torch.Tensor | tuple[int, ...],
-    calibration_data,
-    representation: str = "int8",
-    prefix: str = "model",
-    leaf_modules: tuple[type, ...] = (),
-    concrete_args: dict | None = None,
-) -> IntegerModel:
-    """Traces, lowers, calibrates and quantizes a model for the integer path (see the module docstring)."""
-    if representation not in INTEGER_ENCODINGS:
-        raise CodegenError(
-            f"representation {representation!r} cannot be used with integer=True: the weights are int8; "
-            f"choose one of {sorted(INTEGER_ENCODINGS)} ('int8': dense, CSR or relative-index int8, the smallest)"
-        )
-    m = prepare_model(model)
-    x = example_from(example_input)
-    gm = trace(m, x, leaf_modules, concrete_args)
-    env: dict[str, str] = {}
-    g = lower(gm, env)
-    ranges, n = calibrate(gm, calibration_data, tuple(x.shape[1:]))
-    value_ranges: dict[str, list[float]] = {}
-    for node_name, v in env.items():
-        if node_name in ranges:
-            r = ranges[node_name]
-            cur = value_ranges.get(v)
-            value_ranges[v] = [min(cur[0], r[0]), max(cur[1], r[1])] if cur else list(r)
-    _affine_to_conv(g)
-    _split_activations(g, gm, env, ranges, value_ranges)
-    for op in g.ops:
-        _kind(op)  # refuse unsupported ops before any other work, naming the layer
+def quantize_graph(g: ir.Graph, value_ranges: dict[str, list[float]], representation: str, prefix: str
+                   ) -> tuple[dict[str, QParams], list[QOp]]:  # fmt: skip
+    """The int8 pass: every value's QParams from its calibrated range (or its input's, for ops that keep
+    them), then each op's int8 form from its registered handler. Sets op.encoded and op.runtime."""
     qp: dict[str, QParams] = {g.input: QParams.from_range(*value_ranges[g.input])}
     for op in g.ops:
-        k = _kind(op)
-        if k in ("maxpool", "avgpool", "pad", "copy"):
+        if int8_handler(op).keeps_qparams:
             qp[op.output] = qp[op.inputs[0]]
         elif op.output in value_ranges:
             qp[op.output] = QParams.from_range(*value_ranges[op.output])
         else:  # pragma: no cover - every op output maps to an fx node
             raise CodegenError(f"layer '{op.source}': no calibration range for its output (bug)")
-    qops = _quantize_ops(g, qp, representation, prefix)
-    qm = IntegerModel(g, qp, qops, calibration_samples=n)
-    qm.memory = plan_int8(g)
-    return qm
-
-
-# ---- emission --------------------------------------------------------------------------------------
-
-
-def template_context(qm: IntegerModel, prefix: str) -> dict:
-    """The ``integer`` variable of the templates (model.h.j2, model.c.j2 -> model_int8.c.j2)."""
-    mem = qm.memory
-    assert mem is not None
-
-    def qbuf(value: str) -> str:
-        s = mem.storage[value]
-        if s.kind == "arena":
-            return f"(arena + {s.offset})" if s.offset else "arena"
-        return s.kind
-
-    from codegen.emit import cfloat
-
-    return {
-        "input_scale": cfloat(qm.input_q.scale),
-        "input_zero_point": qm.input_q.zero_point,
-        "output_scale": cfloat(qm.output_q.scale),
-        "output_zero_point": qm.output_q.zero_point,
-        "qops": qm.qops,
-        "buf": qbuf,
-        "arena_bytes": mem.arena_bytes,
-    }
-
-
-def integer_report(qm: IntegerModel) -> dict:
-    return {
-        "activations": "int8 per tensor (scale, zero point), calibrated min/max",
-        "weights": "int8 symmetric per output channel",
-        "calibration_samples": qm.calibration_samples,
-        "input": qm.input_q.as_dict(),
-        "output": qm.output_q.as_dict(),
-        "values": {v: q.as_dict() for v, q in sorted(qm.qparams.items())},
-    }
+    qops = []
+    for op in g.ops:
+        h = int8_handler(op)
+        qo = QOp(h.kind_of(op), op, template=h.template_of(op))
+        ctx = Int8Context(qp, representation, f"{prefix}_{op.name}")
+        h.quantize(op, ctx, qo)
+        op.encoded = ctx.encoded
+        op.runtime = h.runtime  # instance attribute: the integer kernels (sc_int8.h)
+        qops.append(qo)
+    return qp, qops
 
 
 INT8_FLOAT_RTOL = 0.08  # the int8 output may differ from PyTorch's float output by 8 % of max|output|
@@ -829,72 +593,3 @@ def float_tolerance(y: np.ndarray, output_scale: float) -> float:
 
 FLOAT_TOLERANCE_DOC = (f"max abs error against PyTorch's float output <= {INT8_FLOAT_RTOL:g} x max|output| + "
                        f"{INT8_FLOAT_STEPS:g} x output scale (codegen.integer.float_tolerance)")
-
-
-def save_integer_model(
-    model: torch.nn.Module,
-    representation: str,
-    input_data: torch.Tensor | None,
-    directory,
-    *,
-    calibration_data,
-    input_shape: tuple[int, ...] | None = None,
-    prefix: str = "model",
-    overwrite: bool = False,
-    leaf_modules: tuple[type, ...] = (),
-    concrete_args: dict | None = None,
-    tolerance: float | None = None,
-):
-    """``save_compressed_model(..., integer=True, calibration_data=...)``: emits the integer path.
-
-    headers/input.h then holds the sample input and the output the integer reference
-    (``IntegerModel.run_float``) computes for it, with tolerance 0: the self-test checks the C is
-    bit-exact. It also holds PyTorch's float output, and the self-test checks the C's output is
-    within ``tolerance`` of it (default ``float_tolerance``: 8 % of max|output| + 2 output steps) and
-    fails with a message saying so otherwise. report.json gets an "integer" section (scales, zero
-    points) and, under "test", the error against PyTorch's float output and its bound.
-    """
-    from codegen import api, emit
-
-    api._check_prefix(prefix)
-    if input_data is None and input_shape is None:
-        raise CodegenError("give input_data (a sample of batch size 1) or input_shape, e.g. (1, 1, 28, 28)")
-    example = example_from(input_data if input_data is not None else tuple(input_shape))
-    qm = build_integer(model, example, calibration_data, representation, prefix, leaf_modules, concrete_args)
-    g, mem = qm.graph, qm.memory
-    assert mem is not None
-    name = type(model).__name__
-    report = api._report(g, mem, prefix, representation, name)
-    report["integer"] = integer_report(qm)
-    test_io = None
-    if input_data is not None:
-        with torch.no_grad():
-            y = prepare_model(model)(example).detach().float().numpy()
-        x = example.numpy().astype(np.float32)
-        yq = qm.run_float(x).astype(np.float32).reshape(y.shape)
-        err = float(np.max(np.abs(yq.astype(np.float64) - y))) if y.size else 0.0
-        doc = ("output of the integer reference (codegen.integer.IntegerModel.run_float) for the sample: the C "
-               "must be bit-exact")  # fmt: skip
-        test_io = (x, yq, 0.0, doc)
-        ftol = float_tolerance(y, qm.output_q.scale) if tolerance is None else float(tolerance)
-        fdoc = FLOAT_TOLERANCE_DOC if tolerance is None else "given by the caller"
-        report["test"] = {"tolerance": 0.0, "max_abs_output": float(np.max(np.abs(yq))) if yq.size else 0.0,
-                          "float_model_max_abs_error": err,
-                          "float_model_max_abs_output": float(np.max(np.abs(y))) if y.size else 0.0,
-                          "float_model_tolerance": ftol, "float_model_tolerance_doc": fdoc}  # fmt: skip
-        if not err <= ftol:
-            log.warning("%s: the int8 output is %.4g away from PyTorch's float output on the sample, above the bound "
-                        "%.4g: `make check` will fail", name, err, ftol)  # fmt: skip
-        float_ctx = {"float_expected": CArray(f"{prefix}_test_float_expected", "float", y.reshape(-1)),
-                     "float_tolerance": ftol, "float_tolerance_doc": fdoc}  # fmt: skip
-    rendered = emit.render(
-        g, mem, prefix=prefix, representation=representation, model_name=name, version=api.VERSION,
-        report=report, test_io=test_io,
-        extra_context={"integer": template_context(qm, prefix), **(float_ctx if input_data is not None else {})},
-    )  # fmt: skip
-    path = emit.write_directory(rendered, directory, overwrite)
-    log.info("emitted integer %s to %s: %d weight bytes, %d arena bytes", name, path,
-             report["totals"]["weight_bytes"], mem.arena_bytes)  # fmt: skip
-    res = api.EmitResult(path, report)
-    res.integer_model = qm  # type: ignore[attr-defined]
-    return res

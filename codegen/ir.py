@@ -1,4 +1,5 @@
-"""The typed IR: a graph of small dataclasses with every shape resolved.
+"""The typed IR core: values, the Op base class and the graph. Every op family (its dataclass, lowering,
+kernel choice and int8 form) lives in ``codegen/ops/<family>.py``.
 
 Shapes never include the batch dimension (the generated C runs one sample at a time).
 Activations are float32, laid out in C order: (C,) for features, (C, L) for 1-D signals and
@@ -55,6 +56,30 @@ class Value:
         return self.numel * 4
 
 
+@dataclass(frozen=True)
+class Scratch:
+    """A scratch buffer a kernel needs, declared by the template before the call."""
+
+    ctype: str
+    name: str
+    count: int
+    comment: str
+    arena: bool = False  # planned in the arena (grows with the layer); False: a bounded stack array
+
+    @property
+    def nbytes(self) -> int:
+        return self.count * (1 if self.ctype in ("int8_t", "uint8_t") else 4)
+
+
+@dataclass(frozen=True)
+class KernelChoice:
+    """The C function an op calls (greppable full name) and its scratch buffer, if any."""
+
+    name: str
+    scratch: Scratch | None = None
+    in_place: bool = False  # the kernel may write its output over input 0 (the planner reads it)
+
+
 @dataclass
 class Op:
     """Base class of IR ops. Subclasses add their resolved attributes.
@@ -90,210 +115,23 @@ class Op:
     def describe(self) -> str:
         return self.kind
 
+    def kernel_choice(self, in_place: bool = False) -> KernelChoice | None:
+        """The C kernel this op calls and the scratch it needs, decided here once (the template prints
+        it). ``in_place``: the planner gave the output input 0's storage. None: the template decides
+        alone (ops with a single kernel)."""
+        return None
+
+    def arena_scratch_bytes(self) -> int:
+        """Bytes of scratch the op's kernel needs in the arena during the op (the planner reserves them,
+        MODEL_ARENA_BYTES counts them): the kernel choice's scratch when it grows with the layer."""
+        kc = self.kernel_choice()
+        return kc.scratch.nbytes if kc is not None and kc.scratch is not None and kc.scratch.arena else 0
+
     def overwrites_input(self) -> bool:
         """The output may take input 0's storage (when input 0 dies here). True for elementwise
         ops (``inplace``, same size) and for kernels that read everything each output needs, and
         every later output needs, before writing it (output no larger than the input)."""
         return self.inplace
-
-
-# A CSR 1x1 conv run in place gathers PWC_BLOCK positions (SC_PWC_BLOCK in sc_conv.h) of its
-# C_in channels into a stack buffer first; at most PWC_MAX_CBUF_BYTES of it.
-PWC_BLOCK = 8
-PWC_MAX_CBUF_BYTES = 4096
-
-
-@dataclass
-class Conv2d(Op):
-    """Convolution (also Conv1d with h == 1). Weight is viewed as [C_out, C_in/groups*kh*kw]."""
-
-    in_shape: tuple[int, int, int] = (0, 0, 0)
-    out_shape: tuple[int, int, int] = (0, 0, 0)
-    kernel: tuple[int, int] = (1, 1)
-    stride: tuple[int, int] = (1, 1)
-    padding: tuple[int, int] = (0, 0)  # top, left (bottom/right follow from the output size)
-    dilation: tuple[int, int] = (1, 1)
-    groups: int = 1
-    act: Activation = NO_ACT
-    dims: int = 2
-
-    kind: ClassVar[str] = "conv"
-    template: ClassVar[str] = "conv.j2"
-    runtime: ClassVar[tuple[str, ...]] = ("sc_conv.h",)
-    encodable: ClassVar[tuple[str, ...]] = ("weight",)
-
-    def macs(self) -> int:
-        c_out, h, w = self.out_shape
-        return c_out * h * w * (self.in_shape[0] // self.groups) * self.kernel[0] * self.kernel[1]
-
-    def describe(self) -> str:
-        return "depthwise_conv" if self.groups == self.in_shape[0] and self.groups > 1 else "conv"
-
-    def pwc_cbuf_floats(self) -> int:
-        """Floats of the stack column buffer of the in-place CSR 1x1 kernel (sc_conv_pwc_csr_*)."""
-        return PWC_BLOCK * self.in_shape[0]
-
-    def overwrites_input(self) -> bool:
-        """Float depthwise, dense or CSR (channel copied to a padding buffer first), and 1x1
-        stride-1 (dense: 4 positions gathered into a column buffer first; CSR, groups == 1: 8
-        positions, when the buffer stays within PWC_MAX_CBUF_BYTES of stack) run in place
-        (sc_conv.h)."""
-        w = self.encoded.get("weight")
-        if (w is None or w.encoding not in ("dense", "csr") or self.runtime != Conv2d.runtime
-                or tuple(self.dilation) != (1, 1)):
-            return False
-        c, h, wd = self.in_shape
-        if self.groups == c and self.out_shape[0] == c and c > 1:
-            return self.out_shape[1] * self.out_shape[2] <= h * wd
-        if w.encoding == "csr" and (self.groups != 1 or 4 * self.pwc_cbuf_floats() > PWC_MAX_CBUF_BYTES):
-            return False
-        return (tuple(self.kernel) == (1, 1) and tuple(self.stride) == (1, 1) and tuple(self.padding) == (0, 0)
-                and tuple(self.out_shape) == tuple(self.in_shape))
-
-
-@dataclass
-class Linear(Op):
-    """y = W x + b over the last dimension, repeated for ``rows`` leading positions."""
-
-    in_features: int = 0
-    out_features: int = 0
-    rows: int = 1
-    act: Activation = NO_ACT
-
-    kind: ClassVar[str] = "linear"
-    template: ClassVar[str] = "linear.j2"
-    runtime: ClassVar[tuple[str, ...]] = ("sc_linear.h",)
-    encodable: ClassVar[tuple[str, ...]] = ("weight",)
-
-    def macs(self) -> int:
-        return self.rows * self.in_features * self.out_features
-
-
-@dataclass
-class Pool2d(Op):
-    """Max or average pooling (1-D pools have h == 1)."""
-
-    mode: str = "max"
-    in_shape: tuple[int, int, int] = (0, 0, 0)
-    out_shape: tuple[int, int, int] = (0, 0, 0)
-    kernel: tuple[int, int] = (1, 1)
-    stride: tuple[int, int] = (1, 1)
-    padding: tuple[int, int] = (0, 0)
-    dilation: tuple[int, int] = (1, 1)
-    count_include_pad: bool = True
-    divisor: int = 0  # avg pool divisor_override; 0 = none
-
-    kind: ClassVar[str] = "pool"
-    template: ClassVar[str] = "pool.j2"
-    runtime: ClassVar[tuple[str, ...]] = ("sc_pool.h",)
-
-    def describe(self) -> str:
-        return f"{self.mode}pool"
-
-    def overwrites_input(self) -> bool:
-        """Without padding, output k's window starts at input index >= k and outputs are written
-        in order after their window is read, so the float kernels (sc_pool.h) run in place."""
-        return self.runtime == Pool2d.runtime and tuple(self.padding) == (0, 0)
-
-
-@dataclass
-class ChannelAffine(Op):
-    """Standalone BatchNorm in inference form: y = x * scale[c] + shift[c]."""
-
-    channels: int = 0
-    inner: int = 1  # elements per channel
-    act: Activation = NO_ACT
-
-    kind: ClassVar[str] = "batchnorm"
-    template: ClassVar[str] = "affine.j2"
-    runtime: ClassVar[tuple[str, ...]] = ("sc_eltwise.h",)
-    inplace: ClassVar[bool] = True
-
-
-@dataclass
-class Act(Op):
-    """A standalone activation that could not be fused into its producer."""
-
-    numel: int = 0
-    act: Activation = NO_ACT
-
-    kind: ClassVar[str] = "activation"
-    template: ClassVar[str] = "act.j2"
-    runtime: ClassVar[tuple[str, ...]] = ("sc_eltwise.h",)
-    inplace: ClassVar[bool] = True
-
-    def describe(self) -> str:
-        return self.act.kind
-
-
-@dataclass
-class Binary(Op):
-    """Elementwise add or mul of two tensors of equal shape (residual blocks)."""
-
-    mode: str = "add"
-    numel: int = 0
-    act: Activation = NO_ACT
-
-    kind: ClassVar[str] = "eltwise"
-    template: ClassVar[str] = "binary.j2"
-    runtime: ClassVar[tuple[str, ...]] = ("sc_eltwise.h",)
-    inplace: ClassVar[bool] = True
-
-    def describe(self) -> str:
-        return self.mode
-
-
-@dataclass
-class Concat(Op):
-    """Concatenation along the channel (first non-batch) dimension: contiguous blocks."""
-
-    sizes: tuple[int, ...] = ()  # elements each input contributes per outer index
-    outer: int = 1  # product of the dims before the concatenation dim
-
-    kind: ClassVar[str] = "concat"
-    template: ClassVar[str] = "concat.j2"
-    runtime: ClassVar[tuple[str, ...]] = ("sc_eltwise.h",)
-
-
-@dataclass
-class Softmax(Op):
-    """Softmax or log-softmax over the last dimension."""
-
-    rows: int = 1
-    cols: int = 1
-    log: bool = False
-
-    kind: ClassVar[str] = "softmax"
-    template: ClassVar[str] = "softmax.j2"
-    runtime: ClassVar[tuple[str, ...]] = ("sc_eltwise.h",)
-
-    def describe(self) -> str:
-        return "log_softmax" if self.log else "softmax"
-
-
-@dataclass
-class Pad2d(Op):
-    """Constant padding of the last two dimensions (1-D pads have h == 1)."""
-
-    in_shape: tuple[int, int, int] = (0, 0, 0)
-    out_shape: tuple[int, int, int] = (0, 0, 0)
-    padding: tuple[int, int] = (0, 0)  # top, left
-    value: float = 0.0
-
-    kind: ClassVar[str] = "pad"
-    template: ClassVar[str] = "pad.j2"
-    runtime: ClassVar[tuple[str, ...]] = ("sc_eltwise.h",)
-
-
-@dataclass
-class Copy(Op):
-    """Copies a tensor (only when the model's output is its input, or a view of it)."""
-
-    numel: int = 0
-
-    kind: ClassVar[str] = "copy"
-    template: ClassVar[str] = "copy.j2"
-    runtime: ClassVar[tuple[str, ...]] = ("sc_eltwise.h",)
 
 
 @dataclass
@@ -321,3 +159,4 @@ class Graph:
             if op.output == value:
                 return op
         return None
+

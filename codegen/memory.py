@@ -185,6 +185,7 @@ class GraphMemory:
     # the lower bound without any in-place execution (every value its own buffer): the classic
     # "largest input + output" bound of a chain; in-place kernels can take the arena below it
     chained_lower_bound: int = 0
+    scratch: dict[str, int] = field(default_factory=dict)  # op name -> offset of its kernel's arena scratch
 
 
 def value_lifetimes(g: ir.Graph) -> tuple[dict[str, int], dict[str, int]]:
@@ -276,6 +277,10 @@ def plan_graph(
                                () if uniform else pieces)  # fmt: skip
         for v in vs:
             storage[v] = Storage(kind, 0, root)
+    # kernel scratch that grows with the layer (ir.Op.arena_scratch_bytes): live only while its op runs,
+    # so it never overlaps the op's input or output
+    scratch = [(f"{op.name}.scratch", op.arena_scratch_bytes(), op_time(i), op_time(i), 0) for i, op in enumerate(g.ops)]
+    extra = [*extra, *(s for s in scratch if s[1] > 0)]
     for name, size, b_first, b_last, b_side in extra:
         planner.add_buffer(name, size, b_first, b_last, b_side)
     chained = MemoryPlanner(alignment)
@@ -295,4 +300,5 @@ def plan_graph(
     return GraphMemory(
         storage, plan.arena_bytes, plan.lower_bound, plan.strategy, buffers,
         {name: plan.offsets[name] for name, *_ in extra}, chained.lower_bound(),
+        {op.name: plan.offsets[f"{op.name}.scratch"] for op in g.ops if f"{op.name}.scratch" in plan.offsets},
     )  # fmt: skip

@@ -17,14 +17,6 @@ typedef struct {
     float alpha;
 } sc_conv_params;
 
-#ifndef SC_FMA
-#if defined(__FP_FAST_FMAF)
-#define SC_FMA(a, b, c) __builtin_fmaf((a), (b), (c)) /* one VFMA on the Cortex-M4F */
-#else
-#define SC_FMA(a, b, c) ((a) * (b) + (c))
-#endif
-#endif
-
 /* out_c[oy][ox] += wv * in_c[oy*sh + ky*dh - ph][ox*sw + kx*dw - pw] over the valid positions
  * (pointer walking; stride 1 unrolled by 4: load, load, FMA, store per MAC). */
 static inline void sc_conv_tap(const float *in_c, float *out_c, float wv, int32_t ky, int32_t kx,

@@ -23,6 +23,7 @@
 #include <string.h>
 
 #include "sc_runtime.h"
+#include "sc_bits.h"
 
 /* ---- DSP pair arithmetic ----------------------------------------------------------------------
  * SC_INT8_DSP selects the dense linear and conv (groups == 1) kernels that multiply int8 pairs with
@@ -189,41 +190,6 @@ static inline int8_t sc_i8_requant_hk(int32_t acc, int32_t mult, uint32_t half, 
     return (int8_t)v;
 }
 
-/* ---- LSB-first bit reader (as sc_quant.h), started at any bit ------------------------------- */
-
-typedef struct {
-    const uint8_t *p;
-    uint32_t buf;
-    int32_t n;
-} sc_i8_bits;
-
-static inline uint32_t sc_i8_bits_get(sc_i8_bits *r, int32_t width)
-{
-    uint32_t v;
-    while (r->n < width) {
-        r->buf |= (uint32_t)(*r->p++) << r->n;
-        r->n += 8;
-    }
-    v = r->buf & ((1u << width) - 1u);
-    r->buf >>= width;
-    r->n -= width;
-    return v;
-}
-
-static inline void sc_i8_bits_at(sc_i8_bits *r, const uint8_t *stream, uint32_t bit)
-{
-    r->p = stream + (bit >> 3);
-    r->buf = 0u;
-    r->n = 0;
-    if (bit & 7u) (void)sc_i8_bits_get(r, (int32_t)(bit & 7u));
-}
-
-static inline int32_t sc_i8_s8(uint32_t v)
-{
-    const int32_t b = (int32_t)(v & 0xFFu);
-    return b - ((b & 0x80) << 1);
-}
-
 /* ---- linear: y[r][o] = requant(bias[o] + sum_i q[o][i] * x[r][i]) -----------------------------
  * bias already holds -in_zp * sum_i q[o][i] (folded at generation time), so the inner loop
  * multiplies raw int8 inputs. */
@@ -349,15 +315,15 @@ static inline void sc_i8_linear_q8(const int8_t *x, int8_t *y, const int8_t *q, 
         for (r = 0; r < p->rows; ++r) {                                                          \
             const int8_t *xr = x + r * p->in;                                                    \
             int8_t *yr = y + r * p->out;                                                         \
-            sc_i8_bits br;                                                                       \
-            sc_i8_bits_at(&br, stream, 0u);                                                      \
+            sc_bitreader br;                                                                       \
+            sc_bits_at(&br, stream, 0u);                                                      \
             for (o = 0; o < p->out; ++o) {                                                       \
                 int32_t acc = bias ? bias[o] : 0, pos = 0;                                       \
                 const int32_t n = (int32_t)ptr[o + 1] - (int32_t)ptr[o];                         \
                 for (k = 0; k < n; ++k) {                                                        \
-                    const uint32_t f = sc_i8_bits_get(&br, gap_bits + 8);                        \
+                    const uint32_t f = sc_bits_get(&br, gap_bits + 8);                        \
                     pos += (int32_t)(f & gmask);                                                 \
-                    acc += sc_i8_s8(f >> gap_bits) * (int32_t)xr[pos++];                         \
+                    acc += sc_s8(f >> gap_bits) * (int32_t)xr[pos++];                         \
                 }                                                                                \
                 SC_I8_LINEAR_OUT;                                                                \
             }                                                                                    \
@@ -790,11 +756,11 @@ static inline void sc_i8_conv_q8_dsp(const int8_t *in, int8_t *out, const int8_t
         SC_I8_CONV_BEGIN {                                                                       \
             int32_t k, pos = 0;                                                                  \
             const int32_t n = (int32_t)ptr[oc + 1] - (int32_t)ptr[oc];                           \
-            sc_i8_bits br;                                                                       \
-            sc_i8_bits_at(&br, stream, (uint32_t)ptr[oc] * (uint32_t)(gap_bits + 8));            \
+            sc_bitreader br;                                                                       \
+            sc_bits_at(&br, stream, (uint32_t)ptr[oc] * (uint32_t)(gap_bits + 8));            \
             for (k = 0; k < n; ++k) {                                                            \
-                const uint32_t f = sc_i8_bits_get(&br, gap_bits + 8);                            \
-                const int32_t qv = sc_i8_s8(f >> gap_bits);                                      \
+                const uint32_t f = sc_bits_get(&br, gap_bits + 8);                            \
+                const int32_t qv = sc_s8(f >> gap_bits);                                      \
                 pos += (int32_t)(f & gmask);                                                     \
                 if (qv) acc += sc_i8_conv_tap(in_g, pos, qv, iy0, ix0, p);                       \
                 ++pos;                                                                           \

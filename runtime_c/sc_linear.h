@@ -13,14 +13,6 @@ typedef struct {
     float alpha;
 } sc_linear_params;
 
-#ifndef SC_FMA
-#if defined(__FP_FAST_FMAF)
-#define SC_FMA(a, b, c) __builtin_fmaf((a), (b), (c)) /* one VFMA on the Cortex-M4F */
-#else
-#define SC_FMA(a, b, c) ((a) * (b) + (c))
-#endif
-#endif
-
 #if SC_SMALL_CODE
 /* Compact form (-Os): one output at a time. */
 static inline void sc_linear_dense(const float *x, float *y, const float *w, const float *bias,

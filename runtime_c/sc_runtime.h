@@ -34,6 +34,15 @@ typedef enum {
 #endif
 #endif
 
+/* a * b + c: one fused multiply-add where the FPU has it (the float kernels of every op family) */
+#ifndef SC_FMA
+#if defined(__FP_FAST_FMAF)
+#define SC_FMA(a, b, c) __builtin_fmaf((a), (b), (c)) /* one VFMA on the Cortex-M4F */
+#else
+#define SC_FMA(a, b, c) ((a) * (b) + (c))
+#endif
+#endif
+
 /* SC_ACT_MASK (bit k = sc_act_kind k) selects the activations compiled into sc_act; the
  * generated model.c defines it from the activations the model uses, so a ReLU-only model links
  * no expf/tanhf. Left undefined (runtime used on its own), every activation is compiled in. */

@@ -105,7 +105,7 @@ def test_plain_chain_graph_equals_lower_bound():
     _, mem = build_graph(net, (1, 1, 28, 28))
     assert mem.arena_bytes == mem.lower_bound
     # without in-place execution conv1 out (6x24x24) and pool1 out (6x12x12) are live together;
-    # the pools run in place (ir.Pool2d.overwrites_input), so conv1's output alone is the peak
+    # the pools run in place (codegen.ops.pool.Pool2d.overwrites_input), so conv1's output alone is the peak
     assert mem.chained_lower_bound == (6 * 24 * 24 + 6 * 12 * 12) * 4
     assert mem.lower_bound == 6 * 24 * 24 * 4
 
@@ -125,6 +125,10 @@ def test_depthwise_and_pointwise_run_in_place():
         nn.Conv2d(1, 8, 3), nn.Conv2d(8, 8, 3, padding=1, groups=8), nn.ReLU(), nn.Conv2d(8, 8, 1),
         nn.ReLU(), nn.Flatten(), nn.Linear(8 * 6 * 6, 4),
     )  # fmt: skip
-    _, mem = build_graph(net, (1, 1, 8, 8))
-    assert mem.arena_bytes == 8 * 6 * 6 * 4  # one buffer: dw and 1x1 overwrite their input
-    assert mem.chained_lower_bound == 2 * 8 * 6 * 6 * 4
+    g, mem = build_graph(net, (1, 1, 8, 8))
+    # one activation buffer (dw and 1x1 overwrite their input) + the kernels' scratch, planned in the
+    # arena while its op runs: the dw's zero-padded 8x8 plane, the 1x1's 4 x 8 column
+    assert [op.arena_scratch_bytes() for op in g.ops] == [0, 8 * 8 * 4, 4 * 8 * 4, 0]
+    assert mem.arena_bytes == 8 * 6 * 6 * 4 + 8 * 8 * 4
+    assert set(mem.scratch) == {g.ops[1].name, g.ops[2].name}
+    assert mem.chained_lower_bound == 2 * 8 * 6 * 6 * 4 + 8 * 8 * 4

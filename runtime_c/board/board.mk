@@ -35,7 +35,8 @@ ARM_SIZE    ?= arm-none-eabi-size
 ARM_OBJCOPY ?= arm-none-eabi-objcopy
 ARM_OPT     ?= -O2
 ARM_WARN    ?= -Wall -Wextra -Werror -pedantic
-ARM_CFLAGS  ?= -std=c99 $(ARM_OPT) -g $(ARM_WARN) -ffunction-sections -fdata-sections
+# -fstack-usage: <obj>.su lists every function's frame (codegen.board.stack_usage reads model.su)
+ARM_CFLAGS  ?= -std=c99 $(ARM_OPT) -g $(ARM_WARN) -ffunction-sections -fdata-sections -fstack-usage
 ARM_CPPFLAGS ?= $(CPPFLAGS) -I$(SC_BOARD_DIR)
 # newlib-nano, our own startup (board/startup.c) and system calls (board/semihost.c);
 # -u _printf_float: the self-test prints floats with %g.

@@ -1,0 +1,18 @@
+"""One module per op family: the IR dataclass, its lowering(s), its kernel choice and its int8 form
+(quantization + bit-exact numpy reference) side by side. Importing this package registers every
+family's lowerings (``codegen.lowering.LOWERINGS``) and int8 handlers (``codegen.integer.INT8_HANDLERS``).
+
+To add an op, see docs/architecture.md ("Adding an op").
+"""
+
+from codegen.ops.activation import Act
+from codegen.ops.batchnorm import ChannelAffine
+from codegen.ops.conv import Conv2d
+from codegen.ops.eltwise import Binary, Concat
+from codegen.ops.linear import Linear
+from codegen.ops.pad import Pad2d
+from codegen.ops.pool import Pool2d
+from codegen.ops.softmax import Softmax
+from codegen.ops.view import Copy
+
+__all__ = ["Act", "Binary", "ChannelAffine", "Concat", "Conv2d", "Copy", "Linear", "Pad2d", "Pool2d", "Softmax"]

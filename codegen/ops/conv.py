@@ -1,0 +1,212 @@
+"""Convolution (Conv1d, Conv2d, grouped and depthwise): IR op, lowering, kernel choice, int8 form.
+
+Float kernels: runtime_c/sc_conv.h (dense, CSR), runtime_c/sc_quant.h (int8 / codebook weights);
+template templates/ops/conv.j2. Integer kernels: runtime_c/sc_int8.h; template templates/ops_int8/conv.j2.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import ClassVar
+
+import numpy as np
+import torch
+import torch.fx as fx
+import torch.nn as nn
+import torch.nn.functional as F
+
+from codegen import integer, ir
+from codegen.lowering import LowerContext, as_chw, f32, register_lowering
+
+# A CSR 1x1 conv run in place gathers PWC_BLOCK positions (SC_PWC_BLOCK in sc_conv.h) of its
+# C_in channels into a stack buffer first; at most PWC_MAX_CBUF_BYTES of it.
+PWC_BLOCK = 8
+PWC_MAX_CBUF_BYTES = 4096
+
+
+@dataclass
+class Conv2d(ir.Op):
+    """Convolution (also Conv1d with h == 1). Weight is viewed as [C_out, C_in/groups*kh*kw]."""
+
+    in_shape: tuple[int, int, int] = (0, 0, 0)
+    out_shape: tuple[int, int, int] = (0, 0, 0)
+    kernel: tuple[int, int] = (1, 1)
+    stride: tuple[int, int] = (1, 1)
+    padding: tuple[int, int] = (0, 0)  # top, left (bottom/right follow from the output size)
+    dilation: tuple[int, int] = (1, 1)
+    groups: int = 1
+    act: ir.Activation = ir.NO_ACT
+    dims: int = 2
+
+    kind: ClassVar[str] = "conv"
+    template: ClassVar[str] = "conv.j2"
+    runtime: ClassVar[tuple[str, ...]] = ("sc_conv.h",)
+    encodable: ClassVar[tuple[str, ...]] = ("weight",)
+
+    def macs(self) -> int:
+        c_out, h, w = self.out_shape
+        return c_out * h * w * (self.in_shape[0] // self.groups) * self.kernel[0] * self.kernel[1]
+
+    @property
+    def depthwise(self) -> bool:
+        """One group per input channel (any channel multiplier): the "depthwise_conv" of reports."""
+        return self.groups == self.in_shape[0] and self.groups > 1
+
+    @property
+    def depthwise_1to1(self) -> bool:
+        """Depthwise with one output channel per input channel: the depthwise kernels' shape."""
+        return self.depthwise and self.out_shape[0] == self.in_shape[0]
+
+    @property
+    def pointwise(self) -> bool:
+        """1x1, stride 1, no padding: the pointwise kernels' shape."""
+        return tuple(self.kernel) == (1, 1) and tuple(self.stride) == (1, 1) and tuple(self.padding) == (0, 0)
+
+    def describe(self) -> str:
+        return "depthwise_conv" if self.depthwise else "conv"
+
+    def pad_plane_floats(self) -> int:
+        """Floats of the zero-padded input plane of the float depthwise kernels (dilation 1)."""
+        return (((self.out_shape[1] - 1) * self.stride[0] + self.kernel[0])
+                * ((self.out_shape[2] - 1) * self.stride[1] + self.kernel[1]))  # fmt: skip
+
+    def kernel_choice(self, in_place: bool = False) -> ir.KernelChoice:
+        """The float kernel (runtime_c/sc_conv.h, sc_quant.h), most specific for the shape first, its
+        scratch, and whether it may write over its input (``KernelChoice.in_place``, which the planner
+        reads through ``overwrites_input``). ``in_place``: the planner gave the output the input's
+        storage (the CSR 1x1 conv then gathers columns first: sc_conv_pwc_*)."""
+        w = self.encoded["weight"]
+        if self.runtime != Conv2d.runtime:  # the integer path (sc_int8.h) chooses in its own template
+            return ir.KernelChoice(f"sc_i8_conv_{w.kernel}")
+        dw = self.depthwise_1to1 and tuple(self.dilation) == (1, 1)
+        # depthwise: each channel is copied to the padded plane before its outputs are written
+        dw_in_place = self.out_shape[1] * self.out_shape[2] <= self.in_shape[1] * self.in_shape[2]
+        same_shape = tuple(self.out_shape) == tuple(self.in_shape)
+        pad = ir.Scratch("float", "pad", self.pad_plane_floats(), "zero-padded input plane", arena=True)
+        if w.encoding == "dense":
+            if tuple(self.dilation) != (1, 1):
+                return ir.KernelChoice("sc_conv_dense_any")
+            if self.pointwise:  # 4 positions gathered into the column first
+                col = ir.Scratch("float", "col", 4 * self.in_shape[0] // self.groups,
+                                 "4 positions of the input channels", arena=True)  # fmt: skip
+                return ir.KernelChoice("sc_conv_dense_pw", col, in_place=same_shape)
+            if dw:
+                dw3 = tuple(self.kernel) == (3, 3) and tuple(self.stride) == (1, 1)
+                return ir.KernelChoice("sc_conv_dense_dw3" if dw3 else "sc_conv_dense_dw", pad, in_place=dw_in_place)
+            return ir.KernelChoice("sc_conv_dense_d1")
+        if w.encoding == "csr":
+            # groups == 1: SC_PWC_BLOCK positions gathered first, within PWC_MAX_CBUF_BYTES of stack
+            pwc_ok = self.groups == 1 and 4 * self.pwc_cbuf_floats() <= PWC_MAX_CBUF_BYTES and same_shape
+            if self.pointwise and self.groups == 1 and in_place:
+                cbuf = ir.Scratch("float", "cbuf", self.pwc_cbuf_floats(),
+                                  "SC_PWC_BLOCK positions of the input channels (stack): in place")  # fmt: skip
+                return ir.KernelChoice(f"sc_conv_pwc_{w.kernel}", cbuf, in_place=pwc_ok)
+            if self.pointwise:
+                return ir.KernelChoice(f"sc_conv_pw_{w.kernel}", in_place=pwc_ok or (dw and dw_in_place))
+            if dw:
+                return ir.KernelChoice(f"sc_conv_dw_{w.kernel}", pad, in_place=dw_in_place)
+        return ir.KernelChoice(f"sc_conv_{w.kernel}")  # CSR generic; int8 / codebook forms (sc_quant.h)
+
+    def pwc_cbuf_floats(self) -> int:
+        """Floats of the stack column buffer of the in-place CSR 1x1 kernel (sc_conv_pwc_csr_*)."""
+        return PWC_BLOCK * self.in_shape[0]
+
+    def overwrites_input(self) -> bool:
+        """What the kernel choice says (one place decides the kernel, its scratch and in-place)."""
+        return self.kernel_choice().in_place
+
+
+@register_lowering(nn.Conv1d, nn.Conv2d)
+def lower_conv(ctx: LowerContext, node: fx.Node) -> None:
+    m = ctx.module(node)
+    dims = 1 if isinstance(m, nn.Conv1d) else 2
+    if m.padding_mode != "zeros":
+        raise ctx.fail(node, f"padding_mode='{m.padding_mode}' is not supported", "Use padding_mode='zeros'")
+    x = ctx.tensor_arg(node, 0, "input")
+    in_shape, out_shape = as_chw(ctx.shape(x)), as_chw(ctx.shape(node))
+    k = (1, m.kernel_size[0]) if dims == 1 else tuple(m.kernel_size)
+    s = (1, m.stride[0]) if dims == 1 else tuple(m.stride)
+    d = (1, m.dilation[0]) if dims == 1 else tuple(m.dilation)
+    if isinstance(m.padding, str):
+        if m.padding == "valid":
+            p = (0, 0)
+        else:  # "same": torch puts the extra element of an odd total on the bottom/right
+            p = tuple(d[i] * (k[i] - 1) // 2 for i in range(2))
+    else:
+        p = (0, m.padding[0]) if dims == 1 else tuple(m.padding)
+    w = f32(m.weight)
+    bias = f32(m.bias) if m.bias is not None else None
+    op = Conv2d(
+        **ctx.common(node, [x]),
+        params={"weight": w.reshape(w.shape[0], -1), **({"bias": bias} if bias is not None else {})},
+        in_shape=in_shape,
+        out_shape=out_shape,
+        kernel=k,
+        stride=s,
+        padding=p,
+        dilation=d,
+        groups=int(m.groups),
+        dims=dims,
+    )
+    ctx.emit(node, op)
+
+
+# ---- int8 (codegen/integer.py, runtime_c/sc_int8.h, templates/ops_int8/conv.j2) -------------------
+
+
+def dsp_column_words(op: ir.Op, weight_kernel: str) -> int:
+    """uint32 words of the column buffer of the SMLAD conv kernel (``sc_i8_conv_q8_dsp``, compiled when
+    the C is built with SC_INT8_DSP): 2 output positions x row_len int8 rounded up to 4. The kernel's
+    stack scratch is this column plus cout int32 start values. 0 where that kernel is not used:
+    grouped/depthwise convs, sparse weights, or scratch above ``integer.DSP_SCRATCH_MAX_BYTES``."""
+    if not isinstance(op, Conv2d) or op.groups != 1 or weight_kernel != "q8":
+        return 0
+    words = (op.in_shape[0] * op.kernel[0] * op.kernel[1] + 3) // 4 * 2
+    return words if 4 * (words + op.out_shape[0]) <= integer.DSP_SCRATCH_MAX_BYTES else 0
+
+
+
+def dw_pad_bytes(op: ir.Op, weight_kernel: str) -> int:
+    """int8 bytes of the in_zp-padded input plane of the depthwise kernel (``sc_i8_conv_q8_dwp``; the
+    template declares it on the stack): the extent the outputs read, plus 3 slack bytes (as
+    ``SC_I8_DW_PAD_BYTES``). 0 where that kernel is not used: not depthwise (groups == cin == cout),
+    sparse weights, or a plane above ``integer.DSP_SCRATCH_MAX_BYTES`` (the clipping kernel runs instead)."""
+    if not isinstance(op, Conv2d) or weight_kernel != "q8":
+        return 0
+    if not op.depthwise_1to1:
+        return 0
+    hp = (op.out_shape[1] - 1) * op.stride[0] + (op.kernel[0] - 1) * op.dilation[0] + 1
+    wp = (op.out_shape[2] - 1) * op.stride[1] + (op.kernel[1] - 1) * op.dilation[1] + 1
+    n = hp * wp + 3
+    return n if n <= integer.DSP_SCRATCH_MAX_BYTES else 0
+
+
+
+@integer.register_int8(Conv2d)
+class ConvInt8(integer.Int8Handler):
+    kind = "conv"
+    template = "conv.j2"
+
+    def quantize(self, op: Conv2d, ctx: integer.Int8Context, qo: integer.QOp) -> None:
+        integer.quantize_weighted(op, ctx, qo)
+        qo.scalars["dsp_col"] = dsp_column_words(op, ctx.encoded["weight"].kernel)
+        qo.scalars["dw_pad"] = dw_pad_bytes(op, ctx.encoded["weight"].kernel)
+
+    def reference(self, qo: integer.QOp, ins: list[np.ndarray]) -> np.ndarray:
+        op: Conv2d = qo.op  # type: ignore[assignment]
+        s = qo.scalars
+        c, h, w = op.in_shape
+        co, ho, wo = op.out_shape
+        kh, kw = op.kernel
+        x = torch.from_numpy((ins[0].reshape(c, h, w) - s["in_zp"]).astype(np.float64))[None]
+        pt, pl = op.padding
+        pb = max(0, (ho - 1) * op.stride[0] + (kh - 1) * op.dilation[0] + 1 - h - pt)
+        pr = max(0, (wo - 1) * op.stride[1] + (kw - 1) * op.dilation[1] + 1 - w - pl)
+        x = F.pad(x, (pl, pr, pt, pb))
+        wq = torch.from_numpy(qo.consts["q"].astype(np.float64)).reshape(co, c // op.groups, kh, kw)
+        acc = F.conv2d(x, wq, None, op.stride, 0, op.dilation, op.groups)[0, :, :ho, :wo].numpy()
+        acc = np.rint(acc).astype(np.int64)  # exact: integer sums below 2^53
+        if "bias" in qo.consts:
+            acc = acc + qo.consts["bias"].astype(np.int64)[:, None, None]
+        y = integer.mbqm(acc, qo.consts["mult"][:, None, None], qo.consts["shift"][:, None, None]) + s["out_zp"]
+        return integer.clamp8(y, s["act_min"], s["act_max"])
