@@ -51,6 +51,7 @@ from .decompose import (
 )
 from .folding import fold_batchnorm_
 from .pruning import MaskedPruner, find_compressible_layers, magnitude_mask, replace_module
+from .rollback import ModelSnapshot
 from .report import CompressionReport, DecompositionRecord, LayerRow, RoundRecord
 from .schedule import agp_sparsity, pruning_steps
 from .sensitivity import DEFAULT_SPARSITIES, SensitivityResult, sensitivity_analysis
@@ -157,6 +158,19 @@ class _Masks(MaskedPruner):
             mask = m8.bool()
         self.set_mask(name, p, mask)
 
+    def cover(self, model: nn.Module) -> None:
+        """Add a mask (its zeros) for every pruned layer that has none, so no training step can revive
+        pruned weights.  Parametrized (quantized) weights keep their zeros themselves."""
+        from torch.nn.utils import parametrize
+
+        for layer, mod in find_compressible_layers(model).items():
+            name = f"{layer}.weight"
+            if name in self.masks or parametrize.is_parametrized(mod, "weight"):
+                continue
+            w = mod.weight
+            if bool((w == 0).any()):
+                self.set_mask(name, w, w.detach() != 0)
+
 
 @dataclass
 class _Ctx:
@@ -176,8 +190,12 @@ class _Ctx:
     distill_alpha: float = 0.0
     distill_temperature: float = 4.0
     plan: QuantPlan | None = None  # int8/codebook/auto: how each layer is quantized (bytes measured on a copy)
+    quant_epochs: int = 0
+    quant_lr: float = 1e-4
+    tol: float = 0.01
 
     def loss(self, outputs: torch.Tensor, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        _check_labels(outputs, y, self.criterion)
         loss = self.criterion(outputs, y)
         if self.teacher is None or self.distill_alpha <= 0:
             return loss
@@ -187,6 +205,23 @@ class _Ctx:
         kd = nn.functional.kl_div(nn.functional.log_softmax(outputs / T, dim=1),
                                   nn.functional.softmax(t_out / T, dim=1), reduction="batchmean") * T * T
         return (1 - self.distill_alpha) * loss + self.distill_alpha * kd
+
+
+def _check_labels(outputs: torch.Tensor, y: torch.Tensor, criterion: nn.Module) -> None:
+    """Class labels must index the model's outputs; checked before the loss so a bad label is a clear
+    error instead of an IndexError (CPU) or an asynchronous device-side assert (CUDA)."""
+    if y.is_floating_point() or y.is_complex() or outputs.dim() < 2 or y.numel() == 0:
+        return
+    ignore = getattr(criterion, "ignore_index", None)
+    valid = y if ignore is None else y[y != ignore]
+    if valid.numel() == 0:
+        return
+    lo, hi, n_out = int(valid.min()), int(valid.max()), outputs.shape[1]
+    if lo < 0 or hi >= n_out:
+        raise CompressionError(
+            f"training labels lie in [{lo}, {hi}] but the model has {n_out} outputs, so labels must lie in "
+            f"[0, {n_out - 1}]; check the labels of train_loader or the size of the model's last layer"
+        )
 
 
 class _Stop(Exception):
@@ -220,6 +255,7 @@ def _train(
     params = [p for p in model.parameters() if p.requires_grad]
     opt = make_optimizer(params, ctx.optimizer, lr)
     masks.rebind(model)
+    masks.cover(model)  # every pruned layer keeps its zeros, whatever the caller passed
     masks.attach(opt)
     try:
         n_batches = _num_batches(ctx.train_loader, ctx.max_batches)
@@ -554,7 +590,30 @@ def compress_NN_models(  # noqa: N802 - public name fixed by the issue
         _first_batch(val_loader, "val_loader")
     example = (example_input if example_input is not None else x0[:1]).to(device)
 
-    was_training = model.training
+    snapshot = ModelSnapshot(model)
+    try:
+        report = _compress(model, budget, train_loader, test_loader, val_loader, example, device, representation,
+                           criterion, seed, t0, time_limit, progress, optimizer, metric, max_batches_per_epoch,
+                           distillation, bits, accuracy_tolerance, sensitivity_batches, num_epochs, learning_rate,
+                           layers_factorization, max_rounds, conv_decomposition, factorization_min_params,
+                           sensitivity, sensitivity_sparsities, quant_epochs, quant_learning_rate)
+    except BaseException:
+        # Ctrl-C, the user's DataLoader, bad labels, our own errors: hand back the model as it was given
+        snapshot.restore()
+        logger.error("compression failed; the model was restored to the state it was given in")
+        raise
+    model.train(snapshot.training)
+    if checkpoint_path is not None and _is_rank0():
+        torch.save(model.state_dict(), checkpoint_path)
+        logger.info("saved the compressed state_dict to %s", checkpoint_path)
+    return report
+
+
+def _compress(model, budget, train_loader, test_loader, val_loader, example, device, representation, criterion,
+              seed, t0, time_limit, progress, optimizer, metric, max_batches_per_epoch, distillation, bits,
+              accuracy_tolerance, sensitivity_batches, num_epochs, learning_rate, layers_factorization, max_rounds,
+              conv_decomposition, factorization_min_params, sensitivity, sensitivity_sparsities, quant_epochs,
+              quant_learning_rate) -> CompressionReport:
     model.to(device)
     quantized = representation not in ("csr", "dense")
     if quantized:
@@ -567,7 +626,9 @@ def compress_NN_models(  # noqa: N802 - public name fixed by the issue
         torch.manual_seed(seed)
         ctx = _Ctx(model, train_loader, val_loader, criterion, device, metric, optimizer,
                    max_batches_per_epoch, progress and _is_rank0(),
-                   None if time_limit is None else t0 + time_limit, example, representation)
+                   None if time_limit is None else t0 + time_limit, example, representation,
+                   quant_epochs=quant_epochs, tol=accuracy_tolerance,
+                   quant_lr=quant_learning_rate if quant_learning_rate is not None else learning_rate / 5)
         if distillation > 0:
             # the uncompressed model teaches the compressed one (Hinton et al.): a frozen copy
             ctx.teacher = copy.deepcopy(model).eval().requires_grad_(False)
@@ -575,15 +636,10 @@ def compress_NN_models(  # noqa: N802 - public name fixed by the issue
         if quantized:
             ctx.plan = make_plan(model, representation, val_loader, accuracy_tolerance, bits, device=device,
                                  metric=metric, max_batches=sensitivity_batches, progress=ctx.progress)
-        report = _run(ctx, budget, num_epochs, learning_rate, accuracy_tolerance, layers_factorization, max_rounds,
-                      conv_decomposition, factorization_min_params, sensitivity, list(sensitivity_sparsities),
-                      sensitivity_batches, test_loader, t0, quant_epochs,
-                      quant_learning_rate if quant_learning_rate is not None else learning_rate / 5)
-    model.train(was_training)
-    if checkpoint_path is not None and _is_rank0():
-        torch.save(model.state_dict(), checkpoint_path)
-        logger.info("saved the compressed state_dict to %s", checkpoint_path)
-    return report
+        return _run(ctx, budget, num_epochs, learning_rate, accuracy_tolerance, layers_factorization, max_rounds,
+                    conv_decomposition, factorization_min_params, sensitivity, list(sensitivity_sparsities),
+                    sensitivity_batches, test_loader, t0, quant_epochs,
+                    quant_learning_rate if quant_learning_rate is not None else learning_rate / 5)
 
 
 def _is_rank0() -> bool:
@@ -813,17 +869,81 @@ def _force_into_budget(ctx: _Ctx, bm: ByteModel, masks: _Masks, budget, numel, m
 
 def _finish(report: CompressionReport, ctx: _Ctx, test_loader, t0: float) -> CompressionReport:
     model = ctx.model
+    if ctx.plan is not None:  # every path ends with the model holding the values it was budgeted as
+        _quantize_stage(ctx, report, ctx.quant_epochs, ctx.quant_lr, ctx.tol)
+    _enforce_budget(ctx, report)
     final = exact_weight_bytes(model, ctx.example, ctx.representation)
     report.final_bytes = int(final.total)
     report.val_accuracy_after = evaluate(model, ctx.val_loader, ctx.device, ctx.metric)
     report.test_accuracy_after = evaluate(model, test_loader, ctx.device, ctx.metric)
     report.layers = _layer_rows(model, final, ctx.representation)
     report.wall_time_s = time.monotonic() - t0
-    if report.final_bytes > report.target_bytes:
+    if report.final_bytes > report.target_bytes:  # cannot happen after _enforce_budget; never report "met" if so
         report.success = False
+    record_emission(model, ctx.representation, report.final_bytes, report.target_bytes)
     logger.info("compression finished: %d bytes (budget %d), val %.4f, test %.4f: %s", report.final_bytes,
                 report.target_bytes, report.val_accuracy_after, report.test_accuracy_after, report.stopped_reason)
     return report
+
+
+def record_emission(model: nn.Module, representation: str, weight_bytes: int, budget: int) -> None:
+    """Store on ``model`` how it must be emitted, in the plain attribute codegen reads
+    (``codegen.api.EMIT_ATTR``): ``save_compressed_model(model, input_data=...)`` then emits exactly
+    the representation -- and the bytes -- the compressor budgeted."""
+    from codegen.api import EMIT_ATTR
+
+    setattr(model, EMIT_ATTR, {"representation": representation, "weight_bytes": int(weight_bytes),
+                               "budget_bytes": int(budget)})
+
+
+def _enforce_budget(ctx: _Ctx, report: CompressionReport) -> None:
+    """The hard guarantee: measure the model with codegen's count (the bytes the C will hold) and, while
+    it is over budget, prune the smallest weights of every layer that still has more than one nonzero
+    per output row (each row keeps its largest weight, so int8 grids and codebooks stay exact), then
+    measure again.  Raises :class:`CompressionError` if even that cannot fit (the model is restored)."""
+    model, budget = ctx.model, report.target_bytes
+    exact = int(exact_weight_bytes(model, ctx.example, ctx.representation).total)
+    if exact <= budget:
+        return
+    start, pruned, frac = exact, 0, 0.0
+    for _ in range(200):
+        comp = find_compressible_layers(model)
+        nnz = current_nnz(model)
+        rows = {n: m.weight.shape[0] for n, m in comp.items()}
+        prunable = [n for n in comp if nnz[n] > rows[n]]
+        if not prunable:
+            break
+        over = exact - budget
+        share = sum(int(v) for k, v in dict(exact_weight_bytes(model, ctx.example, ctx.representation)
+                                            .layers).items() if k in prunable)
+        frac = min(0.5, max(frac * 1.5 if frac else 0.0, over / max(1, share) * 1.05, 0.01))
+        with torch.no_grad():
+            for n in prunable:
+                w = comp[n].weight
+                keep = max(rows[n], int(nnz[n] * (1.0 - frac)))
+                mask = magnitude_mask(w, 1.0 - keep / w.numel(), w != 0)
+                w2 = w.detach().reshape(w.shape[0], -1)
+                top = torch.zeros_like(w2, dtype=torch.bool)
+                top.scatter_(1, w2.abs().argmax(dim=1, keepdim=True), True)
+                mask = (mask | top.view_as(w)) & (w != 0)
+                pruned += int((w != 0).sum()) - int(mask.sum())
+                w.mul_(mask)
+        new = int(exact_weight_bytes(model, ctx.example, ctx.representation).total)
+        if new < exact:
+            frac = 0.0  # progress: size the next step from what is still over
+        exact = new
+        if exact <= budget:
+            break
+    if exact > budget:
+        raise CompressionError(
+            f"cannot fit the model into {budget} bytes as {ctx.representation!r}: codegen counts {exact} bytes "
+            "with one weight per output row left in every layer; raise the budget or choose a smaller "
+            "representation (int8, codebook or auto)"
+        )
+    msg = (f"the trained model measured {start} bytes (> budget {budget}); pruned {pruned} more weights "
+           f"without fine-tuning to reach {exact} bytes")
+    logger.warning("%s", msg)
+    report.warnings.append(msg)
 
 
 def _layer_rows(model: nn.Module, byte_report, representation: str) -> list[LayerRow]:
