@@ -51,13 +51,13 @@ from .decompose import (
 )
 from .folding import fold_batchnorm_
 from .pruning import MaskedPruner, find_compressible_layers, magnitude_mask, replace_module
+from .report import CompressionReport, DecompositionRecord, LayerRow, ProbeRecord, RoundRecord
 from .rollback import ModelSnapshot
-from .report import CompressionReport, DecompositionRecord, LayerRow, RoundRecord
 from .schedule import agp_sparsity, pruning_steps
 from .sensitivity import DEFAULT_SPARSITIES, SensitivityResult, sensitivity_analysis
 from .training import Metric, all_reduce_sum, distributed, evaluate, make_optimizer, split_batch, top1
 from .vbmf import tucker2_ranks
-from .weight_sharing import attach_int8_, attach_shared_, check_finite, detach_quantizers_
+from .weight_sharing import WeightSharingError, attach_int8_, attach_shared_, check_finite, detach_quantizers_
 
 logger = logging.getLogger(__name__)
 
@@ -327,6 +327,13 @@ def _train(
         masks.detach()
 
 
+def _num_samples(loader: Iterable) -> int:
+    ds = getattr(loader, "dataset", None)
+    if ds is not None and hasattr(ds, "__len__"):
+        return len(ds)
+    return sum(int(split_batch(b)[1].shape[0]) for b in loader)
+
+
 def _num_batches(loader: Iterable, cap: int | None) -> int:
     try:
         n = len(loader)  # type: ignore[arg-type]
@@ -495,7 +502,7 @@ def compress_NN_models(  # noqa: N802 - public name fixed by the issue
     learning_rate: float = 1e-3,
     criterion: nn.Module | None = None,
     device: str | torch.device = "cpu",
-    representation: str = "csr",
+    representation: str = "auto",
     accuracy_tolerance: float = 0.01,
     layers_factorization: bool = True,
     max_rounds: int = 4,
@@ -563,8 +570,9 @@ def compress_NN_models(  # noqa: N802 - public name fixed by the issue
         sensitivity = SensitivityResult.from_csv(sensitivity)
     from codegen.formats import REPRESENTATIONS
 
-    if representation not in REPRESENTATIONS:
-        raise ValueError(f"representation must be one of {sorted(REPRESENTATIONS)}, got {representation!r}")
+    if representation not in REPRESENTATIONS and representation != "per-layer":
+        raise ValueError(f"representation must be one of {sorted([*REPRESENTATIONS, 'per-layer'])}, "
+                         f"got {representation!r}")
     if quant_epochs < 0:
         raise ValueError(f"quant_epochs must be >= 0, got {quant_epochs}")
     if num_epochs < 1 or max_rounds < 1:
@@ -590,13 +598,24 @@ def compress_NN_models(  # noqa: N802 - public name fixed by the issue
         _first_batch(val_loader, "val_loader")
     example = (example_input if example_input is not None else x0[:1]).to(device)
 
+    cfg = CompressConfig(
+        budget=budget, representation=representation, num_epochs=num_epochs, learning_rate=learning_rate,
+        criterion=criterion if criterion is not None else nn.CrossEntropyLoss(), device=device,
+        accuracy_tolerance=accuracy_tolerance, layers_factorization=layers_factorization, max_rounds=max_rounds,
+        seed=seed, progress=progress and _is_rank0(), optimizer=optimizer, conv_decomposition=conv_decomposition,
+        factorization_min_params=factorization_min_params, sensitivity=sensitivity,
+        sensitivity_sparsities=tuple(sensitivity_sparsities), sensitivity_batches=sensitivity_batches,
+        max_batches_per_epoch=max_batches_per_epoch, deadline=None if time_limit is None else t0 + time_limit,
+        metric=metric, distillation=float(distillation), bits=bits, quant_epochs=quant_epochs,
+        quant_learning_rate=quant_learning_rate if quant_learning_rate is not None else learning_rate / 5,
+    )
+    data = _Data(train_loader, val_loader, test_loader, example)
     snapshot = ModelSnapshot(model)
     try:
-        report = _compress(model, budget, train_loader, test_loader, val_loader, example, device, representation,
-                           criterion, seed, t0, time_limit, progress, optimizer, metric, max_batches_per_epoch,
-                           distillation, bits, accuracy_tolerance, sensitivity_batches, num_epochs, learning_rate,
-                           layers_factorization, max_rounds, conv_decomposition, factorization_min_params,
-                           sensitivity, sensitivity_sparsities, quant_epochs, quant_learning_rate)
+        if representation == "auto":
+            report = _compress_auto(model, cfg, data, t0)
+        else:
+            report = _compress(model, cfg, data, t0)
     except BaseException:
         # Ctrl-C, the user's DataLoader, bad labels, our own errors: hand back the model as it was given
         snapshot.restore()
@@ -609,37 +628,139 @@ def compress_NN_models(  # noqa: N802 - public name fixed by the issue
     return report
 
 
-def _compress(model, budget, train_loader, test_loader, val_loader, example, device, representation, criterion,
-              seed, t0, time_limit, progress, optimizer, metric, max_batches_per_epoch, distillation, bits,
-              accuracy_tolerance, sensitivity_batches, num_epochs, learning_rate, layers_factorization, max_rounds,
-              conv_decomposition, factorization_min_params, sensitivity, sensitivity_sparsities, quant_epochs,
-              quant_learning_rate) -> CompressionReport:
+@dataclass(frozen=True)
+class CompressConfig:
+    """Every option of :func:`compress_NN_models`, checked and resolved (budget in bytes, an absolute
+    deadline instead of ``time_limit``).  ``representation`` "per-layer" is the plan that picks float,
+    int8 or codebook per layer (what "auto" runs when it is the best probe)."""
+
+    budget: int
+    representation: str
+    num_epochs: int
+    learning_rate: float
+    criterion: nn.Module
+    device: torch.device
+    accuracy_tolerance: float
+    layers_factorization: bool
+    max_rounds: int
+    seed: int
+    progress: bool
+    optimizer: str
+    conv_decomposition: str
+    factorization_min_params: int
+    sensitivity: SensitivityResult | None
+    sensitivity_sparsities: tuple[float, ...]
+    sensitivity_batches: int | None
+    max_batches_per_epoch: int | None
+    deadline: float | None
+    metric: Metric
+    distillation: float
+    bits: int | dict[str, int] | None
+    quant_epochs: int
+    quant_learning_rate: float
+
+    @property
+    def codegen_representation(self) -> str:
+        """The representation codegen emits the result with."""
+        return "auto" if self.representation == "per-layer" else self.representation
+
+
+@dataclass
+class _Data:
+    train: Iterable
+    val: Iterable
+    test: Iterable
+    example: torch.Tensor
+
+
+# the candidates "auto" probes, in order of preference on equal validation accuracy
+AUTO_CANDIDATES = ("int8", "per-layer", "codebook", "csr")
+
+
+def _probe_batches(loader: Iterable, cap: int | None) -> int:
+    """Batches of one probe epoch: a quarter of the data, at least 40 batches (or all), at most 300."""
+    n = _num_batches(loader, cap)
+    return min(n, max(min(n, 40), min(300, n // 4)))
+
+
+def _compress_auto(model: nn.Module, cfg: CompressConfig, data: _Data, t0: float) -> CompressionReport:
+    """"auto": a short probe of every candidate representation (one epoch on part of the data, one
+    round, no factorization) on a copy of the model, then the full run with the one whose probe
+    reached the best validation accuracy within the budget.  The probes share one sensitivity analysis."""
+    from dataclasses import replace
+
+    initial = int(exact_weight_bytes(model, data.example, "csr").total)
+    if initial <= cfg.budget:
+        return _compress(model, replace(cfg, representation="csr"), data, t0)
+    sens = cfg.sensitivity
+    if sens is None:
+        sens = sensitivity_analysis(model, data.val, list(cfg.sensitivity_sparsities), device=cfg.device,
+                                    metric=cfg.metric, max_batches=cfg.sensitivity_batches, progress=cfg.progress)
+    n_probe = _probe_batches(data.train, cfg.max_batches_per_epoch)
+    deadline = cfg.deadline
+    probe_deadline = None if deadline is None else time.monotonic() + 0.4 * (deadline - time.monotonic())
+    probes: list[ProbeRecord] = []
+    for rep in tqdm(AUTO_CANDIDATES, desc="auto: probing representations", disable=not cfg.progress, leave=False):
+        pt = time.monotonic()
+        pcfg = replace(cfg, representation=rep, num_epochs=1, max_rounds=1, layers_factorization=False,
+                       quant_epochs=min(1, cfg.quant_epochs), max_batches_per_epoch=n_probe, progress=False,
+                       sensitivity=sens, deadline=probe_deadline)
+        try:
+            r = _compress(copy.deepcopy(model), pcfg, _Data(data.train, data.val, data.val, data.example), pt)
+        except (BudgetError, WeightSharingError) as exc:  # this representation cannot reach the budget
+            probes.append(ProbeRecord(rep, None, None, time.monotonic() - pt, f"not possible: {exc}"))
+            continue
+        probes.append(ProbeRecord(rep, r.val_accuracy_after, r.final_bytes, time.monotonic() - pt,
+                                  r.stopped_reason))
+        logger.info("auto probe %s: val %.4f at %d bytes (%.1f s)", rep, r.val_accuracy_after, r.final_bytes,
+                    time.monotonic() - pt)
+    ok = [p for p in probes if p.val_accuracy is not None and p.bytes is not None and p.bytes <= cfg.budget]
+    if not ok:
+        raise BudgetError(f"no representation can reach the budget of {cfg.budget} bytes: "
+                          + "; ".join(f"{p.representation}: {p.note}" for p in probes),
+                          min((p.bytes for p in probes if p.bytes), default=cfg.budget))
+    # probes differ by noise too: of those within one standard error of the best, the first in preference
+    top = max(p.val_accuracy for p in ok)
+    se = math.sqrt(max(top * (1 - top), 1e-4) / max(1, _num_samples(data.val)))
+    best = next(p for p in sorted(ok, key=lambda p: AUTO_CANDIDATES.index(p.representation))
+                if p.val_accuracy >= top - se)
+    logger.info("auto: %s gives the best probe accuracy (%.4f); running it in full", best.representation,
+                best.val_accuracy)
+    # the full run is exactly the call with that representation (its own sensitivity analysis, on the model
+    # as that representation sees it), so auto is never worse than choosing it by hand
+    report = _compress(model, replace(cfg, representation=best.representation), data, t0)
+    report.probes = probes
+    report.chosen_by = "auto"
+    report.wall_time_s = time.monotonic() - t0
+    return report
+
+
+def _compress(model: nn.Module, cfg: CompressConfig, data: _Data, t0: float) -> CompressionReport:
+    device = cfg.device
     model.to(device)
-    quantized = representation not in ("csr", "dense")
+    quantized = cfg.representation not in ("csr", "dense")
     if quantized:
         check_finite(model)
         # codegen would fold BatchNorm at emission and rescale quantized rows: fold it here, once
         fold_batchnorm_(model)
-    criterion = criterion if criterion is not None else nn.CrossEntropyLoss()
     fork_devices = [device.index or 0] if device.type == "cuda" else []
     with torch.random.fork_rng(devices=fork_devices), torch.enable_grad():
-        torch.manual_seed(seed)
-        ctx = _Ctx(model, train_loader, val_loader, criterion, device, metric, optimizer,
-                   max_batches_per_epoch, progress and _is_rank0(),
-                   None if time_limit is None else t0 + time_limit, example, representation,
-                   quant_epochs=quant_epochs, tol=accuracy_tolerance,
-                   quant_lr=quant_learning_rate if quant_learning_rate is not None else learning_rate / 5)
-        if distillation > 0:
+        torch.manual_seed(cfg.seed)
+        ctx = _Ctx(model, data.train, data.val, cfg.criterion, device, cfg.metric, cfg.optimizer,
+                   cfg.max_batches_per_epoch, cfg.progress, cfg.deadline, data.example, cfg.codegen_representation,
+                   quant_epochs=cfg.quant_epochs, tol=cfg.accuracy_tolerance, quant_lr=cfg.quant_learning_rate)
+        if cfg.distillation > 0:
             # the uncompressed model teaches the compressed one (Hinton et al.): a frozen copy
             ctx.teacher = copy.deepcopy(model).eval().requires_grad_(False)
-            ctx.distill_alpha = float(distillation)
+            ctx.distill_alpha = cfg.distillation
         if quantized:
-            ctx.plan = make_plan(model, representation, val_loader, accuracy_tolerance, bits, device=device,
-                                 metric=metric, max_batches=sensitivity_batches, progress=ctx.progress)
-        return _run(ctx, budget, num_epochs, learning_rate, accuracy_tolerance, layers_factorization, max_rounds,
-                    conv_decomposition, factorization_min_params, sensitivity, list(sensitivity_sparsities),
-                    sensitivity_batches, test_loader, t0, quant_epochs,
-                    quant_learning_rate if quant_learning_rate is not None else learning_rate / 5)
+            ctx.plan = make_plan(model, cfg.codegen_representation, data.val, cfg.accuracy_tolerance, cfg.bits,
+                                 device=device, metric=cfg.metric, max_batches=cfg.sensitivity_batches,
+                                 progress=ctx.progress)
+        return _run(ctx, cfg.budget, cfg.num_epochs, cfg.learning_rate, cfg.accuracy_tolerance,
+                    cfg.layers_factorization, cfg.max_rounds, cfg.conv_decomposition, cfg.factorization_min_params,
+                    cfg.sensitivity, list(cfg.sensitivity_sparsities), cfg.sensitivity_batches, data.test, t0,
+                    cfg.quant_epochs, cfg.quant_learning_rate)
 
 
 def _is_rank0() -> bool:
@@ -935,11 +1056,10 @@ def _enforce_budget(ctx: _Ctx, report: CompressionReport) -> None:
         if exact <= budget:
             break
     if exact > budget:
-        raise CompressionError(
+        raise BudgetError(
             f"cannot fit the model into {budget} bytes as {ctx.representation!r}: codegen counts {exact} bytes "
             "with one weight per output row left in every layer; raise the budget or choose a smaller "
-            "representation (int8, codebook or auto)"
-        )
+            "representation (int8, codebook or auto)", exact)
     msg = (f"the trained model measured {start} bytes (> budget {budget}); pruned {pruned} more weights "
            f"without fine-tuning to reach {exact} bytes")
     logger.warning("%s", msg)

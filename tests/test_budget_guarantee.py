@@ -82,7 +82,8 @@ def test_emitted_bytes_never_exceed_the_budget():
         emitted = weight_bytes(model.eval(), example, emit_representation(model, None)).total
         assert emitted <= budget, (case, rep, budget, emitted, report.stopped_reason)
         assert emitted == report.final_bytes
-        assert getattr(model, EMIT_ATTR)["representation"] == rep
+        recorded = getattr(model, EMIT_ATTR)["representation"]
+        assert recorded == rep or rep == "auto" and recorded in ("int8", "auto", "codebook", "csr")
         if report.success:
             assert "OVER" not in report.stopped_reason
     assert checked >= 15, (checked, refused)
