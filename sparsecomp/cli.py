@@ -333,7 +333,7 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--budget", required=True, metavar="SIZE", help="weight bytes, e.g. 20KB, 96KiB, 4096B")
     c.add_argument("--representation", default="auto", choices=sorted([*REPRESENTATIONS, "per-layer"]),
                    help="weight storage (default auto: the most accurate at the budget)")
-    c.add_argument("--epochs", type=int, default=3, help="epochs per retraining round (default 3)")
+    c.add_argument("--epochs", type=int, default=None, help="epochs per retraining round (default: from the data size)")
     c.add_argument("--time-limit", type=float, default=None, metavar="S", help="stop after S seconds")
     c.add_argument("--batch-size", type=int, default=64, help="batch size for a data file or directory")
     c.add_argument("--seed", type=int, default=0)

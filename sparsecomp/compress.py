@@ -197,7 +197,7 @@ class _Ctx:
     def loss(self, outputs: torch.Tensor, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         _check_labels(outputs, y, self.criterion)
         loss = self.criterion(outputs, y)
-        if self.teacher is None or self.distill_alpha <= 0:
+        if self.teacher is None or self.distill_alpha <= 0 or y.is_floating_point() or outputs.dim() != 2:
             return loss
         with torch.no_grad():
             t_out = self.teacher(x)
@@ -238,6 +238,7 @@ def _train(
     targets: dict[str, float] | None = None,
     desc: str = "train",
     select_best: bool = True,
+    patience: int = 2,
 ) -> tuple[float, dict[str, torch.Tensor] | None, int]:
     """Train ``epochs`` epochs with masks applied; ramp sparsities to ``targets`` (AGP).
 
@@ -270,7 +271,7 @@ def _train(
             if ramp:
                 steps = pruning_steps(epochs * n_batches, ramp_fraction=0.6 if epochs > 1 else 0.5)
         step_index = {it: k + 1 for k, it in enumerate(steps)}
-        best_acc, best_state = -math.inf, None
+        best_acc, best_state, best_epoch = -math.inf, None, 0
         last_good = _state(model)
         it = 0
         bar = tqdm(total=epochs * n_batches, desc=desc, disable=not ctx.progress, leave=False)
@@ -313,7 +314,10 @@ def _train(
                 acc = evaluate(model, ctx.val_loader, ctx.device, ctx.metric)
                 logger.info("%s epoch %d/%d: val accuracy %.4f", desc, epoch + 1, epochs, acc)
                 if acc > best_acc:
-                    best_acc, best_state = acc, last_good
+                    best_acc, best_state, best_epoch = acc, last_good, epoch
+                elif epoch - best_epoch >= patience:  # validation plateau: more epochs would not help
+                    logger.info("%s: no better val accuracy for %d epochs; stopping the round", desc, patience)
+                    break
         bar.close()
         if ramp:  # make sure the final sparsity is reached even with very few batches
             for n, (_, s1) in ramp.items():
@@ -325,6 +329,13 @@ def _train(
         return best_acc, best_state, epochs
     finally:
         masks.detach()
+
+
+def default_epochs(train_loader: Iterable, max_batches: int | None = None, steps: int = 1500) -> int:
+    """Epochs per retraining round when ``num_epochs`` is None: about ``steps`` optimizer steps, between 2
+    and 6 epochs (small data sets get more passes, large ones fewer; a validation plateau ends a round
+    earlier)."""
+    return int(min(6, max(2, math.ceil(steps / _num_batches(train_loader, max_batches)))))
 
 
 def _num_samples(loader: Iterable) -> int:
@@ -498,7 +509,7 @@ def compress_NN_models(  # noqa: N802 - public name fixed by the issue
     test_loader: Iterable,
     val_loader: Iterable | None = None,
     *,
-    num_epochs: int = 3,
+    num_epochs: int | None = None,
     learning_rate: float = 1e-3,
     criterion: nn.Module | None = None,
     device: str | torch.device = "cpu",
@@ -520,7 +531,7 @@ def compress_NN_models(  # noqa: N802 - public name fixed by the issue
     example_input: torch.Tensor | None = None,
     metric: Metric = top1,
     checkpoint_path: str | os.PathLike | None = None,
-    distillation: float = 0.0,
+    distillation: float = 0.5,
     bits: int | dict[str, int] | None = None,
     quant_epochs: int = 1,
     quant_learning_rate: float | None = None,
@@ -544,15 +555,22 @@ def compress_NN_models(  # noqa: N802 - public name fixed by the issue
     :class:`SensitivityResult` or the CSV path written by :func:`sensitivity_analysis`;
     layers missing from it are analysed.  ``max_batches_per_epoch`` and ``time_limit``
     (seconds) bound the run; ``example_input`` (batch 1) defaults to the first training sample.
-    ``distillation`` (0..1) mixes a knowledge-distillation loss from a frozen copy of the
-    original model into retraining (classification outputs only; 0 = off).
+    ``distillation`` (0..1, default 0.5) mixes a knowledge-distillation loss from a frozen copy of the
+    original model into retraining (classification outputs with integer labels only; 0 = off).
+    ``num_epochs`` per retraining round defaults to about 1,500 optimizer steps (2 to 6 epochs,
+    :func:`default_epochs`); a round ends early when validation accuracy stops improving for two
+    epochs, and rounds stop once the budget and ``accuracy_tolerance`` are met.
 
-    ``representation`` is any of ``codegen.formats.REPRESENTATIONS``: "csr"/"dense" (float),
+    ``representation`` defaults to "auto": a short probe of "int8", "per-layer", "codebook" and "csr"
+    on copies of the model (one round on part of an epoch each, the report lists them), then the full
+    run with the most accurate; the model records the representation so ``save_compressed_model(model,
+    input_data=...)`` emits exactly what was budgeted.  "per-layer" chooses float, int8 or codebook per
+    layer (emitted as codegen's "auto").  Otherwise any of ``codegen.formats.REPRESENTATIONS``:
+    "csr"/"dense" (float),
     "int8" (per-channel int8, pruned to a budget counted in int8 bytes, then quantized and
     fine-tuned ``quant_epochs`` with a straight-through estimator), "codebook" (Deep Compression
     weight sharing: ``bits`` per layer -- an int, {layer: bits}, or None to choose them with
-    :func:`sparsecomp.bits.bits_analysis` -- then centroid fine-tuning) or "auto" (per layer the
-    smallest of float, int8 and codebook that keeps accuracy).  For int8/codebook/auto every
+    :func:`sparsecomp.bits.bits_analysis` -- then centroid fine-tuning).  For int8/codebook/per-layer every
     BatchNorm after a conv/linear is first folded into it (:func:`sparsecomp.fold_batchnorm_`),
     the budget counts the bytes of the quantized model exactly, and the model ends quantized /
     weight-shared so ``save_compressed_model(model, representation)`` emits exactly those bytes.
@@ -575,7 +593,7 @@ def compress_NN_models(  # noqa: N802 - public name fixed by the issue
                          f"got {representation!r}")
     if quant_epochs < 0:
         raise ValueError(f"quant_epochs must be >= 0, got {quant_epochs}")
-    if num_epochs < 1 or max_rounds < 1:
+    if (num_epochs is not None and num_epochs < 1) or max_rounds < 1:
         raise ValueError("num_epochs and max_rounds must be >= 1")
     if not 0 <= distillation <= 1:
         raise ValueError(f"distillation is a weight in [0, 1], got {distillation}")
@@ -598,6 +616,9 @@ def compress_NN_models(  # noqa: N802 - public name fixed by the issue
         _first_batch(val_loader, "val_loader")
     example = (example_input if example_input is not None else x0[:1]).to(device)
 
+    if num_epochs is None:
+        num_epochs = default_epochs(train_loader, max_batches_per_epoch)
+        logger.info("%d epochs per retraining round (from the size of the training data)", num_epochs)
     cfg = CompressConfig(
         budget=budget, representation=representation, num_epochs=num_epochs, learning_rate=learning_rate,
         criterion=criterion if criterion is not None else nn.CrossEntropyLoss(), device=device,
@@ -855,6 +876,11 @@ def _run(ctx: _Ctx, budget, num_epochs, lr, tol, factorize, max_rounds, conv_met
         nnz_now = current_nnz(model)
         try:
             targets_nnz = allocate(numel, nnz_now, min_nnz, bm.layer_bytes, drop, bm.fixed, alloc_budget)
+            if rnd == 1:  # measure the allocation with codegen on a pruned copy and use the budget it leaves
+                alloc_budget, targets_nnz = _calibrate(ctx, masks, targets_nnz, alloc_budget, budget, floor,
+                                                       lambda b: allocate(numel, nnz_now, min_nnz, bm.layer_bytes,
+                                                                          drop, bm.fixed, b))
+                round_alloc = alloc_budget
         except UnreachableBudget as exc:
             stop_reason = f"round {rnd}: {exc}"
             break
@@ -905,6 +931,43 @@ def _run(ctx: _Ctx, budget, num_epochs, lr, tol, factorize, max_rounds, conv_met
     if ctx.plan is not None:
         _quantize_stage(ctx, report, quant_epochs, quant_lr, tol)
     return _finish(report, ctx, test_loader, t0)
+
+
+def _calibrate(ctx: _Ctx, masks: _Masks, targets: dict[str, int], alloc_budget: int, budget: int, floor: int,
+               allocate_for) -> tuple[int, dict[str, int]]:
+    """The per-layer estimates (sparse index layouts, codebook sizes) can be off by several percent, which
+    leaves bytes of the budget unused.  Prune a copy of the model to the allocation by magnitude, count
+    it exactly (codegen, quantized as planned), and rescale the allocation budget by budget / exact
+    (a few steps), keeping the largest allocation whose pruned copy fits."""
+    best = (alloc_budget, targets) if _trial_bytes(ctx, masks, targets) <= budget else None
+    b = alloc_budget
+    for _ in range(4):
+        exact = _trial_bytes(ctx, masks, targets)
+        if exact <= budget and (best is None or b >= best[0]):
+            best = (b, targets)
+        if abs(exact - budget) <= max(16, budget // 200):
+            break
+        b = max(floor, int(b * budget / max(1, exact)))
+        try:
+            targets = allocate_for(b)
+        except UnreachableBudget:
+            break
+    if best is None:
+        return alloc_budget, allocate_for(alloc_budget)
+    if best[0] != alloc_budget:
+        logger.info("calibrated the allocation with codegen: allocating for %d bytes to fill %d", best[0], budget)
+    return best
+
+
+def _trial_bytes(ctx: _Ctx, masks: _Masks, targets: dict[str, int]) -> int:
+    trial = copy.deepcopy(ctx.model)
+    comp = find_compressible_layers(trial)
+    with torch.no_grad():
+        for n, k in targets.items():
+            w = comp[n].weight
+            old = masks.masks.get(f"{n}.weight")
+            w.mul_(magnitude_mask(w, 1.0 - k / w.numel(), old if old is not None else w != 0))
+    return int(exact_weight_bytes(trial, ctx.example, ctx.representation, ctx.plan).total)
 
 
 def _quantize_stage(ctx: _Ctx, report: CompressionReport, epochs: int, lr: float, tol: float) -> None:

@@ -230,3 +230,46 @@ def test_explicit_representation_that_does_not_fit_the_weights_is_an_error(tmp_p
     with pytest.raises(CodegenError, match="int8"):
         save_compressed_model(model, "int8", input_data=torch.randn(1, 8), directory=tmp_path / "x")
     assert not (tmp_path / "x").exists()
+
+
+def test_auto_is_exactly_the_run_of_the_representation_it_chose():
+    """auto's full run is the very call with the chosen representation (same seed, same analysis), so
+    its accuracy is that representation's: auto can only lose to another one through the probe ranking."""
+    model, loader = _random_task(random.Random(5))
+    example = next(iter(loader))[0][:1]
+    budget = int(weight_bytes(model.eval(), example, "csr").total * 0.2)
+    a, b = copy.deepcopy(model), copy.deepcopy(model)
+    kw = dict(val_loader=loader, layers_factorization=False, **{**TINY, "max_rounds": 2})
+    ra = compress_NN_models(a, f"{budget}B", loader, loader, representation="auto", **kw)
+    chosen = next(p.representation for p in ra.probes if p.representation == ra.representation
+                  or (p.representation == "per-layer" and ra.representation == "auto"))
+    rb = compress_NN_models(b, f"{budget}B", loader, loader, representation=chosen, **kw)
+    assert ra.val_accuracy_after == rb.val_accuracy_after and ra.final_bytes == rb.final_bytes
+    assert all(torch.equal(x, y) for x, y in zip(a.state_dict().values(), b.state_dict().values()))
+
+
+@pytest.mark.parametrize("accs, n_val, expected", [
+    ({"int8": 0.90, "per-layer": 0.905, "codebook": 0.95, "csr": 0.50}, 2000, "codebook"),  # clearly best
+    ({"int8": 0.90, "per-layer": 0.902, "codebook": 0.89, "csr": 0.50}, 2000, "int8"),  # within noise: int8
+    ({"int8": None, "per-layer": 0.80, "codebook": 0.85, "csr": 0.84}, 100000, "codebook"),  # int8 impossible
+])
+def test_auto_picks_the_best_probe_within_its_noise(accs, n_val, expected, monkeypatch):
+    from sparsecomp.report import CompressionReport
+
+    ran = []
+
+    def fake(model, cfg, data, t0):
+        ran.append((cfg.representation, cfg.max_rounds))
+        acc = accs[cfg.representation]
+        if acc is None:
+            raise BudgetError("too small", 10**6)
+        return CompressionReport(target_bytes=cfg.budget, initial_bytes=10**6, final_bytes=cfg.budget - 1,
+                                 representation=cfg.codegen_representation, success=True, stopped_reason="",
+                                 val_accuracy_after=acc)
+
+    monkeypatch.setattr(compress_mod, "_compress", fake)
+    monkeypatch.setattr(compress_mod, "_num_samples", lambda loader: n_val)
+    model, loader = _random_task(random.Random(1))
+    report = compress_NN_models(model, "100B", loader, loader, val_loader=loader, **TINY)
+    assert ran[-1] == (expected, 1) and [r for r, _ in ran[:-1]] == ["int8", "per-layer", "codebook", "csr"]
+    assert [p.val_accuracy for p in report.probes] == list(accs.values())
