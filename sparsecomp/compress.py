@@ -878,8 +878,8 @@ def _run(ctx: _Ctx, budget, num_epochs, lr, tol, factorize, max_rounds, conv_met
             targets_nnz = allocate(numel, nnz_now, min_nnz, bm.layer_bytes, drop, bm.fixed, alloc_budget)
             if rnd == 1:  # measure the allocation with codegen on a pruned copy and use the budget it leaves
                 alloc_budget, targets_nnz = _calibrate(ctx, masks, targets_nnz, alloc_budget, budget, floor,
-                                                       lambda b: allocate(numel, nnz_now, min_nnz, bm.layer_bytes,
-                                                                          drop, bm.fixed, b))
+                                                       partial(allocate, numel, nnz_now, min_nnz, bm.layer_bytes,
+                                                               drop, bm.fixed))
                 round_alloc = alloc_budget
         except UnreachableBudget as exc:
             stop_reason = f"round {rnd}: {exc}"
