@@ -186,7 +186,8 @@ def main() -> None:
             emitted = weight_bytes(m.eval(), x, emit_representation(m, None)).total
             res[rep] = dict(representation=report.representation, test=report.test_accuracy_after,
                             val=report.val_accuracy_after, bytes=emitted, wall_s=wall, success=report.success,
-                            probes=[(p.representation, p.val_accuracy, p.bytes) for p in report.probes])
+                            probes=[(p.representation, p.val_accuracy, p.bytes) for p in report.probes],
+                            report=str(report))
             print(f"  {rep:<10} -> {report.representation:<9} test {100 * report.test_accuracy_after:6.2f} % "
                   f"(float {100 * float_acc:.2f}, {100 * (report.test_accuracy_after - float_acc):+.2f}) "
                   f"val {100 * report.val_accuracy_after:6.2f} %  {emitted:>8,d} B "
