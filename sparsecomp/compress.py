@@ -694,6 +694,9 @@ class _Data:
     example: torch.Tensor
 
 
+# a round that gains less validation accuracy than this over the previous ones ends the rounds
+PLATEAU = 0.001
+
 # the candidates "auto" probes, in order of preference on equal validation accuracy
 AUTO_CANDIDATES = ("int8", "per-layer", "codebook", "csr")
 
@@ -900,23 +903,40 @@ def _run(ctx: _Ctx, budget, num_epochs, lr, tol, factorize, max_rounds, conv_met
             masks.apply()
         exact = int(exact_weight_bytes(model, ctx.example, ctx.representation, ctx.plan).total)
         note = ""
+        prev_best = best[0] if best is not None else None
         if exact <= budget and (best is None or acc > best[0]):
             best = (acc, state if state is not None else _state(model), exact)
         if exact > budget:
             # the estimate disagreed with codegen (e.g. BN folding made zeros): tighten and go again
             alloc_budget = max(floor, alloc_budget - (exact - budget) - max(16, budget // 200))
             note = f"over budget by {exact - budget} B; re-allocating for {alloc_budget} B"
-        elif acc < report.val_accuracy_before - tol:
+        else:
             round_lr = round_lr * 0.5
-            note = f"val accuracy {acc:.4f} below {val_before - tol:.4f}; fine-tuning again (lr {round_lr:g})"
+            met = acc >= val_before - tol
+            plateau = prev_best is not None and acc < prev_best + PLATEAU
+            if met:
+                report.success = True
+            if acc >= val_before or plateau:
+                if best[0] >= val_before - tol:
+                    stop_reason = "budget and accuracy criterion met" + ("" if acc >= val_before else
+                                                                          "; validation plateau")
+                else:
+                    stop_reason = (f"validation plateau at {best[0]:.4f}, below baseline {val_before:.4f} - "
+                                   f"tolerance {tol}")
+                note = "stop: " + ("no accuracy lost" if acc >= val_before else
+                                   f"no gain of {100 * PLATEAU:.1f} point over the previous round")
+                logger.info("round %d: exact %d bytes, val %.4f %s", rnd, exact, acc, note)
+                report.rounds.append(RoundRecord(rnd, round_alloc, estimate, exact, acc, ep,
+                                                 time.monotonic() - rt, note))
+                break
+            note = (f"criterion met; fine-tuning on while validation improves (lr {round_lr:g})" if met else
+                    f"val accuracy {acc:.4f} below {val_before - tol:.4f}; fine-tuning again (lr {round_lr:g})")
         logger.info("round %d: exact %d bytes, val %.4f %s", rnd, exact, acc, note)
         report.rounds.append(RoundRecord(rnd, round_alloc, estimate, exact, acc, ep, time.monotonic() - rt, note))
-        if exact <= budget and acc >= val_before - tol:
-            report.success = True
-            stop_reason = "budget and accuracy criterion met"
-            break
     else:
-        if best is not None and best[0] < val_before - tol:
+        if best is not None and best[0] >= val_before - tol:
+            stop_reason = f"budget and accuracy criterion met; max_rounds={max_rounds} reached"
+        elif best is not None:
             stop_reason = (f"max_rounds={max_rounds} reached: within budget but val accuracy {best[0]:.4f} "
                            f"is below baseline {val_before:.4f} - tolerance {tol}")
 
