@@ -273,3 +273,31 @@ def test_auto_picks_the_best_probe_within_its_noise(accs, n_val, expected, monke
     report = compress_NN_models(model, "100B", loader, loader, val_loader=loader, **TINY)
     assert ran[-1] == (expected, 1) and [r for r, _ in ran[:-1]] == ["int8", "per-layer", "codebook", "csr"]
     assert [p.val_accuracy for p in report.probes] == list(accs.values())
+
+
+def test_default_epochs_scale_with_the_data():
+    from sparsecomp.compress import default_epochs
+
+    def loader(n_batches):
+        return DataLoader(TensorDataset(torch.zeros(n_batches * 4, 1), torch.zeros(n_batches * 4)), batch_size=4)
+
+    assert default_epochs(loader(10)) == 6  # small data: more passes (capped)
+    assert default_epochs(loader(500)) == 3  # 1,500 steps
+    assert default_epochs(loader(5000)) == 2  # large data: at least two passes
+    assert default_epochs(loader(5000), max_batches=300) == 5
+
+
+def test_distillation_default_leaves_regression_losses_alone():
+    """KD (on by default) applies to class logits with integer labels; a regression target trains on
+    the user's criterion only."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(8, 16), nn.ReLU(), nn.Linear(16, 2))
+    ctx = _ctx(model, None)
+    ctx.teacher, ctx.distill_alpha = copy.deepcopy(model), 0.5
+    ctx.criterion = nn.MSELoss()
+    x, y = torch.randn(4, 8), torch.randn(4, 2)
+    out = model(x) + 1.0
+    assert torch.equal(ctx.loss(out, x, y), nn.MSELoss()(out, y))
+    ctx.criterion = nn.CrossEntropyLoss()
+    labels = torch.tensor([0, 1, 1, 0])
+    assert not torch.equal(ctx.loss(out, x, labels), nn.CrossEntropyLoss()(out, labels))
