@@ -92,9 +92,29 @@ def weight_bytes(
     return byte_report(g)
 
 
+# How a model must be emitted, recorded on it by sparsecomp.compress_NN_models (codegen never imports
+# sparsecomp): a plain dict attribute {"representation": str, "weight_bytes": int, "budget_bytes": int}.
+EMIT_ATTR = "sparsecomp_emit"
+
+
+def emit_representation(model: torch.nn.Module, representation: str | None) -> str:
+    """``representation`` if given, else the one recorded on ``model`` under ``EMIT_ATTR``, else "csr".
+
+    >>> net = torch.nn.Linear(2, 2); setattr(net, EMIT_ATTR, {"representation": "int8"})
+    >>> emit_representation(net, None), emit_representation(net, "csr")
+    ('int8', 'csr')
+    """
+    if representation is not None:
+        return representation
+    recorded = getattr(model, EMIT_ATTR, None)
+    if isinstance(recorded, dict) and isinstance(recorded.get("representation"), str):
+        return recorded["representation"]
+    return "csr"
+
+
 def save_compressed_model(
     model: torch.nn.Module,
-    representation: str = "csr",
+    representation: str | None = None,
     input_data: torch.Tensor | None = None,
     directory: str | os.PathLike = "sparsecomp_model",
     *,
@@ -116,7 +136,8 @@ def save_compressed_model(
     CSR / relative-index; the weights must lie on an int8 grid: codegen.quantize.quantize_int8_),
     "codebook" (k-means shared values, b-bit packed indices, dense / CSR / relative-index; at most 256
     distinct values per tensor: codegen.quantize.share_weights_), "auto" (the smallest of all).
-    Encodings are exact: the C computes with the weights the model has.
+    Encodings are exact: the C computes with the weights the model has. ``representation=None`` emits
+    what ``sparsecomp.compress_NN_models`` budgeted (recorded on the model, ``EMIT_ATTR``), else "csr".
 
     ``integer=True``: fully integer inference for MCUs without an FPU (codegen/integer.py): int8
     activations calibrated on ``calibration_data`` (a tensor (N, ...) of sample inputs or a DataLoader;
@@ -135,6 +156,7 @@ def save_compressed_model(
     >>> res.weight_bytes                                                  # doctest: +SKIP
     5960
     """
+    representation = emit_representation(model, representation)
     if integer:
         return save_integer_model(
             model, representation, input_data, directory, calibration_data=calibration_data,

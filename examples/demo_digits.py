@@ -56,7 +56,7 @@ def main(argv: list[str] | None = None) -> int:
 
     out = Path(args.out)
     sample = next(iter(test_loader))[0][:1]
-    res = save_compressed_model(model.eval(), "csr", input_data=sample, directory=out, overwrite=True)
+    res = save_compressed_model(model.eval(), input_data=sample, directory=out, overwrite=True)
     print()
     print(f"emitted C to {out}/")
     print(res.table())

@@ -64,7 +64,7 @@ def main(argv: list[str] | None = None, model_name: str = "lenet5") -> int:
                                 progress=not args.quiet)
     print(report)
     sample = next(iter(test))[0][:1]
-    res = save_compressed_model(model.eval(), "csr", input_data=sample, directory=args.out, overwrite=True)
+    res = save_compressed_model(model.eval(), input_data=sample, directory=args.out, overwrite=True)
     print(res.table())
     run = subprocess.run(["make", "-s", "-C", str(res.directory), "check"], capture_output=True, text=True)
     print(f"make -C {res.directory} check ->", "PASS" if run.returncode == 0 else f"FAIL\n{run.stdout}{run.stderr}")

@@ -19,7 +19,6 @@ from __future__ import annotations
 import copy
 import csv
 import logging
-import math
 import os
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -28,6 +27,7 @@ import torch
 import torch.nn as nn
 from tqdm.auto import tqdm
 
+from .budget import layer_nbytes
 from .pruning import find_compressible_layers, weight_matrix_shape
 from .training import Metric, evaluate, top1
 from .weight_sharing import WeightSharingError, check_bits, check_finite
@@ -161,47 +161,12 @@ def bits_analysis(
 # --------------------------------------------------------------------------------------
 # per-layer plans
 # --------------------------------------------------------------------------------------
-def _expected_entries(rows: int, cols: int, nnz: int, gap_bits: int) -> int:
-    """Entries (nonzeros + fillers) of a relative-index stream when the nonzeros are spread at
-    random: a zero run before a nonzero is geometric, P(run >= j 2^g) = (1 - d)^(j 2^g)."""
-    if nnz <= 0:
-        return 0
-    d = min(1.0, nnz / max(1, rows * cols))
-    q = (1.0 - d) ** (1 << gap_bits)
-    return int(math.ceil(nnz * (1.0 + (q / (1.0 - q) if q < 1 else 0.0))))
-
-
-def layer_nbytes(rows: int, cols: int, nnz: int, kind: str, bits: int | None = None) -> int:
-    """Bytes of a [rows, cols] weight with ``nnz`` nonzeros stored as ``kind``: "dense"/"csr"
-    (exact), "int8" (exact for int8 and int8_csr; int8_rel with the entries of randomly placed
-    nonzeros) or "codebook" with ``bits`` (2^bits shared values, same estimate of the entries).
-    Every formula is codegen's (``codegen.formats.ENCODINGS[...].nbytes``)."""
-    from codegen.formats import ENCODINGS, GAP_BITS, MAX_CODEBOOK, encoded_nbytes
-
-    if kind in ("dense", "csr"):
-        return encoded_nbytes(rows, cols, nnz, kind)
-    if kind == "int8":
-        sizes = [ENCODINGS["int8"].nbytes(rows, cols, nnz), ENCODINGS["int8_csr"].nbytes(rows, cols, nnz)]
-        sizes += [ENCODINGS["int8_rel"].nbytes(rows, cols, nnz, entries=_expected_entries(rows, cols, nnz, g),
-                                               gap_bits=g) for g in GAP_BITS]
-        return min(sizes)
-    if kind == "codebook":
-        k = min(1 << check_bits(bits), max(nnz, 1))
-        sizes = [ENCODINGS["codebook"].nbytes(rows, cols, nnz, k=min(MAX_CODEBOOK, k + (nnz < rows * cols))),
-                 ENCODINGS["codebook_csr"].nbytes(rows, cols, nnz, k=k)]
-        for g in GAP_BITS:
-            e = _expected_entries(rows, cols, nnz, g)
-            kk = k + (e > nnz)
-            if kk <= MAX_CODEBOOK:
-                sizes.append(ENCODINGS["codebook_rel"].nbytes(rows, cols, nnz, k=kk, entries=e, gap_bits=g))
-        return min(sizes)
-    raise ValueError(f"unknown layer kind {kind!r}")
-
-
 @dataclass
 class QuantPlan:
     """How each compressible layer is stored: ``layers[name] = ("int8", None)``, ``("codebook", bits)``
-    or ``("csr", None)`` (float).  ``default`` applies to layers not listed (e.g. new factor layers)."""
+    or ``("csr", None)`` (float).  ``default`` applies to layers not listed (e.g. new factor layers).
+    The plan only says *how*; the bytes are :mod:`sparsecomp.budget`'s (``ByteModel``, ``layer_nbytes``,
+    ``exact_weight_bytes(..., plan)``)."""
 
     representation: str
     layers: dict[str, tuple[str, int | None]] = field(default_factory=dict)
@@ -209,13 +174,6 @@ class QuantPlan:
 
     def kind(self, name: str) -> tuple[str, int | None]:
         return self.layers.get(name, self.default)
-
-    def estimate(self, name: str, rows: int, cols: int, nnz: int) -> int:
-        kind, bits = self.kind(name)
-        size = layer_nbytes(rows, cols, nnz, kind, bits)
-        if self.representation == "auto":
-            size = min(size, layer_nbytes(rows, cols, nnz, "csr"))
-        return size
 
     def apply_(self, model: nn.Module) -> nn.Module:
         """Quantize (int8) or share (codebook) the weights in place, as planned."""
@@ -235,12 +193,6 @@ class QuantPlan:
                     continue
                 m.weight.copy_(torch.from_numpy(new).to(m.weight))
         return model
-
-    def exact_bytes(self, model: nn.Module, example: torch.Tensor):
-        """codegen's ByteReport of a quantized copy of ``model`` (the model is not changed)."""
-        from .budget import exact_weight_bytes
-
-        return exact_weight_bytes(self.apply_(copy.deepcopy(model)), example, self.representation)
 
     def describe(self) -> str:
         return ", ".join(f"{n}={k}{'' if b is None else f'/{b}b'}" for n, (k, b) in self.layers.items())

@@ -7,6 +7,10 @@ allocation it uses ``codegen.formats.encoded_nbytes`` per compressible weight pl
 "fixed" bytes (biases, folded BN, non-compressible layers) measured once with
 ``weight_bytes``; every decision that matters is re-checked with ``weight_bytes``.
 
+This module owns the bytes of a layer: ``layer_nbytes`` (per kind: float, int8, codebook with bits),
+``ByteModel`` (estimates for a structure, with a :class:`sparsecomp.bits.QuantPlan` saying only how
+each layer is stored) and ``exact_weight_bytes`` (codegen's count, on a copy quantized as planned).
+
 Example::
 
     >>> parse_size("100KB"), parse_size("96KiB"), parse_size(2.5)
@@ -15,6 +19,7 @@ Example::
 
 from __future__ import annotations
 
+import copy
 import logging
 import math
 import re
@@ -24,6 +29,7 @@ import torch
 import torch.nn as nn
 
 from .pruning import find_compressible_layers, weight_matrix_shape
+from .weight_sharing import check_bits as _check_bits
 
 logger = logging.getLogger(__name__)
 
@@ -67,13 +73,50 @@ def encoded_nbytes(rows: int, cols: int, nnz: int, representation: str) -> int:
     return int(_codegen().formats.encoded_nbytes(rows, cols, nnz, representation))
 
 
+def _expected_entries(rows: int, cols: int, nnz: int, gap_bits: int) -> int:
+    """Entries (nonzeros + fillers) of a relative-index stream when the nonzeros are spread at
+    random: a zero run before a nonzero is geometric, P(run >= j 2^g) = (1 - d)^(j 2^g)."""
+    if nnz <= 0:
+        return 0
+    d = min(1.0, nnz / max(1, rows * cols))
+    q = (1.0 - d) ** (1 << gap_bits)
+    return int(math.ceil(nnz * (1.0 + (q / (1.0 - q) if q < 1 else 0.0))))
+
+
+def layer_nbytes(rows: int, cols: int, nnz: int, kind: str, bits: int | None = None) -> int:
+    """Bytes of a [rows, cols] weight with ``nnz`` nonzeros stored as ``kind``: "dense"/"csr"
+    (exact), "int8" (exact for int8 and int8_csr; int8_rel with the entries of randomly placed
+    nonzeros) or "codebook" with ``bits`` (2^bits shared values, same estimate of the entries).
+    Every formula is codegen's (``codegen.formats.ENCODINGS[...].nbytes``)."""
+    from codegen.formats import ENCODINGS, GAP_BITS, MAX_CODEBOOK
+
+    if kind in ("dense", "csr"):
+        return encoded_nbytes(rows, cols, nnz, kind)
+    if kind == "int8":
+        sizes = [ENCODINGS["int8"].nbytes(rows, cols, nnz), ENCODINGS["int8_csr"].nbytes(rows, cols, nnz)]
+        sizes += [ENCODINGS["int8_rel"].nbytes(rows, cols, nnz, entries=_expected_entries(rows, cols, nnz, g),
+                                               gap_bits=g) for g in GAP_BITS]
+        return min(sizes)
+    if kind == "codebook":
+        k = min(1 << _check_bits(bits), max(nnz, 1))
+        sizes = [ENCODINGS["codebook"].nbytes(rows, cols, nnz, k=min(MAX_CODEBOOK, k + (nnz < rows * cols))),
+                 ENCODINGS["codebook_csr"].nbytes(rows, cols, nnz, k=k)]
+        for g in GAP_BITS:
+            e = _expected_entries(rows, cols, nnz, g)
+            kk = k + (e > nnz)
+            if kk <= MAX_CODEBOOK:
+                sizes.append(ENCODINGS["codebook_rel"].nbytes(rows, cols, nnz, k=kk, entries=e, gap_bits=g))
+        return min(sizes)
+    raise ValueError(f"unknown layer kind {kind!r}")
+
+
 def exact_weight_bytes(model: nn.Module, example_input: torch.Tensor, representation: str, plan=None):
     """``codegen.weight_bytes`` on ``model`` (the authoritative ``MODEL_WEIGHT_BYTES``).
 
     With a :class:`sparsecomp.bits.QuantPlan` (int8/codebook/auto), the bytes of a copy quantized
     or weight-shared as planned (the model itself is not changed)."""
     if plan is not None:
-        return plan.exact_bytes(model, example_input)
+        return exact_weight_bytes(plan.apply_(copy.deepcopy(model)), example_input, plan.representation)
     was_training = model.training
     model.eval()
     try:
@@ -121,7 +164,11 @@ class ByteModel:
     def layer_bytes(self, name: str, nnz: int) -> int:
         g = self.layers[name]
         if self.plan is not None:
-            return self.plan.estimate(name, g.rows, g.cols, int(nnz))
+            kind, bits = self.plan.kind(name)
+            size = layer_nbytes(g.rows, g.cols, int(nnz), kind, bits)
+            if self.plan.representation == "auto":  # codegen may still pick float where it is smaller
+                size = min(size, layer_nbytes(g.rows, g.cols, int(nnz), "csr"))
+            return size
         return encoded_nbytes(g.rows, g.cols, int(nnz), self.representation)
 
     def estimate(self, nnz: dict[str, int]) -> int:

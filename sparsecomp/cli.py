@@ -2,6 +2,8 @@
 
     sparsecomp emit PACKAGE.MODULE:FACTORY --weights W.pt --input-shape 1,1,28,28 -o DIR
                     [--representation csr] [--prefix P] [--overwrite]
+    sparsecomp compress PACKAGE.MODULE:FACTORY --weights W.pt --data DATA --budget 20KB --out DIR
+                    [--representation auto] [--epochs N] [--time-limit S]
     sparsecomp report DIR        pretty-print DIR/report.json of an emitted model
     sparsecomp board DIR         build and run DIR on the emulated Cortex-M boards
 
@@ -108,6 +110,159 @@ def cmd_emit(args: argparse.Namespace) -> int:
     return 0
 
 
+def _load_data(spec: str, batch_size: int, seed: int):
+    """(train, val, test) loaders from ``--data``: PACKAGE.MODULE:CALLABLE returning (train, val, test)
+    or (train, test) loaders; a directory with the MNIST idx files; or a ``.pt`` file holding
+    ``{"x": inputs, "y": labels}`` (split 70/10/20, seeded)."""
+    import torch
+    from torch.utils.data import DataLoader, Subset, TensorDataset
+
+    path = Path(spec)
+    if path.is_dir():
+        from .data import load_mnist
+
+        try:
+            return load_mnist(path, batch_size=batch_size, seed=seed)
+        except (FileNotFoundError, ValueError) as exc:
+            raise CLIError(f"--data {spec}: not an MNIST directory ({exc})") from exc
+    if path.suffix == ".pt" or path.is_file():
+        if not path.is_file():
+            raise CLIError(f"--data file {path} does not exist")
+        try:
+            blob = torch.load(path, map_location="cpu", weights_only=True)
+        except Exception as exc:  # noqa: BLE001 - any unreadable file is the same user error
+            raise CLIError(f"--data {path} is not a torch file holding {{'x': inputs, 'y': labels}}: {exc}") from exc
+        if not (isinstance(blob, dict) and isinstance(blob.get("x"), torch.Tensor)
+                and isinstance(blob.get("y"), torch.Tensor) and len(blob["x"]) == len(blob["y"]) >= 10):
+            raise CLIError(f"--data {path} must hold {{'x': inputs, 'y': labels}} tensors of equal length >= 10")
+        n = len(blob["y"])
+        perm = torch.randperm(n, generator=torch.Generator().manual_seed(seed)).tolist()
+        n_te, n_va = max(1, n // 5), max(1, n // 10)
+        ds = TensorDataset(blob["x"], blob["y"])
+
+        def mk(idx, shuffle):
+            return DataLoader(Subset(ds, idx), batch_size=batch_size, shuffle=shuffle,
+                              generator=torch.Generator().manual_seed(seed))
+
+        return mk(perm[n_te + n_va:], True), mk(perm[n_te:n_te + n_va], False), mk(perm[:n_te], False)
+    loaders = _load_factory(spec)()
+    if not isinstance(loaders, (tuple, list)) or len(loaders) not in (2, 3):
+        raise CLIError(f"{spec}() must return (train, val, test) or (train, test) loaders")
+    return tuple(loaders) if len(loaders) == 3 else (loaders[0], None, loaders[1])
+
+
+def _factory_state(compressed, fresh) -> dict:
+    """The compressed weights as a state_dict of the factory's own structure, so ``sparsecomp emit`` can
+    load it.  A BatchNorm the compressor folded into its layer becomes an exact identity (mean 0, a gamma
+    with gamma / sqrt(var + eps) == 1.0 in codegen's float32 arithmetic, beta = the folded bias when the
+    layer had none), so codegen's own folding at emission gives back the compressed weights bit for bit."""
+    import torch
+    import torch.nn as nn
+
+    comp_mods = dict(compressed.named_modules())
+    state = compressed.state_dict()
+    out = {}
+    for name, mod in fresh.named_modules():
+        got = comp_mods.get(name)
+        if isinstance(mod, nn.modules.batchnorm._BatchNorm) and isinstance(got, nn.Identity):
+            layer = _folded_into(fresh, name)
+            if layer is None or not mod.affine or mod.running_var is None:
+                raise CLIError(f"cannot express the folded BatchNorm {name!r} in {type(fresh).__name__}'s structure")
+            var, gamma = _identity_bn(mod.eps)
+            c = mod.num_features
+            out[f"{name}.weight"] = torch.full((c,), gamma)
+            out[f"{name}.running_mean"] = torch.zeros(c)
+            out[f"{name}.running_var"] = torch.full((c,), var)
+            has_bias = getattr(fresh.get_submodule(layer), "bias", None) is not None
+            out[f"{name}.bias"] = torch.zeros(c) if has_bias else state[f"{layer}.bias"].detach().clone()
+            if mod.num_batches_tracked is not None:
+                out[f"{name}.num_batches_tracked"] = mod.num_batches_tracked.clone()
+            continue
+        if got is None or type(got) is not type(mod) and not isinstance(mod, nn.modules.batchnorm._BatchNorm):
+            raise CLIError(f"the compressed model's structure differs from the factory's at {name!r} "
+                           f"({type(got).__name__} vs {type(mod).__name__})")
+    fresh_state = fresh.state_dict()
+    for k in fresh_state:
+        if k not in out:
+            if k not in state:
+                raise CLIError(f"the compressed model has no {k!r}")
+            out[k] = state[k].detach().clone()
+    return out
+
+
+def _folded_into(model, bn_name: str) -> str | None:
+    """The Conv/Linear layer the BatchNorm ``bn_name`` follows (as sparsecomp.fold_batchnorm_ pairs them)."""
+    from .folding import _trace
+
+    for node in _trace(model).nodes:
+        if node.op == "call_module" and node.target == bn_name and node.args:
+            src = node.args[0]
+            return getattr(src, "target", None) if getattr(src, "op", "") == "call_module" else None
+    return None
+
+
+def _identity_bn(eps: float) -> tuple[float, float]:
+    """(running_var, gamma) with float32(gamma / sqrt(var + eps)) == 1.0 in codegen's arithmetic."""
+    import numpy as np
+
+    for var in (1.0, 0.5, 2.0, 0.25, 4.0):
+        v = float(np.float32(var))
+        target = np.sqrt(np.float64(v) + eps)
+        g0 = np.float32(target)
+        for g in (g0, np.nextafter(g0, np.float32(0)), np.nextafter(g0, np.float32(2))):
+            if np.float32(np.float64(g) / np.sqrt(np.float64(v) + eps)) == np.float32(1.0):
+                return v, float(g)
+    raise CLIError(f"no exact identity BatchNorm for eps={eps}")  # pragma: no cover
+
+
+def cmd_compress(args: argparse.Namespace) -> int:
+    import torch
+
+    from . import compress_NN_models
+    from .compress import BudgetError, CompressionError
+
+    factory = _load_factory(args.model)
+    model = factory()
+    if not isinstance(model, torch.nn.Module):
+        raise CLIError(f"{args.model}() returned {type(model).__name__}, not a torch.nn.Module")
+    wpath = Path(args.weights)
+    if not wpath.is_file():
+        raise CLIError(f"weights file {wpath} does not exist")
+    try:
+        state = torch.load(wpath, map_location="cpu", weights_only=True)
+        model.load_state_dict(state.get("state_dict", state) if isinstance(state, dict) else state)
+    except Exception as exc:  # noqa: BLE001 - a wrong or unreadable file is one user error
+        raise CLIError(f"{wpath} is not a state_dict of {args.model}(): {exc}") from exc
+    out = Path(args.out)
+    if out.exists() and any(out.iterdir()) and not args.overwrite:
+        raise CLIError(f"{out} exists and is not empty; pass --overwrite to replace model.pt and report.json in it")
+    train, val, test = _load_data(args.data, args.batch_size, args.seed)
+    try:
+        report = compress_NN_models(
+            model, args.budget, train, test, val_loader=val, representation=args.representation,
+            num_epochs=args.epochs, time_limit=args.time_limit, seed=args.seed, progress=not args.quiet,
+            layers_factorization=False,  # the state_dict must load into the factory's own structure
+        )  # fmt: skip
+    except (BudgetError, CompressionError, ValueError) as exc:
+        raise CLIError(str(exc)) from exc
+    from codegen.api import EMIT_ATTR
+
+    emit = getattr(model, EMIT_ATTR)
+    fresh = factory()
+    state = _factory_state(model, fresh)
+    out.mkdir(parents=True, exist_ok=True)
+    torch.save(state, out / "model.pt")
+    info = {**report.to_dict(), "emit": emit, "model": args.model}
+    (out / "report.json").write_text(json.dumps(info, indent=1, default=str))
+    (out / "report.txt").write_text(str(report) + "\n")
+    print(report)
+    shape = ",".join(str(s) for s in next(iter(test))[0][:1].shape)
+    print(f"\nwrote {out / 'model.pt'} and {out / 'report.json'}; emit it with:\n"
+          f"  sparsecomp emit {args.model} --weights {out / 'model.pt'} --input-shape {shape} "
+          f"--representation {emit['representation']} -o DIR")
+    return 0 if report.within_budget else 1
+
+
 def format_report(info: dict) -> str:
     """Human-readable table of an emitted directory's report.json."""
     try:
@@ -178,6 +333,27 @@ def build_parser() -> argparse.ArgumentParser:
                    help="do not embed a random test input (headers/input.h) for `make check`")
     e.add_argument("--seed", type=int, default=0, help="seed of the random self-test input")
     e.set_defaults(func=cmd_emit)
+
+    c = sub.add_parser("compress", help="compress a model to a byte budget",
+                       description="Build a model with PACKAGE.MODULE:FACTORY(), load its weights, compress it to "
+                                   "--budget on --data, write DIR/model.pt (a state_dict of the same factory) and "
+                                   "DIR/report.json; then `sparsecomp emit` on DIR/model.pt.")
+    c.add_argument("model", metavar="PACKAGE.MODULE:FACTORY", help="callable returning the nn.Module")
+    c.add_argument("--weights", required=True, metavar="W.pt", help="trained state_dict (torch.save)")
+    c.add_argument("--data", required=True, metavar="DATA",
+                   help="PACKAGE.MODULE:CALLABLE returning (train, val, test) or (train, test) DataLoaders, "
+                        "a directory of MNIST idx files, or a .pt file holding {'x': inputs, 'y': labels}")
+    c.add_argument("--budget", required=True, metavar="SIZE", help="weight bytes, e.g. 20KB, 96KiB, 4096B")
+    c.add_argument("--representation", default="auto", choices=sorted([*REPRESENTATIONS, "per-layer"]),
+                   help="weight storage (default auto: the most accurate at the budget)")
+    c.add_argument("--epochs", type=int, default=None, help="epochs per retraining round (default: from the data size)")
+    c.add_argument("--time-limit", type=float, default=None, metavar="S", help="stop after S seconds")
+    c.add_argument("--batch-size", type=int, default=64, help="batch size for a data file or directory")
+    c.add_argument("--seed", type=int, default=0)
+    c.add_argument("--out", required=True, metavar="DIR", help="where model.pt and report.json go")
+    c.add_argument("--overwrite", action="store_true", help="write into a non-empty DIR")
+    c.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
+    c.set_defaults(func=cmd_compress)
 
     r = sub.add_parser("report", help="pretty-print report.json of an emitted directory",
                        description="Pretty-print the per-layer table of an emitted model directory.")

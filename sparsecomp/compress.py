@@ -51,12 +51,13 @@ from .decompose import (
 )
 from .folding import fold_batchnorm_
 from .pruning import MaskedPruner, find_compressible_layers, magnitude_mask, replace_module
-from .report import CompressionReport, DecompositionRecord, LayerRow, RoundRecord
+from .report import CompressionReport, DecompositionRecord, LayerRow, ProbeRecord, RoundRecord
+from .rollback import ModelSnapshot
 from .schedule import agp_sparsity, pruning_steps
 from .sensitivity import DEFAULT_SPARSITIES, SensitivityResult, sensitivity_analysis
 from .training import Metric, all_reduce_sum, distributed, evaluate, make_optimizer, split_batch, top1
 from .vbmf import tucker2_ranks
-from .weight_sharing import attach_int8_, attach_shared_, check_finite, detach_quantizers_
+from .weight_sharing import WeightSharingError, attach_int8_, attach_shared_, check_finite, detach_quantizers_
 
 logger = logging.getLogger(__name__)
 
@@ -157,6 +158,19 @@ class _Masks(MaskedPruner):
             mask = m8.bool()
         self.set_mask(name, p, mask)
 
+    def cover(self, model: nn.Module) -> None:
+        """Add a mask (its zeros) for every pruned layer that has none, so no training step can revive
+        pruned weights.  Parametrized (quantized) weights keep their zeros themselves."""
+        from torch.nn.utils import parametrize
+
+        for layer, mod in find_compressible_layers(model).items():
+            name = f"{layer}.weight"
+            if name in self.masks or parametrize.is_parametrized(mod, "weight"):
+                continue
+            w = mod.weight
+            if bool((w == 0).any()):
+                self.set_mask(name, w, w.detach() != 0)
+
 
 @dataclass
 class _Ctx:
@@ -176,10 +190,14 @@ class _Ctx:
     distill_alpha: float = 0.0
     distill_temperature: float = 4.0
     plan: QuantPlan | None = None  # int8/codebook/auto: how each layer is quantized (bytes measured on a copy)
+    quant_epochs: int = 0
+    quant_lr: float = 1e-4
+    tol: float = 0.01
 
     def loss(self, outputs: torch.Tensor, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        _check_labels(outputs, y, self.criterion)
         loss = self.criterion(outputs, y)
-        if self.teacher is None or self.distill_alpha <= 0:
+        if self.teacher is None or self.distill_alpha <= 0 or y.is_floating_point() or outputs.dim() != 2:
             return loss
         with torch.no_grad():
             t_out = self.teacher(x)
@@ -187,6 +205,23 @@ class _Ctx:
         kd = nn.functional.kl_div(nn.functional.log_softmax(outputs / T, dim=1),
                                   nn.functional.softmax(t_out / T, dim=1), reduction="batchmean") * T * T
         return (1 - self.distill_alpha) * loss + self.distill_alpha * kd
+
+
+def _check_labels(outputs: torch.Tensor, y: torch.Tensor, criterion: nn.Module) -> None:
+    """Class labels must index the model's outputs; checked before the loss so a bad label is a clear
+    error instead of an IndexError (CPU) or an asynchronous device-side assert (CUDA)."""
+    if y.is_floating_point() or y.is_complex() or outputs.dim() < 2 or y.numel() == 0:
+        return
+    ignore = getattr(criterion, "ignore_index", None)
+    valid = y if ignore is None else y[y != ignore]
+    if valid.numel() == 0:
+        return
+    lo, hi, n_out = int(valid.min()), int(valid.max()), outputs.shape[1]
+    if lo < 0 or hi >= n_out:
+        raise CompressionError(
+            f"training labels lie in [{lo}, {hi}] but the model has {n_out} outputs, so labels must lie in "
+            f"[0, {n_out - 1}]; check the labels of train_loader or the size of the model's last layer"
+        )
 
 
 class _Stop(Exception):
@@ -203,6 +238,7 @@ def _train(
     targets: dict[str, float] | None = None,
     desc: str = "train",
     select_best: bool = True,
+    patience: int = 2,
 ) -> tuple[float, dict[str, torch.Tensor] | None, int]:
     """Train ``epochs`` epochs with masks applied; ramp sparsities to ``targets`` (AGP).
 
@@ -220,6 +256,7 @@ def _train(
     params = [p for p in model.parameters() if p.requires_grad]
     opt = make_optimizer(params, ctx.optimizer, lr)
     masks.rebind(model)
+    masks.cover(model)  # every pruned layer keeps its zeros, whatever the caller passed
     masks.attach(opt)
     try:
         n_batches = _num_batches(ctx.train_loader, ctx.max_batches)
@@ -234,7 +271,7 @@ def _train(
             if ramp:
                 steps = pruning_steps(epochs * n_batches, ramp_fraction=0.6 if epochs > 1 else 0.5)
         step_index = {it: k + 1 for k, it in enumerate(steps)}
-        best_acc, best_state = -math.inf, None
+        best_acc, best_state, best_epoch = -math.inf, None, 0
         last_good = _state(model)
         it = 0
         bar = tqdm(total=epochs * n_batches, desc=desc, disable=not ctx.progress, leave=False)
@@ -277,7 +314,10 @@ def _train(
                 acc = evaluate(model, ctx.val_loader, ctx.device, ctx.metric)
                 logger.info("%s epoch %d/%d: val accuracy %.4f", desc, epoch + 1, epochs, acc)
                 if acc > best_acc:
-                    best_acc, best_state = acc, last_good
+                    best_acc, best_state, best_epoch = acc, last_good, epoch
+                elif epoch - best_epoch >= patience:  # validation plateau: more epochs would not help
+                    logger.info("%s: no better val accuracy for %d epochs; stopping the round", desc, patience)
+                    break
         bar.close()
         if ramp:  # make sure the final sparsity is reached even with very few batches
             for n, (_, s1) in ramp.items():
@@ -289,6 +329,20 @@ def _train(
         return best_acc, best_state, epochs
     finally:
         masks.detach()
+
+
+def default_epochs(train_loader: Iterable, max_batches: int | None = None, steps: int = 1500) -> int:
+    """Epochs per retraining round when ``num_epochs`` is None: about ``steps`` optimizer steps, between 2
+    and 6 epochs (small data sets get more passes, large ones fewer; a validation plateau ends a round
+    earlier)."""
+    return int(min(6, max(2, math.ceil(steps / _num_batches(train_loader, max_batches)))))
+
+
+def _num_samples(loader: Iterable) -> int:
+    ds = getattr(loader, "dataset", None)
+    if ds is not None and hasattr(ds, "__len__"):
+        return len(ds)
+    return sum(int(split_batch(b)[1].shape[0]) for b in loader)
 
 
 def _num_batches(loader: Iterable, cap: int | None) -> int:
@@ -455,11 +509,11 @@ def compress_NN_models(  # noqa: N802 - public name fixed by the issue
     test_loader: Iterable,
     val_loader: Iterable | None = None,
     *,
-    num_epochs: int = 3,
+    num_epochs: int | None = None,
     learning_rate: float = 1e-3,
     criterion: nn.Module | None = None,
     device: str | torch.device = "cpu",
-    representation: str = "csr",
+    representation: str = "auto",
     accuracy_tolerance: float = 0.01,
     layers_factorization: bool = True,
     max_rounds: int = 4,
@@ -477,7 +531,7 @@ def compress_NN_models(  # noqa: N802 - public name fixed by the issue
     example_input: torch.Tensor | None = None,
     metric: Metric = top1,
     checkpoint_path: str | os.PathLike | None = None,
-    distillation: float = 0.0,
+    distillation: float = 0.5,
     bits: int | dict[str, int] | None = None,
     quant_epochs: int = 1,
     quant_learning_rate: float | None = None,
@@ -501,15 +555,22 @@ def compress_NN_models(  # noqa: N802 - public name fixed by the issue
     :class:`SensitivityResult` or the CSV path written by :func:`sensitivity_analysis`;
     layers missing from it are analysed.  ``max_batches_per_epoch`` and ``time_limit``
     (seconds) bound the run; ``example_input`` (batch 1) defaults to the first training sample.
-    ``distillation`` (0..1) mixes a knowledge-distillation loss from a frozen copy of the
-    original model into retraining (classification outputs only; 0 = off).
+    ``distillation`` (0..1, default 0.5) mixes a knowledge-distillation loss from a frozen copy of the
+    original model into retraining (classification outputs with integer labels only; 0 = off).
+    ``num_epochs`` per retraining round defaults to about 1,500 optimizer steps (2 to 6 epochs,
+    :func:`default_epochs`); a round ends early when validation accuracy stops improving for two
+    epochs, and rounds stop once the budget and ``accuracy_tolerance`` are met.
 
-    ``representation`` is any of ``codegen.formats.REPRESENTATIONS``: "csr"/"dense" (float),
+    ``representation`` defaults to "auto": a short probe of "int8", "per-layer", "codebook" and "csr"
+    on copies of the model (one round on part of an epoch each, the report lists them), then the full
+    run with the most accurate; the model records the representation so ``save_compressed_model(model,
+    input_data=...)`` emits exactly what was budgeted.  "per-layer" chooses float, int8 or codebook per
+    layer (emitted as codegen's "auto").  Otherwise any of ``codegen.formats.REPRESENTATIONS``:
+    "csr"/"dense" (float),
     "int8" (per-channel int8, pruned to a budget counted in int8 bytes, then quantized and
     fine-tuned ``quant_epochs`` with a straight-through estimator), "codebook" (Deep Compression
     weight sharing: ``bits`` per layer -- an int, {layer: bits}, or None to choose them with
-    :func:`sparsecomp.bits.bits_analysis` -- then centroid fine-tuning) or "auto" (per layer the
-    smallest of float, int8 and codebook that keeps accuracy).  For int8/codebook/auto every
+    :func:`sparsecomp.bits.bits_analysis` -- then centroid fine-tuning).  For int8/codebook/per-layer every
     BatchNorm after a conv/linear is first folded into it (:func:`sparsecomp.fold_batchnorm_`),
     the budget counts the bytes of the quantized model exactly, and the model ends quantized /
     weight-shared so ``save_compressed_model(model, representation)`` emits exactly those bytes.
@@ -527,11 +588,12 @@ def compress_NN_models(  # noqa: N802 - public name fixed by the issue
         sensitivity = SensitivityResult.from_csv(sensitivity)
     from codegen.formats import REPRESENTATIONS
 
-    if representation not in REPRESENTATIONS:
-        raise ValueError(f"representation must be one of {sorted(REPRESENTATIONS)}, got {representation!r}")
+    if representation not in REPRESENTATIONS and representation != "per-layer":
+        raise ValueError(f"representation must be one of {sorted([*REPRESENTATIONS, 'per-layer'])}, "
+                         f"got {representation!r}")
     if quant_epochs < 0:
         raise ValueError(f"quant_epochs must be >= 0, got {quant_epochs}")
-    if num_epochs < 1 or max_rounds < 1:
+    if (num_epochs is not None and num_epochs < 1) or max_rounds < 1:
         raise ValueError("num_epochs and max_rounds must be >= 1")
     if not 0 <= distillation <= 1:
         raise ValueError(f"distillation is a weight in [0, 1], got {distillation}")
@@ -554,36 +616,175 @@ def compress_NN_models(  # noqa: N802 - public name fixed by the issue
         _first_batch(val_loader, "val_loader")
     example = (example_input if example_input is not None else x0[:1]).to(device)
 
-    was_training = model.training
-    model.to(device)
-    quantized = representation not in ("csr", "dense")
-    if quantized:
-        check_finite(model)
-        # codegen would fold BatchNorm at emission and rescale quantized rows: fold it here, once
-        fold_batchnorm_(model)
-    criterion = criterion if criterion is not None else nn.CrossEntropyLoss()
-    fork_devices = [device.index or 0] if device.type == "cuda" else []
-    with torch.random.fork_rng(devices=fork_devices), torch.enable_grad():
-        torch.manual_seed(seed)
-        ctx = _Ctx(model, train_loader, val_loader, criterion, device, metric, optimizer,
-                   max_batches_per_epoch, progress and _is_rank0(),
-                   None if time_limit is None else t0 + time_limit, example, representation)
-        if distillation > 0:
-            # the uncompressed model teaches the compressed one (Hinton et al.): a frozen copy
-            ctx.teacher = copy.deepcopy(model).eval().requires_grad_(False)
-            ctx.distill_alpha = float(distillation)
-        if quantized:
-            ctx.plan = make_plan(model, representation, val_loader, accuracy_tolerance, bits, device=device,
-                                 metric=metric, max_batches=sensitivity_batches, progress=ctx.progress)
-        report = _run(ctx, budget, num_epochs, learning_rate, accuracy_tolerance, layers_factorization, max_rounds,
-                      conv_decomposition, factorization_min_params, sensitivity, list(sensitivity_sparsities),
-                      sensitivity_batches, test_loader, t0, quant_epochs,
-                      quant_learning_rate if quant_learning_rate is not None else learning_rate / 5)
-    model.train(was_training)
+    if num_epochs is None:
+        num_epochs = default_epochs(train_loader, max_batches_per_epoch)
+        logger.info("%d epochs per retraining round (from the size of the training data)", num_epochs)
+    cfg = CompressConfig(
+        budget=budget, representation=representation, num_epochs=num_epochs, learning_rate=learning_rate,
+        criterion=criterion if criterion is not None else nn.CrossEntropyLoss(), device=device,
+        accuracy_tolerance=accuracy_tolerance, layers_factorization=layers_factorization, max_rounds=max_rounds,
+        seed=seed, progress=progress and _is_rank0(), optimizer=optimizer, conv_decomposition=conv_decomposition,
+        factorization_min_params=factorization_min_params, sensitivity=sensitivity,
+        sensitivity_sparsities=tuple(sensitivity_sparsities), sensitivity_batches=sensitivity_batches,
+        max_batches_per_epoch=max_batches_per_epoch, deadline=None if time_limit is None else t0 + time_limit,
+        metric=metric, distillation=float(distillation), bits=bits, quant_epochs=quant_epochs,
+        quant_learning_rate=quant_learning_rate if quant_learning_rate is not None else learning_rate / 5,
+    )
+    data = _Data(train_loader, val_loader, test_loader, example)
+    snapshot = ModelSnapshot(model)
+    try:
+        if representation == "auto":
+            report = _compress_auto(model, cfg, data, t0)
+        else:
+            report = _compress(model, cfg, data, t0)
+    except BaseException:
+        # Ctrl-C, the user's DataLoader, bad labels, our own errors: hand back the model as it was given
+        snapshot.restore()
+        logger.error("compression failed; the model was restored to the state it was given in")
+        raise
+    model.train(snapshot.training)
     if checkpoint_path is not None and _is_rank0():
         torch.save(model.state_dict(), checkpoint_path)
         logger.info("saved the compressed state_dict to %s", checkpoint_path)
     return report
+
+
+@dataclass(frozen=True)
+class CompressConfig:
+    """Every option of :func:`compress_NN_models`, checked and resolved (budget in bytes, an absolute
+    deadline instead of ``time_limit``).  ``representation`` "per-layer" is the plan that picks float,
+    int8 or codebook per layer (what "auto" runs when it is the best probe)."""
+
+    budget: int
+    representation: str
+    num_epochs: int
+    learning_rate: float
+    criterion: nn.Module
+    device: torch.device
+    accuracy_tolerance: float
+    layers_factorization: bool
+    max_rounds: int
+    seed: int
+    progress: bool
+    optimizer: str
+    conv_decomposition: str
+    factorization_min_params: int
+    sensitivity: SensitivityResult | None
+    sensitivity_sparsities: tuple[float, ...]
+    sensitivity_batches: int | None
+    max_batches_per_epoch: int | None
+    deadline: float | None
+    metric: Metric
+    distillation: float
+    bits: int | dict[str, int] | None
+    quant_epochs: int
+    quant_learning_rate: float
+
+    @property
+    def codegen_representation(self) -> str:
+        """The representation codegen emits the result with."""
+        return "auto" if self.representation == "per-layer" else self.representation
+
+
+@dataclass
+class _Data:
+    train: Iterable
+    val: Iterable
+    test: Iterable
+    example: torch.Tensor
+
+
+# a round that gains less validation accuracy than this over the previous ones ends the rounds
+PLATEAU = 0.001
+
+# the candidates "auto" probes, in order of preference on equal validation accuracy
+AUTO_CANDIDATES = ("int8", "per-layer", "codebook", "csr")
+
+
+def _probe_batches(loader: Iterable, cap: int | None) -> int:
+    """Batches of one probe epoch: a quarter of the data, at least 40 batches (or all), at most 300."""
+    n = _num_batches(loader, cap)
+    return min(n, max(min(n, 40), min(300, n // 4)))
+
+
+def _compress_auto(model: nn.Module, cfg: CompressConfig, data: _Data, t0: float) -> CompressionReport:
+    """"auto": a short probe of every candidate representation (one epoch on part of the data, one
+    round, no factorization) on a copy of the model, then the full run with the one whose probe
+    reached the best validation accuracy within the budget.  The probes share one sensitivity analysis."""
+    from dataclasses import replace
+
+    initial = int(exact_weight_bytes(model, data.example, "csr").total)
+    if initial <= cfg.budget:
+        return _compress(model, replace(cfg, representation="csr"), data, t0)
+    sens = cfg.sensitivity
+    if sens is None:
+        sens = sensitivity_analysis(model, data.val, list(cfg.sensitivity_sparsities), device=cfg.device,
+                                    metric=cfg.metric, max_batches=cfg.sensitivity_batches, progress=cfg.progress)
+    n_probe = _probe_batches(data.train, cfg.max_batches_per_epoch)
+    deadline = cfg.deadline
+    probe_deadline = None if deadline is None else time.monotonic() + 0.4 * (deadline - time.monotonic())
+    probes: list[ProbeRecord] = []
+    for rep in tqdm(AUTO_CANDIDATES, desc="auto: probing representations", disable=not cfg.progress, leave=False):
+        pt = time.monotonic()
+        pcfg = replace(cfg, representation=rep, num_epochs=1, max_rounds=1, layers_factorization=False,
+                       quant_epochs=min(1, cfg.quant_epochs), max_batches_per_epoch=n_probe, progress=False,
+                       sensitivity=sens, deadline=probe_deadline)
+        try:
+            r = _compress(copy.deepcopy(model), pcfg, _Data(data.train, data.val, data.val, data.example), pt)
+        except (BudgetError, WeightSharingError) as exc:  # this representation cannot reach the budget
+            probes.append(ProbeRecord(rep, None, None, time.monotonic() - pt, f"not possible: {exc}"))
+            continue
+        probes.append(ProbeRecord(rep, r.val_accuracy_after, r.final_bytes, time.monotonic() - pt,
+                                  r.stopped_reason))
+        logger.info("auto probe %s: val %.4f at %d bytes (%.1f s)", rep, r.val_accuracy_after, r.final_bytes,
+                    time.monotonic() - pt)
+    ok = [p for p in probes if p.val_accuracy is not None and p.bytes is not None and p.bytes <= cfg.budget]
+    if not ok:
+        raise BudgetError(f"no representation can reach the budget of {cfg.budget} bytes: "
+                          + "; ".join(f"{p.representation}: {p.note}" for p in probes),
+                          min((p.bytes for p in probes if p.bytes), default=cfg.budget))
+    # probes differ by noise too: of those within one standard error of the best, the first in preference
+    top = max(p.val_accuracy for p in ok)
+    se = math.sqrt(max(top * (1 - top), 1e-4) / max(1, _num_samples(data.val)))
+    best = next(p for p in sorted(ok, key=lambda p: AUTO_CANDIDATES.index(p.representation))
+                if p.val_accuracy >= top - se)
+    logger.info("auto: %s gives the best probe accuracy (%.4f); running it in full", best.representation,
+                best.val_accuracy)
+    # the full run is exactly the call with that representation (its own sensitivity analysis, on the model
+    # as that representation sees it), so auto is never worse than choosing it by hand
+    report = _compress(model, replace(cfg, representation=best.representation), data, t0)
+    report.probes = probes
+    report.chosen_by = "auto"
+    report.wall_time_s = time.monotonic() - t0
+    return report
+
+
+def _compress(model: nn.Module, cfg: CompressConfig, data: _Data, t0: float) -> CompressionReport:
+    device = cfg.device
+    model.to(device)
+    quantized = cfg.representation not in ("csr", "dense")
+    if quantized:
+        check_finite(model)
+        # codegen would fold BatchNorm at emission and rescale quantized rows: fold it here, once
+        fold_batchnorm_(model)
+    fork_devices = [device.index or 0] if device.type == "cuda" else []
+    with torch.random.fork_rng(devices=fork_devices), torch.enable_grad():
+        torch.manual_seed(cfg.seed)
+        ctx = _Ctx(model, data.train, data.val, cfg.criterion, device, cfg.metric, cfg.optimizer,
+                   cfg.max_batches_per_epoch, cfg.progress, cfg.deadline, data.example, cfg.codegen_representation,
+                   quant_epochs=cfg.quant_epochs, tol=cfg.accuracy_tolerance, quant_lr=cfg.quant_learning_rate)
+        if cfg.distillation > 0:
+            # the uncompressed model teaches the compressed one (Hinton et al.): a frozen copy
+            ctx.teacher = copy.deepcopy(model).eval().requires_grad_(False)
+            ctx.distill_alpha = cfg.distillation
+        if quantized:
+            ctx.plan = make_plan(model, cfg.codegen_representation, data.val, cfg.accuracy_tolerance, cfg.bits,
+                                 device=device, metric=cfg.metric, max_batches=cfg.sensitivity_batches,
+                                 progress=ctx.progress)
+        return _run(ctx, cfg.budget, cfg.num_epochs, cfg.learning_rate, cfg.accuracy_tolerance,
+                    cfg.layers_factorization, cfg.max_rounds, cfg.conv_decomposition, cfg.factorization_min_params,
+                    cfg.sensitivity, list(cfg.sensitivity_sparsities), cfg.sensitivity_batches, data.test, t0,
+                    cfg.quant_epochs, cfg.quant_learning_rate)
 
 
 def _is_rank0() -> bool:
@@ -678,6 +879,11 @@ def _run(ctx: _Ctx, budget, num_epochs, lr, tol, factorize, max_rounds, conv_met
         nnz_now = current_nnz(model)
         try:
             targets_nnz = allocate(numel, nnz_now, min_nnz, bm.layer_bytes, drop, bm.fixed, alloc_budget)
+            if rnd == 1:  # measure the allocation with codegen on a pruned copy and use the budget it leaves
+                alloc_budget, targets_nnz = _calibrate(ctx, masks, targets_nnz, alloc_budget, budget, floor,
+                                                       partial(allocate, numel, nnz_now, min_nnz, bm.layer_bytes,
+                                                               drop, bm.fixed))
+                round_alloc = alloc_budget
         except UnreachableBudget as exc:
             stop_reason = f"round {rnd}: {exc}"
             break
@@ -697,23 +903,40 @@ def _run(ctx: _Ctx, budget, num_epochs, lr, tol, factorize, max_rounds, conv_met
             masks.apply()
         exact = int(exact_weight_bytes(model, ctx.example, ctx.representation, ctx.plan).total)
         note = ""
+        prev_best = best[0] if best is not None else None
         if exact <= budget and (best is None or acc > best[0]):
             best = (acc, state if state is not None else _state(model), exact)
         if exact > budget:
             # the estimate disagreed with codegen (e.g. BN folding made zeros): tighten and go again
             alloc_budget = max(floor, alloc_budget - (exact - budget) - max(16, budget // 200))
             note = f"over budget by {exact - budget} B; re-allocating for {alloc_budget} B"
-        elif acc < report.val_accuracy_before - tol:
+        else:
             round_lr = round_lr * 0.5
-            note = f"val accuracy {acc:.4f} below {val_before - tol:.4f}; fine-tuning again (lr {round_lr:g})"
+            met = acc >= val_before - tol
+            plateau = prev_best is not None and acc < prev_best + PLATEAU
+            if met:
+                report.success = True
+            if acc >= val_before or plateau:
+                if best[0] >= val_before - tol:
+                    stop_reason = "budget and accuracy criterion met" + ("" if acc >= val_before else
+                                                                          "; validation plateau")
+                else:
+                    stop_reason = (f"validation plateau at {best[0]:.4f}, below baseline {val_before:.4f} - "
+                                   f"tolerance {tol}")
+                note = "stop: " + ("no accuracy lost" if acc >= val_before else
+                                   f"no gain of {100 * PLATEAU:.1f} point over the previous round")
+                logger.info("round %d: exact %d bytes, val %.4f %s", rnd, exact, acc, note)
+                report.rounds.append(RoundRecord(rnd, round_alloc, estimate, exact, acc, ep,
+                                                 time.monotonic() - rt, note))
+                break
+            note = (f"criterion met; fine-tuning on while validation improves (lr {round_lr:g})" if met else
+                    f"val accuracy {acc:.4f} below {val_before - tol:.4f}; fine-tuning again (lr {round_lr:g})")
         logger.info("round %d: exact %d bytes, val %.4f %s", rnd, exact, acc, note)
         report.rounds.append(RoundRecord(rnd, round_alloc, estimate, exact, acc, ep, time.monotonic() - rt, note))
-        if exact <= budget and acc >= val_before - tol:
-            report.success = True
-            stop_reason = "budget and accuracy criterion met"
-            break
     else:
-        if best is not None and best[0] < val_before - tol:
+        if best is not None and best[0] >= val_before - tol:
+            stop_reason = f"budget and accuracy criterion met; max_rounds={max_rounds} reached"
+        elif best is not None:
             stop_reason = (f"max_rounds={max_rounds} reached: within budget but val accuracy {best[0]:.4f} "
                            f"is below baseline {val_before:.4f} - tolerance {tol}")
 
@@ -728,6 +951,43 @@ def _run(ctx: _Ctx, budget, num_epochs, lr, tol, factorize, max_rounds, conv_met
     if ctx.plan is not None:
         _quantize_stage(ctx, report, quant_epochs, quant_lr, tol)
     return _finish(report, ctx, test_loader, t0)
+
+
+def _calibrate(ctx: _Ctx, masks: _Masks, targets: dict[str, int], alloc_budget: int, budget: int, floor: int,
+               allocate_for) -> tuple[int, dict[str, int]]:
+    """The per-layer estimates (sparse index layouts, codebook sizes) can be off by several percent, which
+    leaves bytes of the budget unused.  Prune a copy of the model to the allocation by magnitude, count
+    it exactly (codegen, quantized as planned), and rescale the allocation budget by budget / exact
+    (a few steps), keeping the largest allocation whose pruned copy fits."""
+    best = (alloc_budget, targets) if _trial_bytes(ctx, masks, targets) <= budget else None
+    b = alloc_budget
+    for _ in range(4):
+        exact = _trial_bytes(ctx, masks, targets)
+        if exact <= budget and (best is None or b >= best[0]):
+            best = (b, targets)
+        if abs(exact - budget) <= max(16, budget // 200):
+            break
+        b = max(floor, int(b * budget / max(1, exact)))
+        try:
+            targets = allocate_for(b)
+        except UnreachableBudget:
+            break
+    if best is None:
+        return alloc_budget, allocate_for(alloc_budget)
+    if best[0] != alloc_budget:
+        logger.info("calibrated the allocation with codegen: allocating for %d bytes to fill %d", best[0], budget)
+    return best
+
+
+def _trial_bytes(ctx: _Ctx, masks: _Masks, targets: dict[str, int]) -> int:
+    trial = copy.deepcopy(ctx.model)
+    comp = find_compressible_layers(trial)
+    with torch.no_grad():
+        for n, k in targets.items():
+            w = comp[n].weight
+            old = masks.masks.get(f"{n}.weight")
+            w.mul_(magnitude_mask(w, 1.0 - k / w.numel(), old if old is not None else w != 0))
+    return int(exact_weight_bytes(trial, ctx.example, ctx.representation, ctx.plan).total)
 
 
 def _quantize_stage(ctx: _Ctx, report: CompressionReport, epochs: int, lr: float, tol: float) -> None:
@@ -813,17 +1073,80 @@ def _force_into_budget(ctx: _Ctx, bm: ByteModel, masks: _Masks, budget, numel, m
 
 def _finish(report: CompressionReport, ctx: _Ctx, test_loader, t0: float) -> CompressionReport:
     model = ctx.model
+    if ctx.plan is not None:  # every path ends with the model holding the values it was budgeted as
+        _quantize_stage(ctx, report, ctx.quant_epochs, ctx.quant_lr, ctx.tol)
+    _enforce_budget(ctx, report)
     final = exact_weight_bytes(model, ctx.example, ctx.representation)
     report.final_bytes = int(final.total)
     report.val_accuracy_after = evaluate(model, ctx.val_loader, ctx.device, ctx.metric)
     report.test_accuracy_after = evaluate(model, test_loader, ctx.device, ctx.metric)
     report.layers = _layer_rows(model, final, ctx.representation)
     report.wall_time_s = time.monotonic() - t0
-    if report.final_bytes > report.target_bytes:
+    if report.final_bytes > report.target_bytes:  # cannot happen after _enforce_budget; never report "met" if so
         report.success = False
+    record_emission(model, ctx.representation, report.final_bytes, report.target_bytes)
     logger.info("compression finished: %d bytes (budget %d), val %.4f, test %.4f: %s", report.final_bytes,
                 report.target_bytes, report.val_accuracy_after, report.test_accuracy_after, report.stopped_reason)
     return report
+
+
+def record_emission(model: nn.Module, representation: str, weight_bytes: int, budget: int) -> None:
+    """Store on ``model`` how it must be emitted, in the plain attribute codegen reads
+    (``codegen.api.EMIT_ATTR``): ``save_compressed_model(model, input_data=...)`` then emits exactly
+    the representation -- and the bytes -- the compressor budgeted."""
+    from codegen.api import EMIT_ATTR
+
+    setattr(model, EMIT_ATTR, {"representation": representation, "weight_bytes": int(weight_bytes),
+                               "budget_bytes": int(budget)})
+
+
+def _enforce_budget(ctx: _Ctx, report: CompressionReport) -> None:
+    """The hard guarantee: measure the model with codegen's count (the bytes the C will hold) and, while
+    it is over budget, prune the smallest weights of every layer that still has more than one nonzero
+    per output row (each row keeps its largest weight, so int8 grids and codebooks stay exact), then
+    measure again.  Raises :class:`CompressionError` if even that cannot fit (the model is restored)."""
+    model, budget = ctx.model, report.target_bytes
+    exact = int(exact_weight_bytes(model, ctx.example, ctx.representation).total)
+    if exact <= budget:
+        return
+    start, pruned, frac = exact, 0, 0.0
+    for _ in range(200):
+        comp = find_compressible_layers(model)
+        nnz = current_nnz(model)
+        rows = {n: m.weight.shape[0] for n, m in comp.items()}
+        prunable = [n for n in comp if nnz[n] > rows[n]]
+        if not prunable:
+            break
+        over = exact - budget
+        share = sum(int(v) for k, v in dict(exact_weight_bytes(model, ctx.example, ctx.representation)
+                                            .layers).items() if k in prunable)
+        frac = min(0.5, max(frac * 1.5 if frac else 0.0, over / max(1, share) * 1.05, 0.01))
+        with torch.no_grad():
+            for n in prunable:
+                w = comp[n].weight
+                keep = max(rows[n], int(nnz[n] * (1.0 - frac)))
+                mask = magnitude_mask(w, 1.0 - keep / w.numel(), w != 0)
+                w2 = w.detach().reshape(w.shape[0], -1)
+                top = torch.zeros_like(w2, dtype=torch.bool)
+                top.scatter_(1, w2.abs().argmax(dim=1, keepdim=True), True)
+                mask = (mask | top.view_as(w)) & (w != 0)
+                pruned += int((w != 0).sum()) - int(mask.sum())
+                w.mul_(mask)
+        new = int(exact_weight_bytes(model, ctx.example, ctx.representation).total)
+        if new < exact:
+            frac = 0.0  # progress: size the next step from what is still over
+        exact = new
+        if exact <= budget:
+            break
+    if exact > budget:
+        raise BudgetError(
+            f"cannot fit the model into {budget} bytes as {ctx.representation!r}: codegen counts {exact} bytes "
+            "with one weight per output row left in every layer; raise the budget or choose a smaller "
+            "representation (int8, codebook or auto)", exact)
+    msg = (f"the trained model measured {start} bytes (> budget {budget}); pruned {pruned} more weights "
+           f"without fine-tuning to reach {exact} bytes")
+    logger.warning("%s", msg)
+    report.warnings.append(msg)
 
 
 def _layer_rows(model: nn.Module, byte_report, representation: str) -> list[LayerRow]:

@@ -57,6 +57,18 @@ class RoundRecord:
 
 
 @dataclass
+class ProbeRecord:
+    """One short probe of a representation by ``representation="auto"`` (validation accuracy reached
+    in one round of one partial epoch at the budget, exact bytes; None when it could not run)."""
+
+    representation: str
+    val_accuracy: float | None
+    bytes: int | None
+    seconds: float
+    note: str = ""
+
+
+@dataclass
 class CompressionReport:
     """Outcome of a compression run.  ``str(report)`` is a readable table; ``to_dict()`` is JSON-able."""
 
@@ -78,6 +90,28 @@ class CompressionReport:
     wall_time_s: float = 0.0
     warnings: list[str] = field(default_factory=list)
     quantization: str = ""  # int8/codebook/auto: the per-layer plan and the accuracy after quantizing
+    probes: list[ProbeRecord] = field(default_factory=list)  # representation="auto": what each probe reached
+    chosen_by: str = ""  # "auto" when the representation was chosen by probing
+
+    def hint(self) -> str:
+        """When the criterion was missed, what the numbers say may help (empty otherwise)."""
+        if self.success:
+            return ""
+        tips = []
+        ok = [p for p in self.probes if p.val_accuracy is not None]
+        if ok:
+            best = max(ok, key=lambda p: p.val_accuracy)
+            worst = min(ok, key=lambda p: p.val_accuracy)
+            if best.val_accuracy - worst.val_accuracy > 0.005:
+                tips.append(f"in the probes {best.representation} reached {100 * best.val_accuracy:.1f} % vs "
+                            f"{100 * worst.val_accuracy:.1f} % for {worst.representation} at this budget")
+        dense_share = [r for r in self.layers if r.density is not None and r.density < 0.1]
+        if dense_share:
+            tips.append("layers pruned below 10 % density (" + ", ".join(r.name for r in dense_share[:4])
+                        + "): a larger budget or a smaller representation (int8/codebook) keeps more weights")
+        if self.val_accuracy_after is not None and self.val_accuracy_before is not None:
+            tips.append("more epochs (num_epochs, max_rounds) or a longer time_limit let retraining recover more")
+        return "; ".join(tips)
 
     @property
     def within_budget(self) -> bool:
@@ -114,6 +148,19 @@ class CompressionReport:
         if self.quantization:
             lines.append(f"  quantization  {self.quantization}")
         lines.append("")
+        if self.probes:
+            lines.append("  auto probes (one round of a partial epoch each, on a copy; validation accuracy):")
+            for p in self.probes:
+                mark = "*" if p.representation == self.representation or (
+                    p.representation == "per-layer" and self.representation == "auto") else " "
+                acc = "   n/a " if p.val_accuracy is None else pct(p.val_accuracy)
+                size = "" if p.bytes is None else f"{p.bytes:>9,d} B"
+                lines.append(f"   {mark} {p.representation:<10} {acc} {size:>11} {p.seconds:6.1f}s  {p.note[:90]}")
+            lines.append("")
+        hint = self.hint()
+        if hint:
+            lines.append(f"  what may help: {hint}")
+            lines.append("")
         if self.layers:
             w = max(12, *(len(r.name) for r in self.layers))
             fw = max(7, *(len(r.format) for r in self.layers))

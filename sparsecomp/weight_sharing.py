@@ -37,7 +37,7 @@ import torch
 import torch.nn as nn
 from torch.nn.utils import parametrize
 
-from .pruning import find_compressible_layers
+from .pruning import MaskedPruner, find_compressible_layers
 from .training import split_batch
 
 logger = logging.getLogger(__name__)
@@ -230,6 +230,7 @@ def fine_tune_shared_(
         return model
     criterion = criterion if criterion is not None else nn.CrossEntropyLoss()
     model.to(device)
+    keep_zeros = MaskedPruner()
     attach_shared_(model, names)
     try:
         cents = [find_compressible_layers(model)[n].parametrizations["weight"][0].centroids for n in names]
@@ -239,6 +240,12 @@ def fine_tune_shared_(
             others = [p for pn, p in model.named_parameters()
                       if p.requires_grad and id(p) not in cent_ids and not pn.endswith(".original")]
         opt = make_optimizer(cents + others, optimizer, lr)
+        # the pruned zeros of the layers trained as plain floats stay zero (shared layers keep theirs)
+        if train_other:
+            for n, m in find_compressible_layers(model).items():
+                if n not in names and bool((m.weight == 0).any()):
+                    keep_zeros.set_mask(f"{n}.weight", m.weight, m.weight.detach() != 0)
+        keep_zeros.attach(opt)
         was_training = model.training
         model.train()
         seen = 0
@@ -260,5 +267,6 @@ def fine_tune_shared_(
             logger.info("fine_tune_shared_ epoch %d/%d: last loss %.4f", epoch + 1, epochs, float(loss.detach()))
         model.train(was_training)
     finally:
+        keep_zeros.detach()
         detach_quantizers_(model)
     return model

@@ -39,7 +39,7 @@ def factory(tmp_path, monkeypatch):
     return tmp_path, model
 
 
-@pytest.mark.parametrize("sub", [[], ["emit"], ["report"], ["board"]])
+@pytest.mark.parametrize("sub", [[], ["emit"], ["compress"], ["report"], ["board"]])
 def test_help_on_every_subcommand(sub, capsys):
     with pytest.raises(SystemExit) as ei:
         cli.main([*sub, "--help"])
@@ -120,3 +120,74 @@ def test_board_calls_codegen_board_lazily(tmp_path, monkeypatch):
 def test_module_entry_point_runs():
     run = subprocess.run([sys.executable, "-m", "sparsecomp.cli", "--help"], capture_output=True, text=True)
     assert run.returncode == 0 and "emit" in run.stdout and "board" in run.stdout
+
+
+BN_FACTORY = textwrap.dedent(
+    """
+    import torch
+    import torch.nn as nn
+    from torch.utils.data import DataLoader, TensorDataset
+
+    def net():
+        return nn.Sequential(nn.Conv2d(1, 6, 3, bias=False), nn.BatchNorm2d(6), nn.ReLU(), nn.Flatten(),
+                             nn.Linear(6 * 6 * 6, 32), nn.ReLU(), nn.Linear(32, 3))
+
+    def loaders():
+        g = torch.Generator().manual_seed(0)
+        x = torch.randn(96, 1, 8, 8, generator=g)
+        y = (x[:, 0, :4].sum((1, 2)) > 0).long() + (x[:, 0, 4:].sum((1, 2)) > 2).long()
+        mk = lambda a, b: DataLoader(TensorDataset(x[a:b], y[a:b]), batch_size=16)
+        return mk(0, 64), mk(64, 80), mk(80, 96)
+    """
+)
+
+
+@pytest.mark.parametrize("rep", ["int8", "csr"])
+def test_compress_then_emit_end_to_end(rep, tmp_path, monkeypatch, capsys):
+    """`sparsecomp compress` writes a state_dict of the factory's own structure (a BatchNorm the compressor
+    folded becomes an exact identity) and the report; `sparsecomp emit` with the printed representation
+    emits exactly the compressed bytes, within the budget, and its self-test passes."""
+    import shutil
+
+    (tmp_path / "cli_bn_models.py").write_text(BN_FACTORY)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    import importlib
+
+    mod = importlib.import_module("cli_bn_models")
+    torch.manual_seed(0)
+    model = mod.net()
+    train, _, _ = mod.loaders()
+    opt = torch.optim.Adam(model.parameters(), 1e-2)
+    for _ in range(3):
+        for x, y in train:
+            opt.zero_grad()
+            torch.nn.functional.cross_entropy(model(x), y).backward()
+            opt.step()
+    torch.save(model.state_dict(), tmp_path / "w.pt")
+    out = tmp_path / "comp"
+    rc = cli.main(["compress", "cli_bn_models:net", "--weights", str(tmp_path / "w.pt"), "--data",
+                   "cli_bn_models:loaders", "--budget", "2500B", "--representation", rep, "--epochs", "1",
+                   "--out", str(out), "-q"])
+    text = capsys.readouterr().out
+    assert rc == 0, text
+    info = json.loads((out / "report.json").read_text())
+    assert info["emit"]["representation"] == rep and info["final_bytes"] <= 2500
+    assert f"--representation {rep}" in text
+    emitted = tmp_path / "c"
+    assert cli.main(["emit", "cli_bn_models:net", "--weights", str(out / "model.pt"), "--input-shape", "1,1,8,8",
+                     "--representation", rep, "-o", str(emitted)]) == 0
+    assert f"{info['final_bytes']} weight bytes" in capsys.readouterr().out
+    if shutil.which("make") and (shutil.which("cc") or shutil.which("gcc")):
+        run = subprocess.run(["make", "-s", "-C", str(emitted), "check"], capture_output=True, text=True)
+        assert run.returncode == 0, run.stdout + run.stderr
+
+
+def test_compress_bad_input_is_one_line(tmp_path, factory, capsys):
+    tmp, _ = factory
+    argv = ["compress", "cli_models_for_test:tiny", "--weights", str(tmp / "w.pt"), "--budget", "1KB",
+            "--out", str(tmp / "o")]
+    assert cli.main([*argv, "--data", str(tmp / "missing.pt")]) == 2
+    assert "does not exist" in capsys.readouterr().err
+    torch.save({"x": torch.randn(4, 1, 8, 8)}, tmp / "d.pt")
+    assert cli.main([*argv, "--data", str(tmp / "d.pt")]) == 2
+    assert "'y'" in capsys.readouterr().err

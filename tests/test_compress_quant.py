@@ -15,6 +15,7 @@ from helpers import nm_weight_bytes
 from test_compress import FAST, Net, sample
 
 from codegen import save_compressed_model, weight_bytes
+from codegen.api import emit_representation
 from codegen.formats import int8_grid
 from sparsecomp import WeightSharingError, compress_NN_models, load_digits
 
@@ -47,15 +48,21 @@ def _distinct_nonzero(m: nn.Module) -> int:
 
 
 @pytest.mark.skipif(shutil.which("cc") is None and shutil.which("gcc") is None, reason="needs a C compiler")
-def test_auto_budget_checked_with_nm(trained, digits, tmp_path):
+@pytest.mark.parametrize("rep", ["per-layer", "auto"])
+def test_auto_budget_checked_with_nm(rep, trained, digits, tmp_path):
+    """per-layer (float/int8/codebook per layer) and auto (the best probe): emitted with the
+    representation recorded on the model, the bytes nm sees are the report's, <= budget."""
     train, val, test = digits
     model = copy.deepcopy(trained)
-    report = compress_NN_models(model, "5KB", train, test, val_loader=val, representation="auto", **QFAST)
+    report = compress_NN_models(model, "5KB", train, test, val_loader=val, representation=rep, **QFAST)
     assert isinstance(model.features[0][1], nn.Identity)  # BatchNorm folded before quantizing
     assert report.final_bytes <= 5000 == report.target_bytes
-    assert report.final_bytes == weight_bytes(model, sample(digits), "auto").total
+    assert report.final_bytes == weight_bytes(model, sample(digits), emit_representation(model, None)).total
+    if rep == "auto":
+        assert [p.representation for p in report.probes] == ["int8", "per-layer", "codebook", "csr"]
+        assert "auto probes" in str(report)
     out = tmp_path / "auto"
-    res = save_compressed_model(model.eval(), "auto", input_data=sample(digits), directory=out)
+    res = save_compressed_model(model.eval(), input_data=sample(digits), directory=out)
     assert res.weight_bytes == report.final_bytes
     assert nm_weight_bytes(out) == report.final_bytes
     run = subprocess.run(["make", "-s", "-C", str(out), "check"], capture_output=True, text=True)

@@ -45,7 +45,7 @@ def _worker(out_dir: str) -> None:
             opt.zero_grad()
             nn.functional.cross_entropy(model(x), y).backward()
             opt.step()
-    report = compress_NN_models(model, f"{BUDGET}B", train_ddp, test, val_loader=val_ddp, num_epochs=2,
+    report = compress_NN_models(model, f"{BUDGET}B", train_ddp, test, val_loader=val_ddp, num_epochs=2, representation="csr",
                                 max_rounds=2, accuracy_tolerance=0.05, sensitivity_batches=2, progress=False,
                                 factorization_min_params=4096)
     masks = hashlib.sha256()
