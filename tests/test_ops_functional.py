@@ -185,8 +185,8 @@ class Seq1d(nn.Module):
         return self.fn(f, self.pool(f), self.one(f))
 
 
-@pytest.mark.parametrize("fn", [lambda f, c, l: f * c, lambda f, c, l: c - f, lambda f, c, l: l + f,
-                                lambda f, c, l: c * l],
+@pytest.mark.parametrize("fn", [lambda f, c, r: f * c, lambda f, c, r: c - f, lambda f, c, r: r + f,
+                                lambda f, c, r: c * r],
                          ids=["cl_x_c1", "c1_minus_cl", "1l_plus_cl", "c1_x_1l"])  # fmt: skip
 def test_broadcast_1d(fn, tmp_path):
     run(Seq1d(fn), (1, 2, 11), "dense", tmp_path)

@@ -61,7 +61,6 @@ _MORE = {operator.sub: "sub", torch.sub: "sub", torch.Tensor.sub: "sub", torch.s
          torch.true_divide: "div", torch.Tensor.true_divide: "div",
          operator.iadd: "add", operator.isub: "sub", operator.imul: "mul", operator.itruediv: "div",
          torch.Tensor.add_: "add", torch.Tensor.sub_: "sub", torch.Tensor.mul_: "mul", torch.Tensor.div_: "div",
-         torch.Tensor.__radd__: "add", torch.Tensor.__rmul__: "mul", torch.Tensor.__rsub__: "rsub",
          torch.rsub: "rsub"}  # fmt: skip
 _INPLACE = {operator.iadd, operator.isub, operator.imul, operator.itruediv,
             torch.Tensor.add_, torch.Tensor.sub_, torch.Tensor.mul_, torch.Tensor.div_}  # fmt: skip
