@@ -12,6 +12,7 @@ import torch.fx as fx
 from codegen import ir
 from codegen.errors import CodegenError, UnsupportedOpError
 from codegen.lowering import (  # noqa: F401 - the public lowering API, also importable from here
+    CONSTANT_OPERANDS,
     LOWERINGS,
     LowerContext,
     NameAllocator,
@@ -47,6 +48,8 @@ def check_supported(gm: fx.GraphModule) -> None:
     bad, owners, consumers = [], [], []
     for node in gm.graph.nodes:
         if node.op == "get_attr" and tensor_meta(node) is not None:
+            if node.users and all(lowering_key(u, modules) in CONSTANT_OPERANDS for u in node.users):
+                continue  # a parameter operand of a functional op (F.conv2d's weight): lowered with it
             bad.append((node.name, f"constant tensor self.{node.target}", module_path(node)))
             users = [u for u in node.users if u.op in ("call_module", "call_function", "call_method")]
             owners.append(next((o for o in map(_owner_class, users) if o), _owner_class(node)))

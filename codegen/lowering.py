@@ -48,6 +48,16 @@ def register_lowering(*targets: Any) -> Callable[[Lowering], Lowering]:
     return deco
 
 
+# Targets whose lowering reads get_attr constants (module parameters/buffers) as parameter operands
+# (F.conv2d's weight, F.batch_norm's running stats, a broadcast operand): check_supported does not
+# list such constants as unsupported when every user of theirs is one of these.
+CONSTANT_OPERANDS: set[Any] = set()
+
+
+def accepts_constants(*targets: Any) -> None:
+    """Declares that the lowerings of ``targets`` take get_attr constants as operands."""
+    CONSTANT_OPERANDS.update(targets)
+
 
 _PRETTY: dict[int, str] = {}
 
@@ -187,6 +197,23 @@ class LowerContext:
                 f"'{name}' must be a tensor computed from the model input, got {a!r}"
             )
         return a
+
+    def constant(self, node: fx.Node, index: int, name: str, optional: bool = False) -> torch.Tensor | None:
+        """The module parameter/buffer (a get_attr node) passed as argument ``name``; None when absent
+        and ``optional``."""
+        a = self.arg(node, index, name)
+        if a is None and optional:
+            return None
+        if not (isinstance(a, fx.Node) and a.op == "get_attr"):
+            raise self.fail(node, f"its argument '{name}' must be a parameter or buffer of the model, got "
+                            f"{a.name if isinstance(a, fx.Node) else repr(a)}",
+                            "Pass a module parameter (self.weight) or use the nn module form")  # fmt: skip
+        obj: Any = self.gm
+        for part in str(a.target).split("."):
+            obj = getattr(obj, part)
+        if not isinstance(obj, torch.Tensor):
+            raise self.fail(node, f"its argument '{name}' (self.{a.target}) is not a tensor", "Pass a tensor")
+        return obj.detach()
 
     def value(self, node: fx.Node) -> str:
         if node.name not in self.env:

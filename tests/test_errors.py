@@ -20,7 +20,7 @@ from codegen import (
 class TwoUnsupported(nn.Module):
     def __init__(self):
         super().__init__()
-        self.block = nn.Sequential(nn.Conv2d(1, 4, 3), nn.GELU())
+        self.block = nn.Sequential(nn.Conv2d(1, 4, 3), nn.SELU())
         self.lstm_like = nn.GRUCell(4, 4)  # never called: only traced nodes count
         self.fc = nn.Linear(4 * 6 * 6, 3)
 
@@ -38,7 +38,7 @@ def test_unsupported_ops_are_listed_in_one_error(tmp_path):
     assert len(err.nodes) == 2, err
     assert "block_1" in names and "erf" in names
     msg = str(err)
-    assert "GELU" in msg and "'block.1'" in msg  # the module path of the unsupported module
+    assert "SELU" in msg and "'block.1'" in msg  # the module path of the unsupported module
     assert "torch.erf" in msg
     assert "nn.Conv2d" in msg and "Supported operations" in msg
     assert not (tmp_path / "m").exists()
@@ -158,31 +158,32 @@ def test_traced_graph_that_disagrees_with_forward_is_refused(tmp_path):
     assert list(tmp_path.iterdir()) == []
 
 
-class BatchNormAct(nn.BatchNorm2d):
-    """A BatchNorm subclass whose forward calls the functional form, as timm's BatchNormAct2d does."""
+class GroupNormAct(nn.GroupNorm):
+    """A GroupNorm subclass whose forward calls the functional form (as timm's GroupNormAct does); F.group_norm
+    has no lowering (F.batch_norm, F.conv2d and F.linear with parameter operands do)."""
 
     def forward(self, x):
-        x = F.batch_norm(x, self.running_mean, self.running_var, self.weight, self.bias, False, 0.0, self.eps)
+        x = F.group_norm(x, self.num_groups, self.weight, self.bias, self.eps)
         return torch.relu(x)
 
 
 def test_functional_subclass_is_named_once_with_counts(tmp_path):
-    """30 BatchNormAct layers give one error of a few lines (not 150), naming the class and the fix."""
+    """30 GroupNormAct layers give one error of a few lines (not 90), naming the class and the fix."""
     layers = []
     for _ in range(30):
-        layers += [nn.Conv2d(4, 4, 3, padding=1), BatchNormAct(4)]
+        layers += [nn.Conv2d(4, 4, 3, padding=1), GroupNormAct(2, 4)]
     with pytest.raises(UnsupportedOpError) as ei:
         save_compressed_model(nn.Sequential(*layers).eval(), "dense", torch.randn(1, 4, 6, 6), tmp_path / "m")
     err = ei.value
-    assert len(err.nodes) == 150  # 30 F.batch_norm + 4 x 30 parameter/buffer operands
+    assert len(err.nodes) == 90  # 30 F.group_norm + 2 x 30 parameter operands
     msg = str(err).split("Supported operations")[0]
     assert len(msg.strip().splitlines()) == 4, msg
-    assert "150 node(s) in the model cannot be emitted as C, for 2 reason(s)" in msg
-    assert "F.batch_norm: 30 node(s), e.g. node 'batch_norm' in module '1'" in msg
-    assert "120 parameter/buffer tensor(s) used as operands of F.batch_norm" in msg
-    qualname = f"{BatchNormAct.__module__}.{BatchNormAct.__qualname__}"
-    assert f"{qualname} was traced into; its forward() calls F.batch_norm" in msg
-    assert "F.batch_norm -> nn.BatchNorm1d/2d" in msg and "leaf_modules=(BatchNormAct,)" in msg
+    assert "90 node(s) in the model cannot be emitted as C, for 2 reason(s)" in msg
+    assert "F.group_norm: 30 node(s), e.g. node 'group_norm' in module '1'" in msg
+    assert "60 parameter/buffer tensor(s) used as operands of F.group_norm" in msg
+    qualname = f"{GroupNormAct.__module__}.{GroupNormAct.__qualname__}"
+    assert f"{qualname} was traced into; its forward() calls F.group_norm" in msg
+    assert "F.group_norm -> nn.GroupNorm" in msg and "leaf_modules=(GroupNormAct,)" in msg
     assert not (tmp_path / "m").exists()
 
 

@@ -232,6 +232,34 @@ OPS = {
     "identity": (lambda: _seq(nn.Identity()), (1, 5)),
 }
 
+# functional forms, broadcasting/scalar ops and activations of codegen/ops/{broadcast,unary}.py
+from test_ops_functional import BNAct, FConv, FLinear, Fn, Gate  # noqa: E402
+
+
+def _prelu(c):
+    p = nn.PReLU(c)
+    with torch.no_grad():
+        p.weight.uniform_(-0.6, 0.6)
+    return p
+
+
+OPS.update({
+    "f_conv_bnact_silu": (lambda: _seq(FConv(2, 4, 3, padding=1, bias=False), BNAct(4, nn.SiLU)), (1, 2, 6, 5)),
+    "f_linear": (lambda: _seq(nn.Flatten(), FLinear(12, 5), nn.ReLU()), (1, 3, 4)),
+    "se_gate_mul": (lambda: Gate(lambda f, g, x: f * g), (1, 3, 5, 7)),
+    "se_gate_first_mul": (lambda: Gate(lambda f, g, x: g * f, "spatial"), (1, 3, 4, 5)),
+    "bcast_add": (lambda: Gate(lambda f, g, x: g + f, "row"), (1, 3, 5, 7)),
+    "bcast_sub_both": (lambda: Gate(lambda f, g, x: (f - g) + (g - f) * 0.5, "col"), (1, 3, 5, 7)),
+    "equal_sub": (lambda: Gate(lambda f, g, x: f - torch.sigmoid(f)), (1, 3, 4, 4)),
+    "scalar_ops": (lambda: Fn(lambda x: torch.clamp((1 - x) * 0.5 + 3, 2.6, 3.9) / 6 - abs(-x)), (1, 2, 6, 5)),
+    "silu_gelu": (lambda: _seq(nn.Linear(8, 8), nn.SiLU(), nn.Linear(8, 8), nn.GELU(), nn.Linear(8, 6),
+                               nn.GELU(approximate="tanh")), (1, 8)),  # fmt: skip
+    "mish_softplus_elu": (lambda: _seq(nn.Linear(8, 8), nn.Mish(), nn.Linear(8, 8), nn.Softplus(2.0, 1.0),
+                                       nn.Linear(8, 6), nn.ELU(0.5)), (1, 8)),  # fmt: skip
+    "prelu_channels": (lambda: _seq(nn.Conv2d(2, 3, 3), _prelu(3)), (1, 2, 5, 6)),
+    "prelu_one": (lambda: _seq(nn.Linear(6, 5), _prelu(1)), (1, 6)),
+})
+
 
 @pytest.mark.parametrize("name", list(OPS))
 def test_op_bit_exact(name, tmp_path):

@@ -7,12 +7,14 @@ To add an op, see docs/architecture.md ("Adding an op").
 
 from codegen.ops.activation import Act
 from codegen.ops.batchnorm import ChannelAffine
+from codegen.ops.broadcast import Broadcast
 from codegen.ops.conv import Conv2d
 from codegen.ops.eltwise import Binary, Concat
 from codegen.ops.linear import Linear
 from codegen.ops.pad import Pad2d
 from codegen.ops.pool import Pool2d
 from codegen.ops.softmax import Softmax
+from codegen.ops.unary import PReLU, Unary
 from codegen.ops.view import Copy
 
-__all__ = ["Act", "Binary", "ChannelAffine", "Concat", "Conv2d", "Copy", "Linear", "Pad2d", "Pool2d", "Softmax"]
+__all__ = ["Act", "Binary", "Broadcast", "ChannelAffine", "Concat", "Conv2d", "Copy", "Linear", "Pad2d", "Pool2d", "PReLU", "Softmax", "Unary"]

@@ -14,9 +14,10 @@ import numpy as np
 import torch
 import torch.fx as fx
 import torch.nn as nn
+import torch.nn.functional as F
 
 from codegen import integer, ir
-from codegen.lowering import LowerContext, f32, register_lowering
+from codegen.lowering import LowerContext, accepts_constants, f32, register_lowering
 from codegen.ops.conv import Conv2d
 
 
@@ -34,6 +35,26 @@ class ChannelAffine(ir.Op):
     inplace: ClassVar[bool] = True
 
 
+def _affine_op(ctx: LowerContext, node: fx.Node, x: fx.Node, mean, var, weight, bias, eps: float) -> ChannelAffine:
+    """The ChannelAffine op of a BatchNorm module or of F.batch_norm (one IR op for both forms)."""
+    mean = mean.detach().double()
+    var = var.detach().double()
+    gamma = weight.detach().double() if weight is not None else torch.ones_like(mean)
+    beta = bias.detach().double() if bias is not None else torch.zeros_like(mean)
+    scale = gamma / torch.sqrt(var + eps)
+    shift = beta - mean * scale
+    shape = ctx.shape(x)
+    if shape[0] != mean.numel():
+        raise ctx.fail(node, f"its statistics have {mean.numel()} channels, the input {shape[0]}",
+                       "Give one statistic per channel (dim 1)")  # fmt: skip
+    return ChannelAffine(
+        **ctx.common(node, [x]),
+        params={"scale": f32(scale), "shift": f32(shift)},
+        channels=shape[0],
+        inner=prod(shape[1:]),
+    )
+
+
 @register_lowering(nn.BatchNorm1d, nn.BatchNorm2d)
 def lower_batchnorm(ctx: LowerContext, node: fx.Node) -> None:
     m = ctx.module(node)
@@ -43,23 +64,32 @@ def lower_batchnorm(ctx: LowerContext, node: fx.Node) -> None:
             "BatchNorm without running statistics (track_running_stats=False) uses batch statistics",
             "Train it with track_running_stats=True",
         )
-    mean = m.running_mean.detach().double()
-    var = m.running_var.detach().double()
-    gamma = m.weight.detach().double() if m.weight is not None else torch.ones_like(mean)
-    beta = m.bias.detach().double() if m.bias is not None else torch.zeros_like(mean)
-    scale = gamma / torch.sqrt(var + m.eps)
-    shift = beta - mean * scale
     x = ctx.tensor_arg(node, 0, "input")
-    shape = ctx.shape(x)
-    ctx.emit(
-        node,
-        ChannelAffine(
-            **ctx.common(node, [x]),
-            params={"scale": f32(scale), "shift": f32(shift)},
-            channels=shape[0],
-            inner=prod(shape[1:]),
-        ),
-    )
+    ctx.emit(node, _affine_op(ctx, node, x, m.running_mean, m.running_var, m.weight, m.bias, m.eps))
+
+
+# argument positions of (running_mean, running_var, weight, bias, training, eps)
+_BN_ARGS = {F.batch_norm: (1, 2, 3, 4, 5, 7), torch.batch_norm: (3, 4, 1, 2, 5, 7)}
+
+
+@register_lowering(*_BN_ARGS)
+def lower_batchnorm_functional(ctx: LowerContext, node: fx.Node) -> None:
+    """F.batch_norm / torch.batch_norm in inference form whose statistics and affine parameters are
+    module buffers/parameters (get_attr constants): timm's BatchNormAct2d."""
+    i_mean, i_var, i_w, i_b, i_train, i_eps = _BN_ARGS[node.target]
+    x = ctx.tensor_arg(node, 0, "input")
+    if ctx.arg(node, i_train, "training", False) is not False:
+        raise ctx.fail(node, "batch_norm with training=True (or no running statistics) uses batch statistics",
+                       "Call model.eval() and keep track_running_stats=True")  # fmt: skip
+    mean = ctx.constant(node, i_mean, "running_mean")
+    var = ctx.constant(node, i_var, "running_var")
+    weight = ctx.constant(node, i_w, "weight", optional=True)
+    bias = ctx.constant(node, i_b, "bias", optional=True)
+    eps = float(ctx.arg(node, i_eps, "eps", 1e-5))
+    ctx.emit(node, _affine_op(ctx, node, x, mean, var, weight, bias, eps))
+
+
+accepts_constants(*_BN_ARGS)
 
 
 # ---- int8 (codegen/integer.py, runtime_c/sc_int8.h, templates/ops_int8/) ---------------------------

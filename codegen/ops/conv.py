@@ -16,7 +16,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from codegen import integer, ir
-from codegen.lowering import LowerContext, as_chw, f32, register_lowering
+from codegen.lowering import LowerContext, accepts_constants, as_chw, f32, register_lowering
 
 # A CSR 1x1 conv run in place gathers PWC_BLOCK positions (SC_PWC_BLOCK in sc_conv.h) of its
 # C_in channels into a stack buffer first; at most PWC_MAX_CBUF_BYTES of it.
@@ -116,6 +116,40 @@ class Conv2d(ir.Op):
         return self.kernel_choice().in_place
 
 
+def _conv_op(ctx: LowerContext, node: fx.Node, x: fx.Node, weight: torch.Tensor, bias: torch.Tensor | None,
+             stride, padding, dilation, groups: int, dims: int) -> Conv2d:  # fmt: skip
+    """The Conv2d op of a conv module or of F.conv1d/F.conv2d (one IR op for both forms)."""
+    in_shape, out_shape = as_chw(ctx.shape(x)), as_chw(ctx.shape(node))
+    ks = tuple(weight.shape[2:])
+
+    def hw(v, one: int = 1) -> tuple[int, int]:  # (h, w); a 1-D conv has h == 1 (stride, dilation) or 0 (padding)
+        v = tuple(v) if isinstance(v, (tuple, list)) else (v,) * dims
+        return (one, int(v[0])) if dims == 1 else (int(v[0]), int(v[-1]))
+
+    k, s, d = hw(ks), hw(stride), hw(dilation)
+    if isinstance(padding, str):
+        if padding == "valid":
+            p = (0, 0)
+        else:  # "same": torch puts the extra element of an odd total on the bottom/right
+            p = tuple(d[i] * (k[i] - 1) // 2 for i in range(2))
+    else:
+        p = hw(padding, 0)
+    w = f32(weight)
+    b = f32(bias) if bias is not None else None
+    return Conv2d(
+        **ctx.common(node, [x]),
+        params={"weight": w.reshape(w.shape[0], -1), **({"bias": b} if b is not None else {})},
+        in_shape=in_shape,
+        out_shape=out_shape,
+        kernel=k,
+        stride=s,
+        padding=p,
+        dilation=d,
+        groups=int(groups),
+        dims=dims,
+    )
+
+
 @register_lowering(nn.Conv1d, nn.Conv2d)
 def lower_conv(ctx: LowerContext, node: fx.Node) -> None:
     m = ctx.module(node)
@@ -123,32 +157,23 @@ def lower_conv(ctx: LowerContext, node: fx.Node) -> None:
     if m.padding_mode != "zeros":
         raise ctx.fail(node, f"padding_mode='{m.padding_mode}' is not supported", "Use padding_mode='zeros'")
     x = ctx.tensor_arg(node, 0, "input")
-    in_shape, out_shape = as_chw(ctx.shape(x)), as_chw(ctx.shape(node))
-    k = (1, m.kernel_size[0]) if dims == 1 else tuple(m.kernel_size)
-    s = (1, m.stride[0]) if dims == 1 else tuple(m.stride)
-    d = (1, m.dilation[0]) if dims == 1 else tuple(m.dilation)
-    if isinstance(m.padding, str):
-        if m.padding == "valid":
-            p = (0, 0)
-        else:  # "same": torch puts the extra element of an odd total on the bottom/right
-            p = tuple(d[i] * (k[i] - 1) // 2 for i in range(2))
-    else:
-        p = (0, m.padding[0]) if dims == 1 else tuple(m.padding)
-    w = f32(m.weight)
-    bias = f32(m.bias) if m.bias is not None else None
-    op = Conv2d(
-        **ctx.common(node, [x]),
-        params={"weight": w.reshape(w.shape[0], -1), **({"bias": bias} if bias is not None else {})},
-        in_shape=in_shape,
-        out_shape=out_shape,
-        kernel=k,
-        stride=s,
-        padding=p,
-        dilation=d,
-        groups=int(m.groups),
-        dims=dims,
-    )
-    ctx.emit(node, op)
+    ctx.emit(node, _conv_op(ctx, node, x, m.weight, m.bias, m.stride, m.padding, m.dilation, m.groups, dims))
+
+
+@register_lowering(F.conv1d, F.conv2d)
+def lower_conv_functional(ctx: LowerContext, node: fx.Node) -> None:
+    """F.conv1d / F.conv2d whose weight (and bias) are module parameters (get_attr constants)."""
+    dims = 1 if node.target is F.conv1d else 2
+    x = ctx.tensor_arg(node, 0, "input")
+    weight = ctx.constant(node, 1, "weight")
+    if weight.dim() != dims + 2:
+        raise ctx.fail(node, f"its weight has shape {tuple(weight.shape)}", f"Give a {dims + 2}-D conv weight")
+    bias = ctx.constant(node, 2, "bias", optional=True)
+    ctx.emit(node, _conv_op(ctx, node, x, weight, bias, ctx.arg(node, 3, "stride", 1), ctx.arg(node, 4, "padding", 0),
+                            ctx.arg(node, 5, "dilation", 1), int(ctx.arg(node, 6, "groups", 1)), dims))  # fmt: skip
+
+
+accepts_constants(F.conv1d, F.conv2d)
 
 
 # ---- int8 (codegen/integer.py, runtime_c/sc_int8.h, templates/ops_int8/conv.j2) -------------------

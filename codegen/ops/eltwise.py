@@ -1,4 +1,6 @@
 """Elementwise binary ops (add, mul of equal shapes) and concatenation: IR ops, lowerings, int8 forms.
+The binary lowering also dispatches sub/div, broadcasting (codegen/ops/broadcast.py) and scalar
+operands (codegen/ops/unary.py).
 
 Float kernels: runtime_c/sc_eltwise.h; templates templates/ops/binary.j2, concat.j2.
 Integer kernels: runtime_c/sc_int8.h; templates templates/ops_int8/add.j2, mul.j2, concat.j2.
@@ -17,6 +19,8 @@ import torch.fx as fx
 
 from codegen import integer, ir
 from codegen.lowering import LowerContext, lowering_key, register_lowering, tensor_meta
+from codegen.ops.broadcast import lower_broadcast
+from codegen.ops.unary import emit_unary
 
 
 @dataclass
@@ -50,27 +54,65 @@ class Concat(ir.Op):
 
 _BINARY = {operator.add: "add", torch.add: "add", torch.Tensor.add: "add",
            operator.mul: "mul", torch.mul: "mul", torch.Tensor.mul: "mul"}  # fmt: skip
+# sub/div, the in-place forms (x += y) and Tensor.add_: broadcasting or with a scalar (codegen/ops/broadcast.py,
+# codegen/ops/unary.py); equal-shape add/mul stay Binary
+_MORE = {operator.sub: "sub", torch.sub: "sub", torch.Tensor.sub: "sub", torch.subtract: "sub",
+         operator.truediv: "div", torch.div: "div", torch.Tensor.div: "div", torch.divide: "div",
+         torch.true_divide: "div", torch.Tensor.true_divide: "div",
+         operator.iadd: "add", operator.isub: "sub", operator.imul: "mul", operator.itruediv: "div",
+         torch.Tensor.add_: "add", torch.Tensor.sub_: "sub", torch.Tensor.mul_: "mul", torch.Tensor.div_: "div",
+         torch.rsub: "rsub"}  # fmt: skip
+_INPLACE = {operator.iadd, operator.isub, operator.imul, operator.itruediv,
+            torch.Tensor.add_, torch.Tensor.sub_, torch.Tensor.mul_, torch.Tensor.div_}  # fmt: skip
+# scalar operand -> Unary fn: (tensor (op) scalar, scalar (op) tensor)
+_SCALAR_FN = {"add": ("add_s", "add_s"), "sub": ("sub_s", "rsub_s"), "mul": ("mul_s", "mul_s"),
+              "div": ("div_s", "rdiv_s")}  # fmt: skip
 
 
-@register_lowering(*_BINARY)
+def _is_tensor(t: object) -> bool:
+    return isinstance(t, fx.Node) and tensor_meta(t) is not None
+
+
+@register_lowering(*_BINARY, *_MORE)
 def lower_binary(ctx: LowerContext, node: fx.Node) -> None:
+    key = lowering_key(node, ctx.modules)
+    mode = _BINARY.get(key) or _MORE[key]
     a, b = ctx.arg(node, 0, "input"), ctx.arg(node, 1, "other")
-    if not all(isinstance(t, fx.Node) and tensor_meta(t) is not None for t in (a, b)):
+    if mode == "rsub":  # torch.rsub(x, y) = y - x
+        a, b, mode = b, a, "sub"
+    if node.kwargs.get("alpha", 1) != 1 or len(node.args) > 2:
+        raise ctx.fail(node, f"{mode} with alpha != 1 is not supported", "Scale the operand explicitly")
+    if node.kwargs.get("rounding_mode") is not None:
+        raise ctx.fail(node, "division with a rounding_mode is not supported", "Use true division")
+    if key in _BINARY and _is_tensor(a) and _is_tensor(b) and ctx.shape(a) == ctx.shape(b):
+        ctx.emit(node, Binary(**ctx.common(node, [a, b]), mode=mode, numel=ctx.numel(node)))
+        return
+    number = (int, float)
+    if _is_tensor(a) and _is_tensor(b):
+        old = ctx.value(a)
+        lower_broadcast(ctx, node, a, b, mode)
+    elif _is_tensor(a) and isinstance(b, number) and not isinstance(b, bool):
+        old = ctx.value(a)
+        emit_unary(ctx, node, a, _SCALAR_FN[mode][0], float(b))
+    elif _is_tensor(b) and isinstance(a, number) and not isinstance(a, bool):
+        old = ctx.value(b)
+        emit_unary(ctx, node, b, _SCALAR_FN[mode][1], float(a))
+    else:
         raise ctx.fail(
-            node,
-            f"{_BINARY[lowering_key(node, ctx.modules)]} with a constant operand ({a!r}, {b!r}) is not supported",
-            "Only elementwise add/mul of two tensors of equal shape are emitted",
-        )
-    if ctx.shape(a) != ctx.shape(b):
-        raise ctx.fail(
-            node,
-            f"operands have shapes {ctx.shape(a)} and {ctx.shape(b)}; broadcasting is not supported",
-            "Make both operands the same shape",
-        )
-    if node.kwargs.get("alpha", 1) != 1:
-        raise ctx.fail(node, "torch.add with alpha != 1 is not supported", "Scale the operand explicitly")
-    mode = _BINARY[lowering_key(node, ctx.modules)]
-    ctx.emit(node, Binary(**ctx.common(node, [a, b]), mode=mode, numel=ctx.numel(node)))
+            node, f"{mode} of {_operand(a)} and {_operand(b)} is not supported",
+            "Elementwise ops take tensors computed from the model input (shapes that broadcast) or Python "
+            "numbers; for a parameter, use a module (e.g. a 1x1 depthwise conv or nn.BatchNorm2d)",
+        )  # fmt: skip
+    if key in _INPLACE:  # x += y: later users of x read the sum
+        for name, value in list(ctx.env.items()):
+            if value == old:
+                ctx.env[name] = ctx.env[node.name]
+
+
+def _operand(t: object) -> str:
+    if isinstance(t, fx.Node):
+        return f"self.{t.target} (a constant tensor)" if t.op == "get_attr" else f"'{t.name}' (not a tensor)"
+    return repr(t)
 
 
 @register_lowering(torch.cat)

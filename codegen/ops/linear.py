@@ -13,9 +13,10 @@ from typing import ClassVar
 import numpy as np
 import torch.fx as fx
 import torch.nn as nn
+import torch.nn.functional as F
 
 from codegen import integer, ir
-from codegen.lowering import LowerContext, f32, register_lowering
+from codegen.lowering import LowerContext, accepts_constants, f32, register_lowering
 
 
 @dataclass
@@ -36,24 +37,37 @@ class Linear(ir.Op):
         return self.rows * self.in_features * self.out_features
 
 
+def _linear_op(ctx: LowerContext, node: fx.Node, x: fx.Node, weight, bias) -> Linear:
+    """The Linear op of nn.Linear or of F.linear (one IR op for both forms)."""
+    params = {"weight": f32(weight)}
+    if bias is not None:
+        params["bias"] = f32(bias)
+    return Linear(
+        **ctx.common(node, [x]),
+        params=params,
+        in_features=int(weight.shape[1]),
+        out_features=int(weight.shape[0]),
+        rows=prod(ctx.shape(x)[:-1]),
+    )
+
+
 @register_lowering(nn.Linear)
 def lower_linear(ctx: LowerContext, node: fx.Node) -> None:
     m = ctx.module(node)
+    ctx.emit(node, _linear_op(ctx, node, ctx.tensor_arg(node, 0, "input"), m.weight, m.bias))
+
+
+@register_lowering(F.linear)
+def lower_linear_functional(ctx: LowerContext, node: fx.Node) -> None:
+    """F.linear whose weight (and bias) are module parameters (get_attr constants): timm's Linear."""
     x = ctx.tensor_arg(node, 0, "input")
-    shape = ctx.shape(x)
-    params = {"weight": f32(m.weight)}
-    if m.bias is not None:
-        params["bias"] = f32(m.bias)
-    ctx.emit(
-        node,
-        Linear(
-            **ctx.common(node, [x]),
-            params=params,
-            in_features=m.in_features,
-            out_features=m.out_features,
-            rows=prod(shape[:-1]),
-        ),
-    )
+    weight = ctx.constant(node, 1, "weight")
+    if weight.dim() != 2:
+        raise ctx.fail(node, f"its weight has shape {tuple(weight.shape)}", "Give a 2-D (out, in) weight")
+    ctx.emit(node, _linear_op(ctx, node, x, weight, ctx.constant(node, 2, "bias", optional=True)))
+
+
+accepts_constants(F.linear)
 
 
 # ---- int8 (codegen/integer.py, runtime_c/sc_int8.h, templates/ops_int8/) ---------------------------

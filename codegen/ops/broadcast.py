@@ -1,0 +1,146 @@
+"""Elementwise add, sub, mul, div of two tensors whose shapes broadcast (the squeeze-excite gate
+(C,1,1) x (C,H,W), (C,1) x (C,L), (1,H,W) x (C,H,W), either order), and sub/div of equal shapes:
+IR op, lowering helper (called by the binary lowering of codegen/ops/eltwise.py), int8 forms (add and
+sub as TFLite's add with its requantization, mul as TFLite's mul).
+
+The shapes are reduced at generation time to at most ``MAX_DIMS`` dims of output sizes and per-operand
+element strides (0 on a broadcast dim); adjacent dims that walk both operands contiguously are merged,
+so the SE gate becomes (C, H*W) with strides (1, 0) for the gate.
+
+Float kernels: runtime_c/sc_strided.h; template templates/ops/strided.j2.
+Integer kernels: runtime_c/sc_strided.h (int8 section); template templates/ops_int8/strided.j2.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import ClassVar
+
+import numpy as np
+import torch.fx as fx
+
+from codegen import integer, ir
+from codegen.errors import UnsupportedConfigError
+from codegen.lowering import LowerContext, tensor_meta
+
+MAX_DIMS = 4
+
+
+@dataclass
+class Broadcast(ir.Op):
+    """out[i] = a[i . sa] (mode) b[i . sb] over an index space of ``sizes`` (C order)."""
+
+    mode: str = "add"  # add, sub, mul, div
+    sizes: tuple[int, ...] = (1, 1, 1, 1)
+    a_strides: tuple[int, ...] = (0, 0, 0, 0)
+    b_strides: tuple[int, ...] = (0, 0, 0, 0)
+
+    kind: ClassVar[str] = "eltwise"
+    template: ClassVar[str] = "strided.j2"
+    runtime: ClassVar[tuple[str, ...]] = ("sc_strided.h",)
+    inplace: ClassVar[bool] = True  # a full-size operand is read at the index written
+
+    def describe(self) -> str:
+        return f"{self.mode} (broadcast)"
+
+
+def _strides(shape: tuple[int, ...], out: tuple[int, ...]) -> list[int]:
+    """Element strides of an operand of ``shape`` read at the index space ``out`` (right-aligned)."""
+    shape = (1,) * (len(out) - len(shape)) + tuple(shape)
+    st, acc = [0] * len(out), 1
+    for i in range(len(out) - 1, -1, -1):
+        st[i] = 0 if shape[i] == 1 else acc
+        acc *= shape[i]
+    return st
+
+
+def broadcast_plan(a: tuple[int, ...], b: tuple[int, ...], out: tuple[int, ...]):
+    """(sizes, a_strides, b_strides) with dims of size 1 dropped and mergeable neighbours merged."""
+    sa, sb = _strides(a, out), _strides(b, out)
+    dims = [(n, x, y) for n, x, y in zip(out, sa, sb) if n != 1]
+    merged: list[tuple[int, int, int]] = []
+    for n, x, y in dims:
+        if merged:
+            pn, px, py = merged[-1]
+            if px == x * n and py == y * n:  # (including both 0): one walk over pn * n elements
+                merged[-1] = (pn * n, x, y)
+                continue
+        merged.append((n, x, y))
+    if not merged:
+        merged = [(1, 0, 0)]
+    return tuple(m[0] for m in merged), tuple(m[1] for m in merged), tuple(m[2] for m in merged)
+
+
+def lower_broadcast(ctx: LowerContext, node: fx.Node, a: fx.Node, b: fx.Node, mode: str) -> None:
+    """Emits a Broadcast op for ``mode`` of the tensors a, b (their shapes broadcast to the node's)."""
+    full_a, full_b = tuple(tensor_meta(a).shape), tuple(tensor_meta(b).shape)
+    out = tuple(int(d) for d in tensor_meta(node).shape)
+    if len(out) == 0 or out[0] != 1 or len(full_a) != len(out) or len(full_b) != len(out):
+        raise ctx.fail(node, f"{mode} of shapes {full_a} and {full_b}: both operands must keep the batch "
+                       "dimension first", "Give both operands the same number of dimensions (x.view(1, C, 1, 1))")  # fmt: skip
+    sizes, sa, sb = broadcast_plan(full_a[1:], full_b[1:], out[1:])
+    if len(sizes) > MAX_DIMS:
+        raise ctx.fail(node, f"{mode} of shapes {full_a} and {full_b} broadcasts over {len(sizes)} dims",
+                       f"Reshape so that at most {MAX_DIMS} dims alternate between broadcast and not")  # fmt: skip
+    pad = MAX_DIMS - len(sizes)
+    ctx.emit(node, Broadcast(**ctx.common(node, [a, b]), mode=mode, sizes=(1,) * pad + sizes,
+                             a_strides=(0,) * pad + sa, b_strides=(0,) * pad + sb))  # fmt: skip
+
+
+def gather(x: np.ndarray, sizes: tuple[int, ...], strides: tuple[int, ...]) -> np.ndarray:
+    """The operand's value at every output index (numpy reference of the C's strided walk)."""
+    idx = np.zeros(sizes, dtype=np.int64)
+    for d, (n, s) in enumerate(zip(sizes, strides)):
+        shape = [1] * len(sizes)
+        shape[d] = n
+        idx = idx + (np.arange(n, dtype=np.int64) * s).reshape(shape)
+    return x.reshape(-1)[idx.reshape(-1)]
+
+
+# ---- int8 (codegen/integer.py, runtime_c/sc_strided.h, templates/ops_int8/strided.j2) -----------------
+
+
+@integer.register_int8(Broadcast)
+class BroadcastInt8(integer.Int8Handler):
+    """add/sub: TFLite's add (both operands rescaled to 2 * max(scale) with 2^20 headroom; sub subtracts
+    the rescaled b, as TFLite's sub); mul: TFLite's mul (one multiplier s_a * s_b / s_out)."""
+
+    template = "strided.j2"
+    runtime = ("sc_int8.h", "sc_strided.h")
+
+    def kind_of(self, op: Broadcast) -> str:
+        return op.mode
+
+    def check(self, op: Broadcast) -> None:
+        if op.mode == "div":
+            raise UnsupportedConfigError(
+                f"layer '{op.source}': division of two tensors has no int8 kernel (TFLite has none either). "
+                "Multiply by a precomputed reciprocal, or emit this model in float"
+            )
+
+    def quantize(self, op: Broadcast, ctx: integer.Int8Context, qo: integer.QOp) -> None:
+        qa, qb, qout = ctx.qin(op, 0), ctx.qin(op, 1), ctx.qout(op)
+        if op.mode in ("add", "sub"):
+            twice = 2.0 * max(qa.scale, qb.scale)
+            am, ash = integer.quantize_multiplier(qa.scale / twice)
+            bm, bsh = integer.quantize_multiplier(qb.scale / twice)
+            om, osh = integer.quantize_multiplier(twice / ((1 << integer.ADD_LEFT_SHIFT) * qout.scale))
+            qo.scalars.update(a_zp=qa.zero_point, a_mult=am, a_shift=ash, b_zp=qb.zero_point,
+                              b_mult=bm, b_shift=bsh, left_shift=integer.ADD_LEFT_SHIFT,
+                              out_mult=om, out_shift=osh, out_zp=qout.zero_point)  # fmt: skip
+        else:
+            m, sh = integer.quantize_multiplier(qa.scale * qb.scale / qout.scale)
+            qo.scalars.update(a_zp=qa.zero_point, b_zp=qb.zero_point, mult=m, shift=sh, out_zp=qout.zero_point)
+
+    def reference(self, qo: integer.QOp, ins: list[np.ndarray]) -> np.ndarray:
+        op: Broadcast = qo.op  # type: ignore[assignment]
+        s = qo.scalars
+        a = gather(ins[0], op.sizes, op.a_strides)
+        b = gather(ins[1], op.sizes, op.b_strides)
+        if op.mode in ("add", "sub"):
+            av = integer.mbqm((a - s["a_zp"]) << s["left_shift"], s["a_mult"], s["a_shift"])
+            bv = integer.mbqm((b - s["b_zp"]) << s["left_shift"], s["b_mult"], s["b_shift"])
+            y = integer.mbqm(av - bv if op.mode == "sub" else av + bv, s["out_mult"], s["out_shift"]) + s["out_zp"]
+        else:
+            y = integer.mbqm((a - s["a_zp"]) * (b - s["b_zp"]), s["mult"], s["shift"]) + s["out_zp"]
+        return integer.clamp8(y)
