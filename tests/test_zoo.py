@@ -46,6 +46,9 @@ EMITS: dict[str, set[str]] = {
     "resnet8_mlperf_tiny": {"board"},
     "mobilenet_v1_025_vww": {"integer", "board"},
     "fc_autoencoder": {"integer", "board"},
+    "tv_shufflenet_v2_x0_5": {"integer"},  # chunk, channel shuffle (view-transpose-view)
+    "tcn": {"integer"},  # Chomp1d's x[:, :, :-p]
+    "se_cnn": {"integer"},  # expand_as of the squeeze-excite gate
 }
 
 _BN_ACT = ("UnsupportedOpError", r"F\.batch_norm")  # timm BatchNormAct2d calls F.batch_norm
@@ -77,18 +80,15 @@ EXPECTED_BLOCKED: dict[str, tuple[str, str]] = {
     "timm_tf_efficientnet_lite0": ("UntraceableModelError", r"control flow"),
     "tv_mobilenet_v3_small": _BROADCAST,  # SqueezeExcitation: (C,1,1) * (C,H,W)
     "tv_mobilenet_v3_large": _BROADCAST,
-    "tv_shufflenet_v2_x0_5": ("UnsupportedOpError", r"Tensor\.chunk"),  # and transpose (channel shuffle)
     "lstm_kws_1layer": ("UnsupportedOpError", r"nn\.LSTM"),
     "lstm_kws_2layer": ("UnsupportedOpError", r"nn\.LSTM"),
     "gru_kws_1layer": ("UnsupportedOpError", r"nn\.GRU"),
     "gru_kws_2layer": ("UnsupportedOpError", r"nn\.GRU"),
     "crnn_kws": ("UnsupportedOpError", r"nn\.GRU"),
-    "tcn": ("UnsupportedOpError", r"operator\.getitem"),  # Chomp1d's x[:, :, :-p]
     "unet_upsample": ("UnsupportedOpError", r"nn\.Upsample"),
     "unet_convtranspose": ("UnsupportedOpError", r"nn\.ConvTranspose2d"),
-    "se_cnn": ("UnsupportedOpError", r"Tensor\.expand_as"),
     "se_conv_cnn": _BROADCAST,
-    "cbam_cnn": ("UnsupportedOpError", r"nn\.AdaptiveMaxPool2d"),
+    "cbam_cnn": _BROADCAST,  # channel gate (C,1,1) * (C,H,W); its channel max/mean and max pool emit
 }
 
 
