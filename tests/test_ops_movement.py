@@ -199,3 +199,32 @@ def test_int8_refused_naming_the_layer(name, tmp_path):
     with pytest.raises(UnsupportedConfigError, match=words):
         save_compressed_model(Fn(fn, *mods).eval(), "dense", torch.randn(shape), tmp_path / "m", integer=True,
                               calibration_data=torch.randn((8, *shape[1:])))  # fmt: skip
+
+
+def _board_model():
+    """Every new int8 kernel in one model: chunk + channel shuffle (gather), channel max/mean (reduce),
+    uneven adaptive max/avg pools, softmax over channels."""
+    return Fn(lambda x, c, a, b: F.softmax(torch.cat([
+        a(torch.cat([torch.amax(x, 1, keepdim=True), torch.mean(x, 1, keepdim=True)], 1)),
+        b(_shuffle(torch.cat([c(x.chunk(2, 1)[0]), x[:, 3:, :, :]], 1)))], 1), dim=1),
+        nn.Conv2d(3, 3, 1), nn.AdaptiveMaxPool2d((3, 2)), nn.AdaptiveAvgPool2d((3, 2))).eval()  # fmt: skip
+
+
+@pytest.mark.board
+@pytest.mark.parametrize("integer", [False, True], ids=["float", "int8"])
+def test_on_board(integer, tmp_path):
+    from test_integer import _require_board, emit_integer
+
+    from codegen import board
+
+    _require_board()
+    torch.manual_seed(0)
+    net = _board_model()
+    if integer:
+        res, _ = emit_integer(net, (1, 6, 7, 5), tmp_path)
+    else:
+        res = save_compressed_model(net, "dense", torch.randn(1, 6, 7, 5), tmp_path / "m")
+    run = board.run(res.directory, "m4")
+    assert run.exit_code == 0 and run.passed, run.stdout + run.stderr
+    if integer:
+        assert run.max_abs_error == 0.0  # bit-exact with the numpy reference on the M4
