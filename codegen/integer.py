@@ -39,8 +39,8 @@ reference. An op registered outside the package gets integer emission the same w
 Supported ops: Conv1d/Conv2d (groups, depthwise, stride, padding, dilation), Linear, BatchNorm
 (folded or standalone), ReLU/ReLU6 (fused clamps), other elementwise activations (LUT), max and
 average pooling (incl. adaptive/global and mean over spatial dims), add, mul, concat, flatten and
-views, constant padding. Softmax and ops without an integer kernel are refused with an error
-naming the layer.
+views, constant padding, slices/transposes/expands as copies, max/min/mean reductions, softmax.
+log_softmax, LayerNorm and ops without an integer kernel are refused with an error naming the layer.
 """
 
 from __future__ import annotations

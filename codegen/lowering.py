@@ -166,6 +166,9 @@ class LowerContext:
         self.modules = dict(gm.named_modules())
         self.values: dict[str, ir.Value] = {}
         self.env: dict[str, str] = {}  # fx node name -> value name
+        # tuple-valued nodes (chunk, split, torch.max(x, dim), LSTM): fx node name -> items, each a value
+        # name (str), a nested list, or None (not computed); operator.getitem picks one (ops/gather.py)
+        self.tuples: dict[str, list] = {}
         self.ops: list[ir.Op] = []
         self.layer_names = NameAllocator()
         self.value_names = NameAllocator()

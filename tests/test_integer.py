@@ -395,9 +395,9 @@ def test_dataloader_calibration(tmp_path):
     assert res.report["integer"]["calibration_samples"] == 40
 
 
-def test_softmax_refused_naming_the_layer(tmp_path):
-    net = _seq(nn.Linear(4, 3), nn.Softmax(dim=1))
-    with pytest.raises(CodegenError, match=r"layer '1': softmax has no integer kernel.*dequantized output"):
+def test_log_softmax_refused_naming_the_layer(tmp_path):
+    net = _seq(nn.Linear(4, 3), nn.LogSoftmax(dim=1))
+    with pytest.raises(CodegenError, match=r"layer '1': log_softmax has no integer kernel.*dequantized output"):
         save_compressed_model(net, "int8", torch.zeros(1, 4), tmp_path / "m", integer=True,
                               calibration_data=torch.randn(8, 4))  # fmt: skip
 

@@ -1,5 +1,5 @@
 """Max and average pooling (1-D and 2-D, adaptive with even windows, mean over trailing dims): IR op,
-lowerings, int8 form.
+lowerings, int8 form. Adaptive pools with uneven windows and other means are in ops/reduce.py.
 
 Float kernels: runtime_c/sc_pool.h; template templates/ops/pool.j2.
 Integer kernels: runtime_c/sc_int8.h; template templates/ops_int8/pool.j2.
@@ -19,6 +19,7 @@ import torch.nn.functional as F
 
 from codegen import integer, ir
 from codegen.lowering import LowerContext, as_chw, pair, register_lowering, tensor_meta
+from codegen.ops.reduce import emit_reduce, lower_adaptive
 
 
 @dataclass
@@ -110,16 +111,27 @@ def lower_adaptive_avg(ctx: LowerContext, node: fx.Node) -> None:
     x = ctx.tensor_arg(node, 0, "input")
     c, h, w = as_chw(ctx.shape(x))
     _, oh, ow = as_chw(ctx.shape(node))
-    if h % oh or w % ow:
-        raise ctx.fail(
-            node,
-            f"adaptive average pooling from {h}x{w} to {oh}x{ow} has uneven windows",
-            "Use an output size that divides the input size (or 1)",
-        )
+    if h % oh or w % ow:  # uneven windows
+        lower_adaptive(ctx, node, "avg")
+        return
     dims = 1 if len(ctx.shape(x)) == 2 else 2
     k = (h // oh, w // ow)
     _pool(ctx, node, "avg", 2, k, k, 0)
     del dims
+
+
+@register_lowering(nn.AdaptiveMaxPool1d, nn.AdaptiveMaxPool2d, F.adaptive_max_pool1d, F.adaptive_max_pool2d)
+def lower_adaptive_max(ctx: LowerContext, node: fx.Node) -> None:
+    indices = ctx.module(node).return_indices if node.op == "call_module" else ctx.arg(node, 2, "return_indices", False)
+    if indices:
+        raise ctx.fail(node, "return_indices=True is not supported", "Use return_indices=False")
+    x = ctx.tensor_arg(node, 0, "input")
+    _, h, w = as_chw(ctx.shape(x))
+    _, oh, ow = as_chw(ctx.shape(node))
+    if h % oh or w % ow:  # uneven windows
+        lower_adaptive(ctx, node, "max")
+    else:
+        _pool(ctx, node, "max", 2, (h // oh, w // ow), (h // oh, w // ow), 0)
 
 
 @register_lowering(torch.mean, torch.Tensor.mean)
@@ -129,11 +141,8 @@ def lower_mean(ctx: LowerContext, node: fx.Node) -> None:
     dim = ctx.arg(node, 1, "dim", None)
     dims = sorted({int(d) % full for d in (dim if isinstance(dim, (list, tuple)) else [dim])}) if dim is not None else []
     if not dims or dims[0] == 0 or dims != list(range(dims[0], full)) or dims[0] < 2:
-        raise ctx.fail(
-            node,
-            f"mean over dims {dim} is not supported",
-            "Only a mean over all trailing spatial dims (e.g. x.mean((2, 3)) on NCHW) is emitted",
-        )
+        emit_reduce(ctx, node, "mean", dim)  # any other run of adjacent dims (ops/reduce.py)
+        return
     shape = ctx.shape(x)
     c_outer = prod(shape[: dims[0] - 1])
     inner = prod(shape[dims[0] - 1 :])

@@ -1,7 +1,10 @@
-"""Softmax and log-softmax over the last dimension: IR op and lowering. No int8 form (refused with
-what to do).
+"""Softmax and log-softmax over any non-batch dim: IR ops, lowering, int8 form (softmax only).
 
-Float kernel: runtime_c/sc_eltwise.h; template templates/ops/softmax.j2.
+Float kernels: runtime_c/sc_eltwise.h (last dim: ``sc_softmax``), runtime_c/sc_softmax.h (any dim:
+``sc_softmax_axis``); templates templates/ops/softmax.j2, softmax_axis.j2.
+Integer kernel: runtime_c/sc_softmax.h (``sc_i8_softmax``); template templates/ops_int8/softmax.j2.
+All integer: e = exp_table[max - x] (Q15, prepared in Python from the input scale), S = sum e,
+q = floor((2 e K + S 2^k) / (S 2^(k+1))) + out_zp with K = round(2^k / out_scale) (int64).
 """
 
 from __future__ import annotations
@@ -10,6 +13,7 @@ from dataclasses import dataclass
 from math import prod
 from typing import ClassVar
 
+import numpy as np
 import torch
 import torch.fx as fx
 import torch.nn as nn
@@ -18,6 +22,9 @@ import torch.nn.functional as F
 from codegen import integer, ir
 from codegen.errors import UnsupportedConfigError
 from codegen.lowering import LowerContext, lowering_key, register_lowering, tensor_meta
+
+EXP_ONE = 1 << 15  # exp_table[0]: Q15
+SOFTMAX_MAX_COLS = 65535  # keeps the int32 sum of Q15 values below 2^31
 
 
 @dataclass
@@ -36,6 +43,16 @@ class Softmax(ir.Op):
         return "log_softmax" if self.log else "softmax"
 
 
+@dataclass
+class SoftmaxAxis(Softmax):
+    """Softmax or log-softmax over a dim that is not the last: (rows, cols, inner), reduced over cols."""
+
+    inner: int = 1
+
+    template: ClassVar[str] = "softmax_axis.j2"
+    runtime: ClassVar[tuple[str, ...]] = ("sc_softmax.h",)
+
+
 @register_lowering(nn.Softmax, nn.LogSoftmax, F.softmax, F.log_softmax, torch.softmax, torch.log_softmax,
                    torch.Tensor.softmax, torch.Tensor.log_softmax)  # fmt: skip
 def lower_softmax(ctx: LowerContext, node: fx.Node) -> None:
@@ -47,22 +64,64 @@ def lower_softmax(ctx: LowerContext, node: fx.Node) -> None:
     if dim is None:
         dim = 0 if len(full) in (0, 1, 3) else 1
     dim = int(dim) % len(full)
-    if dim == 0 or prod(full[dim + 1 :]) != 1:
-        raise ctx.fail(node, f"softmax over dim {dim} of a {full} tensor", "Softmax is emitted over the last dim")
-    ctx.emit(
-        node,
-        Softmax(**ctx.common(node, [x]), rows=prod(full[1:dim]), cols=full[dim], log=log_),
-    )
+    if dim == 0:
+        raise ctx.fail(node, f"softmax over dim 0 (the batch) of a {full} tensor", "Apply softmax over dim 1 or later")
+    rows, cols, inner = prod(full[1:dim]), full[dim], prod(full[dim + 1 :])
+    if inner == 1:
+        ctx.emit(node, Softmax(**ctx.common(node, [x]), rows=rows, cols=cols, log=log_))
+    else:
+        ctx.emit(node, SoftmaxAxis(**ctx.common(node, [x]), rows=rows, cols=cols, log=log_, inner=inner))
 
 
-# ---- int8 (codegen/integer.py, runtime_c/sc_int8.h, templates/ops_int8/) ---------------------------
+# ---- int8 ------------------------------------------------------------------------------------------
+
+
+def exp_table(in_scale: float) -> np.ndarray:
+    """exp(-d * in_scale) in Q15 for d = max - x in 0..255."""
+    return np.rint(np.exp(-np.arange(256, dtype=np.float64) * in_scale) * EXP_ONE).astype(np.int64)
+
+
+def output_multiplier(out_scale: float) -> tuple[int, int]:
+    """(K, k): K = round(2^k / out_scale) < 2^31 with k <= 16 as large as possible."""
+    k = 16
+    while k > 0 and round(2.0**k / out_scale) >= 2**31:
+        k -= 1
+    K = round(2.0**k / out_scale)
+    if K >= 2**31:
+        raise UnsupportedConfigError(f"softmax output scale {out_scale:g} is too small for the int8 kernel")
+    return int(K), k
 
 
 @integer.register_int8(Softmax)
 class SoftmaxInt8(integer.Int8Handler):
+    kind = "softmax"
+    template = "softmax.j2"
+    runtime = ("sc_softmax.h",)
+
     def check(self, op: Softmax) -> None:
-        raise UnsupportedConfigError(
-            f"layer '{op.source}': {op.describe()} has no integer kernel. Remove it from the model before "
-            "integer export (the argmax is unchanged) and apply it to the dequantized output on the host, "
-            "or emit without integer=True"
-        )
+        if op.log:
+            raise UnsupportedConfigError(
+                f"layer '{op.source}': log_softmax has no integer kernel. Remove it from the model before "
+                "integer export (the argmax is unchanged) and apply it to the dequantized output on the host, "
+                "or emit without integer=True"
+            )
+        if op.cols > SOFTMAX_MAX_COLS:
+            raise UnsupportedConfigError(f"layer '{op.source}': int8 softmax over {op.cols} values (at most "
+                                         f"{SOFTMAX_MAX_COLS}); emit without integer=True")  # fmt: skip
+
+    def quantize(self, op: Softmax, ctx: integer.Int8Context, qo: integer.QOp) -> None:
+        qin, qout = ctx.qin(op), ctx.qout(op)
+        table = exp_table(qin.scale)
+        qo.consts["exp"] = table
+        ctx.int_array("exp", "_exp", "int32_t", table)
+        K, k = output_multiplier(qout.scale)
+        qo.scalars.update(mult=K, shift=k, out_zp=qout.zero_point, inner=getattr(op, "inner", 1))
+
+    def reference(self, qo: integer.QOp, ins: list[np.ndarray]) -> np.ndarray:
+        op: Softmax = qo.op  # type: ignore[assignment]
+        s = qo.scalars
+        x = ins[0].reshape(op.rows, op.cols, s["inner"])
+        e = qo.consts["exp"][x.max(axis=1, keepdims=True) - x]
+        total = e.sum(axis=1, keepdims=True)
+        q = (2 * e * s["mult"] + (total << s["shift"])) // (total << (s["shift"] + 1))
+        return integer.clamp8(q + s["out_zp"])
