@@ -159,6 +159,9 @@ class LowerContext:
         self.ops: list[ir.Op] = []
         self.layer_names = NameAllocator()
         self.value_names = NameAllocator()
+        # fx node name -> the tuple a node returns (nn.LSTM: [out, [h_n, c_n]]): each item a value name,
+        # a nested list, or an object with lower_item(ctx, node) (codegen/ops/recurrent.py); see tuple_item
+        self.tuples: dict[str, list] = {}
 
     # ---- helpers for lowering functions -------------------------------------------------------
     def module(self, node: fx.Node) -> nn.Module:
@@ -243,6 +246,23 @@ class LowerContext:
     def alias(self, node: fx.Node, src: fx.Node) -> None:
         """The node's result is the same memory as src's (reshape, flatten, dropout, identity)."""
         self.env[node.name] = self.value(src)
+
+
+def tuple_item(ctx: LowerContext, node: fx.Node) -> bool:
+    """``operator.getitem`` on a node that returns a tuple (``out, (h, c) = self.lstm(x)``): the item's
+    value is aliased, a nested tuple recorded, an item object lowers itself. False when the source is not
+    a recorded tuple (tensor indexing) or the index is not an int."""
+    src, idx = node.args[0], node.args[1]
+    if not isinstance(src, fx.Node) or src.name not in ctx.tuples or not isinstance(idx, int):
+        return False
+    item = ctx.tuples[src.name][idx]
+    if isinstance(item, str):
+        ctx.env[node.name] = item
+    elif isinstance(item, list):
+        ctx.tuples[node.name] = item
+    else:
+        item.lower_item(ctx, node)
+    return True
 
 
 def f32(t: torch.Tensor | None) -> np.ndarray | None:

@@ -8,11 +8,15 @@ To add an op, see docs/architecture.md ("Adding an op").
 from codegen.ops.activation import Act
 from codegen.ops.batchnorm import ChannelAffine
 from codegen.ops.conv import Conv2d
+from codegen.ops.deconv import ConvTranspose2d
 from codegen.ops.eltwise import Binary, Concat
 from codegen.ops.linear import Linear
 from codegen.ops.pad import Pad2d
 from codegen.ops.pool import Pool2d
+from codegen.ops.recurrent import Recurrent
+from codegen.ops.resize import Resize
 from codegen.ops.softmax import Softmax
 from codegen.ops.view import Copy
 
-__all__ = ["Act", "Binary", "ChannelAffine", "Concat", "Conv2d", "Copy", "Linear", "Pad2d", "Pool2d", "Softmax"]
+__all__ = ["Act", "Binary", "ChannelAffine", "Concat", "Conv2d", "ConvTranspose2d", "Copy", "Linear", "Pad2d", "Pool2d", "Recurrent", "Resize",
+           "Softmax"]
