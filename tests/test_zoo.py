@@ -46,10 +46,13 @@ EMITS: dict[str, set[str]] = {
     "resnet8_mlperf_tiny": {"board"},
     "mobilenet_v1_025_vww": {"integer", "board"},
     "fc_autoencoder": {"integer", "board"},
+    "unet_upsample": {"integer", "board"},
+    "unet_convtranspose": {"board"},
 }
 
 _BN_ACT = ("UnsupportedOpError", r"F\.batch_norm")  # timm BatchNormAct2d calls F.batch_norm
 _BROADCAST = ("UnsupportedConfigError", r"broadcasting is not supported")
+_INDEXING = ("UnsupportedConfigError", r"tensor indexing is not supported")  # operator.getitem on a tensor
 # name -> (error class, a regex the offending ops of an UnsupportedOpError, or else the message, must
 # match): the reason it does not emit today.
 EXPECTED_BLOCKED: dict[str, tuple[str, str]] = {
@@ -78,14 +81,12 @@ EXPECTED_BLOCKED: dict[str, tuple[str, str]] = {
     "tv_mobilenet_v3_small": _BROADCAST,  # SqueezeExcitation: (C,1,1) * (C,H,W)
     "tv_mobilenet_v3_large": _BROADCAST,
     "tv_shufflenet_v2_x0_5": ("UnsupportedOpError", r"Tensor\.chunk"),  # and transpose (channel shuffle)
-    "lstm_kws_1layer": ("UnsupportedOpError", r"nn\.LSTM"),
-    "lstm_kws_2layer": ("UnsupportedOpError", r"nn\.LSTM"),
-    "gru_kws_1layer": ("UnsupportedOpError", r"nn\.GRU"),
-    "gru_kws_2layer": ("UnsupportedOpError", r"nn\.GRU"),
-    "crnn_kws": ("UnsupportedOpError", r"nn\.GRU"),
-    "tcn": ("UnsupportedOpError", r"operator\.getitem"),  # Chomp1d's x[:, :, :-p]
-    "unet_upsample": ("UnsupportedOpError", r"nn\.Upsample"),
-    "unet_convtranspose": ("UnsupportedOpError", r"nn\.ConvTranspose2d"),
+    "lstm_kws_1layer": _INDEXING,  # the LSTM/GRU emit; the head reads y[:, -1]
+    "lstm_kws_2layer": _INDEXING,
+    "gru_kws_1layer": _INDEXING,
+    "gru_kws_2layer": _INDEXING,
+    "crnn_kws": ("UnsupportedOpError", r"Tensor\.permute"),  # (N, C, T) -> (N, T, C) before the GRU
+    "tcn": _INDEXING,  # Chomp1d's x[:, :, :-p]
     "se_cnn": ("UnsupportedOpError", r"Tensor\.expand_as"),
     "se_conv_cnn": _BROADCAST,
     "cbam_cnn": ("UnsupportedOpError", r"nn\.AdaptiveMaxPool2d"),
