@@ -98,4 +98,43 @@ SC_DEFINE_DECONV_CSR(csr_u32_u8, uint32_t, uint8_t)
 SC_DEFINE_DECONV_CSR(csr_u32_u16, uint32_t, uint16_t)
 SC_DEFINE_DECONV_CSR(csr_u32_u32, uint32_t, uint32_t)
 
+/* ---- int8 (codegen/ops/deconv.py ConvTranspose2dInt8): dense int8 weights per output channel, int32
+ * accumulation, TFLite requantization (sc_int8.h, copied with this header: emit.RUNTIME_INCLUDES).
+ * Output-stationary: each output gathers the inputs whose taps land on it. */
+#include "sc_int8.h"
+
+typedef struct {
+    int32_t cin, hin, win, cout, hout, wout;
+    int32_t kh, kw, sh, sw, ph, pw, dh, dw, groups;
+    int32_t in_zp, out_zp, act_min, act_max;
+} sc_i8_deconv_params;
+
+static inline void sc_i8_deconv_q8(const int8_t *in, int8_t *out, const int8_t *w, const int32_t *bias,
+                                   const int32_t *mult, const int8_t *shift, const sc_i8_deconv_params *p)
+{
+    const int32_t cin_g = p->cin / p->groups, cout_g = p->cout / p->groups, khw = p->kh * p->kw;
+    int32_t oc, oy, ox, ci, ky, kx;
+    for (oc = 0; oc < p->cout; ++oc) {
+        const int8_t *in_g = in + (oc / cout_g) * cin_g * p->hin * p->win;
+        const int8_t *wr = w + oc * cin_g * khw;
+        for (oy = 0; oy < p->hout; ++oy) {
+            for (ox = 0; ox < p->wout; ++ox) {
+                int32_t acc = bias ? bias[oc] : 0;
+                for (ky = 0; ky < p->kh; ++ky) {
+                    const int32_t ty = oy + p->ph - ky * p->dh, iy = ty / p->sh;
+                    if (ty < 0 || iy * p->sh != ty || iy >= p->hin) continue;
+                    for (kx = 0; kx < p->kw; ++kx) {
+                        const int32_t tx = ox + p->pw - kx * p->dw, ix = tx / p->sw;
+                        if (tx < 0 || ix * p->sw != tx || ix >= p->win) continue;
+                        for (ci = 0; ci < cin_g; ++ci)
+                            acc += ((int32_t)in_g[(ci * p->hin + iy) * p->win + ix] - p->in_zp)
+                                   * (int32_t)wr[ci * khw + ky * p->kw + kx];
+                    }
+                }
+                *out++ = sc_i8_requant(acc, mult[oc], shift[oc], p->out_zp, p->act_min, p->act_max);
+            }
+        }
+    }
+}
+
 #endif /* SC_DECONV_H */

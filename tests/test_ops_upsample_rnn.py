@@ -162,14 +162,11 @@ def test_conv_transpose_weight_bytes_counted_once(tmp_path):
     assert nm_weight_bytes(tmp_path / "m") == res.weight_bytes
 
 
-def test_conv_transpose_refuses_other_encodings_and_integer(tmp_path):
+def test_conv_transpose_refuses_weight_only_quantized_encodings(tmp_path):
     m = nn.Sequential(nn.ConvTranspose2d(2, 3, 3, stride=2))
     with pytest.raises(CodegenError, match="'0'.*dense and CSR"):
         save_compressed_model(m, "codebook", input_shape=(1, 2, 4, 4), directory=tmp_path / "a")
-    with pytest.raises(CodegenError, match="'0'"):
-        save_compressed_model(m, "int8", input_shape=(1, 2, 4, 4), directory=tmp_path / "b", integer=True,
-                              calibration_data=torch.randn(4, 2, 4, 4))  # fmt: skip
-    assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()
+    assert not (tmp_path / "a").exists()
 
 
 # ---- LSTM / GRU ----------------------------------------------------------------------------------------
@@ -320,3 +317,20 @@ def test_models_on_emulated_m4(make, shape, rep, tmp_path):
     assert result.passed, result.stdout + result.stderr
     assert_parity(result.outputs, ref, f"{make.__name__} on the emulated M4")
     assert res.weight_bytes == nm_weight_bytes(tmp_path / "m")
+
+
+INT8_DECONV = {
+    "k3_s2_p1_op1_relu": (lambda: nn.Sequential(nn.ConvTranspose2d(3, 4, 3, 2, 1, 1), nn.ReLU()), (1, 3, 4, 5)),
+    "asym_dilated_groups": (lambda: nn.Sequential(nn.Conv2d(4, 4, 1), nn.ConvTranspose2d(4, 6, (3, 2), (2, 3), (2, 1), 0, 2,
+                                                                                            False, (2, 1))), (1, 4, 4, 5)),
+    "1d_k4_s3_op2": (lambda: nn.Sequential(nn.ConvTranspose1d(3, 5, 4, 3, 1, 2)), (1, 3, 7)),
+}
+
+
+@pytest.mark.parametrize("rep", ["int8", "dense"])
+@pytest.mark.parametrize("cfg", INT8_DECONV.values(), ids=INT8_DECONV.keys())
+def test_conv_transpose_int8_bit_exact(cfg, rep, tmp_path):
+    torch.manual_seed(4)
+    make, shape = cfg
+    res, qm, cal = check_bit_exact(make(), shape, tmp_path, representation=rep)
+    assert "conv_transpose" in {q.kind for q in qm.qops}

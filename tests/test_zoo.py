@@ -47,7 +47,7 @@ EMITS: dict[str, set[str]] = {
     "mobilenet_v1_025_vww": {"integer", "board"},
     "fc_autoencoder": {"integer", "board"},
     "unet_upsample": {"integer", "board"},
-    "unet_convtranspose": {"board"},
+    "unet_convtranspose": {"integer", "board"},
 }
 
 _BN_ACT = ("UnsupportedOpError", r"F\.batch_norm")  # timm BatchNormAct2d calls F.batch_norm
