@@ -55,6 +55,13 @@ class Interp(nn.Module):
         return F.interpolate(self.conv(x), **self.kw)
 
 
+class OldForms(nn.Module):
+    """F.upsample_bilinear (align_corners=True) and F.upsample (nearest): both trace to F.interpolate."""
+
+    def forward(self, x):
+        return torch.cat([F.upsample_bilinear(x, scale_factor=2), F.upsample(x, size=(6, 10))], 1)
+
+
 # ---- upsampling ------------------------------------------------------------------------------------
 UPSAMPLE = {
     "nearest_x2": (lambda: nn.Upsample(scale_factor=2), (1, 3, 5, 7)),
@@ -77,6 +84,7 @@ UPSAMPLE = {
     "linear_1d": (lambda: Interp(3, dims=1, size=13, mode="linear"), (1, 3, 5)),
     "linear_1d_align": (lambda: Interp(2, dims=1, scale_factor=2.5, mode="linear", align_corners=True), (1, 2, 6)),
     "nearest_1d": (lambda: nn.Upsample(scale_factor=3), (1, 2, 5)),
+    "old_functional_forms": (OldForms, (1, 2, 3, 5)),
     "nearest_exact_1d": (lambda: Interp(2, dims=1, size=8, mode="nearest-exact"), (1, 2, 5)),
 }
 

@@ -125,20 +125,11 @@ def lower_upsample(ctx: LowerContext, node: fx.Node) -> None:
     _resize(ctx, node, m.mode, m.size, m.scale_factor, m.align_corners, getattr(m, "recompute_scale_factor", None))
 
 
-@register_lowering(F.interpolate, F.upsample, F.upsample_nearest, F.upsample_bilinear)
+@register_lowering(F.interpolate)  # F.upsample, F.upsample_nearest/bilinear trace to F.interpolate
 def lower_interpolate(ctx: LowerContext, node: fx.Node) -> None:
-    f = node.target
-    size = ctx.arg(node, 1, "size")
-    sf = ctx.arg(node, 2, "scale_factor")
-    if f is F.upsample_nearest:
-        _resize(ctx, node, "nearest", size, sf, None, None)
-    elif f is F.upsample_bilinear:
-        _resize(ctx, node, "bilinear", size, sf, True, None)
-    elif f is F.upsample:
-        _resize(ctx, node, ctx.arg(node, 3, "mode", "nearest"), size, sf, ctx.arg(node, 4, "align_corners"), None)
-    else:
-        _resize(ctx, node, ctx.arg(node, 3, "mode", "nearest"), size, sf, ctx.arg(node, 4, "align_corners"),
-                ctx.arg(node, 5, "recompute_scale_factor"), bool(ctx.arg(node, 6, "antialias", False)))  # fmt: skip
+    _resize(ctx, node, ctx.arg(node, 3, "mode", "nearest"), ctx.arg(node, 1, "size"), ctx.arg(node, 2, "scale_factor"),
+            ctx.arg(node, 4, "align_corners"), ctx.arg(node, 5, "recompute_scale_factor"),
+            bool(ctx.arg(node, 6, "antialias", False)))  # fmt: skip
 
 
 # ---- int8 (codegen/integer.py; kernels in the int8 section of runtime_c/sc_resize.h) ---------------
