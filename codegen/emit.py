@@ -34,7 +34,8 @@ log = logging.getLogger(__name__)
 
 GENERATOR_KEY = "sparsecomp"
 # runtime headers that include another runtime header themselves (copied along, not included by model.c)
-RUNTIME_INCLUDES = {"sc_quant.h": ("sc_bits.h",), "sc_int8.h": ("sc_bits.h",)}
+RUNTIME_INCLUDES = {"sc_quant.h": ("sc_bits.h",), "sc_int8.h": ("sc_bits.h",),
+                    "sc_deconv.h": ("sc_int8.h", "sc_bits.h")}
 REPORT_NAME = "report.json"
 
 

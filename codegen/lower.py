@@ -6,6 +6,7 @@ the lowering functions live with their op family in ``codegen/ops/``.
 from __future__ import annotations
 
 import logging
+import operator
 
 import torch.fx as fx
 
@@ -106,7 +107,8 @@ def lower(gm: fx.GraphModule, env_out: dict[str, str] | None = None) -> ir.Graph
                 )
             graph_out = ctx.value(res)
         elif node.op in ("call_module", "call_function", "call_method") and "tensor_meta" in node.meta:
-            _check_batch_dim(ctx, node)
+            if not (node.target is operator.getitem and tensor_meta(node.args[0]) is None):  # tuple items: h_n
+                _check_batch_dim(ctx, node)
             LOWERINGS[lowering_key(node, ctx.modules)](ctx, node)
     assert graph_in is not None and graph_out is not None
     if env_out is not None:

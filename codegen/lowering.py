@@ -166,12 +166,13 @@ class LowerContext:
         self.modules = dict(gm.named_modules())
         self.values: dict[str, ir.Value] = {}
         self.env: dict[str, str] = {}  # fx node name -> value name
-        # tuple-valued nodes (chunk, split, torch.max(x, dim), LSTM): fx node name -> items, each a value
-        # name (str), a nested list, or None (not computed); operator.getitem picks one (ops/gather.py)
-        self.tuples: dict[str, list] = {}
         self.ops: list[ir.Op] = []
         self.layer_names = NameAllocator()
         self.value_names = NameAllocator()
+        # tuple-valued nodes (chunk, split, torch.max(x, dim), nn.LSTM: [out, [h_n, c_n]]): fx node name ->
+        # items, each a value name (str), a nested list, None (not computed), or an object with
+        # lower_item(ctx, node) (codegen/ops/recurrent.py); operator.getitem picks one (ops/gather.py)
+        self.tuples: dict[str, list] = {}
 
     # ---- helpers for lowering functions -------------------------------------------------------
     def module(self, node: fx.Node) -> nn.Module:

@@ -9,16 +9,20 @@ from codegen.ops.activation import Act
 from codegen.ops.batchnorm import ChannelAffine
 from codegen.ops.broadcast import Broadcast
 from codegen.ops.conv import Conv2d
+from codegen.ops.deconv import ConvTranspose2d
 from codegen.ops.eltwise import Binary, Concat
 from codegen.ops.gather import Gather
 from codegen.ops.linear import Linear
 from codegen.ops.norm import GroupNorm, LayerNorm
 from codegen.ops.pad import Pad2d
 from codegen.ops.pool import Pool2d
+from codegen.ops.recurrent import Recurrent
 from codegen.ops.reduce import AdaptivePool, Reduce
+from codegen.ops.resize import Resize
 from codegen.ops.softmax import Softmax, SoftmaxAxis
 from codegen.ops.unary import PReLU, Unary
 from codegen.ops.view import Copy
 
-__all__ = ["Act", "AdaptivePool", "Binary", "Broadcast", "ChannelAffine", "Concat", "Conv2d", "Copy", "Gather", "GroupNorm",
-           "LayerNorm", "Linear", "Pad2d", "Pool2d", "PReLU", "Reduce", "Softmax", "SoftmaxAxis", "Unary"]
+__all__ = ["Act", "AdaptivePool", "Binary", "Broadcast", "ChannelAffine", "Concat", "Conv2d", "ConvTranspose2d", "Copy",
+           "Gather", "GroupNorm", "LayerNorm", "Linear", "Pad2d", "Pool2d", "PReLU", "Recurrent", "Reduce", "Resize",
+           "Softmax", "SoftmaxAxis", "Unary"]

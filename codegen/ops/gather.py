@@ -206,8 +206,10 @@ def _pick(ctx: LowerContext, node: fx.Node, src: fx.Node, index: Any) -> None:
         )  # fmt: skip
     if isinstance(item, str):
         ctx.env[node.name] = item  # alias
-    else:
+    elif isinstance(item, list):
         ctx.tuples[node.name] = item
+    else:  # an item that lowers itself when used (the LSTM's h_n / c_n, codegen/ops/recurrent.py)
+        item.lower_item(ctx, node)
 
 
 @register_lowering(operator.getitem)
