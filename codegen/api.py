@@ -34,7 +34,8 @@ from codegen.errors import CodegenError
 from codegen.integer_emit import save_integer_model
 from codegen.lower import lower
 from codegen.memory import GraphMemory, plan_graph
-from codegen.trace import example_from, prepare_model, trace
+from codegen.export_frontend import trace_model
+from codegen.trace import example_from, prepare_model
 
 log = logging.getLogger(__name__)
 
@@ -68,7 +69,7 @@ def build_graph(
     formats.check_representation(representation)
     m = prepare_model(model)
     x = example_from(example_input)
-    gm = trace(m, x, leaf_modules, concrete_args)
+    gm = trace_model(m, x, leaf_modules, concrete_args)
     g = lower(gm)
     encode_graph(g, representation, prefix)
     return g, plan_graph(g)

@@ -59,16 +59,19 @@ def lower_binary(ctx: LowerContext, node: fx.Node) -> None:
         raise ctx.fail(
             node,
             f"{_BINARY[lowering_key(node, ctx.modules)]} with a constant operand ({a!r}, {b!r}) is not supported",
-            "Only elementwise add/mul of two tensors of equal shape are emitted",
+            "Only add/mul of two tensors computed by the model are emitted: fold the constant into the layer "
+            "that computes the other operand (scale its weight and bias, or add it to the bias)",
         )
     if ctx.shape(a) != ctx.shape(b):
         raise ctx.fail(
             node,
             f"operands have shapes {ctx.shape(a)} and {ctx.shape(b)}; broadcasting is not supported",
-            "Make both operands the same shape",
+            "Give both operands the same shape as computed by layers (expand/expand_as/repeat are not emitted "
+            "either), or register a lowering for the broadcast (docs/architecture.md, 'Adding an op')",
         )
     if node.kwargs.get("alpha", 1) != 1:
-        raise ctx.fail(node, "torch.add with alpha != 1 is not supported", "Scale the operand explicitly")
+        raise ctx.fail(node, "torch.add with alpha != 1 is not supported", "Use alpha=1 and fold the scale into the layer "
+                       "that computes the operand (its weight and bias)")
     mode = _BINARY[lowering_key(node, ctx.modules)]
     ctx.emit(node, Binary(**ctx.common(node, [a, b]), mode=mode, numel=ctx.numel(node)))
 

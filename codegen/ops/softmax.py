@@ -48,7 +48,8 @@ def lower_softmax(ctx: LowerContext, node: fx.Node) -> None:
         dim = 0 if len(full) in (0, 1, 3) else 1
     dim = int(dim) % len(full)
     if dim == 0 or prod(full[dim + 1 :]) != 1:
-        raise ctx.fail(node, f"softmax over dim {dim} of a {full} tensor", "Softmax is emitted over the last dim")
+        raise ctx.fail(node, f"softmax over dim {dim} of a {full} tensor", "Softmax is emitted over the last "
+                       "dim (later dims of size 1 are fine): use dim=-1 there, or apply it on the host to the output")
     ctx.emit(
         node,
         Softmax(**ctx.common(node, [x]), rows=prod(full[1:dim]), cols=full[dim], log=log_),
