@@ -46,6 +46,8 @@ EMITS: dict[str, set[str]] = {
     "resnet8_mlperf_tiny": {"board"},
     "mobilenet_v1_025_vww": {"integer", "board"},
     "fc_autoencoder": {"integer", "board"},
+    # Conv2dSame computes its padding from the input size in Python: emitted through torch.export
+    "timm_tf_efficientnet_lite0": set(),  # integer=True passes too (3.5 min with it: left out of CI)
 }
 
 _BN_ACT = ("UnsupportedOpError", r"F\.batch_norm")  # timm BatchNormAct2d calls F.batch_norm
@@ -73,8 +75,6 @@ EXPECTED_BLOCKED: dict[str, tuple[str, str]] = {
     "timm_repghostnet_050": _BN_ACT,
     "timm_fbnetc_100": _BN_ACT,
     "timm_spnasnet_100": _BN_ACT,
-    # Conv2dSame computes its padding from the input size in Python
-    "timm_tf_efficientnet_lite0": ("UntraceableModelError", r"control flow"),
     "tv_mobilenet_v3_small": _BROADCAST,  # SqueezeExcitation: (C,1,1) * (C,H,W)
     "tv_mobilenet_v3_large": _BROADCAST,
     "tv_shufflenet_v2_x0_5": ("UnsupportedOpError", r"Tensor\.chunk"),  # and transpose (channel shuffle)
