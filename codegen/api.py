@@ -31,10 +31,10 @@ from codegen.emission import (  # noqa: F401 - public names re-exported by codeg
     write_emission,
 )
 from codegen.errors import CodegenError
+from codegen.export_frontend import trace_model
 from codegen.integer_emit import save_integer_model
 from codegen.lower import lower
 from codegen.memory import GraphMemory, plan_graph
-from codegen.export_frontend import trace_model
 from codegen.trace import example_from, prepare_model
 
 log = logging.getLogger(__name__)

@@ -20,11 +20,11 @@ import torch
 from codegen import emission, integer, ir
 from codegen.emit import cfloat
 from codegen.errors import CodegenError
+from codegen.export_frontend import trace_model
 from codegen.formats import CArray
 from codegen.integer import Calibration, IntegerModel, calibrate, int8_handler
 from codegen.lower import lower
 from codegen.memory import GraphMemory, plan_graph
-from codegen.export_frontend import trace_model
 from codegen.trace import example_from, prepare_model
 
 log = logging.getLogger(__name__)

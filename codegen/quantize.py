@@ -25,11 +25,10 @@ True
 
 from __future__ import annotations
 
-import logging
-from collections.abc import Iterator, Mapping
-
 import copy
+import logging
 from collections import Counter
+from collections.abc import Iterator, Mapping
 
 import numpy as np
 import torch

@@ -67,7 +67,7 @@ def test_untraceable_model_emits_through_torch_export(tmp_path):
     model = randomize_batchnorm(ShapeDependent().eval())
     res = emit_and_verify(model, (1, 3, 15, 13), "dense", tmp_path)
     assert res.max_rel_error < 1e-4
-    layers = {l["name"]: l for l in res.report["layers"]}
+    layers = {ly["name"]: ly for ly in res.report["layers"]}
     # the parameter ops became the standard layers, named after the module that made them; the
     # BatchNorms (functional and module) are folded into the convs before them
     assert {"stem", "dw", "pw", "fc"} <= set(layers), sorted(layers)
