@@ -198,7 +198,8 @@ def _conv(tr: _Translator, node: fx.Node) -> Any:
     get = _params_or_default(tr, node)
     w, b = _tensor(get(1)), get(2)
     if w is None or (b is not None and _tensor(b) is None) or w.dim() not in (3, 4):
-        return tr.default(node, None)  # computed weights: not a layer the C can hold
+        # computed weights: F.conv1d/conv2d (same arguments) when the registry has a lowering for it
+        return tr.default(node, None if node.target.overloadpacket is aten.convolution else node.target.__name__.split(".")[0])
     n = w.dim() - 2
     if node.target.overloadpacket is aten.convolution:
         stride, padding, dilation, transposed, _out_pad, groups = (get(i) for i in range(3, 9))
@@ -219,7 +220,7 @@ def _linear(tr: _Translator, node: fx.Node) -> Any:
     get = _params_or_default(tr, node)
     w, b = _tensor(get(1)), get(2)
     if w is None or w.dim() != 2 or (b is not None and _tensor(b) is None):
-        return tr.default(node, None)
+        return tr.default(node, "linear")  # computed weights: F.linear when the registry has a lowering for it
     m = nn.Linear(w.shape[1], w.shape[0], bias=b is not None, device="meta")
     m.weight = nn.Parameter(w, requires_grad=False)
     if b is not None:
