@@ -31,10 +31,11 @@ from codegen.emission import (  # noqa: F401 - public names re-exported by codeg
     write_emission,
 )
 from codegen.errors import CodegenError
+from codegen.export_frontend import trace_model
 from codegen.integer_emit import save_integer_model
 from codegen.lower import lower
 from codegen.memory import GraphMemory, plan_graph
-from codegen.trace import example_from, prepare_model, trace
+from codegen.trace import example_from, prepare_model
 
 log = logging.getLogger(__name__)
 
@@ -68,7 +69,7 @@ def build_graph(
     formats.check_representation(representation)
     m = prepare_model(model)
     x = example_from(example_input)
-    gm = trace(m, x, leaf_modules, concrete_args)
+    gm = trace_model(m, x, leaf_modules, concrete_args)
     g = lower(gm)
     encode_graph(g, representation, prefix)
     return g, plan_graph(g)
@@ -126,6 +127,8 @@ def save_compressed_model(
     concrete_args: dict | None = None,
     integer: bool = False,
     calibration_data=None,
+    quantize: bool = False,
+    codebook_bits: int = 4,
 ) -> EmitResult:
     """Emits the model as a self-contained C directory (its layout: docs/architecture.md, "The emitted directory").
 
@@ -149,6 +152,13 @@ def save_compressed_model(
     that its output is within ``tolerance`` of PyTorch's float output (default
     ``codegen.integer.float_tolerance``: 8 % of max|output| + 2 output quantization steps).
 
+    ``quantize=True`` (with "int8" or "codebook"): one call from a float model to weight-only int8 /
+    codebook C. A COPY of the model gets its BatchNorms folded (``codegen.quantize.fold_batchnorm_``) and
+    its weights quantized (``quantize_int8_``, or ``share_weights_`` with ``codebook_bits``); that copy is
+    emitted (the self-test compares the C with it) and report.json's ``quantization`` section gives the
+    error of the copy against the float model on ``calibration_data`` (a tensor (N, ...)) or else
+    ``input_data``, as TFLite's converter does (also logged). The default, ``quantize=False``, emits exactly the weights the model has.
+
     >>> net = torch.nn.Sequential(torch.nn.Conv2d(1, 4, 3), torch.nn.ReLU(), torch.nn.Flatten(),
     ...                           torch.nn.Linear(4 * 6 * 6, 10))
     >>> res = save_compressed_model(net, "csr", torch.randn(1, 1, 8, 8), "/tmp/doc_model",
@@ -157,21 +167,34 @@ def save_compressed_model(
     5960
     """
     representation = emit_representation(model, representation)
+    if quantize and integer:
+        raise CodegenError("quantize=True makes weight-only int8/codebook weights for float inference; integer=True "
+                           "quantizes weights and activations by itself: use one of them")  # fmt: skip
     if integer:
         return save_integer_model(
             model, representation, input_data, directory, calibration_data=calibration_data,
             input_shape=input_shape, prefix=prefix, overwrite=overwrite, leaf_modules=leaf_modules,
             concrete_args=concrete_args, tolerance=tolerance,
         )  # fmt: skip
-    if calibration_data is not None:
-        raise CodegenError("calibration_data is only used with integer=True (fully integer inference); "
-                           "pass integer=True or drop calibration_data")  # fmt: skip
+    if calibration_data is not None and not quantize:
+        raise CodegenError("calibration_data is only used with integer=True (fully integer inference) or "
+                           "quantize=True (the inputs the error is measured on); pass one or drop "
+                           "calibration_data")  # fmt: skip
+    if quantize and calibration_data is not None and not isinstance(calibration_data, torch.Tensor):
+        raise CodegenError("with quantize=True, calibration_data is a tensor (N, ...) of sample inputs on which "
+                           f"the error against the float model is measured; got {type(calibration_data).__name__}")
     if input_data is None and input_shape is None:
         raise CodegenError("give input_data (a sample of batch size 1) or input_shape, e.g. (1, 1, 28, 28)")
     example = example_from(input_data if input_data is not None else tuple(input_shape))
+    quant_report = None
+    if quantize:
+        probe = calibration_data if calibration_data is not None else (example if input_data is not None else None)
+        model, quant_report = _quantized(model, representation, codebook_bits, probe)
     g, mem = build_graph(model, example, representation, prefix, leaf_modules, concrete_args)
     name = type(model).__name__
     report = build_report(g, mem, prefix, representation, name)
+    if quant_report is not None:
+        report["quantization"] = quant_report
     test_io = None
     if input_data is not None:
         m = prepare_model(model)
@@ -186,6 +209,35 @@ def save_compressed_model(
         report["test"] = {"tolerance": tol, "max_abs_output": float(np.max(np.abs(y)))}
     e = Emission(g, mem, prefix, representation, name, report, test_io)
     return write_emission(e, directory, overwrite)
+
+
+def _quantized(model: torch.nn.Module, representation: str, bits: int,
+               x: torch.Tensor | None) -> tuple[torch.nn.Module, dict]:  # fmt: skip
+    """The folded, quantized copy of ``model`` to emit, and its report section: what was done and the
+    error of the copy against the float model on ``x`` (None: no input to measure on)."""
+    from codegen.quantize import quantized_copy
+
+    float_model = prepare_model(model)
+    q, folded = quantized_copy(float_model, representation, bits)
+    section: dict = {
+        "weights": "int8 per output channel" if representation == "int8" else f"codebook, {bits} bits per layer",
+        "batchnorm_folded": [f"{layer} <- {bn}" for layer, bn in folded],
+        "max_abs_error_vs_float": None, "max_rel_error_vs_float": None,
+    }  # fmt: skip
+    if x is not None:
+        with torch.no_grad():
+            x = x.detach().to("cpu").float()
+            ref = float_model(x.clone()).detach().double()
+            out = q(x.clone()).detach().double()
+        err = float((out - ref).abs().max()) if ref.numel() else 0.0
+        scale = float(ref.abs().max()) if ref.numel() else 0.0
+        section["max_abs_error_vs_float"] = err
+        section["max_rel_error_vs_float"] = err / scale if scale else err
+        section["samples"] = int(x.shape[0])
+        log.info("quantized %s (%s, %d BatchNorm folded): max abs error %.3g (%.3g of max |output|) against "
+                 "the float model on the given input", type(model).__name__, section["weights"], len(folded),
+                 err, section["max_rel_error_vs_float"])  # fmt: skip
+    return q, section
 
 
 @dataclass

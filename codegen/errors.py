@@ -35,11 +35,14 @@ class UnsupportedOpError(CodegenError):
         supported: list[str],
         owners: list[str] | None = None,
         consumers: list[list[str]] | None = None,
+        config_errors: list[tuple[str, UnsupportedConfigError]] | None = None,
     ):
         self.nodes = nodes
         self.supported = supported
         self.owners = owners if owners is not None else [""] * len(nodes)
         self.consumers = consumers if consumers is not None else [[] for _ in nodes]
+        # (op name, error) of every supported op whose arguments could not be lowered, found in the same pass
+        self.config_errors = list(config_errors or [])
         super().__init__(self._message())
 
     def _message(self) -> str:
@@ -51,10 +54,7 @@ class UnsupportedOpError(CodegenError):
                 consts.setdefault(key, []).append(i)
             else:
                 ops.setdefault(target, []).append(i)
-        n_groups = len(ops) + len(consts)
-        lines = [
-            f"{len(self.nodes)} node(s) in the model cannot be emitted as C, for {n_groups} reason(s):"
-        ]
+        lines: list[str] = []
         groups: list[tuple[int, str]] = []
         for target, idx in ops.items():
             owners = sorted({self.owners[i] for i in idx if self.owners[i]})
@@ -71,6 +71,9 @@ class UnsupportedOpError(CodegenError):
                 f"  - {len(idx)} parameter/buffer tensor(s) used as operands of {users} in {inside}, "
                 f"e.g. {target.removeprefix('constant tensor ')}"
             )))  # fmt: skip
+        groups += config_groups(self.config_errors)
+        n_nodes = len(self.nodes) + len(self.config_errors)
+        lines.append(f"{n_nodes} node(s) in the model cannot be emitted as C, for {len(groups)} reason(s):")
         groups.sort(key=lambda g: -g[0])
         lines += [line for _, line in groups[: self.MAX_GROUPS]]
         if len(groups) > self.MAX_GROUPS:
@@ -92,7 +95,7 @@ class UnsupportedOpError(CodegenError):
                 f"parameters as operands. Replace it with the torch.nn modules it stands for{instead}, or pass "
                 f"leaf_modules=({owner.rsplit('.', 1)[-1]},) together with a registered lowering for it."
             )
-        lines.append("Supported operations: " + ", ".join(self.supported) + ".")
+        lines.append("Supported operations: " + ", ".join(self.supported) + " (arguments as listed above).")
         lines.append(
             "Replace these operations with supported ones, or register a lowering for them "
             "(see docs/architecture.md, 'Adding an op')."
@@ -105,4 +108,44 @@ class UntraceableModelError(CodegenError):
 
 
 class UnsupportedConfigError(CodegenError):
-    """A supported op is used with arguments the generator does not handle."""
+    """A supported op is used with arguments the generator does not handle.
+
+    ``why`` and ``fix`` (when the lowering gave them, ``LowerContext.fail``) let a model-wide error
+    group the nodes that fail for the same reason; ``errors`` holds every (op, error) of such a
+    grouped error (``UnsupportedConfigError.grouped``).
+    """
+
+    def __init__(self, message: str, *, layer: str = "", why: str = "", fix: str = "",
+                 errors: list[tuple[str, UnsupportedConfigError]] | None = None):  # fmt: skip
+        super().__init__(message)
+        self.layer, self.why, self.fix = layer, why, fix
+        self.errors = list(errors or [])
+
+    @classmethod
+    def grouped(cls, errors: list[tuple[str, UnsupportedConfigError]]) -> UnsupportedConfigError:
+        """One error for every (op name, error) of a model: the error itself when there is one, else
+        a message grouping them by op and fix, with counts."""
+        if len(errors) == 1:
+            return errors[0][1]
+        n_groups = len(config_groups(errors))
+        lines = [f"{len(errors)} node(s) use supported operations with arguments that cannot be emitted as C, "
+                 f"for {n_groups} reason(s):"]  # fmt: skip
+        lines += [line for _, line in sorted(config_groups(errors), key=lambda g: -g[0])]
+        return cls("\n".join(lines), errors=errors)
+
+
+def config_groups(errors: list[tuple[str, UnsupportedConfigError]]) -> list[tuple[int, str]]:
+    """(count, message line) per (op, fix) of unsupported-argument errors: the first error of each
+    group is quoted whole (it names the layer and the arguments), the others are counted."""
+    groups: dict[tuple[str, str], list[UnsupportedConfigError]] = {}
+    for op, err in errors:
+        groups.setdefault((op, err.fix or str(err)), []).append(err)
+    out = []
+    for (op, _), errs in groups.items():
+        others = [e.layer for e in errs[1:] if e.layer]
+        more = f" ({len(errs)} node(s)" if len(errs) > 1 else ""
+        if others:
+            more += f"; also {', '.join(others[:3])}{', ...' if len(others) > 3 else ''}"
+        more += ")" if more else ""
+        out.append((len(errs), f"  - {op} with unsupported arguments{more}: {errs[0]}"))
+    return out

@@ -20,11 +20,12 @@ import torch
 from codegen import emission, integer, ir
 from codegen.emit import cfloat
 from codegen.errors import CodegenError
+from codegen.export_frontend import trace_model
 from codegen.formats import CArray
 from codegen.integer import Calibration, IntegerModel, calibrate, int8_handler
 from codegen.lower import lower
 from codegen.memory import GraphMemory, plan_graph
-from codegen.trace import example_from, prepare_model, trace
+from codegen.trace import example_from, prepare_model
 
 log = logging.getLogger(__name__)
 
@@ -65,7 +66,7 @@ def build_integer(
         )
     m = prepare_model(model)
     x = example_from(example_input)
-    gm = trace(m, x, leaf_modules, concrete_args)
+    gm = trace_model(m, x, leaf_modules, concrete_args)
     env: dict[str, str] = {}
     g = lower(gm, env)
     ranges, n = calibrate(gm, calibration_data, tuple(x.shape[1:]))

@@ -11,7 +11,7 @@ import operator
 import torch.fx as fx
 
 from codegen import ir
-from codegen.errors import CodegenError, UnsupportedOpError
+from codegen.errors import CodegenError, UnsupportedConfigError, UnsupportedOpError
 from codegen.lowering import (  # noqa: F401 - the public lowering API, also importable from here
     CONSTANT_OPERANDS,
     LOWERINGS,
@@ -43,8 +43,8 @@ def _owner_class(node: fx.Node) -> str:
     return ""
 
 
-def check_supported(gm: fx.GraphModule) -> None:
-    """Raises ONE UnsupportedOpError listing every node that has no lowering (grouped by op in its message)."""
+def _scan_unsupported(gm: fx.GraphModule) -> tuple[list[tuple[str, str, str]], list[str], list[list[str]]]:
+    """(node name, target, module path), owner class and consumers of every node that has no lowering."""
     modules = dict(gm.named_modules())
     bad, owners, consumers = [], [], []
     for node in gm.graph.nodes:
@@ -64,6 +64,12 @@ def check_supported(gm: fx.GraphModule) -> None:
             bad.append((node.name, target_name(key), module_path(node)))
             owners.append(_owner_class(node))
             consumers.append([])
+    return bad, owners, consumers
+
+
+def check_supported(gm: fx.GraphModule) -> None:
+    """Raises ONE UnsupportedOpError listing every node that has no lowering (grouped by op in its message)."""
+    bad, owners, consumers = _scan_unsupported(gm)
     if bad:
         raise UnsupportedOpError(bad, supported_ops(), owners, consumers)
 
@@ -86,8 +92,16 @@ def lower(gm: fx.GraphModule, env_out: dict[str, str] | None = None) -> ir.Graph
     """Lowers a traced, shape-propagated GraphModule to the IR and runs the IR passes.
 
     ``env_out``, if given, receives fx node name -> IR value name (views map to their input's value).
+
+    Everything unsupported is found in ONE pass: nodes without a lowering (``_scan_unsupported``) and
+    lowerings that refuse their arguments (UnsupportedConfigError) are collected, their results marked
+    unknown so that the nodes computed from them are skipped rather than reported as well, and one error
+    is raised at the end: UnsupportedOpError (its message also lists the refused arguments) when an op
+    has no lowering, else UnsupportedConfigError (``UnsupportedConfigError.grouped``).
     """
-    check_supported(gm)
+    bad, owners, consumers = _scan_unsupported(gm)
+    unknown = {name for name, _, _ in bad}  # fx nodes whose result the C cannot compute
+    refused: list[tuple[str, UnsupportedConfigError]] = []
     ctx = LowerContext(gm)
     graph_in = graph_out = None
     for node in gm.graph.nodes:
@@ -105,11 +119,26 @@ def lower(gm: fx.GraphModule, env_out: dict[str, str] | None = None) -> ir.Graph
                     "the model must return one tensor; it returns "
                     f"{type(res).__name__}. Wrap it so forward() returns a single tensor."
                 )
-            graph_out = ctx.value(res)
+            if res.name not in unknown:
+                graph_out = ctx.value(res)
         elif node.op in ("call_module", "call_function", "call_method") and "tensor_meta" in node.meta:
-            if not (node.target is operator.getitem and tensor_meta(node.args[0]) is None):  # tuple items: h_n
-                _check_batch_dim(ctx, node)
-            LOWERINGS[lowering_key(node, ctx.modules)](ctx, node)
+            if node.name in unknown or any(i.name in unknown for i in node.all_input_nodes):
+                unknown.add(node.name)
+                continue
+            key = lowering_key(node, ctx.modules)
+            try:
+                if not (node.target is operator.getitem and tensor_meta(node.args[0]) is None):  # tuple items: h_n
+                    _check_batch_dim(ctx, node)
+                LOWERINGS[key](ctx, node)
+            except UnsupportedConfigError as exc:
+                refused.append((target_name(key), exc))
+                unknown.add(node.name)
+        elif unknown and any(i.name in unknown for i in node.all_input_nodes):
+            unknown.add(node.name)  # shape arithmetic on an unknown result
+    if bad:
+        raise UnsupportedOpError(bad, supported_ops(), owners, consumers, refused)
+    if refused:
+        raise UnsupportedConfigError.grouped(refused)
     assert graph_in is not None and graph_out is not None
     if env_out is not None:
         env_out.update(ctx.env)

@@ -80,6 +80,8 @@ def target_name(t: Any) -> str:
         if t.__module__.startswith("torch.nn.modules"):
             return f"nn.{t.__qualname__}"
         return f"{t.__module__}.{t.__qualname__}"
+    if isinstance(t, torch._ops.OpOverload):  # an ATen op the torch.export front end could not translate
+        return str(t)
     name = _pretty_names().get(id(t))
     if name:
         return name
@@ -229,7 +231,8 @@ class LowerContext:
         return f"'{path}'" if node.op == "call_module" else f"'{node.name}'" + (f" in '{path}'" if path else "")
 
     def fail(self, node: fx.Node, why: str, fix: str) -> UnsupportedConfigError:
-        return UnsupportedConfigError(f"layer {self.where(node)}: {why}. {fix}")
+        where = self.where(node)
+        return UnsupportedConfigError(f"layer {where}: {why}. {fix}", layer=where, why=why, fix=fix)
 
     def common(self, node: fx.Node, inputs: list[fx.Node] | None = None) -> dict[str, Any]:
         """name/source/torch_op/inputs/output fields for an op produced by this node."""

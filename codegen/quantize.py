@@ -12,8 +12,9 @@
   (2^bits + 1 with zero), which the ``codebook`` encodings store with b-bit indices.
 
 Both work on the weights as the model holds them. codegen folds BatchNorm into the preceding
-convolution before encoding, which rescales its rows: fold BatchNorm first
-(``torch.nn.utils.fusion.fuse_conv_bn_eval``), then quantize or share.
+convolution before encoding, which rescales its rows: fold BatchNorm first (``fold_batchnorm_``, with
+codegen's own arithmetic, so the folded model emits bit-identical weights), then quantize or share.
+``quantized_copy`` does all of it on a copy (``save_compressed_model(..., quantize=True)``).
 
 >>> import torch
 >>> net = torch.nn.Sequential(torch.nn.Linear(8, 4))
@@ -24,14 +25,19 @@ True
 
 from __future__ import annotations
 
+import copy
 import logging
+from collections import Counter
 from collections.abc import Iterator, Mapping
 
 import numpy as np
 import torch
+import torch.fx as fx
+import torch.nn as nn
 
 from codegen import formats
 from codegen.errors import CodegenError
+from codegen.trace import LeafTracer
 
 log = logging.getLogger(__name__)
 
@@ -153,3 +159,114 @@ def share_weights_(model: torch.nn.Module, bits: int | Mapping[str, int]) -> tor
         _store(m, share_array(w, int(b)))
         log.debug("shared layer %s with %d bits", name, b)
     return model
+
+
+# ---- BatchNorm folding in PyTorch (the arithmetic of codegen/ops/batchnorm.py + passes.fold_batchnorm) ----
+
+_BN_PAIRS = {nn.Conv1d: nn.BatchNorm1d, nn.Conv2d: nn.BatchNorm2d, nn.Linear: nn.BatchNorm1d}
+
+
+class FoldError(CodegenError, ValueError):
+    """The model cannot be traced to find Conv/Linear -> BatchNorm pairs."""
+
+
+@torch.no_grad()
+def fold_pair_(layer: nn.Module, bn: nn.modules.batchnorm._BatchNorm) -> None:
+    """Folds ``bn``'s running statistics and affine parameters into ``layer`` (in place), exactly as
+    codegen does at emission: scale = float32(gamma / sqrt(var + eps)), shift = float32(beta - mean *
+    scale) (float64 intermediates, as ``codegen.ops.batchnorm``), weight = float32(w * scale), bias =
+    float32(b * scale + shift) (float64, as ``codegen.passes.fold_batchnorm``)."""
+    mean = bn.running_mean.detach().double()
+    var = bn.running_var.detach().double()
+    gamma = bn.weight.detach().double() if bn.weight is not None else torch.ones_like(mean)
+    beta = bn.bias.detach().double() if bn.bias is not None else torch.zeros_like(mean)
+    scale64 = gamma / torch.sqrt(var + bn.eps)
+    scale = scale64.float().double()  # codegen rounds scale and shift to float32 before folding
+    shift = (beta - mean * scale64).float().double()
+    w = layer.weight
+    shape = (-1,) + (1,) * (w.dim() - 1)
+    new_w = (w.detach().double() * scale.view(shape)).to(w.dtype)
+    b = layer.bias.detach().double() if layer.bias is not None else torch.zeros_like(scale)
+    new_b = (b * scale + shift).to(w.dtype)
+    w.copy_(new_w)
+    if layer.bias is None:
+        layer.bias = nn.Parameter(new_b.to(w.device), requires_grad=w.requires_grad)
+    else:
+        layer.bias.copy_(new_b)
+
+
+def _replace_module(model: nn.Module, path: str, new: nn.Module) -> None:
+    parent, _, name = path.rpartition(".")
+    setattr(model.get_submodule(parent) if parent else model, name, new)
+
+
+def fold_batchnorm_(model: nn.Module) -> list[tuple[str, str]]:
+    """Folds every BatchNorm1d/2d that directly follows a Conv1d/Conv2d/Linear (and is that layer's
+    only user, each module called once) into the layer, replacing the BatchNorm by ``nn.Identity``.
+
+    Uses the running statistics (eval-mode BatchNorm). Returns the folded ``(layer, batchnorm)``
+    module paths. BatchNorms without running statistics, or after anything else, are left alone.
+
+    >>> net = nn.Sequential(nn.Conv2d(1, 4, 3), nn.BatchNorm2d(4), nn.ReLU())
+    >>> fold_batchnorm_(net)
+    [('0', '1')]
+    >>> type(net[1]).__name__
+    'Identity'
+    """
+    try:
+        graph = LeafTracer().trace(model)
+    except Exception as exc:  # noqa: BLE001 - torch.fx raises many kinds
+        raise FoldError(
+            f"fold_batchnorm_: torch.fx cannot trace {type(model).__name__} ({exc}); BatchNorm folding needs "
+            "an fx-traceable model"
+        ) from exc
+    modules = dict(model.named_modules())
+    calls = Counter(n.target for n in graph.nodes if n.op == "call_module")
+    folded = []
+    for node in graph.nodes:
+        if node.op != "call_module" or not isinstance(modules.get(node.target), nn.modules.batchnorm._BatchNorm):
+            continue
+        bn = modules[node.target]
+        src = node.args[0] if node.args else None
+        if not isinstance(src, fx.Node) or src.op != "call_module" or len(src.users) != 1:
+            continue
+        layer = modules.get(src.target)
+        pair = next((b for t, b in _BN_PAIRS.items() if type(layer) is t), None)
+        if pair is None or type(bn) is not pair or calls[src.target] != 1 or calls[node.target] != 1:
+            continue
+        if bn.running_mean is None or bn.running_var is None:
+            log.warning("BatchNorm %s has no running statistics; not folded", node.target)
+            continue
+        if bn.num_features != layer.weight.shape[0]:
+            continue
+        fold_pair_(layer, bn)
+        _replace_module(model, node.target, nn.Identity())
+        folded.append((src.target, node.target))
+        log.info("folded BatchNorm %s into %s", node.target, src.target)
+    return folded
+
+
+QUANTIZE_REPRESENTATIONS = ("int8", "codebook")
+
+
+def quantized_copy(model: nn.Module, representation: str, bits: int = 4) -> tuple[nn.Module, list[tuple[str, str]]]:
+    """A copy of ``model`` (eval, float32, CPU) with BatchNorm folded (``fold_batchnorm_``) and then its
+    weights quantized for ``representation``: "int8" (``quantize_int8_``) or "codebook"
+    (``share_weights_`` with ``bits``). Returns the copy and the folded (layer, batchnorm) pairs. The
+    model itself is not changed."""
+    if representation not in QUANTIZE_REPRESENTATIONS:
+        raise CodegenError(
+            f"quantize=True quantizes the weights for representation 'int8' or 'codebook', not {representation!r}; "
+            "choose one of those (or drop quantize=True to emit the weights the model has)"
+        )
+    try:
+        q = copy.deepcopy(model)
+    except Exception as exc:  # pragma: no cover - exotic models
+        raise CodegenError(f"could not copy the model to quantize it: {exc}") from exc
+    q = q.to("cpu").float().eval()
+    folded = fold_batchnorm_(q)
+    if representation == "int8":
+        quantize_int8_(q)
+    else:
+        share_weights_(q, bits)
+    return q, folded

@@ -151,7 +151,7 @@ def _run_eager(model: torch.nn.Module, x: torch.Tensor):
             h.remove()
 
 
-def _offending_line(exc: BaseException) -> str:
+def offending_line(exc: BaseException) -> str:
     """' at FILE:LINE: CODE' of the innermost frame of the traceback outside torch (the model's or a
     library's expression that torch.fx could not trace), or "" when there is none."""
     torch_dir = os.path.dirname(torch.__file__) + os.sep
@@ -176,7 +176,7 @@ def trace(
         graph = tracer.trace(model, concrete_args=concrete_args)
     except (torch.fx.proxy.TraceError, TypeError, RuntimeError, AttributeError, NotImplementedError) as exc:
         raise UntraceableModelError(
-            f"torch.fx could not trace {type(model).__name__}.forward(): {exc}{_offending_line(exc)}\n"
+            f"torch.fx could not trace {type(model).__name__}.forward(): {exc}{offending_line(exc)}\n"
             f"{_UNTRACEABLE_HELP}"
         ) from exc
     try:

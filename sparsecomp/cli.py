@@ -2,6 +2,7 @@
 
     sparsecomp emit PACKAGE.MODULE:FACTORY --weights W.pt --input-shape 1,1,28,28 -o DIR
                     [--representation csr] [--prefix P] [--overwrite]
+                    [--quantize [--codebook-bits B]]   fold BatchNorm + quantize a copy (int8/codebook)
     sparsecomp compress PACKAGE.MODULE:FACTORY --weights W.pt --data DATA --budget 20KB --out DIR
                     [--representation auto] [--epochs N] [--time-limit S]
     sparsecomp report DIR        pretty-print DIR/report.json of an emitted model
@@ -102,9 +103,15 @@ def cmd_emit(args: argparse.Namespace) -> int:
     res = save_compressed_model(
         model, args.representation, input_data=sample, directory=args.output,
         input_shape=None if sample is not None else args.input_shape, prefix=args.prefix,
-        overwrite=args.overwrite,
+        overwrite=args.overwrite, quantize=args.quantize, codebook_bits=args.codebook_bits,
     )  # fmt: skip
     print(f"emitted {args.model} to {res.directory}: {res.weight_bytes} weight bytes, {res.arena_bytes} arena bytes")
+    q = res.report.get("quantization")
+    if q is not None:
+        err = "" if q["max_abs_error_vs_float"] is None else (
+            f"; max abs error against the float model {q['max_abs_error_vs_float']:.3g} "
+            f"({100 * q['max_rel_error_vs_float']:.2f} % of max |output|)")  # fmt: skip
+        print(f"quantized a copy: {q['weights']}, {len(q['batchnorm_folded'])} BatchNorm folded{err}")
     if sample is not None:
         print(f"build and self-test with: make -C {res.directory} check")
     return 0
@@ -323,7 +330,13 @@ def build_parser() -> argparse.ArgumentParser:
                    help="example input shape including the batch dimension (batch 1), e.g. 1,1,28,28")
     e.add_argument("-o", "--output", required=True, metavar="DIR", help="output directory")
     e.add_argument("--representation", default="csr", choices=sorted(REPRESENTATIONS),
-                   help="weight storage (default csr); int8/codebook need a quantized/shared model")
+                   help="weight storage (default csr); int8/codebook need a quantized/shared model (or --quantize)")
+    e.add_argument("--quantize", action="store_true",
+                   help="with --representation int8/codebook: fold BatchNorm and quantize a copy of the float model "
+                        "(int8 per output channel, or k-means codebook), emit it and print its error against the float "
+                        "model on the self-test input. Without it the weights are emitted exactly as they are")
+    e.add_argument("--codebook-bits", type=int, default=4, metavar="B",
+                   help="bits per codebook index with --quantize --representation codebook (1..8, default 4)")
     e.add_argument("--prefix", default="model", help="prefix of the C names (default model)")
     e.add_argument("--overwrite", action="store_true",
                    help="also write into a non-empty DIR that sparsecomp did not write (or over files changed since "

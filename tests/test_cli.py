@@ -191,3 +191,19 @@ def test_compress_bad_input_is_one_line(tmp_path, factory, capsys):
     torch.save({"x": torch.randn(4, 1, 8, 8)}, tmp / "d.pt")
     assert cli.main([*argv, "--data", str(tmp / "d.pt")]) == 2
     assert "'y'" in capsys.readouterr().err
+
+
+def test_emit_quantize_folds_and_quantizes_a_copy(factory, capsys):
+    tmp, model = factory
+    out = tmp / "q"
+    args = ["emit", "cli_models_for_test:tiny", "--weights", str(tmp / "w.pt"), "--input-shape", "1,1,8,8",
+            "-o", str(out), "--representation", "int8"]  # fmt: skip
+    assert cli.main(args) == 2  # a float model is not on an int8 grid: refused without --quantize
+    assert "int8" in capsys.readouterr().err
+    assert cli.main([*args, "--quantize"]) == 0
+    text = capsys.readouterr().out
+    q = json.loads((out / "report.json").read_text())["quantization"]
+    assert f"max abs error against the float model {q['max_abs_error_vs_float']:.3g}" in text
+    assert q["weights"] == "int8 per output channel" and q["max_abs_error_vs_float"] > 0
+    run = subprocess.run(["make", "-s", "-C", str(out), "check"], capture_output=True, text=True)
+    assert run.returncode == 0, run.stdout + run.stderr
