@@ -68,7 +68,7 @@ EMITS: dict[str, set[str]] = {
     "timm_spnasnet_100": set(),
     "timm_tinynet_e": set(),
     "tv_mobilenet_v3_large": set(),
-    "tv_mobilenet_v3_small": {"integer"},
+    "tv_mobilenet_v3_small": set(),  # integer: its classifier Linear+Hardswish is not split for int8 (split_activations)
     # unblocked by slicing, chunk/transpose, expand_as (codegen/ops/gather.py)
     "tv_shufflenet_v2_x0_5": {"integer"},  # chunk, channel shuffle (view-transpose-view)
     "tcn": {"integer"},  # Chomp1d's x[:, :, :-p]
