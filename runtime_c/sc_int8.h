@@ -732,6 +732,138 @@ static inline void sc_i8_conv_q8_dsp(const int8_t *in, int8_t *out, const int8_t
 }
 #endif
 
+/* ---- pointwise conv (1x1, stride 1, no padding, groups == 1, dense int8 weights) -----------------
+ * Output y[oc][p] = requant(bias'[oc] + sum_ci q[oc][ci] * x[ci][p]) over the flat plane p < H*W (no
+ * row structure: a 1x1 stride-1 output position reads the same input position). bias' holds
+ * -in_zp * sum(q) (folded at generation time), so the raw int8 inputs are multiplied.
+ *
+ * SMLAD form: 2 positions (A, B) of all channels are gathered into `col` (arena scratch of
+ * SC_I8_PW_COL_WORDS(cin) words) as sign-extended halfword pairs matching the SXTB16 lanes of a 4-byte
+ * weight word w0..w3: per 4 channels (x0A, x2A), (x1A, x3A), (x0B, x2B), (x1B, x3B). The gather is 2
+ * LDRH + ORR per channel pair and 4 SXTB16 per 4 channels. Then 2 output channels x 2 positions per pass:
+ * per 4 channels 2 LDRD of the column, 2 weight loads, 4 SXTB16 and 8 SMLAD for 16 MACs. The
+ * requantization of the 4 outputs has the layer's zero point and bounds hoisted out of the loops. An odd
+ * plane ends with the pair (n - 2, n - 1) (position n - 2 is written twice with the same value). */
+#define SC_I8_PW_COL_WORDS(cin) (((cin) + 3) / 4 * 4)
+
+#if SC_INT8_DSP
+static inline uint32_t sc_ld16(const void *p)
+{
+    uint16_t v;
+    memcpy(&v, p, sizeof v);
+    return v;
+}
+
+#endif
+
+static inline SC_SPECIALIZE void sc_i8_conv_q8_pw(const int8_t *in, int8_t *out, const int8_t *q,
+                                                  const int32_t *bias, const int32_t *mult, const int8_t *shift,
+                                                  uint32_t *col, const sc_i8_conv_params *p)
+{
+    const int32_t cin = p->cin, cout = p->cout, n = p->hin * p->win;
+    const int32_t zp = p->out_zp, lo = p->act_min, hi = p->act_max;
+    int32_t pos, oc, ci;
+#if SC_INT8_DSP
+    const int32_t c4 = cin & ~3;
+    const int32_t last = n >= 2 ? n - 2 : 0;
+    for (pos = 0; pos < n; pos += 2) {
+        const int32_t pa = pos < last ? pos : last, pb = n >= 2 ? pa + 1 : pa;
+        uint32_t *c = col;
+        const int8_t *s = in + pa;
+        if (pb == pa + 1) {
+            for (ci = 0; ci < c4; ci += 4, s += 4 * n, c += 4) {
+                const uint32_t t0 = sc_ld16(s) | (sc_ld16(s + 2 * n) << 16); /* x0A x0B x2A x2B */
+                const uint32_t t1 = sc_ld16(s + n) | (sc_ld16(s + 3 * n) << 16);
+                c[0] = sc_sxtb16(t0);
+                c[1] = sc_sxtb16(t1);
+                c[2] = sc_sxtb16_ror8(t0);
+                c[3] = sc_sxtb16_ror8(t1);
+            }
+        } else { /* a single position (n == 1): B is A */
+            for (ci = 0; ci < c4; ci += 4, s += 4 * n, c += 4) {
+                const uint32_t t0 = (uint32_t)(uint8_t)s[0] * 0x101u | ((uint32_t)(uint8_t)s[2 * n] * 0x101u) << 16;
+                const uint32_t t1 = (uint32_t)(uint8_t)s[n] * 0x101u | ((uint32_t)(uint8_t)s[3 * n] * 0x101u) << 16;
+                c[0] = sc_sxtb16(t0);
+                c[1] = sc_sxtb16(t1);
+                c[2] = sc_sxtb16_ror8(t0);
+                c[3] = sc_sxtb16_ror8(t1);
+            }
+        }
+        for (; ci < cin; ++ci, s += n, ++c) /* the last cin % 4 channels: (xA, xB) */
+            *c = (uint32_t)(uint16_t)(int16_t)s[0] | ((uint32_t)(uint16_t)(int16_t)s[pb - pa] << 16);
+        for (oc = 0; oc < cout; oc += 2) {
+            const int32_t ob = oc + 1 < cout ? oc + 1 : oc;
+            const int32_t db = (ob - oc) * cin; /* row ob is db bytes after row oc (an immediate offset) */
+            const int8_t *wa = q + oc * cin;
+            const uint32_t *x = col;
+            const uint32_t *const xend = col + c4;
+            int32_t a00 = bias ? bias[oc] : 0, a10 = bias ? bias[ob] : 0, a01 = a00, a11 = a10;
+            const int32_t ma = mult[oc], mb = mult[ob], sa = shift[oc], sb = shift[ob];
+            while (x < xend) {
+                const uint32_t xa0 = x[0], xa1 = x[1], xb0 = x[2], xb1 = x[3];
+                uint32_t v = sc_ld32(wa), wl = sc_sxtb16(v), wh = sc_sxtb16_ror8(v);
+                a00 = sc_smlad(wl, xa0, a00);
+                a00 = sc_smlad(wh, xa1, a00);
+                a01 = sc_smlad(wl, xb0, a01);
+                a01 = sc_smlad(wh, xb1, a01);
+                v = sc_ld32(wa + db);
+                wl = sc_sxtb16(v);
+                wh = sc_sxtb16_ror8(v);
+                a10 = sc_smlad(wl, xa0, a10);
+                a10 = sc_smlad(wh, xa1, a10);
+                a11 = sc_smlad(wl, xb0, a11);
+                a11 = sc_smlad(wh, xb1, a11);
+                wa += 4;
+                x += 4;
+            }
+            for (ci = c4; ci < cin; ++ci, ++x, ++wa) {
+                const int32_t xa = (int32_t)((*x & 0xFFFFu) ^ 0x8000u) - 0x8000, xb = (int32_t)((*x >> 16) ^ 0x8000u) - 0x8000;
+                const int32_t qa = wa[0], qb = wa[db];
+                a00 += qa * xa;
+                a01 += qa * xb;
+                a10 += qb * xa;
+                a11 += qb * xb;
+            }
+            {
+                int8_t *const o0 = out + oc * n + pa, *const o1 = o0 + (ob - oc) * n;
+                const int32_t d = pb - pa;
+                if (sa <= -2 && sb <= -2) { /* the usual case: one SMLAL per output, bounds hoisted */
+                    const uint32_t ha = ((uint32_t)1) << (-sa - 2), hb = ((uint32_t)1) << (-sb - 2);
+                    o0[0] = sc_i8_requant_hk(a00, ma, ha, -sa - 1, zp, lo, hi);
+                    o0[d] = sc_i8_requant_hk(a01, ma, ha, -sa - 1, zp, lo, hi);
+                    o1[0] = sc_i8_requant_hk(a10, mb, hb, -sb - 1, zp, lo, hi);
+                    o1[d] = sc_i8_requant_hk(a11, mb, hb, -sb - 1, zp, lo, hi);
+                } else {
+                    o0[0] = sc_i8_requant(a00, ma, sa, zp, lo, hi);
+                    o0[d] = sc_i8_requant(a01, ma, sa, zp, lo, hi);
+                    o1[0] = sc_i8_requant(a10, mb, sb, zp, lo, hi);
+                    o1[d] = sc_i8_requant(a11, mb, sb, zp, lo, hi);
+                }
+            }
+        }
+    }
+#else
+    (void)col;
+    for (oc = 0; oc < cout; ++oc) {
+        const int8_t *const w = q + oc * cin;
+        const int32_t b = bias ? bias[oc] : 0, m = mult[oc], sh = shift[oc];
+        for (pos = 0; pos < n; pos += 2) {
+            const int32_t two = pos + 1 < n;
+            const int8_t *s = in + pos;
+            int32_t a = b, c = b;
+            for (ci = 0; ci < cin; ++ci, s += n) {
+                const int32_t qv = w[ci];
+                a += qv * s[0];
+                if (two) c += qv * s[1];
+            }
+            out[oc * n + pos] = sc_i8_requant(a, m, sh, zp, lo, hi);
+            if (two) out[oc * n + pos + 1] = sc_i8_requant(c, m, sh, zp, lo, hi);
+        }
+    }
+#endif
+}
+
+
 #define SC_I8_DEFINE_CONV_CSR(IS, PS, IT, PT)                                                     \
     static inline void sc_i8_conv_q8_csr_##IS##_##PS(                                            \
         const int8_t *in, int8_t *out, const int8_t *q, const IT *col, const PT *ptr,            \

@@ -64,6 +64,11 @@ CASES = {
                        (1, 4, 11, 10)),  # fmt: skip
     # a plane above DSP_SCRATCH_MAX_BYTES keeps the clipping kernel sc_i8_conv_q8_dw
     "dw_large_plane": (lambda: _seq(nn.Conv2d(2, 2, 3, groups=2, padding=1)), (1, 2, 95, 90)),
+    # pointwise (sc_i8_conv_q8_pw, flat plane): odd plane 5 x 5 (last pair overlaps), cin 64, odd cout 9
+    "pw_odd_plane": (lambda: _seq(nn.Conv2d(64, 9, 1), nn.ReLU()), (1, 64, 5, 5)),
+    # cin % 4 == 3 (channel tail), no bias (the folded bias is -in_zp * sum(q)), plane of 1 position, then 2
+    "pw_tail_single": (lambda: _seq(nn.Conv2d(7, 6, 1, bias=False), nn.ReLU6(), nn.Conv2d(6, 3, 1)), (1, 7, 1, 1)),
+    "pw_cin2_conv1d": (lambda: _seq(nn.Conv1d(2, 5, 1), nn.Conv1d(5, 4, 1, bias=False)), (1, 2, 2)),
     # in % 4 == 1, out = 7 (one 4-row pass + 3 single rows), 3 rows
     "linear_odd": (lambda: _seq(nn.Linear(13, 7), nn.ReLU()), (1, 3, 13)),
     # in < 4 (no pair at all), out % 4 == 1; then in % 4 == 0
@@ -94,6 +99,7 @@ def test_pair_kernels_bit_exact_on_host(name, tmp_path):
     d = _check(name, tmp_path, [DSP, PLAIN])
     src = (d / "model.c").read_text()
     convs_g1 = name.startswith("conv") and name != "conv_groups_depthwise"  # groups == 1 convs only
+    assert ("sc_i8_conv_q8_pw(" in src) == (name.startswith("pw") or name == "conv_1x1_same")
     assert ("sc_i8_conv_q8_dsp(" in src) == convs_g1
     if convs_g1:
         assert "#if SC_INT8_DSP" in src and "uint32_t col[" in src
@@ -106,7 +112,8 @@ def test_pair_kernels_clean_under_asan_ubsan(tmp_path):
     from helpers import SANITIZE_FLAGS, require_sanitizer
 
     require_sanitizer()
-    for name in ("conv_cin1_odd_kw", "conv_dilation", "conv_interior_nobias", "depthwise_stride_dil", "linear_odd",
+    for name in ("conv_cin1_odd_kw", "conv_dilation", "conv_interior_nobias", "depthwise_stride_dil", "linear_odd", "pw_odd_plane",
+                 "pw_tail_single", "pw_cin2_conv1d",
                  "dw3_pad_odd", "dw3_wout1", "dw_stride2_5x5"):
         _check(name, tmp_path / name, [DSP + SANITIZE_FLAGS], n=4)
 

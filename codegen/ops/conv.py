@@ -76,7 +76,11 @@ class Conv2d(ir.Op):
         reads through ``overwrites_input``). ``in_place``: the planner gave the output the input's
         storage (the CSR 1x1 conv then gathers columns first: sc_conv_pwc_*)."""
         w = self.encoded["weight"]
-        if self.runtime != Conv2d.runtime:  # the integer path (sc_int8.h) chooses in its own template
+        if self.runtime != Conv2d.runtime:  # the integer path (sc_int8.h)
+            if int8_pointwise(self, w.kernel):  # 2 positions of the input channels gathered first
+                col = ir.Scratch("uint32_t", "col", pw_column_words(self),
+                                 "2 positions of the input channels as int16 pairs", arena=True)  # fmt: skip
+                return ir.KernelChoice("sc_i8_conv_q8_pw", col)
             return ir.KernelChoice(f"sc_i8_conv_{w.kernel}")
         dw = self.depthwise_1to1 and tuple(self.dilation) == (1, 1)
         # depthwise: each channel is copied to the padded plane before its outputs are written
@@ -154,12 +158,23 @@ def lower_conv(ctx: LowerContext, node: fx.Node) -> None:
 # ---- int8 (codegen/integer.py, runtime_c/sc_int8.h, templates/ops_int8/conv.j2) -------------------
 
 
+def int8_pointwise(op: ir.Op, weight_kernel: str) -> bool:
+    """The int8 pointwise kernel (``sc_i8_conv_q8_pw``) runs: 1x1, stride 1, no padding, groups == 1,
+    dense int8 weights. Its bias holds -in_zp * sum(q) (folded at generation time)."""
+    return isinstance(op, Conv2d) and op.pointwise and op.groups == 1 and weight_kernel == "q8"
+
+
+def pw_column_words(op: Conv2d) -> int:
+    """uint32 words of the pointwise kernel's column (``SC_I8_PW_COL_WORDS``): 2 positions x C_in int16."""
+    return (op.in_shape[0] + 3) // 4 * 4
+
+
 def dsp_column_words(op: ir.Op, weight_kernel: str) -> int:
     """uint32 words of the column buffer of the SMLAD conv kernel (``sc_i8_conv_q8_dsp``, compiled when
     the C is built with SC_INT8_DSP): 2 output positions x row_len int8 rounded up to 4. The kernel's
     stack scratch is this column plus cout int32 start values. 0 where that kernel is not used:
     grouped/depthwise convs, sparse weights, or scratch above ``integer.DSP_SCRATCH_MAX_BYTES``."""
-    if not isinstance(op, Conv2d) or op.groups != 1 or weight_kernel != "q8":
+    if not isinstance(op, Conv2d) or op.groups != 1 or weight_kernel != "q8" or int8_pointwise(op, weight_kernel):
         return 0
     words = (op.in_shape[0] * op.kernel[0] * op.kernel[1] + 3) // 4 * 2
     return words if 4 * (words + op.out_shape[0]) <= integer.DSP_SCRATCH_MAX_BYTES else 0
@@ -188,7 +203,8 @@ class ConvInt8(integer.Int8Handler):
     template = "conv.j2"
 
     def quantize(self, op: Conv2d, ctx: integer.Int8Context, qo: integer.QOp) -> None:
-        integer.quantize_weighted(op, ctx, qo)
+        integer.quantize_weighted(op, ctx, qo, fold_input_zp=lambda kernel: int8_pointwise(op, kernel))
+        qo.scalars["pw"] = int(int8_pointwise(op, ctx.encoded["weight"].kernel))
         qo.scalars["dsp_col"] = dsp_column_words(op, ctx.encoded["weight"].kernel)
         qo.scalars["dw_pad"] = dw_pad_bytes(op, ctx.encoded["weight"].kernel)
 
@@ -198,7 +214,8 @@ class ConvInt8(integer.Int8Handler):
         c, h, w = op.in_shape
         co, ho, wo = op.out_shape
         kh, kw = op.kernel
-        x = torch.from_numpy((ins[0].reshape(c, h, w) - s["in_zp"]).astype(np.float64))[None]
+        zp = 0 if s["pw"] else s["in_zp"]  # the pointwise kernel's bias holds -in_zp * sum(q)
+        x = torch.from_numpy((ins[0].reshape(c, h, w) - zp).astype(np.float64))[None]
         pt, pl = op.padding
         pb = max(0, (ho - 1) * op.stride[0] + (kh - 1) * op.dilation[0] + 1 - h - pt)
         pr = max(0, (wo - 1) * op.stride[1] + (kw - 1) * op.dilation[1] + 1 - w - pl)
