@@ -190,6 +190,16 @@ static inline int8_t sc_i8_requant_hk(int32_t acc, int32_t mult, uint32_t half, 
     return (int8_t)v;
 }
 
+/* 1: the block kernels (pointwise, im2col conv, C_in == 1) inline the shift <= -2 requantization
+ * (sc_i8_requant_hk) next to the generic one; 0 (the default at -Os): only the generic sc_i8_requant. */
+#ifndef SC_I8_FAST_REQ
+#if defined(__OPTIMIZE_SIZE__)
+#define SC_I8_FAST_REQ 0
+#else
+#define SC_I8_FAST_REQ 1
+#endif
+#endif
+
 /* ---- linear: y[r][o] = requant(bias[o] + sum_i q[o][i] * x[r][i]) -----------------------------
  * bias already holds -in_zp * sum_i q[o][i] (folded at generation time), so the inner loop
  * multiplies raw int8 inputs. */
@@ -783,7 +793,7 @@ static inline void sc_i8_conv_q8_dsp(const int8_t *in, int8_t *out, const int8_t
             {
                 const int32_t ma = mult[oc], mb = mult[ob], sa = shift[oc], sb = shift[ob];
                 int8_t *const o1 = out + ob * npos + pos;
-                if (sa <= -2 && sb <= -2) { /* the usual case: one SMLAL per output, bounds hoisted */
+                if (SC_I8_FAST_REQ && sa <= -2 && sb <= -2) { /* the usual case: one SMLAL per output */
                     const uint32_t ha = ((uint32_t)1) << (-sa - 2), hb = ((uint32_t)1) << (-sb - 2);
                     o0[0] = sc_i8_requant_hk(a00, ma, ha, -sa - 1, zp, lo, hi);
                     if (two) o0[1] = sc_i8_requant_hk(a01, ma, ha, -sa - 1, zp, lo, hi);
@@ -809,25 +819,18 @@ static inline void sc_i8_conv_q8_dsp(const int8_t *in, int8_t *out, const int8_t
  * SMLAD form: 2 positions (A, B) of all channels are gathered into `col` (arena scratch of
  * SC_I8_PW_COL_WORDS(cin) words) as sign-extended halfword pairs matching the SXTB16 lanes of a 4-byte
  * weight word w0..w3: per 4 channels (x0A, x2A), (x1A, x3A), (x0B, x2B), (x1B, x3B). The gather is 2
- * LDRH + ORR per channel pair and 4 SXTB16 per 4 channels. Then 2 output channels x 2 positions per pass:
+ * byte loads + ORR per channel and 4 SXTB16 per 4 channels. Then 2 output channels x 2 positions per pass:
  * per 4 channels 2 LDRD of the column, 2 weight loads, 4 SXTB16 and 8 SMLAD for 16 MACs. The
  * requantization of the 4 outputs has the layer's zero point and bounds hoisted out of the loops. An odd
  * plane ends with the pair (n - 2, n - 1) (position n - 2 is written twice with the same value). */
 #define SC_I8_PW_COL_WORDS(cin) (((cin) + 3) / 4 * 4)
 
-#if SC_INT8_DSP
-static inline uint32_t sc_ld16(const void *p)
-{
-    uint16_t v;
-    memcpy(&v, p, sizeof v);
-    return v;
-}
+/* bytes xA, xB of one channel as a halfword (B = A for a single-position plane) */
+#define SC_I8_PW_PAIR(src) ((uint32_t)(uint8_t)(src)[0] | (uint32_t)(uint8_t)(src)[pb - pa] << 8)
 
-#endif
-
-static inline SC_SPECIALIZE void sc_i8_conv_q8_pw(const int8_t *in, int8_t *out, const int8_t *q,
-                                                  const int32_t *bias, const int32_t *mult, const int8_t *shift,
-                                                  uint32_t *col, const sc_i8_conv_params *p)
+static inline SC_SPECIALIZE void sc_i8_conv_q8_pw(const int8_t *in, int8_t *out, const int8_t *q, const int32_t *bias,
+                                    const int32_t *mult, const int8_t *shift, uint32_t *col,
+                                    const sc_i8_conv_params *p)
 {
     const int32_t cin = p->cin, cout = p->cout, n = p->hin * p->win;
     const int32_t zp = p->out_zp, lo = p->act_min, hi = p->act_max;
@@ -839,24 +842,13 @@ static inline SC_SPECIALIZE void sc_i8_conv_q8_pw(const int8_t *in, int8_t *out,
         const int32_t pa = pos < last ? pos : last, pb = n >= 2 ? pa + 1 : pa;
         uint32_t *c = col;
         const int8_t *s = in + pa;
-        if (pb == pa + 1) {
-            for (ci = 0; ci < c4; ci += 4, s += 4 * n, c += 4) {
-                const uint32_t t0 = sc_ld16(s) | (sc_ld16(s + 2 * n) << 16); /* x0A x0B x2A x2B */
-                const uint32_t t1 = sc_ld16(s + n) | (sc_ld16(s + 3 * n) << 16);
-                c[0] = sc_sxtb16(t0);
-                c[1] = sc_sxtb16(t1);
-                c[2] = sc_sxtb16_ror8(t0);
-                c[3] = sc_sxtb16_ror8(t1);
-            }
-        } else { /* a single position (n == 1): B is A */
-            for (ci = 0; ci < c4; ci += 4, s += 4 * n, c += 4) {
-                const uint32_t t0 = (uint32_t)(uint8_t)s[0] * 0x101u | ((uint32_t)(uint8_t)s[2 * n] * 0x101u) << 16;
-                const uint32_t t1 = (uint32_t)(uint8_t)s[n] * 0x101u | ((uint32_t)(uint8_t)s[3 * n] * 0x101u) << 16;
-                c[0] = sc_sxtb16(t0);
-                c[1] = sc_sxtb16(t1);
-                c[2] = sc_sxtb16_ror8(t0);
-                c[3] = sc_sxtb16_ror8(t1);
-            }
+        for (ci = 0; ci < c4; ci += 4, s += 4 * n, c += 4) { /* bytes x0A x0B x2A x2B and x1A x1B x3A x3B */
+            const uint32_t t0 = SC_I8_PW_PAIR(s) | SC_I8_PW_PAIR(s + 2 * n) << 16;
+            const uint32_t t1 = SC_I8_PW_PAIR(s + n) | SC_I8_PW_PAIR(s + 3 * n) << 16;
+            c[0] = sc_sxtb16(t0);
+            c[1] = sc_sxtb16(t1);
+            c[2] = sc_sxtb16_ror8(t0);
+            c[3] = sc_sxtb16_ror8(t1);
         }
         for (; ci < cin; ++ci, s += n, ++c) /* the last cin % 4 channels: (xA, xB) */
             *c = (uint32_t)(uint16_t)(int16_t)s[0] | ((uint32_t)(uint16_t)(int16_t)s[pb - pa] << 16);
@@ -880,7 +872,7 @@ static inline SC_SPECIALIZE void sc_i8_conv_q8_pw(const int8_t *in, int8_t *out,
             {
                 int8_t *const o0 = out + oc * n + pa, *const o1 = o0 + (ob - oc) * n;
                 const int32_t d = pb - pa;
-                if (sa <= -2 && sb <= -2) { /* the usual case: one SMLAL per output, bounds hoisted */
+                if (SC_I8_FAST_REQ && sa <= -2 && sb <= -2) { /* the usual case: one SMLAL per output */
                     const uint32_t ha = ((uint32_t)1) << (-sa - 2), hb = ((uint32_t)1) << (-sb - 2);
                     o0[0] = sc_i8_requant_hk(a00, ma, ha, -sa - 1, zp, lo, hi);
                     o0[d] = sc_i8_requant_hk(a01, ma, ha, -sa - 1, zp, lo, hi);
@@ -928,9 +920,9 @@ static inline SC_SPECIALIZE void sc_i8_conv_q8_pw(const int8_t *in, int8_t *out,
 #define SC_I8_C1_WP(p) (((p)->wout + 3) / 4 * 4 + 4)
 #define SC_I8_C1_PAD_BYTES(p) (((p)->hout + (p)->kh - 1) * SC_I8_C1_WP(p))
 
-static inline SC_SPECIALIZE void sc_i8_conv_q8_c1k5(const int8_t *in, int8_t *out, const int8_t *q,
-                                                    const int32_t *bias, const int32_t *mult, const int8_t *shift,
-                                                    int8_t *pad, const sc_i8_conv_params *p)
+static inline SC_SPECIALIZE void sc_i8_conv_q8_c1k5(const int8_t *in, int8_t *out, const int8_t *q, const int32_t *bias,
+                                      const int32_t *mult, const int8_t *shift, int8_t *pad,
+                                      const sc_i8_conv_params *p)
 {
     const int32_t kh = p->kh, hout = p->hout, wout = p->wout, wp = SC_I8_C1_WP(p), hp = hout + kh - 1;
     const int32_t rows = p->hin < hp - p->ph ? p->hin : hp - p->ph;
@@ -985,7 +977,7 @@ static inline SC_SPECIALIZE void sc_i8_conv_q8_c1k5(const int8_t *in, int8_t *ou
                 }
                 n = wout - ox < 4 ? wout - ox : 4;
                 (void)i;
-                if (fast) {
+                if (SC_I8_FAST_REQ && fast) {
                     o[ox] = sc_i8_requant_hk(a0, m, half, k, zp, lo, hi);
                     if (n > 1) o[ox + 1] = sc_i8_requant_hk(a1, m, half, k, zp, lo, hi);
                     if (n > 2) o[ox + 2] = sc_i8_requant_hk(a2, m, half, k, zp, lo, hi);
