@@ -73,6 +73,9 @@ CASES = {
     "c1k5_odd": (lambda: _seq(nn.Conv2d(1, 6, 5), nn.ReLU()), (1, 1, 12, 13)),
     "c1k5_pad_kh3": (lambda: _seq(nn.Conv2d(1, 3, (3, 5), padding=(1, 2), bias=False), nn.ReLU6()), (1, 1, 6, 13)),
     "c1k5_conv1d": (lambda: _seq(nn.Conv1d(1, 5, 5, padding=2)), (1, 1, 6)),
+    # max pooling: the 2x2 stride-2 fast path on an odd plane (the last row/column dropped), then ceil mode
+    # (a window past the input: the generic loop)
+    "maxpool_2x2": (lambda: _seq(nn.MaxPool2d(2), nn.Conv2d(2, 2, 1), nn.MaxPool2d(2, ceil_mode=True)), (1, 2, 7, 11)),
     # in % 4 == 1, out = 7 (one 4-row pass + 3 single rows), 3 rows
     "linear_odd": (lambda: _seq(nn.Linear(13, 7), nn.ReLU()), (1, 3, 13)),
     # in < 4 (no pair at all), out % 4 == 1; then in % 4 == 0
@@ -99,11 +102,12 @@ def _check(name: str, tmp_path: Path, flag_sets: list[tuple[str, ...]], n: int =
 
 @pytest.mark.parametrize("name", list(CASES))
 def test_pair_kernels_bit_exact_on_host(name, tmp_path):
-    """-DSC_INT8_DSP=1 (pair kernels, portable helpers) and =0 (plain kernels) both equal the reference."""
-    d = _check(name, tmp_path, [DSP, PLAIN])
+    """-DSC_INT8_DSP=1 (pair kernels, portable helpers) and =0 (plain kernels) both equal the reference
+    (the -Os forms too: the generic requantization in the block kernels, the 2x2 max-pool fast path)."""
+    d = _check(name, tmp_path, [DSP, PLAIN, DSP + ("-DSC_I8_FAST_REQ=0", "-DSC_I8_MAXPOOL_FAST")])
     src = (d / "model.c").read_text()
     convs_g1 = name.startswith("conv") and name != "conv_groups_depthwise"  # groups == 1 convs only
-    assert ("sc_i8_conv_q8_pw(" in src) == (name.startswith("pw") or name == "conv_1x1_same")
+    assert ("sc_i8_conv_q8_pw(" in src) == (name.startswith("pw") or name in ("conv_1x1_same", "maxpool_2x2"))
     assert ("sc_i8_conv_q8_c1k5(" in src) == name.startswith("c1k5")
     assert ("sc_i8_conv_q8_dsp(" in src) == convs_g1
     if convs_g1:
