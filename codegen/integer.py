@@ -529,13 +529,17 @@ def bias_and_multipliers(op: ir.Op, q: np.ndarray, w_scale: np.ndarray, qin: QPa
 
 
 
-def quantize_weighted(op: ir.Op, ctx: Int8Context, qo: QOp, fold_input_zp: bool = False) -> None:
+def quantize_weighted(op: ir.Op, ctx: Int8Context, qo: QOp, fold_input_zp: bool | Callable[[str], bool] = False
+                      ) -> None:  # fmt: skip
     """int8 weights per output channel, int32 bias, multipliers and shifts, clamps of the fused ReLU/ReLU6
-    (conv and linear). ``fold_input_zp``: -in_zp * sum(q) goes into the bias (the kernel skips it)."""
+    (conv and linear). ``fold_input_zp``: -in_zp * sum(q) goes into the bias (the kernel skips it); a
+    callable decides from the weight's kernel (``Encoded.kernel``, e.g. "q8")."""
     qin, qout = ctx.qin(op), ctx.qout(op)
     q, w_scale = quantize_weight(op.params["weight"])
     ctx.encoded["weight"] = encode_q(q, ctx.base + "_w", ctx.representation, op.source)
     bias_q, mult, shift = bias_and_multipliers(op, q, w_scale, qin, qout)
+    if callable(fold_input_zp):
+        fold_input_zp = fold_input_zp(ctx.encoded["weight"].kernel)
     if fold_input_zp and qin.zero_point != 0:
         bias_q = (bias_q if bias_q is not None else np.zeros(q.shape[0], np.int64)) - qin.zero_point * q.sum(1)
     qo.consts.update(q=q, mult=mult, shift=shift)

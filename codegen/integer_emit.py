@@ -104,6 +104,10 @@ def template_context(qm: IntegerModel, prefix: str) -> dict:
             return f"(arena + {s.offset})" if s.offset else "arena"
         return s.kind
 
+    def qscratch(op: ir.Op) -> str:  # the op's kernel scratch in the int8 arena (offsets in bytes)
+        off = mem.scratch[op.name]
+        return f"(arena + {off})" if off else "arena"
+
     return {
         "input_scale": cfloat(qm.input_q.scale),
         "input_zero_point": qm.input_q.zero_point,
@@ -111,6 +115,7 @@ def template_context(qm: IntegerModel, prefix: str) -> dict:
         "output_zero_point": qm.output_q.zero_point,
         "qops": qm.qops,
         "buf": qbuf,
+        "scratch": qscratch,
         "arena_bytes": mem.arena_bytes,
     }
 

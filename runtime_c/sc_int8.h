@@ -190,6 +190,16 @@ static inline int8_t sc_i8_requant_hk(int32_t acc, int32_t mult, uint32_t half, 
     return (int8_t)v;
 }
 
+/* 1: the block kernels (pointwise, im2col conv, C_in == 1) inline the shift <= -2 requantization
+ * (sc_i8_requant_hk) next to the generic one; 0 (the default at -Os): only the generic sc_i8_requant. */
+#ifndef SC_I8_FAST_REQ
+#if defined(__OPTIMIZE_SIZE__)
+#define SC_I8_FAST_REQ 0
+#else
+#define SC_I8_FAST_REQ 1
+#endif
+#endif
+
 /* ---- linear: y[r][o] = requant(bias[o] + sum_i q[o][i] * x[r][i]) -----------------------------
  * bias already holds -in_zp * sum_i q[o][i] (folded at generation time), so the inner loop
  * multiplies raw int8 inputs. */
@@ -646,20 +656,85 @@ static inline void sc_i8_im2col2_inner(const int8_t *src, unsigned char *col, co
     }
 }
 
+/* The 2 x 2 inner loop of the pair kernels (pointwise and im2col conv): while x < xend, per 4 taps the
+ * column words (A0, A2), (A1, A3), (B0, B2), (B1, B3) of positions A and B times the weight words at wa
+ * (channel a) and wa + db (channel b), both SXTB16-split: a00/a01 += row a . A/B, a10/a11 += row b . A/B.
+ * x and wa advance past the taps. On the M4 (gcc) a hand-scheduled loop: 2 LDRD, 2 LDR, 4 SXTB16, 8 SMLAD
+ * and the compare/branch, 18 instructions for 16 MACs (gcc's own schedule of the C loop takes 20). */
+#if SC_INT8_DSP && defined(__ARM_FEATURE_DSP) && __ARM_FEATURE_DSP && defined(__GNUC__) && !defined(SC_NO_ASM)
+#define SC_I8_MAC2X2(x, xend, wa, db, a00, a01, a10, a11)                                         \
+    do {                                                                                          \
+        if ((x) < (xend)) {                                                                       \
+            uint32_t x0_, x1_, x2_, x3_, t_, u_;                                                  \
+            __asm__ volatile("1:\n\t"                                                              \
+                             "ldrd %[x0], %[x1], [%[x]], #16\n\t"                                \
+                             "ldrd %[x2], %[x3], [%[x], #-8]\n\t"                                \
+                             "ldr %[u], [%[wa]], #4\n\t"                                          \
+                             "sxtb16 %[t], %[u]\n\t"                                              \
+                             "sxtb16 %[u], %[u], ror #8\n\t"                                      \
+                             "smlad %[a00], %[t], %[x0], %[a00]\n\t"                              \
+                             "smlad %[a00], %[u], %[x1], %[a00]\n\t"                              \
+                             "smlad %[a01], %[t], %[x2], %[a01]\n\t"                              \
+                             "smlad %[a01], %[u], %[x3], %[a01]\n\t"                              \
+                             "ldr %[u], [%[wa], %[db]]\n\t"                                       \
+                             "sxtb16 %[t], %[u]\n\t"                                              \
+                             "sxtb16 %[u], %[u], ror #8\n\t"                                      \
+                             "smlad %[a10], %[t], %[x0], %[a10]\n\t"                              \
+                             "smlad %[a10], %[u], %[x1], %[a10]\n\t"                              \
+                             "smlad %[a11], %[t], %[x2], %[a11]\n\t"                              \
+                             "smlad %[a11], %[u], %[x3], %[a11]\n\t"                              \
+                             "cmp %[x], %[xend]\n\t"                                              \
+                             "bne 1b\n\t"                                                         \
+                             : [a00] "+r"(a00), [a01] "+r"(a01), [a10] "+r"(a10), [a11] "+r"(a11),  \
+                               [x] "+r"(x), [wa] "+r"(wa), [x0] "=&r"(x0_), [x1] "=&r"(x1_),       \
+                               [x2] "=&r"(x2_), [x3] "=&r"(x3_), [t] "=&r"(t_), [u] "=&r"(u_)      \
+                             : [xend] "r"(xend), [db] "r"((db) - 4)                               \
+                             : "cc", "memory");                                                   \
+        }                                                                                         \
+    } while (0)
+#else
+#define SC_I8_MAC2X2(x, xend, wa, db, a00, a01, a10, a11)                                         \
+    do {                                                                                          \
+        while ((x) < (xend)) {                                                                    \
+            const uint32_t xa0 = (x)[0], xa1 = (x)[1], xb0 = (x)[2], xb1 = (x)[3];                \
+            uint32_t v_ = sc_ld32(wa), wl_ = sc_sxtb16(v_), wh_ = sc_sxtb16_ror8(v_);             \
+            a00 = sc_smlad(wl_, xa0, a00);                                                        \
+            a00 = sc_smlad(wh_, xa1, a00);                                                        \
+            a01 = sc_smlad(wl_, xb0, a01);                                                        \
+            a01 = sc_smlad(wh_, xb1, a01);                                                        \
+            v_ = sc_ld32((wa) + (db));                                                            \
+            wl_ = sc_sxtb16(v_);                                                                  \
+            wh_ = sc_sxtb16_ror8(v_);                                                             \
+            a10 = sc_smlad(wl_, xa0, a10);                                                        \
+            a10 = sc_smlad(wh_, xa1, a10);                                                        \
+            a11 = sc_smlad(wl_, xb0, a11);                                                        \
+            a11 = sc_smlad(wh_, xb1, a11);                                                        \
+            (wa) += 4;                                                                            \
+            (x) += 4;                                                                             \
+        }                                                                                         \
+    } while (0)
+#endif
+
 /* Dense conv, groups == 1, SMLAD pairs. Per output channel the accumulator starts at bias - in_zp *
  * sum(q) (acc0, computed once per call); the windows of 2 output positions are copied to the column
  * with padded taps = in_zp, so acc0 + sum q * x over all taps is exactly bias + sum q * (x - in_zp) over
- * the in-bounds taps. Then 2 output channels x 2 positions per pass: per 4 taps 2 weight loads, one
- * LDRD of the column, 8 SXTB16 and 8 SMLAD for 16 MACs (bytes 0/2 and 1/3 of both sides pair up, so the
- * weights are not reordered). An odd last channel or position is computed twice and written once. */
+ * the in-bounds taps. The column is then widened in place (from its end down) to sign-extended halfword
+ * pairs matching the SXTB16 lanes of a weight word: per 4 taps (A0, A2), (A1, A3), (B0, B2), (B1, B3).
+ * Then 2 output channels x 2 positions per pass: per 4 taps 2 weight loads, 4 column words, 4 SXTB16 and
+ * 8 SMLAD for 16 MACs. An odd last channel or position is computed twice and written once. `scratch`
+ * (arena, SC_I8_DSP_SCRATCH_WORDS) holds acc0[cout] then the column. */
+#define SC_I8_DSP_SCRATCH_WORDS(cout, row_len) ((cout) + ((row_len) + 3) / 4 * 4)
+
 static inline void sc_i8_conv_q8_dsp(const int8_t *in, int8_t *out, const int8_t *q, const int32_t *bias,
-                                     const int32_t *mult, const int8_t *shift, int32_t *acc0, uint32_t *col,
+                                     const int32_t *mult, const int8_t *shift, uint32_t *scratch,
                                      const sc_i8_conv_params *p)
 {
-    const int32_t row_len = p->cin * p->kh * p->kw, n4 = row_len & ~3;
-    const int32_t npos = p->hout * p->wout;
+    const int32_t row_len = p->cin * p->kh * p->kw, n4 = row_len & ~3, groups = (row_len + 3) / 4;
+    const int32_t npos = p->hout * p->wout, zp = p->out_zp, lo = p->act_min, hi = p->act_max;
+    int32_t *const acc0 = (int32_t *)scratch;
+    uint32_t *const col = scratch + p->cout;
     unsigned char *const colb = (unsigned char *)col;
-    int32_t pos, oc, j;
+    int32_t pos, oc, j, g;
     for (oc = 0; oc < p->cout; ++oc) {
         const int8_t *w = q + oc * row_len;
         int32_t s = 0;
@@ -686,51 +761,237 @@ static inline void sc_i8_conv_q8_dsp(const int8_t *in, int8_t *out, const int8_t
             }
             sc_i8_im2col(in, colb + 4, oy * p->sh - p->ph, ox * p->sw - p->pw, p);
         }
+        if (row_len & 3) { /* the taps past row_len in the last group are never used: defined values */
+            for (j = row_len; j < 4 * groups; ++j) colb[SC_I8_COLB(j)] = colb[SC_I8_COLB(j) + 4] = 0;
+        }
+        for (g = groups - 1; g >= 0; --g) { /* bytes 8g..8g+7 -> words 4g..4g+3 (from the end down) */
+            const uint32_t a = col[2 * g], b = col[2 * g + 1];
+            col[4 * g] = sc_sxtb16(a);
+            col[4 * g + 1] = sc_sxtb16_ror8(a);
+            col[4 * g + 2] = sc_sxtb16(b);
+            col[4 * g + 3] = sc_sxtb16_ror8(b);
+        }
         for (oc = 0; oc < p->cout; oc += 2) {
-            const int32_t two_oc = oc + 1 < p->cout;
-            const int8_t *wa = q + oc * row_len, *wb = two_oc ? wa + row_len : wa;
-            const int8_t *const wend = wa + n4;
-            const uint32_t *c = col;
-            int32_t a00 = acc0[oc], a10 = acc0[two_oc ? oc + 1 : oc], a01 = a00, a11 = a10;
+            const int32_t ob = oc + 1 < p->cout ? oc + 1 : oc;
+            const int32_t db = (ob - oc) * row_len;
+            const int8_t *wa = q + oc * row_len;
+            const uint32_t *x = col;
+            const uint32_t *const xend = col + n4;
+            int32_t a00 = acc0[oc], a10 = acc0[ob], a01 = a00, a11 = a10;
             int8_t *const o0 = out + oc * npos + pos;
-            while (wa < wend) {
-                const uint32_t xa = c[0], xb = c[1];
-                const uint32_t xal = sc_sxtb16(xa), xah = sc_sxtb16_ror8(xa);
-                const uint32_t xbl = sc_sxtb16(xb), xbh = sc_sxtb16_ror8(xb);
-                uint32_t v = sc_ld32(wa), wl = sc_sxtb16(v), wh = sc_sxtb16_ror8(v);
-                a00 = sc_smlad(wl, xal, a00);
-                a00 = sc_smlad(wh, xah, a00);
-                a01 = sc_smlad(wl, xbl, a01);
-                a01 = sc_smlad(wh, xbh, a01);
-                v = sc_ld32(wb);
-                wl = sc_sxtb16(v);
-                wh = sc_sxtb16_ror8(v);
-                a10 = sc_smlad(wl, xal, a10);
-                a10 = sc_smlad(wh, xah, a10);
-                a11 = sc_smlad(wl, xbl, a11);
-                a11 = sc_smlad(wh, xbh, a11);
-                wa += 4;
-                wb += 4;
-                c += 2;
-            }
-            for (j = n4; j < row_len; ++j) {
-                const int32_t xa = ((int32_t)colb[SC_I8_COLB(j)] ^ 0x80) - 0x80, xb = ((int32_t)colb[SC_I8_COLB(j) + 4] ^ 0x80) - 0x80;
-                const int32_t qa = *wa++, qb = *wb++;
+            SC_I8_MAC2X2(x, xend, wa, db, a00, a01, a10, a11);
+            for (j = n4; j < row_len; ++j, ++wa) { /* tap t of the last group: word t & 1, half t >> 1 */
+                const int32_t t = j - n4, qa = wa[0], qb = wa[db];
+                const uint32_t wA = x[t & 1] >> (16 * (t >> 1)), wB = x[2 + (t & 1)] >> (16 * (t >> 1));
+                const int32_t xa = (int32_t)((wA & 0xFFFFu) ^ 0x8000u) - 0x8000;
+                const int32_t xb = (int32_t)((wB & 0xFFFFu) ^ 0x8000u) - 0x8000;
                 a00 += qa * xa;
                 a01 += qa * xb;
                 a10 += qb * xa;
                 a11 += qb * xb;
             }
-            o0[0] = sc_i8_requant(a00, mult[oc], shift[oc], p->out_zp, p->act_min, p->act_max);
-            if (two) o0[1] = sc_i8_requant(a01, mult[oc], shift[oc], p->out_zp, p->act_min, p->act_max);
-            if (two_oc) {
-                o0[npos] = sc_i8_requant(a10, mult[oc + 1], shift[oc + 1], p->out_zp, p->act_min, p->act_max);
-                if (two) o0[npos + 1] = sc_i8_requant(a11, mult[oc + 1], shift[oc + 1], p->out_zp, p->act_min, p->act_max);
+            {
+                const int32_t ma = mult[oc], mb = mult[ob], sa = shift[oc], sb = shift[ob];
+                int8_t *const o1 = out + ob * npos + pos;
+                if (SC_I8_FAST_REQ && sa <= -2 && sb <= -2) { /* the usual case: one SMLAL per output */
+                    const uint32_t ha = ((uint32_t)1) << (-sa - 2), hb = ((uint32_t)1) << (-sb - 2);
+                    o0[0] = sc_i8_requant_hk(a00, ma, ha, -sa - 1, zp, lo, hi);
+                    if (two) o0[1] = sc_i8_requant_hk(a01, ma, ha, -sa - 1, zp, lo, hi);
+                    o1[0] = sc_i8_requant_hk(a10, mb, hb, -sb - 1, zp, lo, hi);
+                    if (two) o1[1] = sc_i8_requant_hk(a11, mb, hb, -sb - 1, zp, lo, hi);
+                } else {
+                    o0[0] = sc_i8_requant(a00, ma, sa, zp, lo, hi);
+                    if (two) o0[1] = sc_i8_requant(a01, ma, sa, zp, lo, hi);
+                    o1[0] = sc_i8_requant(a10, mb, sb, zp, lo, hi);
+                    if (two) o1[1] = sc_i8_requant(a11, mb, sb, zp, lo, hi);
+                }
             }
         }
     }
 }
 #endif
+
+/* ---- pointwise conv (1x1, stride 1, no padding, groups == 1, dense int8 weights) -----------------
+ * Output y[oc][p] = requant(bias'[oc] + sum_ci q[oc][ci] * x[ci][p]) over the flat plane p < H*W (no
+ * row structure: a 1x1 stride-1 output position reads the same input position). bias' holds
+ * -in_zp * sum(q) (folded at generation time), so the raw int8 inputs are multiplied.
+ *
+ * SMLAD form: 2 positions (A, B) of all channels are gathered into `col` (arena scratch of
+ * SC_I8_PW_COL_WORDS(cin) words) as sign-extended halfword pairs matching the SXTB16 lanes of a 4-byte
+ * weight word w0..w3: per 4 channels (x0A, x2A), (x1A, x3A), (x0B, x2B), (x1B, x3B). The gather is 2
+ * byte loads + ORR per channel and 4 SXTB16 per 4 channels. Then 2 output channels x 2 positions per pass:
+ * per 4 channels 2 LDRD of the column, 2 weight loads, 4 SXTB16 and 8 SMLAD for 16 MACs. The
+ * requantization of the 4 outputs has the layer's zero point and bounds hoisted out of the loops. An odd
+ * plane ends with the pair (n - 2, n - 1) (position n - 2 is written twice with the same value). */
+#define SC_I8_PW_COL_WORDS(cin) (((cin) + 3) / 4 * 4)
+
+/* bytes xA, xB of one channel as a halfword (B = A for a single-position plane) */
+#define SC_I8_PW_PAIR(src) ((uint32_t)(uint8_t)(src)[0] | (uint32_t)(uint8_t)(src)[pb - pa] << 8)
+
+static inline SC_SPECIALIZE void sc_i8_conv_q8_pw(const int8_t *in, int8_t *out, const int8_t *q, const int32_t *bias,
+                                    const int32_t *mult, const int8_t *shift, uint32_t *col,
+                                    const sc_i8_conv_params *p)
+{
+    const int32_t cin = p->cin, cout = p->cout, n = p->hin * p->win;
+    const int32_t zp = p->out_zp, lo = p->act_min, hi = p->act_max;
+    int32_t pos, oc, ci;
+#if SC_INT8_DSP
+    const int32_t c4 = cin & ~3;
+    const int32_t last = n >= 2 ? n - 2 : 0;
+    for (pos = 0; pos < n; pos += 2) {
+        const int32_t pa = pos < last ? pos : last, pb = n >= 2 ? pa + 1 : pa;
+        uint32_t *c = col;
+        const int8_t *s = in + pa;
+        for (ci = 0; ci < c4; ci += 4, s += 4 * n, c += 4) { /* bytes x0A x0B x2A x2B and x1A x1B x3A x3B */
+            const uint32_t t0 = SC_I8_PW_PAIR(s) | SC_I8_PW_PAIR(s + 2 * n) << 16;
+            const uint32_t t1 = SC_I8_PW_PAIR(s + n) | SC_I8_PW_PAIR(s + 3 * n) << 16;
+            c[0] = sc_sxtb16(t0);
+            c[1] = sc_sxtb16(t1);
+            c[2] = sc_sxtb16_ror8(t0);
+            c[3] = sc_sxtb16_ror8(t1);
+        }
+        for (; ci < cin; ++ci, s += n, ++c) /* the last cin % 4 channels: (xA, xB) */
+            *c = (uint32_t)(uint16_t)(int16_t)s[0] | ((uint32_t)(uint16_t)(int16_t)s[pb - pa] << 16);
+        for (oc = 0; oc < cout; oc += 2) {
+            const int32_t ob = oc + 1 < cout ? oc + 1 : oc;
+            const int32_t db = (ob - oc) * cin; /* row ob is db bytes after row oc (an immediate offset) */
+            const int8_t *wa = q + oc * cin;
+            const uint32_t *x = col;
+            const uint32_t *const xend = col + c4;
+            int32_t a00 = bias ? bias[oc] : 0, a10 = bias ? bias[ob] : 0, a01 = a00, a11 = a10;
+            const int32_t ma = mult[oc], mb = mult[ob], sa = shift[oc], sb = shift[ob];
+            SC_I8_MAC2X2(x, xend, wa, db, a00, a01, a10, a11);
+            for (ci = c4; ci < cin; ++ci, ++x, ++wa) {
+                const int32_t xa = (int32_t)((*x & 0xFFFFu) ^ 0x8000u) - 0x8000, xb = (int32_t)((*x >> 16) ^ 0x8000u) - 0x8000;
+                const int32_t qa = wa[0], qb = wa[db];
+                a00 += qa * xa;
+                a01 += qa * xb;
+                a10 += qb * xa;
+                a11 += qb * xb;
+            }
+            {
+                int8_t *const o0 = out + oc * n + pa, *const o1 = o0 + (ob - oc) * n;
+                const int32_t d = pb - pa;
+                if (SC_I8_FAST_REQ && sa <= -2 && sb <= -2) { /* the usual case: one SMLAL per output */
+                    const uint32_t ha = ((uint32_t)1) << (-sa - 2), hb = ((uint32_t)1) << (-sb - 2);
+                    o0[0] = sc_i8_requant_hk(a00, ma, ha, -sa - 1, zp, lo, hi);
+                    o0[d] = sc_i8_requant_hk(a01, ma, ha, -sa - 1, zp, lo, hi);
+                    o1[0] = sc_i8_requant_hk(a10, mb, hb, -sb - 1, zp, lo, hi);
+                    o1[d] = sc_i8_requant_hk(a11, mb, hb, -sb - 1, zp, lo, hi);
+                } else {
+                    o0[0] = sc_i8_requant(a00, ma, sa, zp, lo, hi);
+                    o0[d] = sc_i8_requant(a01, ma, sa, zp, lo, hi);
+                    o1[0] = sc_i8_requant(a10, mb, sb, zp, lo, hi);
+                    o1[d] = sc_i8_requant(a11, mb, sb, zp, lo, hi);
+                }
+            }
+        }
+    }
+#else
+    (void)col;
+    for (oc = 0; oc < cout; ++oc) {
+        const int8_t *const w = q + oc * cin;
+        const int32_t b = bias ? bias[oc] : 0, m = mult[oc], sh = shift[oc];
+        for (pos = 0; pos < n; pos += 2) {
+            const int32_t two = pos + 1 < n;
+            const int8_t *s = in + pos;
+            int32_t a = b, c = b;
+            for (ci = 0; ci < cin; ++ci, s += n) {
+                const int32_t qv = w[ci];
+                a += qv * s[0];
+                if (two) c += qv * s[1];
+            }
+            out[oc * n + pos] = sc_i8_requant(a, m, sh, zp, lo, hi);
+            if (two) out[oc * n + pos + 1] = sc_i8_requant(c, m, sh, zp, lo, hi);
+        }
+    }
+#endif
+}
+
+/* ---- single-input-channel conv, 5 taps wide, stride 1, dilation 1 (first layers, e.g. LeNet's conv1) --
+ * The input plane is copied into `pad` (arena scratch of SC_I8_C1_PAD_BYTES(p) int8) with in_zp borders and
+ * rows of SC_I8_C1_WP(p) = wout rounded up to 4, + 4 bytes, so every window is interior and a quad of
+ * outputs reads 8 bytes per kernel row. The bias holds -in_zp * sum(q) (folded at generation time), so the
+ * padded taps (= in_zp) cancel exactly. Per output channel, 4 outputs per pass; with SMLAD per kernel row 3
+ * word loads (x0..x3, x2..x5, x4..x7), 6 SXTB16 and 12 SMLAD(X) for 20 MACs against the weight pairs
+ * (w0, w2), (w1, w3), (w4, 0) unpacked from the int8 row (one word load, 2 SXTB16, one byte load). The
+ * requantization constants of the channel are hoisted out of its plane; a last partial quad stores only
+ * its valid outputs. */
+#define SC_I8_C1_WP(p) (((p)->wout + 3) / 4 * 4 + 4)
+#define SC_I8_C1_PAD_BYTES(p) (((p)->hout + (p)->kh - 1) * SC_I8_C1_WP(p))
+
+static inline SC_SPECIALIZE void sc_i8_conv_q8_c1k5(const int8_t *in, int8_t *out, const int8_t *q, const int32_t *bias,
+                                      const int32_t *mult, const int8_t *shift, int8_t *pad,
+                                      const sc_i8_conv_params *p)
+{
+    const int32_t kh = p->kh, hout = p->hout, wout = p->wout, wp = SC_I8_C1_WP(p), hp = hout + kh - 1;
+    const int32_t rows = p->hin < hp - p->ph ? p->hin : hp - p->ph;
+    const int32_t cols = p->win < wp - p->pw ? p->win : wp - p->pw;
+    const int32_t zp = p->out_zp, lo = p->act_min, hi = p->act_max;
+    int32_t oc, y, oy, ox, ky;
+    memset(pad, (unsigned char)p->in_zp, (size_t)SC_I8_C1_PAD_BYTES(p));
+    for (y = 0; y < rows; ++y) memcpy(pad + (y + p->ph) * wp + p->pw, in + y * p->win, (size_t)cols);
+    for (oc = 0; oc < p->cout; ++oc) {
+        const int8_t *const wc = q + oc * kh * 5;
+        const int32_t b = bias ? bias[oc] : 0, m = mult[oc], sh = shift[oc];
+        const int32_t fast = sh <= -2, k = -sh - 1;
+        const uint32_t half = fast ? ((uint32_t)1) << (-sh - 2) : 0u;
+        int8_t *o = out + oc * hout * wout;
+        for (oy = 0; oy < hout; ++oy, o += wout) {
+            const int8_t *const prow = pad + oy * wp;
+            for (ox = 0; ox < wout; ox += 4) {
+                const int8_t *r = prow + ox, *w = wc;
+                int32_t a0 = b, a1 = b, a2 = b, a3 = b, n, i;
+                for (ky = 0; ky < kh; ++ky, r += wp, w += 5) {
+#if SC_INT8_DSP
+                    const uint32_t wv = sc_ld32(w), u0 = sc_sxtb16(wv), u1 = sc_sxtb16_ror8(wv);
+                    const uint32_t u2 = (uint16_t)(int16_t)w[4];
+                    uint32_t v = sc_ld32(r), l = sc_sxtb16(v), h = sc_sxtb16_ror8(v); /* (x0, x2), (x1, x3) */
+                    a0 = sc_smlad(u0, l, a0);
+                    a0 = sc_smlad(u1, h, a0);
+                    a1 = sc_smlad(u0, h, a1);
+                    v = sc_ld32(r + 2); /* (x2, x4), (x3, x5) */
+                    l = sc_sxtb16(v);
+                    h = sc_sxtb16_ror8(v);
+                    a1 = sc_smlad(u1, l, a1);
+                    a2 = sc_smlad(u0, l, a2);
+                    a2 = sc_smlad(u1, h, a2);
+                    a3 = sc_smlad(u0, h, a3);
+                    v = sc_ld32(r + 4); /* (x4, x6), (x5, x7) */
+                    l = sc_sxtb16(v);
+                    h = sc_sxtb16_ror8(v);
+                    a0 = sc_smlad(u2, l, a0);
+                    a1 = sc_smlad(u2, h, a1);
+                    a2 = sc_smladx(u2, l, a2);
+                    a3 = sc_smlad(u1, l, a3);
+                    a3 = sc_smladx(u2, h, a3);
+#else
+                    for (i = 0; i < 5; ++i) {
+                        const int32_t wk = w[i];
+                        a0 += wk * r[i];
+                        a1 += wk * r[i + 1];
+                        a2 += wk * r[i + 2];
+                        a3 += wk * r[i + 3];
+                    }
+#endif
+                }
+                n = wout - ox < 4 ? wout - ox : 4;
+                (void)i;
+                if (SC_I8_FAST_REQ && fast) {
+                    o[ox] = sc_i8_requant_hk(a0, m, half, k, zp, lo, hi);
+                    if (n > 1) o[ox + 1] = sc_i8_requant_hk(a1, m, half, k, zp, lo, hi);
+                    if (n > 2) o[ox + 2] = sc_i8_requant_hk(a2, m, half, k, zp, lo, hi);
+                    if (n > 3) o[ox + 3] = sc_i8_requant_hk(a3, m, half, k, zp, lo, hi);
+                } else {
+                    o[ox] = sc_i8_requant(a0, m, sh, zp, lo, hi);
+                    if (n > 1) o[ox + 1] = sc_i8_requant(a1, m, sh, zp, lo, hi);
+                    if (n > 2) o[ox + 2] = sc_i8_requant(a2, m, sh, zp, lo, hi);
+                    if (n > 3) o[ox + 3] = sc_i8_requant(a3, m, sh, zp, lo, hi);
+                }
+            }
+        }
+    }
+}
 
 #define SC_I8_DEFINE_CONV_CSR(IS, PS, IT, PT)                                                     \
     static inline void sc_i8_conv_q8_csr_##IS##_##PS(                                            \
@@ -799,6 +1060,26 @@ typedef struct {
 static inline void sc_i8_maxpool(const int8_t *in, int8_t *out, const sc_i8_pool_params *p)
 {
     int32_t c, oy, ox, ky, kx;
+#if defined(__OPTIMIZE_SIZE__) || defined(SC_I8_MAXPOOL_FAST)
+    if (p->kh == 2 && p->kw == 2 && p->sh == 2 && p->sw == 2 && p->ph == 0 && p->pw == 0 && p->dh == 1 && p->dw == 1 &&
+        2 * p->hout <= p->hin && 2 * p->wout <= p->win) {
+        /* 2x2 stride 2, no padding, no dilation, no ceil-mode window past the input (LeNet's pools): every
+         * window is interior, so no per-tap bounds checks. At -Os only: there the kernel is not inlined with
+         * its constant parameters (the generic loop takes 8x longer); at -O2 the folded generic loop is faster. */
+        const int32_t win = p->win, hout = p->hout, wout = p->wout;
+        for (c = 0; c < p->c; ++c) {
+            const int8_t *ic = in + c * p->hin * win;
+            for (oy = 0; oy < hout; ++oy, ic += 2 * win) {
+                for (ox = 0; ox < wout; ++ox) {
+                    const int8_t *r = ic + 2 * ox;
+                    const int32_t a = r[0] > r[1] ? r[0] : r[1], b = r[win] > r[win + 1] ? r[win] : r[win + 1];
+                    *out++ = (int8_t)(a > b ? a : b);
+                }
+            }
+        }
+        return;
+    }
+#endif
     for (c = 0; c < p->c; ++c) {
         const int8_t *ic = in + c * p->hin * p->win;
         for (oy = 0; oy < p->hout; ++oy) {

@@ -32,8 +32,8 @@ def _seq(*mods):
 
 # (model factory, input shape): conv cases for sc_i8_conv_q8_dsp, linear cases for the 4-row pair loop
 CASES = {
-    # cin = 1, odd kw, row_len 15 (not a multiple of 4), odd cout, odd number of positions (5 x 3)
-    "conv_cin1_odd_kw": (lambda: _seq(nn.Conv2d(1, 5, (3, 5))), (1, 1, 7, 7)),
+    # cin = 1, kernel (5, 3) (the 5-wide one takes sc_i8_conv_q8_c1k5), row_len 15 (not a multiple of 4), odd cout, odd number of positions (5 x 3)
+    "conv_cin1_odd_kw": (lambda: _seq(nn.Conv2d(1, 5, (5, 3))), (1, 1, 7, 7)),
     # stride 2 + padding: border windows, pairs that straddle output rows (wout = 5)
     "conv_stride2_pad": (lambda: _seq(nn.Conv2d(3, 4, 3, stride=2, padding=1), nn.ReLU()), (1, 3, 9, 10)),
     # dilation and asymmetric stride/padding/dilation, row_len 18
@@ -64,6 +64,18 @@ CASES = {
                        (1, 4, 11, 10)),  # fmt: skip
     # a plane above DSP_SCRATCH_MAX_BYTES keeps the clipping kernel sc_i8_conv_q8_dw
     "dw_large_plane": (lambda: _seq(nn.Conv2d(2, 2, 3, groups=2, padding=1)), (1, 2, 95, 90)),
+    # pointwise (sc_i8_conv_q8_pw, flat plane): odd plane 5 x 5 (last pair overlaps), cin 64, odd cout 9
+    "pw_odd_plane": (lambda: _seq(nn.Conv2d(64, 9, 1), nn.ReLU()), (1, 64, 5, 5)),
+    # cin % 4 == 3 (channel tail), no bias (the folded bias is -in_zp * sum(q)), plane of 1 position, then 2
+    "pw_tail_single": (lambda: _seq(nn.Conv2d(7, 6, 1, bias=False), nn.ReLU6(), nn.Conv2d(6, 3, 1)), (1, 7, 1, 1)),
+    "pw_cin2_conv1d": (lambda: _seq(nn.Conv1d(2, 5, 1), nn.Conv1d(5, 4, 1, bias=False)), (1, 2, 2)),
+    # cin 1, 5 wide, stride 1 (sc_i8_conv_q8_c1k5): wout 9 (a partial quad), then padding 2 with kh 3, wout 13
+    "c1k5_odd": (lambda: _seq(nn.Conv2d(1, 6, 5), nn.ReLU()), (1, 1, 12, 13)),
+    "c1k5_pad_kh3": (lambda: _seq(nn.Conv2d(1, 3, (3, 5), padding=(1, 2), bias=False), nn.ReLU6()), (1, 1, 6, 13)),
+    "c1k5_conv1d": (lambda: _seq(nn.Conv1d(1, 5, 5, padding=2)), (1, 1, 6)),
+    # max pooling: the 2x2 stride-2 fast path on an odd plane (the last row/column dropped), then ceil mode
+    # (a window past the input: the generic loop)
+    "maxpool_2x2": (lambda: _seq(nn.MaxPool2d(2), nn.Conv2d(2, 2, 1), nn.MaxPool2d(2, ceil_mode=True)), (1, 2, 7, 11)),
     # in % 4 == 1, out = 7 (one 4-row pass + 3 single rows), 3 rows
     "linear_odd": (lambda: _seq(nn.Linear(13, 7), nn.ReLU()), (1, 3, 13)),
     # in < 4 (no pair at all), out % 4 == 1; then in % 4 == 0
@@ -90,13 +102,16 @@ def _check(name: str, tmp_path: Path, flag_sets: list[tuple[str, ...]], n: int =
 
 @pytest.mark.parametrize("name", list(CASES))
 def test_pair_kernels_bit_exact_on_host(name, tmp_path):
-    """-DSC_INT8_DSP=1 (pair kernels, portable helpers) and =0 (plain kernels) both equal the reference."""
-    d = _check(name, tmp_path, [DSP, PLAIN])
+    """-DSC_INT8_DSP=1 (pair kernels, portable helpers) and =0 (plain kernels) both equal the reference
+    (the -Os forms too: the generic requantization in the block kernels, the 2x2 max-pool fast path)."""
+    d = _check(name, tmp_path, [DSP, PLAIN, DSP + ("-DSC_I8_FAST_REQ=0", "-DSC_I8_MAXPOOL_FAST")])
     src = (d / "model.c").read_text()
     convs_g1 = name.startswith("conv") and name != "conv_groups_depthwise"  # groups == 1 convs only
+    assert ("sc_i8_conv_q8_pw(" in src) == (name.startswith("pw") or name in ("conv_1x1_same", "maxpool_2x2"))
+    assert ("sc_i8_conv_q8_c1k5(" in src) == name.startswith("c1k5")
     assert ("sc_i8_conv_q8_dsp(" in src) == convs_g1
     if convs_g1:
-        assert "#if SC_INT8_DSP" in src and "uint32_t col[" in src
+        assert "#if SC_INT8_DSP" in src and "uint32_t *const scratch = " in src
     dw_padded = name.startswith(("dw", "depthwise", "conv_groups_depthwise")) and name != "dw_large_plane"
     assert ("sc_i8_conv_q8_dwp(" in src) == dw_padded
     assert ("int8_t pad[" in src) == dw_padded
@@ -106,7 +121,8 @@ def test_pair_kernels_clean_under_asan_ubsan(tmp_path):
     from helpers import SANITIZE_FLAGS, require_sanitizer
 
     require_sanitizer()
-    for name in ("conv_cin1_odd_kw", "conv_dilation", "conv_interior_nobias", "depthwise_stride_dil", "linear_odd",
+    for name in ("conv_cin1_odd_kw", "conv_dilation", "conv_interior_nobias", "depthwise_stride_dil", "linear_odd", "pw_odd_plane",
+                 "pw_tail_single", "pw_cin2_conv1d", "c1k5_odd", "c1k5_pad_kh3", "c1k5_conv1d",
                  "dw3_pad_odd", "dw3_wout1", "dw_stride2_5x5"):
         _check(name, tmp_path / name, [DSP + SANITIZE_FLAGS], n=4)
 
@@ -153,7 +169,7 @@ def test_portable_dsp_helpers_match_their_definition(tmp_path):
 
 def _board_net():
     torch.manual_seed(11)
-    return _seq(nn.Conv2d(1, 6, 3, padding=1), nn.ReLU(), nn.Conv2d(6, 6, 3, padding=1, groups=6), nn.ReLU(),
+    return _seq(nn.Conv2d(1, 6, (3, 5), padding=(1, 2)), nn.ReLU(),  # sc_i8_conv_q8_c1k5, a partial quad (7) nn.Conv2d(6, 6, 3, padding=1, groups=6), nn.ReLU(),
                 nn.Conv2d(6, 6, 5, padding=2, stride=(2, 1), groups=6), nn.ReLU(), nn.Conv2d(6, 5, (3, 2), stride=(1, 2)), nn.ReLU(),
                 nn.Conv2d(5, 8, 1), nn.ReLU(), nn.Flatten(), nn.LazyLinear(12), nn.ReLU(), nn.Linear(12, 7),
                 nn.Linear(7, 5))  # fmt: skip

@@ -76,7 +76,18 @@ class Conv2d(ir.Op):
         reads through ``overwrites_input``). ``in_place``: the planner gave the output the input's
         storage (the CSR 1x1 conv then gathers columns first: sc_conv_pwc_*)."""
         w = self.encoded["weight"]
-        if self.runtime != Conv2d.runtime:  # the integer path (sc_int8.h) chooses in its own template
+        if self.runtime != Conv2d.runtime:  # the integer path (sc_int8.h)
+            if int8_pointwise(self, w.kernel):  # 2 positions of the input channels gathered first
+                col = ir.Scratch("uint32_t", "col", pw_column_words(self),
+                                 "2 positions of the input channels as int16 pairs", arena=True)  # fmt: skip
+                return ir.KernelChoice("sc_i8_conv_q8_pw", col)
+            if int8_c1k5(self, w.kernel):  # the input plane copied with in_zp borders first
+                pad8 = ir.Scratch("int8_t", "pad", c1k5_pad_bytes(self), "input plane with in_zp borders", arena=True)
+                return ir.KernelChoice("sc_i8_conv_q8_c1k5", pad8)
+            words = dsp_column_words(self, w.kernel)
+            if words:  # the SMLAD kernel (built with SC_INT8_DSP): start values and the widened column
+                col = ir.Scratch("uint32_t", "scratch", words, "start values and 2 windows as int16 pairs", arena=True)
+                return ir.KernelChoice("sc_i8_conv_q8_dsp", col)
             return ir.KernelChoice(f"sc_i8_conv_{w.kernel}")
         dw = self.depthwise_1to1 and tuple(self.dilation) == (1, 1)
         # depthwise: each channel is copied to the padded plane before its outputs are written
@@ -179,16 +190,45 @@ accepts_constants(F.conv1d, F.conv2d)
 # ---- int8 (codegen/integer.py, runtime_c/sc_int8.h, templates/ops_int8/conv.j2) -------------------
 
 
-def dsp_column_words(op: ir.Op, weight_kernel: str) -> int:
-    """uint32 words of the column buffer of the SMLAD conv kernel (``sc_i8_conv_q8_dsp``, compiled when
-    the C is built with SC_INT8_DSP): 2 output positions x row_len int8 rounded up to 4. The kernel's
-    stack scratch is this column plus cout int32 start values. 0 where that kernel is not used:
-    grouped/depthwise convs, sparse weights, or scratch above ``integer.DSP_SCRATCH_MAX_BYTES``."""
-    if not isinstance(op, Conv2d) or op.groups != 1 or weight_kernel != "q8":
-        return 0
-    words = (op.in_shape[0] * op.kernel[0] * op.kernel[1] + 3) // 4 * 2
-    return words if 4 * (words + op.out_shape[0]) <= integer.DSP_SCRATCH_MAX_BYTES else 0
+def int8_pointwise(op: ir.Op, weight_kernel: str) -> bool:
+    """The int8 pointwise kernel (``sc_i8_conv_q8_pw``) runs: 1x1, stride 1, no padding, groups == 1,
+    dense int8 weights. Its bias holds -in_zp * sum(q) (folded at generation time)."""
+    return isinstance(op, Conv2d) and op.pointwise and op.groups == 1 and weight_kernel == "q8"
 
+
+def int8_c1k5(op: ir.Op, weight_kernel: str) -> bool:
+    """The int8 single-input-channel 5-wide kernel (``sc_i8_conv_q8_c1k5``) runs: C_in == 1, groups == 1,
+    kernel width 5, stride 1, dilation 1, dense int8 weights. Its bias holds -in_zp * sum(q)."""
+    return (isinstance(op, Conv2d) and op.in_shape[0] == 1 and op.groups == 1 and op.kernel[1] == 5
+            and tuple(op.stride) == (1, 1) and tuple(op.dilation) == (1, 1) and weight_kernel == "q8")  # fmt: skip
+
+
+def c1k5_pad_bytes(op: Conv2d) -> int:
+    """int8 bytes of the padded plane of ``sc_i8_conv_q8_c1k5`` (``SC_I8_C1_PAD_BYTES``)."""
+    wp = (op.out_shape[2] + 3) // 4 * 4 + 4
+    return (op.out_shape[1] + op.kernel[0] - 1) * wp
+
+
+def int8_folds_input_zp(op: ir.Op, weight_kernel: str) -> bool:
+    """The int8 conv kernel multiplies raw inputs (its bias holds -in_zp * sum(q))."""
+    return int8_pointwise(op, weight_kernel) or int8_c1k5(op, weight_kernel)
+
+
+def pw_column_words(op: Conv2d) -> int:
+    """uint32 words of the pointwise kernel's column (``SC_I8_PW_COL_WORDS``): 2 positions x C_in int16."""
+    return (op.in_shape[0] + 3) // 4 * 4
+
+
+def dsp_column_words(op: ir.Op, weight_kernel: str) -> int:
+    """uint32 words of the arena scratch of the SMLAD conv kernel (``sc_i8_conv_q8_dsp``, compiled when the C
+    is built with SC_INT8_DSP; ``SC_I8_DSP_SCRATCH_WORDS``): C_out int32 start values, then the column of 2
+    output positions x row_len taps as int16, row_len rounded up to 4. 0 where that kernel is not used:
+    grouped/depthwise convs, sparse weights, the kernels that fold in_zp into the bias (pointwise, C_in == 1
+    5-wide) or scratch above ``integer.DSP_SCRATCH_MAX_BYTES``."""
+    if not isinstance(op, Conv2d) or op.groups != 1 or weight_kernel != "q8" or int8_folds_input_zp(op, weight_kernel):
+        return 0
+    words = op.out_shape[0] + (op.in_shape[0] * op.kernel[0] * op.kernel[1] + 3) // 4 * 4
+    return words if 4 * words <= integer.DSP_SCRATCH_MAX_BYTES else 0
 
 
 def dw_pad_bytes(op: ir.Op, weight_kernel: str) -> int:
@@ -213,7 +253,9 @@ class ConvInt8(integer.Int8Handler):
     template = "conv.j2"
 
     def quantize(self, op: Conv2d, ctx: integer.Int8Context, qo: integer.QOp) -> None:
-        integer.quantize_weighted(op, ctx, qo)
+        integer.quantize_weighted(op, ctx, qo, fold_input_zp=lambda kernel: int8_folds_input_zp(op, kernel))
+        qo.scalars["pw"] = int(int8_pointwise(op, ctx.encoded["weight"].kernel))
+        qo.scalars["folded"] = int(int8_folds_input_zp(op, ctx.encoded["weight"].kernel))
         qo.scalars["dsp_col"] = dsp_column_words(op, ctx.encoded["weight"].kernel)
         qo.scalars["dw_pad"] = dw_pad_bytes(op, ctx.encoded["weight"].kernel)
 
@@ -233,5 +275,7 @@ class ConvInt8(integer.Int8Handler):
         acc = np.rint(acc).astype(np.int64)  # exact: integer sums below 2^53
         if "bias" in qo.consts:
             acc = acc + qo.consts["bias"].astype(np.int64)[:, None, None]
+        if s["folded"]:  # the bias holds -in_zp * sum(q): the sum over the padded input x - in_zp adds it back
+            acc = acc + s["in_zp"] * qo.consts["q"].astype(np.int64).sum(1)[:, None, None]
         y = integer.mbqm(acc, qo.consts["mult"][:, None, None], qo.consts["shift"][:, None, None]) + s["out_zp"]
         return integer.clamp8(y, s["act_min"], s["act_max"])
