@@ -126,6 +126,7 @@ def save_compressed_model(
     concrete_args: dict | None = None,
     integer: bool = False,
     calibration_data=None,
+    arduino: bool = False,
 ) -> EmitResult:
     """Emits the model as a self-contained C directory (its layout: docs/architecture.md, "The emitted directory").
 
@@ -149,6 +150,10 @@ def save_compressed_model(
     that its output is within ``tolerance`` of PyTorch's float output (default
     ``codegen.integer.float_tolerance``: 8 % of max|output| + 2 output quantization steps).
 
+    The directory always holds a CMakeLists.txt (a static library target named ``prefix``, for
+    ``add_subdirectory`` from a Zephyr / ESP-IDF / STM32Cube / plain CMake project); ``arduino=True`` also
+    lays it out as an Arduino library (library.properties, src/, examples/<prefix>_run/).
+
     >>> net = torch.nn.Sequential(torch.nn.Conv2d(1, 4, 3), torch.nn.ReLU(), torch.nn.Flatten(),
     ...                           torch.nn.Linear(4 * 6 * 6, 10))
     >>> res = save_compressed_model(net, "csr", torch.randn(1, 1, 8, 8), "/tmp/doc_model",
@@ -161,7 +166,7 @@ def save_compressed_model(
         return save_integer_model(
             model, representation, input_data, directory, calibration_data=calibration_data,
             input_shape=input_shape, prefix=prefix, overwrite=overwrite, leaf_modules=leaf_modules,
-            concrete_args=concrete_args, tolerance=tolerance,
+            concrete_args=concrete_args, tolerance=tolerance, arduino=arduino,
         )  # fmt: skip
     if calibration_data is not None:
         raise CodegenError("calibration_data is only used with integer=True (fully integer inference); "
@@ -184,7 +189,7 @@ def save_compressed_model(
             f"max abs error <= {RTOL:g} x max|output| + {ATOL:g} (codegen.api.default_tolerance)")  # fmt: skip
         test_io = (example.numpy().astype(np.float32), y.astype(np.float32), tol, doc)
         report["test"] = {"tolerance": tol, "max_abs_output": float(np.max(np.abs(y)))}
-    e = Emission(g, mem, prefix, representation, name, report, test_io)
+    e = Emission(g, mem, prefix, representation, name, report, test_io, arduino=arduino)
     return write_emission(e, directory, overwrite)
 
 

@@ -302,7 +302,7 @@ def cmd_board(args: argparse.Namespace) -> int:
         from codegen.board import board_command
     except ImportError as exc:
         raise CLIError(f"board support is not available: {exc}") from exc
-    rc = board_command(args.directory, tuple(args.target or ("m4",)))
+    rc = board_command(args.directory, tuple(args.target or ("m4",)), json_path=args.json)
     return int(rc) if isinstance(rc, int) else 0
 
 
@@ -366,7 +366,12 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("directory", metavar="DIR")
     b.add_argument("--target", action="append", choices=["m4", "m3"],
                    help="board to run on (repeatable; default m4)")
+    b.add_argument("--json", metavar="FILE", help="also write the flash/RAM/per-layer instruction figures to FILE")
     b.set_defaults(func=cmd_board)
+
+    from .cli_stages import add_parsers  # prune, share, huffman-encode, huffman-decode, compare-stages
+
+    add_parsers(sub)
     return ap
 
 
