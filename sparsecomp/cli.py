@@ -102,7 +102,7 @@ def cmd_emit(args: argparse.Namespace) -> int:
     res = save_compressed_model(
         model, args.representation, input_data=sample, directory=args.output,
         input_shape=None if sample is not None else args.input_shape, prefix=args.prefix,
-        overwrite=args.overwrite,
+        overwrite=args.overwrite, arduino=args.arduino,
     )  # fmt: skip
     print(f"emitted {args.model} to {res.directory}: {res.weight_bytes} weight bytes, {res.arena_bytes} arena bytes")
     if sample is not None:
@@ -332,6 +332,8 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--no-self-test", dest="self_test", action="store_false",
                    help="do not embed a random test input (headers/input.h) for `make check`")
     e.add_argument("--seed", type=int, default=0, help="seed of the random self-test input")
+    e.add_argument("--arduino", action="store_true",
+                   help="also lay DIR out as an Arduino library (library.properties, src/, examples/)")
     e.set_defaults(func=cmd_emit)
 
     c = sub.add_parser("compress", help="compress a model to a byte budget",
