@@ -346,7 +346,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="PACKAGE.MODULE:CALLABLE returning (train, val, test) or (train, test) DataLoaders, "
                         "a directory of MNIST idx files, or a .pt file holding {'x': inputs, 'y': labels}")
     c.add_argument("--budget", required=True, metavar="SIZE", help="weight bytes, e.g. 20KB, 96KiB, 4096B")
-    c.add_argument("--representation", default="auto", choices=sorted([*REPRESENTATIONS, "per-layer"]),
+    c.add_argument("--representation", default="auto", choices=sorted([*REPRESENTATIONS, "per-layer", "cws", "pws", "uq", "ecsq"]),
                    help="weight storage (default auto: the most accurate at the budget)")
     c.add_argument("--epochs", type=int, default=None, help="epochs per retraining round (default: from the data size)")
     c.add_argument("--time-limit", type=float, default=None, metavar="S", help="stop after S seconds")
