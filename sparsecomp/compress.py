@@ -588,8 +588,9 @@ def compress_NN_models(  # noqa: N802 - public name fixed by the issue
         sensitivity = SensitivityResult.from_csv(sensitivity)
     from codegen.formats import REPRESENTATIONS
 
-    from .sham import METHODS as SHARING  # sHAM's quantizers: codebook weights, values chosen by cws/pws/uq/ecsq
+    from .sham import METHODS as SHARING
 
+    # SHARING: sHAM's quantizers (cws, pws, uq, ecsq), codebook weights whose values they choose
     if representation not in REPRESENTATIONS and representation not in ("per-layer", *SHARING):
         raise ValueError(f"representation must be one of {sorted([*REPRESENTATIONS, 'per-layer', *SHARING])}, "
                          f"got {representation!r}")
