@@ -648,3 +648,6 @@ def encode_tensor(w: np.ndarray, base: str, representation: str, layer: str = ""
     expected = enc_cls.tensor_nbytes(w2)
     assert enc.nbytes == expected, (enc.encoding, enc.nbytes, expected)
     return enc
+
+# Huffman-coded codebook weights (codebook_huff, representation "huffman"): codegen/huffman_format.py
+import codegen.huffman_format  # noqa: E402, F401 - registers the encoding
