@@ -32,13 +32,14 @@ def main() -> None:
     ap.add_argument("--retrain", type=int, default=1)
     ap.add_argument("--bits", default="2,3,4,5")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--limit-train", type=int, default=None, help="train on the first N training images only")
     args = ap.parse_args()
     torch.manual_seed(args.seed)
     t0 = time.time()
-    train, _val, test = load_mnist(args.data, batch_size=128, seed=args.seed)
+    train, _val, test = load_mnist(args.data, batch_size=128, seed=args.seed, limit_train=args.limit_train)
     model = train_classifier(lenet5(), train, args.epochs, lr=1e-3, progress=False).eval()
     x = torch.zeros(1, 1, 28, 28)
-    print(f"LeNet-5 trained {args.epochs} epoch(s): test {100 * evaluate(model, test):.2f} %, "
+    print(f"LeNet-5 trained {args.epochs} epoch(s) on {len(train.dataset)} images: test {100 * evaluate(model, test):.2f} %, "
           f"csr {weight_bytes(model, x, 'csr').total} bytes ({time.time() - t0:.0f} s)")
     if args.sensitivity > 0:
         pruner = ThresholdPruner(sensitivity=args.sensitivity)
