@@ -11,7 +11,8 @@ import torch
 from helpers import emit_and_verify, nm_weight_bytes
 
 from codegen import formats, weight_bytes
-from codegen.huffman_format import CodebookHuff, canonical, code_lengths, decode
+from codegen.formats import CodebookHuff, canonical, code_lengths
+from codegen.formats import huff_decode as decode
 
 HUFF = formats.ENCODINGS["codebook_huff"]
 
