@@ -129,6 +129,7 @@ def save_compressed_model(
     calibration_data=None,
     quantize: bool = False,
     codebook_bits: int = 4,
+    arduino: bool = False,
 ) -> EmitResult:
     """Emits the model as a self-contained C directory (its layout: docs/architecture.md, "The emitted directory").
 
@@ -158,6 +159,9 @@ def save_compressed_model(
     emitted (the self-test compares the C with it) and report.json's ``quantization`` section gives the
     error of the copy against the float model on ``calibration_data`` (a tensor (N, ...)) or else
     ``input_data``, as TFLite's converter does (also logged). The default, ``quantize=False``, emits exactly the weights the model has.
+    The directory always holds a CMakeLists.txt (a static library target named ``prefix``, for
+    ``add_subdirectory`` from a Zephyr / ESP-IDF / STM32Cube / plain CMake project); ``arduino=True`` also
+    lays it out as an Arduino library (library.properties, src/, examples/<prefix>_run/).
 
     >>> net = torch.nn.Sequential(torch.nn.Conv2d(1, 4, 3), torch.nn.ReLU(), torch.nn.Flatten(),
     ...                           torch.nn.Linear(4 * 6 * 6, 10))
@@ -174,7 +178,7 @@ def save_compressed_model(
         return save_integer_model(
             model, representation, input_data, directory, calibration_data=calibration_data,
             input_shape=input_shape, prefix=prefix, overwrite=overwrite, leaf_modules=leaf_modules,
-            concrete_args=concrete_args, tolerance=tolerance,
+            concrete_args=concrete_args, tolerance=tolerance, arduino=arduino,
         )  # fmt: skip
     if calibration_data is not None and not quantize:
         raise CodegenError("calibration_data is only used with integer=True (fully integer inference) or "
@@ -207,7 +211,7 @@ def save_compressed_model(
             f"max abs error <= {RTOL:g} x max|output| + {ATOL:g} (codegen.api.default_tolerance)")  # fmt: skip
         test_io = (example.numpy().astype(np.float32), y.astype(np.float32), tol, doc)
         report["test"] = {"tolerance": tol, "max_abs_output": float(np.max(np.abs(y)))}
-    e = Emission(g, mem, prefix, representation, name, report, test_io)
+    e = Emission(g, mem, prefix, representation, name, report, test_io, arduino=arduino)
     return write_emission(e, directory, overwrite)
 
 

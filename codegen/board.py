@@ -681,12 +681,39 @@ def _fmt_bytes(n: int) -> str:
 
 
 def board_command(directory: str | os.PathLike[str], targets: Sequence[str] = ("m4",), *,
-                  timeout: float = DEFAULT_RUN_TIMEOUT, measure_m4: bool = True) -> int:
+                  timeout: float = DEFAULT_RUN_TIMEOUT, measure_m4: bool = True,
+                  json_path: str | os.PathLike[str] | None = None) -> int:
     """Build, run on the emulated boards and print a report. Returns a process exit code.
 
     0: every target's self-test passed; 1: a self-test failed or a build failed;
-    2: the toolchain is missing. (This is what ``sparsecomp board DIR`` calls.)
+    2: the toolchain is missing. (This is what ``sparsecomp board DIR`` calls.) ``json_path``: also
+    write the printed figures there as JSON (``board_json``; ``sparsecomp board DIR --json FILE``).
     """
+    figures: dict = {"directory": str(directory), "targets": {}, "measure": None}
+    status = _board_command(directory, targets, timeout, measure_m4, figures)
+    if json_path is not None:
+        figures["status"] = status
+        Path(json_path).write_text(json.dumps(figures, indent=2) + "\n")
+    return status
+
+
+def board_json(m: BoardMeasurement, macs: dict[int, int]) -> dict:
+    """The figures ``sparsecomp board`` prints for the M4, as a JSON-ready dict (bytes and instructions)."""
+    return {
+        "target": m.target,
+        "flash": {"weights": m.weight_bytes, "weights_nm": m.weight_bytes_nm, "code": m.code_bytes,
+                  "model_total": m.model_flash_bytes, "firmware": m.firmware.flash,
+                  "baseline_firmware": m.baseline.flash},
+        "ram": {"arena": m.arena_bytes, "other_static": m.other_ram_bytes, "model_total": m.model_ram_bytes,
+                "firmware_static": m.firmware.ram, "heap": m.firmware.heap, "stack_reserved": m.firmware.stack,
+                "model_stack_bound": None if m.stack is None else m.stack.bound},
+        "instructions": m.instructions,
+        "layers": [{"index": ly.index, "name": ly.name, "instructions": ly.instructions,
+                    "macs": macs.get(ly.index, 0)} for ly in m.layers],
+    }  # fmt: skip
+
+
+def _board_command(directory, targets: Sequence[str], timeout: float, measure_m4: bool, figures: dict) -> int:
     ok, reason = board_toolchain_available()
     if not ok:
         print(f"sparsecomp board: cannot run: {reason}")
@@ -711,6 +738,8 @@ def board_command(directory: str | os.PathLike[str], targets: Sequence[str] = ("
         tol = "n/a" if result.tolerance is None else f"{result.tolerance:.3g}"
         print(f"  {target} {t.cpu} on qemu {t.machine}: {verdict} (exit code {result.exit_code}, "
               f"{result.outputs.size} outputs, max abs error {err}, tolerance {tol})")
+        figures["targets"][target] = {"passed": bool(result.passed), "exit_code": result.exit_code,
+                                      "max_abs_error": result.max_abs_error, "tolerance": result.tolerance}
         if not result.passed:
             status = 1
             tail = (result.stdout + result.stderr).strip().splitlines()[-5:]
@@ -738,13 +767,14 @@ def board_command(directory: str | os.PathLike[str], targets: Sequence[str] = ("
             print(f"    {'stack (model)':<22}{_fmt_bytes(m.stack.bound)} at most (gcc -fstack-usage: run "
                   f"{m.stack.run_frame} B; largest other frames: {top or 'none'})"
                   + ("; a frame is dynamic, the bound is not safe" if m.stack.dynamic else ""))
+        macs = {}
+        for layer in _report_json(d).get("layers", []):
+            if isinstance(layer, dict) and isinstance(layer.get("index"), int):
+                macs[layer["index"]] = layer.get("macs") or 0
+        figures["measure"] = board_json(m, macs)
         if m.instructions is not None:
             print(f"  instructions per inference (qemu -icount, resolution {INSNS_PER_TICK_DEFAULT}): "
                   f"{m.instructions:,}")
-            macs = {}
-            for layer in _report_json(d).get("layers", []):
-                if isinstance(layer, dict) and isinstance(layer.get("index"), int):
-                    macs[layer["index"]] = layer.get("macs") or 0
             print(f"    {'layer':<38s} {'instructions':>12}  share  insns/MAC (MACs of report.json)")
             for layer in m.layers:
                 share = 100.0 * layer.instructions / m.instructions if m.instructions else 0.0

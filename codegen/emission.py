@@ -236,6 +236,7 @@ class Emission:
     extra_context: dict = field(default_factory=dict)
     add_files: Callable[[emit.Rendered], None] | None = None
     what: str = ""  # for the log line: "", "integer ", "early-exit "
+    arduino: bool = False  # also an Arduino-library layout (library.properties, src/, examples/)
 
 
 def _check(e: Emission) -> None:
@@ -259,6 +260,32 @@ def _check(e: Emission) -> None:
         )
 
 
+# the model's own sources and headers, the part an Arduino library's src/ holds (not app/, board/)
+_LIBRARY_DIRS = ("headers/", "runtime/")
+
+
+def add_build_files(r: emit.Rendered, e: Emission) -> None:
+    """Adds the drop-in build files: CMakeLists.txt (a static library target named after the prefix) always;
+    with ``e.arduino`` an Arduino library (library.properties, src/ with the model's sources, headers and
+    runtime, examples/<prefix>_run/<prefix>_run.ino)."""
+    env = emit.environment()
+    ctx = dict(version=VERSION, prefix=e.prefix, PREFIX=e.prefix.upper(), model_name=e.model_name,
+               representation=e.representation, weight_bytes=e.report["totals"]["weight_bytes"],
+               arena_bytes=e.memory.arena_bytes, **e.extra_context)  # fmt: skip
+    r.files["CMakeLists.txt"] = env.get_template("CMakeLists.txt.j2").render(**ctx)
+    if not e.arduino:
+        return
+    sources = ["model.c", "model.h", *ctx.get("extra_sources", []), *ctx.get("extra_headers", [])]
+    for rel in [*r.files, *r.copies]:
+        if rel in sources or rel.startswith(_LIBRARY_DIRS):
+            if rel in r.files:
+                r.files[f"src/{rel}"] = r.files[rel]
+            else:
+                r.copies[f"src/{rel}"] = r.copies[rel]
+    r.files["library.properties"] = env.get_template("arduino/library.properties.j2").render(**ctx)
+    r.files[f"examples/{e.prefix}_run/{e.prefix}_run.ino"] = env.get_template("arduino/example.ino.j2").render(**ctx)
+
+
 def render_emission(e: Emission) -> emit.Rendered:
     """Checks and renders an emission (nothing is written)."""
     _check(e)
@@ -268,8 +295,9 @@ def render_emission(e: Emission) -> emit.Rendered:
     )  # fmt: skip
     if e.add_files is not None:
         e.add_files(r)
-        r.report["files"] = sorted({*r.files, *r.copies, emit.REPORT_NAME})
-        r.files[emit.REPORT_NAME] = json.dumps(r.report, indent=2) + "\n"
+    add_build_files(r, e)
+    r.report["files"] = sorted({*r.files, *r.copies, emit.REPORT_NAME})
+    r.files[emit.REPORT_NAME] = json.dumps(r.report, indent=2) + "\n"
     missing = [f for f in r.report["files"] if f not in r.files and f not in r.copies]
     if missing:  # pragma: no cover - report.json lists exactly what is written
         raise CodegenError(f"report.json lists files that are not rendered: {missing} (bug)")

@@ -146,6 +146,7 @@ def save_integer_model(
     leaf_modules: tuple[type, ...] = (),
     concrete_args: dict | None = None,
     tolerance: float | None = None,
+    arduino: bool = False,
 ):
     """``save_compressed_model(..., integer=True, calibration_data=...)``: emits the integer path.
 
@@ -190,7 +191,7 @@ def save_integer_model(
     e = emission.Emission(g, mem, prefix, representation, name, report, test_io,
                           extra_context={"integer": template_context(qm, prefix),
                                          **(float_ctx if input_data is not None else {})},
-                          what="integer ")
+                          what="integer ", arduino=arduino)
     res = emission.write_emission(e, directory, overwrite)
     res.integer_model = qm  # type: ignore[attr-defined]
     return res

@@ -69,3 +69,18 @@ from .weight_sharing import WeightSharingError, fine_tune_shared_, share_  # noq
 
 __all__ += ["ArchiveError", "BitsResult", "QuantPlan", "compare_stages", "huffman_decode", "huffman_encode", "WeightSharingError", "bits_analysis", "fine_tune_shared_",
             "fold_batchnorm_", "share_"]
+
+# distiller / dnn-compression names (issue 18): the migration path, see sparsecomp/compat.py
+from .compat import (  # noqa: E402
+    Quantizer,
+    perform_bits_analysis,
+    perform_sensitivity_analysis,
+    sensitivities_to_csv,
+    sensitivity_to_png,
+)
+
+# dnn-compression calls it as ``bits_analysis.perform_bits_analysis`` (a module there): the same call works here
+bits_analysis.perform_bits_analysis = perform_bits_analysis  # type: ignore[attr-defined]
+
+__all__ += ["Quantizer", "perform_bits_analysis", "perform_sensitivity_analysis", "sensitivities_to_csv",
+            "sensitivity_to_png"]

@@ -115,12 +115,14 @@ def bits_analysis(
     csv_path: str | os.PathLike | None = None,
     plot_path: str | os.PathLike | None = None,
     progress: bool = True,
+    sharing: str = "cws",
 ) -> BitsResult:
     """Weight-share each Conv/Linear layer alone (linear-init k-means, zeros kept; the others
     stay float) at each bit width and record validation accuracy.  The model is restored
     afterwards.  ``csv_path``/``plot_path`` save the table and a PNG (the plot needs matplotlib).
+    ``sharing``: the quantizer (sparsecomp.sham.METHODS: cws = k-means, pws, uq, ecsq).
     """
-    from codegen.quantize import share_array
+    from .sham import share
 
     if val_loader is None:
         raise WeightSharingError("bits_analysis needs validation data (val_loader is None)")
@@ -142,7 +144,7 @@ def bits_analysis(
         curve = {}
         try:
             for b in bits:
-                shared = share_array(saved.cpu().numpy(), b)
+                shared = share(saved.cpu().numpy(), b, sharing)
                 w.copy_(torch.from_numpy(shared).to(w))
                 curve[b] = evaluate(model, val_loader, device, metric, max_batches)
                 bar.update(1)
@@ -171,13 +173,16 @@ class QuantPlan:
     representation: str
     layers: dict[str, tuple[str, int | None]] = field(default_factory=dict)
     default: tuple[str, int | None] = ("csr", None)
+    sharing: str = "cws"  # how codebook layers get their values: sparsecomp.sham.METHODS
 
     def kind(self, name: str) -> tuple[str, int | None]:
         return self.layers.get(name, self.default)
 
     def apply_(self, model: nn.Module) -> nn.Module:
         """Quantize (int8) or share (codebook) the weights in place, as planned."""
-        from codegen.quantize import int8_quantize_array, share_array
+        from codegen.quantize import int8_quantize_array
+
+        from .sham import share
 
         comp = find_compressible_layers(model)
         check_finite(model, [n for n in comp if self.kind(n)[0] != "csr"])
@@ -188,7 +193,7 @@ class QuantPlan:
                 if kind == "int8":
                     new = int8_quantize_array(w.astype("float64"))
                 elif kind == "codebook":
-                    new = share_array(w, int(bits))
+                    new = share(w, int(bits), self.sharing)
                 else:
                     continue
                 m.weight.copy_(torch.from_numpy(new).to(m.weight))
@@ -210,6 +215,7 @@ def make_plan(
     metric: Metric = top1,
     max_batches: int | None = None,
     progress: bool = False,
+    sharing: str = "cws",
 ) -> QuantPlan:
     """The per-layer plan of ``representation`` ("int8", "codebook", "auto").
 
@@ -239,10 +245,10 @@ def make_plan(
         if val_loader is None:
             raise WeightSharingError(f"choosing the bits of layers {todo} needs validation data (val_loader)")
         res = bits_analysis(model, val_loader, candidates, layers=todo, device=device, metric=metric,
-                            max_batches=max_batches, progress=progress)
+                            max_batches=max_batches, progress=progress, sharing=sharing)
         for n in todo:
             chosen[n] = res.smallest_bits(n, tolerance / 2)
-    plan = QuantPlan(representation, default=("codebook", 8))
+    plan = QuantPlan(representation, default=("codebook", 8), sharing=sharing)
     for n, m in comp.items():
         b = chosen[n]
         if representation == "codebook":

@@ -104,6 +104,7 @@ def cmd_emit(args: argparse.Namespace) -> int:
         model, args.representation, input_data=sample, directory=args.output,
         input_shape=None if sample is not None else args.input_shape, prefix=args.prefix,
         overwrite=args.overwrite, quantize=args.quantize, codebook_bits=args.codebook_bits,
+        arduino=args.arduino,
     )  # fmt: skip
     print(f"emitted {args.model} to {res.directory}: {res.weight_bytes} weight bytes, {res.arena_bytes} arena bytes")
     q = res.report.get("quantization")
@@ -309,7 +310,7 @@ def cmd_board(args: argparse.Namespace) -> int:
         from codegen.board import board_command
     except ImportError as exc:
         raise CLIError(f"board support is not available: {exc}") from exc
-    rc = board_command(args.directory, tuple(args.target or ("m4",)))
+    rc = board_command(args.directory, tuple(args.target or ("m4",)), json_path=args.json)
     return int(rc) if isinstance(rc, int) else 0
 
 
@@ -345,6 +346,8 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--no-self-test", dest="self_test", action="store_false",
                    help="do not embed a random test input (headers/input.h) for `make check`")
     e.add_argument("--seed", type=int, default=0, help="seed of the random self-test input")
+    e.add_argument("--arduino", action="store_true",
+                   help="also lay DIR out as an Arduino library (library.properties, src/, examples/)")
     e.set_defaults(func=cmd_emit)
 
     c = sub.add_parser("compress", help="compress a model to a byte budget",
@@ -357,7 +360,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="PACKAGE.MODULE:CALLABLE returning (train, val, test) or (train, test) DataLoaders, "
                         "a directory of MNIST idx files, or a .pt file holding {'x': inputs, 'y': labels}")
     c.add_argument("--budget", required=True, metavar="SIZE", help="weight bytes, e.g. 20KB, 96KiB, 4096B")
-    c.add_argument("--representation", default="auto", choices=sorted([*REPRESENTATIONS, "per-layer"]),
+    c.add_argument("--representation", default="auto", choices=sorted([*REPRESENTATIONS, "per-layer", "cws", "pws", "uq", "ecsq"]),
                    help="weight storage (default auto: the most accurate at the budget)")
     c.add_argument("--epochs", type=int, default=None, help="epochs per retraining round (default: from the data size)")
     c.add_argument("--time-limit", type=float, default=None, metavar="S", help="stop after S seconds")
@@ -379,7 +382,12 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("directory", metavar="DIR")
     b.add_argument("--target", action="append", choices=["m4", "m3"],
                    help="board to run on (repeatable; default m4)")
+    b.add_argument("--json", metavar="FILE", help="also write the flash/RAM/per-layer instruction figures to FILE")
     b.set_defaults(func=cmd_board)
+
+    from .cli_stages import add_parsers  # prune, share, huffman-encode, huffman-decode, compare-stages
+
+    add_parsers(sub)
     return ap
 
 

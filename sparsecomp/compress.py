@@ -588,8 +588,11 @@ def compress_NN_models(  # noqa: N802 - public name fixed by the issue
         sensitivity = SensitivityResult.from_csv(sensitivity)
     from codegen.formats import REPRESENTATIONS
 
-    if representation not in REPRESENTATIONS and representation != "per-layer":
-        raise ValueError(f"representation must be one of {sorted([*REPRESENTATIONS, 'per-layer'])}, "
+    from .sham import METHODS as SHARING
+
+    # SHARING: sHAM's quantizers (cws, pws, uq, ecsq), codebook weights whose values they choose
+    if representation not in REPRESENTATIONS and representation not in ("per-layer", *SHARING):
+        raise ValueError(f"representation must be one of {sorted([*REPRESENTATIONS, 'per-layer', *SHARING])}, "
                          f"got {representation!r}")
     if quant_epochs < 0:
         raise ValueError(f"quant_epochs must be >= 0, got {quant_epochs}")
@@ -683,6 +686,10 @@ class CompressConfig:
     @property
     def codegen_representation(self) -> str:
         """The representation codegen emits the result with."""
+        from .sham import METHODS
+
+        if self.representation in METHODS:  # sHAM's quantizers (issue 18): codebook encodings
+            return "codebook"
         return "auto" if self.representation == "per-layer" else self.representation
 
 
@@ -760,6 +767,8 @@ def _compress_auto(model: nn.Module, cfg: CompressConfig, data: _Data, t0: float
 
 
 def _compress(model: nn.Module, cfg: CompressConfig, data: _Data, t0: float) -> CompressionReport:
+    from .sham import METHODS as SHARING_METHODS
+
     device = cfg.device
     model.to(device)
     quantized = cfg.representation not in ("csr", "dense")
@@ -780,7 +789,8 @@ def _compress(model: nn.Module, cfg: CompressConfig, data: _Data, t0: float) -> 
         if quantized:
             ctx.plan = make_plan(model, cfg.codegen_representation, data.val, cfg.accuracy_tolerance, cfg.bits,
                                  device=device, metric=cfg.metric, max_batches=cfg.sensitivity_batches,
-                                 progress=ctx.progress)
+                                 progress=ctx.progress,
+                                 sharing=cfg.representation if cfg.representation in SHARING_METHODS else "cws")
         return _run(ctx, cfg.budget, cfg.num_epochs, cfg.learning_rate, cfg.accuracy_tolerance,
                     cfg.layers_factorization, cfg.max_rounds, cfg.conv_decomposition, cfg.factorization_min_params,
                     cfg.sensitivity, list(cfg.sensitivity_sparsities), cfg.sensitivity_batches, data.test, t0,

@@ -71,9 +71,13 @@ def check_finite(model: nn.Module, layers: Iterable[str] | None = None) -> None:
 
 
 def bits_plan(model: nn.Module, bits: int | Mapping[str, int]) -> dict[str, int]:
-    """{layer: bits} for an int (every Conv/Linear layer) or a mapping (checked against the model)."""
+    """{layer: bits} for an int (every Conv/Linear layer) or a mapping keyed by module or parameter name
+    (checked against the model)."""
     comp = find_compressible_layers(model)
     if isinstance(bits, Mapping):
+        # distiller / dnn-compression name parameters ("features.0.weight"); ours are modules ("features.0")
+        bits = {n[: -len(".weight")] if n not in comp and n.endswith(".weight") and n[: -len(".weight")] in comp
+                else n: b for n, b in bits.items()}  # fmt: skip
         unknown = sorted(set(bits) - set(comp))
         if unknown:
             raise WeightSharingError(f"no Conv1d/Conv2d/Linear layer named {unknown}; layers are {list(comp)}")
@@ -81,8 +85,11 @@ def bits_plan(model: nn.Module, bits: int | Mapping[str, int]) -> dict[str, int]
     return {n: check_bits(bits, n) for n in comp}
 
 
-def share_(model: nn.Module, bits: int | Mapping[str, int]) -> dict[str, int]:
-    """k-means weight sharing of the planned layers (zeros kept), in place; returns the plan."""
+def share_(model: nn.Module, bits: int | Mapping[str, int] = 5) -> dict[str, int]:
+    """k-means weight sharing of the planned layers (zeros kept), in place; returns the plan.
+
+    ``bits``: one width for every Conv/Linear layer (default 5, Deep Compression's), or ``{layer: bits}``
+    keyed by module name (``"1"``) or parameter name (``"1.weight"``)."""
     from codegen.quantize import share_weights_
 
     plan = bits_plan(model, bits)

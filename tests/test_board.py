@@ -11,6 +11,7 @@ emitted by codegen.save_compressed_model.
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import subprocess
@@ -487,3 +488,18 @@ def test_e2e_model_on_board_matches_pytorch(e2e_emitted, target):
     result = cboard.run(d, target)
     assert result.passed, f"{name} on {target}: exit {result.exit_code}\n{result.stdout}{result.stderr}"
     assert_parity(result.outputs, reference, f"{name} on the emulated {target}")
+
+
+def test_board_json_holds_the_printed_figures(toy, capsys, tmp_path):
+    d, _ = toy
+    out_json = tmp_path / "board.json"
+    assert cboard.board_command(d, ("m4",), json_path=out_json) == 0
+    printed = capsys.readouterr().out
+    fig = json.loads(out_json.read_text())
+    assert fig["status"] == 0 and fig["targets"]["m4"]["passed"] is True
+    m = fig["measure"]
+    assert m["flash"]["weights"] == m["flash"]["weights_nm"] > 0
+    assert f"{m['instructions']:,}" in printed
+    assert m["layers"] and sum(ly["instructions"] for ly in m["layers"]) <= m["instructions"]
+    for ly in m["layers"]:
+        assert f"{ly['instructions']:>12,}" in printed

@@ -39,7 +39,8 @@ def factory(tmp_path, monkeypatch):
     return tmp_path, model
 
 
-@pytest.mark.parametrize("sub", [[], ["emit"], ["compress"], ["report"], ["board"]])
+@pytest.mark.parametrize("sub", [[], ["emit"], ["compress"], ["report"], ["board"], ["prune"], ["share"],
+                                 ["huffman-encode"], ["huffman-decode"], ["compare-stages"]])
 def test_help_on_every_subcommand(sub, capsys):
     with pytest.raises(SystemExit) as ei:
         cli.main([*sub, "--help"])
@@ -112,9 +113,21 @@ def test_board_calls_codegen_board_lazily(tmp_path, monkeypatch):
     import codegen.board
 
     calls = []
-    monkeypatch.setattr(codegen.board, "board_command", lambda d, targets=("m4",): calls.append((d, targets)) or 1)
+    monkeypatch.setattr(codegen.board, "board_command",
+                        lambda d, targets=("m4",), json_path=None: calls.append((d, targets, json_path)) or 1)
     assert cli.main(["board", str(tmp_path), "--target", "m3"]) == 1
-    assert calls == [(str(tmp_path), ("m3",))]
+    assert cli.main(["board", str(tmp_path), "--json", "b.json"]) == 1
+    assert calls == [(str(tmp_path), ("m3",), None), (str(tmp_path), ("m4",), "b.json")]
+
+
+def test_emit_arduino_layout(factory):
+    tmp, _ = factory
+    out = tmp / "ard"
+    assert cli.main(["emit", "cli_models_for_test:tiny", "--weights", str(tmp / "w.pt"), "--input-shape", "1,1,8,8",
+                     "-o", str(out), "--prefix", "tiny", "--arduino"]) == 0
+    assert (out / "library.properties").read_text().startswith("name=tiny\n")
+    assert (out / "src" / "model.c").read_bytes() == (out / "model.c").read_bytes()
+    assert (out / "examples" / "tiny_run" / "tiny_run.ino").is_file() and (out / "CMakeLists.txt").is_file()
 
 
 def test_module_entry_point_runs():

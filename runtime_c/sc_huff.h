@@ -1,0 +1,96 @@
+/*
+ * sparsecomp runtime — Huffman-coded codebook weights executed from flash (no RAM copy).
+ *
+ *   cb_huff     the entries of cb_rel (per row, a gap of zeros skipped then a codebook index;
+ *               filler entries of value zero bridge gaps longer than gap_bits), each entry's symbol
+ *               s = gap | index << gap_bits written as a canonical Huffman code, MSB of the code
+ *               first, into one LSB-first bit stream (rows follow each other without padding).
+ *               count[l - 1] = number of codes of length l (1..maxlen), sym[] = the symbols in
+ *               canonical order (by length, then value); ptr[] = entries per row, cumulated.
+ *
+ * The kernels decode each code on the fly inside the dot product (bit by bit, the canonical-code
+ * walk of zlib's puff), so the weights never leave flash. codegen/formats.py (CodebookHuff) writes
+ * the stream and counts its bytes exactly.
+ */
+#ifndef SC_HUFF_H
+#define SC_HUFF_H
+
+#include "sc_runtime.h"
+#include "sc_quant.h"
+#include "sc_bits.h"
+
+/* The next symbol of a canonical Huffman stream (0 on a code longer than maxlen: a damaged table). */
+static inline uint32_t sc_huff_decode(sc_bitreader *br, const uint16_t *count, const uint16_t *sym,
+                                      int32_t maxlen)
+{
+    int32_t code = 0, first = 0, index = 0, len;
+    for (len = 1; len <= maxlen; ++len) {
+        int32_t n;
+        code |= (int32_t)sc_bits_get(br, 1);
+        n = (int32_t)count[len - 1];
+        if (code - first < n) return sym[index + code - first];
+        index += n;
+        first = (first + n) << 1;
+        code <<= 1;
+    }
+    return 0u;
+}
+
+#define SC_DEFINE_HUFF(PS, PT)                                                                    \
+    static inline void sc_linear_cb_huff_##PS(const float *x, float *y, const uint8_t *stream,  \
+                                              const float *cb, const uint16_t *count,            \
+                                              const uint16_t *sym, const PT *ptr,                \
+                                              int32_t gap_bits, int32_t maxlen,                  \
+                                              const float *bias, const sc_linear_params *p)      \
+    {                                                                                            \
+        const uint32_t gmask = (1u << gap_bits) - 1u;                                            \
+        int32_t r, o, k;                                                                         \
+        for (r = 0; r < p->rows; ++r) {                                                          \
+            const float *xr = x + r * p->in;                                                     \
+            float *yr = y + r * p->out;                                                          \
+            sc_bitreader br;                                                                     \
+            sc_bits_init(&br, stream);                                                           \
+            for (o = 0; o < p->out; ++o) {                                                       \
+                float acc = bias ? bias[o] : 0.0f;                                               \
+                int32_t pos = 0;                                                                 \
+                const int32_t n = (int32_t)ptr[o + 1] - (int32_t)ptr[o];                         \
+                for (k = 0; k < n; ++k) {                                                        \
+                    const uint32_t s = sc_huff_decode(&br, count, sym, maxlen);                  \
+                    pos += (int32_t)(s & gmask);                                                 \
+                    acc += cb[s >> gap_bits] * xr[pos++];                                        \
+                }                                                                                \
+                yr[o] = sc_act(acc, p->act, p->alpha);                                           \
+            }                                                                                    \
+        }                                                                                        \
+    }                                                                                            \
+    static inline void sc_conv_cb_huff_##PS(const float *in, float *out, const uint8_t *stream,  \
+                                            const float *cb, const uint16_t *count,              \
+                                            const uint16_t *sym, const PT *ptr,                  \
+                                            int32_t gap_bits, int32_t maxlen,                    \
+                                            const float *bias, const sc_conv_params *p)          \
+    {                                                                                            \
+        const uint32_t gmask = (1u << gap_bits) - 1u;                                            \
+        SC_CONV_Q_DIMS;                                                                          \
+        int32_t k;                                                                               \
+        sc_bitreader br;                                                                         \
+        sc_bits_init(&br, stream);                                                               \
+        for (oc = 0; oc < p->cout; ++oc) {                                                       \
+            const int32_t n = (int32_t)ptr[oc + 1] - (int32_t)ptr[oc];                           \
+            int32_t pos = 0;                                                                     \
+            SC_CONV_Q_BEGIN;                                                                     \
+            for (k = 0; k < n; ++k) {                                                            \
+                const uint32_t s = sc_huff_decode(&br, count, sym, maxlen);                      \
+                const float wv = cb[s >> gap_bits];                                              \
+                pos += (int32_t)(s & gmask);                                                     \
+                if (wv != 0.0f) SC_CONV_Q_PUSH(pos, wv);                                         \
+                ++pos;                                                                           \
+            }                                                                                    \
+            SC_CONV_Q_END;                                                                       \
+        }                                                                                        \
+    }
+
+SC_DEFINE_HUFF(u8, uint8_t)
+SC_DEFINE_HUFF(u16, uint16_t)
+SC_DEFINE_HUFF(u32, uint32_t)
+
+#endif /* SC_HUFF_H */
