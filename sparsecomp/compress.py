@@ -405,7 +405,7 @@ def _factorize_layers(
                         f"no rank <= {r_max} keeps val accuracy within {slack:.4f} of baseline", bytes_before,
                         bytes_before))  # fmt: skip
                     continue
-                if budget is not None:
+                if budget is not None and ctx.representation != "dense":  # dense: pruning cannot fill it
                     rank = max(rank, _budget_rank(ctx, name, mod, r_max, budget))
                 if rank in tried:
                     continue
