@@ -174,6 +174,8 @@ class QuantPlan:
     layers: dict[str, tuple[str, int | None]] = field(default_factory=dict)
     default: tuple[str, int | None] = ("csr", None)
     sharing: str = "cws"  # how codebook layers get their values: sparsecomp.sham.METHODS
+    # measured validation-accuracy drop of each layer stored alone as (kind, bits) (float: 0), the rest float
+    drops: dict[str, dict[tuple[str, int | None], float]] = field(default_factory=dict)
 
     def kind(self, name: str) -> tuple[str, int | None]:
         return self.layers.get(name, self.default)
@@ -216,6 +218,7 @@ def make_plan(
     max_batches: int | None = None,
     progress: bool = False,
     sharing: str = "cws",
+    cache: dict | None = None,
 ) -> QuantPlan:
     """The per-layer plan of ``representation`` ("int8", "codebook", "auto").
 
@@ -224,6 +227,8 @@ def make_plan(
     ``tolerance / 2`` of the float model (:func:`bits_analysis`; 8 bits if none does).
     auto: per layer the smallest of codebook (bits as above), int8 and float, among those that keep
     the accuracy within ``tolerance / 2`` (bytes at the layer's current density).
+    ``cache`` (a dict the caller keeps) reuses the measured accuracies of the same weights, validation data
+    and candidates (``representation="auto"`` plans its probes and its full run on the same model).
     """
     comp = find_compressible_layers(model)
     if representation == "int8":
@@ -244,28 +249,52 @@ def make_plan(
     if todo:
         if val_loader is None:
             raise WeightSharingError(f"choosing the bits of layers {todo} needs validation data (val_loader)")
-        res = bits_analysis(model, val_loader, candidates, layers=todo, device=device, metric=metric,
-                            max_batches=max_batches, progress=progress, sharing=sharing)
+        key = ("bits", weights_fingerprint(model), id(val_loader), tuple(candidates), tuple(todo), max_batches, sharing)
+        res = None if cache is None else cache.get(key)
+        if res is None:
+            res = bits_analysis(model, val_loader, candidates, layers=todo, device=device, metric=metric,
+                                max_batches=max_batches, progress=progress, sharing=sharing)
+            if cache is not None:
+                cache[key] = res
         for n in todo:
             chosen[n] = res.smallest_bits(n, tolerance / 2)
     plan = QuantPlan(representation, default=("codebook", 8), sharing=sharing)
+    base = None
     for n, m in comp.items():
         b = chosen[n]
+        if res is not None and n in res.curves:
+            plan.drops[n] = {("codebook", bb): res.baseline - a for bb, a in res.curves[n].items()}
         if representation == "codebook":
             plan.layers[n] = ("codebook", b if b is not None else 8)
             continue
         rows, cols = weight_matrix_shape(m)
         nnz = int((m.weight != 0).sum())
         options = [(layer_nbytes(rows, cols, nnz, "csr"), ("csr", None))]
+        plan.drops.setdefault(n, {})[("csr", None)] = 0.0
         if b is not None:
             options.append((layer_nbytes(rows, cols, nnz, "codebook", b), ("codebook", b)))
-        if b is None or b >= 8:
+        # the int8 drop of every layer: the plan may also move a layer to int8 when the budget allows
+        ikey = ("int8", weights_fingerprint(model), id(val_loader), n, max_batches)
+        if cache is not None and ikey in cache:
+            acc = cache[ikey]
+        else:
             q = copy.deepcopy(model)
             QuantPlan("int8", {n: ("int8", None)}).apply_(q)
             acc = evaluate(q, val_loader, device, metric, max_batches)
+            if cache is not None:
+                cache[ikey] = acc
+        if base is None:
             base = res.baseline if res is not None else evaluate(model, val_loader, device, metric, max_batches)
-            if base - acc <= tolerance / 2:
-                options.append((layer_nbytes(rows, cols, nnz, "int8"), ("int8", None)))
+        plan.drops[n][("int8", None)] = base - acc
+        if (b is None or b >= 8) and base - acc <= tolerance / 2:
+            options.append((layer_nbytes(rows, cols, nnz, "int8"), ("int8", None)))
         plan.layers[n] = min(options, key=lambda t: t[0])[1]
     logger.info("quantization plan (%s): %s", representation, plan.describe())
     return plan
+
+
+@torch.no_grad()
+def weights_fingerprint(model: nn.Module) -> tuple:
+    """Identifies a model's weights for :func:`make_plan`'s cache: names, shapes and two float64 sums."""
+    return tuple((k, tuple(v.shape), float(v.double().sum()), float(v.double().square().sum()))
+                 for k, v in model.state_dict().items() if v.is_floating_point())

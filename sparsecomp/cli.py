@@ -1,7 +1,7 @@
 """The ``sparsecomp`` command line.
 
     sparsecomp emit PACKAGE.MODULE:FACTORY --weights W.pt --input-shape 1,1,28,28 -o DIR
-                    [--representation csr] [--prefix P] [--overwrite]
+                    [--representation R] [--prefix P] [--overwrite]
                     [--quantize [--codebook-bits B]]   fold BatchNorm + quantize a copy (int8/codebook)
     sparsecomp compress PACKAGE.MODULE:FACTORY --weights W.pt --data DATA --budget 20KB --out DIR
                     [--representation auto] [--epochs N] [--time-limit S]
@@ -98,15 +98,17 @@ def cmd_emit(args: argparse.Namespace) -> int:
         except Exception as exc:
             raise CLIError(f"{wpath} does not match {args.model}(): {exc}") from exc
     model.eval()
+    representation = args.representation or _budgeted_representation(args.weights) or "csr"
     torch.manual_seed(args.seed)
     sample = torch.rand(args.input_shape) if args.self_test else None
     res = save_compressed_model(
-        model, args.representation, input_data=sample, directory=args.output,
+        model, representation, input_data=sample, directory=args.output,
         input_shape=None if sample is not None else args.input_shape, prefix=args.prefix,
         overwrite=args.overwrite, quantize=args.quantize, codebook_bits=args.codebook_bits,
         arduino=args.arduino,
     )  # fmt: skip
-    print(f"emitted {args.model} to {res.directory}: {res.weight_bytes} weight bytes, {res.arena_bytes} arena bytes")
+    print(f"emitted {args.model} to {res.directory} as {representation}: {res.weight_bytes} weight bytes, "
+          f"{res.arena_bytes} arena bytes")
     q = res.report.get("quantization")
     if q is not None:
         err = "" if q["max_abs_error_vs_float"] is None else (
@@ -116,6 +118,30 @@ def cmd_emit(args: argparse.Namespace) -> int:
     if sample is not None:
         print(f"build and self-test with: make -C {res.directory} check")
     return 0
+
+
+def _budgeted_representation(weights: str | None) -> str | None:
+    """The representation ``sparsecomp compress`` budgeted ``weights`` for: the "emit" entry of the
+    report.json it wrote beside model.pt (None when there is no such report)."""
+    if not weights:
+        return None
+    rj = Path(weights).parent / "report.json"
+    if not rj.is_file():
+        return None
+    try:
+        emit = json.loads(rj.read_text()).get("emit")
+    except (OSError, ValueError, AttributeError) as exc:
+        raise CLIError(f"{rj} (written by sparsecomp compress beside the weights) is not readable JSON: {exc}; "
+                       "pass --representation explicitly or remove it") from exc
+    if not isinstance(emit, dict):
+        return None
+    rep = emit.get("representation")
+    if rep not in REPRESENTATIONS:
+        raise CLIError(f"{rj} names representation {rep!r}, which is not one of {sorted(REPRESENTATIONS)}; "
+                       "pass --representation explicitly")
+    print(f"{rj}: emitting as {rep!r}, the representation the compressor budgeted "
+          f"({emit.get('weight_bytes')} B for a budget of {emit.get('budget_bytes')} B)")
+    return rep
 
 
 def _load_data(spec: str, batch_size: int, seed: int):
@@ -267,7 +293,7 @@ def cmd_compress(args: argparse.Namespace) -> int:
     shape = ",".join(str(s) for s in next(iter(test))[0][:1].shape)
     print(f"\nwrote {out / 'model.pt'} and {out / 'report.json'}; emit it with:\n"
           f"  sparsecomp emit {args.model} --weights {out / 'model.pt'} --input-shape {shape} "
-          f"--representation {emit['representation']} -o DIR")
+          f"-o DIR   (it reads the representation, " f"{emit['representation']}, from report.json)")
     return 0 if report.within_budget else 1
 
 
@@ -330,8 +356,9 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--input-shape", required=True, type=_parse_shape, metavar="N,C,H,W",
                    help="example input shape including the batch dimension (batch 1), e.g. 1,1,28,28")
     e.add_argument("-o", "--output", required=True, metavar="DIR", help="output directory")
-    e.add_argument("--representation", default="csr", choices=sorted(REPRESENTATIONS),
-                   help="weight storage (default csr); int8/codebook need a quantized/shared model (or --quantize)")
+    e.add_argument("--representation", default=None, choices=sorted(REPRESENTATIONS),
+                   help="weight storage; by default the one `sparsecomp compress` budgeted (the report.json beside "
+                        "--weights), else csr. int8/codebook need a quantized/shared model (or --quantize)")
     e.add_argument("--quantize", action="store_true",
                    help="with --representation int8/codebook: fold BatchNorm and quantize a copy of the float model "
                         "(int8 per output channel, or k-means codebook), emit it and print its error against the float "

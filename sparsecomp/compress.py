@@ -30,7 +30,7 @@ import math
 import os
 import time
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import partial
 
 import torch
@@ -40,7 +40,7 @@ from torch.utils.data import DataLoader, Subset
 from tqdm.auto import tqdm
 
 from .allocation import UnreachableBudget, allocate
-from .bits import QuantPlan, make_plan
+from .bits import QuantPlan, make_plan, weights_fingerprint
 from .budget import ByteModel, current_nnz, exact_weight_bytes, parse_size
 from .decompose import (
     DecompositionError,
@@ -193,6 +193,7 @@ class _Ctx:
     quant_epochs: int = 0
     quant_lr: float = 1e-4
     tol: float = 0.01
+    cache: dict | None = None  # CompressConfig.cache
 
     def loss(self, outputs: torch.Tensor, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         _check_labels(outputs, y, self.criterion)
@@ -358,14 +359,17 @@ def _num_batches(loader: Iterable, cap: int | None) -> int:
 # --------------------------------------------------------------------------------------
 def _factorize_layers(
     ctx: _Ctx, masks: _Masks, base_val: float, tol: float, lr: float, epochs: int, conv_method: str,
-    min_params: int,
+    min_params: int, budget: int | None = None,
 ) -> list[DecompositionRecord]:
     """Try to factorize every large layer (largest first); keep each one only if validation
     accuracy stays within ``tol`` of ``base_val`` after fine-tuning.
 
     Linear: first the smallest SVD rank whose accuracy before fine-tuning is within ``2*tol``
     (fine-tuning usually recovers the rest); if that is rejected, the smallest rank already
-    within ``tol`` before fine-tuning (accepted unless fine-tuning fails).  Conv2d: VBMF ranks.
+    within ``tol`` before fine-tuning (accepted unless fine-tuning fails).  With a ``budget`` the rank
+    is at least the one that leaves the model (dense, quantized as planned) at the budget
+    (:func:`_budget_rank`): a smaller rank would cost accuracy for bytes the budget does not ask for, and
+    pruning fills the rest.  Layers are separated only while the model is over budget.  Conv2d: VBMF ranks.
     """
     model = ctx.model
     records: list[DecompositionRecord] = []
@@ -373,6 +377,9 @@ def _factorize_layers(
     for name, mod in layers:
         if mod.weight.numel() < min_params:
             continue
+        if budget is not None and int(exact_weight_bytes(model, ctx.example, ctx.representation,
+                                                         ctx.plan).total) <= budget:
+            break  # the budget no longer asks for separation
         if isinstance(mod, nn.Linear):
             method = "svd"
         elif isinstance(mod, nn.Conv2d) and mod.groups == 1 and mod.weight.shape[2:].numel() > 1:
@@ -398,6 +405,8 @@ def _factorize_layers(
                         f"no rank <= {r_max} keeps val accuracy within {slack:.4f} of baseline", bytes_before,
                         bytes_before))  # fmt: skip
                     continue
+                if budget is not None and ctx.representation != "dense":  # dense: pruning cannot fill it
+                    rank = max(rank, _budget_rank(ctx, name, mod, r_max, budget))
                 if rank in tried:
                     continue
                 tried.add(rank)
@@ -423,6 +432,50 @@ def _factorize_layers(
         if records and "time limit" in records[-1].reason:
             break
     return records
+
+
+# layer separation runs only when pruning alone would keep fewer of the weights than this (uniformly):
+# above it, magnitude pruning with retraining loses less than a factorization (LeNet-5 at 44 KB int8:
+# SVD cost 0.4 points where pruning alone loses none)
+FACTORIZE_BELOW_DENSITY = 0.04
+
+
+def _uniform_density(bm: ByteModel, budget: int) -> float:
+    """The largest density d such that every compressible layer at d of its weights (at least one per row)
+    fits ``budget`` by the byte model's estimate (0 when even the floor does not fit)."""
+    def est(d: float) -> int:
+        return bm.estimate({n: max(min(g.numel, g.rows), int(round(d * g.numel))) for n, g in bm.layers.items()})
+
+    if est(1.0) <= budget:
+        return 1.0
+    lo, hi = 0.0, 1.0
+    for _ in range(30):
+        mid = (lo + hi) / 2
+        lo, hi = (mid, hi) if est(mid) <= budget else (lo, mid)
+    return lo
+
+
+def _budget_rank(ctx: _Ctx, name: str, mod: nn.Linear, r_max: int, budget: int) -> int:
+    """The smallest SVD rank of ``name`` at which the model (dense factors, quantized as planned, the other
+    layers as they are) is still at least ``budget`` bytes: lower ranks would drop below the budget."""
+    from .budget import layer_nbytes
+
+    out_f, in_f = mod.weight.shape
+    kind, bits = ctx.plan.default if ctx.plan is not None else (ctx.representation, None)
+    kind = "csr" if kind == "dense" else kind
+    model = ctx.model
+    here = int(exact_weight_bytes(model, ctx.example, ctx.representation, ctx.plan).total)
+    k0, b0 = ctx.plan.kind(name) if ctx.plan is not None else (kind, None)
+    nnz = int((model.get_submodule(name).weight != 0).sum())
+    rest = here - layer_nbytes(out_f, in_f, nnz, "csr" if k0 == "dense" else k0, b0)
+
+    def size(r: int) -> int:
+        return rest + layer_nbytes(r, in_f, r * in_f, kind, bits) + layer_nbytes(out_f, r, out_f * r, kind, bits)
+
+    for r in range(1, r_max + 1):
+        if size(r) >= budget:
+            return r
+    return r_max
 
 
 def _failed(name: str, method: str, exc: Exception, nbytes: int) -> DecompositionRecord:
@@ -682,6 +735,9 @@ class CompressConfig:
     bits: int | dict[str, int] | None
     quant_epochs: int
     quant_learning_rate: float
+    # measurements (bits/int8 accuracy per layer, sensitivity curves) shared by auto's probes and its full
+    # run, keyed by a fingerprint of the weights: the same weights and data give the same answers
+    cache: dict | None = field(default=None, compare=False, repr=False)
 
     @property
     def codegen_representation(self) -> str:
@@ -717,16 +773,15 @@ def _probe_batches(loader: Iterable, cap: int | None) -> int:
 def _compress_auto(model: nn.Module, cfg: CompressConfig, data: _Data, t0: float) -> CompressionReport:
     """"auto": a short probe of every candidate representation (one epoch on part of the data, one
     round, no factorization) on a copy of the model, then the full run with the one whose probe
-    reached the best validation accuracy within the budget.  The probes share one sensitivity analysis."""
+    reached the best validation accuracy within the budget.  The probes and the full run share their
+    measurements (sensitivity curves, per-layer bits/int8 accuracy) through ``cfg.cache``: each is taken
+    once per distinct set of weights (the float model; its BatchNorm-folded copy)."""
     from dataclasses import replace
 
     initial = int(exact_weight_bytes(model, data.example, "csr").total)
     if initial <= cfg.budget:
         return _compress(model, replace(cfg, representation="csr"), data, t0)
-    sens = cfg.sensitivity
-    if sens is None:
-        sens = sensitivity_analysis(model, data.val, list(cfg.sensitivity_sparsities), device=cfg.device,
-                                    metric=cfg.metric, max_batches=cfg.sensitivity_batches, progress=cfg.progress)
+    cfg = replace(cfg, cache={} if cfg.cache is None else cfg.cache)
     n_probe = _probe_batches(data.train, cfg.max_batches_per_epoch)
     deadline = cfg.deadline
     probe_deadline = None if deadline is None else time.monotonic() + 0.4 * (deadline - time.monotonic())
@@ -735,7 +790,7 @@ def _compress_auto(model: nn.Module, cfg: CompressConfig, data: _Data, t0: float
         pt = time.monotonic()
         pcfg = replace(cfg, representation=rep, num_epochs=1, max_rounds=1, layers_factorization=False,
                        quant_epochs=min(1, cfg.quant_epochs), max_batches_per_epoch=n_probe, progress=False,
-                       sensitivity=sens, deadline=probe_deadline)
+                       deadline=probe_deadline)
         try:
             r = _compress(copy.deepcopy(model), pcfg, _Data(data.train, data.val, data.val, data.example), pt)
         except (BudgetError, WeightSharingError) as exc:  # this representation cannot reach the budget
@@ -781,7 +836,8 @@ def _compress(model: nn.Module, cfg: CompressConfig, data: _Data, t0: float) -> 
         torch.manual_seed(cfg.seed)
         ctx = _Ctx(model, data.train, data.val, cfg.criterion, device, cfg.metric, cfg.optimizer,
                    cfg.max_batches_per_epoch, cfg.progress, cfg.deadline, data.example, cfg.codegen_representation,
-                   quant_epochs=cfg.quant_epochs, tol=cfg.accuracy_tolerance, quant_lr=cfg.quant_learning_rate)
+                   quant_epochs=cfg.quant_epochs, tol=cfg.accuracy_tolerance, quant_lr=cfg.quant_learning_rate,
+                   cache=cfg.cache)
         if cfg.distillation > 0:
             # the uncompressed model teaches the compressed one (Hinton et al.): a frozen copy
             ctx.teacher = copy.deepcopy(model).eval().requires_grad_(False)
@@ -789,7 +845,7 @@ def _compress(model: nn.Module, cfg: CompressConfig, data: _Data, t0: float) -> 
         if quantized:
             ctx.plan = make_plan(model, cfg.codegen_representation, data.val, cfg.accuracy_tolerance, cfg.bits,
                                  device=device, metric=cfg.metric, max_batches=cfg.sensitivity_batches,
-                                 progress=ctx.progress,
+                                 progress=ctx.progress, cache=cfg.cache,
                                  sharing=cfg.representation if cfg.representation in SHARING_METHODS else "cws")
         return _run(ctx, cfg.budget, cfg.num_epochs, cfg.learning_rate, cfg.accuracy_tolerance,
                     cfg.layers_factorization, cfg.max_rounds, cfg.conv_decomposition, cfg.factorization_min_params,
@@ -821,7 +877,8 @@ def _run(ctx: _Ctx, budget, num_epochs, lr, tol, factorize, max_rounds, conv_met
             floor,
         )
     val_before = evaluate(model, ctx.val_loader, ctx.device, ctx.metric)
-    test_before = evaluate(model, test_loader, ctx.device, ctx.metric)
+    test_before = val_before if test_loader is ctx.val_loader else evaluate(model, test_loader, ctx.device,
+                                                                             ctx.metric)
     logger.info("baseline accuracy: val %.4f, test %.4f", val_before, test_before)
     report = CompressionReport(
         target_bytes=budget, initial_bytes=initial_bytes, final_bytes=initial_bytes,
@@ -836,12 +893,26 @@ def _run(ctx: _Ctx, budget, num_epochs, lr, tol, factorize, max_rounds, conv_met
         report.stopped_reason = "model already within budget; nothing to do"
         if ctx.plan is not None:
             report.stopped_reason = "model within budget once quantized; no pruning needed"
+            upgraded = _spend_slack(ctx, budget)
+            if upgraded:
+                report.stopped_reason += f"; the unused budget bought more precision ({upgraded})"
             _quantize_stage(ctx, report, quant_epochs, quant_lr, tol)
         return _finish(report, ctx, test_loader, t0)
 
     try:
+        density = _uniform_density(bm, budget)
+        if factorize and density >= FACTORIZE_BELOW_DENSITY:
+            # pruning alone reaches the budget at a moderate density: a factorization would only spend accuracy
+            factorize = False
+            logger.info("pruning alone reaches the budget at %.1f %% density (>= %.0f %%): no layer separation",
+                        100 * density, 100 * FACTORIZE_BELOW_DENSITY)
+            report.decompositions.append(DecompositionRecord(
+                "*", "none", [], False,
+                f"skipped: pruning alone reaches the budget keeping {100 * density:.1f} % of the weights "
+                f"(separation runs below {100 * FACTORIZE_BELOW_DENSITY:.0f} %)", bm.exact_total, bm.exact_total))
         if factorize:
-            report.decompositions = _factorize_layers(ctx, masks, val_before, tol, lr, 1, conv_method, min_params)
+            report.decompositions = _factorize_layers(ctx, masks, val_before, tol, lr, 1, conv_method, min_params,
+                                                      budget)
             bm = ByteModel(model, ctx.example, ctx.representation, ctx.plan)
             logger.info("after layer separation: %d bytes", bm.exact_total)
             floor = bm.floor()
@@ -861,8 +932,15 @@ def _run(ctx: _Ctx, budget, num_epochs, lr, tol, factorize, max_rounds, conv_met
         names = list(bm.layers)
         if sensitivity is None or any(n not in sensitivity.curves for n in names):
             missing = [n for n in names if sensitivity is None or n not in sensitivity.curves]
-            computed = sensitivity_analysis(model, ctx.val_loader, sens_sparsities, layers=missing, device=ctx.device,
-                                            metric=ctx.metric, max_batches=sens_batches, progress=ctx.progress)
+            key = ("sensitivity", weights_fingerprint(model), id(ctx.val_loader), tuple(sens_sparsities), tuple(missing),
+                   sens_batches)
+            computed = None if ctx.cache is None else ctx.cache.get(key)
+            if computed is None:
+                computed = sensitivity_analysis(model, ctx.val_loader, sens_sparsities, layers=missing,
+                                                device=ctx.device, metric=ctx.metric, max_batches=sens_batches,
+                                                progress=ctx.progress)
+                if ctx.cache is not None:
+                    ctx.cache[key] = computed
             if sensitivity is None:
                 sensitivity = computed
             else:
@@ -950,6 +1028,8 @@ def _run(ctx: _Ctx, budget, num_epochs, lr, tol, factorize, max_rounds, conv_met
             stop_reason = (f"max_rounds={max_rounds} reached: within budget but val accuracy {best[0]:.4f} "
                            f"is below baseline {val_before:.4f} - tolerance {tol}")
 
+    if best is None or best[0] < val_before - tol:
+        report.extra_bytes_per_point = _bytes_for_a_point(numel, min_nnz, bm, drop, budget, initial_bytes)
     if best is not None:
         model.load_state_dict(best[1])
         masks.apply()
@@ -961,6 +1041,32 @@ def _run(ctx: _Ctx, budget, num_epochs, lr, tol, factorize, max_rounds, conv_met
     if ctx.plan is not None:
         _quantize_stage(ctx, report, quant_epochs, quant_lr, tol)
     return _finish(report, ctx, test_loader, t0)
+
+
+def _bytes_for_a_point(numel: dict[str, int], min_nnz: dict[str, int], bm: ByteModel, drop, budget: int,
+                       ceiling: int) -> int | None:
+    """How many more bytes than ``budget`` the sensitivity curves say win back one accuracy point: the
+    allocation at larger budgets (steps of 10 %, up to ``ceiling``) and the summed per-layer drop it
+    predicts (measured before retraining, so an estimate).  None when no larger budget predicts a point."""
+    dense = {n: numel[n] for n in numel}
+
+    def predicted(b: int) -> float | None:
+        try:
+            k = allocate(numel, dense, min_nnz, bm.layer_bytes, drop, bm.fixed, b)
+        except UnreachableBudget:
+            return None
+        return sum(drop(n, 1.0 - k[n] / numel[n]) for n in numel)
+
+    here = predicted(budget)
+    if here is None:
+        return None
+    b = budget
+    while b < ceiling:
+        b = min(ceiling, int(b * 1.1) + 1)
+        d = predicted(b)
+        if d is not None and here - d >= 0.01:
+            return b - budget
+    return None
 
 
 def _calibrate(ctx: _Ctx, masks: _Masks, targets: dict[str, int], alloc_budget: int, budget: int, floor: int,
@@ -1042,6 +1148,68 @@ def _quantize_stage(ctx: _Ctx, report: CompressionReport, epochs: int, lr: float
     report.quantization = note
 
 
+# precision order of the per-layer storage kinds (a later one stores the layer's weights more exactly)
+def _precision(kind: tuple[str, int | None]) -> int:
+    return {"codebook": int(kind[1] or 8), "int8": 9, "csr": 10, "dense": 10}[kind[0]]
+
+
+def _spend_slack(ctx: _Ctx, budget: int) -> str:
+    """The model fits the budget once quantized as planned: spend the bytes left on precision instead of
+    leaving them unused.  Greedily move a layer to a more precise kind of its representation (codebook bits
+    up; for "auto" also int8, float) with the best measured accuracy gain per extra byte (the plan's
+    ``drops``; a tiny bonus per precision step so a tie still buys precision), while the estimate fits;
+    then count exactly and undo the last moves while over.  Returns what changed ("" if nothing)."""
+    from .budget import layer_nbytes
+    from .pruning import weight_matrix_shape
+
+    plan = ctx.plan
+    if plan is None or plan.representation not in ("auto", "codebook") or not plan.drops:
+        return ""
+    comp = find_compressible_layers(ctx.model)
+    exact = int(exact_weight_bytes(ctx.model, ctx.example, ctx.representation, plan).total)
+    geo = {n: (*weight_matrix_shape(m), int((m.weight != 0).sum())) for n, m in comp.items()}
+
+    def size(n: str, kind: tuple[str, int | None]) -> int:
+        r, c, nnz = geo[n]
+        return layer_nbytes(r, c, nnz, kind[0], kind[1])
+
+    slack, moves = budget - exact, []
+    while True:
+        best = None
+        for n, opts in plan.drops.items():
+            if n not in comp:
+                continue
+            cur = plan.kind(n)
+            d0 = opts.get(cur, 0.0)
+            for kind, d in opts.items():
+                if plan.representation == "codebook" and kind[0] != "codebook":
+                    continue
+                if _precision(kind) <= _precision(cur):
+                    continue
+                extra = size(n, kind) - size(n, cur)
+                if extra > slack:
+                    continue
+                gain = max(0.0, d0 - d) + 1e-6 * (_precision(kind) - _precision(cur))
+                score = gain / max(1, extra)
+                if best is None or score > best[0]:
+                    best = (score, n, kind, extra)
+        if best is None:
+            break
+        _, n, kind, extra = best
+        moves.append((n, plan.kind(n)))
+        plan.layers[n] = kind
+        slack -= extra
+    while moves and int(exact_weight_bytes(ctx.model, ctx.example, ctx.representation, plan).total) > budget:
+        n, old = moves.pop()
+        plan.layers[n] = old
+    if not moves:
+        return ""
+    changed = ", ".join(f"{n}={k}{'' if b is None else f'/{b}b'}" for n, (k, b) in
+                        ((n, plan.kind(n)) for n in dict.fromkeys(n for n, _ in moves)))
+    logger.info("budget left once quantized: more precision for %s", changed)
+    return changed
+
+
 def _reachable_floor(bm: ByteModel, model: nn.Module, factorize: bool) -> int:
     """Lower bound of the reachable size: each layer at one nonzero per output row, or (when
     factorization is allowed) its rank-1 factorization at one nonzero per row, whichever is smaller."""
@@ -1089,7 +1257,8 @@ def _finish(report: CompressionReport, ctx: _Ctx, test_loader, t0: float) -> Com
     final = exact_weight_bytes(model, ctx.example, ctx.representation)
     report.final_bytes = int(final.total)
     report.val_accuracy_after = evaluate(model, ctx.val_loader, ctx.device, ctx.metric)
-    report.test_accuracy_after = evaluate(model, test_loader, ctx.device, ctx.metric)
+    report.test_accuracy_after = (report.val_accuracy_after if test_loader is ctx.val_loader else
+                                  evaluate(model, test_loader, ctx.device, ctx.metric))
     report.layers = _layer_rows(model, final, ctx.representation)
     report.wall_time_s = time.monotonic() - t0
     if report.final_bytes > report.target_bytes:  # cannot happen after _enforce_budget; never report "met" if so

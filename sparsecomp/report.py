@@ -92,6 +92,8 @@ class CompressionReport:
     quantization: str = ""  # int8/codebook/auto: the per-layer plan and the accuracy after quantizing
     probes: list[ProbeRecord] = field(default_factory=list)  # representation="auto": what each probe reached
     chosen_by: str = ""  # "auto" when the representation was chosen by probing
+    # criterion missed: bytes beyond the budget that the sensitivity curves predict win back one point
+    extra_bytes_per_point: int | None = None
 
     def hint(self) -> str:
         """When the criterion was missed, what the numbers say may help (empty otherwise)."""
@@ -105,6 +107,10 @@ class CompressionReport:
             if best.val_accuracy - worst.val_accuracy > 0.005:
                 tips.append(f"in the probes {best.representation} reached {100 * best.val_accuracy:.1f} % vs "
                             f"{100 * worst.val_accuracy:.1f} % for {worst.representation} at this budget")
+        if self.extra_bytes_per_point is not None:
+            tips.append(f"the budget needs ~{self.extra_bytes_per_point:,} more bytes for 1 point (a budget of "
+                        f"~{self.target_bytes + self.extra_bytes_per_point:,} B, by the per-layer sensitivity "
+                        "curves measured before retraining)")
         dense_share = [r for r in self.layers if r.density is not None and r.density < 0.1]
         if dense_share:
             tips.append("layers pruned below 10 % density (" + ", ".join(r.name for r in dense_share[:4])

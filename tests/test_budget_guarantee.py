@@ -115,10 +115,12 @@ def test_default_emission_matches_the_budget_checked_with_nm(rep, tmp_path):
     assert nm_weight_bytes(out) == report.final_bytes
 
 
-def test_layer_separation_within_estimate_still_quantizes_and_fits():
+def test_layer_separation_within_estimate_still_quantizes_and_fits(monkeypatch):
     """The LeNet-5 case: after factorization the quantized estimate fit the budget, nothing else ran and
     the float model was emitted at twice the budget.  Now every path ends quantized as planned and
-    measured with codegen."""
+    measured with codegen, and the SVD rank comes from the budget: the model ends near the budget, not at
+    the ~1.6 KB of the rank-4 factorization the accuracy tolerance alone would pick."""
+    monkeypatch.setattr(compress_mod, "FACTORIZE_BELOW_DENSITY", 1.0)  # separate even at this mild budget
     torch.manual_seed(0)
     model = nn.Sequential(nn.Linear(64, 96), nn.ReLU(), nn.Linear(96, 4))
     with torch.no_grad():  # a rank-4 first layer: SVD keeps it exactly
@@ -128,8 +130,25 @@ def test_layer_separation_within_estimate_still_quantizes_and_fits():
     budget = 2000  # float after SVD ~ 4 KB, int8 after SVD ~ 1.6 KB
     report = compress_NN_models(model, f"{budget}B", loader, loader, val_loader=loader, representation="auto",
                                 factorization_min_params=64, **{**TINY, "quant_epochs": 0})
-    assert any(d.accepted for d in report.decompositions)
+    kept = [d for d in report.decompositions if d.accepted]
+    assert kept and kept[0].ranks[0] > 4, report
     assert weight_bytes(model, torch.randn(1, 64), "auto").total == report.final_bytes <= budget
+    assert report.final_bytes >= 0.9 * budget, report
+
+
+def test_no_layer_separation_when_pruning_alone_reaches_the_budget_easily():
+    """A budget that pruning reaches keeping far more than FACTORIZE_BELOW_DENSITY of the weights: no
+    factorization is tried (it would only spend accuracy), and the report says why."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(64, 96), nn.ReLU(), nn.Linear(96, 4))
+    x = torch.randn(64, 64)
+    loader = DataLoader(TensorDataset(x, model(x).argmax(1)), batch_size=32)
+    report = compress_NN_models(model, "3000B", loader, loader, val_loader=loader, representation="int8",
+                                factorization_min_params=64, **TINY)
+    assert [d.method for d in report.decompositions] == ["none"]
+    assert "skipped: pruning alone" in report.decompositions[0].reason
+    assert isinstance(model[0], nn.Linear) and isinstance(model[2], nn.Linear), "no layer was replaced"
+    assert report.final_bytes <= 3000
 
 
 def _ctx(model, loader):

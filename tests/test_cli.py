@@ -185,11 +185,20 @@ def test_compress_then_emit_end_to_end(rep, tmp_path, monkeypatch, capsys):
     assert rc == 0, text
     info = json.loads((out / "report.json").read_text())
     assert info["emit"]["representation"] == rep and info["final_bytes"] <= 2500
-    assert f"--representation {rep}" in text
+    assert f"{rep}, from report.json" in text
     emitted = tmp_path / "c"
+    # no --representation: emit reads the budgeted one from the report.json beside model.pt
     assert cli.main(["emit", "cli_bn_models:net", "--weights", str(out / "model.pt"), "--input-shape", "1,1,8,8",
-                     "--representation", rep, "-o", str(emitted)]) == 0
-    assert f"{info['final_bytes']} weight bytes" in capsys.readouterr().out
+                     "-o", str(emitted)]) == 0
+    text = capsys.readouterr().out
+    assert f"as {rep}: {info['final_bytes']} weight bytes" in text and "the compressor budgeted" in text
+    # a report naming no known representation is a clear error, not a silent csr emission
+    bad = json.loads((out / "report.json").read_text())
+    bad["emit"]["representation"] = "zip"
+    (out / "report.json").write_text(json.dumps(bad))
+    assert cli.main(["emit", "cli_bn_models:net", "--weights", str(out / "model.pt"), "--input-shape", "1,1,8,8",
+                     "-o", str(tmp_path / "c2")]) == 2
+    assert "'zip'" in capsys.readouterr().err
     if shutil.which("make") and (shutil.which("cc") or shutil.which("gcc")):
         run = subprocess.run(["make", "-s", "-C", str(emitted), "check"], capture_output=True, text=True)
         assert run.returncode == 0, run.stdout + run.stderr

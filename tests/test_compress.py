@@ -105,8 +105,9 @@ def test_dense_representation_and_kib_budget(model, digits):
     assert any(d.accepted for d in report.decompositions)
 
 
-def test_decomposition_keeps_nested_layers_emittable(model, digits, tmp_path):
+def test_decomposition_keeps_nested_layers_emittable(model, digits, tmp_path, monkeypatch):
     train, val, test = digits
+    monkeypatch.setattr(compress_mod, "FACTORIZE_BELOW_DENSITY", 1.0)  # separate even at this mild budget
     report = compress_NN_models(model, 12, train, test, val_loader=val, layers_factorization=True,
                                 factorization_min_params=1000, **CSR)
     kept = [d for d in report.decompositions if d.accepted]
@@ -126,6 +127,7 @@ def test_failed_decomposition_is_reported_not_swallowed(model, digits, monkeypat
 
     monkeypatch.setattr(compress_mod, "tucker2_conv", boom)
     monkeypatch.setattr(compress_mod, "svd_linear", boom)
+    monkeypatch.setattr(compress_mod, "FACTORIZE_BELOW_DENSITY", 1.0)
     report = compress_NN_models(model, 12, train, test, val_loader=val, factorization_min_params=1000, **CSR)
     failed = [d for d in report.decompositions if not d.accepted]
     assert failed and all("synthetic tensorly failure" in d.reason for d in failed)
