@@ -13,7 +13,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from codegen import emit, formats, ir
+from codegen import emit, formats, ir, tiling
+from codegen.resources import runtime_dir
 from codegen.emission import (  # noqa: F401 - public names re-exported by codegen.api
     ATOL,
     RTOL,
@@ -106,6 +107,8 @@ def save_compressed_model(
     concrete_args: dict | None = None,
     integer: bool = False,
     calibration_data=None,
+    ram_budget: int | None = None,
+    tiling_stages: list[tiling.Stage] | None = None,
 ) -> EmitResult:
     """Emits the model as a self-contained C directory (its layout: docs/architecture.md, "The emitted directory").
 
@@ -128,6 +131,14 @@ def save_compressed_model(
     that its output is within ``tolerance`` of PyTorch's float output (default
     ``codegen.integer.float_tolerance``: 8 % of max|output| + 2 output quantization steps).
 
+    ``ram_budget`` (bytes of activation RAM, MODEL_ARENA_BYTES): when layer-by-layer execution needs
+    more, the first layers run as a tiled stage (codegen/tiling.py: depth-first over spatial tiles,
+    halos recomputed); of the schedules that fit, the one with the fewest extra MACs is emitted, and
+    report.json's ``tiling`` section lists the stage, its tile grid, the peak RAM and the extra MACs.
+    No schedule fits: CodegenError naming the layer that sets the smallest arena reachable, and that
+    figure. ``tiling_stages`` forces the given ``tiling.Stage`` list instead (graph op indices, see
+    ``build_graph``). Float models only for now.
+
     >>> net = torch.nn.Sequential(torch.nn.Conv2d(1, 4, 3), torch.nn.ReLU(), torch.nn.Flatten(),
     ...                           torch.nn.Linear(4 * 6 * 6, 10))
     >>> res = save_compressed_model(net, "csr", torch.randn(1, 1, 8, 8), "/tmp/doc_model",
@@ -135,6 +146,9 @@ def save_compressed_model(
     >>> res.weight_bytes                                                  # doctest: +SKIP
     5960
     """
+    if integer and (ram_budget is not None or tiling_stages):
+        raise CodegenError("tiled execution (ram_budget, tiling_stages) is implemented for float models only; "
+                           "drop integer=True or the RAM budget")  # fmt: skip
     if integer:
         return save_integer_model(
             model, representation, input_data, directory, calibration_data=calibration_data,
@@ -149,6 +163,13 @@ def save_compressed_model(
     example = example_from(input_data if input_data is not None else tuple(input_shape))
     g, mem = build_graph(model, example, representation, prefix, leaf_modules, concrete_args)
     name = type(model).__name__
+    schedule = None
+    if tiling_stages:
+        schedule = tiling.plan_schedule(g, list(tiling_stages))
+    elif ram_budget is not None:
+        schedule = tiling.choose_schedule(g, int(ram_budget))
+    if schedule is not None:
+        mem = schedule.memory
     report = build_report(g, mem, prefix, representation, name)
     test_io = None
     if input_data is not None:
@@ -163,7 +184,16 @@ def save_compressed_model(
         test_io = (example.numpy().astype(np.float32), y.astype(np.float32), tol, doc)
         report["test"] = {"tolerance": tol, "max_abs_output": float(np.max(np.abs(y)))}
     e = Emission(g, mem, prefix, representation, name, report, test_io)
+    if schedule is not None:
+        report["tiling"] = schedule.report(g)
+        if schedule.stages:
+            e.extra_context = tiling.emission_context(g, schedule, emit.model_runtime_headers(g))
+            e.add_files = _add_tile_runtime
     return write_emission(e, directory, overwrite)
+
+
+def _add_tile_runtime(r: emit.Rendered) -> None:
+    r.copies[f"runtime/{tiling.TILE_HEADER}"] = runtime_dir() / tiling.TILE_HEADER
 
 
 @dataclass
