@@ -14,7 +14,6 @@ import numpy as np
 import torch
 
 from codegen import emit, formats, ir, tiling
-from codegen.resources import runtime_dir
 from codegen.emission import (  # noqa: F401 - public names re-exported by codegen.api
     ATOL,
     RTOL,
@@ -35,6 +34,7 @@ from codegen.errors import CodegenError
 from codegen.integer_emit import save_integer_model
 from codegen.lower import lower
 from codegen.memory import GraphMemory, plan_graph
+from codegen.resources import runtime_dir
 from codegen.trace import example_from, prepare_model, trace
 
 log = logging.getLogger(__name__)

@@ -30,7 +30,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import NamedTuple
 
 from codegen import ir
@@ -73,7 +73,7 @@ def _axis(o0: int, o1: int, k: int, s: int, p: int, d: int, n: int) -> tuple[int
     lo, hi = n, -1
     for j in range(k):
         off = j * d - p
-        first = max(o0, -(-(-off) // s))  # smallest o with o*s + off >= 0
+        first = max(o0, -(off // s))  # smallest o with o*s + off >= 0: ceil(-off / s)
         if first < o1 and first * s + off < n:
             lo = min(lo, first * s + off)
         last = min(o1 - 1, (n - 1 - off) // s)  # largest o with o*s + off <= n-1
@@ -361,40 +361,71 @@ def plan_schedule(g: ir.Graph, stages: list[Stage]) -> Schedule:
     return Schedule(plans, mem, layerwise)
 
 
-def candidate_stages(g: ir.Graph) -> list[int]:
-    """Indices ``last`` such that ops 0..last form a tiled stage starting at the model input."""
+def candidate_stages(g: ir.Graph, first: int = 0) -> list[int]:
+    """Indices ``last`` such that ops first..last form a tiled stage (one input, nothing of it used later)."""
     out = []
-    for last in range(len(g.ops)):
+    for last in range(first, len(g.ops)):
         if tileable(g.ops[last], g):
             break
         try:
-            stage_io(g, Stage(0, last, (1, 1)))
+            stage_io(g, Stage(first, last, (1, 1)))
         except CodegenError:
             continue
         out.append(last)
     return out
 
 
-def schedules(g: ir.Graph, max_grid: int = MAX_GRID) -> list[Schedule]:
-    """Every one-stage schedule the planner considers: ops 0..last (each candidate) on nh x nw tiles,
-    1 <= nh, nw <= max_grid (and the output size), not 1x1. A tqdm bar shows progress on large models."""
+def grids(h: int, w: int, max_grid: int = MAX_GRID) -> list[tuple[int, int]]:
+    """The tile grids tried on an h x w output: near-square (rows and columns differ by at most one),
+    at most ``max_grid`` per side and the output size, not 1x1; 1 x n for 1-D signals (h == 1)."""
+    if h == 1:
+        return [(1, n) for n in range(2, min(max_grid, w) + 1)]
+    return [(a, b) for a in range(1, min(max_grid, h) + 1) for b in range(max(1, a - 1), min(max_grid, w, a + 1) + 1)
+            if a * b > 1]  # fmt: skip
+
+
+def _plan_all(g: ir.Graph, todo: list[list[Stage]]) -> list[Schedule]:
     from tqdm import tqdm
 
+    return [plan_schedule(g, st) for st in tqdm(todo, desc="tiling schedules", disable=len(todo) < 200)]
+
+
+def schedules(g: ir.Graph, max_grid: int = MAX_GRID) -> list[Schedule]:
+    """Every one-stage schedule the planner considers: ops 0..last (each candidate) on each of ``grids``.
+    A tqdm bar shows progress on large models."""
     todo = []
     for last in candidate_stages(g):
         h, w = _chw(g.values[g.ops[last].output].shape)[1:]
-        todo += [Stage(0, last, (nh, nw)) for nh in range(1, min(max_grid, h) + 1)
-                 for nw in range(1, min(max_grid, w) + 1) if nh * nw > 1]  # fmt: skip
-    return [plan_schedule(g, [s]) for s in tqdm(todo, desc="tiling schedules", disable=len(todo) < 200)]
+        todo += [[Stage(0, last, grid)] for grid in grids(h, w, max_grid)]
+    return _plan_all(g, todo)
+
+
+def second_stages(g: ir.Graph, firsts: list[Schedule], max_grid: int = MAX_GRID) -> list[Schedule]:
+    """Two-stage schedules: each one-stage schedule of ``firsts`` plus a stage right after it (when a
+    layer after the first stage sets the peak, e.g. an expansion layer at the resolution it ends at)."""
+    todo = []
+    for s in firsts:
+        nxt = s.stages[0].stage.last + 1
+        for last in candidate_stages(g, nxt) if nxt < len(g.ops) else []:
+            h, w = _chw(g.values[g.ops[last].output].shape)[1:]
+            todo += [[s.stages[0].stage, Stage(nxt, last, grid)] for grid in grids(h, w, max_grid)]
+    return _plan_all(g, todo)
+
+
+SECOND_STAGE_SEEDS = 4  # one-stage schedules (lowest peak) extended by a second stage when none fits
 
 
 def choose_schedule(g: ir.Graph, ram_budget: int) -> Schedule:
-    """The schedule of fewest extra MACs whose arena fits ``ram_budget`` bytes (layer by layer first), or
-    CodegenError naming the layer that sets the smallest arena reachable."""
+    """The schedule of fewest extra MACs whose arena fits ``ram_budget`` bytes: layer by layer, else one
+    tiled stage from the input, else two stages; or CodegenError naming the layer that sets the smallest
+    arena reachable."""
     best = plan_schedule(g, [])
     if best.memory.arena_bytes <= ram_budget:
         return best
     tried = [best, *schedules(g)]
+    if not any(s.memory.arena_bytes <= ram_budget for s in tried):
+        seeds = sorted(tried[1:], key=lambda s: (s.memory.arena_bytes, s.extra_macs))[:SECOND_STAGE_SEEDS]
+        tried += second_stages(g, seeds)
     fits = [s for s in tried if s.memory.arena_bytes <= ram_budget]
     if fits:
         choice = min(fits, key=lambda s: (s.extra_macs, s.memory.arena_bytes))

@@ -10,6 +10,7 @@ one run on the emulated M4.
 from __future__ import annotations
 
 import itertools
+import os
 import re
 
 import numpy as np
@@ -28,7 +29,6 @@ from codegen.ops.conv import Conv2d
 from codegen.ops.eltwise import Binary
 from codegen.ops.pool import Pool2d
 from codegen.tiling import Rect, Stage, input_rect
-
 
 # ---- geometry (no C) --------------------------------------------------------------------------------
 
@@ -212,6 +212,13 @@ def test_tiled_parity_awkward(tmp_path, representation, grid):
     assert "runtime/sc_tile.h" in rep["files"]
 
 
+def test_two_tiled_stages_parity(tmp_path):
+    """A stage on the model input, then one whose input (used twice: depthwise and the residual add)
+    lives in the arena."""
+    res, d = _emit_verify(_awkward(), AWKWARD_SHAPE, tmp_path, tiling_stages=[Stage(0, 0, (3, 3)), Stage(1, 5, (2, 2))])
+    assert [s["grid"] for s in res.report["tiling"]["stages"]] == [[3, 3], [2, 2]]
+
+
 def test_tiled_conv1d_and_pool_without_padding(tmp_path):
     net = nn.Sequential(nn.Conv1d(2, 6, 5, stride=2, padding=3), nn.ReLU(), nn.MaxPool1d(2),
                         nn.Conv1d(6, 6, 3, padding=1, groups=6), nn.Flatten(), nn.Linear(6 * 13, 3)).eval()
@@ -235,6 +242,16 @@ def test_ram_budget_hits(tmp_path):
     assert t["extra_macs"] == min(s.extra_macs for s in every if s.memory.arena_bytes <= budget)
 
 
+def test_second_stage_when_one_is_not_enough():
+    net = nn.Sequential(nn.Conv2d(3, 8, 3, 2, 1), nn.ReLU(), nn.Conv2d(8, 8, 3, 1, 1, groups=8), nn.Flatten(),
+                        nn.Linear(8 * 10 * 10, 3)).eval()
+    g, _ = build_graph(net, (1, 3, 20, 20), "dense")
+    one = tiling.schedules(g)
+    assert len(one) == len(tiling.grids(10, 10)) * 2 and (3, 4) in tiling.grids(10, 10)
+    two = tiling.second_stages(g, one[:1])
+    assert two and all([p.stage.first for p in s.stages] == [0, 1] for s in two)
+
+
 def test_ram_budget_not_needed_keeps_layer_by_layer(tmp_path):
     net = _awkward()
     _, mem = build_graph(net, AWKWARD_SHAPE, "dense")
@@ -256,3 +273,32 @@ def test_ram_budget_refuses_clearly(tmp_path):
     with pytest.raises(CodegenError, match="float models only"):
         save_compressed_model(net, "int8", input_shape=(1, 3, 9, 9), directory=tmp_path / "m", ram_budget=100,
                               integer=True, calibration_data=torch.randn(4, 3, 9, 9))
+
+
+@pytest.mark.board
+def test_tiled_model_on_the_emulated_m4(tmp_path):
+    """The tiled awkward model on the Cortex-M4F (QEMU): self-test passes, the arena symbol is the
+    planner's tiled figure, and the instruction count is measured against the untiled build."""
+    from codegen import board as cboard
+
+    ok, reason = cboard.board_toolchain_available()
+    if not ok:
+        if os.environ.get("SPARSECOMP_REQUIRE_BOARD") == "1":
+            pytest.fail(f"Cortex-M board toolchain not available: {reason}")
+        pytest.skip(f"Cortex-M board toolchain not available: {reason}")
+    net = _sparsify(_awkward(), 0.5)
+    x = torch.randn(AWKWARD_SHAPE, generator=torch.Generator().manual_seed(3))
+    g, mem = build_graph(net, x, "csr")
+    last = tiling.candidate_stages(g)[-1]
+    tiled = save_compressed_model(net, "csr", x, tmp_path / "tiled", tiling_stages=[Stage(0, last, (3, 2))])
+    plain = save_compressed_model(net, "csr", x, tmp_path / "plain")
+    runs = {}
+    for name in ("tiled", "plain"):
+        r = cboard.run(tmp_path / name, "m4", profile=True)
+        assert r.passed, r.stdout + r.stderr
+        runs[name] = r.profile.total_instructions
+    assert tiled.arena_bytes == tiled.report["tiling"]["peak_ram_bytes"]
+    assert plain.arena_bytes == mem.arena_bytes == tiled.report["tiling"]["layerwise_arena_bytes"]
+    m = cboard.measure(tmp_path / "tiled")
+    assert m.arena_bytes == tiled.arena_bytes
+    assert runs["tiled"] > runs["plain"]  # the halos are recomputed, and the copies cost
