@@ -3,8 +3,8 @@
 For LeNet-5 and DS-CNN (tests/models.py, trained-like and pruned, "csr") and torchvision's
 mobilenet_v2 (width 0.35, 96x96, random weights and BatchNorm statistics, "dense") it prints the
 layer-by-layer arena (MODEL_ARENA_BYTES today) and, over the schedules the planner considers (one
-tiled stage from the input on near-square grids up to 8x8, and a second stage after the 4 one-stage
-schedules of lowest peak), the lowest peak RAM with at most 20 % extra MACs and the lowest peak at
+tiled stage from the input on near-square grids up to 8x8, and a second stage after the one-stage
+schedules of ``tiling.pareto_seeds``), the lowest peak RAM with at most 20 % extra MACs and the lowest peak at
 all, with the stages, grids and extra MACs. With --board it emits the <= 20 % schedule and the untiled
 model, checks both against PyTorch through gcc and counts instructions of one inference on the
 emulated Cortex-M4F (QEMU -icount). Target of the issue: peak <= 1/4 of layer by layer with <= 20 %
@@ -70,8 +70,7 @@ def run(name: str, board: bool) -> list[str]:
     g, mem = build_graph(model, xs[:1], representation)
     total = sum(op.macs() for op in g.ops)
     one = tiling.schedules(g)
-    seeds = sorted(one, key=lambda s: (s.memory.arena_bytes, s.extra_macs))[: tiling.SECOND_STAGE_SEEDS]
-    every = [tiling.plan_schedule(g, []), *one, *tiling.second_stages(g, seeds)]
+    every = [tiling.plan_schedule(g, []), *one, *tiling.second_stages(g, tiling.pareto_seeds(one))]
     ok = [s for s in every if s.extra_macs <= MAX_EXTRA * total]
     capped = min(ok, key=lambda s: (s.memory.arena_bytes, s.extra_macs))
     lowest = min(every, key=lambda s: (s.memory.arena_bytes, s.extra_macs))

@@ -412,20 +412,31 @@ def second_stages(g: ir.Graph, firsts: list[Schedule], max_grid: int = MAX_GRID)
     return _plan_all(g, todo)
 
 
-SECOND_STAGE_SEEDS = 4  # one-stage schedules (lowest peak) extended by a second stage when none fits
+SECOND_STAGE_SEEDS = 6  # one-stage schedules extended by a second stage when none fits
+
+
+def pareto_seeds(one: list[Schedule], n: int = SECOND_STAGE_SEEDS) -> list[Schedule]:
+    """Up to ``n`` one-stage schedules on the front of (extra MACs, peak): none of the others has both
+    fewer extra MACs and a lower peak; spread evenly along the front when it holds more."""
+    front: list[Schedule] = []
+    for s in sorted(one, key=lambda s: (s.extra_macs, s.memory.arena_bytes)):
+        if not front or s.memory.arena_bytes < front[-1].memory.arena_bytes:
+            front.append(s)
+    if len(front) <= n:
+        return front
+    return [front[round(i * (len(front) - 1) / (n - 1))] for i in range(n)]
 
 
 def choose_schedule(g: ir.Graph, ram_budget: int) -> Schedule:
     """The schedule of fewest extra MACs whose arena fits ``ram_budget`` bytes: layer by layer, else one
-    tiled stage from the input, else two stages; or CodegenError naming the layer that sets the smallest
+    tiled stage from the input, else two stages (``pareto_seeds`` extended); or CodegenError naming the layer that sets the smallest
     arena reachable."""
     best = plan_schedule(g, [])
     if best.memory.arena_bytes <= ram_budget:
         return best
     tried = [best, *schedules(g)]
     if not any(s.memory.arena_bytes <= ram_budget for s in tried):
-        seeds = sorted(tried[1:], key=lambda s: (s.memory.arena_bytes, s.extra_macs))[:SECOND_STAGE_SEEDS]
-        tried += second_stages(g, seeds)
+        tried += second_stages(g, pareto_seeds(tried[1:]))
     fits = [s for s in tried if s.memory.arena_bytes <= ram_budget]
     if fits:
         choice = min(fits, key=lambda s: (s.extra_macs, s.memory.arena_bytes))

@@ -248,6 +248,10 @@ def test_second_stage_when_one_is_not_enough():
     g, _ = build_graph(net, (1, 3, 20, 20), "dense")
     one = tiling.schedules(g)
     assert len(one) == len(tiling.grids(10, 10)) * 2 and (3, 4) in tiling.grids(10, 10)
+    seeds = tiling.pareto_seeds(one)
+    assert seeds[0].extra_macs == min(s.extra_macs for s in one)
+    assert all(a.extra_macs < b.extra_macs and a.memory.arena_bytes > b.memory.arena_bytes
+               for a, b in zip(seeds, seeds[1:]))
     two = tiling.second_stages(g, one[:1])
     assert two and all([p.stage.first for p in s.stages] == [0, 1] for s in two)
 
