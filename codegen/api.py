@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from codegen import emit, formats, ir
+from codegen import emit, formats, ir, tiling
 from codegen.emission import (  # noqa: F401 - public names re-exported by codegen.api
     ATOL,
     RTOL,
@@ -35,6 +35,7 @@ from codegen.export_frontend import trace_model
 from codegen.integer_emit import save_integer_model
 from codegen.lower import lower
 from codegen.memory import GraphMemory, plan_graph
+from codegen.resources import runtime_dir
 from codegen.trace import example_from, prepare_model
 
 log = logging.getLogger(__name__)
@@ -130,6 +131,8 @@ def save_compressed_model(
     quantize: bool = False,
     codebook_bits: int = 4,
     arduino: bool = False,
+    ram_budget: int | None = None,
+    tiling_stages: list[tiling.Stage] | None = None,
 ) -> EmitResult:
     """Emits the model as a self-contained C directory (its layout: docs/architecture.md, "The emitted directory").
 
@@ -162,6 +165,13 @@ def save_compressed_model(
     The directory always holds a CMakeLists.txt (a static library target named ``prefix``, for
     ``add_subdirectory`` from a Zephyr / ESP-IDF / STM32Cube / plain CMake project); ``arduino=True`` also
     lays it out as an Arduino library (library.properties, src/, examples/<prefix>_run/).
+    ``ram_budget`` (bytes of activation RAM, MODEL_ARENA_BYTES): when layer-by-layer execution needs
+    more, the first layers run as a tiled stage (codegen/tiling.py: depth-first over spatial tiles,
+    halos recomputed); of the schedules that fit, the one with the fewest extra MACs is emitted, and
+    report.json's ``tiling`` section lists the stage, its tile grid, the peak RAM and the extra MACs.
+    No schedule fits: CodegenError naming the layer that sets the smallest arena reachable, and that
+    figure. ``tiling_stages`` forces the given ``tiling.Stage`` list instead (graph op indices, see
+    ``build_graph``). Float models only for now.
 
     >>> net = torch.nn.Sequential(torch.nn.Conv2d(1, 4, 3), torch.nn.ReLU(), torch.nn.Flatten(),
     ...                           torch.nn.Linear(4 * 6 * 6, 10))
@@ -174,6 +184,9 @@ def save_compressed_model(
     if quantize and integer:
         raise CodegenError("quantize=True makes weight-only int8/codebook weights for float inference; integer=True "
                            "quantizes weights and activations by itself: use one of them")  # fmt: skip
+    if integer and (ram_budget is not None or tiling_stages):
+        raise CodegenError("tiled execution (ram_budget, tiling_stages) is implemented for float models only; "
+                           "drop integer=True or the RAM budget")  # fmt: skip
     if integer:
         return save_integer_model(
             model, representation, input_data, directory, calibration_data=calibration_data,
@@ -196,6 +209,13 @@ def save_compressed_model(
         model, quant_report = _quantized(model, representation, codebook_bits, probe)
     g, mem = build_graph(model, example, representation, prefix, leaf_modules, concrete_args)
     name = type(model).__name__
+    schedule = None
+    if tiling_stages:
+        schedule = tiling.plan_schedule(g, list(tiling_stages))
+    elif ram_budget is not None:
+        schedule = tiling.choose_schedule(g, int(ram_budget))
+    if schedule is not None:
+        mem = schedule.memory
     report = build_report(g, mem, prefix, representation, name)
     if quant_report is not None:
         report["quantization"] = quant_report
@@ -212,7 +232,18 @@ def save_compressed_model(
         test_io = (example.numpy().astype(np.float32), y.astype(np.float32), tol, doc)
         report["test"] = {"tolerance": tol, "max_abs_output": float(np.max(np.abs(y)))}
     e = Emission(g, mem, prefix, representation, name, report, test_io, arduino=arduino)
+    if schedule is not None:
+        report["tiling"] = schedule.report(g)
+        if schedule.stages:
+            e.extra_context = tiling.emission_context(g, schedule, emit.model_runtime_headers(g))
+            e.add_files = _add_tile_runtime
     return write_emission(e, directory, overwrite)
+
+
+def _add_tile_runtime(r: emit.Rendered) -> None:
+    r.copies[f"runtime/{tiling.TILE_HEADER}"] = runtime_dir() / tiling.TILE_HEADER
+
+
 
 
 def _quantized(model: torch.nn.Module, representation: str, bits: int,

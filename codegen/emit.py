@@ -92,6 +92,12 @@ def _environment(extra_dirs: tuple[str, ...]) -> jinja2.Environment:
     return env
 
 
+def model_runtime_headers(g: ir.Graph) -> list[str]:
+    """The runtime headers model.c includes: those of the ops' kernels and of their weight encodings."""
+    return sorted({h for op in g.ops for h in op.runtime}
+                  | {h for op in g.ops for e in op.encoded.values() for h in e.runtime})  # fmt: skip
+
+
 @dataclass
 class Rendered:
     files: dict[str, str] = field(default_factory=dict)  # relative path -> text
@@ -136,8 +142,7 @@ def render(
 
     weighted = [op for op in g.ops if op.encoded]
     layer_headers = [f"{op.name}.h" for op in weighted]
-    runtime_headers = sorted({h for op in g.ops for h in op.runtime}
-                             | {h for op in g.ops for e in op.encoded.values() for h in e.runtime})
+    runtime_headers = model_runtime_headers(g)
     # sc_act compiles only the activations the model uses (a ReLU model links no expf/tanhf)
     acts = {getattr(op, "act", ir.NO_ACT).kind for op in g.ops}
     act_mask = sum(1 << i for i, kind in enumerate(ir.ACTIVATIONS) if kind in acts and kind != "none")

@@ -1,0 +1,113 @@
+"""Tiled execution (codegen/tiling.py, issue 17): peak activation RAM against the layer-by-layer arena.
+
+For LeNet-5 and DS-CNN (tests/models.py, trained-like and pruned, "csr") and torchvision's
+mobilenet_v2 (width 0.35, 96x96, random weights and BatchNorm statistics, "dense") it prints the
+layer-by-layer arena (MODEL_ARENA_BYTES today) and, over the schedules the planner considers (one
+tiled stage from the input on near-square grids up to 8x8, and a second stage after the one-stage
+schedules of ``tiling.pareto_seeds``), the lowest peak RAM with at most 20 % extra MACs and the lowest peak at
+all, with the stages, grids and extra MACs. With --board it emits the <= 20 % schedule and the untiled
+model, checks both against PyTorch through gcc and counts instructions of one inference on the
+emulated Cortex-M4F (QEMU -icount). Target of the issue: peak <= 1/4 of layer by layer with <= 20 %
+extra MACs on mobilenet_v2 w0.35 96x96. Usage:
+
+    .venv/bin/python benchmarks/tiling.py [--models lenet5,ds_cnn,mobilenet_v2_035_96] [--board]
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+import tempfile
+from pathlib import Path
+
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "tests"))
+
+from codegen import board as cboard  # noqa: E402
+from codegen import tiling  # noqa: E402
+from codegen.api import build_graph, save_compressed_model, verify  # noqa: E402
+
+MAX_EXTRA = 0.20
+
+
+def _mobilenet_v2():
+    from helpers import randomize_batchnorm
+    from zoo import import_torchvision
+
+    torch.manual_seed(0)
+    m = import_torchvision().models.mobilenet_v2(weights=None, width_mult=0.35, num_classes=10)
+    return randomize_batchnorm(m).eval(), torch.randn(3, 3, 96, 96, generator=torch.Generator().manual_seed(1))
+
+
+def _e2e(name: str):
+    from models import build_model, sample_inputs
+
+    m, _ = build_model(name)
+    return m.eval(), sample_inputs(name, 3)
+
+
+MODELS = {
+    "lenet5": (lambda: _e2e("lenet5"), "csr"),
+    "ds_cnn": (lambda: _e2e("ds_cnn"), "csr"),
+    "mobilenet_v2_035_96": (_mobilenet_v2, "dense"),
+}
+
+
+def _describe(g, s: tiling.Schedule) -> str:
+    if not s.stages:
+        return "layer by layer"
+    return "; ".join(f"{g.ops[p.stage.first].source}..{g.ops[p.stage.last].source} "
+                     f"{p.stage.grid[0]}x{p.stage.grid[1]}" for p in s.stages)  # fmt: skip
+
+
+def run(name: str, board: bool) -> list[str]:
+    make, representation = MODELS[name]
+    model, xs = make()
+    g, mem = build_graph(model, xs[:1], representation)
+    total = sum(op.macs() for op in g.ops)
+    one = tiling.schedules(g)
+    every = [tiling.plan_schedule(g, []), *one, *tiling.second_stages(g, tiling.pareto_seeds(one))]
+    ok = [s for s in every if s.extra_macs <= MAX_EXTRA * total]
+    capped = min(ok, key=lambda s: (s.memory.arena_bytes, s.extra_macs))
+    lowest = min(every, key=lambda s: (s.memory.arena_bytes, s.extra_macs))
+    rows = []
+    insns = {}
+    if board and capped.stages:  # nothing to compare when layer by layer is the schedule kept
+        with tempfile.TemporaryDirectory() as tmp:
+            for tag, stages in (("untiled", []), ("tiled", [p.stage for p in capped.stages])):
+                d = Path(tmp) / tag
+                kw = {"tiling_stages": stages} if stages else {}
+                save_compressed_model(model, representation, xs[:1], d, **kw)
+                v = verify(model, d, xs)
+                logging.info("%s %s: max abs error %.3g (rel %.3g)", name, tag, v.max_abs_error, v.max_rel_error)
+                insns[tag] = cboard.profile(d, "m4").total_instructions
+    for what, s in (("<= 20 % extra MACs", capped), ("lowest peak", lowest)):
+        m4 = ""
+        if insns and s is capped:
+            m4 = f"{insns['tiled']:,} vs {insns['untiled']:,} ({insns['tiled'] / insns['untiled']:.2f}x)"
+        rows.append(f"| {name} | {what} | {mem.arena_bytes:,} | {s.memory.arena_bytes:,} | "
+                    f"{s.memory.arena_bytes / mem.arena_bytes:.3f} | {100 * s.extra_macs / total:.1f} % | "
+                    f"{_describe(g, s)} | {m4} |")  # fmt: skip
+    return rows
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--models", default=",".join(MODELS))
+    ap.add_argument("--board", action="store_true", help="emit, check with gcc and count M4 instructions")
+    args = ap.parse_args()
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    print("| model | schedule | layer-wise arena (B) | tiled peak (B) | peak / layer-wise | extra MACs | stages "
+          "(first..last layer, grid) | M4 instructions tiled vs untiled |")
+    print("|---|---|---:|---:|---:|---:|---|---|")
+    for name in args.models.split(","):
+        for row in run(name, args.board):
+            print(row, flush=True)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,308 @@
+"""Tiled (patch-based) execution and the RAM budget (codegen/tiling.py, issue 17).
+
+Geometry first, without C: receptive fields against brute force, and the tile program run with
+PyTorch on tile-sized planes (tile-local shapes and padding) against the whole model. Then parity
+through gcc on awkward shapes (odd sizes, stride 2, padding at the tile borders, dilation, depthwise +
+pointwise chains, a residual add), the arena the planner's figure, the RAM budget hit and refused, and
+one run on the emulated M4.
+"""
+
+from __future__ import annotations
+
+import itertools
+import os
+import re
+
+import numpy as np
+import pytest
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from helpers import assert_parity, read_report
+
+from codegen import tiling
+from codegen.api import build_graph, save_compressed_model, verify
+from codegen.errors import CodegenError
+from codegen.ops.activation import Act
+from codegen.ops.batchnorm import ChannelAffine
+from codegen.ops.conv import Conv2d
+from codegen.ops.eltwise import Binary
+from codegen.ops.pool import Pool2d
+from codegen.tiling import Rect, Stage, input_rect
+
+# ---- geometry (no C) --------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("k,s,p,d,n", [(3, 1, 1, 1, 7), (3, 2, 1, 1, 9), (5, 2, 2, 1, 11), (3, 1, 2, 2, 8),
+                                       (2, 2, 0, 1, 7), (1, 2, 0, 1, 5), (3, 3, 4, 1, 6), (7, 1, 3, 3, 13)])
+def test_input_rect_is_the_brute_force_receptive_field(k, s, p, d, n):
+    n_out = (n + 2 * p - d * (k - 1) - 1) // s + 1
+    for o0, o1 in itertools.combinations(range(n_out + 1), 2):
+        rows = {o * s - p + j * d for o in range(o0, o1) for j in range(k)} & set(range(n))
+        r = input_rect(Rect(o0, o1, 0, 1), kernel=(k, 1), stride=(s, 1), padding=(p, 0), dilation=(d, 1), hw=(n, 1))
+        if rows:
+            assert (r.y0, r.y1) == (min(rows), max(rows) + 1), (o0, o1)
+        else:
+            assert r.h == 0
+
+
+@pytest.mark.parametrize("shape,grid", [((3, 7, 5), (2, 2)), ((1, 1, 9), (1, 4)), ((2, 13, 11), (5, 3))])
+def test_tiles_cover_the_output_once(shape, grid):
+    seen = np.zeros(shape[1:], int)
+    for r in tiling.tile_rects(shape, grid):
+        seen[r.y0 : r.y1, r.x0 : r.x1] += 1
+    assert (seen == 1).all()
+
+
+def _awkward() -> nn.Module:
+    """Odd sizes, stride 2 with padding, dilated depthwise, pointwise, max pool with padding, residual add."""
+
+    class Net(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.c0 = nn.Conv2d(3, 8, 3, stride=2, padding=1)
+            self.bn = nn.BatchNorm2d(8)
+            self.dw = nn.Conv2d(8, 8, 3, padding=2, dilation=2, groups=8)
+            self.pw = nn.Conv2d(8, 8, 1)
+            self.pool = nn.MaxPool2d(3, 2, padding=1)
+            self.dw2 = nn.Conv2d(8, 8, (3, 5), stride=(1, 2), padding=(1, 2), groups=8)
+            self.fc = nn.Linear(8 * 5 * 3, 5)
+
+        def forward(self, x):
+            y = F.relu6(self.bn(self.c0(x)))
+            y = y + self.pw(F.relu(self.dw(y)))
+            y = torch.sigmoid(self.dw2(self.pool(y)))
+            return self.fc(y.flatten(1))
+
+    torch.manual_seed(0)
+    net = Net().eval()
+    with torch.no_grad():
+        net.bn.running_mean.uniform_(-0.5, 0.5)
+        net.bn.running_var.uniform_(0.5, 2.0)
+    return net
+
+
+AWKWARD_SHAPE = (1, 3, 19, 21)
+
+
+def _run_program_in_torch(g, plan: tiling.StagePlan, x: np.ndarray) -> np.ndarray:
+    """Runs the tile programs step by step with PyTorch on tile-sized planes: each op with its
+    tile-local shape and padding, the kernels' rule for the bottom/right (zero beyond the plane)."""
+    c, h, w = g.values[plan.output].shape
+    bufs = {plan.input: x.reshape(g.values[plan.input].shape), plan.output: np.full((c, h, w), np.nan, np.float32)}
+    for tile in plan.tiles:
+        for s in tile.steps:
+            if s.kind == "copy":
+                ch, sh, sw, sy, sx, dh, dw, dy, dx, hh, ww = s.copy
+                src = bufs[s.reads[0]].reshape(ch, sh, sw)
+                dst = bufs[s.buffer] if s.buffer == plan.output else np.zeros((ch, dh, dw), np.float32)
+                dst = dst.reshape(ch, dh, dw)
+                dst[:, dy : dy + hh, dx : dx + ww] = src[:, sy : sy + hh, sx : sx + ww]
+                bufs[s.buffer] = dst
+                continue
+            op = s.op
+            ins = [torch.from_numpy(np.ascontiguousarray(bufs[i]).reshape(-1)) for i in s.reads]
+            if isinstance(op, (Conv2d, Pool2d)):
+                t = ins[0].reshape(op.in_shape)[None]
+                (pt, pl), (kh, kw), (st, sl), (dh_, dw_) = op.padding, op.kernel, op.stride, op.dilation
+                need_h = (op.out_shape[1] - 1) * st + (kh - 1) * dh_ + 1
+                need_w = (op.out_shape[2] - 1) * sl + (kw - 1) * dw_ + 1
+                fill = -np.inf if isinstance(op, Pool2d) else 0.0
+                t = F.pad(t, (pl, max(0, need_w - pl - op.in_shape[2]), pt, max(0, need_h - pt - op.in_shape[1])),
+                          value=fill)  # fmt: skip
+                if isinstance(op, Pool2d):
+                    y = F.max_pool2d(t, op.kernel, op.stride, 0, op.dilation)
+                else:
+                    wt = torch.from_numpy(op.params["weight"]).reshape(op.out_shape[0], -1, kh, kw)
+                    b = torch.from_numpy(op.params["bias"]) if "bias" in op.params else None
+                    y = F.conv2d(t, wt, b, op.stride, 0, op.dilation, op.groups)
+                y = y[0, :, : op.out_shape[1], : op.out_shape[2]]
+            elif isinstance(op, Binary):
+                y = ins[0] + ins[1] if op.mode == "add" else ins[0] * ins[1]
+            elif isinstance(op, ChannelAffine):
+                t = ins[0].reshape(op.channels, -1)
+                y = t * torch.from_numpy(op.params["scale"])[:, None] + torch.from_numpy(op.params["shift"])[:, None]
+            else:
+                assert isinstance(op, Act)
+                y = ins[0]
+            act = getattr(op, "act", None)
+            kind = act.kind if act else "none"
+            y = {"none": lambda v: v, "relu": F.relu, "relu6": F.relu6, "sigmoid": torch.sigmoid}[kind](y)
+            bufs[s.buffer] = y.numpy().astype(np.float32).reshape(-1)
+    return bufs[plan.output]
+
+
+@pytest.mark.parametrize("grid", [(1, 1), (2, 2), (3, 2), (5, 3)])
+def test_tile_program_in_torch_equals_the_model(grid):
+    """The geometry alone (regions, tile-local padding, copies) reproduces layer-by-layer results."""
+    net = _awkward()
+    x = torch.randn(AWKWARD_SHAPE)
+    g, _ = build_graph(net, x, "dense")
+    last = tiling.candidate_stages(g)[-1]
+    plan = tiling.plan_stage(g, Stage(0, last, grid))
+    got = _run_program_in_torch(g, plan, x.numpy()[0])
+    assert g.ops[last].source == "dw2"  # the stage ends before the flatten
+    with torch.no_grad():
+        y = F.relu6(net.bn(net.c0(x)))
+        y = y + net.pw(F.relu(net.dw(y)))
+        ref = torch.sigmoid(net.dw2(net.pool(y)))[0].numpy()
+    np.testing.assert_allclose(got, ref, rtol=1e-5, atol=1e-5)
+
+
+def test_extra_macs_grow_with_the_grid_and_are_zero_for_one_tile():
+    g, _ = build_graph(_awkward(), AWKWARD_SHAPE, "dense")
+    last = tiling.candidate_stages(g)[-1]
+    extra = [tiling.plan_stage(g, Stage(0, last, (n, n))) for n in (1, 2, 3)]
+    with pytest.raises(CodegenError, match=r"a 4x4 tile grid does not fit the 5x3 output of dw2"):
+        tiling.plan_stage(g, Stage(0, last, (4, 4)))
+    assert extra[0].macs == extra[0].base_macs
+    assert extra[0].macs < extra[1].macs < extra[2].macs
+    ws = [p.workspace_bytes for p in extra]
+    assert ws[0] > ws[1] > ws[2]
+
+
+def test_stage_refuses_what_it_cannot_tile():
+    net = nn.Sequential(nn.Conv2d(1, 4, 3), nn.AvgPool2d(3, 1, padding=1), nn.Flatten(), nn.Linear(4 * 6 * 6, 2))
+    g, _ = build_graph(net, (1, 1, 8, 8), "dense")
+    assert tiling.candidate_stages(g) == [0]
+    with pytest.raises(CodegenError, match=r"average pooling counting the padding is not tiled"):
+        tiling.stage_io(g, Stage(0, 1, (2, 2)))
+    with pytest.raises(CodegenError, match=r"images"):
+        tiling.stage_io(g, Stage(0, 3, (2, 2)))
+
+
+# ---- through gcc ------------------------------------------------------------------------------------
+
+
+def _emit_verify(net, shape, tmp_path, representation="dense", **kw):
+    gen = torch.Generator().manual_seed(1)
+    xs = torch.randn((3, *shape[1:]), generator=gen)
+    d = tmp_path / "m"
+    res = save_compressed_model(net, representation, xs[:1], d, overwrite=True, **kw)
+    v = verify(net, d, xs)
+    assert_parity(v.outputs, v.reference, str(d))
+    return res, d
+
+
+def _sparsify(net: nn.Module, density: float) -> nn.Module:
+    with torch.no_grad():
+        for m in net.modules():
+            if isinstance(m, nn.Conv2d):
+                w = m.weight
+                k = max(1, int(w.numel() * density))
+                thr = w.abs().flatten().kthvalue(w.numel() - k + 1).values
+                w.mul_((w.abs() >= thr).to(w.dtype))
+    return net
+
+
+@pytest.mark.parametrize("representation,grid", [("dense", (2, 3)), ("dense", (5, 3)), ("csr", (3, 2))])
+def test_tiled_parity_awkward(tmp_path, representation, grid):
+    net = _awkward() if representation == "dense" else _sparsify(_awkward(), 0.4)
+    g, mem = build_graph(net, AWKWARD_SHAPE, representation)
+    last = tiling.candidate_stages(g)[-1]
+    res, d = _emit_verify(net, AWKWARD_SHAPE, tmp_path, representation, tiling_stages=[Stage(0, last, grid)])
+    rep = read_report(d)
+    t = rep["tiling"]
+    assert t["stages"][0]["grid"] == list(grid) and t["stages"][0]["last"] == last
+    assert t["peak_ram_bytes"] == rep["memory"]["arena_bytes"] == res.arena_bytes
+    assert t["layerwise_arena_bytes"] == mem.arena_bytes
+    model_h = (d / "model.h").read_text()
+    assert re.search(rf"MODEL_ARENA_BYTES\s+{res.arena_bytes}\b", model_h)
+    assert "sc_tile_copy(" in (d / "model.c").read_text()
+    assert "runtime/sc_tile.h" in rep["files"]
+
+
+def test_two_tiled_stages_parity(tmp_path):
+    """A stage on the model input, then one whose input (used twice: depthwise and the residual add)
+    lives in the arena."""
+    res, d = _emit_verify(_awkward(), AWKWARD_SHAPE, tmp_path, tiling_stages=[Stage(0, 0, (3, 3)), Stage(1, 5, (2, 2))])
+    assert [s["grid"] for s in res.report["tiling"]["stages"]] == [[3, 3], [2, 2]]
+
+
+def test_tiled_conv1d_and_pool_without_padding(tmp_path):
+    net = nn.Sequential(nn.Conv1d(2, 6, 5, stride=2, padding=3), nn.ReLU(), nn.MaxPool1d(2),
+                        nn.Conv1d(6, 6, 3, padding=1, groups=6), nn.Flatten(), nn.Linear(6 * 13, 3)).eval()
+    g, _ = build_graph(net, (1, 2, 51), "dense")
+    last = tiling.candidate_stages(g)[-1]
+    _emit_verify(net, (1, 2, 51), tmp_path, tiling_stages=[Stage(0, last, (1, 4))])
+
+
+def test_ram_budget_hits(tmp_path):
+    net = _awkward()
+    g, mem = build_graph(net, AWKWARD_SHAPE, "dense")
+    every = tiling.schedules(g)
+    low = min(s.memory.arena_bytes for s in every)
+    assert low < mem.arena_bytes
+    budget = (low + mem.arena_bytes) // 2
+    res, d = _emit_verify(net, AWKWARD_SHAPE, tmp_path, ram_budget=budget)
+    t = read_report(d)["tiling"]
+    assert res.arena_bytes <= budget and t["peak_ram_bytes"] == res.arena_bytes < mem.arena_bytes
+    assert t["stages"] and t["extra_macs"] > 0
+    # the fewest extra MACs among the schedules that fit
+    assert t["extra_macs"] == min(s.extra_macs for s in every if s.memory.arena_bytes <= budget)
+
+
+def test_second_stage_when_one_is_not_enough():
+    net = nn.Sequential(nn.Conv2d(3, 8, 3, 2, 1), nn.ReLU(), nn.Conv2d(8, 8, 3, 1, 1, groups=8), nn.Flatten(),
+                        nn.Linear(8 * 10 * 10, 3)).eval()
+    g, _ = build_graph(net, (1, 3, 20, 20), "dense")
+    one = tiling.schedules(g)
+    assert len(one) == len(tiling.grids(10, 10)) * 2 and (3, 4) in tiling.grids(10, 10)
+    seeds = tiling.pareto_seeds(one)
+    assert seeds[0].extra_macs == min(s.extra_macs for s in one)
+    assert all(a.extra_macs < b.extra_macs and a.memory.arena_bytes > b.memory.arena_bytes
+               for a, b in zip(seeds, seeds[1:]))
+    two = tiling.second_stages(g, one[:1])
+    assert two and all([p.stage.first for p in s.stages] == [0, 1] for s in two)
+
+
+def test_ram_budget_not_needed_keeps_layer_by_layer(tmp_path):
+    net = _awkward()
+    _, mem = build_graph(net, AWKWARD_SHAPE, "dense")
+    plain = save_compressed_model(net, "dense", input_shape=AWKWARD_SHAPE, directory=tmp_path / "a")
+    res = save_compressed_model(net, "dense", input_shape=AWKWARD_SHAPE, directory=tmp_path / "b",
+                                ram_budget=mem.arena_bytes)
+    assert res.report["tiling"]["stages"] == []
+    assert (tmp_path / "a" / "model.c").read_text() == (tmp_path / "b" / "model.c").read_text()
+    assert plain.arena_bytes == res.arena_bytes
+
+
+def test_ram_budget_refuses_clearly(tmp_path):
+    net = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.ReLU(), nn.Flatten(), nn.Linear(8 * 9 * 9, 64),
+                        nn.ReLU(), nn.Linear(64, 4)).eval()
+    with pytest.raises(CodegenError, match=r"no schedule fits ram_budget=100 bytes: the smallest arena reachable "
+                                           r"is \d+ bytes \(layer 3 holds its input and output"):
+        save_compressed_model(net, "dense", input_shape=(1, 3, 9, 9), directory=tmp_path / "m", ram_budget=100)
+    assert not (tmp_path / "m").exists()
+    with pytest.raises(CodegenError, match="float models only"):
+        save_compressed_model(net, "int8", input_shape=(1, 3, 9, 9), directory=tmp_path / "m", ram_budget=100,
+                              integer=True, calibration_data=torch.randn(4, 3, 9, 9))
+
+
+@pytest.mark.board
+def test_tiled_model_on_the_emulated_m4(tmp_path):
+    """The tiled awkward model on the Cortex-M4F (QEMU): self-test passes, the arena symbol is the
+    planner's tiled figure, and the instruction count is measured against the untiled build."""
+    from codegen import board as cboard
+
+    ok, reason = cboard.board_toolchain_available()
+    if not ok:
+        if os.environ.get("SPARSECOMP_REQUIRE_BOARD") == "1":
+            pytest.fail(f"Cortex-M board toolchain not available: {reason}")
+        pytest.skip(f"Cortex-M board toolchain not available: {reason}")
+    net = _sparsify(_awkward(), 0.5)
+    x = torch.randn(AWKWARD_SHAPE, generator=torch.Generator().manual_seed(3))
+    g, mem = build_graph(net, x, "csr")
+    last = tiling.candidate_stages(g)[-1]
+    tiled = save_compressed_model(net, "csr", x, tmp_path / "tiled", tiling_stages=[Stage(0, last, (3, 2))])
+    plain = save_compressed_model(net, "csr", x, tmp_path / "plain")
+    runs = {}
+    for name in ("tiled", "plain"):
+        r = cboard.run(tmp_path / name, "m4", profile=True)
+        assert r.passed, r.stdout + r.stderr
+        runs[name] = r.profile.total_instructions
+    assert tiled.arena_bytes == tiled.report["tiling"]["peak_ram_bytes"]
+    assert plain.arena_bytes == mem.arena_bytes == tiled.report["tiling"]["layerwise_arena_bytes"]
+    m = cboard.measure(tmp_path / "tiled")
+    assert m.arena_bytes == tiled.arena_bytes
+    assert runs["tiled"] > runs["plain"]  # the halos are recomputed, and the copies cost
