@@ -226,9 +226,9 @@ def _factory_state(compressed, fresh) -> dict:
 
 def _folded_into(model, bn_name: str) -> str | None:
     """The Conv/Linear layer the BatchNorm ``bn_name`` follows (as sparsecomp.fold_batchnorm_ pairs them)."""
-    from .folding import _trace
+    from codegen.trace import LeafTracer
 
-    for node in _trace(model).nodes:
+    for node in LeafTracer().trace(model).nodes:
         if node.op == "call_module" and node.target == bn_name and node.args:
             src = node.args[0]
             return getattr(src, "target", None) if getattr(src, "op", "") == "call_module" else None

@@ -71,7 +71,7 @@ def expected_layout(report: dict, with_input: bool) -> set[str]:
     runtime = {"sc_port.h", "sc_runtime.h"} | {
         h for h in ("sc_conv.h", "sc_linear.h", "sc_pool.h", "sc_eltwise.h") if (rt / h).exists()
     }
-    files = {"model.h", "model.c", "Makefile", "report.json", "app/main.c", "headers/headers.h"}
+    files = {"model.h", "model.c", "Makefile", "CMakeLists.txt", "report.json", "app/main.c", "headers/headers.h"}
     files |= {f"headers/{n}.h" for n in weighted}
     files |= {f"runtime/{h}" for h in runtime}
     if with_input:

@@ -153,23 +153,21 @@ def test_export_front_end_names_untranslated_aten_ops():
 
 
 class ManyProblems(nn.Module):
-    """An op without a lowering, broadcasts and constant operands, each several times, and layers computed
-    from their results (which must not be reported again)."""
+    """Ops without a lowering and refused arguments, and layers computed from their results (which must not
+    be reported again)."""
 
     def __init__(self):
         super().__init__()
         self.conv = nn.Conv2d(3, 4, 3, padding=1)
-        self.gate = nn.Conv2d(4, 4, 1)
         self.fc = nn.Linear(4 * 6 * 6, 3)
 
     def forward(self, x):
         x = self.conv(x)
-        s = self.gate(x.mean((2, 3), keepdim=True))
-        a = x * s  # broadcast (4,1,1) x (4,6,6)
-        b = x + s  # broadcast again
-        c = x * 0.5  # constant operand
+        a = torch.add(x, x, alpha=2)  # refused: alpha
+        b = torch.add(x, x, alpha=3)  # refused again: same reason
+        c = torch.div(x, 2.0, rounding_mode="floor")  # refused: rounding_mode
         d = torch.erf(x)  # no lowering
-        e = torch.erf(x + 1.0)  # no lowering (listed), constant operand
+        e = torch.erf(x + 1.0)  # no lowering (listed); the scalar add lowers
         y = a + b + c + d + e  # computed from refused results: skipped, not reported
         return self.fc(y.flatten(1))
 
@@ -179,30 +177,28 @@ def test_unsupported_ops_and_arguments_in_one_error():
         build_graph(ManyProblems(), torch.randn(1, 3, 6, 6))
     err = ei.value
     assert [n[1] for n in err.nodes] == ["torch.erf", "torch.erf"]
-    refused = [(op, e.fix) for op, e in err.config_errors]
-    assert [op for op, _ in refused] == ["operator.mul", "operator.add", "operator.mul", "operator.add"]
+    refused = [op for op, _ in err.config_errors]
+    assert refused == ["torch.add", "torch.add", "torch.div"], refused
     msg = str(err).split("Supported operations")[0]
     assert "torch.erf: 2 node(s)" in msg
-    assert "broadcasting is not supported" in msg and "with a constant operand" in msg
-    assert "6 node(s) in the model cannot be emitted as C, for 5 reason(s)" in msg  # erf; mul, add x (bcast, const)
-    assert len(msg.strip().splitlines()) == 6, msg
+    assert "alpha != 1" in msg and "rounding_mode" in msg
+    assert "5 node(s) in the model cannot be emitted as C" in msg, msg
 
 
-class TwoBroadcasts(nn.Module):
+class TwoAlphas(nn.Module):
     def forward(self, x):
-        s = x.mean((2, 3), keepdim=True)
-        return (x * s + x * s).relu()
+        return (torch.add(x, x, alpha=2) + torch.add(x, x, alpha=3)).relu()
 
 
 def test_only_unsupported_arguments_give_one_grouped_config_error():
     with pytest.raises(UnsupportedConfigError) as ei:
-        build_graph(TwoBroadcasts(), torch.randn(1, 3, 4, 4))
+        build_graph(TwoAlphas(), torch.randn(1, 3, 4, 4))
     err = ei.value
     assert len(err.errors) == 2
     msg = str(err)
-    assert msg.startswith("2 node(s) use supported operations with arguments that cannot be emitted")
-    assert "operator.mul with unsupported arguments (2 node(s); also 'mul_1'" in msg, msg
-    assert msg.count("broadcasting is not supported") == 1  # grouped: quoted once
+    assert msg.startswith("2 node(s) use supported operations with arguments that cannot be emitted"), msg
+    assert "torch.add with unsupported arguments (2 node(s); also 'add_1'" in msg, msg
+    assert msg.count("alpha != 1 is not supported") == 1, msg  # grouped: quoted once
 
 
 def test_a_single_refused_argument_keeps_its_own_message():

@@ -199,6 +199,8 @@ def _pick(ctx: LowerContext, node: fx.Node, src: fx.Node, index: Any) -> None:
     if not isinstance(index, int):
         raise ctx.fail(node, f"it indexes a tuple result with {index!r}", "Index tuple results with an int")
     item = ctx.tuples[src.name][index]
+    if item is None and not node.users:
+        return  # `values, _ = torch.max(x, dim)`: the indices are unpacked but never used
     if item is None:
         raise ctx.fail(
             node, f"it uses result {index} of '{src.name}', which is not computed (e.g. the indices of "

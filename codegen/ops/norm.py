@@ -19,7 +19,7 @@ import torch.nn.functional as F
 
 from codegen import integer, ir
 from codegen.errors import UnsupportedConfigError
-from codegen.lowering import LowerContext, f32, register_lowering, tensor_meta
+from codegen.lowering import LowerContext, accepts_constants, f32, register_lowering, tensor_meta
 
 
 @dataclass
@@ -111,3 +111,6 @@ class NormInt8(integer.Int8Handler):
             f"layer '{op.source}': {op.kind} ({op.torch_op}) has no integer kernel (its statistics are computed "
             "at run time). Emit without integer=True, or replace it by BatchNorm (folded into the conv)"
         )
+
+
+accepts_constants(F.layer_norm, F.group_norm)  # weight/bias as parameter operands (get_attr), read by _affine
