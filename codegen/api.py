@@ -171,7 +171,8 @@ def save_compressed_model(
     report.json's ``tiling`` section lists the stage, its tile grid, the peak RAM and the extra MACs.
     No schedule fits: CodegenError naming the layer that sets the smallest arena reachable, and that
     figure. ``tiling_stages`` forces the given ``tiling.Stage`` list instead (graph op indices, see
-    ``build_graph``). Float models only for now.
+    ``build_graph``). With ``integer=True`` the same search runs over the int8 arena (1-byte values) and
+    the int8 kernels run on the tiles (bit-exact with the untiled integer C).
 
     >>> net = torch.nn.Sequential(torch.nn.Conv2d(1, 4, 3), torch.nn.ReLU(), torch.nn.Flatten(),
     ...                           torch.nn.Linear(4 * 6 * 6, 10))
@@ -184,14 +185,12 @@ def save_compressed_model(
     if quantize and integer:
         raise CodegenError("quantize=True makes weight-only int8/codebook weights for float inference; integer=True "
                            "quantizes weights and activations by itself: use one of them")  # fmt: skip
-    if integer and (ram_budget is not None or tiling_stages):
-        raise CodegenError("tiled execution (ram_budget, tiling_stages) is implemented for float models only; "
-                           "drop integer=True or the RAM budget")  # fmt: skip
     if integer:
         return save_integer_model(
             model, representation, input_data, directory, calibration_data=calibration_data,
             input_shape=input_shape, prefix=prefix, overwrite=overwrite, leaf_modules=leaf_modules,
-            concrete_args=concrete_args, tolerance=tolerance, arduino=arduino,
+            concrete_args=concrete_args, tolerance=tolerance, arduino=arduino, ram_budget=ram_budget,
+            tiling_stages=tiling_stages,
         )  # fmt: skip
     if calibration_data is not None and not quantize:
         raise CodegenError("calibration_data is only used with integer=True (fully integer inference) or "

@@ -45,6 +45,7 @@ log_softmax, LayerNorm and ops without an integer kernel are refused with an err
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import math
 from collections.abc import Callable, Iterable
@@ -369,6 +370,11 @@ class Int8Handler:
     def reference(self, qo: QOp, ins: list[np.ndarray]) -> np.ndarray:
         """The bit-exact numpy (int64) result of the C kernel for one sample."""
         raise NotImplementedError
+
+    def tile_form(self, qo: QOp, op: ir.Op) -> QOp:
+        """The QOp of this layer run on one tile (codegen/tiling.py): ``op`` is its tile-local form
+        (shapes, top/left padding). Override when a scalar depends on the spatial shape."""
+        return dataclasses.replace(qo, op=op)
 
 
 INT8_HANDLERS: dict[type, Int8Handler] = {}

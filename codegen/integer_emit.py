@@ -17,7 +17,7 @@ import logging
 import numpy as np
 import torch
 
-from codegen import emission, integer, ir
+from codegen import emission, emit, integer, ir, tiling
 from codegen.emit import cfloat
 from codegen.errors import CodegenError
 from codegen.export_frontend import trace_model
@@ -25,6 +25,7 @@ from codegen.formats import CArray
 from codegen.integer import Calibration, IntegerModel, calibrate, int8_handler
 from codegen.lower import lower
 from codegen.memory import GraphMemory, plan_graph
+from codegen.resources import runtime_dir
 from codegen.trace import example_from, prepare_model
 
 log = logging.getLogger(__name__)
@@ -42,10 +43,14 @@ class _Int8Value(ir.Value):
 
 
 
+def int8_graph(g: ir.Graph) -> ir.Graph:
+    """The graph with 1-byte values (same ops): what the planners (memory, tiling) see on the integer path."""
+    return ir.Graph({k: _Int8Value(v.name, v.shape, "int8") for k, v in g.values.items()}, g.ops, g.input, g.output)
+
+
 def plan_int8(g: ir.Graph) -> GraphMemory:
     """The arena of the integer path: the ordinary planner over 1-byte elements (offsets in bytes)."""
-    gq = ir.Graph({k: _Int8Value(v.name, v.shape, "int8") for k, v in g.values.items()}, g.ops, g.input, g.output)
-    return plan_graph(gq)
+    return plan_graph(int8_graph(g))
 
 
 
@@ -91,6 +96,10 @@ def build_integer(
 
 
 # ---- emission --------------------------------------------------------------------------------------
+
+
+def _add_tile_runtime(r: emit.Rendered) -> None:
+    r.copies[f"runtime/{tiling.TILE_HEADER_I8}"] = runtime_dir() / tiling.TILE_HEADER_I8
 
 
 def template_context(qm: IntegerModel, prefix: str) -> dict:
@@ -147,6 +156,8 @@ def save_integer_model(
     concrete_args: dict | None = None,
     tolerance: float | None = None,
     arduino: bool = False,
+    ram_budget: int | None = None,
+    tiling_stages: list | None = None,
 ):
     """``save_compressed_model(..., integer=True, calibration_data=...)``: emits the integer path.
 
@@ -156,13 +167,24 @@ def save_integer_model(
     within ``tolerance`` of it (default ``integer.float_tolerance``: 8 % of max|output| + 2 output steps)
     and fails with a message saying so otherwise. report.json gets an "integer" section (scales, zero
     points) and, under "test", the error against PyTorch's float output and its bound.
+
+    ``ram_budget`` / ``tiling_stages``: tiled execution as on the float path (codegen/tiling.py, planned over
+    the int8 graph's 1-byte values; the int8 kernels run on the tiles, bit-exact with the untiled C).
     """
     emission.check_prefix(prefix)
     if input_data is None and input_shape is None:
         raise CodegenError("give input_data (a sample of batch size 1) or input_shape, e.g. (1, 1, 28, 28)")
     example = example_from(input_data if input_data is not None else tuple(input_shape))
     qm = build_integer(model, example, calibration_data, representation, prefix, leaf_modules, concrete_args)
-    g, mem = qm.graph, qm.memory
+    g = qm.graph
+    schedule = None
+    if tiling_stages:
+        schedule = tiling.plan_schedule(int8_graph(g), list(tiling_stages))
+    elif ram_budget is not None:
+        schedule = tiling.choose_schedule(int8_graph(g), int(ram_budget))
+    if schedule is not None:
+        qm.memory = schedule.memory
+    mem = qm.memory
     assert mem is not None
     name = type(model).__name__
     report = emission.build_report(g, mem, prefix, representation, name)
@@ -192,6 +214,16 @@ def save_integer_model(
                           extra_context={"integer": template_context(qm, prefix),
                                          **(float_ctx if input_data is not None else {})},
                           what="integer ", arduino=arduino)
+    if schedule is not None:
+        report["tiling"] = schedule.report(g)
+        if schedule.stages:
+            qop = {qo.op.name: qo for qo in qm.qops}
+
+            def tile_qop(op: ir.Op) -> integer.QOp:
+                return int8_handler(op).tile_form(qop[op.name], op)
+
+            e.extra_context.update(tiling.emission_context(g, schedule, emit.model_runtime_headers(g), tile_qop))
+            e.add_files = _add_tile_runtime
     res = emission.write_emission(e, directory, overwrite)
     res.integer_model = qm  # type: ignore[attr-defined]
     return res

@@ -92,6 +92,12 @@ def input_rect(out: Rect, *, kernel, stride, padding, dilation, hw) -> Rect:
     return Rect(y[0], y[1], x[0], x[1])
 
 
+def elem_bytes(g: ir.Graph) -> int:
+    """Bytes of one activation element: 4 (float), 1 (the int8 graph of ``integer_emit.int8_graph``)."""
+    v = g.values[g.input]
+    return v.nbytes // v.numel if v.numel else 4
+
+
 def _chw(shape: tuple[int, ...]) -> tuple[int, ...]:
     """(C, L) signals as (C, 1, L) images (as the 1-D kernels see them)."""
     return (shape[0], 1, shape[1]) if len(shape) == 2 else tuple(shape)
@@ -106,10 +112,8 @@ def tileable(op: ir.Op, g: ir.Graph) -> str | None:
     if any(len(g.values[v].shape) not in (2, 3) for v in [*op.inputs, op.output]):
         return "its tensors are not (C, H, W) images or (C, L) signals"
     if isinstance(op, Conv2d):
-        return None if op.runtime == Conv2d.runtime else "integer kernels are not tiled"
+        return None
     if isinstance(op, Pool2d):
-        if op.runtime != Pool2d.runtime:
-            return "integer kernels are not tiled"
         if op.mode == "avg" and any(op.padding) and op.count_include_pad and not op.divisor:
             return "average pooling counting the padding is not tiled"
         return None
@@ -126,7 +130,17 @@ def _needs(op: ir.Op, g: ir.Graph, out: Rect) -> list[Rect]:
 
 
 def local_op(op: ir.Op, g: ir.Graph, ins: list[str], out: str, in_rect: Rect, out_rect: Rect) -> ir.Op:
-    """The op running on one tile: tile-local names, shapes and top/left padding (module docstring)."""
+    """The op running on one tile: tile-local names, shapes and top/left padding (module docstring).
+    Attributes set on the op instance outside its fields (the integer pass's ``runtime``) carry over."""
+    new = _local_fields(op, g, ins, out, in_rect, out_rect)
+    fields = {f.name for f in dataclasses.fields(op)}
+    for k, v in vars(op).items():
+        if k not in fields:
+            setattr(new, k, v)
+    return new
+
+
+def _local_fields(op: ir.Op, g: ir.Graph, ins: list[str], out: str, in_rect: Rect, out_rect: Rect) -> ir.Op:
     c_out = _chw(g.values[op.output].shape)[0]
     if _windowed(op):
         c_in = g.values[op.inputs[0]].shape[0]
@@ -226,6 +240,7 @@ def programs(g: ir.Graph, stage: Stage, tag: str) -> list[TileProgram]:
         return any(need[(i, k)] != (full_x if u == x else region[u]) for region, need in per_tile)
 
     crops = {(i, k) for i, op in enumerate(ops) for k in range(len(op.inputs)) if crop(i, k)}
+    es = elem_bytes(g)
     out: list[TileProgram] = []
     for rect, (region, need) in zip(rects, per_tile):
         steps: list[Step] = []
@@ -239,7 +254,7 @@ def programs(g: ir.Graph, stage: Stage, tag: str) -> list[TileProgram]:
                     src = full_x if u == x else region[u]
                     r = need[(i, k)]
                     name = f"{tag}_c{i}_{k}"
-                    sizes[name] = 4 * c_in[k] * r.h * r.w
+                    sizes[name] = es * c_in[k] * r.h * r.w
                     steps.append(Step("copy", name, (bufname[u],), copy=(
                         c_in[k], src.h, src.w, r.y0 - src.y0, r.x0 - src.x0, r.h, r.w, 0, 0, r.h, r.w)))
                     ins.append(name)
@@ -247,7 +262,7 @@ def programs(g: ir.Graph, stage: Stage, tag: str) -> list[TileProgram]:
                     ins.append(bufname[u])
             name = f"{tag}_v{i}"
             r_out = region[op.output]
-            sizes[name] = 4 * _chw(g.values[op.output].shape)[0] * r_out.h * r_out.w
+            sizes[name] = es * _chw(g.values[op.output].shape)[0] * r_out.h * r_out.w
             in_r = need[(i, 0)]
             lop = local_op(op, g, ins, name, in_r, r_out)
             steps.append(Step("op", name, tuple(ins), lop, stage.first + i))
@@ -464,15 +479,18 @@ def _culprit(g: ir.Graph, s: Schedule) -> str:
     return f"layer {op.source} holds its input and output, {n} bytes, at once"
 
 
-def emission_context(g: ir.Graph, schedule: Schedule, runtime_headers: list[str]) -> dict:
-    """Template variables of a tiled emission (model.c.j2 reads ``tiling``; sc_tile.h is included)."""
+def emission_context(g: ir.Graph, schedule: Schedule, runtime_headers: list[str], tile_qop=None) -> dict:
+    """Template variables of a tiled emission (model.c.j2 / model_int8.c.j2 read ``tiling``; sc_tile.h
+    is included). ``tile_qop``: for the integer path, the QOp (``integer.QOp``) of a tile-local op."""
     return {
         "tiling": {
             "first": {p.stage.first: p for p in schedule.stages},
             "inside": {i for p in schedule.stages for i in range(p.stage.first + 1, p.stage.last + 1)},
+            "qop": tile_qop,
         },
-        "runtime_headers": sorted({*runtime_headers, TILE_HEADER}),
+        "runtime_headers": sorted({*runtime_headers, TILE_HEADER if tile_qop is None else TILE_HEADER_I8}),
     }
 
 
 TILE_HEADER = "sc_tile.h"
+TILE_HEADER_I8 = "sc_tile_i8.h"  # the int8 window copy (integer path)

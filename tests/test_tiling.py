@@ -12,6 +12,7 @@ from __future__ import annotations
 import itertools
 import os
 import re
+import subprocess
 
 import numpy as np
 import pytest
@@ -274,9 +275,93 @@ def test_ram_budget_refuses_clearly(tmp_path):
                                            r"is \d+ bytes \(layer 3 holds its input and output"):
         save_compressed_model(net, "dense", input_shape=(1, 3, 9, 9), directory=tmp_path / "m", ram_budget=100)
     assert not (tmp_path / "m").exists()
-    with pytest.raises(CodegenError, match="float models only"):
+    with pytest.raises(CodegenError, match=r"no schedule fits ram_budget=100 bytes: the smallest arena reachable "
+                                           r"is \d+ bytes \(layer 3 holds its input and output"):
         save_compressed_model(net, "int8", input_shape=(1, 3, 9, 9), directory=tmp_path / "m", ram_budget=100,
                               integer=True, calibration_data=torch.randn(4, 3, 9, 9))
+    assert not (tmp_path / "m").exists()
+
+
+# ---- the integer path -------------------------------------------------------------------------------
+
+I8_FLAGS = [("-DSC_INT8_DSP=1",), ("-DSC_INT8_DSP=0",), ("-DSC_INT8_DSP=1", "-DSC_I8_FAST_REQ=0", "-DSC_I8_MAXPOOL_FAST")]
+
+
+def _lenet_like() -> nn.Module:
+    """C_in == 1 5-wide conv (the c1k5 kernel, in_zp folded into the bias), average pooling, a 3x3 conv."""
+    torch.manual_seed(4)
+    return nn.Sequential(nn.Conv2d(1, 6, 5, padding=2), nn.ReLU(), nn.AvgPool2d(2), nn.Conv2d(6, 8, 3, padding=1),
+                         nn.ReLU6(), nn.MaxPool2d(2), nn.Flatten(), nn.Linear(8 * 4 * 3, 4)).eval()  # fmt: skip
+
+
+def _emit_int8(net, shape, d, cal, **kw):
+    return save_compressed_model(net, "int8", cal[:1], d, overwrite=True, integer=True, calibration_data=cal, **kw)
+
+
+def _int8_outputs(res, cal, shape, tmp_path, flag_sets) -> tuple[np.ndarray, list[np.ndarray]]:
+    from test_integer import run_int8_c
+
+    qm = res.integer_model
+    x = torch.cat([cal[:4], 3 * torch.randn((8, *shape[1:]), generator=torch.Generator().manual_seed(9))]).numpy()
+    xq = qm.quantize_input(x).reshape(x.shape[0], -1)
+    n_out = int(np.prod(qm.graph.output_value.shape))
+    ref = qm.run(xq).reshape(x.shape[0], n_out)
+    tmp_path.mkdir(exist_ok=True)
+    outs = [run_int8_c(res.directory, xq, n_out, tmp_path / f"b{i}", flags=f) for i, f in enumerate(flag_sets)]
+    return ref, outs
+
+
+@pytest.mark.parametrize("model,shape,representation,grid", [
+    ("awkward", AWKWARD_SHAPE, "int8", (2, 3)), ("awkward", AWKWARD_SHAPE, "int8", (5, 3)),
+    ("awkward_sparse", AWKWARD_SHAPE, "int8", (3, 2)), ("lenet_like", (1, 1, 17, 13), "dense", (3, 2)),
+])  # fmt: skip
+def test_int8_tiled_bit_exact_with_untiled(tmp_path, model, shape, representation, grid):
+    """The int8 kernels on tiles: the tiled C gives the untiled C's int8 outputs bit for bit (and the integer
+    reference's) with the DSP pair kernels, the plain kernels and the -Os forms; the self-test passes (bit-exact
+    on the sample, within the int8 bound of PyTorch's float output); the arena is the tiled plan's."""
+    net = {"awkward": _awkward, "awkward_sparse": lambda: _sparsify(_awkward(), 0.4), "lenet_like": _lenet_like}[model]()
+    cal = torch.randn((16, *shape[1:]), generator=torch.Generator().manual_seed(2))
+    plain = _emit_int8(net, shape, tmp_path / "plain", cal)
+    from codegen.integer_emit import int8_graph
+
+    gq = int8_graph(plain.integer_model.graph)
+    last = tiling.candidate_stages(gq)[-1]
+    tiled = _emit_int8(net, shape, tmp_path / "tiled", cal, tiling_stages=[Stage(0, last, grid)])
+    rep = read_report(tiled.directory)
+    assert rep["tiling"]["stages"][0]["grid"] == list(grid)
+    assert rep["tiling"]["layerwise_arena_bytes"] == plain.arena_bytes
+    assert tiled.arena_bytes == rep["tiling"]["peak_ram_bytes"] == rep["memory"]["arena_bytes"] < plain.arena_bytes
+    assert "sc_tile_copy_i8(" in (tiled.directory / "model.c").read_text()
+    assert "runtime/sc_tile_i8.h" in rep["files"] and "runtime/sc_tile.h" not in rep["files"]
+    proc = subprocess.run(["make", "-C", str(tiled.directory), "check"], capture_output=True, text=True)
+    assert proc.returncode == 0 and "SC_PASS" in proc.stdout, proc.stdout + proc.stderr
+    ref, outs_plain = _int8_outputs(plain, cal, shape, tmp_path / "p", I8_FLAGS[:1])
+    _, outs = _int8_outputs(tiled, cal, shape, tmp_path / "t", I8_FLAGS)
+    np.testing.assert_array_equal(outs_plain[0], ref)
+    for flags, out in zip(I8_FLAGS, outs):
+        bad = np.argwhere(out != ref)
+        assert bad.size == 0, f"{flags}: {len(bad)} int8 outputs differ from the untiled C, first at {bad[0]}"
+
+
+def test_int8_ram_budget_hits(tmp_path):
+    """ram_budget with integer=True: the search runs over the int8 arena (1-byte values) and the schedule
+    of fewest extra MACs that fits is emitted."""
+    net = _awkward()
+    cal = torch.randn((16, *AWKWARD_SHAPE[1:]), generator=torch.Generator().manual_seed(2))
+    plain = _emit_int8(net, AWKWARD_SHAPE, tmp_path / "plain", cal)
+    from codegen.integer_emit import int8_graph
+
+    gq = int8_graph(plain.integer_model.graph)
+    every = tiling.schedules(gq)
+    low = min(s.memory.arena_bytes for s in every)
+    assert low < plain.arena_bytes
+    budget = (low + plain.arena_bytes) // 2
+    res = _emit_int8(net, AWKWARD_SHAPE, tmp_path / "m", cal, ram_budget=budget)
+    t = res.report["tiling"]
+    assert res.arena_bytes <= budget and t["peak_ram_bytes"] == res.arena_bytes and t["stages"]
+    assert t["extra_macs"] == min(s.extra_macs for s in every if s.memory.arena_bytes <= budget)
+    proc = subprocess.run(["make", "-C", str(res.directory), "check"], capture_output=True, text=True)
+    assert proc.returncode == 0 and "SC_PASS" in proc.stdout, proc.stdout + proc.stderr
 
 
 @pytest.mark.board
@@ -305,4 +390,31 @@ def test_tiled_model_on_the_emulated_m4(tmp_path):
     assert plain.arena_bytes == mem.arena_bytes == tiled.report["tiling"]["layerwise_arena_bytes"]
     m = cboard.measure(tmp_path / "tiled")
     assert m.arena_bytes == tiled.arena_bytes
+    assert runs["tiled"] > runs["plain"]  # the halos are recomputed, and the copies cost
+
+
+@pytest.mark.board
+def test_int8_tiled_model_on_the_emulated_m4(tmp_path):
+    """The int8 tiled awkward model on the Cortex-M4F (QEMU, SMLAD kernels): the self-test passes (bit-exact
+    with the integer reference), the arena symbol is the tiled plan's figure, instructions against untiled."""
+    from codegen import board as cboard
+
+    ok, reason = cboard.board_toolchain_available()
+    if not ok:
+        if os.environ.get("SPARSECOMP_REQUIRE_BOARD") == "1":
+            pytest.fail(f"Cortex-M board toolchain not available: {reason}")
+        pytest.skip(f"Cortex-M board toolchain not available: {reason}")
+    net = _awkward()
+    cal = torch.randn((16, *AWKWARD_SHAPE[1:]), generator=torch.Generator().manual_seed(2))
+    plain = _emit_int8(net, AWKWARD_SHAPE, tmp_path / "plain", cal)
+    from codegen.integer_emit import int8_graph
+
+    last = tiling.candidate_stages(int8_graph(plain.integer_model.graph))[-1]
+    tiled = _emit_int8(net, AWKWARD_SHAPE, tmp_path / "tiled", cal, tiling_stages=[Stage(0, last, (3, 2))])
+    runs = {}
+    for name in ("tiled", "plain"):
+        r = cboard.run(tmp_path / name, "m4", profile=True)
+        assert r.passed, r.stdout + r.stderr
+        runs[name] = r.profile.total_instructions
+    assert cboard.measure(tmp_path / "tiled").arena_bytes == tiled.arena_bytes < plain.arena_bytes
     assert runs["tiled"] > runs["plain"]  # the halos are recomputed, and the copies cost

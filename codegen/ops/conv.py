@@ -6,6 +6,7 @@ template templates/ops/conv.j2. Integer kernels: runtime_c/sc_int8.h; template t
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from typing import ClassVar
 
@@ -16,6 +17,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from codegen import integer, ir
+from codegen.errors import CodegenError
 from codegen.lowering import LowerContext, accepts_constants, as_chw, f32, register_lowering
 
 # A CSR 1x1 conv run in place gathers PWC_BLOCK positions (SC_PWC_BLOCK in sc_conv.h) of its
@@ -258,6 +260,14 @@ class ConvInt8(integer.Int8Handler):
         qo.scalars["folded"] = int(int8_folds_input_zp(op, ctx.encoded["weight"].kernel))
         qo.scalars["dsp_col"] = dsp_column_words(op, ctx.encoded["weight"].kernel)
         qo.scalars["dw_pad"] = dw_pad_bytes(op, ctx.encoded["weight"].kernel)
+
+    def tile_form(self, qo: integer.QOp, op: Conv2d) -> integer.QOp:  # type: ignore[override]
+        """On a tile only the depthwise kernel's padded plane changes size (the folded bias and the
+        kernel choice depend on channels, kernel, stride: the same on every tile)."""
+        kernel = op.encoded["weight"].kernel
+        if int(int8_folds_input_zp(op, kernel)) != qo.scalars["folded"]:  # pragma: no cover - padding stays 0
+            raise CodegenError(f"layer '{op.source}': its int8 kernel changes on a tile (bug)")
+        return dataclasses.replace(qo, op=op, scalars={**qo.scalars, "dw_pad": dw_pad_bytes(op, kernel)})
 
     def reference(self, qo: integer.QOp, ins: list[np.ndarray]) -> np.ndarray:
         op: Conv2d = qo.op  # type: ignore[assignment]
