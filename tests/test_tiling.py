@@ -272,11 +272,11 @@ def test_ram_budget_refuses_clearly(tmp_path):
     net = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.ReLU(), nn.Flatten(), nn.Linear(8 * 9 * 9, 64),
                         nn.ReLU(), nn.Linear(64, 4)).eval()
     with pytest.raises(CodegenError, match=r"no schedule fits ram_budget=100 bytes: the smallest arena reachable "
-                                           r"is \d+ bytes \(layer 3 holds its input and output"):
+                                           r"is \d+ bytes \(layer 3 needs 2848 bytes at once: its arena inputs, output"):
         save_compressed_model(net, "dense", input_shape=(1, 3, 9, 9), directory=tmp_path / "m", ram_budget=100)
     assert not (tmp_path / "m").exists()
     with pytest.raises(CodegenError, match=r"no schedule fits ram_budget=100 bytes: the smallest arena reachable "
-                                           r"is \d+ bytes \(layer 3 holds its input and output"):
+                                           r"is \d+ bytes \(layer 0 needs 792 bytes at once: its arena inputs, output and kernel scratch"):
         save_compressed_model(net, "int8", input_shape=(1, 3, 9, 9), directory=tmp_path / "m", ram_budget=100,
                               integer=True, calibration_data=torch.randn(4, 3, 9, 9))
     assert not (tmp_path / "m").exists()
@@ -418,3 +418,67 @@ def test_int8_tiled_model_on_the_emulated_m4(tmp_path):
         runs[name] = r.profile.total_instructions
     assert cboard.measure(tmp_path / "tiled").arena_bytes == tiled.arena_bytes < plain.arena_bytes
     assert runs["tiled"] > runs["plain"]  # the halos are recomputed, and the copies cost
+
+
+# ---- the search (lower bounds, cached estimates) -------------------------------------------------------
+
+
+def _mbv2_like() -> nn.Module:
+    """Inverted residual blocks (expansion 1x1, depthwise, projection, residual add) at falling resolution."""
+
+    class Block(nn.Module):
+        def __init__(self, c_in, c_out, stride, t=4):
+            super().__init__()
+            self.res = stride == 1 and c_in == c_out
+            self.body = nn.Sequential(nn.Conv2d(c_in, c_in * t, 1), nn.BatchNorm2d(c_in * t), nn.ReLU6(),
+                                      nn.Conv2d(c_in * t, c_in * t, 3, stride, 1, groups=c_in * t), nn.ReLU6(),
+                                      nn.Conv2d(c_in * t, c_out, 1))  # fmt: skip
+
+        def forward(self, x):
+            return x + self.body(x) if self.res else self.body(x)
+
+    torch.manual_seed(5)
+    return nn.Sequential(nn.Conv2d(3, 8, 3, 2, 1), nn.ReLU6(), Block(8, 8, 1), Block(8, 12, 2), Block(12, 12, 1),
+                         Block(12, 16, 2), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(16, 4)).eval()  # fmt: skip
+
+
+@pytest.mark.parametrize("model,shape", [("awkward", AWKWARD_SHAPE), ("mbv2_like", (1, 3, 33, 31))])
+def test_search_bounds_hold_and_estimates_are_exact(model, shape):
+    """For every one- and two-stage schedule: the estimated extra MACs are the planned ones and the lower
+    bound is at most the planned arena (the search skips schedules on these figures)."""
+    net = {"awkward": _awkward, "mbv2_like": _mbv2_like}[model]()
+    g, mem = build_graph(net, shape, "dense")
+    search = tiling.Search(g)
+    one = search.one_stage()
+    cands = one + search.two_stage([c[0] for c in one[:: max(1, len(one) // 8)]])
+    assert len(cands) > len(one) > 10
+    tight = 0
+    for c in cands:
+        s = search.plan(c)
+        assert search.extra_macs(c) == s.extra_macs, c
+        assert search.lower_bound(c) <= s.memory.arena_bytes, c
+        tight += search.lower_bound(c) >= 0.8 * s.memory.arena_bytes
+    assert tight > len(cands) // 2  # bounds close enough to prune
+
+
+@pytest.mark.parametrize("model,shape", [("awkward", AWKWARD_SHAPE), ("mbv2_like", (1, 3, 33, 31))])
+def test_search_equals_exhaustive(model, shape):
+    """choose_schedule plans few schedules yet returns what planning every candidate returns: the fewest extra
+    MACs (then the smallest arena) among those that fit; below the smallest reachable arena, the error names
+    that figure."""
+    net = {"awkward": _awkward, "mbv2_like": _mbv2_like}[model]()
+    g, mem = build_graph(net, shape, "dense")
+    search = tiling.Search(g)
+    one = search.one_stage()
+    two = search.two_stage(search.seeds(one))
+    planned = {id(c): search.plan(c) for c in one + two}
+    low = min(s.memory.arena_bytes for s in planned.values())
+    low_one = min(planned[id(c)].memory.arena_bytes for c in one)
+    for budget in sorted({low, low_one, (low_one + mem.arena_bytes) // 2, mem.arena_bytes - 1}):
+        pool = one if budget >= low_one else two
+        fits = [planned[id(c)] for c in pool if planned[id(c)].memory.arena_bytes <= budget]
+        want = min(fits, key=lambda s: (s.extra_macs, s.memory.arena_bytes))
+        got = tiling.choose_schedule(g, budget)
+        assert (got.extra_macs, got.memory.arena_bytes) == (want.extra_macs, want.memory.arena_bytes), budget
+    with pytest.raises(CodegenError, match=rf"the smallest arena reachable is {low} bytes"):
+        tiling.choose_schedule(g, low - 1)
