@@ -172,7 +172,8 @@ def save_compressed_model(
     No schedule fits: CodegenError naming the layer that sets the smallest arena reachable, and that
     figure. ``tiling_stages`` forces the given ``tiling.Stage`` list instead (graph op indices, see
     ``build_graph``). With ``integer=True`` the same search runs over the int8 arena (1-byte values) and
-    the int8 kernels run on the tiles (bit-exact with the untiled integer C).
+    the int8 kernels run on the tiles (bit-exact with the untiled integer C). ``representation=None`` on a
+    model from ``compress_NN_models(..., ram_budget=N)`` also takes its recorded ``ram_budget``.
 
     >>> net = torch.nn.Sequential(torch.nn.Conv2d(1, 4, 3), torch.nn.ReLU(), torch.nn.Flatten(),
     ...                           torch.nn.Linear(4 * 6 * 6, 10))
@@ -181,6 +182,10 @@ def save_compressed_model(
     >>> res.weight_bytes                                                  # doctest: +SKIP
     5960
     """
+    if representation is None and ram_budget is None and not tiling_stages:
+        recorded = getattr(model, EMIT_ATTR, None)  # compress_NN_models(..., ram_budget=) records its bound
+        if isinstance(recorded, dict) and recorded.get("ram_budget") is not None:
+            ram_budget = int(recorded["ram_budget"])
     representation = emit_representation(model, representation)
     if quantize and integer:
         raise CodegenError("quantize=True makes weight-only int8/codebook weights for float inference; integer=True "
@@ -237,6 +242,16 @@ def save_compressed_model(
             e.extra_context = tiling.emission_context(g, schedule, emit.model_runtime_headers(g))
             e.add_files = _add_tile_runtime
     return write_emission(e, directory, overwrite)
+
+
+def plan_ram(model: torch.nn.Module, example: torch.Tensor | tuple[int, ...], ram_budget: int,
+             representation: str = "csr") -> dict:  # fmt: skip
+    """The ``tiling`` report section of the schedule ``save_compressed_model(model, representation,
+    ram_budget=ram_budget)`` emits (layer-by-layer arena, peak RAM, stages, extra MACs), without emitting;
+    CodegenError naming the smallest arena reachable when no schedule fits. sparsecomp's
+    ``compress_NN_models(..., ram_budget=)`` calls it before and after compressing."""
+    g, _ = build_graph(model, example, representation)
+    return tiling.choose_schedule(g, int(ram_budget)).report(g)
 
 
 def _add_tile_runtime(r: emit.Rendered) -> None:

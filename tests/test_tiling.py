@@ -482,3 +482,59 @@ def test_search_equals_exhaustive(model, shape):
         assert (got.extra_macs, got.memory.arena_bytes) == (want.extra_macs, want.memory.arena_bytes), budget
     with pytest.raises(CodegenError, match=rf"the smallest arena reachable is {low} bytes"):
         tiling.choose_schedule(g, low - 1)
+
+
+# ---- compress_NN_models(..., ram_budget=) ------------------------------------------------------------
+
+
+def _ram_net() -> nn.Module:
+    torch.manual_seed(6)
+    return nn.Sequential(nn.Conv2d(1, 8, 3, padding=1), nn.ReLU(), nn.Conv2d(8, 8, 3, padding=1, groups=8), nn.ReLU(),
+                         nn.MaxPool2d(2), nn.Conv2d(8, 8, 3, stride=2, padding=1), nn.ReLU(), nn.Flatten(),
+                         nn.Linear(8 * 4 * 4, 10))  # fmt: skip
+
+
+def _ram_loaders():
+    from torch.utils.data import DataLoader, TensorDataset
+
+    gen = torch.Generator().manual_seed(7)
+    x = torch.randn(96, 1, 16, 16, generator=gen)
+    y = torch.randint(0, 10, (96,), generator=gen)
+    return [DataLoader(TensorDataset(x[i : i + 32], y[i : i + 32]), batch_size=16) for i in (0, 32, 64)]
+
+
+def test_compress_with_ram_budget(tmp_path):
+    """compress_NN_models(..., ram_budget=) plans tiles on the compressed model (report.ram), records the bound,
+    and save_compressed_model(model, input_data=...) emits within it; parity through gcc."""
+    from sparsecomp import compress_NN_models
+
+    net = _ram_net()
+    x = torch.randn(1, 1, 16, 16, generator=torch.Generator().manual_seed(8))
+    _, mem = build_graph(net, x, "csr")
+    budget = mem.arena_bytes * 2 // 3
+    train, val, test = _ram_loaders()
+    rep = compress_NN_models(net, "3KB", train, test, val_loader=val, representation="csr", num_epochs=1, max_rounds=1,
+                             progress=False, sensitivity_batches=1, accuracy_tolerance=0.5, ram_budget=budget)  # fmt: skip
+    assert rep.ram is not None and rep.ram["stages"]
+    assert rep.ram["peak_ram_bytes"] <= budget < rep.ram["layerwise_arena_bytes"]
+    assert "activation RAM" in str(rep)
+    res = save_compressed_model(net, input_data=x, directory=tmp_path / "m")
+    assert res.arena_bytes == rep.ram["peak_ram_bytes"] <= budget
+    assert res.report["tiling"]["stages"] == rep.ram["stages"]
+    v = verify(net, tmp_path / "m", torch.randn(3, 1, 16, 16))
+    assert_parity(v.outputs, v.reference, str(tmp_path / "m"))
+
+
+def test_compress_refuses_an_unreachable_ram_budget_first():
+    """The RAM bound is checked before any training: the error states the smallest arena reachable and the
+    model is left as it was."""
+    from sparsecomp import CompressionError, compress_NN_models
+
+    net = _ram_net()
+    before = {k: v.clone() for k, v in net.state_dict().items()}
+    train, val, test = _ram_loaders()
+    with pytest.raises(CompressionError, match=r"ram_budget=64 bytes of activation RAM cannot be met: no schedule "
+                                               r"fits ram_budget=64 bytes: the smallest arena reachable is \d+ bytes"):
+        compress_NN_models(net, "3KB", train, test, val_loader=val, representation="csr", num_epochs=1,
+                           max_rounds=1, progress=False, ram_budget=64)  # fmt: skip
+    assert all(torch.equal(v, net.state_dict()[k]) for k, v in before.items())
