@@ -46,7 +46,7 @@ import numpy as np
 import torch
 import torch.fx as fx
 
-from codegen import api, emission, emit, ir
+from codegen import api, emission, emit, ir, tiling
 from codegen.errors import CodegenError
 from codegen.formats import CArray
 from codegen.lower import lower
@@ -463,6 +463,22 @@ def _as_spec(exit_model) -> ExitSpec:
     return spec
 
 
+def _check_ram_budget(g: ir.Graph, arena_bytes: int, ram_budget: int) -> None:
+    """CodegenError when the early-exit arena exceeds ``ram_budget``, saying what the baseline alone reaches."""
+    if arena_bytes <= ram_budget:
+        return
+    why = (f"the early-exit emission needs an arena of {arena_bytes} bytes, above ram_budget={ram_budget}: its "
+           "stages run layer by layer (restartable, the exits' features kept), tiled execution is not combined "
+           "with early exits")  # fmt: skip
+    try:
+        alone = tiling.choose_schedule(g, ram_budget)
+    except CodegenError as exc:
+        raise CodegenError(f"{why}; the baseline alone does not fit either: {exc}") from None
+    raise CodegenError(f"{why}. The baseline alone fits with tiling ({alone.memory.arena_bytes} bytes, "
+                       f"{alone.extra_macs} extra MACs): emit it with save_compressed_model(..., "
+                       f"ram_budget={ram_budget}), or raise ram_budget to at least {arena_bytes}")  # fmt: skip
+
+
 def save_compressed_early_exit_model(
     baseline: torch.nn.Module,
     exit_model: torch.nn.Module,
@@ -477,8 +493,14 @@ def save_compressed_early_exit_model(
     tolerance: float | None = None,
     leaf_modules: tuple[type, ...] = (),
     concrete_args: dict | None = None,
+    ram_budget: int | None = None,
 ) -> EarlyExitResult:
     """Emits the baseline (model.c/.h, split into stages) and its exits (model_ee.c/.h) in one directory.
+
+    ``ram_budget`` (bytes): the early-exit arena (restartable stages, the exits' features) must fit it, else
+    CodegenError: the stages run layer by layer (tiled execution is not combined with early exits), and
+    the message says whether the baseline alone fits with tiling (``save_compressed_model(...,
+    ram_budget=)``) or the smallest arena it reaches.
 
     ``simulate_exit`` (default: the exit model's own) is the function that decides which exit is
     taken and masks the features after it; its masking must be the C's (checked), and it gives the
@@ -517,6 +539,8 @@ def save_compressed_early_exit_model(
     scratch_floats = max(scratch.values(), default=0)
     plan = plan_stages(g, stages, points, 4 * sum(sizes), 4 * scratch_floats)
     mem = plan.memory
+    if ram_budget is not None:
+        _check_ram_budget(g, mem.arena_bytes, int(ram_budget))
 
     # names must not clash between the two halves (symbols, header files, guards)
     P = prefix.upper()

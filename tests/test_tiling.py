@@ -538,3 +538,37 @@ def test_compress_refuses_an_unreachable_ram_budget_first():
         compress_NN_models(net, "3KB", train, test, val_loader=val, representation="csr", num_epochs=1,
                            max_rounds=1, progress=False, ram_budget=64)  # fmt: skip
     assert all(torch.equal(v, net.state_dict()[k]) for k, v in before.items())
+
+
+# ---- early exits --------------------------------------------------------------------------------------
+
+
+def test_early_exit_with_ram_budget(tmp_path):
+    """save_compressed_early_exit_model(..., ram_budget=): emitted when its (layer-by-layer) arena fits; below,
+    a clear refusal: why (no tiling with early exits), what the baseline alone reaches with tiling, and the
+    figure to raise the budget to; nothing written."""
+    from test_early_exit import inputs, make_exit_model, make_net
+
+    from codegen.early_exit import save_compressed_early_exit_model
+    from sparsecomp.early_exit import simulate_exit
+
+    net = make_net()
+    ee = make_exit_model(net, "global")
+    x = inputs()
+    ok = save_compressed_early_exit_model(net, ee, "csr", simulate_exit=simulate_exit, input_data=x[:1],
+                                          directory=tmp_path / "ok")  # fmt: skip
+    arena = ok.report["memory"]["arena_bytes"]
+    save_compressed_early_exit_model(net, ee, "csr", simulate_exit=simulate_exit, input_data=x[:1],
+                                     directory=tmp_path / "fits", ram_budget=arena)  # fmt: skip
+    assert (tmp_path / "fits" / "model.c").read_text() == (tmp_path / "ok" / "model.c").read_text()
+    with pytest.raises(CodegenError, match=rf"needs an arena of {arena} bytes, above ram_budget={arena - 4}: its "
+                                           r"stages run layer by layer .* tiled execution is not combined with early "
+                                           r"exits\. The baseline alone fits with tiling \(\d+ bytes, \d+ extra MACs\): "
+                                           rf"emit it .* raise ram_budget to at least {arena}"):  # fmt: skip
+        save_compressed_early_exit_model(net, ee, "csr", simulate_exit=simulate_exit, input_data=x[:1],
+                                         directory=tmp_path / "no", ram_budget=arena - 4)  # fmt: skip
+    with pytest.raises(CodegenError, match=r"the baseline alone does not fit either: no schedule fits ram_budget=8 "
+                                           r"bytes: the smallest arena reachable is \d+ bytes"):
+        save_compressed_early_exit_model(net, ee, "csr", simulate_exit=simulate_exit, input_data=x[:1],
+                                         directory=tmp_path / "no", ram_budget=8)  # fmt: skip
+    assert not (tmp_path / "no").exists()
