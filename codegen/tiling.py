@@ -17,9 +17,16 @@ stage input, a residual add) gets a copy of its window first (``sc_tile_copy``, 
 the stage's output tile is copied into place in the stage output. The tile buffers are planned in one
 workspace (``memory.MemoryPlanner``) that lives in the arena only while the stage runs.
 
-Not tiled: the integer path, average pooling that counts padding (its divisor depends on the bottom
-padding, which the tile-local form cannot express), explicit pad/concat/view ops (a stage ends
-before them).
+The integer path tiles the same way: its graph with 1-byte values (``integer_emit.int8_graph``) is
+planned, the int8 kernels run on the tile planes (``Int8Handler.tile_form``), ``sc_tile_copy_i8``
+(runtime_c/sc_tile_i8.h) moves the windows; integer sums do not depend on the order, so the tiled C is
+bit-exact with the untiled C.
+
+The search (``choose_schedule``, ``Search``) tries schedules in order of extra MACs and plans only those
+whose lower bound of the arena fits the budget (see ``Search``).
+
+Not tiled: average pooling that counts padding (its divisor depends on the bottom padding, which the
+tile-local form cannot express), explicit pad/concat/view ops (a stage ends before them).
 
 >>> from codegen.tiling import Rect, input_rect
 >>> input_rect(Rect(0, 2, 0, 2), kernel=(3, 3), stride=(2, 2), padding=(1, 1), dilation=(1, 1), hw=(7, 7))
