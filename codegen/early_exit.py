@@ -238,13 +238,17 @@ class StagePlan:
 
 
 def plan_stages(g: ir.Graph, stages: list[Stage], points: list[ExitPoint], features_bytes: int,
-                scratch_bytes: int, alignment: int = 4) -> StagePlan:  # fmt: skip
+                scratch_bytes: int, alignment: int = 4, tiled: Sequence[tiling.StagePlan] = ()) -> StagePlan:  # fmt: skip
     """Plans ONE arena for the staged backbone and the exit path (see the module docstring).
 
     Time: op i runs at 2i; exit k's pooling at 2 * (exit op) + 1; the answer at 2n + 1. A value read
     in a later stage than the one producing it lives to the end of the reading stage, so a stage
     never overwrites what it reads from earlier stages (stages are restartable); in-place ops then
     only happen over values of the same stage.
+
+    ``tiled``: tiled stages (codegen/tiling.py, each inside one exit stage): the values made inside one
+    live in its tile workspace (an extra buffer from its first to its last op), its input stays live and
+    its output is written from its first op on.
     """
     n = len(g.ops)
     t_end = 2 * n + 1
@@ -267,6 +271,18 @@ def plan_stages(g: ir.Graph, stages: list[Stage], points: list[ExitPoint], featu
     for p in points:
         last[p.value] = max(last[p.value], 2 * p.op_index + 1)
     last[g.output] = t_end
+    ops = list(g.ops)
+    tile_extra = []
+    for k, tp in enumerate(tiled):
+        f, la = tp.stage.first, tp.stage.last
+        for i in range(f, la + 1):  # planned as plain steps: no in-place, no kernel scratch of the whole layer
+            op = g.ops[i]
+            ops[i] = tiling._StageOp(op.name, "stage", op.source, list(op.inputs), op.output)
+            if i < la:
+                first[op.output], last[op.output] = t_end + 1, -1  # in the workspace, not the arena
+        first[tp.output] = 2 * f
+        last[tp.input] = max(last[tp.input], 2 * la)
+        tile_extra.append((f"tile{k}.workspace", tp.workspace_bytes, 2 * f, 2 * la, 0))
 
     # The exit path's own buffers: the input copy (incremental API), the backbone's answer (kept
     # from the first op that may write it to the end), the pooled features and the head's scratch.
@@ -277,7 +293,10 @@ def plan_stages(g: ir.Graph, stages: list[Stage], points: list[ExitPoint], featu
     ]
     if scratch_bytes:
         extra.append(("ee_scratch", scratch_bytes, -1, t_end, 1))
-    mem = plan_graph(g, alignment, lifetimes=(first, last), op_time=lambda i: 2 * i, extra=extra)
+    planned = ir.Graph(g.values, ops, g.input, g.output)
+    mem = plan_graph(planned, alignment, lifetimes=(first, last), op_time=lambda i: 2 * i, extra=extra + tile_extra)
+    for k, tp in enumerate(tiled):
+        tiling.place_workspace(mem, tp, mem.extra_offsets[f"tile{k}.workspace"])
     plan = mem.extra_offsets
     return StagePlan(
         mem, plan["ee_input"], plan["ee_output"], plan["ee_features"], plan.get("ee_scratch", 0),
@@ -463,20 +482,32 @@ def _as_spec(exit_model) -> ExitSpec:
     return spec
 
 
-def _check_ram_budget(g: ir.Graph, arena_bytes: int, ram_budget: int) -> None:
-    """CodegenError when the early-exit arena exceeds ``ram_budget``, saying what the baseline alone reaches."""
-    if arena_bytes <= ram_budget:
-        return
-    why = (f"the early-exit emission needs an arena of {arena_bytes} bytes, above ram_budget={ram_budget}: its "
-           "stages run layer by layer (restartable, the exits' features kept), tiled execution is not combined "
-           "with early exits")  # fmt: skip
+def _tiled_schedule(g: ir.Graph, stages: list[Stage], points: list[ExitPoint], features_bytes: int,
+                    scratch_bytes: int, untiled: StagePlan, ram_budget: int) -> tiling.Schedule:  # fmt: skip
+    """The schedule of fewest extra MACs whose early-exit arena fits ``ram_budget`` (tiling.choose_schedule
+    with this arena): tiled stages lie inside one exit stage and keep every exit point's value out of their
+    tiles; CodegenError with the smallest arena reachable otherwise."""
+    stage_of = {i: s.index for s in stages for i in range(s.start, s.end)}
+    exits = {p.value for p in points}
+    layerwise = untiled.baseline_arena_bytes
+
+    def allowed(st: tiling.Stage) -> bool:
+        made = {op.output for op in st.ops(g)} - {g.ops[st.last].output}
+        return stage_of[st.first] == stage_of[st.last] and not (made & exits)
+
+    def plan_fn(tiled: list[tiling.Stage]) -> tiling.Schedule:
+        if not tiled:
+            return tiling.Schedule([], untiled.memory, layerwise)
+        plans = [search.stage(t, f"t{k}") for k, t in enumerate(sorted(tiled, key=lambda t: t.first))]
+        sp = plan_stages(g, stages, points, features_bytes, scratch_bytes, tiled=plans)
+        return tiling.Schedule(plans, sp.memory, layerwise)
+
+    search = tiling.Search(g, plan_fn, allowed)
     try:
-        alone = tiling.choose_schedule(g, ram_budget)
+        return tiling.choose_schedule(g, ram_budget, search)
     except CodegenError as exc:
-        raise CodegenError(f"{why}; the baseline alone does not fit either: {exc}") from None
-    raise CodegenError(f"{why}. The baseline alone fits with tiling ({alone.memory.arena_bytes} bytes, "
-                       f"{alone.extra_macs} extra MACs): emit it with save_compressed_model(..., "
-                       f"ram_budget={ram_budget}), or raise ram_budget to at least {arena_bytes}")  # fmt: skip
+        raise CodegenError(f"early-exit emission (stages restartable, the exits' features kept in the arena, "
+                           f"tiles only inside a stage): {exc}") from None
 
 
 def save_compressed_early_exit_model(
@@ -497,10 +528,10 @@ def save_compressed_early_exit_model(
 ) -> EarlyExitResult:
     """Emits the baseline (model.c/.h, split into stages) and its exits (model_ee.c/.h) in one directory.
 
-    ``ram_budget`` (bytes): the early-exit arena (restartable stages, the exits' features) must fit it, else
-    CodegenError: the stages run layer by layer (tiled execution is not combined with early exits), and
-    the message says whether the baseline alone fits with tiling (``save_compressed_model(...,
-    ram_budget=)``) or the smallest arena it reaches.
+    ``ram_budget`` (bytes): when the early-exit arena (restartable stages, the exits' features) needs more,
+    the first layers run tile by tile (codegen/tiling.py; a tiled stage lies inside one exit stage, so a
+    restarted stage re-runs its tiles), the schedule of fewest extra MACs that fits; else CodegenError
+    with the smallest arena reachable. report.json then has a ``tiling`` section.
 
     ``simulate_exit`` (default: the exit model's own) is the function that decides which exit is
     taken and masks the features after it; its masking must be the C's (checked), and it gives the
@@ -538,9 +569,12 @@ def save_compressed_early_exit_model(
     api.encode_graph(hg, representation, ee_prefix)
     scratch_floats = max(scratch.values(), default=0)
     plan = plan_stages(g, stages, points, 4 * sum(sizes), 4 * scratch_floats)
-    mem = plan.memory
+    schedule = None
     if ram_budget is not None:
-        _check_ram_budget(g, mem.arena_bytes, int(ram_budget))
+        schedule = _tiled_schedule(g, stages, points, 4 * sum(sizes), 4 * scratch_floats, plan, int(ram_budget))
+        if schedule.stages:
+            plan = plan_stages(g, stages, points, 4 * sum(sizes), 4 * scratch_floats, tiled=schedule.stages)
+    mem = plan.memory
 
     # names must not clash between the two halves (symbols, header files, guards)
     P = prefix.upper()
@@ -631,6 +665,10 @@ def save_compressed_early_exit_model(
     ]  # fmt: skip
     extra_context = dict(stages=stage_ctx, extra_sources=["model_ee.c"], extra_headers=["model_ee.h"],
                          baseline_sources=["app/baseline_ee.c"], ee_headers=[f"ee_{op.name}.h" for op in hg.ops])
+    if schedule is not None:
+        report["tiling"] = schedule.report(g)
+        if schedule.stages:
+            extra_context.update(tiling.emission_context(g, schedule, emit.model_runtime_headers(g)))
     env = emit.environment()
     fo = plan.features_offset // 4
 
@@ -701,6 +739,8 @@ def save_compressed_early_exit_model(
         rt = runtime_dir()
         for h in [*ee_runtime, *(d for r in ee_runtime for d in emit.RUNTIME_INCLUDES.get(r, ()))]:
             rendered.copies.setdefault(f"runtime/{h}", rt / h)
+        if schedule is not None and schedule.stages:
+            rendered.copies[f"runtime/{tiling.TILE_HEADER}"] = rt / tiling.TILE_HEADER
 
     e = emission.Emission(g, mem, prefix, representation, name, report, test_io, extra_context=extra_context,
                           add_files=add_files, what=f"early-exit ({n_exits} {spec.kind} exits, {ee_bytes.total} "

@@ -37,6 +37,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import NamedTuple
 
@@ -376,13 +377,17 @@ def plan_schedule(g: ir.Graph, stages: list[Stage], search: Search | None = None
     reduced = ir.Graph(g.values, ops, g.input, g.output)
     mem = plan_graph(reduced, extra=extra)
     for k, p in enumerate(plans):
-        base = mem.extra_offsets[f"stage{k}.workspace"]
-        for b, off in p.offsets.items():
-            if not b.endswith(".scratch"):
-                mem.storage[b] = Storage("arena", base + off, b)
-        for n, off in p.scratch.items():
-            mem.scratch[n] = base + off
+        place_workspace(mem, p, mem.extra_offsets[f"stage{k}.workspace"])
     return Schedule(plans, mem, search.layerwise.arena_bytes)
+
+
+def place_workspace(mem: GraphMemory, p: StagePlan, base: int) -> None:
+    """Storage of the stage's tile buffers and kernel scratch, its workspace at ``base`` in the arena."""
+    for b, off in p.offsets.items():
+        if not b.endswith(".scratch"):
+            mem.storage[b] = Storage("arena", base + off, b)
+    for n, off in p.scratch.items():
+        mem.scratch[n] = base + off
 
 
 def _axis_regions(g: ir.Graph, ops: list[ir.Op], y: str, lo: int, hi: int, axis: int
@@ -420,9 +425,15 @@ class Search:
     output (``op_lb``; an op that may write over its input counts its inputs only), and (2) for every
     stage, its workspace lower bound plus its arena input and output (all live while it runs)."""
 
-    def __init__(self, g: ir.Graph):
+    def __init__(self, g: ir.Graph, plan_fn: Callable[[list[Stage]], Schedule] | None = None,
+                 allowed: Callable[[Stage], bool] | None = None):  # fmt: skip
+        """``plan_fn``: plans a schedule (default ``plan_schedule``; early exits plan their own arena);
+        ``allowed``: which stages may be tiled (default all that ``candidate_stages`` finds)."""
         self.g = g
         self.layerwise = plan_graph(g)
+        self.plan_fn = plan_fn
+        self.allowed = allowed
+        self.untiled = plan_fn([]) if plan_fn else Schedule([], self.layerwise, self.layerwise.arena_bytes)
         self._plans: dict[tuple, StagePlan] = {}
         self._estimates: dict[tuple, Estimate] = {}
         self._candidates: dict[int, list[int]] = {}
@@ -514,14 +525,17 @@ class Search:
 
     def plan(self, stages: list[Stage]) -> Schedule:
         self.planned += 1
-        return plan_schedule(self.g, stages, self)
+        return self.plan_fn(stages) if self.plan_fn else plan_schedule(self.g, stages, self)
+
+    def _ok(self, st: Stage) -> bool:
+        return self.allowed is None or self.allowed(st)
 
     def one_stage(self, max_grid: int = MAX_GRID) -> list[list[Stage]]:
         """Every one-stage schedule considered: ops 0..last (each candidate) on each of ``grids``."""
         out = []
         for last in self.candidates(0):
             h, w = _chw(self.g.values[self.g.ops[last].output].shape)[1:]
-            out += [[Stage(0, last, grid)] for grid in grids(h, w, max_grid)]
+            out += [[Stage(0, last, grid)] for grid in grids(h, w, max_grid) if self._ok(Stage(0, last, grid))]
         return out
 
     def two_stage(self, firsts: list[Stage], max_grid: int = MAX_GRID) -> list[list[Stage]]:
@@ -530,7 +544,8 @@ class Search:
         for a in firsts:
             for last in self.candidates(a.last + 1):
                 h, w = _chw(self.g.values[self.g.ops[last].output].shape)[1:]
-                out += [[a, Stage(a.last + 1, last, grid)] for grid in grids(h, w, max_grid)]
+                out += [[a, Stage(a.last + 1, last, grid)] for grid in grids(h, w, max_grid)
+                        if self._ok(Stage(a.last + 1, last, grid))]  # fmt: skip
         return out
 
     def seeds(self, one: list[list[Stage]], n: int = SECOND_STAGE_SEEDS) -> list[Stage]:
@@ -561,7 +576,7 @@ class Search:
     def lowest(self, cands: list[list[Stage]]) -> Schedule:
         """The schedule of smallest arena (then fewest extra MACs) among ``cands`` and layer by layer:
         in order of lower bound, stopping when the bound reaches the best arena found."""
-        best = Schedule([], self.layerwise, self.layerwise.arena_bytes)
+        best = self.untiled
         for c in sorted(cands, key=lambda c: (self.lower_bound(c), self.extra_macs(c))):
             if self.lower_bound(c) > best.memory.arena_bytes:
                 break
@@ -627,14 +642,14 @@ def pareto_seeds(one: list[Schedule], n: int = SECOND_STAGE_SEEDS) -> list[Sched
     return [front[round(i * (len(front) - 1) / (n - 1))] for i in range(n)]
 
 
-def choose_schedule(g: ir.Graph, ram_budget: int) -> Schedule:
+def choose_schedule(g: ir.Graph, ram_budget: int, search: Search | None = None) -> Schedule:
     """The schedule of fewest extra MACs whose arena fits ``ram_budget`` bytes: layer by layer, else one
     tiled stage from the input, else two stages (first stages from ``Search.seeds``, each extended by a
     stage after it); or CodegenError naming the layer that sets the smallest arena reachable among those.
     Lower bounds and cached per-stage costs (``Search``) keep most schedules from being planned."""
-    search = Search(g)
-    if search.layerwise.arena_bytes <= ram_budget:
-        return Schedule([], search.layerwise, search.layerwise.arena_bytes)
+    search = search or Search(g)
+    if search.untiled.memory.arena_bytes <= ram_budget:
+        return search.untiled
     one = search.one_stage()
     choice = search.fewest_macs_fitting(one, ram_budget)
     two: list[list[Stage]] = []

@@ -543,10 +543,55 @@ def test_compress_refuses_an_unreachable_ram_budget_first():
 # ---- early exits --------------------------------------------------------------------------------------
 
 
-def test_early_exit_with_ram_budget(tmp_path):
-    """save_compressed_early_exit_model(..., ram_budget=): emitted when its (layer-by-layer) arena fits; below,
-    a clear refusal: why (no tiling with early exits), what the baseline alone reaches with tiling, and the
-    figure to raise the budget to; nothing written."""
+@pytest.fixture(scope="module", params=["global", "branch"])
+def tiled_ee(request, tmp_path_factory):
+    """The early-exit test model (tests/test_early_exit.py) emitted with ram_budget 4 bytes under its arena."""
+    from test_early_exit import inputs, make_exit_model, make_net
+
+    from codegen.early_exit import save_compressed_early_exit_model
+    from sparsecomp.early_exit import simulate_exit
+
+    kind = request.param
+    net = make_net()
+    ee = make_exit_model(net, kind)
+    x = inputs()
+    root = tmp_path_factory.mktemp(f"tiled_ee_{kind}")
+    plain = save_compressed_early_exit_model(net, ee, "csr", simulate_exit=simulate_exit, input_data=x[:1],
+                                             directory=root / "plain")  # fmt: skip
+    budget = plain.report["memory"]["arena_bytes"] - 4
+    res = save_compressed_early_exit_model(net, ee, "csr", simulate_exit=simulate_exit, input_data=x[:1],
+                                           directory=root / "model", ram_budget=budget)  # fmt: skip
+    return kind, net, ee, x, root / "model", res, plain, budget
+
+
+def test_early_exit_tiled_every_exit_and_restart(tiled_ee, tmp_path):
+    """save_compressed_early_exit_model(..., ram_budget=): tiled stages inside the exit stages; every exit
+    (one shot and incremental) and the baseline match PyTorch, the self-test passes, a stage run twice (power
+    lost before its step was recorded) gives the same answers, no two live buffers overlap."""
+    import test_early_exit as tee
+
+    from codegen.early_exit import verify_early_exit
+
+    kind, net, ee, x, d, res, plain, budget = tiled_ee
+    t = res.report["tiling"]
+    assert t["stages"] and t["peak_ram_bytes"] == res.report["memory"]["arena_bytes"] <= budget
+    assert res.report["early_exit"]["arena"]["arena_bytes"] == t["peak_ram_bytes"]
+    stage_of = {i: s["index"] for s in res.report["early_exit"]["stages"] for i in range(s["first_op"], s["end_op"])}
+    assert all(stage_of[s["first"]] == stage_of[s["last"]] for s in t["stages"])  # a tiled stage inside one stage
+    assert "sc_tile_copy(" in (d / "model.c").read_text() and "runtime/sc_tile.h" in res.report["files"]
+    v = verify_early_exit(net, ee, d, x)
+    for k in range(len(tee.EXITS) + 1):
+        assert_parity(v.oneshot[k], v.reference[k], f"{kind} exit {k} one shot")
+        assert_parity(v.incremental[k], v.reference[k], f"{kind} exit {k} incremental")
+    assert_parity(v.baseline, v.baseline_reference, "baseline")
+    proc = subprocess.run(["make", "-C", str(d), "check"], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0 and "SC_PASS" in proc.stdout and "SC_EE_CHECK_FAILED" not in proc.stdout, proc.stdout
+    emitted = (kind, net, ee, x, d, res)
+    tee.test_power_loss_mid_stage_redoes_the_stage(emitted, tmp_path)
+    tee.test_stage_plan_keeps_cross_stage_reads_intact(emitted)
+
+
+def test_early_exit_ram_budget_refused_with_the_smallest_arena(tmp_path):
     from test_early_exit import inputs, make_exit_model, make_net
 
     from codegen.early_exit import save_compressed_early_exit_model
@@ -555,20 +600,33 @@ def test_early_exit_with_ram_budget(tmp_path):
     net = make_net()
     ee = make_exit_model(net, "global")
     x = inputs()
-    ok = save_compressed_early_exit_model(net, ee, "csr", simulate_exit=simulate_exit, input_data=x[:1],
-                                          directory=tmp_path / "ok")  # fmt: skip
-    arena = ok.report["memory"]["arena_bytes"]
-    save_compressed_early_exit_model(net, ee, "csr", simulate_exit=simulate_exit, input_data=x[:1],
-                                     directory=tmp_path / "fits", ram_budget=arena)  # fmt: skip
-    assert (tmp_path / "fits" / "model.c").read_text() == (tmp_path / "ok" / "model.c").read_text()
-    with pytest.raises(CodegenError, match=rf"needs an arena of {arena} bytes, above ram_budget={arena - 4}: its "
-                                           r"stages run layer by layer .* tiled execution is not combined with early "
-                                           r"exits\. The baseline alone fits with tiling \(\d+ bytes, \d+ extra MACs\): "
-                                           rf"emit it .* raise ram_budget to at least {arena}"):  # fmt: skip
-        save_compressed_early_exit_model(net, ee, "csr", simulate_exit=simulate_exit, input_data=x[:1],
-                                         directory=tmp_path / "no", ram_budget=arena - 4)  # fmt: skip
-    with pytest.raises(CodegenError, match=r"the baseline alone does not fit either: no schedule fits ram_budget=8 "
-                                           r"bytes: the smallest arena reachable is \d+ bytes"):
+    with pytest.raises(CodegenError, match=r"early-exit emission \(stages restartable, the exits' features kept in the "
+                                           r"arena, tiles only inside a stage\): no schedule fits ram_budget=8 bytes: "
+                                           r"the smallest arena reachable is \d+ bytes"):  # fmt: skip
         save_compressed_early_exit_model(net, ee, "csr", simulate_exit=simulate_exit, input_data=x[:1],
                                          directory=tmp_path / "no", ram_budget=8)  # fmt: skip
     assert not (tmp_path / "no").exists()
+    fits = save_compressed_early_exit_model(net, ee, "csr", simulate_exit=simulate_exit, input_data=x[:1],
+                                            directory=tmp_path / "a", ram_budget=10**6)  # fmt: skip
+    plain = save_compressed_early_exit_model(net, ee, "csr", simulate_exit=simulate_exit, input_data=x[:1],
+                                             directory=tmp_path / "b")  # fmt: skip
+    assert fits.report["tiling"]["stages"] == []
+    assert (tmp_path / "a" / "model.c").read_text() == (tmp_path / "b" / "model.c").read_text()
+    assert plain.report["memory"] == fits.report["memory"]
+
+
+@pytest.mark.board
+def test_early_exit_tiled_on_the_emulated_m4(tiled_ee):
+    from test_early_exit import EXITS, require_board
+
+    from codegen import board as cboard
+
+    require_board()
+    kind, net, ee, x, d, res, plain, budget = tiled_ee
+    r = cboard.run(d, "m4")
+    assert r.passed, r.stdout[-3000:] + r.stderr[-2000:]
+    with torch.no_grad():
+        ref = np.stack([ee(x[:1], exit_index=k).numpy().reshape(-1) for k in range(len(EXITS) + 1)])
+    got = r.outputs.reshape(len(EXITS) + 1, -1)
+    for k in range(len(EXITS) + 1):
+        assert_parity(got[k], ref[k], f"{kind} exit {k} on m4 (tiled)")
