@@ -643,19 +643,17 @@ def pareto_seeds(one: list[Schedule], n: int = SECOND_STAGE_SEEDS) -> list[Sched
 
 
 def choose_schedule(g: ir.Graph, ram_budget: int, search: Search | None = None) -> Schedule:
-    """The schedule of fewest extra MACs whose arena fits ``ram_budget`` bytes: layer by layer, else one
-    tiled stage from the input, else two stages (first stages from ``Search.seeds``, each extended by a
-    stage after it); or CodegenError naming the layer that sets the smallest arena reachable among those.
+    """The schedule of fewest extra MACs whose arena fits ``ram_budget`` bytes: layer by layer, else among
+    one tiled stage from the input and two stages (first stages from ``Search.seeds``, each extended by a
+    stage after it; two small stages often recompute less than one deep one); or CodegenError naming the
+    layer that sets the smallest arena reachable among those.
     Lower bounds and cached per-stage costs (``Search``) keep most schedules from being planned."""
     search = search or Search(g)
     if search.untiled.memory.arena_bytes <= ram_budget:
         return search.untiled
     one = search.one_stage()
-    choice = search.fewest_macs_fitting(one, ram_budget)
-    two: list[list[Stage]] = []
-    if choice is None:
-        two = search.two_stage(search.seeds(one))
-        choice = search.fewest_macs_fitting(two, ram_budget)
+    two = search.two_stage(search.seeds(one))
+    choice = search.fewest_macs_fitting(one + two, ram_budget)
     if choice is not None:
         log.info("ram_budget %d: %s (%d schedules planned)", ram_budget, choice.report(g), search.planned)
         return choice
