@@ -46,7 +46,7 @@ import numpy as np
 import torch
 import torch.fx as fx
 
-from codegen import api, emission, emit, ir
+from codegen import api, emission, emit, formats, ir
 from codegen.errors import CodegenError
 from codegen.formats import CArray
 from codegen.lower import lower
@@ -489,6 +489,7 @@ def save_compressed_early_exit_model(
     >>> res.report["early_exit"]["exits"][0]["macs"]                       # doctest: +SKIP
     """
     emission.check_prefix(prefix)
+    rep = formats.check_representation(representation)
     if input_data is None and input_shape is None:
         raise CodegenError("give input_data (a sample of batch size 1) or input_shape, e.g. (1, 1, 8, 8)")
     spec = _as_spec(exit_model)
@@ -500,7 +501,7 @@ def save_compressed_early_exit_model(
     example = example_from(input_data if input_data is not None else tuple(input_shape))
     an = analyze_backbone(baseline, example, spec.exit_points, leaf_modules, concrete_args)
     g, points, stages = an.graph, an.points, an.stages
-    api.encode_graph(g, representation, prefix)
+    api.encode_graph(g, rep, prefix)
     if g.output_value.numel != spec.num_classes:
         raise CodegenError(
             f"the backbone gives {g.output_value.numel} outputs and the exits {spec.num_classes}; the full path "
@@ -512,7 +513,7 @@ def save_compressed_early_exit_model(
     ee_prefix = f"{prefix}_ee"
     scratch: dict[str, int] = {}
     hg, heads = _head_graph(spec, sizes, scratch)
-    api.encode_graph(hg, representation, ee_prefix)
+    api.encode_graph(hg, rep, ee_prefix)
     scratch_floats = max(scratch.values(), default=0)
     plan = plan_stages(g, stages, points, 4 * sum(sizes), 4 * scratch_floats)
     mem = plan.memory
