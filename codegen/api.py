@@ -43,9 +43,9 @@ log = logging.getLogger(__name__)
 _ROLE_SUFFIX = {"weight": "w", "bias": "b", "scale": "scale", "shift": "shift"}
 
 
-def encode_graph(g: ir.Graph, representation: str, prefix: str) -> None:
-    """Chooses and builds the storage of every constant tensor (op.encoded)."""
-    formats.check_representation(representation)
+def encode_graph(g: ir.Graph, representation: formats.Representation, prefix: str) -> None:
+    """Chooses and builds the storage of every constant tensor (op.encoded). ``representation``: the table
+    entry the caller checked once (``formats.check_representation``)."""
     for op in g.ops:
         op.encoded = {}
         for role, arr in op.params.items():
@@ -67,12 +67,12 @@ def build_graph(
 ) -> tuple[ir.Graph, GraphMemory]:
     """Traces, lowers, encodes and plans a model: everything but rendering. The model is not modified."""
     check_prefix(prefix)
-    formats.check_representation(representation)
+    rep = formats.check_representation(representation)
     m = prepare_model(model)
     x = example_from(example_input)
     gm = trace_model(m, x, leaf_modules, concrete_args)
     g = lower(gm)
-    encode_graph(g, representation, prefix)
+    encode_graph(g, rep, prefix)
     return g, plan_graph(g)
 
 

@@ -17,7 +17,7 @@ import logging
 import numpy as np
 import torch
 
-from codegen import emission, integer, ir
+from codegen import emission, formats, integer, ir
 from codegen.emit import cfloat
 from codegen.errors import CodegenError
 from codegen.export_frontend import trace_model
@@ -59,11 +59,7 @@ def build_integer(
     concrete_args: dict | None = None,
 ) -> IntegerModel:
     """Traces, lowers, calibrates and quantizes a model for the integer path (see the module docstring)."""
-    if representation not in integer.INTEGER_ENCODINGS:
-        raise CodegenError(
-            f"representation {representation!r} cannot be used with integer=True: the weights are int8; "
-            f"choose one of {sorted(integer.INTEGER_ENCODINGS)} ('int8': dense, CSR or relative-index int8, the smallest)"
-        )
+    formats.check_representation(representation, integer=True)
     m = prepare_model(model)
     x = example_from(example_input)
     gm = trace_model(m, x, leaf_modules, concrete_args)
