@@ -1,0 +1,135 @@
+"""Intermittent inference (issue 16): save_compressed_model(..., intermittent=True).
+
+PyTorch is the oracle and an uninterrupted run the reference: every e2e model is emitted with
+intermittent=True and run through its own ``make power-fail-check`` (host: the NVM section mapped from a
+file, the process killed hundreds of times at seeded failure points: inside commits, before commits, at
+the start of a unit after garbage was written over part of its output), which requires every finished
+inference to be bit-identical to the uninterrupted one and within the self-test tolerance of PyTorch.
+The board tests reset the emulated Cortex-M4 at seeded instruction counts (``make qemu-power-fail``).
+Negative tests check the harness catches a model that is not idempotent or commits too early.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import subprocess
+from pathlib import Path
+
+import pytest
+from models import E2E_MODELS, build_model
+
+import codegen
+from codegen import intermittent, memory
+from codegen.errors import CodegenError
+
+HOST_FAILURES = 300
+
+
+def make(directory: Path, *targets: str, timeout: int = 600) -> subprocess.CompletedProcess:
+    return subprocess.run(["make", "-s", "-C", str(directory), *targets], capture_output=True, text=True,
+                          timeout=timeout)  # fmt: skip
+
+
+def power_fail(directory: Path, failures: int = HOST_FAILURES, seed: int = 1) -> dict[str, int]:
+    proc = make(directory, "power-fail-check", f"FAILURES={failures}", f"SEED={seed}")
+    assert proc.returncode == 0 and "SC_PASS" in proc.stdout, proc.stdout[-3000:] + proc.stderr[-3000:]
+    m = re.search(r"SC_POWER_FAIL failures=(\d+) inferences=(\d+) processes=(\d+)", proc.stdout)
+    assert m, proc.stdout
+    assert "bit-identical to model_run: yes" in proc.stdout, proc.stdout
+    return {"failures": int(m[1]), "inferences": int(m[2]), "processes": int(m[3])}
+
+
+def emit(name: str, tmp_path: Path, representation: str = "csr", **kw) -> codegen.api.EmitResult:
+    model, x = build_model(name)
+    return codegen.save_compressed_model(model, representation, x, tmp_path / name, intermittent=True, **kw)
+
+
+@pytest.mark.parametrize("name", list(E2E_MODELS))
+def test_host_power_failures(name, tmp_path):
+    res = emit(name, tmp_path)
+    d = res.directory
+    assert make(d, "check").returncode == 0  # the ordinary self-test still passes
+    figures = power_fail(d)
+    assert figures["failures"] == HOST_FAILURES
+    assert figures["processes"] > figures["inferences"] > 1
+    rep = res.report["intermittent"]
+    assert rep["units"][0]["op"] == "copy input" and len(rep["units"]) == len(res.report["layers"]) + 1
+    assert rep["nvm_bytes"] == int(re.search(r"MODEL_NVM_BYTES\s+(\d+)", (d / "model.h").read_text())[1])
+
+
+def test_dense_representation_and_seeds(tmp_path):
+    d = emit("ds_cnn", tmp_path, "dense").directory
+    for seed in (2, 3):
+        power_fail(d, 100, seed)
+
+
+def test_normal_run_unchanged(tmp_path):
+    """model.c of intermittent=True is the ordinary model.c followed by the intermittent part."""
+    model, x = build_model("ds_cnn")
+    plain = codegen.save_compressed_model(model, "csr", x, tmp_path / "plain").directory
+    inter = emit("ds_cnn", tmp_path).directory
+    a, b = (plain / "model.c").read_text(), (inter / "model.c").read_text()
+    assert b.startswith(a) and "_run_intermittent" in b[len(a):] and "intermittent" not in a
+    rep = json.loads((plain / "report.json").read_text())
+    assert "intermittent" not in rep and not (plain / "app" / "power_fail.c").exists()
+
+
+def test_nvm_plan_is_out_of_place():
+    """The normal plan runs some ops in place on ds_cnn; the NVM plan never lets an op's output (or scratch)
+    overlap a buffer it reads, and keeps the input and output in the arena."""
+    model, x = build_model("ds_cnn")
+    g, mem = codegen.api.build_graph(model, x)
+    shared = [op for op in g.ops if mem.storage[op.output].group in {mem.storage[v].group for v in op.inputs}]
+    assert shared, "ds_cnn is expected to run some op in place normally"
+    nvm = intermittent.plan_nvm(g)
+    assert all(s.kind == "arena" for s in nvm.storage.values())
+    for op in g.ops:
+        out = nvm.storage[op.output]
+        for v in op.inputs:
+            st = nvm.storage[v]
+            assert (out.offset + g.values[op.output].nbytes <= st.offset
+                    or st.offset + g.values[v].nbytes <= out.offset), op.source  # fmt: skip
+    intermittent.check_idempotent(g, nvm)
+    with pytest.raises(CodegenError, match="overlaps its input"):
+        intermittent.check_idempotent(g, mem if mem.arena_bytes else nvm)
+
+
+def test_harness_catches_in_place_units(tmp_path, monkeypatch):
+    """A model planned WITH in-place kernels is not idempotent: the harness must see wrong outputs."""
+    def in_place_plan(g):
+        n = len(g.ops)
+        first, last = memory.value_lifetimes(g)
+        first = {v: (f + 1 if f >= 0 else 0) for v, f in first.items()}
+        last = {v: (la + 1 if la >= 0 else -1) for v, la in last.items()}
+        last[g.output] = n + 1
+        return memory.plan_graph(g, lifetimes=(first, last), op_time=lambda i: i + 1, caller_io=False)
+
+    monkeypatch.setattr(intermittent, "plan_nvm", in_place_plan)
+    monkeypatch.setattr(intermittent, "check_idempotent", lambda g, mem: None)
+    d = emit("ds_cnn", tmp_path).directory
+    proc = make(d, "power-fail-check", "FAILURES=300")
+    assert proc.returncode != 0 and "SC_FAIL" in proc.stdout, proc.stdout[-2000:]
+
+
+def test_harness_catches_early_commit(tmp_path):
+    """Committing a unit before its layer ran (edited model.c) must fail the check."""
+    d = emit("lenet5", tmp_path).directory
+    src = (d / "model.c").read_text()
+    part = src.index("static int model_run_units")
+    body = src[part:]
+    # move the first layer's commit to the start of its unit
+    m = re.search(r"if \(unit < 2u\) \{\n", body)
+    commit = "        sc_nvm_commit(model_nvm.slots, &seq, 2u, MODEL_NVM_ID);\n"
+    assert m and commit in body
+    body = body.replace(commit, "", 1)
+    body = body[: m.end()] + commit + body[m.end():]
+    (d / "model.c").write_text(src[:part] + body)
+    proc = make(d, "power-fail-check", "FAILURES=300")
+    assert proc.returncode != 0 and "SC_FAIL" in proc.stdout, proc.stdout[-2000:]
+
+
+def test_refused_with_tiling(tmp_path):
+    model, x = build_model("lenet5")
+    with pytest.raises(CodegenError, match="intermittent"):
+        codegen.save_compressed_model(model, "csr", x, tmp_path / "t", intermittent=True, ram_budget=10_000)
