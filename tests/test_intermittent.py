@@ -17,7 +17,7 @@ import subprocess
 from pathlib import Path
 
 import pytest
-from models import E2E_MODELS, build_model
+from models import E2E_MODELS, build_model, sample_inputs
 
 import codegen
 from codegen import intermittent, memory
@@ -133,3 +133,14 @@ def test_refused_with_tiling(tmp_path):
     model, x = build_model("lenet5")
     with pytest.raises(CodegenError, match="intermittent"):
         codegen.save_compressed_model(model, "csr", x, tmp_path / "t", intermittent=True, ram_budget=10_000)
+
+
+@pytest.mark.parametrize("name", list(E2E_MODELS))
+def test_host_power_failures_int8(name, tmp_path):
+    model, x = build_model(name)
+    res = codegen.save_compressed_model(model, "int8", x, tmp_path / name, integer=True, intermittent=True,
+                                        calibration_data=sample_inputs(name, 32))  # fmt: skip
+    d = res.directory
+    assert make(d, "check").returncode == 0
+    assert "int model_run_int8_intermittent(const int8_t *input, int8_t *output);" in (d / "model.h").read_text()
+    assert power_fail(d)["failures"] == HOST_FAILURES  # bit-exact with the integer reference (tolerance 0)
