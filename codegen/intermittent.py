@@ -201,5 +201,6 @@ def add_files(e: Emission) -> Callable[[emit.Rendered], None]:
         env = emit.environment()
         r.copies[f"runtime/{HEADER}"] = runtime_dir() / HEADER
         r.files[HOST_HARNESS] = env.get_template("power_fail.c.j2").render(**ctx)
+        r.files[BOARD_HARNESS] = env.get_template("qemu_power_fail.c.j2").render(**ctx)
 
     return add

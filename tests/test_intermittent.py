@@ -18,6 +18,7 @@ from pathlib import Path
 
 import pytest
 from models import E2E_MODELS, build_model, sample_inputs
+from test_board import require_board
 
 import codegen
 from codegen import intermittent, memory
@@ -144,3 +145,53 @@ def test_host_power_failures_int8(name, tmp_path):
     assert make(d, "check").returncode == 0
     assert "int model_run_int8_intermittent(const int8_t *input, int8_t *output);" in (d / "model.h").read_text()
     assert power_fail(d)["failures"] == HOST_FAILURES  # bit-exact with the integer reference (tolerance 0)
+
+
+# ---- the emulated board: resets at seeded instruction counts, NVM kept across them ------------------
+
+BOARD_FAILURES = 12
+
+
+def qemu_power_fail(directory: Path, *args: str) -> subprocess.CompletedProcess:
+    return make(directory, "qemu-power-fail", *args)
+
+
+def board_figures(proc: subprocess.CompletedProcess) -> dict[str, int]:
+    m = re.search(r"SC_QEMU_POWER_FAIL failures=(\d+) boots=(\d+) inferences=(\d+) reference_instructions=(\d+) "
+                  r"mismatches=(\d+)", proc.stdout)  # fmt: skip
+    assert m, proc.stdout[-2000:] + proc.stderr[-2000:]
+    return dict(zip(("failures", "boots", "inferences", "instructions", "mismatches"), map(int, m.groups())))
+
+
+@pytest.mark.board
+@pytest.mark.parametrize("integer", [False, True], ids=["float", "int8"])
+@pytest.mark.parametrize("name", list(E2E_MODELS))
+def test_board_power_failures(name, integer, tmp_path):
+    require_board()
+    model, x = build_model(name)
+    kw = dict(integer=True, calibration_data=sample_inputs(name, 32)) if integer else {}
+    d = codegen.save_compressed_model(model, "int8" if integer else "csr", x, tmp_path / name, intermittent=True,
+                                      **kw).directory  # fmt: skip
+    proc = qemu_power_fail(d, f"FAILURES={BOARD_FAILURES}", "SEED=7")
+    assert proc.returncode == 0 and "SC_PASS" in proc.stdout, proc.stdout[-2000:] + proc.stderr[-2000:]
+    f = board_figures(proc)
+    # the resets happened (one boot per failure, plus the first) and NVM survived them (else the first-boot
+    # reference would run forever)
+    assert f["failures"] == BOARD_FAILURES and f["boots"] == BOARD_FAILURES + 1 and f["mismatches"] == 0
+    assert f["inferences"] >= 1
+
+
+@pytest.mark.board
+def test_board_forward_progress_and_nvm_size(tmp_path):
+    """A failure every K instructions: completes when the largest unit fits, reports no progress when it
+    does not; an NVM region smaller than the state fails the link with a message naming it."""
+    require_board()
+    d = emit("lenet5", tmp_path).directory
+    proc = qemu_power_fail(d, "INTERVAL_TICKS=60000")  # the largest unit (conv 2: 1.6 M MACs) fits, not two
+    assert proc.returncode == 0 and "SC_PASS" in proc.stdout, proc.stdout[-2000:]
+    f = board_figures(proc)
+    assert f["boots"] >= 2 and f["inferences"] == 1
+    proc = qemu_power_fail(d, "INTERVAL_TICKS=20000")
+    assert proc.returncode != 0 and "SC_NO_PROGRESS" in proc.stdout, proc.stdout[-2000:]
+    proc = qemu_power_fail(d, "SC_NVM_SIZE=4096")
+    assert proc.returncode != 0 and "SC_NVM state larger than the board's NVM" in proc.stdout + proc.stderr
