@@ -47,6 +47,7 @@ import torch
 import torch.fx as fx
 
 from codegen import api, emission, emit, ir
+from codegen import intermittent as nvm
 from codegen.errors import CodegenError
 from codegen.formats import CArray
 from codegen.lower import lower
@@ -477,8 +478,14 @@ def save_compressed_early_exit_model(
     tolerance: float | None = None,
     leaf_modules: tuple[type, ...] = (),
     concrete_args: dict | None = None,
+    intermittent: bool = False,
 ) -> EarlyExitResult:
     """Emits the baseline (model.c/.h, split into stages) and its exits (model_ee.c/.h) in one directory.
+
+    ``intermittent=True``: the incremental API (begin/step/exit) is already resumable after a power failure
+    (its arena and step state are SC_NVM); this adds the failure-injection harnesses and Makefile targets
+    ``power-fail-check`` and ``qemu-power-fail`` (codegen/intermittent.py, docs/intermittent.md), with
+    failure points in begin/step (SC_NVM_HOOK, empty in normal builds) and between the layers of a stage.
 
     ``simulate_exit`` (default: the exit model's own) is the function that decides which exit is
     taken and masks the features after it; its masking must be the C's (checked), and it gives the
@@ -654,8 +661,17 @@ def save_compressed_early_exit_model(
         feat_ptr=f"(arena + {fo})" if fo else "arena",
         ee_headers=[f"ee_{op.name}.h" for op in hg.ops], runtime_headers=ee_runtime, magic=magic,
         buf=head_buf, bias=bias, has_input=input_data is not None,
-        stage_exits=[s.exit for s in stages],
+        stage_exits=[s.exit for s in stages], feature_ends=[seg[k] + sizes[k] for k in range(n_exits)],
     )  # fmt: skip
+    if intermittent:
+        ctx["intermittent"] = extra_context["intermittent"] = {"early_exit": True}
+        report["intermittent"] = {
+            "units": [{"index": s.index, "layers": [op.source for op in g.ops[s.start:s.end]], "macs": s.macs}
+                      for s in stages],
+            "nvm_bytes": mem.arena_bytes + 8, "nvm_arena_bytes": mem.arena_bytes, "sram_bytes": 0,
+            "normal_arena_bytes": plan.baseline_arena_bytes, "max_unit_macs": max(s.macs for s in stages),
+            "commit": "the step counter (one aligned 32-bit store) after the stage, magic-guarded begin (model_ee.c)",
+        }  # fmt: skip
 
     def add_files(rendered: emit.Rendered) -> None:
         files = rendered.files
@@ -677,6 +693,8 @@ def save_compressed_early_exit_model(
         rt = runtime_dir()
         for h in [*ee_runtime, *(d for r in ee_runtime for d in emit.RUNTIME_INCLUDES.get(r, ()))]:
             rendered.copies.setdefault(f"runtime/{h}", rt / h)
+        if intermittent:
+            nvm.add_harnesses(rendered, ctx)
 
     e = emission.Emission(g, mem, prefix, representation, name, report, test_io, extra_context=extra_context,
                           add_files=add_files, what=f"early-exit ({n_exits} {spec.kind} exits, {ee_bytes.total} "

@@ -198,9 +198,15 @@ def add_files(e: Emission) -> Callable[[emit.Rendered], None]:
                **e.extra_context)  # fmt: skip
 
     def add(r: emit.Rendered) -> None:
-        env = emit.environment()
-        r.copies[f"runtime/{HEADER}"] = runtime_dir() / HEADER
-        r.files[HOST_HARNESS] = env.get_template("power_fail.c.j2").render(**ctx)
-        r.files[BOARD_HARNESS] = env.get_template("qemu_power_fail.c.j2").render(**ctx)
+        add_harnesses(r, ctx)
 
     return add
+
+
+def add_harnesses(r: emit.Rendered, ctx: dict) -> None:
+    """Renders app/power_fail.c and app/qemu_power_fail.c (``ctx``: prefix, PREFIX, version, has_input; ``ee``
+    and ``EE`` for an early-exit model) and copies runtime/sc_nvm.h."""
+    env = emit.environment()
+    r.copies[f"runtime/{HEADER}"] = runtime_dir() / HEADER
+    r.files[HOST_HARNESS] = env.get_template("power_fail.c.j2").render(**ctx)
+    r.files[BOARD_HARNESS] = env.get_template("qemu_power_fail.c.j2").render(**ctx)
