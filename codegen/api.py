@@ -136,6 +136,7 @@ def save_compressed_model(
     ram_budget: int | None = None,
     tiling_stages: list[tiling.Stage] | None = None,
     intermittent: bool = False,
+    max_unit_macs: int | None = None,
 ) -> EmitResult:
     """Emits the model as a self-contained C directory (its layout: docs/architecture.md, "The emitted directory").
 
@@ -182,7 +183,9 @@ def save_compressed_model(
     reads (codegen/intermittent.py, docs/intermittent.md). The Makefile gets ``power-fail-check`` (host, NVM in
     a file, the process killed at seeded points) and ``qemu-power-fail`` (the emulated Cortex-M4 reset at
     seeded instruction counts); report.json an ``intermittent`` section (units, MACs, NVM and SRAM bytes).
-    ``<prefix>_run`` and its C are unchanged.
+    ``<prefix>_run`` and its C are unchanged. ``max_unit_macs`` (layer separation, float path): a layer of more MACs
+    is split into tiles of output channels (convolutions, depthwise convolutions, fully connected layers; dense or
+    CSR weights), each its own committed unit; a layer that cannot be split that far is a CodegenError naming it.
 
     >>> net = torch.nn.Sequential(torch.nn.Conv2d(1, 4, 3), torch.nn.ReLU(), torch.nn.Flatten(),
     ...                           torch.nn.Linear(4 * 6 * 6, 10))
@@ -195,6 +198,12 @@ def save_compressed_model(
     if quantize and integer:
         raise CodegenError("quantize=True makes weight-only int8/codebook weights for float inference; integer=True "
                            "quantizes weights and activations by itself: use one of them")  # fmt: skip
+    if max_unit_macs is not None and not intermittent:
+        raise CodegenError("max_unit_macs bounds the work between two commits of an intermittent inference: "
+                           "give intermittent=True with it")
+    if max_unit_macs is not None and integer:
+        raise CodegenError("max_unit_macs (layer separation) is implemented for the float path: drop integer=True "
+                           "or max_unit_macs")
     if intermittent and (ram_budget is not None or tiling_stages):
         raise CodegenError("intermittent=True runs the model layer by layer from an arena in non-volatile memory; "
                            "tiled execution (ram_budget, tiling_stages) is not combined with it: drop one of them")
@@ -247,7 +256,7 @@ def save_compressed_model(
         report["test"] = {"tolerance": tol, "max_abs_output": float(np.max(np.abs(y)))}
     e = Emission(g, mem, prefix, representation, name, report, test_io, arduino=arduino)
     if intermittent:
-        it = intermittent_plan(g, prefix, report)
+        it = intermittent_plan(g, prefix, report, max_unit_macs=max_unit_macs)
         report["intermittent"] = it.report(mem.arena_bytes)
         e.extra_context = {"intermittent": it.context()}
         e.add_files = intermittent_files(e)

@@ -239,3 +239,48 @@ def test_early_exit_board_power_failures(kind, tmp_path):
     assert proc.returncode == 0 and "SC_PASS" in proc.stdout, proc.stdout[-2000:] + proc.stderr[-2000:]
     f = board_figures(proc)
     assert f["boots"] == BOARD_FAILURES + 1 and f["mismatches"] == 0
+
+
+# ---- layer separation: max_unit_macs splits layers into output-channel tiles ----------------------------
+
+
+@pytest.mark.parametrize("name,representation,bound", [("ds_cnn", "csr", 20_000), ("lenet5", "dense", 100_000),
+                                                        ("inception", "csr", 20_000), ("lenet300_100", "csr", 20_000)])
+def test_layer_separation(name, representation, bound, tmp_path):
+    """Convolutions (dense, CSR, depthwise) and fully connected layers split into tiles of output channels,
+    each committed; every unit within the bound; bit-identical to the ordinary run under failures."""
+    res = emit(name, tmp_path, representation, max_unit_macs=bound)
+    rep = res.report["intermittent"]
+    units = rep["units"]
+    assert rep["unit_macs_bound"] == bound and all(u["macs"] <= bound for u in units)
+    tiled = [u for u in units if u["channels"]]
+    assert tiled, "the bound should split some layer"
+    for layer in {u["layer"] for u in tiled}:  # the tiles of a layer cover its output channels once
+        chans = [u["channels"] for u in tiled if u["layer"] == layer]
+        assert chans[0][0] == 0 and all(a[1] == b[0] for a, b in zip(chans, chans[1:]))
+        ly = next(ly for ly in res.report["layers"] if ly["source"] == layer)
+        assert chans[-1][1] == ly["output_shape"][0] and sum(u["macs"] for u in units if u["layer"] == layer) == ly["macs"]
+    assert make(res.directory, "check").returncode == 0
+    power_fail(res.directory, 200)
+
+
+def test_layer_separation_errors(tmp_path):
+    model, x = build_model("resnet_tiny")
+    with pytest.raises(CodegenError, match=r"layer 'layer1.conv1' \(conv\): one output channel is 36864 MACs.*at least 36864"):
+        codegen.save_compressed_model(model, "csr", x, tmp_path / "a", intermittent=True, max_unit_macs=20_000)
+    model, x = build_model("conv1d_sensor")
+    with pytest.raises(CodegenError, match="max_unit_macs.*intermittent=True"):
+        codegen.save_compressed_model(model, "csr", x, tmp_path / "b", max_unit_macs=1000)
+    with pytest.raises(CodegenError, match="positive integer"):
+        codegen.save_compressed_model(model, "csr", x, tmp_path / "c", intermittent=True, max_unit_macs=0)
+
+
+def test_layer_separation_refuses_unsplittable_layer(tmp_path):
+    """A layer that cannot be split (here a Linear over several positions) above the bound: named, with the
+    bound that would do."""
+    import torch
+
+    net = torch.nn.Sequential(torch.nn.Conv1d(2, 4, 3), torch.nn.Linear(6, 5)).eval()
+    x = torch.randn(1, 2, 8)
+    with pytest.raises(CodegenError, match=r"layer '1' \(linear\): 120 MACs in one unit.*cannot be split.*at least 120"):
+        codegen.save_compressed_model(net, "dense", x, tmp_path / "a", intermittent=True, max_unit_macs=100)
