@@ -22,17 +22,17 @@ from __future__ import annotations
 
 import copy
 import hashlib
-import math
 import json
 import logging
+import math
 from collections.abc import Callable
 from dataclasses import dataclass
 
 from codegen import emit, ir
-from codegen.ops import Conv2d, Linear
 from codegen.emission import VERSION, Emission
 from codegen.errors import CodegenError
 from codegen.memory import GraphMemory, plan_graph
+from codegen.ops import Conv2d, Linear
 from codegen.resources import runtime_dir
 
 log = logging.getLogger(__name__)
