@@ -17,7 +17,8 @@ import logging
 import numpy as np
 import torch
 
-from codegen import emission, emit, integer, ir, tiling
+from codegen import emission, emit, formats, integer, ir, tiling
+from codegen import intermittent as nvm
 from codegen.emit import cfloat
 from codegen.errors import CodegenError
 from codegen.export_frontend import trace_model
@@ -64,11 +65,7 @@ def build_integer(
     concrete_args: dict | None = None,
 ) -> IntegerModel:
     """Traces, lowers, calibrates and quantizes a model for the integer path (see the module docstring)."""
-    if representation not in integer.INTEGER_ENCODINGS:
-        raise CodegenError(
-            f"representation {representation!r} cannot be used with integer=True: the weights are int8; "
-            f"choose one of {sorted(integer.INTEGER_ENCODINGS)} ('int8': dense, CSR or relative-index int8, the smallest)"
-        )
+    formats.check_representation(representation, integer=True)
     m = prepare_model(model)
     x = example_from(example_input)
     gm = trace_model(m, x, leaf_modules, concrete_args)
@@ -99,7 +96,7 @@ def build_integer(
 
 
 def _add_tile_runtime(r: emit.Rendered) -> None:
-    r.copies[f"runtime/{tiling.TILE_HEADER_I8}"] = runtime_dir() / tiling.TILE_HEADER_I8
+    r.copies[f"runtime/{tiling.TILE_HEADER}"] = runtime_dir() / tiling.TILE_HEADER
 
 
 def template_context(qm: IntegerModel, prefix: str) -> dict:
@@ -158,6 +155,7 @@ def save_integer_model(
     arduino: bool = False,
     ram_budget: int | None = None,
     tiling_stages: list | None = None,
+    intermittent: bool = False,
 ):
     """``save_compressed_model(..., integer=True, calibration_data=...)``: emits the integer path.
 
@@ -224,6 +222,11 @@ def save_integer_model(
 
             e.extra_context.update(tiling.emission_context(g, schedule, emit.model_runtime_headers(g), tile_qop))
             e.add_files = _add_tile_runtime
+    if intermittent:
+        it = nvm.plan(int8_graph(g), prefix, report, elem_bytes=1)
+        report["intermittent"] = it.report(mem.arena_bytes)
+        e.extra_context["intermittent"] = it.context()
+        e.add_files = nvm.add_files(e)
     res = emission.write_emission(e, directory, overwrite)
     res.integer_model = qm  # type: ignore[attr-defined]
     return res

@@ -85,7 +85,9 @@ class Op:
     """Base class of IR ops. Subclasses add their resolved attributes.
 
     ``template``: the Jinja2 template (under templates/ops/) that renders the C call.
-    ``runtime``: the runtime headers (under runtime_c/) whose kernels the call uses.
+    ``runtime``: the runtime headers (under runtime_c/) whose kernels the call uses: the op family's
+    header (sc_conv.h, sc_linear.h, ...), which holds its float, weight-only and int8 sections.
+    ``integer``: the op runs its int8 kernels (set by the integer pass, codegen/integer.py).
     ``inplace``: the output may share storage with input 0 (elementwise ops).
     ``params``: float32 constant tensors by role ("weight", "bias", "scale", ...).
     ``encodable``: the roles whose storage format is chosen by codegen.formats
@@ -105,6 +107,7 @@ class Op:
     kind: ClassVar[str] = "op"
     template: ClassVar[str] = ""
     runtime: ClassVar[tuple[str, ...]] = ()
+    integer: ClassVar[bool] = False
     inplace: ClassVar[bool] = False
     encodable: ClassVar[tuple[str, ...]] = ()
     extension_dir: ClassVar[str | None] = None
@@ -132,6 +135,19 @@ class Op:
         ops (``inplace``, same size) and for kernels that read everything each output needs, and
         every later output needs, before writing it (output no larger than the input)."""
         return self.inplace
+
+
+@dataclass
+class Windowed(Op):
+    """An op sliding a kh x kw window over a (C, H, W) input (1-D ops have H == 1): the geometry that
+    convolution, transposed convolution and pooling share (codegen/ops/conv.py, deconv.py, pool.py)."""
+
+    in_shape: tuple[int, int, int] = (0, 0, 0)
+    out_shape: tuple[int, int, int] = (0, 0, 0)
+    kernel: tuple[int, int] = (1, 1)
+    stride: tuple[int, int] = (1, 1)
+    padding: tuple[int, int] = (0, 0)  # top, left (bottom/right follow from the output size)
+    dilation: tuple[int, int] = (1, 1)
 
 
 @dataclass

@@ -19,7 +19,7 @@ workspace (``memory.MemoryPlanner``) that lives in the arena only while the stag
 
 The integer path tiles the same way: its graph with 1-byte values (``integer_emit.int8_graph``) is
 planned, the int8 kernels run on the tile planes (``Int8Handler.tile_form``), ``sc_tile_copy_i8``
-(runtime_c/sc_tile_i8.h) moves the windows; integer sums do not depend on the order, so the tiled C is
+(runtime_c/sc_tile.h, its int8 section) moves the windows; integer sums do not depend on the order, so the tiled C is
 bit-exact with the untiled C.
 
 The search (``choose_schedule``, ``Search``) tries schedules in order of extra MACs and plans only those
@@ -140,7 +140,7 @@ def _needs(op: ir.Op, g: ir.Graph, out: Rect) -> list[Rect]:
 
 def local_op(op: ir.Op, g: ir.Graph, ins: list[str], out: str, in_rect: Rect, out_rect: Rect) -> ir.Op:
     """The op running on one tile: tile-local names, shapes and top/left padding (module docstring).
-    Attributes set on the op instance outside its fields (the integer pass's ``runtime``) carry over."""
+    Attributes set on the op instance outside its fields (the integer pass's ``integer``) carry over."""
     new = _local_fields(op, g, ins, out, in_rect, out_rect)
     fields = {f.name for f in dataclasses.fields(op)}
     for k, v in vars(op).items():
@@ -687,9 +687,8 @@ def emission_context(g: ir.Graph, schedule: Schedule, runtime_headers: list[str]
             "inside": {i for p in schedule.stages for i in range(p.stage.first + 1, p.stage.last + 1)},
             "qop": tile_qop,
         },
-        "runtime_headers": sorted({*runtime_headers, TILE_HEADER if tile_qop is None else TILE_HEADER_I8}),
+        "runtime_headers": sorted({*runtime_headers, TILE_HEADER}),
     }
 
 
 TILE_HEADER = "sc_tile.h"
-TILE_HEADER_I8 = "sc_tile_i8.h"  # the int8 window copy (integer path)

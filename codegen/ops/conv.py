@@ -1,7 +1,7 @@
 """Convolution (Conv1d, Conv2d, grouped and depthwise): IR op, lowering, kernel choice, int8 form.
 
-Float kernels: runtime_c/sc_conv.h (dense, CSR), runtime_c/sc_quant.h (int8 / codebook weights);
-template templates/ops/conv.j2. Integer kernels: runtime_c/sc_int8.h; template templates/ops_int8/conv.j2.
+Kernels: runtime_c/sc_conv.h, float (dense, CSR), weight-only (int8 / codebook weights) and int8 sections;
+templates templates/ops/conv.j2 and templates/ops_int8/conv.j2.
 """
 
 from __future__ import annotations
@@ -18,7 +18,15 @@ import torch.nn.functional as F
 
 from codegen import integer, ir
 from codegen.errors import CodegenError
-from codegen.lowering import LowerContext, accepts_constants, as_chw, f32, register_lowering
+from codegen.lowering import (
+    LowerContext,
+    accepts_constants,
+    as_chw,
+    check_zeros_padding,
+    f32,
+    register_lowering,
+    window_pair,
+)
 
 # A CSR 1x1 conv run in place gathers PWC_BLOCK positions (SC_PWC_BLOCK in sc_conv.h) of its
 # C_in channels into a stack buffer first; at most PWC_MAX_CBUF_BYTES of it.
@@ -27,15 +35,9 @@ PWC_MAX_CBUF_BYTES = 4096
 
 
 @dataclass
-class Conv2d(ir.Op):
+class Conv2d(ir.Windowed):
     """Convolution (also Conv1d with h == 1). Weight is viewed as [C_out, C_in/groups*kh*kw]."""
 
-    in_shape: tuple[int, int, int] = (0, 0, 0)
-    out_shape: tuple[int, int, int] = (0, 0, 0)
-    kernel: tuple[int, int] = (1, 1)
-    stride: tuple[int, int] = (1, 1)
-    padding: tuple[int, int] = (0, 0)  # top, left (bottom/right follow from the output size)
-    dilation: tuple[int, int] = (1, 1)
     groups: int = 1
     act: ir.Activation = ir.NO_ACT
     dims: int = 2
@@ -73,12 +75,12 @@ class Conv2d(ir.Op):
                 * ((self.out_shape[2] - 1) * self.stride[1] + self.kernel[1]))  # fmt: skip
 
     def kernel_choice(self, in_place: bool = False) -> ir.KernelChoice:
-        """The float kernel (runtime_c/sc_conv.h, sc_quant.h), most specific for the shape first, its
+        """The kernel (runtime_c/sc_conv.h), most specific for the shape first, its
         scratch, and whether it may write over its input (``KernelChoice.in_place``, which the planner
         reads through ``overwrites_input``). ``in_place``: the planner gave the output the input's
         storage (the CSR 1x1 conv then gathers columns first: sc_conv_pwc_*)."""
         w = self.encoded["weight"]
-        if self.runtime != Conv2d.runtime:  # the integer path (sc_int8.h)
+        if self.integer:  # the int8 section of sc_conv.h
             if int8_pointwise(self, w.kernel):  # 2 positions of the input channels gathered first
                 col = ir.Scratch("uint32_t", "col", pw_column_words(self),
                                  "2 positions of the input channels as int16 pairs", arena=True)  # fmt: skip
@@ -118,7 +120,7 @@ class Conv2d(ir.Op):
                 return ir.KernelChoice(f"sc_conv_pw_{w.kernel}", in_place=pwc_ok or (dw and dw_in_place))
             if dw:
                 return ir.KernelChoice(f"sc_conv_dw_{w.kernel}", pad, in_place=dw_in_place)
-        return ir.KernelChoice(f"sc_conv_{w.kernel}")  # CSR generic; int8 / codebook forms (sc_quant.h)
+        return ir.KernelChoice(f"sc_conv_{w.kernel}")  # CSR generic; int8 / codebook forms (weight-only section)
 
     def pwc_cbuf_floats(self) -> int:
         """Floats of the stack column buffer of the in-place CSR 1x1 kernel (sc_conv_pwc_csr_*)."""
@@ -133,20 +135,14 @@ def _conv_op(ctx: LowerContext, node: fx.Node, x: fx.Node, weight: torch.Tensor,
              stride, padding, dilation, groups: int, dims: int) -> Conv2d:  # fmt: skip
     """The Conv2d op of a conv module or of F.conv1d/F.conv2d (one IR op for both forms)."""
     in_shape, out_shape = as_chw(ctx.shape(x)), as_chw(ctx.shape(node))
-    ks = tuple(weight.shape[2:])
-
-    def hw(v, one: int = 1) -> tuple[int, int]:  # (h, w); a 1-D conv has h == 1 (stride, dilation) or 0 (padding)
-        v = tuple(v) if isinstance(v, (tuple, list)) else (v,) * dims
-        return (one, int(v[0])) if dims == 1 else (int(v[0]), int(v[-1]))
-
-    k, s, d = hw(ks), hw(stride), hw(dilation)
+    k, s, d = (window_pair(v, dims) for v in (tuple(weight.shape[2:]), stride, dilation))
     if isinstance(padding, str):
         if padding == "valid":
             p = (0, 0)
         else:  # "same": torch puts the extra element of an odd total on the bottom/right
             p = tuple(d[i] * (k[i] - 1) // 2 for i in range(2))
     else:
-        p = hw(padding, 0)
+        p = window_pair(padding, dims, 0)
     w = f32(weight)
     b = f32(bias) if bias is not None else None
     return Conv2d(
@@ -167,8 +163,7 @@ def _conv_op(ctx: LowerContext, node: fx.Node, x: fx.Node, weight: torch.Tensor,
 def lower_conv(ctx: LowerContext, node: fx.Node) -> None:
     m = ctx.module(node)
     dims = 1 if isinstance(m, nn.Conv1d) else 2
-    if m.padding_mode != "zeros":
-        raise ctx.fail(node, f"padding_mode='{m.padding_mode}' is not supported", "Use padding_mode='zeros'")
+    check_zeros_padding(ctx, node, m)
     x = ctx.tensor_arg(node, 0, "input")
     ctx.emit(node, _conv_op(ctx, node, x, m.weight, m.bias, m.stride, m.padding, m.dilation, m.groups, dims))
 
@@ -189,7 +184,7 @@ def lower_conv_functional(ctx: LowerContext, node: fx.Node) -> None:
 accepts_constants(F.conv1d, F.conv2d)
 
 
-# ---- int8 (codegen/integer.py, runtime_c/sc_int8.h, templates/ops_int8/conv.j2) -------------------
+# ---- int8 (codegen/integer.py, runtime_c/sc_conv.h int8 section, templates/ops_int8/conv.j2) ------
 
 
 def int8_pointwise(op: ir.Op, weight_kernel: str) -> bool:
@@ -251,6 +246,7 @@ def dw_pad_bytes(op: ir.Op, weight_kernel: str) -> int:
 
 @integer.register_int8(Conv2d)
 class ConvInt8(integer.Int8Handler):
+    runtime = ("sc_conv.h",)
     kind = "conv"
     template = "conv.j2"
 

@@ -2,7 +2,7 @@
 lowerings, int8 form. Adaptive pools with uneven windows and other means are in ops/reduce.py.
 
 Float kernels: runtime_c/sc_pool.h; template templates/ops/pool.j2.
-Integer kernels: runtime_c/sc_int8.h; template templates/ops_int8/pool.j2.
+Integer kernels: the int8 section of runtime_c/sc_pool.h; template templates/ops_int8/pool.j2.
 """
 
 from __future__ import annotations
@@ -18,21 +18,15 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from codegen import integer, ir
-from codegen.lowering import LowerContext, as_chw, pair, register_lowering, tensor_meta
+from codegen.lowering import LowerContext, as_chw, register_lowering, tensor_meta, window_pair
 from codegen.ops.reduce import emit_reduce, lower_adaptive
 
 
 @dataclass
-class Pool2d(ir.Op):
+class Pool2d(ir.Windowed):
     """Max or average pooling (1-D pools have h == 1)."""
 
     mode: str = "max"
-    in_shape: tuple[int, int, int] = (0, 0, 0)
-    out_shape: tuple[int, int, int] = (0, 0, 0)
-    kernel: tuple[int, int] = (1, 1)
-    stride: tuple[int, int] = (1, 1)
-    padding: tuple[int, int] = (0, 0)
-    dilation: tuple[int, int] = (1, 1)
     count_include_pad: bool = True
     divisor: int = 0  # avg pool divisor_override; 0 = none
 
@@ -46,7 +40,7 @@ class Pool2d(ir.Op):
     def overwrites_input(self) -> bool:
         """Without padding, output k's window starts at input index >= k and outputs are written
         in order after their window is read, so the float kernels (sc_pool.h) run in place."""
-        return self.runtime == Pool2d.runtime and tuple(self.padding) == (0, 0)
+        return not self.integer and tuple(self.padding) == (0, 0)
 
 
 def _pool(ctx: LowerContext, node: fx.Node, mode: str, dims: int, kernel: Any, stride: Any, padding: Any,
@@ -57,9 +51,6 @@ def _pool(ctx: LowerContext, node: fx.Node, mode: str, dims: int, kernel: Any, s
     if stride is None or stride == [] or stride == ():
         stride = kernel
 
-    def two(v: Any) -> tuple[int, int]:
-        return (1, pair(v)[0]) if dims == 1 else pair(v)
-
     ctx.emit(
         node,
         Pool2d(
@@ -67,10 +58,10 @@ def _pool(ctx: LowerContext, node: fx.Node, mode: str, dims: int, kernel: Any, s
             mode=mode,
             in_shape=in_shape,
             out_shape=out_shape,
-            kernel=two(kernel),
-            stride=two(stride),
-            padding=(0, pair(padding)[0]) if dims == 1 else pair(padding),
-            dilation=two(dilation),
+            kernel=window_pair(kernel, dims),
+            stride=window_pair(stride, dims),
+            padding=window_pair(padding, dims, 0),
+            dilation=window_pair(dilation, dims),
             count_include_pad=bool(count_include_pad),
             divisor=int(divisor or 0),
         ),
@@ -157,7 +148,7 @@ def lower_mean(ctx: LowerContext, node: fx.Node) -> None:
     ctx.emit(node, op)
 
 
-# ---- int8 (codegen/integer.py, runtime_c/sc_int8.h, templates/ops_int8/) ---------------------------
+# ---- int8 (codegen/integer.py, the int8 section of the runtime header, templates/ops_int8/) ---------
 
 
 def _pool_windows(op: Pool2d):
@@ -171,6 +162,7 @@ def _pool_windows(op: Pool2d):
 @integer.register_int8(Pool2d)
 class PoolInt8(integer.Int8Handler):
     """Max and average pooling keep their input's scale and zero point."""
+    runtime = ("sc_pool.h",)
 
     template = "pool.j2"
     keeps_qparams = True
