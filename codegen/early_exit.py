@@ -463,10 +463,24 @@ def _as_spec(exit_model) -> ExitSpec:
     return spec
 
 
+def exit_weight_bytes(exit_model, representation: str = "csr", feature_sizes: Sequence[int] | None = None) -> int:
+    """Exact bytes of the exit heads' weight arrays (``<PREFIX>_EE_WEIGHT_BYTES``) as
+    :func:`save_compressed_early_exit_model` emits them with ``representation`` -- the count the compressor
+    budgets them with.  ``feature_sizes``: the pooled features of every exit (default: the exit model's).
+
+    >>> exit_weight_bytes(ee, "int8")  # doctest: +SKIP
+    """
+    spec = _as_spec(exit_model)
+    sizes = list(feature_sizes if feature_sizes is not None else exit_model.feature_sizes)
+    hg, _ = _head_graph(spec, sizes, {})
+    api.encode_graph(hg, representation, "model_ee")
+    return int(emission.byte_report(hg).total)
+
+
 def save_compressed_early_exit_model(
     baseline: torch.nn.Module,
     exit_model: torch.nn.Module,
-    representation: str = "csr",
+    representation: str | None = None,
     simulate_exit: Callable | None = None,
     input_data: torch.Tensor | None = None,
     directory: str | os.PathLike = "sparsecomp_model",
@@ -480,6 +494,10 @@ def save_compressed_early_exit_model(
 ) -> EarlyExitResult:
     """Emits the baseline (model.c/.h, split into stages) and its exits (model_ee.c/.h) in one directory.
 
+    ``representation`` None: the one ``sparsecomp.compress_NN_models`` recorded on the exit model (or on the
+    baseline) when it compressed them, else "csr" -- so a compressed exit model emits exactly the bytes
+    budgeted for the backbone and its heads.
+
     ``simulate_exit`` (default: the exit model's own) is the function that decides which exit is
     taken and masks the features after it; its masking must be the C's (checked), and it gives the
     PyTorch answers of every exit for ``input_data``, which the self-test (``make check``, ``make
@@ -492,6 +510,8 @@ def save_compressed_early_exit_model(
     emission.check_prefix(prefix)
     if input_data is None and input_shape is None:
         raise CodegenError("give input_data (a sample of batch size 1) or input_shape, e.g. (1, 1, 8, 8)")
+    representation = api.emit_representation(exit_model if hasattr(exit_model, api.EMIT_ATTR) else baseline,
+                                              representation)
     spec = _as_spec(exit_model)
     _check_backbone_matches(baseline, exit_model)
     if simulate_exit is None:

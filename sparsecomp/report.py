@@ -94,6 +94,8 @@ class CompressionReport:
     chosen_by: str = ""  # "auto" when the representation was chosen by probing
     # criterion missed: bytes beyond the budget that the sensitivity curves predict win back one point
     extra_bytes_per_point: int | None = None
+    # an early-exit model: the exit heads' bytes (part of final_bytes, within the same budget)
+    exit_heads_bytes: int | None = None
 
     def hint(self) -> str:
         """When the criterion was missed, what the numbers say may help (empty otherwise)."""
@@ -151,6 +153,9 @@ class CompressionReport:
             f"  result        {'OK' if self.success else 'NOT MET'}: {self.stopped_reason}",
             f"  wall time     {self.wall_time_s:.1f} s",
         ]
+        if self.exit_heads_bytes is not None:
+            lines.append(f"  exit heads    {self.exit_heads_bytes:>10,d} bytes (in 'after'; retrained on the compressed "
+                         "backbone)")
         if self.quantization:
             lines.append(f"  quantization  {self.quantization}")
         lines.append("")
