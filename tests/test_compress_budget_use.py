@@ -146,3 +146,31 @@ def test_huffman_byte_model_estimates_an_upper_bound():
     exact_cb = weight_bytes(QuantPlan("codebook", dict(plan.layers)).apply_(_copy(model)), x, "codebook").total
     assert bm.exact_total == exact_huff <= exact_cb
     assert bm.estimate(current_nnz(model)) >= exact_huff
+
+
+def test_budget_left_after_pruning_is_offered_to_precision(monkeypatch):
+    """A pruned model that ends below the budget hands the rest to _spend_slack (more bits / int8 / float
+    where the plan measured a gain) before it is quantized; the result still fits."""
+    from sparsecomp import compress_NN_models
+
+    calls = []
+    real = compress_mod._spend_slack
+
+    def spy(ctx, budget):
+        from sparsecomp.budget import exact_weight_bytes
+
+        calls.append((int(exact_weight_bytes(ctx.model, ctx.example, ctx.representation, ctx.plan).total), budget,
+                      any(bool((m.weight == 0).any()) for m in (ctx.model[0], ctx.model[2]))))
+        return real(ctx, budget)
+
+    monkeypatch.setattr(compress_mod, "_spend_slack", spy)
+    model, loader = _task()
+    x = next(iter(loader))[0][:1]
+    budget = int(weight_bytes(model, x, "csr").total * 0.2)
+    report = compress_NN_models(model, f"{budget}B", loader, loader, val_loader=loader, representation="per-layer",
+                                layers_factorization=False, num_epochs=1, max_rounds=1, sensitivity_batches=1,
+                                quant_epochs=0, progress=False, distillation=0.0)
+    assert report.rounds, "the budget must force pruning in this test"
+    pruned_calls = [c for c in calls if c[2]]
+    assert pruned_calls and all(exact < b for exact, b, _ in pruned_calls)
+    assert report.final_bytes <= budget
