@@ -1058,8 +1058,10 @@ def _run(ctx: _Ctx, budget, num_epochs, lr, tol, factorize, max_rounds, conv_met
         if exact <= budget and (best is None or acc > best[0]):
             best = (acc, state if state is not None else _state(model), exact)
         if exact > budget:
-            # the estimate disagreed with codegen (e.g. BN folding made zeros): tighten and go again
-            alloc_budget = max(floor, alloc_budget - (exact - budget) - max(16, budget // 200))
+            # the estimate disagreed with codegen (BN folding made zeros; value-dependent index or Huffman
+            # streams of the retrained weights): tighten by the measured ratio of the two and go again
+            alloc_budget = max(floor, min(alloc_budget - (exact - budget), int(alloc_budget * budget / exact))
+                               - max(16, budget // 200))
             note = f"over budget by {exact - budget} B; re-allocating for {alloc_budget} B"
         else:
             round_lr = round_lr * 0.5
