@@ -47,6 +47,7 @@ import torch
 import torch.fx as fx
 
 from codegen import api, emission, emit, formats, ir
+from codegen import intermittent as nvm
 from codegen.errors import CodegenError
 from codegen.formats import CArray
 from codegen.lower import lower
@@ -650,11 +651,12 @@ def _render_context(b: _Build, spec: ExitSpec, prefix: str, name: str, represent
         feat_ptr=f"(arena + {fo})" if fo else "arena",
         ee_headers=[f"ee_{op.name}.h" for op in hg.ops], runtime_headers=ee_runtime, magic=ee["state_magic"],
         buf=head_buf, bias=bias, has_input=has_input,
-        stage_exits=[s.exit for s in stages],
+        stage_exits=[s.exit for s in stages], feature_ends=[seg[k] + b.sizes[k] for k in range(len(points))],
     )  # fmt: skip
 
 
-def _ee_files(hg: ir.Graph, ctx: dict, ee_expected, prefix: str) -> Callable[[emit.Rendered], None]:
+def _ee_files(hg: ir.Graph, ctx: dict, ee_expected, prefix: str,
+              intermittent: bool = False) -> Callable[[emit.Rendered], None]:  # fmt: skip
     """The emission core's add_files hook: model_ee.c/.h, the heads' headers, the expected exit outputs,
     the early-exit self-test (app/main.c, app/baseline_ee.c) and the heads' runtime headers."""
     env = emit.environment()
@@ -679,6 +681,8 @@ def _ee_files(hg: ir.Graph, ctx: dict, ee_expected, prefix: str) -> Callable[[em
         files["app/baseline_ee.c"] = env.get_template("baseline_ee.c.j2").render(**ctx)
         for h, src in emit.runtime_files(ctx["runtime_headers"]).items():
             rendered.copies.setdefault(f"runtime/{h}", src)
+        if intermittent:
+            nvm.add_harnesses(rendered, ctx)
 
     return add_files
 
@@ -697,8 +701,14 @@ def save_compressed_early_exit_model(
     tolerance: float | None = None,
     leaf_modules: tuple[type, ...] = (),
     concrete_args: dict | None = None,
+    intermittent: bool = False,
 ) -> EarlyExitResult:
     """Emits the baseline (model.c/.h, split into stages) and its exits (model_ee.c/.h) in one directory.
+
+    ``intermittent=True``: the incremental API (begin/step/exit) is already resumable after a power failure
+    (its arena and step state are SC_NVM); this adds the failure-injection harnesses and Makefile targets
+    ``power-fail-check`` and ``qemu-power-fail`` (codegen/intermittent.py, docs/intermittent.md), with
+    failure points in begin/step (SC_NVM_HOOK, empty in normal builds) and between the layers of a stage.
 
     ``simulate_exit`` (default: the exit model's own) is the function that decides which exit is
     taken and masks the features after it; its masking must be the C's (checked), and it gives the
@@ -732,8 +742,18 @@ def save_compressed_early_exit_model(
     extra_context = dict(stages=stage_ctx, extra_sources=["model_ee.c"], extra_headers=["model_ee.h"],
                          baseline_sources=["app/baseline_ee.c"], ee_headers=[f"ee_{op.name}.h" for op in b.hg.ops])
     ctx = _render_context(b, spec, prefix, name, representation, report, ee_bytes, input_data is not None)
+    if intermittent:
+        ctx["intermittent"] = extra_context["intermittent"] = {"early_exit": True}
+        report["intermittent"] = {
+            "units": [{"index": s.index, "layers": [op.source for op in g.ops[s.start:s.end]], "macs": s.macs}
+                      for s in stages],
+            "nvm_bytes": b.plan.memory.arena_bytes + 8, "nvm_arena_bytes": b.plan.memory.arena_bytes,
+            "sram_bytes": 0, "normal_arena_bytes": b.plan.baseline_arena_bytes,
+            "max_unit_macs": max(s.macs for s in stages),
+            "commit": "the step counter (one aligned 32-bit store) after the stage, magic-guarded begin (model_ee.c)",
+        }  # fmt: skip
     e = emission.Emission(g, b.plan.memory, prefix, representation, name, report, test_io,
-                          extra_context=extra_context, add_files=_ee_files(b.hg, ctx, ee_expected, prefix),
+                          extra_context=extra_context, add_files=_ee_files(b.hg, ctx, ee_expected, prefix, intermittent),
                           what=f"early-exit ({n_exits} {spec.kind} exits, {ee_bytes.total} more weight bytes) ")  # fmt: skip
     res = emission.write_emission(e, directory, overwrite)
     return EarlyExitResult(res.directory, res.report)
