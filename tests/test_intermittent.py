@@ -244,8 +244,8 @@ def test_early_exit_board_power_failures(kind, tmp_path):
 # ---- layer separation: max_unit_macs splits layers into output-channel tiles ----------------------------
 
 
-@pytest.mark.parametrize("name,representation,bound", [("ds_cnn", "csr", 20_000), ("lenet5", "dense", 100_000),
-                                                        ("inception", "csr", 20_000), ("lenet300_100", "csr", 20_000)])
+@pytest.mark.parametrize("name,representation,bound", [("ds_cnn", "csr", 60_000), ("lenet5", "dense", 100_000),
+                                                        ("inception", "csr", 40_000), ("lenet300_100", "csr", 20_000)])
 def test_layer_separation(name, representation, bound, tmp_path):
     """Convolutions (dense, CSR, depthwise) and fully connected layers split into tiles of output channels,
     each committed; every unit within the bound; bit-identical to the ordinary run under failures."""
@@ -255,13 +255,14 @@ def test_layer_separation(name, representation, bound, tmp_path):
     assert rep["unit_macs_bound"] == bound and all(u["macs"] <= bound for u in units)
     tiled = [u for u in units if u["channels"]]
     assert tiled, "the bound should split some layer"
+    if name == "ds_cnn":  # depthwise tiles read their own input channels
+        assert any(u["op"] == "depthwise_conv" for u in tiled)
     for layer in {u["layer"] for u in tiled}:  # the tiles of a layer cover its output channels once
         chans = [u["channels"] for u in tiled if u["layer"] == layer]
         assert chans[0][0] == 0 and all(a[1] == b[0] for a, b in zip(chans, chans[1:]))
         ly = next(ly for ly in res.report["layers"] if ly["source"] == layer)
         assert chans[-1][1] == ly["output_shape"][0] and sum(u["macs"] for u in units if u["layer"] == layer) == ly["macs"]
-    assert make(res.directory, "check").returncode == 0
-    power_fail(res.directory, 200)
+    power_fail(res.directory, 200)  # also bit-identical to model_run and within tolerance of PyTorch
 
 
 def test_layer_separation_errors(tmp_path):
