@@ -482,6 +482,20 @@ def _as_spec(exit_model) -> ExitSpec:
     return spec
 
 
+def exit_weight_bytes(exit_model, representation: str = "csr", feature_sizes: Sequence[int] | None = None) -> int:
+    """Exact bytes of the exit heads' weight arrays (``<PREFIX>_EE_WEIGHT_BYTES``) as
+    :func:`save_compressed_early_exit_model` emits them with ``representation`` -- the count the compressor
+    budgets them with.  ``feature_sizes``: the pooled features of every exit (default: the exit model's).
+
+    >>> exit_weight_bytes(ee, "int8")  # doctest: +SKIP
+    """
+    spec = _as_spec(exit_model)
+    sizes = list(feature_sizes if feature_sizes is not None else exit_model.feature_sizes)
+    hg, _ = _head_graph(spec, sizes, {})
+    api.encode_graph(hg, representation, "model_ee")
+    return int(emission.byte_report(hg).total)
+
+
 @dataclass
 class _Build:
     """Both halves of an early-exit emission, encoded and planned: the backbone (graph, exit points, stages),
@@ -746,7 +760,7 @@ def _ee_files(hg: ir.Graph, ctx: dict, ee_expected, prefix: str,
 def save_compressed_early_exit_model(
     baseline: torch.nn.Module,
     exit_model: torch.nn.Module,
-    representation: str = "csr",
+    representation: str | None = None,
     simulate_exit: Callable | None = None,
     input_data: torch.Tensor | None = None,
     directory: str | os.PathLike = "sparsecomp_model",
@@ -761,6 +775,10 @@ def save_compressed_early_exit_model(
     ram_budget: int | None = None,
 ) -> EarlyExitResult:
     """Emits the baseline (model.c/.h, split into stages) and its exits (model_ee.c/.h) in one directory.
+
+    ``representation`` None: the one ``sparsecomp.compress_NN_models`` recorded on the exit model (or on the
+    baseline) when it compressed them, else "csr" -- so a compressed exit model emits exactly the bytes
+    budgeted for the backbone and its heads.
 
     ``ram_budget`` (bytes): when the early-exit arena (restartable stages, the exits' features) needs more,
     the first layers run tile by tile (codegen/tiling.py; a tiled stage lies inside one exit stage, so a
@@ -783,6 +801,8 @@ def save_compressed_early_exit_model(
     >>> res.report["early_exit"]["exits"][0]["macs"]                       # doctest: +SKIP
     """
     emission.check_prefix(prefix)
+    representation = api.emit_representation(exit_model if hasattr(exit_model, api.EMIT_ATTR) else baseline,
+                                              representation)
     rep = formats.check_representation(representation)
     spec, simulate_exit = _resolve_arguments(baseline, exit_model, simulate_exit, input_data, input_shape)
     example = example_from(input_data if input_data is not None else tuple(input_shape))

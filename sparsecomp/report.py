@@ -96,6 +96,8 @@ class CompressionReport:
     extra_bytes_per_point: int | None = None
     # ram_budget given: codegen's tiling plan of the compressed model (peak_ram_bytes = MODEL_ARENA_BYTES)
     ram: dict | None = None
+    # an early-exit model: the exit heads' bytes (part of final_bytes, within the same budget)
+    exit_heads_bytes: int | None = None
 
     def hint(self) -> str:
         """When the criterion was missed, what the numbers say may help (empty otherwise)."""
@@ -153,6 +155,9 @@ class CompressionReport:
             f"  result        {'OK' if self.success else 'NOT MET'}: {self.stopped_reason}",
             f"  wall time     {self.wall_time_s:.1f} s",
         ]
+        if self.exit_heads_bytes is not None:
+            lines.append(f"  exit heads    {self.exit_heads_bytes:>10,d} bytes (in 'after'; retrained on the compressed "
+                         "backbone)")
         if self.quantization:
             lines.append(f"  quantization  {self.quantization}")
         if self.ram:
