@@ -277,7 +277,7 @@ def plan_stages(g: ir.Graph, stages: list[Stage], points: list[ExitPoint], featu
         f, la = tp.stage.first, tp.stage.last
         for i in range(f, la + 1):  # planned as plain steps: no in-place, no kernel scratch of the whole layer
             op = g.ops[i]
-            ops[i] = tiling._StageOp(op.name, "stage", op.source, list(op.inputs), op.output)
+            ops[i] = tiling.StageOp(op.name, "stage", op.source, list(op.inputs), op.output)
             if i < la:
                 first[op.output], last[op.output] = t_end + 1, -1  # in the workspace, not the arena
         first[tp.output] = 2 * f

@@ -325,8 +325,9 @@ def plan_stage(g: ir.Graph, stage: Stage, tag: str = "t0") -> StagePlan:
     return StagePlan(stage, x, y, tiles, plan.arena_bytes, plan.offsets, sc, macs, base)
 
 
-class _StageOp(ir.Op):
-    """Stands for a whole tiled stage in the graph-level plan (reads the stage input, writes its output)."""
+class StageOp(ir.Op):
+    """Stands for a whole tiled stage in the graph-level plan (reads the stage input, writes its output);
+    a plain step to a planner: no in-place execution, no kernel scratch (early_exit.plan_stages)."""
 
 
 @dataclass
@@ -368,7 +369,7 @@ def plan_schedule(g: ir.Graph, stages: list[Stage], search: Search | None = None
     while i < len(g.ops):
         if i in by_first:
             p = by_first[i]
-            ops.append(_StageOp(f"stage{len(extra)}", "stage", "tiled stage", [p.input], p.output))
+            ops.append(StageOp(f"stage{len(extra)}", "stage", "tiled stage", [p.input], p.output))
             extra.append((f"stage{len(extra)}.workspace", p.workspace_bytes, len(ops) - 1, len(ops) - 1, 0))
             i = p.stage.last + 1
         else:
