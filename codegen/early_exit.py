@@ -542,15 +542,16 @@ def save_compressed_early_exit_model(
     base_arrays = {a.name for op in g.ops for e in op.encoded.values() for a in e.arrays.values()}
     ee_arrays = {a.name for op in hg.ops for e in op.encoded.values() for a in e.arrays.values()}
     base_files = {f"{op.name}.h" for op in g.ops if op.encoded} | {"headers.h", "input.h"}
-    ee_files = {f"ee_{op.name}.h" for op in hg.ops} | {"input_ee.h"}
+    ee_files = {f"{op.name}_ee.h" for op in hg.ops} | {"input_ee.h", "headers_ee.h"}
     base_guards = {f"{P}_{op.name.upper()}_H" for op in g.ops if op.encoded} | {f"{P}_H", f"{P}_HEADERS_H", f"{P}_INPUT_H"}
-    ee_guards = {f"{P}_EE_{op.name.upper()}_H" for op in hg.ops} | {f"{P}_EE_H", f"{P}_EE_INPUT_H"}
+    ee_guards = {f"{P}_EE_{op.name.upper()}_H" for op in hg.ops} | {f"{P}_EE_H", f"{P}_EE_INPUT_H",
+                                                                    f"{P}_EE__HEADERS_H"}
     for what, a, b in (("array", base_arrays, ee_arrays), ("header", base_files, ee_files),
                        ("include guard", base_guards, ee_guards)):  # fmt: skip
         if a & b:
             raise CodegenError(
                 f"the backbone and the exit heads would both define the {what} {sorted(a & b)[0]}; rename the "
-                "backbone layer that starts with 'ee_' or choose another prefix"
+                "backbone layer that ends with '_ee' or choose another prefix"
             )
 
     # ---- PyTorch's answers ----
@@ -625,7 +626,7 @@ def save_compressed_early_exit_model(
         for s in stages
     ]  # fmt: skip
     extra_context = dict(stages=stage_ctx, extra_sources=["model_ee.c"], extra_headers=["model_ee.h"],
-                         baseline_sources=["app/baseline_ee.c"], ee_headers=[f"ee_{op.name}.h" for op in hg.ops])
+                         baseline_sources=["app/baseline_ee.c"])
     env = emit.environment()
     fo = plan.features_offset // 4
 
@@ -671,7 +672,7 @@ def save_compressed_early_exit_model(
         in_ptr=f"(arena + {plan.input_offset // 4})" if plan.input_offset else "arena",
         out_ptr=f"(arena + {plan.output_offset // 4})" if plan.output_offset else "arena",
         feat_ptr=f"(arena + {fo})" if fo else "arena",
-        ee_headers=[f"ee_{op.name}.h" for op in hg.ops], runtime_headers=ee_runtime, magic=magic,
+        ee_headers=[f"{op.name}_ee.h" for op in hg.ops], runtime_headers=ee_runtime, magic=magic,
         buf=head_buf, bias=bias, has_input=input_data is not None,
         stage_exits=[s.exit for s in stages],
     )  # fmt: skip
@@ -682,9 +683,11 @@ def save_compressed_early_exit_model(
         files["model_ee.c"] = env.get_template("model_ee.c.j2").render(**ctx)
         for op in hg.ops:
             arrays = [a for e in op.encoded.values() for a in e.arrays.values() if a.count]
-            files[f"headers/ee_{op.name}.h"] = env.get_template("layer.h.j2").render(
+            files[f"headers/{op.name}_ee.h"] = env.get_template("layer.h.j2").render(
                 version=emission.VERSION, op=op, arrays=arrays, guard=f"{P}_EE_{op.name.upper()}_H"
             )
+        # the seed's layout (SparseComp's conversion.py): headers/<layer>_ee.h and headers/headers_ee.h
+        files["headers/headers_ee.h"] = env.get_template("headers_ee.h.j2").render(**ctx)
         if ee_expected is not None:
             ys, tols = ee_expected
             files["headers/input_ee.h"] = env.get_template("input_ee.h.j2").render(
