@@ -599,6 +599,7 @@ def compress_NN_models(  # noqa: N802 - public name fixed by the issue
     bits: int | dict[str, int] | None = None,
     quant_epochs: int | None = None,
     quant_learning_rate: float | None = None,
+    ram_budget: int | None = None,
     prefer_speed: bool = False,
 ) -> CompressionReport:
     """Compress ``model`` in place so codegen emits at most ``target_size`` of weight data.
@@ -643,6 +644,11 @@ def compress_NN_models(  # noqa: N802 - public name fixed by the issue
     BatchNorm after a conv/linear is first folded into it (:func:`sparsecomp.fold_batchnorm_`),
     the budget counts the bytes of the quantized model exactly, and the model ends quantized /
     weight-shared so ``save_compressed_model(model, representation)`` emits exactly those bytes.
+
+    ``ram_budget`` (bytes of activation RAM): checked first (codegen.api.plan_ram: tiled execution of the
+    first layers when layer by layer needs more; a CompressionError states the smallest arena reachable),
+    planned again on the compressed model (``report.ram``: peak RAM, stages, extra MACs) and recorded on
+    it, so ``save_compressed_model(model, input_data=...)`` emits within it.
 
     Example::
 
@@ -714,6 +720,8 @@ def compress_NN_models(  # noqa: N802 - public name fixed by the issue
         prefer_speed=bool(prefer_speed),
     )
     data = _Data(train_loader, val_loader, test_loader, example, exits)
+    if ram_budget is not None:
+        _plan_ram(model, example, ram_budget, "csr")  # activations do not depend on the weights: fail early
     snapshot = ModelSnapshot(model if exits is None else exits)
     for p in frozen:
         p.requires_grad_(True)
@@ -722,6 +730,8 @@ def compress_NN_models(  # noqa: N802 - public name fixed by the issue
             report = _compress_auto(model, cfg, data, t0)
         else:
             report = _compress(model, cfg, data, t0)
+        if ram_budget is not None:
+            report.ram = _plan_ram(model, example, ram_budget, cfg.codegen_representation)
     except BaseException:
         # Ctrl-C, the user's DataLoader, bad labels, our own errors: hand back the model as it was given
         snapshot.restore()
@@ -738,6 +748,23 @@ def compress_NN_models(  # noqa: N802 - public name fixed by the issue
         torch.save(model.state_dict(), checkpoint_path)
         logger.info("saved the compressed state_dict to %s", checkpoint_path)
     return report
+
+
+def _plan_ram(model: nn.Module, example: torch.Tensor, ram_budget: int, representation: str) -> dict:
+    """codegen's tiling plan within ``ram_budget`` (recorded on the model for save_compressed_model)."""
+    from codegen.api import EMIT_ATTR, plan_ram
+    from codegen.errors import CodegenError
+
+    try:
+        plan = plan_ram(model, example[:1].detach().cpu(), int(ram_budget), representation)
+    except CodegenError as exc:
+        raise CompressionError(f"ram_budget={int(ram_budget)} bytes of activation RAM cannot be met: {exc}") from exc
+    recorded = getattr(model, EMIT_ATTR, None)
+    if isinstance(recorded, dict):
+        recorded["ram_budget"] = int(ram_budget)
+    logger.info("ram_budget %d B: arena %d B (layer by layer %d B), %d extra MACs", ram_budget,
+                plan["peak_ram_bytes"], plan["layerwise_arena_bytes"], plan["extra_macs"])  # fmt: skip
+    return plan
 
 
 @dataclass(frozen=True)

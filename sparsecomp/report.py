@@ -94,6 +94,8 @@ class CompressionReport:
     chosen_by: str = ""  # "auto" when the representation was chosen by probing
     # criterion missed: bytes beyond the budget that the sensitivity curves predict win back one point
     extra_bytes_per_point: int | None = None
+    # ram_budget given: codegen's tiling plan of the compressed model (peak_ram_bytes = MODEL_ARENA_BYTES)
+    ram: dict | None = None
     # an early-exit model: the exit heads' bytes (part of final_bytes, within the same budget)
     exit_heads_bytes: int | None = None
 
@@ -158,6 +160,10 @@ class CompressionReport:
                          "backbone)")
         if self.quantization:
             lines.append(f"  quantization  {self.quantization}")
+        if self.ram:
+            lines.append(f"  activation RAM {self.ram['peak_ram_bytes']:>9,d} bytes (layer by layer "
+                         f"{self.ram['layerwise_arena_bytes']:,}; {len(self.ram['stages'])} tiled stage(s), "
+                         f"{self.ram['extra_macs']:,} extra MACs)")  # fmt: skip
         lines.append("")
         if self.probes:
             lines.append("  auto probes (one round of a partial epoch each, on a copy; validation accuracy):")
