@@ -11,7 +11,7 @@ Emission (``save_compressed_early_exit_model``) writes ONE directory:
 * ``model.c`` / ``model.h`` — the baseline (the backbone, weights once), split into stages at the
   exit points: ``<prefix>_stage(k, input, output)`` runs stage k, ``<prefix>_run`` runs them all.
 * ``model_ee.c`` / ``model_ee.h`` — the exit part: pooling, the heads (weights in
-  ``headers/ee_<head>.h``), the one-shot ``<prefix>_ee_run(input, output, exit)`` and the
+  ``headers/<head>_ee.h``, all included by ``headers/headers_ee.h``: SparseComp's layout), the one-shot ``<prefix>_ee_run(input, output, exit)`` and the
   incremental ``<prefix>_ee_begin / _step / _exit`` for energy-adaptive devices.
 
 Stages and the arena (``plan_stages``): the IR ops are cut after the op producing each exit
@@ -587,15 +587,16 @@ def _check_name_clashes(g: ir.Graph, hg: ir.Graph, prefix: str) -> None:
     base_arrays = {a.name for op in g.ops for e in op.encoded.values() for a in e.arrays.values()}
     ee_arrays = {a.name for op in hg.ops for e in op.encoded.values() for a in e.arrays.values()}
     base_files = {f"{op.name}.h" for op in g.ops if op.encoded} | {"headers.h", "input.h"}
-    ee_files = {f"ee_{op.name}.h" for op in hg.ops} | {"input_ee.h"}
+    ee_files = {f"{op.name}_ee.h" for op in hg.ops} | {"input_ee.h", "headers_ee.h"}
     base_guards = {f"{P}_{op.name.upper()}_H" for op in g.ops if op.encoded} | {f"{P}_H", f"{P}_HEADERS_H", f"{P}_INPUT_H"}
-    ee_guards = {f"{P}_EE_{op.name.upper()}_H" for op in hg.ops} | {f"{P}_EE_H", f"{P}_EE_INPUT_H"}
+    ee_guards = {f"{P}_EE_{op.name.upper()}_H" for op in hg.ops} | {f"{P}_EE_H", f"{P}_EE_INPUT_H",
+                                                                    f"{P}_EE__HEADERS_H"}
     for what, a, b in (("array", base_arrays, ee_arrays), ("header", base_files, ee_files),
                        ("include guard", base_guards, ee_guards)):  # fmt: skip
         if a & b:
             raise CodegenError(
                 f"the backbone and the exit heads would both define the {what} {sorted(a & b)[0]}; rename the "
-                "backbone layer that starts with 'ee_' or choose another prefix"
+                "backbone layer that ends with '_ee' or choose another prefix"
             )
 
 
@@ -716,7 +717,7 @@ def _render_context(b: _Build, spec: ExitSpec, prefix: str, name: str, represent
         in_ptr=f"(arena + {plan.input_offset // 4})" if plan.input_offset else "arena",
         out_ptr=f"(arena + {plan.output_offset // 4})" if plan.output_offset else "arena",
         feat_ptr=f"(arena + {fo})" if fo else "arena",
-        ee_headers=[f"ee_{op.name}.h" for op in hg.ops], runtime_headers=ee_runtime, magic=ee["state_magic"],
+        ee_headers=[f"{op.name}_ee.h" for op in hg.ops], runtime_headers=ee_runtime, magic=ee["state_magic"],
         buf=head_buf, bias=bias, has_input=has_input,
         stage_exits=[s.exit for s in stages], feature_ends=[seg[k] + b.sizes[k] for k in range(len(points))],
     )  # fmt: skip
@@ -735,9 +736,11 @@ def _ee_files(hg: ir.Graph, ctx: dict, ee_expected, prefix: str,
         files["model_ee.c"] = env.get_template("model_ee.c.j2").render(**ctx)
         for op in hg.ops:
             arrays = [a for e in op.encoded.values() for a in e.arrays.values() if a.count]
-            files[f"headers/ee_{op.name}.h"] = env.get_template("layer.h.j2").render(
+            files[f"headers/{op.name}_ee.h"] = env.get_template("layer.h.j2").render(
                 version=emission.VERSION, op=op, arrays=arrays, guard=f"{P}_EE_{op.name.upper()}_H"
             )
+        # the seed's layout (SparseComp's conversion.py): headers/<layer>_ee.h and headers/headers_ee.h
+        files["headers/headers_ee.h"] = env.get_template("headers_ee.h.j2").render(**ctx)
         if ee_expected is not None:
             ys, tols = ee_expected
             files["headers/input_ee.h"] = env.get_template("input_ee.h.j2").render(
@@ -826,7 +829,7 @@ def save_compressed_early_exit_model(
         for s in stages
     ]  # fmt: skip
     extra_context = dict(stages=stage_ctx, extra_sources=["model_ee.c"], extra_headers=["model_ee.h"],
-                         baseline_sources=["app/baseline_ee.c"], ee_headers=[f"ee_{op.name}.h" for op in b.hg.ops])
+                         baseline_sources=["app/baseline_ee.c"])
     tiled = b.schedule is not None and bool(b.schedule.stages)
     if b.schedule is not None:
         report["tiling"] = b.schedule.report(g)

@@ -261,6 +261,22 @@ def test_weights_once_bytes_add_up_and_one_arena(emitted, tmp_path):
     assert "model_ee_state" in state and syms["model_ee_state"] == [8]
 
 
+def test_layout_is_the_seeds(emitted):
+    """SparseComp's layout for exit models: model.c/.h, model_ee.c/.h, headers/<layer>.h of the backbone with
+    headers.h, headers/<head>_ee.h of the exit part with headers_ee.h (which includes them all)."""
+    kind, net, ee, x, d, res = emitted
+    for f in ("model.c", "model.h", "model_ee.c", "model_ee.h", "headers/headers.h", "headers/headers_ee.h"):
+        assert (d / f).is_file(), f
+    rep = json.loads((d / "report.json").read_text())
+    heads = [h["name"] for h in rep["early_exit"]["heads"]]
+    ee_text = (d / "headers" / "headers_ee.h").read_text()
+    for h in heads:
+        assert (d / "headers" / f"{h}_ee.h").is_file()
+        assert f'#include "{h}_ee.h"' in ee_text
+        assert f"{h}_ee.h" not in (d / "headers" / "headers.h").read_text()
+    assert not list((d / "headers").glob("ee_*.h"))
+
+
 def test_power_loss_mid_stage_redoes_the_stage(emitted, tmp_path):
     """Before every step, the stage also runs once more "uncommitted" (as when power is lost after
     the stage ran but before the step counter was written): the answers must not change."""
@@ -361,7 +377,7 @@ def test_deterministic_and_ordinary_emission_unchanged(tmp_path):
     for name in ("a", "b"):
         save_compressed_early_exit_model(net, ee, "csr", input_data=x, directory=tmp_path / name)
     files = sorted(p.relative_to(tmp_path / "a") for p in (tmp_path / "a").rglob("*") if p.is_file())
-    assert Path("model_ee.c") in files and Path("headers/ee_gnet.h") in files
+    assert Path("model_ee.c") in files and Path("headers/gnet_ee.h") in files and Path("headers/headers_ee.h") in files
     for f in files:
         assert (tmp_path / "a" / f).read_bytes() == (tmp_path / "b" / f).read_bytes(), f
     # the plain emission of the same backbone knows nothing of stages
