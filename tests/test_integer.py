@@ -260,12 +260,47 @@ OPS.update({
     "prelu_one": (lambda: _seq(nn.Linear(6, 5), _prelu(1)), (1, 6)),
 })
 
+# in-place activations (timm's default): the nodes of the tensor they overwrite name their result in the
+# lowering's env; the calibration must read each value's range from the node that computed it
+OPS.update({
+    # timm_tinynet_e's stem: conv -> BatchNorm folded -> SiLU(inplace) ("no calibration range" before)
+    "inplace_bn_silu": (lambda: _seq(nn.Conv2d(3, 4, 3, stride=2, padding=1, bias=False), _bn(4),
+                                     nn.SiLU(inplace=True), nn.Conv2d(4, 3, 1)), (1, 3, 7, 6)),  # fmt: skip
+    # timm mobilenetv3/lcnet head: conv_head -> norm_head (Identity) -> Hardswish(inplace) fused into the conv
+    "fused_hardswish_inplace": (lambda: _seq(nn.Conv2d(3, 6, 1), nn.Identity(), nn.Hardswish(inplace=True),
+                                             nn.Flatten(), nn.Linear(6 * 16, 5), nn.Hardswish(inplace=True),
+                                             nn.Dropout(0.2), nn.Linear(5, 4)), (1, 3, 4, 4)),  # fmt: skip
+    # timm_mobileone_s0: a scalar add (not fusable) -> ReLU(inplace) ("no calibration range" before)
+    "scalar_add_relu_inplace": (lambda: Wrap(lambda m, x: m[1](m[0](x) + 0.25) * 2, nn.Conv2d(2, 3, 3),
+                                             nn.ReLU(inplace=True)), (1, 2, 5, 5)),  # fmt: skip
+})
+
 
 @pytest.mark.parametrize("name", list(OPS))
 def test_op_bit_exact(name, tmp_path):
     torch.manual_seed(hash(name) % 1000)
     make, shape = OPS[name]
     check_bit_exact(make(), shape, tmp_path)
+
+
+def test_inplace_activation_ranges_come_from_the_producing_node():
+    """conv -> BN -> SiLU(inplace): the folded conv's output is quantized over the BatchNorm output's range
+    (before the SiLU), the SiLU's output over its own range, not over the union of both."""
+    from codegen.integer_emit import build_integer
+
+    torch.manual_seed(3)
+    net = _seq(nn.Conv2d(2, 3, 3, bias=False), _bn(3), nn.SiLU(inplace=True)).eval()
+    cal = 2 * torch.randn(32, 2, 6, 6)
+    qm = build_integer(net, cal[:1], cal)
+    with torch.no_grad():
+        pre = net[1](net[0](cal))
+        post = torch.nn.functional.silu(pre)
+    conv, act = qm.graph.ops
+    assert conv.inputs == [qm.graph.input] and act.output == qm.graph.output
+    for value, t in ((conv.output, pre), (act.output, post)):
+        q = qm.qparams[value]
+        assert q == QParams.from_range(float(t.min()), float(t.max())), (value, q)
+    assert qm.qparams[act.output].dequantize(np.int8(-128)) >= -0.3  # silu >= -0.28: not the conv's range
 
 
 @pytest.mark.parametrize("representation,expected", [("dense", {"int8"}), ("csr", {"int8_csr"}),
