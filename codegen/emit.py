@@ -35,7 +35,8 @@ log = logging.getLogger(__name__)
 GENERATOR_KEY = "sparsecomp"
 # runtime headers that include another runtime header themselves (copied along, not included by model.c)
 RUNTIME_INCLUDES = {"sc_quant.h": ("sc_bits.h",), "sc_int8.h": ("sc_bits.h",),
-                    "sc_deconv.h": ("sc_int8.h", "sc_bits.h")}
+                    "sc_deconv.h": ("sc_int8.h", "sc_bits.h"),
+                    "sc_int8_ops.h": ("sc_int8.h", "sc_bits.h", "sc_strided.h")}
 REPORT_NAME = "report.json"
 
 

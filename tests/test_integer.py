@@ -270,6 +270,12 @@ OPS.update({
     "fused_hardswish_inplace": (lambda: _seq(nn.Conv2d(3, 6, 1), nn.Identity(), nn.Hardswish(inplace=True),
                                              nn.Flatten(), nn.Linear(6 * 16, 5), nn.Hardswish(inplace=True),
                                              nn.Dropout(0.2), nn.Linear(5, 4)), (1, 3, 4, 4)),  # fmt: skip
+    # int8 forms TFLite has no single kernel for (runtime_c/sc_int8_ops.h)
+    "div_bcast_gate": (lambda: Gate(lambda f, g, x: f / (g + 0.5)), (1, 3, 5, 7)),  # (C,H,W) / (C,1,1)
+    "div_softsign": (lambda: Fn(lambda x: x / (1 + x.abs())), (1, 2, 6, 5)),  # equal shapes
+    "div_by_row_sum": (lambda: Fn(lambda x: torch.sigmoid(x) / torch.sigmoid(x).sum(-1, keepdim=True)), (1, 2, 5, 6)),
+    "sum_channels": (lambda: Fn(lambda x: x.sum(1)), (1, 2, 6, 5)),
+    "sum_last_dims": (lambda: Fn(lambda x: torch.sum(x, (2, 3), keepdim=True) * 0.1 + x), (1, 2, 5, 4)),
     # timm_mobileone_s0: a scalar add (not fusable) -> ReLU(inplace) ("no calibration range" before)
     "scalar_add_relu_inplace": (lambda: Wrap(lambda m, x: m[1](m[0](x) + 0.25) * 2, nn.Conv2d(2, 3, 3),
                                              nn.ReLU(inplace=True)), (1, 2, 5, 5)),  # fmt: skip
