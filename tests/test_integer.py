@@ -273,6 +273,8 @@ OPS.update({
     # int8 forms TFLite has no single kernel for (runtime_c/sc_int8_ops.h)
     "div_bcast_gate": (lambda: Gate(lambda f, g, x: f / (g + 0.5)), (1, 3, 5, 7)),  # (C,H,W) / (C,1,1)
     "div_softsign": (lambda: Fn(lambda x: x / (1 + x.abs())), (1, 2, 6, 5)),  # equal shapes
+    "div_negative": (lambda: Gate(lambda f, g, x: g / (-1 - f.abs()), "row"), (1, 3, 5, 7)),  # b < 0
+    "div_through_zero": (lambda: Gate(lambda f, g, x: f / g, "col"), (1, 3, 5, 7)),  # saturates near 0
     "div_by_row_sum": (lambda: Fn(lambda x: torch.sigmoid(x) / torch.sigmoid(x).sum(-1, keepdim=True)), (1, 2, 5, 6)),
     "sum_channels": (lambda: Fn(lambda x: x.sum(1)), (1, 2, 6, 5)),
     "sum_last_dims": (lambda: Fn(lambda x: torch.sum(x, (2, 3), keepdim=True) * 0.1 + x), (1, 2, 5, 4)),

@@ -155,7 +155,7 @@ class BroadcastDiv(Broadcast):
 
 def div_tables(qa: integer.QParams, qb: integer.QParams, qout: integer.QParams) -> tuple[np.ndarray, np.ndarray]:
     """(mult int32[256], shift int8[256]): for each int8 divisor b, the fixed-point form of
-    s_a / (s_out * s_b * (b - b_zp)), negative for b < b_zp. A zero divisor (b == b_zp) and factors
+    |s_a / (s_out * s_b * (b - b_zp))| (the kernel negates a - a_zp for b < b_zp). A zero divisor (b == b_zp) and factors
     beyond the multiplier's range get the largest one: the quotient saturates by the sign of a, as a / 0
     is +-inf in PyTorch (0 / 0 gives the output zero point)."""
     mult = np.zeros(256, dtype=np.int64)
@@ -164,14 +164,14 @@ def div_tables(qa: integer.QParams, qb: integer.QParams, qout: integer.QParams) 
         d = k - 128 - qb.zero_point
         f = math.inf if d == 0 else qa.scale / (qout.scale * qb.scale * abs(d))
         m, s = (integer.INT32_MAX, 30) if f >= 2.0**30 else integer.quantize_multiplier(f)
-        mult[k], shift[k] = (-m if d < 0 else m), s
+        mult[k], shift[k] = m, s
     return mult, shift
 
 
 @integer.register_int8(BroadcastDiv)
 class BroadcastDivInt8(integer.Int8Handler):
-    """y = mbqm(a - a_zp, mult[b], shift[b]) + out_zp: one requantization per element, its multiplier
-    looked up by the divisor's int8 value (``div_tables``); exact to the multiplier's 31 bits."""
+    """y = mbqm(+-(a - a_zp), mult[b], shift[b]) + out_zp (negated for b < b_zp): one requantization per
+    element, its multiplier looked up by the divisor's int8 value (``div_tables``)."""
 
     kind = "div"
     template = "strided.j2"
@@ -183,12 +183,13 @@ class BroadcastDivInt8(integer.Int8Handler):
         qo.consts.update(mult=mult, shift=shift)
         ctx.int_array("mult", "_m", "int32_t", mult)
         ctx.int_array("shift", "_sh", "int8_t", shift)
-        qo.scalars.update(a_zp=qa.zero_point, out_zp=qout.zero_point)
+        qo.scalars.update(a_zp=qa.zero_point, b_zp=qb.zero_point, out_zp=qout.zero_point)
 
     def reference(self, qo: integer.QOp, ins: list[np.ndarray]) -> np.ndarray:
         op: Broadcast = qo.op  # type: ignore[assignment]
         s = qo.scalars
         a = gather(ins[0], op.sizes, op.a_strides)
-        k = gather(ins[1], op.sizes, op.b_strides) + 128
-        y = integer.mbqm(a - s["a_zp"], qo.consts["mult"][k], qo.consts["shift"][k]) + s["out_zp"]
+        b = gather(ins[1], op.sizes, op.b_strides)
+        d = np.where(b < s["b_zp"], s["a_zp"] - a, a - s["a_zp"])
+        y = integer.mbqm(d, qo.consts["mult"][b + 128], qo.consts["shift"][b + 128]) + s["out_zp"]
         return integer.clamp8(y)
