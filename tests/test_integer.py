@@ -17,6 +17,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from codegen import save_compressed_model
@@ -236,6 +237,14 @@ OPS = {
 from test_ops_functional import BNAct, FConv, FLinear, Fn, Gate  # noqa: E402
 
 
+def _ln(shape):
+    ln = nn.LayerNorm(shape)
+    with torch.no_grad():
+        ln.weight.uniform_(-1.5, 1.5)
+        ln.bias.uniform_(-0.5, 0.5)
+    return ln
+
+
 def _prelu(c):
     p = nn.PReLU(c)
     with torch.no_grad():
@@ -278,6 +287,10 @@ OPS.update({
     "div_by_row_sum": (lambda: Fn(lambda x: torch.sigmoid(x) / torch.sigmoid(x).sum(-1, keepdim=True)), (1, 2, 5, 6)),
     "sum_channels": (lambda: Fn(lambda x: x.sum(1)), (1, 2, 6, 5)),
     "sum_last_dims": (lambda: Fn(lambda x: torch.sum(x, (2, 3), keepdim=True) * 0.1 + x), (1, 2, 5, 4)),
+    "layernorm_rows": (lambda: _seq(nn.Linear(6, 9), _ln(9)), (1, 5, 6)),  # 5 rows of 9
+    "layernorm_chw_noaffine": (lambda: Fn(lambda x: F.layer_norm(x, (3, 3, 4), eps=1e-3)), (1, 2, 5, 6)),
+    "layernorm_wide": (lambda: _seq(nn.Linear(8, 300), _ln(300)), (1, 8)),
+    "layernorm_last2": (lambda: _seq(nn.Conv2d(2, 3, 3), _ln((4, 3)), nn.ReLU()), (1, 2, 6, 5)),
     # timm_mobileone_s0: a scalar add (not fusable) -> ReLU(inplace) ("no calibration range" before)
     "scalar_add_relu_inplace": (lambda: Wrap(lambda m, x: m[1](m[0](x) + 0.25) * 2, nn.Conv2d(2, 3, 3),
                                              nn.ReLU(inplace=True)), (1, 2, 5, 5)),  # fmt: skip
