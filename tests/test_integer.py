@@ -289,6 +289,9 @@ OPS.update({
     "sum_last_dims": (lambda: Fn(lambda x: torch.sum(x, (2, 3), keepdim=True) * 0.1 + x), (1, 2, 5, 4)),
     "layernorm_rows": (lambda: _seq(nn.Linear(6, 9), _ln(9)), (1, 5, 6)),  # 5 rows of 9
     "layernorm_chw_noaffine": (lambda: Fn(lambda x: F.layer_norm(x, (3, 3, 4), eps=1e-3)), (1, 2, 5, 6)),
+    "log_softmax": (lambda: _seq(nn.Linear(6, 10), nn.LogSoftmax(dim=1)), (1, 6)),
+    "log_softmax_dim1_chw": (lambda: Fn(lambda x: F.log_softmax(x * 3, dim=1)), (1, 2, 5, 6)),  # inner > 1
+    "log_softmax_wide": (lambda: _seq(nn.Linear(4, 700), nn.LogSoftmax(-1)), (1, 4)),
     "layernorm_wide": (lambda: _seq(nn.Linear(8, 300), _ln(300)), (1, 8)),
     "layernorm_last2": (lambda: _seq(nn.Conv2d(2, 3, 3), _ln((4, 3)), nn.ReLU()), (1, 2, 6, 5)),
     # timm_mobileone_s0: a scalar add (not fusable) -> ReLU(inplace) ("no calibration range" before)
@@ -457,11 +460,11 @@ def test_dataloader_calibration(tmp_path):
     assert res.report["integer"]["calibration_samples"] == 40
 
 
-def test_log_softmax_refused_naming_the_layer(tmp_path):
-    net = _seq(nn.Linear(4, 3), nn.LogSoftmax(dim=1))
-    with pytest.raises(CodegenError, match=r"layer '1': log_softmax has no integer kernel.*dequantized output"):
-        save_compressed_model(net, "int8", torch.zeros(1, 4), tmp_path / "m", integer=True,
-                              calibration_data=torch.randn(8, 4))  # fmt: skip
+def test_groupnorm_refused_naming_the_layer(tmp_path):
+    net = _seq(nn.Conv2d(2, 4, 1), nn.GroupNorm(2, 4))
+    with pytest.raises(CodegenError, match=r"layer '1': groupnorm .* has no integer kernel"):
+        save_compressed_model(net, "int8", torch.zeros(1, 2, 3, 3), tmp_path / "m", integer=True,
+                              calibration_data=torch.randn(8, 2, 3, 3))  # fmt: skip
 
 
 def test_codebook_representation_refused(tmp_path):
