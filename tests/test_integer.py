@@ -237,6 +237,26 @@ OPS = {
 from test_ops_functional import BNAct, FConv, FLinear, Fn, Gate  # noqa: E402
 
 
+class RNN(nn.Module):
+    """nn.LSTM / nn.GRU (batch_first) over (T, F) -> "last": y[:, -1]; "seq": the whole sequence; "hn": h_n[-1]."""
+
+    def __init__(self, cell, use="last", **kw):
+        super().__init__()
+        self.rnn = cell(5, 8, batch_first=True, **kw)
+        self.fc = nn.Linear(8 * (2 if kw.get("bidirectional") else 1), 4)
+        self.use = use
+        self.lstm = cell is nn.LSTM
+
+    def forward(self, x):
+        if self.use == "hn" and self.lstm:
+            _, (h, _c) = self.rnn(x)
+            return self.fc(h[-1])
+        y, h = self.rnn(x)
+        if self.use == "hn":
+            return self.fc(h[-1])
+        return self.fc(y[:, -1]) if self.use == "last" else self.fc(y)
+
+
 def _ln(shape):
     ln = nn.LayerNorm(shape)
     with torch.no_grad():
@@ -292,6 +312,11 @@ OPS.update({
     "log_softmax": (lambda: _seq(nn.Linear(6, 10), nn.LogSoftmax(dim=1)), (1, 6)),
     "log_softmax_dim1_chw": (lambda: Fn(lambda x: F.log_softmax(x * 3, dim=1)), (1, 2, 5, 6)),  # inner > 1
     "log_softmax_wide": (lambda: _seq(nn.Linear(4, 700), nn.LogSoftmax(-1)), (1, 4)),
+    "lstm_last": (lambda: RNN(nn.LSTM), (1, 7, 5)),
+    "lstm_2layer_hn": (lambda: RNN(nn.LSTM, "hn", num_layers=2), (1, 6, 5)),
+    "gru_last": (lambda: RNN(nn.GRU), (1, 7, 5)),
+    "gru_bidir_seq": (lambda: RNN(nn.GRU, "seq", bidirectional=True), (1, 5, 5)),
+    "lstm_bidir_nobias": (lambda: RNN(nn.LSTM, "seq", bidirectional=True, bias=False), (1, 4, 5)),
     "layernorm_wide": (lambda: _seq(nn.Linear(8, 300), _ln(300)), (1, 8)),
     "layernorm_last2": (lambda: _seq(nn.Conv2d(2, 3, 3), _ln((4, 3)), nn.ReLU()), (1, 2, 6, 5)),
     # timm_mobileone_s0: a scalar add (not fusable) -> ReLU(inplace) ("no calibration range" before)
@@ -529,6 +554,47 @@ def test_runs_on_emulated_board_bit_exact(target, tmp_path):
 
     res, _ = emit_integer(_small_cnn(), (1, 1, 8, 8), tmp_path)
     run = board.run(res.directory, target)
+    assert run.exit_code == 0, run.stdout + run.stderr
+    assert run.max_abs_error == 0.0
+
+
+class NewInt8Forms(nn.Module):
+    """Every int8 form of issue 14's remainder in one model: LSTM, GRU, LayerNorm, tensor division, sum,
+    a fused in-place hardswish, log_softmax."""
+
+    def __init__(self):
+        super().__init__()
+        self.lstm = nn.LSTM(5, 8, batch_first=True)
+        self.gru = nn.GRU(8, 8, batch_first=True)
+        self.ln = _ln(8)
+        self.fc1 = nn.Linear(8, 6)
+        self.act = nn.Hardswish(inplace=True)
+        self.fc2 = nn.Linear(6, 5)
+
+    def forward(self, x):
+        y, _ = self.lstm(x)
+        y, _ = self.gru(y)
+        y = self.ln(y)
+        y = (y / (1 + y.abs())).sum(1)
+        return F.log_softmax(self.fc2(self.act(self.fc1(y))), dim=1)
+
+
+def test_new_int8_forms_bit_exact(tmp_path):
+    torch.manual_seed(5)
+    check_bit_exact(NewInt8Forms(), (1, 6, 5), tmp_path)
+
+
+@pytest.mark.board
+def test_new_int8_forms_on_board_bit_exact(tmp_path):
+    """The same model on the emulated Cortex-M4F: the self-test's output equals the integer reference."""
+    _require_board()
+    from codegen import board
+
+    torch.manual_seed(5)
+    res, _ = emit_integer(NewInt8Forms(), (1, 6, 5), tmp_path)
+    kinds = {qo.kind for qo in res.integer_model.qops}
+    assert {"recurrent", "layernorm", "div", "reduce_sum", "log_softmax", "lut"} <= kinds, kinds
+    run = board.run(res.directory, "m4")
     assert run.exit_code == 0, run.stdout + run.stderr
     assert run.max_abs_error == 0.0
 

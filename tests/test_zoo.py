@@ -77,11 +77,11 @@ EMITS: dict[str, set[str]] = {
     # unblocked by upsampling, transposed convs and LSTM/GRU (codegen/ops/resize.py, deconv.py, recurrent.py)
     "unet_upsample": {"integer", "board"},
     "unet_convtranspose": {"integer", "board"},
-    "lstm_kws_1layer": set(),
-    "lstm_kws_2layer": set(),
-    "gru_kws_1layer": {"board"},
-    "gru_kws_2layer": set(),
-    "crnn_kws": set(),
+    "lstm_kws_1layer": {"integer"},  # int8 LSTM/GRU: codegen/ops/recurrent.py RecurrentInt8
+    "lstm_kws_2layer": {"integer"},
+    "gru_kws_1layer": {"integer", "board"},
+    "gru_kws_2layer": {"integer"},
+    "crnn_kws": {"integer"},
     "timm_ghostnet_050": set(),
     "cbam_cnn": {"integer"},
     # Conv2dSame computes its padding from the input size in Python: emitted through torch.export
