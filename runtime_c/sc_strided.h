@@ -8,6 +8,7 @@
 #define SC_STRIDED_H
 
 #include "sc_runtime.h"
+#include "sc_fixed.h" /* int8 */
 
 typedef struct {
     int32_t n[4], sa[4], sb[4];
@@ -49,8 +50,6 @@ static inline void sc_s_div(const float *a, const float *b, float *out, const sc
 }
 
 /* ---- int8 ---------------------------------------------------------------------------------- */
-/* Compiled when sc_int8.h came first (the integer model.c includes the runtime headers sorted by name). */
-#ifdef SC_INT8_H
 
 typedef struct {
     int32_t a_zp, a_mult, a_shift, b_zp, b_mult, b_shift, left_shift, out_mult, out_shift, out_zp, sub;
@@ -81,6 +80,24 @@ static inline void sc_i8_s_mul(const int8_t *a, const int8_t *b, int8_t *y, cons
     });
 }
 
-#endif /* SC_INT8_H */
+/* tensor / tensor (TFLite has no int8 div): one requantization per element, its multiplier looked up
+ * by the divisor's int8 value (codegen/ops/broadcast.py div_tables). */
+typedef struct {
+    int32_t a_zp, b_zp, out_zp;
+} sc_i8_s_div_params;
+
+/* y = clamp(mbqm(+-(a - a_zp), mult[b + 128], shift[b + 128]) + out_zp), negated when b < b_zp (the
+ * multipliers are |s_a / (s_out s_b (b - b_zp))| >= 0, as sc_i8_mbqm wants them); a zero divisor
+ * saturates by the sign of a (its table entry is the largest multiplier). */
+static inline void sc_i8_s_div(const int8_t *a, const int8_t *b, int8_t *y, const sc_strided_params *p,
+                               const sc_i8_s_div_params *q, const int32_t *mult, const int8_t *shift)
+{
+    SC_STRIDED_LOOP({
+        const int32_t k = (int32_t)b[ib] + 128; /* no comma: this is a macro argument */
+        const int32_t d = (int32_t)a[ia] - q->a_zp;
+        const int32_t v = sc_i8_mbqm((int32_t)b[ib] < q->b_zp ? -d : d, mult[k], shift[k]) + q->out_zp;
+        y[o] = (int8_t)(v > 127 ? 127 : (v < -128 ? -128 : v));
+    });
+}
 
 #endif /* SC_STRIDED_H */

@@ -1,4 +1,4 @@
-"""Fully integer inference (codegen/integer.py, runtime_c/sc_int8.h).
+"""Fully integer inference (codegen/integer.py; runtime_c/sc_fixed.h and the int8 sections of the headers).
 
 The oracle here is the numpy int64 reference ``IntegerModel.run``: the C must be bit-exact with it
 on every op and on the end-to-end models, through <prefix>_run_int8 (int8 in/out) and through the
@@ -120,7 +120,7 @@ def test_c_primitives_bit_exact(tmp_path):
                      for m, s in cases)  # fmt: skip
     rt = Path(__file__).resolve().parents[1] / "runtime_c"
     src.write_text(
-        "#include <stdio.h>\n#include \"sc_int8.h\"\n"
+        "#include <stdio.h>\n#include \"sc_fixed.h\"\n"
         f"static const int32_t x[] = {{{', '.join(f'(int32_t){int(v)}LL' for v in xs)}}};\n"
         "int main(void) {\n    int i; const int n = (int)(sizeof x / sizeof x[0]);\n" + body + "\n    return 0;\n}\n"
     )
@@ -299,7 +299,7 @@ OPS.update({
     "fused_hardswish_inplace": (lambda: _seq(nn.Conv2d(3, 6, 1), nn.Identity(), nn.Hardswish(inplace=True),
                                              nn.Flatten(), nn.Linear(6 * 16, 5), nn.Hardswish(inplace=True),
                                              nn.Dropout(0.2), nn.Linear(5, 4)), (1, 3, 4, 4)),  # fmt: skip
-    # int8 forms TFLite has no single kernel for (runtime_c/sc_int8_ops.h)
+    # int8 forms TFLite has no single kernel for (div: sc_strided.h, sum: sc_reduce.h)
     "div_bcast_gate": (lambda: Gate(lambda f, g, x: f / (g + 0.5)), (1, 3, 5, 7)),  # (C,H,W) / (C,1,1)
     "div_softsign": (lambda: Fn(lambda x: x / (1 + x.abs())), (1, 2, 6, 5)),  # equal shapes
     "div_negative": (lambda: Gate(lambda f, g, x: g / (-1 - f.abs()), "row"), (1, 3, 5, 7)),  # b < 0

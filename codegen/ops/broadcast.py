@@ -9,7 +9,7 @@ element strides (0 on a broadcast dim); adjacent dims that walk both operands co
 so the SE gate becomes (C, H*W) with strides (1, 0) for the gate.
 
 Float kernels: runtime_c/sc_strided.h; template templates/ops/strided.j2.
-Integer kernels: runtime_c/sc_strided.h (int8 section), sc_i8_s_div in runtime_c/sc_int8_ops.h;
+Integer kernels: runtime_c/sc_strided.h (int8 section: sc_i8_s_add, sc_i8_s_mul, sc_i8_s_div);
 template templates/ops_int8/strided.j2.
 """
 
@@ -109,7 +109,7 @@ class BroadcastInt8(integer.Int8Handler):
     the rescaled b, as TFLite's sub); mul: TFLite's mul (one multiplier s_a * s_b / s_out)."""
 
     template = "strided.j2"
-    runtime = ("sc_int8.h", "sc_strided.h")
+    runtime = ("sc_strided.h",)
 
     def kind_of(self, op: Broadcast) -> str:
         return op.mode
@@ -175,7 +175,7 @@ class BroadcastDivInt8(integer.Int8Handler):
 
     kind = "div"
     template = "strided.j2"
-    runtime = ("sc_int8.h", "sc_strided.h", "sc_int8_ops.h")
+    runtime = ("sc_strided.h",)
 
     def quantize(self, op: Broadcast, ctx: integer.Int8Context, qo: integer.QOp) -> None:
         qa, qb, qout = ctx.qin(op, 0), ctx.qin(op, 1), ctx.qout(op)

@@ -6,7 +6,7 @@ one rounded 64-bit division per element, then a per-column requantization; Group
 naming the layer).
 
 Float kernels: runtime_c/sc_norm.h; templates templates/ops/layernorm.j2, groupnorm.j2.
-Integer kernel: sc_i8_layernorm (runtime_c/sc_int8_ops.h); template templates/ops_int8/layernorm.j2.
+Integer kernel: sc_i8_layernorm (runtime_c/sc_norm.h, int8 section); template templates/ops_int8/layernorm.j2.
 """
 
 from __future__ import annotations
@@ -143,7 +143,7 @@ class LayerNormInt8(integer.Int8Handler):
 
     kind = "layernorm"
     template = "layernorm.j2"
-    runtime = ("sc_int8.h", "sc_int8_ops.h")
+    runtime = ("sc_norm.h",)
 
     def quantize(self, op: LayerNorm, ctx: integer.Int8Context, qo: integer.QOp) -> None:
         qin, qout = ctx.qin(op), ctx.qout(op)

@@ -12,7 +12,7 @@ The lowering stores the node's tuple in ``ctx.tuples`` (LSTM: [out, [h_n, c_n]],
 value name, h_n and c_n are items that lower themselves when used) so that ``operator.getitem`` (``ops.gather``) aliases
 ``out, (h, c) = self.lstm(x)`` and ``h[-1]``.
 
-int8 (``RecurrentInt8``; kernels sc_i8_rnn_* in runtime_c/sc_int8_ops.h, templates/ops_int8/recurrent.j2):
+int8 (``RecurrentInt8``; kernels sc_i8_rnn_* in runtime_c/sc_recurrent.h, templates/ops_int8/recurrent.j2):
 int8 weights per gate row, the input at its calibrated scale, the hidden state (and so the output
 sequence) at the fixed scale 1/128 (h is in (-1, 1)); per step each projection is an int32 dot product
 requantized to Q12 plus the bias in Q12, sigmoid/tanh come from 513-point Q15 tables over [-8, 8] with
@@ -164,7 +164,7 @@ def lower_recurrent(ctx: LowerContext, node: fx.Node) -> None:
     ctx.tuples[node.name] = [cur, [h_n, _CellState()] if cell == "lstm" else h_n]
 
 
-# ---- int8 (codegen/integer.py, runtime_c/sc_int8_ops.h, templates/ops_int8/recurrent.j2) --------------
+# ---- int8 (codegen/integer.py, runtime_c/sc_recurrent.h, templates/ops_int8/recurrent.j2) -------------
 
 H_RANGE = [-1.0, 127.0 / 128.0]  # the hidden state's range: QParams(1/128, 0)
 GATE_BITS = 12  # gate pre-activations in Q12 (int16 range: [-8, 8))
@@ -213,7 +213,7 @@ class RecurrentInt8(integer.Int8Handler):
 
     kind = "recurrent"
     template = "recurrent.j2"
-    runtime = ("sc_int8.h", "sc_int8_ops.h")
+    runtime = ("sc_recurrent.h",)
 
     def quantize(self, op: Recurrent, ctx: integer.Int8Context, qo: integer.QOp) -> None:
         qin, qout = ctx.qin(op), ctx.qout(op)
@@ -276,7 +276,7 @@ class RnnStateInt8(integer.Int8Handler):
     kind = "copy"
     template = "rnn_state.j2"
     keeps_qparams = True
-    runtime = ("sc_int8.h", "sc_int8_ops.h")
+    runtime = ("sc_recurrent.h",)
 
     def quantize(self, op: RnnState, ctx: integer.Int8Context, qo: integer.QOp) -> None:
         """Nothing to quantize: a copy."""

@@ -8,7 +8,7 @@ Float kernels: runtime_c/sc_reduce.h; templates templates/ops/reduce.j2, adaptiv
 Integer kernels: runtime_c/sc_reduce.h (int8 section); templates templates/ops_int8/reduce.j2,
 adaptive_pool.j2. max, min and mean keep their input's scale and zero point (mean rounds half away
 from zero, as the int8 average pool); sum (TFLite's int8 Sum: the int32 sum of x - zp requantized by
-s_in / s_out to its own calibrated range) is sc_i8_reduce_sum (runtime_c/sc_int8_ops.h),
+s_in / s_out to its own calibrated range) is sc_i8_reduce_sum (runtime_c/sc_reduce.h),
 templates/ops_int8/reduce_sum.j2.
 """
 
@@ -189,7 +189,7 @@ class ReduceSumInt8(integer.Int8Handler):
 
     kind = "reduce_sum"
     template = "reduce_sum.j2"
-    runtime = ("sc_int8.h", "sc_int8_ops.h")
+    runtime = ("sc_reduce.h",)
 
     def check(self, op: Reduce) -> None:
         if op.n * 255 > integer.INT32_MAX:

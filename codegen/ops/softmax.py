@@ -5,7 +5,7 @@ Float kernels: runtime_c/sc_eltwise.h (last dim: ``sc_softmax``), runtime_c/sc_s
 Integer kernel: runtime_c/sc_softmax.h (``sc_i8_softmax``); template templates/ops_int8/softmax.j2.
 All integer: e = exp_table[max - x] (Q15, prepared in Python from the input scale), S = sum e,
 q = floor((2 e K + S 2^k) / (S 2^(k+1))) + out_zp with K = round(2^k / out_scale) (int64).
-log-softmax (``LogSoftmaxInt8``, ``sc_i8_log_softmax`` in runtime_c/sc_int8_ops.h, template
+log-softmax (``LogSoftmaxInt8``, ``sc_i8_log_softmax`` in runtime_c/sc_softmax.h, template
 templates/ops_int8/log_softmax.j2): the same exp table and sum S, ln(S / 2^15) from S's leading bit and a
 256-entry table of its next 8 bits (error <= 0.002), q = out_zp - round(((max - x) s_in + ln) / s_out).
 """
@@ -148,7 +148,7 @@ class LogSoftmaxInt8(SoftmaxInt8):
 
     kind = "log_softmax"
     template = "log_softmax.j2"
-    runtime = ("sc_int8.h", "sc_int8_ops.h")
+    runtime = ("sc_softmax.h",)
 
     def rewrite(self, op: Softmax) -> ir.Op:
         return op
