@@ -337,6 +337,8 @@ class Int8Handler:
     and ``reference``, and register with ``@register_int8(MyOp)``.
 
     ``keeps_qparams``: the output keeps input 0's scale and zero point (pooling, padding, copies).
+    ``supported``: False for a handler registered only to refuse the op with a tailored message (GroupNorm);
+    README's int8 column (``codegen.supported_ops``) leaves those out.
     ``runtime``: the headers of the int8 kernels (under runtime_c/ or the op's extension_dir): the op
     family's header, whose int8 section includes the fixed-point math (runtime_c/sc_fixed.h).
     """
@@ -344,6 +346,7 @@ class Int8Handler:
     kind: ClassVar[str] = ""
     template: ClassVar[str] = ""
     keeps_qparams: ClassVar[bool] = False
+    supported: ClassVar[bool] = True
     runtime: ClassVar[tuple[str, ...]] = ()
 
     def kind_of(self, op: ir.Op) -> str:

@@ -113,6 +113,8 @@ def lower_groupnorm(ctx: LowerContext, node: fx.Node) -> None:
 class NormInt8(integer.Int8Handler):
     """GroupNorm: refused (no int8 kernel yet)."""
 
+    supported = False
+
     def check(self, op: ir.Op) -> None:
         raise UnsupportedConfigError(
             f"layer '{op.source}': {op.kind} ({op.torch_op}) has no integer kernel (its statistics are computed "
