@@ -68,14 +68,6 @@ ADD_LEFT_SHIFT = 20  # headroom of the int8 add (TFLite uses 20 for int8)
 # largest stack scratch of the SMLAD conv kernel (column + start values); larger convs use the plain kernel
 DSP_SCRATCH_MAX_BYTES = 8192
 
-# weight encodings each representation may use in integer mode (the smallest wins)
-INTEGER_ENCODINGS = {
-    "dense": ("int8",),
-    "csr": ("int8", "int8_csr"),
-    "int8": ("int8", "int8_csr", "int8_rel"),
-    "auto": ("int8", "int8_csr", "int8_rel"),
-}
-
 
 
 # ---- fixed-point arithmetic: the numpy (int64) reference of runtime_c/sc_fixed.h ------------------
@@ -521,8 +513,9 @@ def quantize_weight(w: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 
 
 def encode_q(q: np.ndarray, base: str, representation: str, layer: str) -> Encoded:
-    """Encodes int8 q with the smallest int8 encoding allowed, without the float scale array."""
-    allowed = INTEGER_ENCODINGS[representation]
+    """Encodes int8 q with the smallest int8 encoding the representation allows in integer mode
+    (``formats.REPRESENTATIONS[representation].integer``), without the float scale array."""
+    allowed = formats.REPRESENTATIONS[representation].integer
     qf = q.astype(np.float32)
     best = min(allowed, key=lambda n: (formats.ENCODINGS[n].tensor_nbytes(qf), allowed.index(n)))
     enc = formats.ENCODINGS[best].encode(qf, base)

@@ -17,7 +17,8 @@ import logging
 import numpy as np
 import torch
 
-from codegen import emission, integer, ir
+from codegen import emission, formats, integer, ir
+from codegen import intermittent as nvm
 from codegen.emit import cfloat
 from codegen.errors import CodegenError
 from codegen.export_frontend import trace_model
@@ -42,10 +43,14 @@ class _Int8Value(ir.Value):
 
 
 
+def int8_graph(g: ir.Graph) -> ir.Graph:
+    """``g`` with 1-byte elements (for the planners)."""
+    return ir.Graph({k: _Int8Value(v.name, v.shape, "int8") for k, v in g.values.items()}, g.ops, g.input, g.output)
+
+
 def plan_int8(g: ir.Graph) -> GraphMemory:
     """The arena of the integer path: the ordinary planner over 1-byte elements (offsets in bytes)."""
-    gq = ir.Graph({k: _Int8Value(v.name, v.shape, "int8") for k, v in g.values.items()}, g.ops, g.input, g.output)
-    return plan_graph(gq)
+    return plan_graph(int8_graph(g))
 
 
 
@@ -59,11 +64,7 @@ def build_integer(
     concrete_args: dict | None = None,
 ) -> IntegerModel:
     """Traces, lowers, calibrates and quantizes a model for the integer path (see the module docstring)."""
-    if representation not in integer.INTEGER_ENCODINGS:
-        raise CodegenError(
-            f"representation {representation!r} cannot be used with integer=True: the weights are int8; "
-            f"choose one of {sorted(integer.INTEGER_ENCODINGS)} ('int8': dense, CSR or relative-index int8, the smallest)"
-        )
+    formats.check_representation(representation, integer=True)
     m = prepare_model(model)
     x = example_from(example_input)
     gm = trace_model(m, x, leaf_modules, concrete_args)
@@ -143,6 +144,7 @@ def save_integer_model(
     concrete_args: dict | None = None,
     tolerance: float | None = None,
     arduino: bool = False,
+    intermittent: bool = False,
 ):
     """``save_compressed_model(..., integer=True, calibration_data=...)``: emits the integer path.
 
@@ -188,6 +190,11 @@ def save_integer_model(
                           extra_context={"integer": template_context(qm, prefix),
                                          **(float_ctx if input_data is not None else {})},
                           what="integer ", arduino=arduino)
+    if intermittent:
+        it = nvm.plan(int8_graph(g), prefix, report, elem_bytes=1)
+        report["intermittent"] = it.report(mem.arena_bytes)
+        e.extra_context["intermittent"] = it.context()
+        e.add_files = nvm.add_files(e)
     res = emission.write_emission(e, directory, overwrite)
     res.integer_model = qm  # type: ignore[attr-defined]
     return res

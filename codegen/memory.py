@@ -209,8 +209,14 @@ def plan_graph(
     lifetimes: tuple[dict[str, int], dict[str, int]] | None = None,
     op_time: Callable[[int], int] = lambda i: i,
     extra: Sequence[tuple[str, int, int, int, int]] = (),
+    in_place: bool = True,
+    caller_io: bool = True,
 ) -> GraphMemory:
     """Assigns storage to every value of the graph (see module docstring).
+
+    ``in_place=False``: no op writes over a buffer it reads (codegen.intermittent: a unit re-run after a
+    power failure finds its inputs intact). ``caller_io=False``: the model input and output get arena
+    buffers too (then ``lifetimes`` must define them).
 
     Callers with their own notion of time (codegen.early_exit: stages that must be restartable)
     pass ``lifetimes`` (first, last per value) and ``op_time`` (the time op i runs at), and
@@ -231,7 +237,7 @@ def plan_graph(
     # In-place: an elementwise op writes over an input that dies at this op (same size); a kernel
     # whose op says so (ir.Op.overwrites_input: pooling, depthwise and 1x1 convs) over input 0.
     for i, op in enumerate(g.ops):
-        if not op.overwrites_input():
+        if not in_place or not op.overwrites_input():
             continue
         for v in op.inputs if op.inplace else op.inputs[:1]:
             root = find(v)
@@ -264,9 +270,9 @@ def plan_graph(
 
     storage: dict[str, Storage] = {}
     for root, vs in sorted(groups.items()):
-        if g.input in vs:
+        if caller_io and g.input in vs:
             kind = "input"
-        elif g.output in vs:
+        elif caller_io and g.output in vs:
             kind = "output"
         else:
             kind = "arena"
@@ -285,7 +291,7 @@ def plan_graph(
         planner.add_buffer(name, size, b_first, b_last, b_side)
     chained = MemoryPlanner(alignment)
     for v in first:
-        if first[v] <= last[v] and v != g.input and v != g.output:
+        if first[v] <= last[v] and ((v != g.input and v != g.output) or not caller_io):
             chained.add_buffer(v, g.values[v].nbytes, first[v], last[v])
     for name, size, b_first, b_last, _ in extra:
         chained.add_buffer(name, size, b_first, b_last)
