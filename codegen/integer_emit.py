@@ -70,16 +70,12 @@ def build_integer(
     x = example_from(example_input)
     gm = trace_model(m, x, leaf_modules, concrete_args)
     env: dict[str, str] = {}
-    g = lower(gm, env)
+    producers: dict[str, str] = {}
+    g = lower(gm, env, producers)
     ranges, n = calibrate(gm, calibration_data, tuple(x.shape[1:]))
-    value_ranges: dict[str, list[float]] = {}
-    for node_name, v in env.items():
-        if node_name in ranges:
-            r = ranges[node_name]
-            cur = value_ranges.get(v)
-            value_ranges[v] = [min(cur[0], r[0]), max(cur[1], r[1])] if cur else list(r)
+    value_ranges = integer.value_ranges_of(env, producers, ranges)
     g.ops[:] = [int8_handler(op).rewrite(op) for op in g.ops]
-    cal = Calibration(gm, env, ranges, value_ranges)
+    cal = Calibration(gm, env, ranges, value_ranges, producers)
     for p in integer.INT8_PASSES:
         p(g, cal)
     for op in g.ops:
