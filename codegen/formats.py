@@ -65,7 +65,7 @@ CTYPE_BYTES = {
 }
 MAX_CODEBOOK = 256  # b <= 8 bits per index
 GAP_BITS = tuple(range(1, 9))  # relative-index gap widths the encoder tries
-QUANT_RUNTIME = ("sc_conv.h", "sc_linear.h", "sc_quant.h")  # headers the int8/codebook kernels need
+QUANT_RUNTIME = ("sc_conv.h", "sc_linear.h", "sc_quant.h", "sc_wq.h")  # headers the int8/codebook kernels need
 
 
 def uint_ctype(max_value: int) -> str:

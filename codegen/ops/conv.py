@@ -22,6 +22,8 @@ from codegen.lowering import LowerContext, accepts_constants, as_chw, f32, regis
 # C_in channels into a stack buffer first; at most PWC_MAX_CBUF_BYTES of it.
 PWC_BLOCK = 8
 PWC_MAX_CBUF_BYTES = 4096
+# The weight-only (int8 / codebook) 1x1 kernels gather WQ_PW_BLOCK positions (SC_WQ_PW_BLOCK in sc_wq.h).
+WQ_PW_BLOCK = 8
 
 
 @dataclass
@@ -105,6 +107,16 @@ class Conv2d(ir.Op):
                 dw3 = tuple(self.kernel) == (3, 3) and tuple(self.stride) == (1, 1)
                 return ir.KernelChoice("sc_conv_dense_dw3" if dw3 else "sc_conv_dense_dw", pad, in_place=dw_in_place)
             return ir.KernelChoice("sc_conv_dense_d1")
+        if w.kernel in ("q8", "cb") and self.groups == 1 and self.pointwise:  # weight-only 1x1 (sc_wq.h)
+            col = ir.Scratch("float", "col", WQ_PW_BLOCK * self.in_shape[0],
+                             f"{WQ_PW_BLOCK} positions of the input channels", arena=True)  # fmt: skip
+            return ir.KernelChoice(f"sc_conv_{w.kernel}_pw", col, in_place=same_shape)
+        if w.kernel in ("q8", "cb") and dw:  # weight-only depthwise: channel weights decoded next to the plane
+            dw3 = tuple(self.kernel) == (3, 3) and tuple(self.stride) == (1, 1)
+            wpad = ir.Scratch("float", "pad", self.pad_plane_floats() + self.kernel[0] * self.kernel[1],
+                              "zero-padded input plane, then the channel's decoded weights", arena=True)  # fmt: skip
+            return ir.KernelChoice(f"sc_conv_{w.kernel}_dw3" if dw3 else f"sc_conv_{w.kernel}_dw", wpad,
+                                   in_place=dw_in_place)  # fmt: skip
         if w.encoding == "csr":
             # groups == 1: SC_PWC_BLOCK positions gathered first, within PWC_MAX_CBUF_BYTES of stack
             pwc_ok = self.groups == 1 and 4 * self.pwc_cbuf_floats() <= PWC_MAX_CBUF_BYTES and same_shape
