@@ -86,6 +86,10 @@ class Conv2d(ir.Op):
             if int8_c1k5(self, w.kernel):  # the input plane copied with in_zp borders first
                 pad8 = ir.Scratch("int8_t", "pad", c1k5_pad_bytes(self), "input plane with in_zp borders", arena=True)
                 return ir.KernelChoice("sc_i8_conv_q8_c1k5", pad8)
+            pad_bytes = dw_pad_bytes(self, w.kernel)
+            if pad_bytes:  # depthwise: each channel copied into an in_zp-padded plane first
+                pad8 = ir.Scratch("int8_t", "pad", pad_bytes, "input plane padded with in_zp, + 3 slack bytes", arena=True)
+                return ir.KernelChoice("sc_i8_conv_q8_dwp", pad8)
             words = dsp_column_words(self, w.kernel)
             if words:  # the SMLAD kernel (built with SC_INT8_DSP): start values and the widened column
                 col = ir.Scratch("uint32_t", "scratch", words, "start values and 2 windows as int16 pairs", arena=True)
@@ -244,8 +248,8 @@ def dsp_column_words(op: ir.Op, weight_kernel: str) -> int:
 
 
 def dw_pad_bytes(op: ir.Op, weight_kernel: str) -> int:
-    """int8 bytes of the in_zp-padded input plane of the depthwise kernel (``sc_i8_conv_q8_dwp``; the
-    template declares it on the stack): the extent the outputs read, plus 3 slack bytes (as
+    """int8 bytes of the in_zp-padded input plane of the depthwise kernel (``sc_i8_conv_q8_dwp``; arena
+    scratch of ``Conv2d.kernel_choice``): the extent the outputs read, plus 3 slack bytes (as
     ``SC_I8_DW_PAD_BYTES``). 0 where that kernel is not used: not depthwise (groups == cin == cout),
     sparse weights, or a plane above ``integer.DSP_SCRATCH_MAX_BYTES`` (the clipping kernel runs instead)."""
     if not isinstance(op, Conv2d) or weight_kernel != "q8":
