@@ -23,7 +23,7 @@ demo: $(STAMP)
 	$(PY) examples/demo_digits.py
 
 test: $(STAMP)
-	$(PY) -m pytest -n 2 -q tests
+	$(PY) -m pytest -n 2 -q -rs tests
 
 test-fast: $(STAMP)
 	$(PY) -m pytest -n 2 -q -m "not slow and not board" tests

@@ -10,7 +10,10 @@ report.json) and, separately, of the copied runtime (runtime/, board/).
     .venv/bin/python benchmarks/emission_hashes.py --check /tmp/before.json    # after the change
 
 ``--check`` exits 1 and names every emission whose generated files differ. ``--runtime`` also
-compares the copied runtime headers (they change when runtime_c/ is reorganized).
+compares the copied runtime headers (they change when runtime_c/ is reorganized). ``--sans-includes``
+compares a third hash instead, of the generated files without their ``#include "runtime/..."`` lines
+and without the ``runtime/`` entries of report.json's file list and its hashes of C files: it proves a
+runtime reorganization changed nothing but which runtime headers the model includes.
 """
 
 from __future__ import annotations
@@ -37,7 +40,25 @@ from sparsecomp.folding import fold_batchnorm_  # noqa: E402
 REPRESENTATIONS = ("dense", "csr", "int8", "codebook", "auto")
 
 
-def _digest(directory: Path, runtime: bool) -> str:
+def _sans_includes(rel: str, data: bytes) -> bytes:
+    """The file without what names the runtime headers: model C's runtime #include lines, and the
+    runtime/ entries of report.json's file list and its hashes of C files (hashed here, sans includes)."""
+    if rel == "report.json":
+        def drop(v):  # the runtime/ entries of the file list; the file hashes of C files (hashed here sans includes)
+            if isinstance(v, dict):
+                return {k: drop(x) for k, x in v.items()
+                        if not k.startswith("runtime/") and not (k.endswith((".c", ".h")) and isinstance(x, str))}
+            if isinstance(v, list):
+                return [drop(x) for x in v if not (isinstance(x, str) and x.startswith("runtime/"))]
+            return v
+
+        return json.dumps(drop(json.loads(data)), sort_keys=True).encode()
+    if rel.endswith((".c", ".h")):
+        return b"".join(ln for ln in data.splitlines(keepends=True) if not ln.startswith(b'#include "runtime/'))
+    return data
+
+
+def _digest(directory: Path, runtime: bool, sans_includes: bool = False) -> str:
     h = hashlib.sha256()
     for p in sorted(directory.rglob("*")):
         if not p.is_file():
@@ -45,7 +66,8 @@ def _digest(directory: Path, runtime: bool) -> str:
         rel = p.relative_to(directory).as_posix()
         if rel.startswith(("runtime/", "board/")) != runtime:
             continue
-        h.update(rel.encode() + b"\0" + p.read_bytes() + b"\0")
+        data = _sans_includes(rel, p.read_bytes()) if sans_includes else p.read_bytes()
+        h.update(rel.encode() + b"\0" + data + b"\0")
     return h.hexdigest()[:16]
 
 
@@ -127,7 +149,8 @@ def _hashes(pattern: str) -> dict[str, dict[str, str]]:
             except Exception as exc:  # an emission that refuses is part of the record
                 out[key] = {"error": f"{type(exc).__name__}: {str(exc)[:200]}"}
                 continue
-            out[key] = {"generated": _digest(d, False), "runtime": _digest(d, True)}
+            out[key] = {"generated": _digest(d, False), "runtime": _digest(d, True),
+                        "sans_includes": _digest(d, False, sans_includes=True)}
     return out
 
 
@@ -136,6 +159,8 @@ def main() -> int:
     ap.add_argument("--out", help="write the hashes to this JSON file")
     ap.add_argument("--check", help="compare with a JSON file written by --out; exit 1 on a difference")
     ap.add_argument("--runtime", action="store_true", help="with --check: compare the copied runtime too")
+    ap.add_argument("--sans-includes", action="store_true",
+                    help="with --check: compare the generated files without their runtime #include lines")
     ap.add_argument("-k", default="", help="only emissions whose key contains this text")
     args = ap.parse_args()
     logging.basicConfig(level=logging.WARNING)
@@ -146,7 +171,8 @@ def main() -> int:
         Path(args.out).write_text(json.dumps(got, indent=1, sort_keys=True) + "\n")
     if args.check:
         want = json.loads(Path(args.check).read_text())
-        fields = ("generated", "runtime", "error") if args.runtime else ("generated", "error")
+        fields = ("sans_includes", "error") if args.sans_includes else ("generated", "error")
+        fields += ("runtime",) if args.runtime else ()
         bad = [k for k in got if k in want and any(got[k].get(f) != want[k].get(f) for f in fields)]
         missing = sorted(set(want) - set(got)) if not args.k else []
         for k in bad:

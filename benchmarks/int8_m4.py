@@ -11,7 +11,8 @@ and measures instructions per layer and per inference on the emulated Cortex-M4F
 ``-icount shift=0``, resolution 40 instructions, arm-none-eabi-gcc -O2) for
 
 * float32 (``sc_conv.h`` / ``sc_linear.h`` dense kernels),
-* int8 with ``SC_INT8_DSP=1`` (the default on the M4: SXTB16/SMLAD pair kernels in ``sc_int8.h``),
+* int8 with ``SC_INT8_DSP=1`` (the default on the M4: SXTB16/SMLAD pair kernels in the int8 sections of
+  ``sc_conv.h`` / ``sc_linear.h``),
 * int8 with ``-DSC_INT8_DSP=0`` (the plain C kernels, as on the Cortex-M3),
 
 plus the int8 total on the Cortex-M3 (no DSP extension: plain kernels), the stack of

@@ -53,7 +53,6 @@ from codegen.lower import lower
 from codegen.lowering import tensor_meta
 from codegen.memory import GraphMemory, plan_graph
 from codegen.ops import Copy, Linear
-from codegen.resources import runtime_dir
 from codegen.trace import example_from, prepare_model, trace
 
 log = logging.getLogger(__name__)
@@ -674,9 +673,8 @@ def save_compressed_early_exit_model(
             )  # fmt: skip
         files["app/main.c"] = env.get_template("main_ee.c.j2").render(**ctx)
         files["app/baseline_ee.c"] = env.get_template("baseline_ee.c.j2").render(**ctx)
-        rt = runtime_dir()
-        for h in [*ee_runtime, *(d for r in ee_runtime for d in emit.RUNTIME_INCLUDES.get(r, ()))]:
-            rendered.copies.setdefault(f"runtime/{h}", rt / h)
+        for h, src in emit.runtime_files(ee_runtime).items():
+            rendered.copies.setdefault(f"runtime/{h}", src)
 
     e = emission.Emission(g, mem, prefix, representation, name, report, test_io, extra_context=extra_context,
                           add_files=add_files, what=f"early-exit ({n_exits} {spec.kind} exits, {ee_bytes.total} "

@@ -13,6 +13,7 @@ import hashlib
 import json
 import logging
 import os
+import re
 import shutil
 import stat
 import sys
@@ -33,9 +34,6 @@ from codegen.resources import runtime_dir, templates_dir
 log = logging.getLogger(__name__)
 
 GENERATOR_KEY = "sparsecomp"
-# runtime headers that include another runtime header themselves (copied along, not included by model.c)
-RUNTIME_INCLUDES = {"sc_quant.h": ("sc_bits.h",), "sc_int8.h": ("sc_bits.h",),
-                    "sc_deconv.h": ("sc_int8.h", "sc_bits.h")}
 REPORT_NAME = "report.json"
 
 
@@ -90,6 +88,37 @@ def _environment(extra_dirs: tuple[str, ...]) -> jinja2.Environment:
     env.filters["carray"] = carray_body
     env.filters.update(cescape.FILTERS)
     return env
+
+
+_RUNTIME_INCLUDE = re.compile(r'^#include "(sc_\w+\.h)"', re.M)
+
+
+@functools.cache
+def _includes(path: Path) -> tuple[str, ...]:
+    return tuple(_RUNTIME_INCLUDE.findall(path.read_text(encoding="utf-8"))) if path.is_file() else ()
+
+
+def runtime_files(headers: list[str], ext_dirs: list[str] | tuple[str, ...] = ()) -> dict[str, Path]:
+    """The runtime files an emitted directory copies, by name: sc_port.h, sc_runtime.h, the headers
+    model.c includes, then (sorted) the runtime headers those include in turn (for example sc_fixed.h
+    and sc_bits.h, which sc_conv.h includes for its int8 and weight-only sections). An op's
+    extension_dir is searched before runtime_c/."""
+    rt = runtime_dir()
+
+    def path(h: str) -> Path:
+        found = [Path(d) / h for d in ext_dirs if (Path(d) / h).is_file()]
+        return found[0] if found else rt / h
+
+    deps: set[str] = set()
+    todo = list(headers)
+    while todo:
+        for d in _includes(path(todo.pop())):
+            if d not in deps:
+                deps.add(d)
+                todo.append(d)
+    names = ["sc_port.h", "sc_runtime.h", *headers]
+    names += sorted(deps - set(names))
+    return {h: path(h) for h in names}
 
 
 def model_runtime_headers(g: ir.Graph) -> list[str]:
@@ -177,12 +206,9 @@ def render(
         )
     out.files["app/main.c"] = env.get_template("main.c.j2").render(**common)
     out.files["Makefile"] = env.get_template("Makefile.j2").render(**common)
-    rt = runtime_dir()
-    for h in ["sc_port.h", "sc_runtime.h", *runtime_headers,
-              *sorted({d for r in runtime_headers for d in RUNTIME_INCLUDES.get(r, ())} - set(runtime_headers))]:
-        found = [Path(d) / h for d in ext_dirs if (Path(d) / h).is_file()]
-        out.copies[f"runtime/{h}"] = found[0] if found else rt / h
-    board = rt / "board"
+    for h, src in runtime_files(runtime_headers, ext_dirs).items():
+        out.copies[f"runtime/{h}"] = src
+    board = runtime_dir() / "board"
     if board.is_dir():
         for f in sorted(board.iterdir()):
             if f.is_file() and not f.name.startswith("."):

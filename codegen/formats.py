@@ -35,7 +35,7 @@ the nonzeros only), b = max(1, ceil(log2 K)).
 Packed bits (indices and relative-index streams) are LSB-first: field i of width W occupies
 stream bits [i W, (i + 1) W), stream bit k is bit (k mod 8) of byte k / 8, and bit j of a field
 is stream bit (start + j). Rows follow each other without padding; the C reads the stream
-sequentially (``sc_bitreader`` in runtime_c/sc_quant.h).
+sequentially (``sc_bitreader`` in runtime_c/sc_bits.h).
 
 Relative index (Deep Compression): per row, each entry stores the number of zeros skipped since
 the previous entry (the gap, g bits, low bits of the entry) and its value (int8 byte or b-bit
@@ -65,7 +65,7 @@ CTYPE_BYTES = {
 }
 MAX_CODEBOOK = 256  # b <= 8 bits per index
 GAP_BITS = tuple(range(1, 9))  # relative-index gap widths the encoder tries
-QUANT_RUNTIME = ("sc_conv.h", "sc_linear.h", "sc_quant.h", "sc_wq.h")  # headers the int8/codebook kernels need
+QUANT_RUNTIME = ("sc_conv.h", "sc_linear.h")  # the int8/codebook kernels: the weight-only sections
 
 
 def uint_ctype(max_value: int) -> str:

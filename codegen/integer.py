@@ -3,7 +3,7 @@
 int8 activations (one scale and zero point per tensor, calibrated on sample data), int8 weights
 (symmetric per output channel), int32 accumulation (bias as int32 at scale in_scale * w_scale),
 fixed-point requantization (int32 multiplier + shift, TFLite's MultiplyByQuantizedMultiplier
-rounding) and ReLU/ReLU6 fused as clamping. The emitted C (``runtime_c/sc_int8.h``,
+rounding) and ReLU/ReLU6 fused as clamping. The emitted C (``runtime_c/sc_fixed.h`` and the int8 sections of the family headers,
 ``templates/model_int8.c.j2``) uses no float at run time in ``<prefix>_run_int8``;
 ``<prefix>_run`` keeps its float signature (it quantizes the input, runs the integer path and
 dequantizes the output).
@@ -65,8 +65,6 @@ log = logging.getLogger(__name__)
 INT32_MIN, INT32_MAX = -(2**31), 2**31 - 1
 ADD_LEFT_SHIFT = 20  # headroom of the int8 add (TFLite uses 20 for int8)
 
-RUNTIME = ("sc_int8.h",)
-
 # largest stack scratch of the SMLAD conv kernel (column + start values); larger convs use the plain kernel
 DSP_SCRATCH_MAX_BYTES = 8192
 
@@ -80,7 +78,7 @@ INTEGER_ENCODINGS = {
 
 
 
-# ---- fixed-point arithmetic: the numpy (int64) reference of runtime_c/sc_int8.h ------------------
+# ---- fixed-point arithmetic: the numpy (int64) reference of runtime_c/sc_fixed.h ------------------
 
 
 def quantize_multiplier(m: float) -> tuple[int, int]:
@@ -339,13 +337,14 @@ class Int8Handler:
     and ``reference``, and register with ``@register_int8(MyOp)``.
 
     ``keeps_qparams``: the output keeps input 0's scale and zero point (pooling, padding, copies).
-    ``runtime``: the headers of the int8 kernels (under runtime_c/ or the op's extension_dir).
+    ``runtime``: the headers of the int8 kernels (under runtime_c/ or the op's extension_dir): the op
+    family's header, whose int8 section includes the fixed-point math (runtime_c/sc_fixed.h).
     """
 
     kind: ClassVar[str] = ""
     template: ClassVar[str] = ""
     keeps_qparams: ClassVar[bool] = False
-    runtime: ClassVar[tuple[str, ...]] = RUNTIME
+    runtime: ClassVar[tuple[str, ...]] = ()
 
     def kind_of(self, op: ir.Op) -> str:
         """The QOp kind (printed in the layer comment)."""
@@ -573,7 +572,11 @@ def quantize_graph(g: ir.Graph, value_ranges: dict[str, list[float]], representa
         ctx = Int8Context(qp, representation, f"{prefix}_{op.name}")
         h.quantize(op, ctx, qo)
         op.encoded = ctx.encoded
-        op.runtime = h.runtime  # instance attribute: the integer kernels (sc_int8.h)
+        if not h.runtime:
+            raise CodegenError(f"layer '{op.source}': the int8 handler {type(h).__name__} names no runtime header "
+                               "(set its runtime to the header holding its int8 kernel)")
+        op.runtime = h.runtime  # instance attributes: the int8 kernels (the family header's int8 section)
+        op.integer = True
         qops.append(qo)
     return qp, qops
 

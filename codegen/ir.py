@@ -85,7 +85,9 @@ class Op:
     """Base class of IR ops. Subclasses add their resolved attributes.
 
     ``template``: the Jinja2 template (under templates/ops/) that renders the C call.
-    ``runtime``: the runtime headers (under runtime_c/) whose kernels the call uses.
+    ``runtime``: the runtime headers (under runtime_c/) whose kernels the call uses: the op family's
+    header (sc_conv.h, sc_linear.h, ...), which holds its float, weight-only and int8 sections.
+    ``integer``: the op runs its int8 kernels (set by the integer pass, codegen/integer.py).
     ``inplace``: the output may share storage with input 0 (elementwise ops).
     ``params``: float32 constant tensors by role ("weight", "bias", "scale", ...).
     ``encodable``: the roles whose storage format is chosen by codegen.formats
@@ -105,6 +107,7 @@ class Op:
     kind: ClassVar[str] = "op"
     template: ClassVar[str] = ""
     runtime: ClassVar[tuple[str, ...]] = ()
+    integer: ClassVar[bool] = False
     inplace: ClassVar[bool] = False
     encodable: ClassVar[tuple[str, ...]] = ()
     extension_dir: ClassVar[str | None] = None

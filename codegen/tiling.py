@@ -106,9 +106,9 @@ def tileable(op: ir.Op, g: ir.Graph) -> str | None:
     if any(len(g.values[v].shape) not in (2, 3) for v in [*op.inputs, op.output]):
         return "its tensors are not (C, H, W) images or (C, L) signals"
     if isinstance(op, Conv2d):
-        return None if op.runtime == Conv2d.runtime else "integer kernels are not tiled"
+        return "integer kernels are not tiled" if op.integer else None
     if isinstance(op, Pool2d):
-        if op.runtime != Pool2d.runtime:
+        if op.integer:
             return "integer kernels are not tiled"
         if op.mode == "avg" and any(op.padding) and op.count_include_pad and not op.divisor:
             return "average pooling counting the padding is not tiled"

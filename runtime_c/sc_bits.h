@@ -1,5 +1,5 @@
-/* sc_bits.h: the LSB-first bit reader of the packed weight forms (weight-only int8 / codebook in
- * sc_quant.h, the fully integer kernels in sc_int8.h). Fields of 1..16 bits; sc_bits_at starts at any bit. */
+/* sc_bits.h: the LSB-first bit reader of the packed weight forms (the weight-only int8 / codebook and
+ * the int8 sections of sc_conv.h and sc_linear.h, sc_huff.h). Fields of 1..16 bits; sc_bits_at starts at any bit. */
 #ifndef SC_BITS_H
 #define SC_BITS_H
 

@@ -8,6 +8,7 @@
 #define SC_DECONV_H
 
 #include "sc_runtime.h"
+#include "sc_fixed.h" /* int8 */
 
 typedef struct {
     int32_t cin, hin, win, cout, hout, wout;
@@ -69,8 +70,8 @@ static inline void sc_deconv_dense(const float *in, float *out, const float *w, 
 }
 
 /* CSR rows (one per output channel): sc_deconv_csr_<column index type>_<row pointer type>. */
-#define SC_DEFINE_DECONV_CSR(SUFFIX, IT, PT)                                                      \
-    static inline void sc_deconv_##SUFFIX(const float *in, float *out, const float *val, const IT *col, \
+#define SC_DEFINE_DECONV_CSR(NAME, IT, PT)                                                        \
+    static inline void NAME(const float *in, float *out, const float *val, const IT *col,               \
                                           const PT *ptr, const float *bias, const sc_deconv_params *p) \
     {                                                                                            \
         const int32_t cin_g = p->cin / p->groups, cout_g = p->cout / p->groups;                  \
@@ -88,20 +89,22 @@ static inline void sc_deconv_dense(const float *in, float *out, const float *w, 
         }                                                                                        \
     }
 
-SC_DEFINE_DECONV_CSR(csr_u8_u8, uint8_t, uint8_t)
-SC_DEFINE_DECONV_CSR(csr_u8_u16, uint8_t, uint16_t)
-SC_DEFINE_DECONV_CSR(csr_u8_u32, uint8_t, uint32_t)
-SC_DEFINE_DECONV_CSR(csr_u16_u8, uint16_t, uint8_t)
-SC_DEFINE_DECONV_CSR(csr_u16_u16, uint16_t, uint16_t)
-SC_DEFINE_DECONV_CSR(csr_u16_u32, uint16_t, uint32_t)
-SC_DEFINE_DECONV_CSR(csr_u32_u8, uint32_t, uint8_t)
-SC_DEFINE_DECONV_CSR(csr_u32_u16, uint32_t, uint16_t)
-SC_DEFINE_DECONV_CSR(csr_u32_u32, uint32_t, uint32_t)
+/* X(name, column index type, row pointer type) */
+#define SC_DECONV_CSR_LIST(X)                                                                   \
+    X(sc_deconv_csr_u8_u8, uint8_t, uint8_t)                                                    \
+    X(sc_deconv_csr_u8_u16, uint8_t, uint16_t)                                                  \
+    X(sc_deconv_csr_u8_u32, uint8_t, uint32_t)                                                  \
+    X(sc_deconv_csr_u16_u8, uint16_t, uint8_t)                                                  \
+    X(sc_deconv_csr_u16_u16, uint16_t, uint16_t)                                                \
+    X(sc_deconv_csr_u16_u32, uint16_t, uint32_t)                                                \
+    X(sc_deconv_csr_u32_u8, uint32_t, uint8_t)                                                  \
+    X(sc_deconv_csr_u32_u16, uint32_t, uint16_t)                                                \
+    X(sc_deconv_csr_u32_u32, uint32_t, uint32_t)
+SC_DECONV_CSR_LIST(SC_DEFINE_DECONV_CSR)
 
 /* ---- int8 (codegen/ops/deconv.py ConvTranspose2dInt8): dense int8 weights per output channel, int32
- * accumulation, TFLite requantization (sc_int8.h, copied with this header: emit.RUNTIME_INCLUDES).
+ * accumulation, TFLite requantization (sc_fixed.h).
  * Output-stationary: each output gathers the inputs whose taps land on it. */
-#include "sc_int8.h"
 
 typedef struct {
     int32_t cin, hin, win, cout, hout, wout;

@@ -6,6 +6,7 @@
 #define SC_ELTWISE_H
 
 #include "sc_runtime.h"
+#include "sc_fixed.h" /* int8 */
 
 static inline void sc_add(const float *a, const float *b, float *out, int32_t n, int act, float alpha)
 {
@@ -89,6 +90,76 @@ static inline void sc_pad(const float *in, float *out, int32_t c, int32_t hin, i
         for (y = 0; y < hin; ++y)
             for (x = 0; x < win; ++x) oc[(y + top) * wout + x + left] = ic[y * win + x];
     }
+}
+
+/* ==== int8 ==================================================================================== */
+
+/* ---- elementwise ---------------------------------------------------------------------------- */
+
+typedef struct {
+    int32_t a_zp, a_mult, a_shift, b_zp, b_mult, b_shift;
+    int32_t left_shift, out_mult, out_shift, out_zp, act_min, act_max;
+} sc_i8_add_params;
+
+/* TFLite's int8 add: both operands scaled to 2 * max(scale) with 2^left_shift headroom. */
+static inline void sc_i8_add(const int8_t *a, const int8_t *b, int8_t *y, int32_t n, const sc_i8_add_params *p)
+{
+    int32_t i;
+    for (i = 0; i < n; ++i) {
+        const int32_t av = sc_i8_mbqm(((int32_t)a[i] - p->a_zp) * ((int32_t)1 << p->left_shift), p->a_mult, p->a_shift);
+        const int32_t bv = sc_i8_mbqm(((int32_t)b[i] - p->b_zp) * ((int32_t)1 << p->left_shift), p->b_mult, p->b_shift);
+        y[i] = sc_i8_requant(av + bv, p->out_mult, p->out_shift, p->out_zp, p->act_min, p->act_max);
+    }
+}
+
+typedef struct {
+    int32_t a_zp, b_zp, mult, shift, out_zp, act_min, act_max;
+} sc_i8_mul_params;
+
+static inline void sc_i8_mul(const int8_t *a, const int8_t *b, int8_t *y, int32_t n, const sc_i8_mul_params *p)
+{
+    int32_t i;
+    for (i = 0; i < n; ++i) {
+        const int32_t prod = ((int32_t)a[i] - p->a_zp) * ((int32_t)b[i] - p->b_zp);
+        y[i] = sc_i8_requant(prod, p->mult, p->shift, p->out_zp, p->act_min, p->act_max);
+    }
+}
+
+/* One input of a concatenation: `outer` blocks of `size` values, requantized to the output's
+ * scale, written every `stride` values of y. */
+static inline void sc_i8_concat_part(const int8_t *x, int8_t *y, int32_t outer, int32_t size, int32_t stride,
+                                     int32_t in_zp, int32_t mult, int32_t shift, int32_t out_zp)
+{
+    int32_t o, i;
+    for (o = 0; o < outer; ++o) {
+        for (i = 0; i < size; ++i)
+            y[i] = sc_i8_requant((int32_t)x[i] - in_zp, mult, shift, out_zp, -128, 127);
+        x += size;
+        y += stride;
+    }
+}
+
+/* Constant padding of the last two dims of (C, H, W) with the quantized pad value. */
+static inline void sc_i8_pad(const int8_t *x, int8_t *y, int32_t c, int32_t hin, int32_t win, int32_t hout,
+                             int32_t wout, int32_t top, int32_t left, int32_t value)
+{
+    int32_t ch, oy, ox;
+    for (ch = 0; ch < c; ++ch) {
+        for (oy = 0; oy < hout; ++oy) {
+            const int32_t iy = oy - top;
+            for (ox = 0; ox < wout; ++ox) {
+                const int32_t ix = ox - left;
+                *y++ = (iy >= 0 && iy < hin && ix >= 0 && ix < win) ? x[iy * win + ix] : (int8_t)value;
+            }
+        }
+        x += hin * win;
+    }
+}
+
+static inline void sc_i8_copy(const int8_t *x, int8_t *y, int32_t n)
+{
+    int32_t i;
+    for (i = 0; i < n; ++i) y[i] = x[i];
 }
 
 #endif /* SC_ELTWISE_H */

@@ -16,8 +16,9 @@
 #define SC_HUFF_H
 
 #include "sc_runtime.h"
-#include "sc_quant.h"
 #include "sc_bits.h"
+#include "sc_linear.h"
+#include "sc_conv.h"
 
 /* The next symbol of a canonical Huffman stream (0 on a code longer than maxlen: a damaged table). */
 static inline uint32_t sc_huff_decode(sc_bitreader *br, const uint16_t *count, const uint16_t *sym,
@@ -36,8 +37,8 @@ static inline uint32_t sc_huff_decode(sc_bitreader *br, const uint16_t *count, c
     return 0u;
 }
 
-#define SC_DEFINE_HUFF(PS, PT)                                                                    \
-    static inline void sc_linear_cb_huff_##PS(const float *x, float *y, const uint8_t *stream,  \
+#define SC_DEFINE_HUFF(LINEAR, CONV, PT)                                                          \
+    static inline void LINEAR(const float *x, float *y, const uint8_t *stream,                  \
                                               const float *cb, const uint16_t *count,            \
                                               const uint16_t *sym, const PT *ptr,                \
                                               int32_t gap_bits, int32_t maxlen,                  \
@@ -63,7 +64,7 @@ static inline uint32_t sc_huff_decode(sc_bitreader *br, const uint16_t *count, c
             }                                                                                    \
         }                                                                                        \
     }                                                                                            \
-    static inline void sc_conv_cb_huff_##PS(const float *in, float *out, const uint8_t *stream,  \
+    static inline void CONV(const float *in, float *out, const uint8_t *stream,                  \
                                             const float *cb, const uint16_t *count,              \
                                             const uint16_t *sym, const PT *ptr,                  \
                                             int32_t gap_bits, int32_t maxlen,                    \
@@ -89,8 +90,11 @@ static inline uint32_t sc_huff_decode(sc_bitreader *br, const uint16_t *count, c
         }                                                                                        \
     }
 
-SC_DEFINE_HUFF(u8, uint8_t)
-SC_DEFINE_HUFF(u16, uint16_t)
-SC_DEFINE_HUFF(u32, uint32_t)
+/* X(linear, conv, row pointer type) */
+#define SC_HUFF_LIST(X)                                                                         \
+    X(sc_linear_cb_huff_u8, sc_conv_cb_huff_u8, uint8_t)                                        \
+    X(sc_linear_cb_huff_u16, sc_conv_cb_huff_u16, uint16_t)                                     \
+    X(sc_linear_cb_huff_u32, sc_conv_cb_huff_u32, uint32_t)
+SC_HUFF_LIST(SC_DEFINE_HUFF)
 
 #endif /* SC_HUFF_H */

@@ -1,7 +1,7 @@
 /*
  * sparsecomp runtime — LSTM and GRU cells, float32. The layer loop (templates/ops/recurrent.j2) runs
  * over the sequence: per step, the input and hidden projections come from the Linear kernels of the
- * weights' encodings (runtime_c/sc_linear.h, sc_quant.h), then one of these cells updates the state.
+ * weights' encodings (runtime_c/sc_linear.h, its float and weight-only sections), then one of these cells updates the state.
  * Gate order as PyTorch: LSTM i, f, g, o; GRU r, z, n.
  */
 #ifndef SC_RECURRENT_H

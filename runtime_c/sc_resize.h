@@ -51,8 +51,8 @@ static inline void sc_resize_linear(const float *in, float *out, const float *yi
 
 /* ---- int8 (output keeps the input's scale and zero point) ----------------------------------- */
 
-#define SC_DEFINE_RESIZE_I8(SUFFIX, IT)                                                           \
-    static inline void sc_i8_resize_nearest_##SUFFIX(const int8_t *in, int8_t *out, const IT *yi,  \
+#define SC_DEFINE_RESIZE_I8(NEAREST, LINEAR, IT)                                                  \
+    static inline void NEAREST(const int8_t *in, int8_t *out, const IT *yi,                        \
                                                      const IT *xi, const sc_resize_params *p)    \
     {                                                                                            \
         int32_t c, y, x;                                                                         \
@@ -66,7 +66,7 @@ static inline void sc_resize_linear(const float *in, float *out, const float *yi
     }                                                                                            \
     /* TFLite ResizeBilinearInteger: weights w1 in 1/1024 steps, w0 = 1024 - w1, the sum of the  \
      * four products (scale 2^-20) rounded half away from zero. */                               \
-    static inline void sc_i8_resize_linear_##SUFFIX(const int8_t *in, int8_t *out, const IT *yi,   \
+    static inline void LINEAR(const int8_t *in, int8_t *out, const IT *yi,                         \
                                                     const int16_t *yw, const IT *xi,             \
                                                     const int16_t *xw, const sc_resize_params *p) \
     {                                                                                            \
@@ -88,8 +88,11 @@ static inline void sc_resize_linear(const float *in, float *out, const float *yi
         }                                                                                        \
     }
 
-SC_DEFINE_RESIZE_I8(u8, uint8_t)
-SC_DEFINE_RESIZE_I8(u16, uint16_t)
-SC_DEFINE_RESIZE_I8(i32, int32_t)
+/* X(nearest, bilinear, index type) */
+#define SC_RESIZE_I8_LIST(X)                                                                    \
+    X(sc_i8_resize_nearest_u8, sc_i8_resize_linear_u8, uint8_t)                                 \
+    X(sc_i8_resize_nearest_u16, sc_i8_resize_linear_u16, uint16_t)                              \
+    X(sc_i8_resize_nearest_i32, sc_i8_resize_linear_i32, int32_t)
+SC_RESIZE_I8_LIST(SC_DEFINE_RESIZE_I8)
 
 #endif /* SC_RESIZE_H */

@@ -8,6 +8,7 @@
 #define SC_STRIDED_H
 
 #include "sc_runtime.h"
+#include "sc_fixed.h" /* int8 */
 
 typedef struct {
     int32_t n[4], sa[4], sb[4];
@@ -49,8 +50,6 @@ static inline void sc_s_div(const float *a, const float *b, float *out, const sc
 }
 
 /* ---- int8 ---------------------------------------------------------------------------------- */
-/* Compiled when sc_int8.h came first (the integer model.c includes the runtime headers sorted by name). */
-#ifdef SC_INT8_H
 
 typedef struct {
     int32_t a_zp, a_mult, a_shift, b_zp, b_mult, b_shift, left_shift, out_mult, out_shift, out_zp, sub;
@@ -80,7 +79,5 @@ static inline void sc_i8_s_mul(const int8_t *a, const int8_t *b, int8_t *y, cons
         y[o] = sc_i8_requant(v, q->mult, q->shift, q->out_zp, -128, 127);
     });
 }
-
-#endif /* SC_INT8_H */
 
 #endif /* SC_STRIDED_H */

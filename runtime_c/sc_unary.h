@@ -8,6 +8,7 @@
 #define SC_UNARY_H
 
 #include "sc_runtime.h"
+#include "sc_fixed.h" /* int8 */
 
 #ifndef SC_ERFF
 #define SC_ERFF erff
@@ -19,8 +20,8 @@
 #define SC_EXPM1F expm1f
 #endif
 
-#define SC_UNARY_KERNEL(name, expr)                                                              \
-    static inline void sc_u_##name(const float *x, float *out, int32_t n, float a, float b)      \
+#define SC_UNARY_KERNEL(NAME, expr)                                                              \
+    static inline void NAME(const float *x, float *out, int32_t n, float a, float b)             \
     {                                                                                          \
         int32_t i;                                                                             \
         (void)a;                                                                               \
@@ -32,24 +33,24 @@
     }
 
 /* x * sigmoid(x), as torch: x / (1 + exp(-x)) */
-SC_UNARY_KERNEL(silu, v / (1.0f + SC_EXPF(-v)))
-SC_UNARY_KERNEL(gelu, 0.5f * v * (1.0f + SC_ERFF(v * 0.70710678118654752f)))
-SC_UNARY_KERNEL(gelu_tanh, 0.5f * v * (1.0f + SC_TANHF(0.79788456080286536f * (v + 0.044715f * v * v * v))))
+SC_UNARY_KERNEL(sc_u_silu, v / (1.0f + SC_EXPF(-v)))
+SC_UNARY_KERNEL(sc_u_gelu, 0.5f * v * (1.0f + SC_ERFF(v * 0.70710678118654752f)))
+SC_UNARY_KERNEL(sc_u_gelu_tanh, 0.5f * v * (1.0f + SC_TANHF(0.79788456080286536f * (v + 0.044715f * v * v * v))))
 /* softplus with beta a and threshold b: linear above the threshold (as torch) */
-SC_UNARY_KERNEL(softplus, v * a > b ? v : SC_LOG1PF(SC_EXPF(v * a)) / a)
-SC_UNARY_KERNEL(mish, v * SC_TANHF(v > 20.0f ? v : SC_LOG1PF(SC_EXPF(v))))
-SC_UNARY_KERNEL(elu, v > 0.0f ? v : a * SC_EXPM1F(v))
-SC_UNARY_KERNEL(abs, v < 0.0f ? -v : v)
-SC_UNARY_KERNEL(neg, -v)
-SC_UNARY_KERNEL(clamp, v < a ? a : (v > b ? b : v))
-SC_UNARY_KERNEL(clamp_min, v < a ? a : v)
-SC_UNARY_KERNEL(clamp_max, v > b ? b : v)
-SC_UNARY_KERNEL(add_s, v + a)
-SC_UNARY_KERNEL(sub_s, v - a)
-SC_UNARY_KERNEL(rsub_s, a - v)
-SC_UNARY_KERNEL(mul_s, v * a)
-SC_UNARY_KERNEL(div_s, v / a)
-SC_UNARY_KERNEL(rdiv_s, a / v)
+SC_UNARY_KERNEL(sc_u_softplus, v * a > b ? v : SC_LOG1PF(SC_EXPF(v * a)) / a)
+SC_UNARY_KERNEL(sc_u_mish, v * SC_TANHF(v > 20.0f ? v : SC_LOG1PF(SC_EXPF(v))))
+SC_UNARY_KERNEL(sc_u_elu, v > 0.0f ? v : a * SC_EXPM1F(v))
+SC_UNARY_KERNEL(sc_u_abs, v < 0.0f ? -v : v)
+SC_UNARY_KERNEL(sc_u_neg, -v)
+SC_UNARY_KERNEL(sc_u_clamp, v < a ? a : (v > b ? b : v))
+SC_UNARY_KERNEL(sc_u_clamp_min, v < a ? a : v)
+SC_UNARY_KERNEL(sc_u_clamp_max, v > b ? b : v)
+SC_UNARY_KERNEL(sc_u_add_s, v + a)
+SC_UNARY_KERNEL(sc_u_sub_s, v - a)
+SC_UNARY_KERNEL(sc_u_rsub_s, a - v)
+SC_UNARY_KERNEL(sc_u_mul_s, v * a)
+SC_UNARY_KERNEL(sc_u_div_s, v / a)
+SC_UNARY_KERNEL(sc_u_rdiv_s, a / v)
 
 /* PReLU: out[c][i] = x >= 0 ? x : w[c] * x over `channels` blocks of `inner` values. */
 static inline void sc_prelu(const float *x, float *out, const float *w, int32_t channels, int32_t inner)
@@ -65,8 +66,13 @@ static inline void sc_prelu(const float *x, float *out, const float *w, int32_t 
 }
 
 /* ---- int8 ---------------------------------------------------------------------------------- */
-/* Compiled when sc_int8.h came first (the integer model.c includes the runtime headers sorted by name). */
-#ifdef SC_INT8_H
+
+/* Any elementwise activation as a 256-entry table computed at generation time: y = lut[x + 128]. */
+static inline void sc_i8_lut(const int8_t *x, int8_t *y, int32_t n, const int8_t *lut)
+{
+    int32_t i;
+    for (i = 0; i < n; ++i) y[i] = lut[(int32_t)x[i] + 128];
+}
 
 typedef struct {
     int32_t in_zp, pos_mult, pos_shift, neg_mult, neg_shift, out_zp;
@@ -86,7 +92,5 @@ static inline void sc_i8_prelu(const int8_t *x, int8_t *y, const int8_t *w, int3
         }
     }
 }
-
-#endif /* SC_INT8_H */
 
 #endif /* SC_UNARY_H */

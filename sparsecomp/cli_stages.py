@@ -111,6 +111,24 @@ def _fmt_acc(a: float | None) -> str:
     return "n/a (no --data)" if a is None else f"{100 * a:.2f} %"
 
 
+def _begin_stage(args: argparse.Namespace):
+    """What the prune and share stages start from: the checked output path, the model with its weights,
+    the training and test loaders (None without --data) and the test accuracy before the stage."""
+    import torch
+
+    out = _check_out(args.output, args.overwrite)
+    torch.manual_seed(args.seed)
+    model = _load_model(args.model, args.weights)
+    train, _val, test = _cli()._load_data(args.data, args.batch_size, args.seed) if args.data else (None, None, None)
+    return out, model, train, test, _accuracy(model, test)
+
+
+def _end_stage(model, out: Path) -> int:
+    _atomic_save(model.state_dict(), out)
+    print(f"wrote {out}")
+    return 0
+
+
 def cmd_prune(args: argparse.Namespace) -> int:
     import torch
     from tqdm import tqdm
@@ -118,11 +136,7 @@ def cmd_prune(args: argparse.Namespace) -> int:
     from .pruning import ThresholdPruner, find_compressible_layers
     from .training import split_batch
 
-    out = _check_out(args.output, args.overwrite)
-    torch.manual_seed(args.seed)
-    model = _load_model(args.model, args.weights)
-    train, _val, test = _cli()._load_data(args.data, args.batch_size, args.seed) if args.data else (None, None, None)
-    before = _accuracy(model, test)
+    out, model, train, test, before = _begin_stage(args)
     pruner = ThresholdPruner(sensitivity=args.sensitivity)
     sparsity = pruner.prune(model)
     pruned = _accuracy(model, test)
@@ -150,9 +164,7 @@ def cmd_prune(args: argparse.Namespace) -> int:
             print(f"{key:<32} sparsity {100 * float((w == 0).float().mean()):6.2f} %  ({int((w != 0).sum())} of "
                   f"{w.numel()} kept)")
     print(f"accuracy: before {_fmt_acc(before)}, pruned {_fmt_acc(pruned)}, retrained {_fmt_acc(after)}")
-    _atomic_save(model.state_dict(), out)
-    print(f"wrote {out}")
-    return 0
+    return _end_stage(model, out)
 
 
 def cmd_share(args: argparse.Namespace) -> int:
@@ -161,11 +173,7 @@ def cmd_share(args: argparse.Namespace) -> int:
     from .pruning import find_compressible_layers
     from .weight_sharing import WeightSharingError, fine_tune_shared_, share_
 
-    out = _check_out(args.output, args.overwrite)
-    torch.manual_seed(args.seed)
-    model = _load_model(args.model, args.weights)
-    train, _val, test = _cli()._load_data(args.data, args.batch_size, args.seed) if args.data else (None, None, None)
-    before = _accuracy(model, test)
+    out, model, train, test, before = _begin_stage(args)
     try:
         if train is not None and args.epochs > 0:
             fine_tune_shared_(model, train, bits=args.bits, epochs=args.epochs, lr=args.lr)
@@ -180,9 +188,7 @@ def cmd_share(args: argparse.Namespace) -> int:
         print(f"{name + '.weight':<32} {int(torch.unique(w[w != 0]).numel()):4d} shared values "
               f"(at most {2 ** args.bits})")
     print(f"accuracy: before {_fmt_acc(before)}, shared {_fmt_acc(after)}")
-    _atomic_save(model.state_dict(), out)
-    print(f"wrote {out}")
-    return 0
+    return _end_stage(model, out)
 
 
 def cmd_huffman_encode(args: argparse.Namespace) -> int:
@@ -229,6 +235,14 @@ def cmd_compare_stages(args: argparse.Namespace) -> int:
     return 0
 
 
+def _huffman_args(p, name: str, metavar: str, out: str, model_help: str, help: str | None = None) -> None:
+    """The input, -o OUTPUT, --model and --overwrite of huffman-encode and huffman-decode."""
+    p.add_argument(name, metavar=metavar, help=help)
+    p.add_argument("-o", "--output", required=True, metavar=out)
+    p.add_argument("--model", metavar="PACKAGE.MODULE:FACTORY", help=model_help)
+    p.add_argument("--overwrite", action="store_true", help=f"replace {out} if it exists")
+
+
 def add_parsers(sub) -> None:
     """Adds prune, share, huffman-encode, huffman-decode and compare-stages to the ``sparsecomp`` parser."""
     cli = _cli()
@@ -271,19 +285,14 @@ def add_parsers(sub) -> None:
     p = sub.add_parser("huffman-encode", help="Huffman archive of a state_dict (Deep Compression stage 3)",
                        description="Write a bit-exact Huffman archive (sparse tensors as Huffman-coded value indices "
                                    "and gaps) of W.pt. Deep-Compression-PyTorch's huffman_encode.py.")
-    p.add_argument("weights", metavar="W.pt", help="a state_dict saved with torch.save")
-    p.add_argument("-o", "--output", required=True, metavar="ARCHIVE")
-    p.add_argument("--model", metavar="PACKAGE.MODULE:FACTORY", help="check W.pt loads into this model first")
-    p.add_argument("--overwrite", action="store_true", help="replace ARCHIVE if it exists")
+    _huffman_args(p, "weights", "W.pt", "ARCHIVE", "check W.pt loads into this model first",
+                  help="a state_dict saved with torch.save")
     p.set_defaults(func=cmd_huffman_encode)
 
     p = sub.add_parser("huffman-decode", help="a state_dict from a Huffman archive",
                        description="Decode an archive of huffman-encode back to a state_dict (bit-exact). "
                                    "Deep-Compression-PyTorch's huffman_decode.py.")
-    p.add_argument("archive", metavar="ARCHIVE")
-    p.add_argument("-o", "--output", required=True, metavar="OUT.pt")
-    p.add_argument("--model", metavar="PACKAGE.MODULE:FACTORY", help="check the state_dict loads into this model")
-    p.add_argument("--overwrite", action="store_true", help="replace OUT.pt if it exists")
+    _huffman_args(p, "archive", "ARCHIVE", "OUT.pt", "check the state_dict loads into this model")
     p.set_defaults(func=cmd_huffman_decode)
 
     p = sub.add_parser("compare-stages", help="exact bytes after pruning, weight sharing and Huffman coding",

@@ -238,6 +238,20 @@ PARAM_COUNTS = {"lenet5": 431_080, "lenet300_100": 266_610}
 # ---- a trained-like state ---------------------------------------------------------------------
 
 
+class DataDependent(nn.Module):
+    """Untraceable: Python control flow on a tensor value (neither torch.fx nor torch.export takes it);
+    tests/test_errors.py and tests/test_frontend.py check the error names this line."""
+
+    def __init__(self):
+        super().__init__()
+        self.fc = nn.Linear(4, 2)
+
+    def forward(self, x):
+        if x.sum() > 0:
+            return self.fc(x)
+        return -self.fc(x)
+
+
 def _weighted_layers(model: nn.Module) -> list[tuple[str, nn.Module]]:
     return [(n, m) for n, m in model.named_modules() if isinstance(m, (nn.Conv1d, nn.Conv2d, nn.Linear))]
 

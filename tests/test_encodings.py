@@ -1,4 +1,4 @@
-"""int8 and codebook encodings (codegen/formats.py, runtime_c/sc_quant.h).
+"""int8 and codebook encodings (codegen/formats.py, the weight-only sections of runtime_c/sc_conv.h, sc_linear.h).
 
 * every form decodes back to the exact tensor (a reference decoder written here, independent of
   the encoder) and its byte count matches the formula of the formats.py docstring;
@@ -262,8 +262,17 @@ def test_bytes_match_nm_of_the_compiled_object(form, tmp_path, monkeypatch):
     model_h = (res.directory / "model.h").read_text()
     assert re.search(rf"#define MODEL_WEIGHT_BYTES\s+{total}\b", model_h)
     assert [ly["format"] for ly in res.report["layers"] if ly["kernel"]] == [form] * 4
-    # only the kernels the model needs are copied: the quantized header iff a quantized form is used
-    assert (res.directory / "runtime" / "sc_quant.h").exists() == (form in NEW_FORMS)
+    # runtime/ holds what model.c includes and what those headers include in turn (the bit reader and the
+    # fixed-point math of the weight-only and int8 sections), nothing else
+    rt = res.directory / "runtime"
+    need = set(re.findall(r'#include "runtime/(sc_\w+\.h)"', (res.directory / "model.c").read_text()))
+    todo = list(need)
+    while todo:
+        for h in set(re.findall(r'#include "(sc_\w+\.h)"', (rt / todo.pop()).read_text())) - need:
+            need.add(h)
+            todo.append(h)
+    assert {p.name for p in rt.iterdir()} == need
+    assert {"sc_bits.h", "sc_fixed.h"} <= need
 
 
 # ---- parity through gcc ---------------------------------------------------------------------------
@@ -517,7 +526,7 @@ def test_each_form_runs_on_the_emulated_board(on_board, target):
 
 
 class ConvPaths(nn.Module):
-    """The three conv paths of sc_quant.h: a conv whose outputs are mostly interior (chunked
+    """The three conv paths of the weight-only section of sc_conv.h: a conv whose outputs are mostly interior (chunked
     output-stationary, 72 taps per row: more than one chunk of 32), a 1x1 stride-1 conv (over the
     flattened plane) and a padded conv on a small plane (weight-stationary taps)."""
 

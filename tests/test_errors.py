@@ -6,6 +6,7 @@ import pytest
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from models import DataDependent
 
 from codegen import (
     CodegenError,
@@ -43,17 +44,6 @@ def test_unsupported_ops_are_listed_in_one_error(tmp_path):
     assert "nn.Conv2d" in msg and "Supported operations" in msg
     assert not (tmp_path / "m").exists()
     assert list(tmp_path.iterdir()) == []  # no temporary directory left behind either
-
-
-class DataDependent(nn.Module):
-    def __init__(self):
-        super().__init__()
-        self.fc = nn.Linear(4, 2)
-
-    def forward(self, x):
-        if x.sum() > 0:
-            return self.fc(x)
-        return -self.fc(x)
 
 
 def test_untraceable_model_explains_how_to_fix(tmp_path):
@@ -204,4 +194,4 @@ def test_untraceable_model_names_the_offending_line(tmp_path):
         save_compressed_model(DataDependent(), "dense", torch.randn(1, 4), tmp_path / "m")
     src, start = inspect.getsourcelines(DataDependent.forward)
     line = start + next(i for i, s in enumerate(src) if "if x.sum() > 0" in s)
-    assert f"at {__file__}:{line}, in forward (if x.sum() > 0:)" in str(ei.value)
+    assert f"at {inspect.getsourcefile(DataDependent)}:{line}, in forward (if x.sum() > 0:)" in str(ei.value)

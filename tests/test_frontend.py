@@ -9,6 +9,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 from helpers import emit_and_verify, randomize_batchnorm
+from models import DataDependent
 
 from codegen import UnsupportedConfigError, UnsupportedOpError, UntraceableModelError, save_compressed_model
 from codegen.api import build_graph
@@ -112,25 +113,14 @@ def test_inplace_alias_model_emits_through_torch_export(tmp_path):
     emit_and_verify(AliasedInplace().eval(), (1, 4), "dense", tmp_path)
 
 
-class ValueDependent(nn.Module):
-    def __init__(self):
-        super().__init__()
-        self.fc = nn.Linear(4, 2)
-
-    def forward(self, x):
-        if x.sum() > 0:
-            return self.fc(x)
-        return -self.fc(x)
-
-
 def test_model_neither_front_end_takes_names_both_failures(tmp_path):
     with pytest.raises(UntraceableModelError) as ei:
-        save_compressed_model(ValueDependent(), "dense", torch.randn(1, 4), tmp_path / "m")
+        save_compressed_model(DataDependent(), "dense", torch.randn(1, 4), tmp_path / "m")
     msg = str(ei.value)
-    src, start = inspect.getsourcelines(ValueDependent.forward)
+    src, start = inspect.getsourcelines(DataDependent.forward)
     line = start + next(i for i, s in enumerate(src) if "if x.sum() > 0" in s)
     assert "torch.fx could not trace" in msg and "torch.export could not export" in msg
-    assert msg.count(f"at {__file__}:{line}, in forward (if x.sum() > 0:)") == 2, msg
+    assert msg.count(f"at {inspect.getsourcefile(DataDependent)}:{line}, in forward (if x.sum() > 0:)") == 2, msg
     assert list(tmp_path.iterdir()) == []
 
 

@@ -1,4 +1,4 @@
-"""The SMLAD pair kernels of the integer path (runtime_c/sc_int8.h, SC_INT8_DSP).
+"""The SMLAD pair kernels of the integer path (int8 sections of sc_conv.h / sc_linear.h, SC_INT8_DSP).
 
 On the host the DSP helpers (sc_sxtb16, sc_sxtb16_ror8, sc_smlad) are portable C, so the pair
 kernels are built with -DSC_INT8_DSP=1 and checked bit-exact against the numpy reference
@@ -135,7 +135,7 @@ def test_portable_dsp_helpers_match_their_definition(tmp_path):
                             [0, 0xFFFFFFFF, 0x80808080, 0x7F7F7F7F, 0x00800080, 0x80000000]]).astype(np.uint64)  # fmt: skip
     src = tmp_path / "h.c"
     src.write_text(
-        '#include <stdio.h>\n#include "sc_int8.h"\n'
+        '#include <stdio.h>\n#include "sc_fixed.h"\n'
         f"static const uint32_t w[] = {{{', '.join(f'{int(v)}u' for v in words)}}};\n"
         "int main(void) {\n    unsigned i; const unsigned n = sizeof w / sizeof w[0];\n"
         "    for (i = 0; i < n; ++i) printf(\"%lu %lu %ld\\n\", (unsigned long)sc_sxtb16(w[i]),\n"
@@ -223,7 +223,7 @@ def test_requantization_fast_path_matches_reference(tmp_path):
     rows = np.stack([acc, mult, shift, zp, lo, hi], 1)
     src = tmp_path / "r.c"
     src.write_text(
-        '#include <stdio.h>\n#include "sc_int8.h"\nint main(void) {\n    long a, m, s, z, l, h;\n'
+        '#include <stdio.h>\n#include "sc_fixed.h"\nint main(void) {\n    long a, m, s, z, l, h;\n'
         '    while (scanf("%ld %ld %ld %ld %ld %ld", &a, &m, &s, &z, &l, &h) == 6)\n'
         '        printf("%ld %d %d\\n", (long)sc_i8_mbqm((int32_t)a, (int32_t)m, (int32_t)s),\n'
         '               sc_i8_requant((int32_t)a, (int32_t)m, (int32_t)s, (int32_t)z, (int32_t)l, (int32_t)h),\n'

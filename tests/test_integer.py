@@ -1,4 +1,4 @@
-"""Fully integer inference (codegen/integer.py, runtime_c/sc_int8.h).
+"""Fully integer inference (codegen/integer.py; runtime_c/sc_fixed.h and the int8 sections of the headers).
 
 The oracle here is the numpy int64 reference ``IntegerModel.run``: the C must be bit-exact with it
 on every op and on the end-to-end models, through <prefix>_run_int8 (int8 in/out) and through the
@@ -119,7 +119,7 @@ def test_c_primitives_bit_exact(tmp_path):
                      for m, s in cases)  # fmt: skip
     rt = Path(__file__).resolve().parents[1] / "runtime_c"
     src.write_text(
-        "#include <stdio.h>\n#include \"sc_int8.h\"\n"
+        "#include <stdio.h>\n#include \"sc_fixed.h\"\n"
         f"static const int32_t x[] = {{{', '.join(f'(int32_t){int(v)}LL' for v in xs)}}};\n"
         "int main(void) {\n    int i; const int n = (int)(sizeof x / sizeof x[0]);\n" + body + "\n    return 0;\n}\n"
     )

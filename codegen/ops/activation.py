@@ -3,7 +3,7 @@ standalone op, its lowering, its int8 form (a 256-entry lookup table) and the in
 fused activations other than ReLU/ReLU6 back out. ``ir.Activation`` is the fused form.
 
 Float kernel: runtime_c/sc_eltwise.h (sc_act in sc_runtime.h); template templates/ops/act.j2.
-Integer kernel: sc_i8_lut (runtime_c/sc_int8.h); template templates/ops_int8/lut.j2.
+Integer kernel: sc_i8_lut (runtime_c/sc_unary.h, int8 section); template templates/ops_int8/lut.j2.
 """
 
 from __future__ import annotations
@@ -84,11 +84,12 @@ def lower_activation(ctx: LowerContext, node: fx.Node) -> None:
                 ctx.env[name] = ctx.env[node.name]
 
 
-# ---- int8 (codegen/integer.py, runtime_c/sc_int8.h, templates/ops_int8/) ---------------------------
+# ---- int8 (codegen/integer.py, the int8 section of the runtime header, templates/ops_int8/) ---------
 
 
 @integer.register_int8(Act)
 class ActInt8(integer.Int8Handler):
+    runtime = ("sc_unary.h",)
     kind = "lut"
     template = "lut.j2"
 

@@ -92,12 +92,14 @@ def lower_batchnorm_functional(ctx: LowerContext, node: fx.Node) -> None:
 accepts_constants(*_BN_ARGS)
 
 
-# ---- int8 (codegen/integer.py, runtime_c/sc_int8.h, templates/ops_int8/) ---------------------------
+# ---- int8 (codegen/integer.py, the int8 section of the runtime header, templates/ops_int8/) ---------
 
 
 @integer.register_int8(ChannelAffine)
 class AffineInt8(integer.Int8Handler):
     """Runs as a depthwise 1x1 conv (the conv's int8 form)."""
+
+    runtime = ("sc_conv.h",)
 
     def rewrite(self, op: ChannelAffine) -> ir.Op:
         c, inner = op.channels, op.inner

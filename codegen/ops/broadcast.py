@@ -106,7 +106,7 @@ class BroadcastInt8(integer.Int8Handler):
     the rescaled b, as TFLite's sub); mul: TFLite's mul (one multiplier s_a * s_b / s_out)."""
 
     template = "strided.j2"
-    runtime = ("sc_int8.h", "sc_strided.h")
+    runtime = ("sc_strided.h",)
 
     def kind_of(self, op: Broadcast) -> str:
         return op.mode

@@ -1,7 +1,7 @@
 """Convolution (Conv1d, Conv2d, grouped and depthwise): IR op, lowering, kernel choice, int8 form.
 
-Float kernels: runtime_c/sc_conv.h (dense, CSR), runtime_c/sc_quant.h (int8 / codebook weights);
-template templates/ops/conv.j2. Integer kernels: runtime_c/sc_int8.h; template templates/ops_int8/conv.j2.
+Kernels: runtime_c/sc_conv.h, float (dense, CSR), weight-only (int8 / codebook weights) and int8 sections;
+templates templates/ops/conv.j2 and templates/ops_int8/conv.j2.
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ from codegen.lowering import LowerContext, accepts_constants, as_chw, f32, regis
 # C_in channels into a stack buffer first; at most PWC_MAX_CBUF_BYTES of it.
 PWC_BLOCK = 8
 PWC_MAX_CBUF_BYTES = 4096
-# The weight-only (int8 / codebook) 1x1 kernels gather WQ_PW_BLOCK positions (SC_WQ_PW_BLOCK in sc_wq.h).
+# The weight-only (int8 / codebook) 1x1 kernels gather WQ_PW_BLOCK positions (SC_WQ_PW_BLOCK in sc_conv.h).
 WQ_PW_BLOCK = 8
 
 
@@ -73,12 +73,12 @@ class Conv2d(ir.Op):
                 * ((self.out_shape[2] - 1) * self.stride[1] + self.kernel[1]))  # fmt: skip
 
     def kernel_choice(self, in_place: bool = False) -> ir.KernelChoice:
-        """The float kernel (runtime_c/sc_conv.h, sc_quant.h), most specific for the shape first, its
+        """The kernel (runtime_c/sc_conv.h), most specific for the shape first, its
         scratch, and whether it may write over its input (``KernelChoice.in_place``, which the planner
         reads through ``overwrites_input``). ``in_place``: the planner gave the output the input's
         storage (the CSR 1x1 conv then gathers columns first: sc_conv_pwc_*)."""
         w = self.encoded["weight"]
-        if self.runtime != Conv2d.runtime:  # the integer path (sc_int8.h)
+        if self.integer:  # the int8 section of sc_conv.h
             if int8_pointwise(self, w.kernel):  # 2 positions of the input channels gathered first
                 col = ir.Scratch("uint32_t", "col", pw_column_words(self),
                                  "2 positions of the input channels as int16 pairs", arena=True)  # fmt: skip
@@ -111,7 +111,7 @@ class Conv2d(ir.Op):
                 dw3 = tuple(self.kernel) == (3, 3) and tuple(self.stride) == (1, 1)
                 return ir.KernelChoice("sc_conv_dense_dw3" if dw3 else "sc_conv_dense_dw", pad, in_place=dw_in_place)
             return ir.KernelChoice("sc_conv_dense_d1")
-        if w.kernel in ("q8", "cb") and self.groups == 1 and self.pointwise:  # weight-only 1x1 (sc_wq.h)
+        if w.kernel in ("q8", "cb") and self.groups == 1 and self.pointwise:  # weight-only 1x1 (sc_conv.h)
             col = ir.Scratch("float", "col", WQ_PW_BLOCK * self.in_shape[0],
                              f"{WQ_PW_BLOCK} positions of the input channels", arena=True)  # fmt: skip
             return ir.KernelChoice(f"sc_conv_{w.kernel}_pw", col, in_place=same_shape)
@@ -132,7 +132,7 @@ class Conv2d(ir.Op):
                 return ir.KernelChoice(f"sc_conv_pw_{w.kernel}", in_place=pwc_ok or (dw and dw_in_place))
             if dw:
                 return ir.KernelChoice(f"sc_conv_dw_{w.kernel}", pad, in_place=dw_in_place)
-        return ir.KernelChoice(f"sc_conv_{w.kernel}")  # CSR generic; int8 / codebook forms (sc_quant.h)
+        return ir.KernelChoice(f"sc_conv_{w.kernel}")  # CSR generic; int8 / codebook forms (weight-only section)
 
     def pwc_cbuf_floats(self) -> int:
         """Floats of the stack column buffer of the in-place CSR 1x1 kernel (sc_conv_pwc_csr_*)."""
@@ -203,7 +203,7 @@ def lower_conv_functional(ctx: LowerContext, node: fx.Node) -> None:
 accepts_constants(F.conv1d, F.conv2d)
 
 
-# ---- int8 (codegen/integer.py, runtime_c/sc_int8.h, templates/ops_int8/conv.j2) -------------------
+# ---- int8 (codegen/integer.py, runtime_c/sc_conv.h int8 section, templates/ops_int8/conv.j2) ------
 
 
 def int8_pointwise(op: ir.Op, weight_kernel: str) -> bool:
@@ -265,6 +265,7 @@ def dw_pad_bytes(op: ir.Op, weight_kernel: str) -> int:
 
 @integer.register_int8(Conv2d)
 class ConvInt8(integer.Int8Handler):
+    runtime = ("sc_conv.h",)
     kind = "conv"
     template = "conv.j2"
 

@@ -50,7 +50,7 @@ class ConvTranspose2d(ir.Op):
 
     def kernel_choice(self, in_place: bool = False) -> ir.KernelChoice:
         w = self.encoded["weight"]
-        if self.runtime != ConvTranspose2d.runtime:  # the integer path (ConvTranspose2dInt8)
+        if self.integer:  # the int8 section of sc_deconv.h (ConvTranspose2dInt8)
             return ir.KernelChoice(f"sc_i8_deconv_{w.kernel}")
         if w.encoding not in ("dense", "csr"):
             raise CodegenError(
@@ -93,7 +93,7 @@ def lower_conv_transpose(ctx: LowerContext, node: fx.Node) -> None:
 class ConvTranspose2dInt8(integer.Int8Handler):
     kind = "conv_transpose"
     template = "deconv.j2"
-    runtime = ("sc_deconv.h", "sc_int8.h")
+    runtime = ("sc_deconv.h",)
 
     def quantize(self, op: ConvTranspose2d, ctx: integer.Int8Context, qo: integer.QOp) -> None:
         ctx.representation = "dense"  # the int8 kernel reads dense int8 weights (sc_i8_deconv_q8)

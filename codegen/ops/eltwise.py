@@ -3,7 +3,7 @@ The binary lowering also dispatches sub/div, broadcasting (codegen/ops/broadcast
 operands (codegen/ops/unary.py).
 
 Float kernels: runtime_c/sc_eltwise.h; templates templates/ops/binary.j2, concat.j2.
-Integer kernels: runtime_c/sc_int8.h; templates templates/ops_int8/add.j2, mul.j2, concat.j2.
+Integer kernels: the int8 section of runtime_c/sc_eltwise.h; templates templates/ops_int8/add.j2, mul.j2, concat.j2.
 """
 
 from __future__ import annotations
@@ -130,11 +130,12 @@ def lower_cat(ctx: LowerContext, node: fx.Node) -> None:
     ctx.emit(node, Concat(**ctx.common(node, list(parts)), sizes=sizes, outer=outer))
 
 
-# ---- int8 (codegen/integer.py, runtime_c/sc_int8.h, templates/ops_int8/) ---------------------------
+# ---- int8 (codegen/integer.py, the int8 section of the runtime header, templates/ops_int8/) ---------
 
 
 @integer.register_int8(Binary)
 class BinaryInt8(integer.Int8Handler):
+    runtime = ("sc_eltwise.h",)
     def kind_of(self, op: Binary) -> str:
         return op.mode
 
@@ -170,6 +171,7 @@ class BinaryInt8(integer.Int8Handler):
 
 @integer.register_int8(Concat)
 class ConcatInt8(integer.Int8Handler):
+    runtime = ("sc_eltwise.h",)
     kind = "concat"
     template = "concat.j2"
 

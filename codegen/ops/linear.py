@@ -1,7 +1,7 @@
 """Linear (over the last dimension): IR op, lowering, int8 form.
 
-Float kernels: runtime_c/sc_linear.h (dense, CSR), runtime_c/sc_quant.h (int8 / codebook weights); template
-templates/ops/linear.j2. Integer kernels: runtime_c/sc_int8.h; template templates/ops_int8/linear.j2.
+Kernels: runtime_c/sc_linear.h, float (dense, CSR), weight-only (int8 / codebook weights) and int8 sections;
+templates templates/ops/linear.j2 and templates/ops_int8/linear.j2.
 """
 
 from __future__ import annotations
@@ -39,7 +39,7 @@ class Linear(ir.Op):
     def kernel_choice(self, in_place: bool = False) -> ir.KernelChoice | None:
         """The weight-only kernel when it is not ``sc_linear_<encoding kernel>``: dense codebook weights
         with in_features % 8 == 0 (every row starts on a byte) read 8 indices per step (``sc_linear_cb8``,
-        runtime_c/sc_wq.h). None otherwise (the template names the kernel from the encoding)."""
+        runtime_c/sc_linear.h). None otherwise (the template names the kernel from the encoding)."""
         w = (self.encoded or {}).get("weight")
         if self.runtime == Linear.runtime and w is not None and w.kernel == "cb" and self.in_features % 8 == 0:
             return ir.KernelChoice("sc_linear_cb8")
@@ -79,11 +79,12 @@ def lower_linear_functional(ctx: LowerContext, node: fx.Node) -> None:
 accepts_constants(F.linear)
 
 
-# ---- int8 (codegen/integer.py, runtime_c/sc_int8.h, templates/ops_int8/) ---------------------------
+# ---- int8 (codegen/integer.py, the int8 section of the runtime header, templates/ops_int8/) ---------
 
 
 @integer.register_int8(Linear)
 class LinearInt8(integer.Int8Handler):
+    runtime = ("sc_linear.h",)
     kind = "linear"
     template = "linear.j2"
 

@@ -1,7 +1,7 @@
 """Constant padding of the last one or two dimensions: IR op, lowerings, int8 form.
 
 Float kernel: runtime_c/sc_eltwise.h; template templates/ops/pad.j2.
-Integer kernel: runtime_c/sc_int8.h; template templates/ops_int8/pad.j2.
+Integer kernel: the int8 section of runtime_c/sc_eltwise.h; template templates/ops_int8/pad.j2.
 """
 
 from __future__ import annotations
@@ -66,11 +66,12 @@ def lower_pad_function(ctx: LowerContext, node: fx.Node) -> None:
     _pad(ctx, node, tuple(int(p) for p in ctx.arg(node, 1, "pad")), float(value))
 
 
-# ---- int8 (codegen/integer.py, runtime_c/sc_int8.h, templates/ops_int8/) ---------------------------
+# ---- int8 (codegen/integer.py, the int8 section of the runtime header, templates/ops_int8/) ---------
 
 
 @integer.register_int8(Pad2d)
 class PadInt8(integer.Int8Handler):
+    runtime = ("sc_eltwise.h",)
     kind = "pad"
     template = "pad.j2"
     keeps_qparams = True

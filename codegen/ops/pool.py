@@ -2,7 +2,7 @@
 lowerings, int8 form. Adaptive pools with uneven windows and other means are in ops/reduce.py.
 
 Float kernels: runtime_c/sc_pool.h; template templates/ops/pool.j2.
-Integer kernels: runtime_c/sc_int8.h; template templates/ops_int8/pool.j2.
+Integer kernels: the int8 section of runtime_c/sc_pool.h; template templates/ops_int8/pool.j2.
 """
 
 from __future__ import annotations
@@ -46,7 +46,7 @@ class Pool2d(ir.Op):
     def overwrites_input(self) -> bool:
         """Without padding, output k's window starts at input index >= k and outputs are written
         in order after their window is read, so the float kernels (sc_pool.h) run in place."""
-        return self.runtime == Pool2d.runtime and tuple(self.padding) == (0, 0)
+        return not self.integer and tuple(self.padding) == (0, 0)
 
 
 def _pool(ctx: LowerContext, node: fx.Node, mode: str, dims: int, kernel: Any, stride: Any, padding: Any,
@@ -157,7 +157,7 @@ def lower_mean(ctx: LowerContext, node: fx.Node) -> None:
     ctx.emit(node, op)
 
 
-# ---- int8 (codegen/integer.py, runtime_c/sc_int8.h, templates/ops_int8/) ---------------------------
+# ---- int8 (codegen/integer.py, the int8 section of the runtime header, templates/ops_int8/) ---------
 
 
 def _pool_windows(op: Pool2d):
@@ -171,6 +171,7 @@ def _pool_windows(op: Pool2d):
 @integer.register_int8(Pool2d)
 class PoolInt8(integer.Int8Handler):
     """Max and average pooling keep their input's scale and zero point."""
+    runtime = ("sc_pool.h",)
 
     template = "pool.j2"
     keeps_qparams = True

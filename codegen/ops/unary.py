@@ -4,7 +4,7 @@ ELU, abs, neg, clamp, and arithmetic with a Python scalar (``x * 0.5``, ``1 - x`
 ``Unary``; TFLite's two-multiplier form for ``PReLU``).
 
 Float kernels: runtime_c/sc_unary.h; templates templates/ops/unary.j2, prelu.j2.
-Integer kernels: sc_i8_lut (runtime_c/sc_int8.h), sc_i8_prelu (runtime_c/sc_unary.h);
+Integer kernels: sc_i8_lut, sc_i8_prelu (runtime_c/sc_unary.h, int8 section);
 templates templates/ops_int8/unary.j2, prelu.j2.
 """
 
@@ -197,6 +197,7 @@ def lower_prelu(ctx: LowerContext, node: fx.Node) -> None:
 @integer.register_int8(Unary)
 class UnaryInt8(integer.Int8Handler):
     """Any elementwise function of one input: a 256-entry table computed at generation time."""
+    runtime = ("sc_unary.h",)
 
     kind = "lut"
     template = "unary.j2"
@@ -222,7 +223,7 @@ class PReLUInt8(integer.Int8Handler):
 
     kind = "prelu"
     template = "prelu.j2"
-    runtime = ("sc_int8.h", "sc_unary.h")
+    runtime = ("sc_unary.h",)
 
     def quantize(self, op: PReLU, ctx: integer.Int8Context, qo: integer.QOp) -> None:
         qin, qout = ctx.qin(op), ctx.qout(op)

@@ -2,7 +2,7 @@
 aliases its input. ``Copy`` is emitted only when the model returns its input (or a view of it).
 
 Float kernel: runtime_c/sc_eltwise.h; template templates/ops/copy.j2.
-Integer kernel: runtime_c/sc_int8.h; template templates/ops_int8/copy.j2.
+Integer kernel: the int8 section of runtime_c/sc_eltwise.h; template templates/ops_int8/copy.j2.
 """
 
 from __future__ import annotations
@@ -41,11 +41,12 @@ def lower_view(ctx: LowerContext, node: fx.Node) -> None:
     ctx.alias(node, ctx.tensor_arg(node, 0, "input"))
 
 
-# ---- int8 (codegen/integer.py, runtime_c/sc_int8.h, templates/ops_int8/) ---------------------------
+# ---- int8 (codegen/integer.py, the int8 section of the runtime header, templates/ops_int8/) ---------
 
 
 @integer.register_int8(Copy)
 class CopyInt8(integer.Int8Handler):
+    runtime = ("sc_eltwise.h",)
     kind = "copy"
     template = "copy.j2"
     keeps_qparams = True

@@ -1,0 +1,205 @@
+/*
+ * sparsecomp runtime — the fixed-point math of fully integer inference (int8 activations, int8
+ * weights, int32 accumulation, fixed-point requantization) and the DSP pair arithmetic its kernels
+ * use. The int8 kernels themselves live in their op family's header, in its "int8" section
+ * (sc_conv.h, sc_linear.h, sc_pool.h, sc_eltwise.h, sc_unary.h, sc_strided.h, sc_deconv.h, ...).
+ * No float at run time: every int8 kernel uses int32 arithmetic plus one 32x32->64-bit
+ * multiply-accumulate (SMLAL on Cortex-M3/M4).
+ *
+ * Quantization (codegen/integer.py computes every constant at generation time):
+ *   activation  real = scale * (q - zero_point), q int8, one scale/zero point per tensor
+ *   weight      real = w_scale[oc] * q, q int8 in [-127, 127] (symmetric per output channel)
+ *   bias        int32 at scale in_scale * w_scale[oc]
+ *   requantize  out = clamp(sc_i8_mbqm(acc, mult[oc], shift[oc]) + out_zp, act_min, act_max)
+ *               with mult * 2^(shift - 31) = in_scale * w_scale[oc] / out_scale; fused ReLU/ReLU6
+ *               are the clamp bounds act_min/act_max.
+ * Rounding is TFLite's MultiplyByQuantizedMultiplier: SaturatingRoundingDoublingHighMul then
+ * RoundingDivideByPOT (codegen/integer.py has the bit-exact numpy reference). The left shift of a
+ * multiplier >= 1 saturates instead of overflowing.
+ *
+ * Weights use the int8 encodings of codegen/formats.py without their float scale array:
+ *   q8 (dense rows), q8_csr_<it>_<pt> (CSR), q8_rel_<pt> (relative-index stream, LSB-first).
+ */
+#ifndef SC_FIXED_H
+#define SC_FIXED_H
+
+#include <string.h>
+
+#include "sc_runtime.h"
+
+/* ---- DSP pair arithmetic ----------------------------------------------------------------------
+ * SC_INT8_DSP selects the dense linear and conv (groups == 1) kernels that multiply int8 pairs with
+ * SMLAD (two 16x16 products + accumulate in one instruction): 4 int8 are loaded with one 32-bit
+ * load, SXTB16 sign-extends bytes 0 and 2 into two halfwords and SXTB16 ROR #8 bytes 1 and 3.
+ * Default: 1 where the target has the DSP extension (__ARM_FEATURE_DSP: Cortex-M4/M7/M33/M55),
+ * 0 elsewhere (Cortex-M0/M3, host) where the plain kernels run. Override with -DSC_INT8_DSP=0/1:
+ * without the DSP extension the helpers below are exact portable C, so the same pair kernels run
+ * (and are tested, under ASan/UBSan too) on the host. They assume little-endian byte order. */
+#ifndef SC_INT8_DSP
+#if defined(__ARM_FEATURE_DSP) && __ARM_FEATURE_DSP
+#define SC_INT8_DSP 1
+#else
+#define SC_INT8_DSP 0
+#endif
+#endif
+
+#if SC_INT8_DSP && defined(__BYTE_ORDER__) && defined(__ORDER_LITTLE_ENDIAN__)
+#if __BYTE_ORDER__ != __ORDER_LITTLE_ENDIAN__
+#error "the SC_INT8_DSP pair kernels assume little-endian byte order; build with -DSC_INT8_DSP=0"
+#endif
+#endif
+
+#if (defined(__ARM_FEATURE_DSP) && __ARM_FEATURE_DSP) || (defined(__ARM_FEATURE_SAT) && __ARM_FEATURE_SAT)
+#include <arm_acle.h>
+#endif
+#if defined(__ARM_FEATURE_DSP) && __ARM_FEATURE_DSP
+/* (b2, b0) of x as two sign-extended halfwords */
+static inline uint32_t sc_sxtb16(uint32_t x) { return (uint32_t)__sxtb16((int32_t)x); }
+/* (b3, b1) of x: SXTB16 with ROR #8 (one instruction; gcc 12 does not fold a rotate into __sxtb16) */
+#if defined(__GNUC__)
+static inline uint32_t sc_sxtb16_ror8(uint32_t x)
+{
+    uint32_t r;
+    __asm__("sxtb16 %0, %1, ror #8" : "=r"(r) : "r"(x));
+    return r;
+}
+#else
+static inline uint32_t sc_sxtb16_ror8(uint32_t x) { return (uint32_t)__sxtb16((int32_t)((x >> 8) | (x << 24))); }
+#endif
+/* acc + lo(a) * lo(b) + hi(a) * hi(b), signed halfwords */
+static inline int32_t sc_smlad(uint32_t a, uint32_t b, int32_t acc) { return __smlad((int32_t)a, (int32_t)b, acc); }
+/* acc + lo(a) * hi(b) + hi(a) * lo(b) (SMLADX) */
+static inline int32_t sc_smladx(uint32_t a, uint32_t b, int32_t acc) { return __smladx((int32_t)a, (int32_t)b, acc); }
+#else
+static inline int32_t sc_s16lo(uint32_t x) { return (int32_t)((x & 0xFFFFu) ^ 0x8000u) - 0x8000; }
+static inline int32_t sc_s16hi(uint32_t x) { return (int32_t)((x >> 16) ^ 0x8000u) - 0x8000; }
+static inline uint32_t sc_sxtb16(uint32_t x)
+{
+    const uint32_t lo = ((x & 0xFFu) ^ 0x80u) - 0x80u; /* sign-extended modulo 2^32 */
+    const uint32_t hi = (((x >> 16) & 0xFFu) ^ 0x80u) - 0x80u;
+    return (lo & 0xFFFFu) | (hi << 16);
+}
+static inline uint32_t sc_sxtb16_ror8(uint32_t x) { return sc_sxtb16((x >> 8) | (x << 24)); }
+static inline int32_t sc_smlad(uint32_t a, uint32_t b, int32_t acc)
+{
+    return acc + sc_s16lo(a) * sc_s16lo(b) + sc_s16hi(a) * sc_s16hi(b);
+}
+static inline int32_t sc_smladx(uint32_t a, uint32_t b, int32_t acc)
+{
+    return acc + sc_s16lo(a) * sc_s16hi(b) + sc_s16hi(a) * sc_s16lo(b);
+}
+#endif
+
+/* 4 bytes from any address (one LDR on the M4, which allows unaligned word loads; no aliasing). */
+static inline uint32_t sc_ld32(const void *p)
+{
+    uint32_t v;
+    memcpy(&v, p, sizeof v);
+    return v;
+}
+
+/* ---- fixed-point primitives ----------------------------------------------------------------- */
+
+/* TFLite's SaturatingRoundingDoublingHighMul: (a * b + nudge) / 2^31 truncated toward zero, nudge
+ * 2^30 when a * b >= 0 and 1 - 2^30 otherwise; saturates the single overflow case. For both signs that
+ * equals floor((a * b + 2^30) / 2^31) (for ab < 0: trunc(v / 2^31) = floor((v + 2^31 - 1) / 2^31) with
+ * v = ab + 1 - 2^30), one SMLAL and a shift on the M4. The floor is written without shifting a negative
+ * value (implementation-defined in C): ~(~v >> 31) == floor(v / 2^31) for v < 0. */
+static inline int32_t sc_i8_srdhm(int32_t a, int32_t b)
+{
+    int64_t v;
+    if (a == b && a == INT32_MIN) return INT32_MAX;
+    v = (int64_t)a * (int64_t)b + ((int64_t)1 << 30);
+    return (int32_t)(v >= 0 ? (v >> 31) : ~(~v >> 31));
+}
+
+/* x / 2^e rounded to nearest, ties away from zero (e in 0..31). */
+static inline int32_t sc_i8_rdbpot(int32_t x, int32_t e)
+{
+    const int32_t mask = (int32_t)((((uint32_t)1) << e) - 1u);
+    const int32_t rem = x & mask;
+    const int32_t threshold = (mask >> 1) + (x < 0 ? 1 : 0);
+    return (x >> e) + (rem > threshold ? 1 : 0);
+}
+
+/* sc_i8_rdbpot(sc_i8_srdhm(x, mult), e) for e >= 2 and mult >= 0 with one SMLAL: with t =
+ * floor((x * mult + 2^30) / 2^31) (srdhm never saturates for mult >= 0), rounding half away from zero
+ * is rdbpot(t, e) = floor((t + 2^(e-1) - [t < 0]) / 2^e), and floor((floor(a / b) + k) / c) =
+ * floor((a + k * b) / (b * c)), so the result is floor((x * mult + C) / 2^(31+e)) with
+ * C = 2^30 - [t < 0] * 2^31 + 2^(30+e). t < 0 implies x < 0, and for x < 0 with t == 0 both forms give 0,
+ * so [x < 0] selects C. Its low word is 2^30 | [x < 0] << 31, its high word 2^(e-2) - [x < 0]; the
+ * result is the high word of x * mult + C shifted right by e - 1 (LSR, ORR, SUB, SMLAL, ASR on the M4). */
+static inline int32_t sc_i8_mbqm_hk(int32_t x, int32_t mult, uint32_t half, int32_t k) /* half 2^(e-2), k e-1 */
+{
+    const uint32_t neg = (uint32_t)x >> 31;
+    const uint64_t c = ((uint64_t)(half - neg) << 32) | (0x40000000u | (neg << 31));
+    const uint64_t v = (uint64_t)((int64_t)x * (int64_t)mult) + c;
+    return (int32_t)(uint32_t)(v >> 32) >> k;
+}
+
+static inline int32_t sc_i8_mbqm_e2(int32_t x, int32_t mult, int32_t e)
+{
+    return sc_i8_mbqm_hk(x, mult, ((uint32_t)1) << (e - 2), e - 1);
+}
+
+/* x * mult * 2^(shift - 31), rounded (TFLite's MultiplyByQuantizedMultiplier). mult >= 0 (as
+ * codegen.integer.quantize_multiplier makes it); shift <= -2, the usual case, takes sc_i8_mbqm_e2. */
+static inline int32_t sc_i8_mbqm(int32_t x, int32_t mult, int32_t shift)
+{
+    if (shift <= -2) return sc_i8_mbqm_e2(x, mult, -shift);
+    if (shift > 0) {
+        if (x > (INT32_MAX >> shift)) x = INT32_MAX;
+        else if (x < (INT32_MIN >> shift)) x = INT32_MIN;
+        else x = x * ((int32_t)1 << shift);
+        return sc_i8_srdhm(x, mult);
+    }
+    return sc_i8_rdbpot(sc_i8_srdhm(x, mult), -shift);
+}
+
+static inline int8_t sc_i8_clamp(int32_t v, int32_t lo, int32_t hi)
+{
+    return (int8_t)(v < lo ? lo : (v > hi ? hi : v));
+}
+
+/* clamp(mbqm(acc, mult, shift) + zp, lo, hi), lo/hi within int8: the clamp is applied before adding zp
+ * (bounds lo - zp, hi - zp), so a saturated mbqm near INT32_MAX cannot overflow. */
+static inline int8_t sc_i8_requant(int32_t acc, int32_t mult, int32_t shift, int32_t zp, int32_t lo, int32_t hi)
+{
+    if (shift <= -2) { /* |sc_i8_mbqm_e2| <= 2^29 + 1: adding zp cannot overflow */
+        const int32_t v = sc_i8_mbqm_e2(acc, mult, -shift) + zp;
+        return (int8_t)(v < lo ? lo : (v > hi ? hi : v));
+    } else {
+        const int32_t v = sc_i8_mbqm(acc, mult, shift), a = lo - zp, b = hi - zp;
+        return (int8_t)((v < a ? a : (v > b ? b : v)) + zp);
+    }
+}
+
+/* v saturated to int8 (one SSAT on Armv7-M) */
+#if defined(__ARM_FEATURE_SAT) && __ARM_FEATURE_SAT
+static inline int32_t sc_ssat8(int32_t v) { return __ssat(v, 8); }
+#else
+static inline int32_t sc_ssat8(int32_t v) { return v < -128 ? -128 : (v > 127 ? 127 : v); }
+#endif
+
+/* The shift <= -2 requantization for kernels whose act bounds are compile-time constants (inlined with
+ * a static const parameter block): SSAT, and a compare only for a bound inside int8. */
+static inline int8_t sc_i8_requant_hk(int32_t acc, int32_t mult, uint32_t half, int32_t k, int32_t zp, int32_t lo,
+                                      int32_t hi)
+{
+    int32_t v = sc_ssat8(sc_i8_mbqm_hk(acc, mult, half, k) + zp);
+    if (lo > -128 && v < lo) v = lo;
+    if (hi < 127 && v > hi) v = hi;
+    return (int8_t)v;
+}
+
+/* 1: the block kernels (pointwise, im2col conv, C_in == 1) inline the shift <= -2 requantization
+ * (sc_i8_requant_hk) next to the generic one; 0 (the default at -Os): only the generic sc_i8_requant. */
+#ifndef SC_I8_FAST_REQ
+#if defined(__OPTIMIZE_SIZE__)
+#define SC_I8_FAST_REQ 0
+#else
+#define SC_I8_FAST_REQ 1
+#endif
+#endif
+
+#endif /* SC_FIXED_H */
