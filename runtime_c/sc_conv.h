@@ -14,6 +14,7 @@
 #define SC_CONV_H
 
 #include "sc_runtime.h"
+#include "sc_gemm.h"  /* float micro-kernels */
 #include "sc_bits.h"  /* weight-only forms */
 #include "sc_fixed.h" /* int8 */
 
@@ -295,6 +296,74 @@ static inline void sc_conv_dense_d1(const float *in, float *out, const float *w,
 
 #endif /* SC_SMALL_CODE */
 
+#if SC_SMALL_CODE
+/* -Os: the compact kernel above (the column stays unused). */
+static inline void sc_conv_dense_mm(const float *in, float *out, const float *w, const float *bias,
+                                    const sc_conv_params *p, float *col)
+{
+    (void)col;
+    sc_conv_dense_d1(in, out, w, bias, p);
+}
+#else
+/* Any conv with dilation 1 (groups allowed): 4 output positions (raster order) at a time, their
+ * windows copied into `col` as a column [row_len][4] (taps outside the input are 0), then 4 output
+ * channels x 4 positions per pass (sc_mm44): every column value feeds every output channel. A short
+ * last block repeats its last position; channels past the group's end repeat its last one. */
+static inline SC_SPECIALIZE void sc_conv_dense_mm(const float *in, float *out, const float *w, const float *bias,
+                                                  const sc_conv_params *p, float *col)
+{
+    const int32_t cin_g = p->cin / p->groups, cout_g = p->cout / p->groups;
+    const int32_t plane_in = p->hin * p->win, plane_out = p->hout * p->wout;
+    const int32_t row_len = cin_g * p->kh * p->kw;
+    int32_t g, q, j, ob, c, ci, ky, kx;
+    for (g = 0; g < p->groups; ++g) {
+        const float *in_g = in + g * cin_g * plane_in;
+        for (q = 0; q < plane_out; q += 4) {
+            const int32_t n = plane_out - q < 4 ? plane_out - q : 4;
+            for (j = 0; j < 4; ++j) {
+                const int32_t pos = q + (j < n ? j : n - 1), oy = pos / p->wout, ox = pos - oy * p->wout;
+                const int32_t iy0 = oy * p->sh - p->ph, ix0 = ox * p->sw - p->pw;
+                float *d = col + j;
+                if (iy0 >= 0 && iy0 + p->kh <= p->hin && ix0 >= 0 && ix0 + p->kw <= p->win) {
+                    const float *src = in_g + iy0 * p->win + ix0;
+                    for (ci = 0; ci < cin_g; ++ci, src += plane_in - p->kh * p->win)
+                        for (ky = 0; ky < p->kh; ++ky, src += p->win)
+                            for (kx = 0; kx < p->kw; ++kx, d += 4) *d = src[kx];
+                } else {
+                    for (ci = 0; ci < cin_g; ++ci)
+                        for (ky = 0; ky < p->kh; ++ky) {
+                            const int32_t iy = iy0 + ky, row = ci * plane_in + iy * p->win;
+                            for (kx = 0; kx < p->kw; ++kx, d += 4) {
+                                const int32_t ix = ix0 + kx;
+                                *d = (iy >= 0 && iy < p->hin && ix >= 0 && ix < p->win) ? in_g[row + ix] : 0.0f;
+                            }
+                        }
+                }
+            }
+            for (ob = 0; ob < cout_g; ob += 4) {
+                const float *ws[4];
+                float *os[4], b[4], acc[16];
+                sc_conv_rows4(w, bias, out, g * cout_g + ob, cout_g - ob, row_len, plane_out, ws, b, os);
+                for (c = 0; c < 4; ++c) acc[4 * c] = acc[4 * c + 1] = acc[4 * c + 2] = acc[4 * c + 3] = b[c];
+                sc_mm44(col, ws[0], ws[1], ws[2], ws[3], row_len, acc);
+                if (n == 4) {
+                    for (c = 0; c < 4; ++c) {
+                        float *o = os[c] + q;
+                        o[0] = sc_act(acc[4 * c], p->act, p->alpha);
+                        o[1] = sc_act(acc[4 * c + 1], p->act, p->alpha);
+                        o[2] = sc_act(acc[4 * c + 2], p->act, p->alpha);
+                        o[3] = sc_act(acc[4 * c + 3], p->act, p->alpha);
+                    }
+                } else {
+                    for (c = 0; c < 4; ++c)
+                        for (j = 0; j < n; ++j) os[c][q + j] = sc_act(acc[4 * c + j], p->act, p->alpha);
+                }
+            }
+        }
+    }
+}
+#endif /* SC_SMALL_CODE */
+
 /* 1x1 convolution, stride 1, no padding: out[oc][q] = sum_ci w[oc][ci] * in[ci][q], 4 channels x
  * 4 positions per block. Positions q..q+3 of the group's input channels are first gathered into
  * `col` (4 * cin/groups floats), so the kernel is safe in place (out == in, cin == cout): those
@@ -323,27 +392,17 @@ static inline void sc_conv_dense_pw(const float *in, float *out, const float *w,
             for (ob = 0; ob < cout_g; ob += 4) {
                 const float *ws[4];
                 float *os[4], b[4];
-                const float *x = col;
-                const float *w0, *w1, *w2, *w3;
+                int32_t c;
                 float a00, a01, a02, a03, a10, a11, a12, a13, a20, a21, a22, a23, a30, a31, a32, a33;
                 sc_conv_rows4(w, bias, out, g * cout_g + ob, cout_g - ob, cin_g, plane, ws, b, os);
-                w0 = ws[0]; w1 = ws[1]; w2 = ws[2]; w3 = ws[3];
-                a00 = a01 = a02 = a03 = b[0];
-                a10 = a11 = a12 = a13 = b[1];
-                a20 = a21 = a22 = a23 = b[2];
-                a30 = a31 = a32 = a33 = b[3];
-                for (ci = 0; ci < cin_g; ++ci) {
-                    const float v0 = x[0], v1 = x[1], v2 = x[2], v3 = x[3];
-                    const float c0 = *w0++, c1 = *w1++, c2 = *w2++, c3 = *w3++;
-                    x += 4;
-                    a00 = SC_FMA(c0, v0, a00); a01 = SC_FMA(c0, v1, a01);
-                    a02 = SC_FMA(c0, v2, a02); a03 = SC_FMA(c0, v3, a03);
-                    a10 = SC_FMA(c1, v0, a10); a11 = SC_FMA(c1, v1, a11);
-                    a12 = SC_FMA(c1, v2, a12); a13 = SC_FMA(c1, v3, a13);
-                    a20 = SC_FMA(c2, v0, a20); a21 = SC_FMA(c2, v1, a21);
-                    a22 = SC_FMA(c2, v2, a22); a23 = SC_FMA(c2, v3, a23);
-                    a30 = SC_FMA(c3, v0, a30); a31 = SC_FMA(c3, v1, a31);
-                    a32 = SC_FMA(c3, v2, a32); a33 = SC_FMA(c3, v3, a33);
+                {
+                    float acc[16];
+                    for (c = 0; c < 4; ++c) acc[4 * c] = acc[4 * c + 1] = acc[4 * c + 2] = acc[4 * c + 3] = b[c];
+                    sc_mm44(col, ws[0], ws[1], ws[2], ws[3], cin_g, acc);
+                    a00 = acc[0]; a01 = acc[1]; a02 = acc[2]; a03 = acc[3];
+                    a10 = acc[4]; a11 = acc[5]; a12 = acc[6]; a13 = acc[7];
+                    a20 = acc[8]; a21 = acc[9]; a22 = acc[10]; a23 = acc[11];
+                    a30 = acc[12]; a31 = acc[13]; a32 = acc[14]; a33 = acc[15];
                 }
                 if (n == 4) {
                     float *o0 = os[0] + q, *o1 = os[1] + q, *o2 = os[2] + q, *o3 = os[3] + q;
@@ -358,7 +417,6 @@ static inline void sc_conv_dense_pw(const float *in, float *out, const float *w,
                 } else {
                     const float acc[16] = {a00, a01, a02, a03, a10, a11, a12, a13,
                                            a20, a21, a22, a23, a30, a31, a32, a33};
-                    int32_t c;
                     for (c = 0; c < 4; ++c)
                         for (j = 0; j < n; ++j) os[c][q + j] = sc_act(acc[c * 4 + j], p->act, p->alpha);
                 }

@@ -22,6 +22,9 @@ from codegen.lowering import LowerContext, accepts_constants, as_chw, f32, regis
 # C_in channels into a stack buffer first; at most PWC_MAX_CBUF_BYTES of it.
 PWC_BLOCK = 8
 PWC_MAX_CBUF_BYTES = 4096
+# The dense conv with dilation 1 copies 4 output windows into an arena column (sc_conv_dense_mm) when the
+# column takes at most MM_COL_MAX_BYTES; larger windows keep sc_conv_dense_d1, which needs no scratch.
+MM_COL_MAX_BYTES = 8192
 # The weight-only (int8 / codebook) 1x1 kernels gather WQ_PW_BLOCK positions (SC_WQ_PW_BLOCK in sc_conv.h).
 WQ_PW_BLOCK = 8
 
@@ -39,6 +42,7 @@ class Conv2d(ir.Op):
     groups: int = 1
     act: ir.Activation = ir.NO_ACT
     dims: int = 2
+    column: bool = True  # dense, dilation 1: the column kernel may run (False once the planner dropped its scratch)
 
     kind: ClassVar[str] = "conv"
     template: ClassVar[str] = "conv.j2"
@@ -110,6 +114,10 @@ class Conv2d(ir.Op):
             if dw:
                 dw3 = tuple(self.kernel) == (3, 3) and tuple(self.stride) == (1, 1)
                 return ir.KernelChoice("sc_conv_dense_dw3" if dw3 else "sc_conv_dense_dw", pad, in_place=dw_in_place)
+            col_floats = 4 * self.in_shape[0] // self.groups * self.kernel[0] * self.kernel[1]
+            if self.column and 4 * col_floats <= MM_COL_MAX_BYTES:  # 4 windows as a column, then sc_mm44
+                col = ir.Scratch("float", "col", col_floats, "4 output windows as a column", arena=True)
+                return ir.KernelChoice("sc_conv_dense_mm", col, optional=True)
             return ir.KernelChoice("sc_conv_dense_d1")
         if w.kernel in ("q8", "cb") and self.groups == 1 and self.pointwise:  # weight-only 1x1 (sc_conv.h)
             col = ir.Scratch("float", "col", WQ_PW_BLOCK * self.in_shape[0],
@@ -137,6 +145,9 @@ class Conv2d(ir.Op):
     def pwc_cbuf_floats(self) -> int:
         """Floats of the stack column buffer of the in-place CSR 1x1 kernel (sc_conv_pwc_csr_*)."""
         return PWC_BLOCK * self.in_shape[0]
+
+    def drop_optional_scratch(self, drop: bool) -> None:
+        self.column = not drop
 
     def overwrites_input(self) -> bool:
         """What the kernel choice says (one place decides the kernel, its scratch and in-place)."""
