@@ -1448,8 +1448,15 @@ static inline SC_SPECIALIZE void sc_i8_dw3_plane(const int8_t *pc, int8_t *o, co
     } while (0)
 #endif
     for (oy = 0; oy < hout; ++oy, o += wout) {
+#if SC_I8_FAST_REQ
         const int8_t *r = pc + oy * wp;
         for (ox = 0; ox + 2 <= wout; ox += 2, r += 2) {
+#else /* -Os: no tail code; an odd last output is computed again with its left neighbour (alone when wout
+       * is 1: the pair's second output then reads the row's slack bytes and is overwritten) */
+        for (ox = 0; ox < wout; ox += 2) {
+            const int32_t x0 = ox + 2 <= wout ? ox : (wout >= 2 ? wout - 2 : 0);
+            const int8_t *r = pc + oy * wp + x0;
+#endif
             int32_t a = b_in, b = b_in;
 #if SC_INT8_DSP
             SC_I8_DW3_ROW(r, u0, v0);
@@ -1460,6 +1467,7 @@ static inline SC_SPECIALIZE void sc_i8_dw3_plane(const int8_t *pc, int8_t *o, co
             SC_I8_DW3_ROW(r + wp, w3, w4, w5);
             SC_I8_DW3_ROW(r + 2 * wp, w6, w7, w8);
 #endif
+#if SC_I8_FAST_REQ
             o[ox] = sc_i8_requant_hk(a, m, half, e - 1, zp, lo, hi);
             o[ox + 1] = sc_i8_requant_hk(b, m, half, e - 1, zp, lo, hi);
         }
@@ -1482,6 +1490,11 @@ static inline SC_SPECIALIZE void sc_i8_dw3_plane(const int8_t *pc, int8_t *o, co
 #endif
             o[ox] = sc_i8_requant_hk(a, m, half, e - 1, zp, lo, hi);
         }
+#else
+            o[x0 + 1 < wout ? x0 + 1 : x0] = sc_i8_requant_hk(b, m, half, e - 1, zp, lo, hi);
+            o[x0] = sc_i8_requant_hk(a, m, half, e - 1, zp, lo, hi);
+        }
+#endif
     }
 #undef SC_I8_DW3_ROW
 }
