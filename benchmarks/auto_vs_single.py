@@ -145,8 +145,9 @@ def main() -> None:
                          "--max-train); a harder setting, used on the shared machine: say so")
     ap.add_argument("--float-epochs", type=int, default=10)
     ap.add_argument("--ratio", type=float, default=15.0, help="compression ratio for tasks without a fixed budget")
+    ap.add_argument("--log", default="WARNING", help="logging level of the compressor (INFO shows every round)")
     args = ap.parse_args()
-    logging.basicConfig(level=logging.WARNING, format="%(message)s")
+    logging.basicConfig(level=getattr(logging, args.log.upper()), format="%(asctime)s %(name)s %(message)s")
     torch.set_num_threads(1)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -177,7 +178,7 @@ def main() -> None:
               f"({float_bytes / budget:.1f}x); {len(train.dataset)} training samples", flush=True)
         ctrain = _cap(train, args.compress_max_train, seed=1)
         res["n_train_compress"] = len(ctrain.dataset)
-        for rep in args.reps.split(","):
+        for rep in filter(None, args.reps.split(",")):  # --reps "" trains/loads the float baselines only
             m = copy.deepcopy(model)
             kw = {} if rep == "default" else {"representation": rep}
             t = time.monotonic()

@@ -92,7 +92,7 @@ def variant_of(form: str) -> str:
 
 def forced(form: str) -> str:
     """A representation that allows exactly one encoding (registered for this script only)."""
-    formats.REPRESENTATIONS.setdefault(f"only_{form}", (form,))
+    formats.REPRESENTATIONS.setdefault(f"only_{form}", formats.Representation(f"only_{form}", (form,)))
     return f"only_{form}"
 
 

@@ -145,7 +145,7 @@ def dense_row(name: str, work: Path) -> dict:
 
 
 def forced(form: str) -> str:
-    formats.REPRESENTATIONS.setdefault(f"only_{form}", (form,))
+    formats.REPRESENTATIONS.setdefault(f"only_{form}", formats.Representation(f"only_{form}", (form,)))
     return f"only_{form}"
 
 

@@ -33,6 +33,8 @@ from codegen.emission import (  # noqa: F401 - public names re-exported by codeg
 from codegen.errors import CodegenError
 from codegen.export_frontend import trace_model
 from codegen.integer_emit import save_integer_model
+from codegen.intermittent import add_files as intermittent_files
+from codegen.intermittent import plan as intermittent_plan
 from codegen.lower import lower
 from codegen.memory import GraphMemory, plan_graph
 from codegen.resources import runtime_dir
@@ -43,9 +45,9 @@ log = logging.getLogger(__name__)
 _ROLE_SUFFIX = {"weight": "w", "bias": "b", "scale": "scale", "shift": "shift"}
 
 
-def encode_graph(g: ir.Graph, representation: str, prefix: str) -> None:
-    """Chooses and builds the storage of every constant tensor (op.encoded)."""
-    formats.check_representation(representation)
+def encode_graph(g: ir.Graph, representation: formats.Representation, prefix: str) -> None:
+    """Chooses and builds the storage of every constant tensor (op.encoded). ``representation``: the table
+    entry the caller checked once (``formats.check_representation``)."""
     for op in g.ops:
         op.encoded = {}
         for role, arr in op.params.items():
@@ -67,12 +69,12 @@ def build_graph(
 ) -> tuple[ir.Graph, GraphMemory]:
     """Traces, lowers, encodes and plans a model: everything but rendering. The model is not modified."""
     check_prefix(prefix)
-    formats.check_representation(representation)
+    rep = formats.check_representation(representation)
     m = prepare_model(model)
     x = example_from(example_input)
     gm = trace_model(m, x, leaf_modules, concrete_args)
     g = lower(gm)
-    encode_graph(g, representation, prefix)
+    encode_graph(g, rep, prefix)
     return g, plan_graph(g)
 
 
@@ -133,6 +135,8 @@ def save_compressed_model(
     arduino: bool = False,
     ram_budget: int | None = None,
     tiling_stages: list[tiling.Stage] | None = None,
+    intermittent: bool = False,
+    max_unit_macs: int | None = None,
 ) -> EmitResult:
     """Emits the model as a self-contained C directory (its layout: docs/architecture.md, "The emitted directory").
 
@@ -171,7 +175,19 @@ def save_compressed_model(
     report.json's ``tiling`` section lists the stage, its tile grid, the peak RAM and the extra MACs.
     No schedule fits: CodegenError naming the layer that sets the smallest arena reachable, and that
     figure. ``tiling_stages`` forces the given ``tiling.Stage`` list instead (graph op indices, see
-    ``build_graph``). Float models only for now.
+    ``build_graph``). With ``integer=True`` the same search runs over the int8 arena (1-byte values) and
+    the int8 kernels run on the tiles (bit-exact with the untiled integer C). ``representation=None`` on a
+    model from ``compress_NN_models(..., ram_budget=N)`` also takes its recorded ``ram_budget``.
+
+    ``intermittent=True``: the model also gets ``<prefix>_run_intermittent`` and ``<prefix>_intermittent_reset``
+    (model.h), an inference that survives power failures at any instruction: its activations and progress
+    live in ``SC_NVM``, every layer is a unit of work committed when done and never overwrites what it
+    reads (codegen/intermittent.py, docs/intermittent.md). The Makefile gets ``power-fail-check`` (host, NVM in
+    a file, the process killed at seeded points) and ``qemu-power-fail`` (the emulated Cortex-M4 reset at
+    seeded instruction counts); report.json an ``intermittent`` section (units, MACs, NVM and SRAM bytes).
+    ``<prefix>_run`` and its C are unchanged. ``max_unit_macs`` (layer separation, float path): a layer of more MACs
+    is split into tiles of output channels (convolutions, depthwise convolutions, fully connected layers; dense or
+    CSR weights), each its own committed unit; a layer that cannot be split that far is a CodegenError naming it.
 
     >>> net = torch.nn.Sequential(torch.nn.Conv2d(1, 4, 3), torch.nn.ReLU(), torch.nn.Flatten(),
     ...                           torch.nn.Linear(4 * 6 * 6, 10))
@@ -180,18 +196,29 @@ def save_compressed_model(
     >>> res.weight_bytes                                                  # doctest: +SKIP
     5960
     """
+    if representation is None and ram_budget is None and not tiling_stages:
+        recorded = getattr(model, EMIT_ATTR, None)  # compress_NN_models(..., ram_budget=) records its bound
+        if isinstance(recorded, dict) and recorded.get("ram_budget") is not None:
+            ram_budget = int(recorded["ram_budget"])
     representation = emit_representation(model, representation)
     if quantize and integer:
         raise CodegenError("quantize=True makes weight-only int8/codebook weights for float inference; integer=True "
                            "quantizes weights and activations by itself: use one of them")  # fmt: skip
-    if integer and (ram_budget is not None or tiling_stages):
-        raise CodegenError("tiled execution (ram_budget, tiling_stages) is implemented for float models only; "
-                           "drop integer=True or the RAM budget")  # fmt: skip
+    if max_unit_macs is not None and not intermittent:
+        raise CodegenError("max_unit_macs bounds the work between two commits of an intermittent inference: "
+                           "give intermittent=True with it")
+    if max_unit_macs is not None and integer:
+        raise CodegenError("max_unit_macs (layer separation) is implemented for the float path: drop integer=True "
+                           "or max_unit_macs")
+    if intermittent and (ram_budget is not None or tiling_stages):
+        raise CodegenError("intermittent=True runs the model layer by layer from an arena in non-volatile memory; "
+                           "tiled execution (ram_budget, tiling_stages) is not combined with it: drop one of them")
     if integer:
         return save_integer_model(
             model, representation, input_data, directory, calibration_data=calibration_data,
             input_shape=input_shape, prefix=prefix, overwrite=overwrite, leaf_modules=leaf_modules,
-            concrete_args=concrete_args, tolerance=tolerance, arduino=arduino,
+            concrete_args=concrete_args, tolerance=tolerance, arduino=arduino, intermittent=intermittent,
+            ram_budget=ram_budget, tiling_stages=tiling_stages,
         )  # fmt: skip
     if calibration_data is not None and not quantize:
         raise CodegenError("calibration_data is only used with integer=True (fully integer inference) or "
@@ -232,12 +259,27 @@ def save_compressed_model(
         test_io = (example.numpy().astype(np.float32), y.astype(np.float32), tol, doc)
         report["test"] = {"tolerance": tol, "max_abs_output": float(np.max(np.abs(y)))}
     e = Emission(g, mem, prefix, representation, name, report, test_io, arduino=arduino)
+    if intermittent:
+        it = intermittent_plan(g, prefix, report, max_unit_macs=max_unit_macs)
+        report["intermittent"] = it.report(mem.arena_bytes)
+        e.extra_context = {"intermittent": it.context()}
+        e.add_files = intermittent_files(e)
     if schedule is not None:
         report["tiling"] = schedule.report(g)
         if schedule.stages:
             e.extra_context = tiling.emission_context(g, schedule, emit.model_runtime_headers(g))
             e.add_files = _add_tile_runtime
     return write_emission(e, directory, overwrite)
+
+
+def plan_ram(model: torch.nn.Module, example: torch.Tensor | tuple[int, ...], ram_budget: int,
+             representation: str = "csr") -> dict:  # fmt: skip
+    """The ``tiling`` report section of the schedule ``save_compressed_model(model, representation,
+    ram_budget=ram_budget)`` emits (layer-by-layer arena, peak RAM, stages, extra MACs), without emitting;
+    CodegenError naming the smallest arena reachable when no schedule fits. sparsecomp's
+    ``compress_NN_models(..., ram_budget=)`` calls it before and after compressing."""
+    g, _ = build_graph(model, example, representation)
+    return tiling.choose_schedule(g, int(ram_budget)).report(g)
 
 
 def _add_tile_runtime(r: emit.Rendered) -> None:

@@ -46,7 +46,8 @@ import numpy as np
 import torch
 import torch.fx as fx
 
-from codegen import api, emission, emit, ir
+from codegen import api, emission, emit, formats, ir, tiling
+from codegen import intermittent as nvm
 from codegen.errors import CodegenError
 from codegen.formats import CArray
 from codegen.lower import lower
@@ -237,13 +238,17 @@ class StagePlan:
 
 
 def plan_stages(g: ir.Graph, stages: list[Stage], points: list[ExitPoint], features_bytes: int,
-                scratch_bytes: int, alignment: int = 4) -> StagePlan:  # fmt: skip
+                scratch_bytes: int, alignment: int = 4, tiled: Sequence[tiling.StagePlan] = ()) -> StagePlan:  # fmt: skip
     """Plans ONE arena for the staged backbone and the exit path (see the module docstring).
 
     Time: op i runs at 2i; exit k's pooling at 2 * (exit op) + 1; the answer at 2n + 1. A value read
     in a later stage than the one producing it lives to the end of the reading stage, so a stage
     never overwrites what it reads from earlier stages (stages are restartable); in-place ops then
     only happen over values of the same stage.
+
+    ``tiled``: tiled stages (codegen/tiling.py, each inside one exit stage): the values made inside one
+    live in its tile workspace (an extra buffer from its first to its last op), its input stays live and
+    its output is written from its first op on.
     """
     n = len(g.ops)
     t_end = 2 * n + 1
@@ -266,6 +271,18 @@ def plan_stages(g: ir.Graph, stages: list[Stage], points: list[ExitPoint], featu
     for p in points:
         last[p.value] = max(last[p.value], 2 * p.op_index + 1)
     last[g.output] = t_end
+    ops = list(g.ops)
+    tile_extra = []
+    for k, tp in enumerate(tiled):
+        f, la = tp.stage.first, tp.stage.last
+        for i in range(f, la + 1):  # planned as plain steps: no in-place, no kernel scratch of the whole layer
+            op = g.ops[i]
+            ops[i] = tiling._StageOp(op.name, "stage", op.source, list(op.inputs), op.output)
+            if i < la:
+                first[op.output], last[op.output] = t_end + 1, -1  # in the workspace, not the arena
+        first[tp.output] = 2 * f
+        last[tp.input] = max(last[tp.input], 2 * la)
+        tile_extra.append((f"tile{k}.workspace", tp.workspace_bytes, 2 * f, 2 * la, 0))
 
     # The exit path's own buffers: the input copy (incremental API), the backbone's answer (kept
     # from the first op that may write it to the end), the pooled features and the head's scratch.
@@ -276,7 +293,10 @@ def plan_stages(g: ir.Graph, stages: list[Stage], points: list[ExitPoint], featu
     ]
     if scratch_bytes:
         extra.append(("ee_scratch", scratch_bytes, -1, t_end, 1))
-    mem = plan_graph(g, alignment, lifetimes=(first, last), op_time=lambda i: 2 * i, extra=extra)
+    planned = ir.Graph(g.values, ops, g.input, g.output)
+    mem = plan_graph(planned, alignment, lifetimes=(first, last), op_time=lambda i: 2 * i, extra=extra + tile_extra)
+    for k, tp in enumerate(tiled):
+        tiling.place_workspace(mem, tp, mem.extra_offsets[f"tile{k}.workspace"])
     plan = mem.extra_offsets
     return StagePlan(
         mem, plan["ee_input"], plan["ee_output"], plan["ee_features"], plan.get("ee_scratch", 0),
@@ -462,33 +482,38 @@ def _as_spec(exit_model) -> ExitSpec:
     return spec
 
 
-def save_compressed_early_exit_model(
-    baseline: torch.nn.Module,
-    exit_model: torch.nn.Module,
-    representation: str = "csr",
-    simulate_exit: Callable | None = None,
-    input_data: torch.Tensor | None = None,
-    directory: str | os.PathLike = "sparsecomp_model",
-    *,
-    input_shape: tuple[int, ...] | None = None,
-    prefix: str = "model",
-    overwrite: bool = False,
-    tolerance: float | None = None,
-    leaf_modules: tuple[type, ...] = (),
-    concrete_args: dict | None = None,
-) -> EarlyExitResult:
-    """Emits the baseline (model.c/.h, split into stages) and its exits (model_ee.c/.h) in one directory.
+def exit_weight_bytes(exit_model, representation: str = "csr", feature_sizes: Sequence[int] | None = None) -> int:
+    """Exact bytes of the exit heads' weight arrays (``<PREFIX>_EE_WEIGHT_BYTES``) as
+    :func:`save_compressed_early_exit_model` emits them with ``representation`` -- the count the compressor
+    budgets them with.  ``feature_sizes``: the pooled features of every exit (default: the exit model's).
 
-    ``simulate_exit`` (default: the exit model's own) is the function that decides which exit is
-    taken and masks the features after it; its masking must be the C's (checked), and it gives the
-    PyTorch answers of every exit for ``input_data``, which the self-test (``make check``, ``make
-    qemu``) compares with the C's one-shot and incremental answers.
-
-    >>> res = save_compressed_early_exit_model(net, ee, "csr", input_data=x[:1],
-    ...                                        directory="digits_ee")      # doctest: +SKIP
-    >>> res.report["early_exit"]["exits"][0]["macs"]                       # doctest: +SKIP
+    >>> exit_weight_bytes(ee, "int8")  # doctest: +SKIP
     """
-    emission.check_prefix(prefix)
+    spec = _as_spec(exit_model)
+    sizes = list(feature_sizes if feature_sizes is not None else exit_model.feature_sizes)
+    hg, _ = _head_graph(spec, sizes, {})
+    api.encode_graph(hg, representation, "model_ee")
+    return int(emission.byte_report(hg).total)
+
+
+@dataclass
+class _Build:
+    """Both halves of an early-exit emission, encoded and planned: the backbone (graph, exit points, stages),
+    the exit heads (graph, layers per exit), each exit's pooled features and the shared arena."""
+
+    an: Analysis
+    pools: list[tuple[int, int, int, int, int]]  # per exit: c, h, w, pooled h, pooled w
+    sizes: list[int]  # per exit: features (c * pooled h * pooled w)
+    hg: ir.Graph
+    heads: list[list[Linear]]
+    plan: StagePlan
+    schedule: tiling.Schedule | None = None  # ram_budget given: the tiling schedule (maybe no stage)
+
+
+def _resolve_arguments(baseline: torch.nn.Module, exit_model, simulate_exit: Callable | None, input_data,
+                       input_shape) -> tuple[ExitSpec, Callable]:  # fmt: skip
+    """The exit spec and the simulate_exit function (by default the exit model's own), after checking the
+    arguments; the errors name what to pass."""
     if input_data is None and input_shape is None:
         raise CodegenError("give input_data (a sample of batch size 1) or input_shape, e.g. (1, 1, 8, 8)")
     spec = _as_spec(exit_model)
@@ -497,10 +522,16 @@ def save_compressed_early_exit_model(
         simulate_exit = getattr(exit_model, "simulate_exit", None)
     if simulate_exit is None or not callable(simulate_exit):
         raise CodegenError("give simulate_exit (e.g. sparsecomp.early_exit.simulate_exit)")
-    example = example_from(input_data if input_data is not None else tuple(input_shape))
+    return spec, simulate_exit
+
+
+def _build(baseline: torch.nn.Module, spec: ExitSpec, simulate_exit: Callable, example: torch.Tensor,
+           rep: formats.Representation, prefix: str, leaf_modules: tuple[type, ...], concrete_args: dict | None,
+           ram_budget: int | None = None) -> _Build:  # fmt: skip
+    """Traces, encodes and plans the backbone and the exit heads; checks the exits against simulate_exit."""
     an = analyze_backbone(baseline, example, spec.exit_points, leaf_modules, concrete_args)
     g, points, stages = an.graph, an.points, an.stages
-    api.encode_graph(g, representation, prefix)
+    api.encode_graph(g, rep, prefix)
     if g.output_value.numel != spec.num_classes:
         raise CodegenError(
             f"the backbone gives {g.output_value.numel} outputs and the exits {spec.num_classes}; the full path "
@@ -509,15 +540,49 @@ def save_compressed_early_exit_model(
     pools = [_check_pool(p, tuple(spec.pool_sizes[p.index] or ())) for p in points]
     sizes = [c * oh * ow for c, _, _, oh, ow in pools]
     _check_simulate_exit(simulate_exit, spec, sizes)
-    ee_prefix = f"{prefix}_ee"
     scratch: dict[str, int] = {}
     hg, heads = _head_graph(spec, sizes, scratch)
-    api.encode_graph(hg, representation, ee_prefix)
+    api.encode_graph(hg, rep, f"{prefix}_ee")
     scratch_floats = max(scratch.values(), default=0)
     plan = plan_stages(g, stages, points, 4 * sum(sizes), 4 * scratch_floats)
-    mem = plan.memory
+    schedule = None
+    if ram_budget is not None:
+        schedule = _tiled_schedule(g, stages, points, 4 * sum(sizes), 4 * scratch_floats, plan, int(ram_budget))
+        if schedule.stages:
+            plan = plan_stages(g, stages, points, 4 * sum(sizes), 4 * scratch_floats, tiled=schedule.stages)
+    return _Build(an, pools, sizes, hg, heads, plan, schedule)
 
-    # names must not clash between the two halves (symbols, header files, guards)
+
+def _tiled_schedule(g: ir.Graph, stages: list[Stage], points: list[ExitPoint], features_bytes: int,
+                    scratch_bytes: int, untiled: StagePlan, ram_budget: int) -> tiling.Schedule:  # fmt: skip
+    """The schedule of fewest extra MACs whose early-exit arena fits ``ram_budget`` (tiling.choose_schedule
+    with this arena): tiled stages lie inside one exit stage and keep every exit point's value out of their
+    tiles; CodegenError with the smallest arena reachable otherwise."""
+    stage_of = {i: s.index for s in stages for i in range(s.start, s.end)}
+    exits = {p.value for p in points}
+    layerwise = untiled.baseline_arena_bytes
+
+    def allowed(st: tiling.Stage) -> bool:
+        made = {op.output for op in st.ops(g)} - {g.ops[st.last].output}
+        return stage_of[st.first] == stage_of[st.last] and not (made & exits)
+
+    def plan_fn(tiled: list[tiling.Stage]) -> tiling.Schedule:
+        if not tiled:
+            return tiling.Schedule([], untiled.memory, layerwise)
+        plans = [search.stage(t, f"t{k}") for k, t in enumerate(sorted(tiled, key=lambda t: t.first))]
+        sp = plan_stages(g, stages, points, features_bytes, scratch_bytes, tiled=plans)
+        return tiling.Schedule(plans, sp.memory, layerwise)
+
+    search = tiling.Search(g, plan_fn, allowed)
+    try:
+        return tiling.choose_schedule(g, ram_budget, search)
+    except CodegenError as exc:
+        raise CodegenError(f"early-exit emission (stages restartable, the exits' features kept in the arena, "
+                           f"tiles only inside a stage): {exc}") from None
+
+
+def _check_name_clashes(g: ir.Graph, hg: ir.Graph, prefix: str) -> None:
+    """Names must not clash between the two halves (symbols, header files, guards)."""
     P = prefix.upper()
     base_arrays = {a.name for op in g.ops for e in op.encoded.values() for a in e.arrays.values()}
     ee_arrays = {a.name for op in hg.ops for e in op.encoded.values() for a in e.arrays.values()}
@@ -533,37 +598,38 @@ def save_compressed_early_exit_model(
                 "backbone layer that starts with 'ee_' or choose another prefix"
             )
 
-    # ---- PyTorch's answers ----
-    name = type(baseline).__name__
-    report = emission.build_report(g, mem, prefix, representation, name)
-    n_exits = len(points)
-    test_io = ee_expected = None
-    if input_data is not None:
-        m = prepare_model(baseline)
-        em = prepare_model(exit_model)
-        with torch.no_grad():
-            y = m(example).detach().float().numpy()
-            ys = [em(example, exit_index=k, simulate_exit=simulate_exit).detach().float().numpy().reshape(-1)
-                  for k in range(n_exits + 1)]  # fmt: skip
-        for k, yk in enumerate([y.reshape(-1), *ys]):
-            if not np.all(np.isfinite(yk)):
-                raise CodegenError(f"PyTorch's output for input_data is not finite at exit {k - 1}; check the model")
-        if not np.array_equal(ys[-1], y.reshape(-1)):
-            raise CodegenError("the exit model's full path (exit index = number of exits) differs from the baseline")
-        tol = emission.default_tolerance(y) if tolerance is None else float(tolerance)
-        doc = "given by the caller" if tolerance is not None else (
-            f"max abs error <= {emission.RTOL:g} x max|output| + {emission.ATOL:g} (codegen.api.default_tolerance)")  # fmt: skip
-        test_io = (example.numpy().astype(np.float32), y.astype(np.float32), tol, doc)
-        report["test"] = {"tolerance": tol, "max_abs_output": float(np.max(np.abs(y)))}
-        tols = [emission.default_tolerance(yk) if tolerance is None else float(tolerance) for yk in ys]
-        ee_expected = (np.stack(ys).astype(np.float32), tols)
 
-    # ---- report ----
-    macs = exit_macs(an, spec)
-    ee_bytes = emission.byte_report(hg)
+def _pytorch_answers(baseline: torch.nn.Module, exit_model, simulate_exit: Callable, example: torch.Tensor,
+                     n_exits: int, tolerance: float | None, report: dict):  # fmt: skip
+    """PyTorch's answers for the self-test: (test_io of the baseline, (every exit's outputs, tolerances));
+    records the test tolerance in the report."""
+    m = prepare_model(baseline)
+    em = prepare_model(exit_model)
+    with torch.no_grad():
+        y = m(example).detach().float().numpy()
+        ys = [em(example, exit_index=k, simulate_exit=simulate_exit).detach().float().numpy().reshape(-1)
+              for k in range(n_exits + 1)]  # fmt: skip
+    for k, yk in enumerate([y.reshape(-1), *ys]):
+        if not np.all(np.isfinite(yk)):
+            raise CodegenError(f"PyTorch's output for input_data is not finite at exit {k - 1}; check the model")
+    if not np.array_equal(ys[-1], y.reshape(-1)):
+        raise CodegenError("the exit model's full path (exit index = number of exits) differs from the baseline")
+    tol = emission.default_tolerance(y) if tolerance is None else float(tolerance)
+    doc = "given by the caller" if tolerance is not None else (
+        f"max abs error <= {emission.RTOL:g} x max|output| + {emission.ATOL:g} (codegen.api.default_tolerance)")  # fmt: skip
+    test_io = (example.numpy().astype(np.float32), y.astype(np.float32), tol, doc)
+    report["test"] = {"tolerance": tol, "max_abs_output": float(np.max(np.abs(y)))}
+    tols = [emission.default_tolerance(yk) if tolerance is None else float(tolerance) for yk in ys]
+    return test_io, (np.stack(ys).astype(np.float32), tols)
+
+
+def _early_exit_report(b: _Build, spec: ExitSpec, report: dict, ee_bytes) -> dict:
+    """The report's "early_exit" section (exits, stages, heads, arena) with its state magic."""
+    points, stages, mem = b.an.points, b.an.stages, b.plan.memory
+    macs = exit_macs(b.an, spec)
     features_off = 0
     exits_rep = []
-    for p, pool in zip(points, pools):
+    for p, pool in zip(points, b.pools):
         c, h, w, oh, ow = pool
         exits_rep.append({
             "index": p.index, "exit_point": p.name, "fx_node": p.node, "value": p.value, "stage": p.index,
@@ -576,37 +642,34 @@ def save_compressed_early_exit_model(
          "format": op.encoded["weight"].encoding, "bytes": sum(e.nbytes for e in op.encoded.values()),
          "arrays": [{"name": a.name, "ctype": a.ctype, "count": a.count, "bytes": a.nbytes}
                     for e in op.encoded.values() for a in e.arrays.values() if a.count]}
-        for op in hg.ops
+        for op in b.hg.ops
     ]  # fmt: skip
     magic = zlib.crc32(json.dumps([report["layers"], exits_rep, head_rep], sort_keys=True, default=str).encode())
-    report["early_exit"] = {
+    return {
         "kind": spec.kind,
-        "num_exits": n_exits,
+        "num_exits": len(points),
         "num_stages": len(stages),
         "exits": exits_rep,
         "full_path_macs": macs[-1],
         "stages": [{"index": s.index, "first_op": s.start, "end_op": s.end, "exit": s.exit, "macs": s.macs,
-                    "layers": [op.source for op in g.ops[s.start:s.end]]} for s in stages],  # fmt: skip
+                    "layers": [op.source for op in b.an.graph.ops[s.start:s.end]]} for s in stages],  # fmt: skip
         "heads": head_rep,
         "weight_bytes": ee_bytes.total,
-        "features": sum(sizes),
+        "features": sum(b.sizes),
         "arena": {
-            "arena_bytes": mem.arena_bytes, "baseline_arena_bytes": plan.baseline_arena_bytes,
-            "input_offset": plan.input_offset, "output_offset": plan.output_offset,
-            "features_offset": plan.features_offset, "scratch_offset": plan.scratch_offset,
+            "arena_bytes": mem.arena_bytes, "baseline_arena_bytes": b.plan.baseline_arena_bytes,
+            "input_offset": b.plan.input_offset, "output_offset": b.plan.output_offset,
+            "features_offset": b.plan.features_offset, "scratch_offset": b.plan.scratch_offset,
         },  # fmt: skip
         "state_magic": magic,
     }
 
-    # ---- rendering ----
-    stage_ctx = [
-        {"index": s.index, "ops": list(range(s.start, s.end)), "exit": s.exit,
-         "exit_name": points[s.exit].name if s.exit is not None else None, "macs": s.macs}
-        for s in stages
-    ]  # fmt: skip
-    extra_context = dict(stages=stage_ctx, extra_sources=["model_ee.c"], extra_headers=["model_ee.h"],
-                         baseline_sources=["app/baseline_ee.c"], ee_headers=[f"ee_{op.name}.h" for op in hg.ops])
-    env = emit.environment()
+
+def _render_context(b: _Build, spec: ExitSpec, prefix: str, name: str, representation: str, report: dict,
+                    ee_bytes, has_input: bool) -> dict:  # fmt: skip
+    """The template context of model_ee.c/.h, the exit heads' headers and the early-exit self-test."""
+    g, points, stages, mem, plan, hg = b.an.graph, b.an.points, b.an.stages, b.plan.memory, b.plan, b.hg
+    ee = report["early_exit"]
     fo = plan.features_offset // 4
 
     def ee_value(v: str) -> str:  # C pointer of a backbone value in the exit path
@@ -616,7 +679,7 @@ def save_compressed_early_exit_model(
 
     seg = {}
     off = 0
-    for k, sz in enumerate(sizes):
+    for k, sz in enumerate(b.sizes):
         seg[k] = off
         off += sz
 
@@ -635,26 +698,36 @@ def save_compressed_early_exit_model(
 
     ee_runtime = sorted({h for op in hg.ops for h in op.runtime}
                         | {h for op in hg.ops for e in op.encoded.values() for h in getattr(e, "runtime", ())})  # fmt: skip
+    macs = exit_macs(b.an, spec)
     exits_ctx = [
         {"index": p.index, "name": p.name, "src": ee_value(p.value), "c": c, "h": h, "w": w, "oh": oh, "ow": ow,
-         "dst": f"(arena + {fo + seg[p.index]})" if fo + seg[p.index] else "arena", "size": sizes[p.index],
+         "dst": f"(arena + {fo + seg[p.index]})" if fo + seg[p.index] else "arena", "size": b.sizes[p.index],
          "macs": macs[p.index], "shape": "x".join(map(str, p.shape))}
-        for p, (c, h, w, oh, ow) in zip(points, pools)
+        for p, (c, h, w, oh, ow) in zip(points, b.pools)
     ]  # fmt: skip
-    ctx = dict(
-        version=emission.VERSION, prefix=prefix, PREFIX=P, ee=ee_prefix, EE=ee_prefix.upper(), model_name=name,
-        representation=representation, kind=spec.kind, exits=exits_ctx, heads=heads, num_exits=n_exits,
-        num_stages=len(stages), num_classes=spec.num_classes, features=sum(sizes),
+    ee_prefix = f"{prefix}_ee"
+    return dict(
+        version=emission.VERSION, prefix=prefix, PREFIX=prefix.upper(), ee=ee_prefix, EE=ee_prefix.upper(),
+        model_name=name, representation=representation, kind=spec.kind, exits=exits_ctx, heads=b.heads,
+        num_exits=len(points), num_stages=len(stages), num_classes=spec.num_classes, features=sum(b.sizes),
         arena_bytes=mem.arena_bytes, baseline_arena_bytes=plan.baseline_arena_bytes,
         weight_bytes=ee_bytes.total, base_weight_bytes=report["totals"]["weight_bytes"],
         input_size=g.input_value.numel, output_size=g.output_value.numel,
         in_ptr=f"(arena + {plan.input_offset // 4})" if plan.input_offset else "arena",
         out_ptr=f"(arena + {plan.output_offset // 4})" if plan.output_offset else "arena",
         feat_ptr=f"(arena + {fo})" if fo else "arena",
-        ee_headers=[f"ee_{op.name}.h" for op in hg.ops], runtime_headers=ee_runtime, magic=magic,
-        buf=head_buf, bias=bias, has_input=input_data is not None,
-        stage_exits=[s.exit for s in stages],
+        ee_headers=[f"ee_{op.name}.h" for op in hg.ops], runtime_headers=ee_runtime, magic=ee["state_magic"],
+        buf=head_buf, bias=bias, has_input=has_input,
+        stage_exits=[s.exit for s in stages], feature_ends=[seg[k] + b.sizes[k] for k in range(len(points))],
     )  # fmt: skip
+
+
+def _ee_files(hg: ir.Graph, ctx: dict, ee_expected, prefix: str,
+              intermittent: bool = False, tiled: bool = False) -> Callable[[emit.Rendered], None]:  # fmt: skip
+    """The emission core's add_files hook: model_ee.c/.h, the heads' headers, the expected exit outputs,
+    the early-exit self-test (app/main.c, app/baseline_ee.c) and the heads' runtime headers."""
+    env = emit.environment()
+    P, ee_prefix = prefix.upper(), f"{prefix}_ee"
 
     def add_files(rendered: emit.Rendered) -> None:
         files = rendered.files
@@ -673,12 +746,106 @@ def save_compressed_early_exit_model(
             )  # fmt: skip
         files["app/main.c"] = env.get_template("main_ee.c.j2").render(**ctx)
         files["app/baseline_ee.c"] = env.get_template("baseline_ee.c.j2").render(**ctx)
-        for h, src in emit.runtime_files(ee_runtime).items():
+        for h, src in emit.runtime_files(ctx["runtime_headers"]).items():
             rendered.copies.setdefault(f"runtime/{h}", src)
+        if intermittent:
+            nvm.add_harnesses(rendered, ctx)
+        if tiled:
+            for h, src in emit.runtime_files([tiling.TILE_HEADER]).items():
+                rendered.copies.setdefault(f"runtime/{h}", src)
 
-    e = emission.Emission(g, mem, prefix, representation, name, report, test_io, extra_context=extra_context,
-                          add_files=add_files, what=f"early-exit ({n_exits} {spec.kind} exits, {ee_bytes.total} "
-                          "more weight bytes) ")  # fmt: skip
+    return add_files
+
+
+def save_compressed_early_exit_model(
+    baseline: torch.nn.Module,
+    exit_model: torch.nn.Module,
+    representation: str | None = None,
+    simulate_exit: Callable | None = None,
+    input_data: torch.Tensor | None = None,
+    directory: str | os.PathLike = "sparsecomp_model",
+    *,
+    input_shape: tuple[int, ...] | None = None,
+    prefix: str = "model",
+    overwrite: bool = False,
+    tolerance: float | None = None,
+    leaf_modules: tuple[type, ...] = (),
+    concrete_args: dict | None = None,
+    intermittent: bool = False,
+    ram_budget: int | None = None,
+) -> EarlyExitResult:
+    """Emits the baseline (model.c/.h, split into stages) and its exits (model_ee.c/.h) in one directory.
+
+    ``representation`` None: the one ``sparsecomp.compress_NN_models`` recorded on the exit model (or on the
+    baseline) when it compressed them, else "csr" -- so a compressed exit model emits exactly the bytes
+    budgeted for the backbone and its heads.
+
+    ``ram_budget`` (bytes): when the early-exit arena (restartable stages, the exits' features) needs more,
+    the first layers run tile by tile (codegen/tiling.py; a tiled stage lies inside one exit stage, so a
+    restarted stage re-runs its tiles), the schedule of fewest extra MACs that fits; else CodegenError
+    with the smallest arena reachable. report.json then has a ``tiling`` section. Not with
+    ``intermittent=True`` (its failure points sit between the layers of a stage).
+
+    ``intermittent=True``: the incremental API (begin/step/exit) is already resumable after a power failure
+    (its arena and step state are SC_NVM); this adds the failure-injection harnesses and Makefile targets
+    ``power-fail-check`` and ``qemu-power-fail`` (codegen/intermittent.py, docs/intermittent.md), with
+    failure points in begin/step (SC_NVM_HOOK, empty in normal builds) and between the layers of a stage.
+
+    ``simulate_exit`` (default: the exit model's own) is the function that decides which exit is
+    taken and masks the features after it; its masking must be the C's (checked), and it gives the
+    PyTorch answers of every exit for ``input_data``, which the self-test (``make check``, ``make
+    qemu``) compares with the C's one-shot and incremental answers.
+
+    >>> res = save_compressed_early_exit_model(net, ee, "csr", input_data=x[:1],
+    ...                                        directory="digits_ee")      # doctest: +SKIP
+    >>> res.report["early_exit"]["exits"][0]["macs"]                       # doctest: +SKIP
+    """
+    emission.check_prefix(prefix)
+    representation = api.emit_representation(exit_model if hasattr(exit_model, api.EMIT_ATTR) else baseline,
+                                              representation)
+    rep = formats.check_representation(representation)
+    spec, simulate_exit = _resolve_arguments(baseline, exit_model, simulate_exit, input_data, input_shape)
+    example = example_from(input_data if input_data is not None else tuple(input_shape))
+    if intermittent and ram_budget is not None:
+        raise CodegenError("intermittent=True injects power failures between the layers of a stage; tiled execution "
+                           "(ram_budget) is not combined with it: drop one of them")  # fmt: skip
+    b = _build(baseline, spec, simulate_exit, example, rep, prefix, leaf_modules, concrete_args, ram_budget)
+    g, stages, n_exits = b.an.graph, b.an.stages, len(b.an.points)
+    _check_name_clashes(g, b.hg, prefix)
+    name = type(baseline).__name__
+    report = emission.build_report(g, b.plan.memory, prefix, representation, name)
+    test_io = ee_expected = None
+    if input_data is not None:
+        test_io, ee_expected = _pytorch_answers(baseline, exit_model, simulate_exit, example, n_exits, tolerance,
+                                                report)  # fmt: skip
+    ee_bytes = emission.byte_report(b.hg)
+    report["early_exit"] = _early_exit_report(b, spec, report, ee_bytes)
+    stage_ctx = [
+        {"index": s.index, "ops": list(range(s.start, s.end)), "exit": s.exit,
+         "exit_name": b.an.points[s.exit].name if s.exit is not None else None, "macs": s.macs}
+        for s in stages
+    ]  # fmt: skip
+    extra_context = dict(stages=stage_ctx, extra_sources=["model_ee.c"], extra_headers=["model_ee.h"],
+                         baseline_sources=["app/baseline_ee.c"], ee_headers=[f"ee_{op.name}.h" for op in b.hg.ops])
+    tiled = b.schedule is not None and bool(b.schedule.stages)
+    if b.schedule is not None:
+        report["tiling"] = b.schedule.report(g)
+        if tiled:
+            extra_context.update(tiling.emission_context(g, b.schedule, emit.model_runtime_headers(g)))
+    ctx = _render_context(b, spec, prefix, name, representation, report, ee_bytes, input_data is not None)
+    if intermittent:
+        ctx["intermittent"] = extra_context["intermittent"] = {"early_exit": True}
+        report["intermittent"] = {
+            "units": [{"index": s.index, "layers": [op.source for op in g.ops[s.start:s.end]], "macs": s.macs}
+                      for s in stages],
+            "nvm_bytes": b.plan.memory.arena_bytes + 8, "nvm_arena_bytes": b.plan.memory.arena_bytes,
+            "sram_bytes": 0, "normal_arena_bytes": b.plan.baseline_arena_bytes,
+            "max_unit_macs": max(s.macs for s in stages),
+            "commit": "the step counter (one aligned 32-bit store) after the stage, magic-guarded begin (model_ee.c)",
+        }  # fmt: skip
+    e = emission.Emission(g, b.plan.memory, prefix, representation, name, report, test_io,
+                          extra_context=extra_context, add_files=_ee_files(b.hg, ctx, ee_expected, prefix, intermittent, tiled),
+                          what=f"early-exit ({n_exits} {spec.kind} exits, {ee_bytes.total} more weight bytes) ")  # fmt: skip
     res = emission.write_emission(e, directory, overwrite)
     return EarlyExitResult(res.directory, res.report)
 

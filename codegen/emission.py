@@ -34,7 +34,8 @@ ATOL = 1e-6
 
 # symbols model.c / model_ee.c define besides the const arrays: <prefix>_<name>
 FIXED_SYMBOLS = ("arena", "run", "run_int8", "test_input", "test_expected", "input_q", "quantize_input",
-                 "dequantize_output", "stage", "stage_arena")
+                 "dequantize_output", "stage", "stage_arena",
+                 "nvm", "run_intermittent", "run_int8_intermittent", "intermittent_reset")
 
 
 def allocate_symbols(g: ir.Graph, prefix: str) -> None:

@@ -557,25 +557,62 @@ ENCODINGS: dict[str, Encoding] = {
     for e in (DenseF32(), CsrF32(), Int8(), Int8Csr(), Int8Rel(), Codebook(), CodebookCsr(), CodebookRel())
 }
 
-# representation -> the encodings it may choose from, per tensor (the smallest wins; ties go first)
-REPRESENTATIONS: dict[str, tuple[str, ...]] = {
-    "dense": ("dense",),
-    "csr": ("dense", "csr"),
-    "int8": ("int8", "int8_csr", "int8_rel"),
-    "codebook": ("codebook", "codebook_csr", "codebook_rel"),
-    "auto": ("dense", "csr", "int8", "int8_csr", "int8_rel", "codebook", "codebook_csr", "codebook_rel"),
+@dataclass(frozen=True)
+class Representation:
+    """What a representation lets the emitter store a weight tensor as, per tensor the smallest that holds it
+    (ties go to the first listed).
+
+    ``encodings``: the float path's choices. ``integer``: with ``integer=True`` (int8 activations), the int8
+    encodings it allows, written without their float scale; empty when the representation cannot be used with
+    ``integer=True`` (``int8_capable`` is False).
+    """
+
+    name: str
+    encodings: tuple[str, ...]
+    integer: tuple[str, ...] = ()
+
+    @property
+    def int8_capable(self) -> bool:
+        return bool(self.integer)
+
+
+_INT8_ALL = ("int8", "int8_csr", "int8_rel")
+# every representation, one table: the float encodings and the int8 ones of integer mode
+REPRESENTATIONS: dict[str, Representation] = {
+    r.name: r
+    for r in (
+        Representation("dense", ("dense",), integer=("int8",)),
+        Representation("csr", ("dense", "csr"), integer=("int8", "int8_csr")),
+        Representation("int8", _INT8_ALL, integer=_INT8_ALL),
+        Representation("codebook", ("codebook", "codebook_csr", "codebook_rel")),
+        Representation("auto", ("dense", "csr", *_INT8_ALL, "codebook", "codebook_csr", "codebook_rel"),
+                       integer=_INT8_ALL),
+    )
 }
 
 
-def check_representation(representation: str) -> tuple[str, ...]:
-    if representation not in REPRESENTATIONS:
+def check_representation(representation: str | Representation, integer: bool = False) -> Representation:
+    """The table entry of a representation name (a Representation is returned as is: the entry points check a
+    name once and pass the entry on). Unknown names, and with ``integer`` the representations that are not
+    int8-capable, raise an error that lists the valid ones."""
+    if isinstance(representation, Representation):
+        rep = representation
+    elif representation in REPRESENTATIONS:
+        rep = REPRESENTATIONS[representation]
+    else:
         raise ValueError(
             f"unknown representation {representation!r}; choose one of {sorted(REPRESENTATIONS)}"
         )
-    return REPRESENTATIONS[representation]
+    if integer and not rep.int8_capable:
+        capable = sorted(n for n, r in REPRESENTATIONS.items() if r.int8_capable)
+        raise CodegenError(
+            f"representation {rep.name!r} cannot be used with integer=True: the weights are int8; "
+            f"choose one of {capable} ('int8': dense, CSR or relative-index int8, the smallest)"
+        )
+    return rep
 
 
-def encoded_nbytes(rows: int, cols: int, nnz: int, representation: str = "csr") -> int:
+def encoded_nbytes(rows: int, cols: int, nnz: int, representation: str | Representation = "csr") -> int:
     """Exact bytes of a [rows, cols] weight tensor with nnz nonzeros in the given representation.
 
     Only for representations whose size depends on (rows, cols, nnz) alone ("dense", "csr");
@@ -586,10 +623,11 @@ def encoded_nbytes(rows: int, cols: int, nnz: int, representation: str = "csr") 
     >>> encoded_nbytes(10, 300, 3000, "csr")  # dense is smaller at full density
     12000
     """
-    encs = [ENCODINGS[e] for e in check_representation(representation)]
+    rep = check_representation(representation)
+    encs = [ENCODINGS[e] for e in rep.encodings]
     if not all(e.shape_only for e in encs):
         raise ValueError(
-            f"the size of representation {representation!r} depends on the weight values, not only on "
+            f"the size of representation {rep.name!r} depends on the weight values, not only on "
             "(rows, cols, nnz); use codegen.formats.tensor_nbytes(w, representation)"
         )
     return min(e.nbytes(rows, cols, nnz) for e in encs)
@@ -608,22 +646,23 @@ def _check_finite(w2: np.ndarray, layer: str) -> None:
         )
 
 
-def _sizes(w2: np.ndarray, representation: str, layer: str) -> list[tuple[int, Encoding]]:
+def _sizes(w2: np.ndarray, representation: str | Representation, layer: str) -> list[tuple[int, Encoding]]:
     """(exact bytes, encoding) of every allowed encoding that can hold the tensor, in preference order."""
+    rep = check_representation(representation)
     _check_finite(w2, layer)
     sizes, why = [], []
-    for name in check_representation(representation):
+    for name in rep.encodings:
         e = ENCODINGS[name]
         try:
             sizes.append((e.tensor_nbytes(w2), e))
         except Unencodable as exc:
             why.append(str(exc))
     if not sizes:
-        raise CodegenError(f"{_where(layer)}: cannot store the weight as {representation!r}: {why[0]}")
+        raise CodegenError(f"{_where(layer)}: cannot store the weight as {rep.name!r}: {why[0]}")
     return sizes
 
 
-def tensor_nbytes(w: np.ndarray, representation: str = "csr", layer: str = "") -> int:
+def tensor_nbytes(w: np.ndarray, representation: str | Representation = "csr", layer: str = "") -> int:
     """Exact bytes of one weight tensor (first dim = output channels) in the given representation:
     the smallest encoding the representation allows that can hold the tensor exactly.
 
@@ -634,13 +673,13 @@ def tensor_nbytes(w: np.ndarray, representation: str = "csr", layer: str = "") -
     return min(n for n, _ in _sizes(w2, representation, layer))
 
 
-def choose_encoding(w: np.ndarray, representation: str, layer: str = "") -> Encoding:
+def choose_encoding(w: np.ndarray, representation: str | Representation, layer: str = "") -> Encoding:
     """The smallest allowed encoding of one tensor (the first listed on ties: dense first)."""
     sizes = _sizes(as_2d(w), representation, layer)
     return min(sizes, key=lambda t: t[0])[1]
 
 
-def encode_tensor(w: np.ndarray, base: str, representation: str, layer: str = "") -> Encoded:
+def encode_tensor(w: np.ndarray, base: str, representation: str | Representation, layer: str = "") -> Encoded:
     """Encodes one weight tensor in the smallest encoding ``representation`` allows. ``layer``
     (the torch module path) names the layer in errors."""
     w2 = as_2d(w)
@@ -823,4 +862,4 @@ def huff_decode(e: Encoded) -> np.ndarray:
 
 
 ENCODINGS[CodebookHuff.name] = CodebookHuff()
-REPRESENTATIONS["huffman"] = ("codebook", "codebook_csr", "codebook_rel", "codebook_huff")
+REPRESENTATIONS["huffman"] = Representation("huffman", ("codebook", "codebook_csr", "codebook_rel", "codebook_huff"))

@@ -45,6 +45,7 @@ log_softmax, LayerNorm and ops without an integer kernel are refused with an err
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import math
 from collections.abc import Callable, Iterable
@@ -67,14 +68,6 @@ ADD_LEFT_SHIFT = 20  # headroom of the int8 add (TFLite uses 20 for int8)
 
 # largest stack scratch of the SMLAD conv kernel (column + start values); larger convs use the plain kernel
 DSP_SCRATCH_MAX_BYTES = 8192
-
-# weight encodings each representation may use in integer mode (the smallest wins)
-INTEGER_ENCODINGS = {
-    "dense": ("int8",),
-    "csr": ("int8", "int8_csr"),
-    "int8": ("int8", "int8_csr", "int8_rel"),
-    "auto": ("int8", "int8_csr", "int8_rel"),
-}
 
 
 
@@ -369,6 +362,11 @@ class Int8Handler:
         """The bit-exact numpy (int64) result of the C kernel for one sample."""
         raise NotImplementedError
 
+    def tile_form(self, qo: QOp, op: ir.Op) -> QOp:
+        """The QOp of this layer run on one tile (codegen/tiling.py): ``op`` is its tile-local form
+        (shapes, top/left padding). Override when a scalar depends on the spatial shape."""
+        return dataclasses.replace(qo, op=op)
+
 
 INT8_HANDLERS: dict[type, Int8Handler] = {}
 
@@ -494,8 +492,9 @@ def quantize_weight(w: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 
 
 def encode_q(q: np.ndarray, base: str, representation: str, layer: str) -> Encoded:
-    """Encodes int8 q with the smallest int8 encoding allowed, without the float scale array."""
-    allowed = INTEGER_ENCODINGS[representation]
+    """Encodes int8 q with the smallest int8 encoding the representation allows in integer mode
+    (``formats.REPRESENTATIONS[representation].integer``), without the float scale array."""
+    allowed = formats.REPRESENTATIONS[representation].integer
     qf = q.astype(np.float32)
     best = min(allowed, key=lambda n: (formats.ENCODINGS[n].tensor_nbytes(qf), allowed.index(n)))
     enc = formats.ENCODINGS[best].encode(qf, base)

@@ -17,7 +17,8 @@ import logging
 import numpy as np
 import torch
 
-from codegen import emission, integer, ir
+from codegen import emission, emit, formats, integer, ir, tiling
+from codegen import intermittent as nvm
 from codegen.emit import cfloat
 from codegen.errors import CodegenError
 from codegen.export_frontend import trace_model
@@ -25,6 +26,7 @@ from codegen.formats import CArray
 from codegen.integer import Calibration, IntegerModel, calibrate, int8_handler
 from codegen.lower import lower
 from codegen.memory import GraphMemory, plan_graph
+from codegen.resources import runtime_dir
 from codegen.trace import example_from, prepare_model
 
 log = logging.getLogger(__name__)
@@ -42,10 +44,14 @@ class _Int8Value(ir.Value):
 
 
 
+def int8_graph(g: ir.Graph) -> ir.Graph:
+    """The graph with 1-byte values (same ops): what the planners (memory, tiling) see on the integer path."""
+    return ir.Graph({k: _Int8Value(v.name, v.shape, "int8") for k, v in g.values.items()}, g.ops, g.input, g.output)
+
+
 def plan_int8(g: ir.Graph) -> GraphMemory:
     """The arena of the integer path: the ordinary planner over 1-byte elements (offsets in bytes)."""
-    gq = ir.Graph({k: _Int8Value(v.name, v.shape, "int8") for k, v in g.values.items()}, g.ops, g.input, g.output)
-    return plan_graph(gq)
+    return plan_graph(int8_graph(g))
 
 
 
@@ -59,11 +65,7 @@ def build_integer(
     concrete_args: dict | None = None,
 ) -> IntegerModel:
     """Traces, lowers, calibrates and quantizes a model for the integer path (see the module docstring)."""
-    if representation not in integer.INTEGER_ENCODINGS:
-        raise CodegenError(
-            f"representation {representation!r} cannot be used with integer=True: the weights are int8; "
-            f"choose one of {sorted(integer.INTEGER_ENCODINGS)} ('int8': dense, CSR or relative-index int8, the smallest)"
-        )
+    formats.check_representation(representation, integer=True)
     m = prepare_model(model)
     x = example_from(example_input)
     gm = trace_model(m, x, leaf_modules, concrete_args)
@@ -91,6 +93,10 @@ def build_integer(
 
 
 # ---- emission --------------------------------------------------------------------------------------
+
+
+def _add_tile_runtime(r: emit.Rendered) -> None:
+    r.copies[f"runtime/{tiling.TILE_HEADER}"] = runtime_dir() / tiling.TILE_HEADER
 
 
 def template_context(qm: IntegerModel, prefix: str) -> dict:
@@ -147,6 +153,9 @@ def save_integer_model(
     concrete_args: dict | None = None,
     tolerance: float | None = None,
     arduino: bool = False,
+    ram_budget: int | None = None,
+    tiling_stages: list | None = None,
+    intermittent: bool = False,
 ):
     """``save_compressed_model(..., integer=True, calibration_data=...)``: emits the integer path.
 
@@ -156,13 +165,24 @@ def save_integer_model(
     within ``tolerance`` of it (default ``integer.float_tolerance``: 8 % of max|output| + 2 output steps)
     and fails with a message saying so otherwise. report.json gets an "integer" section (scales, zero
     points) and, under "test", the error against PyTorch's float output and its bound.
+
+    ``ram_budget`` / ``tiling_stages``: tiled execution as on the float path (codegen/tiling.py, planned over
+    the int8 graph's 1-byte values; the int8 kernels run on the tiles, bit-exact with the untiled C).
     """
     emission.check_prefix(prefix)
     if input_data is None and input_shape is None:
         raise CodegenError("give input_data (a sample of batch size 1) or input_shape, e.g. (1, 1, 28, 28)")
     example = example_from(input_data if input_data is not None else tuple(input_shape))
     qm = build_integer(model, example, calibration_data, representation, prefix, leaf_modules, concrete_args)
-    g, mem = qm.graph, qm.memory
+    g = qm.graph
+    schedule = None
+    if tiling_stages:
+        schedule = tiling.plan_schedule(int8_graph(g), list(tiling_stages))
+    elif ram_budget is not None:
+        schedule = tiling.choose_schedule(int8_graph(g), int(ram_budget))
+    if schedule is not None:
+        qm.memory = schedule.memory
+    mem = qm.memory
     assert mem is not None
     name = type(model).__name__
     report = emission.build_report(g, mem, prefix, representation, name)
@@ -192,6 +212,21 @@ def save_integer_model(
                           extra_context={"integer": template_context(qm, prefix),
                                          **(float_ctx if input_data is not None else {})},
                           what="integer ", arduino=arduino)
+    if schedule is not None:
+        report["tiling"] = schedule.report(g)
+        if schedule.stages:
+            qop = {qo.op.name: qo for qo in qm.qops}
+
+            def tile_qop(op: ir.Op) -> integer.QOp:
+                return int8_handler(op).tile_form(qop[op.name], op)
+
+            e.extra_context.update(tiling.emission_context(g, schedule, emit.model_runtime_headers(g), tile_qop))
+            e.add_files = _add_tile_runtime
+    if intermittent:
+        it = nvm.plan(int8_graph(g), prefix, report, elem_bytes=1)
+        report["intermittent"] = it.report(mem.arena_bytes)
+        e.extra_context["intermittent"] = it.context()
+        e.add_files = nvm.add_files(e)
     res = emission.write_emission(e, directory, overwrite)
     res.integer_model = qm  # type: ignore[attr-defined]
     return res

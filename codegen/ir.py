@@ -144,6 +144,19 @@ class Op:
 
 
 @dataclass
+class Windowed(Op):
+    """An op sliding a kh x kw window over a (C, H, W) input (1-D ops have H == 1): the geometry that
+    convolution, transposed convolution and pooling share (codegen/ops/conv.py, deconv.py, pool.py)."""
+
+    in_shape: tuple[int, int, int] = (0, 0, 0)
+    out_shape: tuple[int, int, int] = (0, 0, 0)
+    kernel: tuple[int, int] = (1, 1)
+    stride: tuple[int, int] = (1, 1)
+    padding: tuple[int, int] = (0, 0)  # top, left (bottom/right follow from the output size)
+    dilation: tuple[int, int] = (1, 1)
+
+
+@dataclass
 class Graph:
     """The lowered model: values, ops in execution order, one input and one output."""
 

@@ -289,6 +289,18 @@ def pair(v: Any) -> tuple[int, int]:
     return (int(v), int(v))
 
 
+def window_pair(v: Any, dims: int, one: int = 1) -> tuple[int, int]:
+    """(h, w) of a conv or pool argument (an int or a 1- or 2-sequence); a 1-D op's h is ``one`` (1 for the
+    kernel, stride and dilation, 0 for the padding)."""
+    return (one, pair(v)[0]) if dims == 1 else pair(v)
+
+
+def check_zeros_padding(ctx: LowerContext, node: fx.Node, m: Any) -> None:
+    """Conv and transposed conv modules: only padding_mode='zeros' lowers."""
+    if m.padding_mode != "zeros":
+        raise ctx.fail(node, f"padding_mode='{m.padding_mode}' is not supported", "Use padding_mode='zeros'")
+
+
 def as_chw(shape: tuple[int, ...]) -> tuple[int, int, int]:
     """(C, H, W) view of a (C, L) or (C, H, W) activation."""
     if len(shape) == 2:

@@ -209,8 +209,14 @@ def plan_graph(
     lifetimes: tuple[dict[str, int], dict[str, int]] | None = None,
     op_time: Callable[[int], int] = lambda i: i,
     extra: Sequence[tuple[str, int, int, int, int]] = (),
+    in_place: bool = True,
+    caller_io: bool = True,
 ) -> GraphMemory:
     """Assigns storage to every value of the graph (see module docstring).
+
+    ``in_place=False``: no op writes over a buffer it reads (codegen.intermittent: a unit re-run after a
+    power failure finds its inputs intact). ``caller_io=False``: the model input and output get arena
+    buffers too (then ``lifetimes`` must define them).
 
     Callers with their own notion of time (codegen.early_exit: stages that must be restartable)
     pass ``lifetimes`` (first, last per value) and ``op_time`` (the time op i runs at), and
@@ -220,13 +226,14 @@ def plan_graph(
     is dropped, op by op, where the arena is smaller without it (``ir.Op.drop_optional_scratch``: the
     op then runs its kernel without scratch), so such a scratch never costs RAM.
     """
-    mem = _plan_graph(g, alignment, lifetimes=lifetimes, op_time=op_time, extra=extra)
+    kw = {"lifetimes": lifetimes, "op_time": op_time, "extra": extra, "in_place": in_place, "caller_io": caller_io}
+    mem = _plan_graph(g, alignment, **kw)
     for op in g.ops:
         kc = op.kernel_choice()
         if kc is None or kc.scratch is None or not kc.optional:
             continue
         op.drop_optional_scratch(True)
-        trial = _plan_graph(g, alignment, lifetimes=lifetimes, op_time=op_time, extra=extra)
+        trial = _plan_graph(g, alignment, **kw)
         if trial.arena_bytes < mem.arena_bytes:
             mem = trial
         else:
@@ -241,6 +248,8 @@ def _plan_graph(
     lifetimes: tuple[dict[str, int], dict[str, int]] | None = None,
     op_time: Callable[[int], int] = lambda i: i,
     extra: Sequence[tuple[str, int, int, int, int]] = (),
+    in_place: bool = True,
+    caller_io: bool = True,
 ) -> GraphMemory:
     """plan_graph with every op's kernel choice as it stands."""
     first, last = lifetimes if lifetimes is not None else value_lifetimes(g)
@@ -258,7 +267,7 @@ def _plan_graph(
     # In-place: an elementwise op writes over an input that dies at this op (same size); a kernel
     # whose op says so (ir.Op.overwrites_input: pooling, depthwise and 1x1 convs) over input 0.
     for i, op in enumerate(g.ops):
-        if not op.overwrites_input():
+        if not in_place or not op.overwrites_input():
             continue
         for v in op.inputs if op.inplace else op.inputs[:1]:
             root = find(v)
@@ -291,9 +300,9 @@ def _plan_graph(
 
     storage: dict[str, Storage] = {}
     for root, vs in sorted(groups.items()):
-        if g.input in vs:
+        if caller_io and g.input in vs:
             kind = "input"
-        elif g.output in vs:
+        elif caller_io and g.output in vs:
             kind = "output"
         else:
             kind = "arena"
@@ -312,7 +321,7 @@ def _plan_graph(
         planner.add_buffer(name, size, b_first, b_last, b_side)
     chained = MemoryPlanner(alignment)
     for v in first:
-        if first[v] <= last[v] and v != g.input and v != g.output:
+        if first[v] <= last[v] and ((v != g.input and v != g.output) or not caller_io):
             chained.add_buffer(v, g.values[v].nbytes, first[v], last[v])
     for name, size, b_first, b_last, _ in extra:
         chained.add_buffer(name, size, b_first, b_last)

@@ -1094,53 +1094,39 @@ static inline void sc_conv_cb(const float *in, float *out, const uint8_t *idx, c
     }
 
 /* sc_conv_q8_rel_<pt> and sc_conv_cb_rel_<pt>. Filler entries (value zero) are skipped. */
-#define SC_DEFINE_CONV_QREL(Q8, CB, I8, PT)                                                       \
-    static inline void Q8(const float *in, float *out, const uint8_t *stream,                   \
-                                           const PT *ptr, const float *scale, int32_t gap_bits,  \
-                                           const float *bias, const sc_conv_params *p)           \
-    {                                                                                            \
-        const uint32_t gmask = (1u << gap_bits) - 1u;                                            \
-        SC_CONV_Q_DIMS;                                                                          \
-        int32_t k;                                                                               \
-        sc_bitreader br;                                                                         \
-        sc_bits_init(&br, stream);                                                               \
-        for (oc = 0; oc < p->cout; ++oc) {                                                       \
-            const int32_t n = (int32_t)ptr[oc + 1] - (int32_t)ptr[oc];                           \
-            int32_t pos = 0;                                                                     \
-            SC_CONV_Q_BEGIN;                                                                     \
-            for (k = 0; k < n; ++k) {                                                            \
-                const uint32_t f = sc_bits_get(&br, gap_bits + 8);                               \
-                const int32_t qv = sc_s8(f >> gap_bits);                                         \
-                pos += (int32_t)(f & gmask);                                                     \
-                if (qv) SC_CONV_Q_PUSH(pos, scale[oc] * (float)qv);                              \
-                ++pos;                                                                           \
-            }                                                                                    \
-            SC_CONV_Q_END;                                                                       \
-        }                                                                                        \
-    }                                                                                            \
-    static inline void CB(const float *in, float *out, const uint8_t *stream,                   \
-                                           const float *cb, const PT *ptr, int32_t bits,         \
-                                           int32_t gap_bits, const float *bias,                  \
-                                           const sc_conv_params *p)                              \
-    {                                                                                            \
-        const uint32_t gmask = (1u << gap_bits) - 1u;                                            \
-        SC_CONV_Q_DIMS;                                                                          \
-        int32_t k;                                                                               \
-        sc_bitreader br;                                                                         \
-        sc_bits_init(&br, stream);                                                               \
-        for (oc = 0; oc < p->cout; ++oc) {                                                       \
-            const int32_t n = (int32_t)ptr[oc + 1] - (int32_t)ptr[oc];                           \
-            int32_t pos = 0;                                                                     \
-            SC_CONV_Q_BEGIN;                                                                     \
-            for (k = 0; k < n; ++k) {                                                            \
-                const uint32_t f = sc_bits_get(&br, gap_bits + bits);                            \
-                const float wv = cb[f >> gap_bits];                                              \
-                pos += (int32_t)(f & gmask);                                                     \
-                if (wv != 0.0f) SC_CONV_Q_PUSH(pos, wv);                                         \
-                ++pos;                                                                           \
-            }                                                                                    \
-            SC_CONV_Q_END;                                                                       \
-        }                                                                                        \
+/* The channel loop of the relative-index forms with float activations (also sc_huff.h's): NEXT is
+ * the row's next entry f (gap | value << gap_bits), VT/VALUE its value (zero: a filler, skipped) and
+ * WEIGHT the float weight of a value v. */
+#define SC_CONV_REL_CHANNELS(NEXT, VT, VALUE, WEIGHT)                                           \
+    const uint32_t gmask = (1u << gap_bits) - 1u;                                               \
+    SC_CONV_Q_DIMS;                                                                             \
+    int32_t k;                                                                                  \
+    sc_bitreader br;                                                                            \
+    sc_bits_init(&br, stream);                                                                  \
+    for (oc = 0; oc < p->cout; ++oc) {                                                          \
+        const int32_t n = (int32_t)ptr[oc + 1] - (int32_t)ptr[oc];                              \
+        int32_t pos = 0;                                                                        \
+        SC_CONV_Q_BEGIN;                                                                        \
+        for (k = 0; k < n; ++k) {                                                               \
+            const uint32_t f = NEXT;                                                            \
+            const VT v = VALUE;                                                                 \
+            pos += (int32_t)(f & gmask);                                                        \
+            if (v) SC_CONV_Q_PUSH(pos, WEIGHT);                                                 \
+            ++pos;                                                                              \
+        }                                                                                       \
+        SC_CONV_Q_END;                                                                          \
+    }
+
+#define SC_DEFINE_CONV_QREL(Q8, CB, I8, PT)                                                                       \
+    static inline void Q8(const float *in, float *out, const uint8_t *stream, const PT *ptr, const float *scale,  \
+                          int32_t gap_bits, const float *bias, const sc_conv_params *p)                           \
+    {                                                                                                             \
+        SC_CONV_REL_CHANNELS(sc_bits_get(&br, gap_bits + 8), int32_t, sc_s8(f >> gap_bits), scale[oc] * (float)v) \
+    }                                                                                                             \
+    static inline void CB(const float *in, float *out, const uint8_t *stream, const float *cb, const PT *ptr,     \
+                          int32_t bits, int32_t gap_bits, const float *bias, const sc_conv_params *p)             \
+    {                                                                                                             \
+        SC_CONV_REL_CHANNELS(sc_bits_get(&br, gap_bits + bits), float, cb[f >> gap_bits], v)                      \
     }
 
 /* ---- weight-only depthwise and 1x1 convs that run where the float ones do (in place) ------------ *

@@ -37,57 +37,19 @@ static inline uint32_t sc_huff_decode(sc_bitreader *br, const uint16_t *count, c
     return 0u;
 }
 
-#define SC_DEFINE_HUFF(LINEAR, CONV, PT)                                                          \
-    static inline void LINEAR(const float *x, float *y, const uint8_t *stream,                  \
-                                              const float *cb, const uint16_t *count,            \
-                                              const uint16_t *sym, const PT *ptr,                \
-                                              int32_t gap_bits, int32_t maxlen,                  \
-                                              const float *bias, const sc_linear_params *p)      \
-    {                                                                                            \
-        const uint32_t gmask = (1u << gap_bits) - 1u;                                            \
-        int32_t r, o, k;                                                                         \
-        for (r = 0; r < p->rows; ++r) {                                                          \
-            const float *xr = x + r * p->in;                                                     \
-            float *yr = y + r * p->out;                                                          \
-            sc_bitreader br;                                                                     \
-            sc_bits_init(&br, stream);                                                           \
-            for (o = 0; o < p->out; ++o) {                                                       \
-                float acc = bias ? bias[o] : 0.0f;                                               \
-                int32_t pos = 0;                                                                 \
-                const int32_t n = (int32_t)ptr[o + 1] - (int32_t)ptr[o];                         \
-                for (k = 0; k < n; ++k) {                                                        \
-                    const uint32_t s = sc_huff_decode(&br, count, sym, maxlen);                  \
-                    pos += (int32_t)(s & gmask);                                                 \
-                    acc += cb[s >> gap_bits] * xr[pos++];                                        \
-                }                                                                                \
-                yr[o] = sc_act(acc, p->act, p->alpha);                                           \
-            }                                                                                    \
-        }                                                                                        \
-    }                                                                                            \
-    static inline void CONV(const float *in, float *out, const uint8_t *stream,                  \
-                                            const float *cb, const uint16_t *count,              \
-                                            const uint16_t *sym, const PT *ptr,                  \
-                                            int32_t gap_bits, int32_t maxlen,                    \
-                                            const float *bias, const sc_conv_params *p)          \
-    {                                                                                            \
-        const uint32_t gmask = (1u << gap_bits) - 1u;                                            \
-        SC_CONV_Q_DIMS;                                                                          \
-        int32_t k;                                                                               \
-        sc_bitreader br;                                                                         \
-        sc_bits_init(&br, stream);                                                               \
-        for (oc = 0; oc < p->cout; ++oc) {                                                       \
-            const int32_t n = (int32_t)ptr[oc + 1] - (int32_t)ptr[oc];                           \
-            int32_t pos = 0;                                                                     \
-            SC_CONV_Q_BEGIN;                                                                     \
-            for (k = 0; k < n; ++k) {                                                            \
-                const uint32_t s = sc_huff_decode(&br, count, sym, maxlen);                      \
-                const float wv = cb[s >> gap_bits];                                              \
-                pos += (int32_t)(s & gmask);                                                     \
-                if (wv != 0.0f) SC_CONV_Q_PUSH(pos, wv);                                         \
-                ++pos;                                                                           \
-            }                                                                                    \
-            SC_CONV_Q_END;                                                                       \
-        }                                                                                        \
+#define SC_DEFINE_HUFF(LINEAR, CONV, PT)                                                                      \
+    static inline void LINEAR(const float *x, float *y, const uint8_t *stream, const float *cb,               \
+                              const uint16_t *count, const uint16_t *sym, const PT *ptr, int32_t gap_bits,    \
+                              int32_t maxlen, const float *bias, const sc_linear_params *p)                   \
+    {                                                                                                         \
+        SC_LINEAR_REL_ROWS(bias ? bias[o] : 0.0f, sc_huff_decode(&br, count, sym, maxlen), cb[f >> gap_bits], \
+                           sc_act(acc, p->act, p->alpha))                                                     \
+    }                                                                                                         \
+    static inline void CONV(const float *in, float *out, const uint8_t *stream, const float *cb,              \
+                            const uint16_t *count, const uint16_t *sym, const PT *ptr, int32_t gap_bits,      \
+                            int32_t maxlen, const float *bias, const sc_conv_params *p)                       \
+    {                                                                                                         \
+        SC_CONV_REL_CHANNELS(sc_huff_decode(&br, count, sym, maxlen), float, cb[f >> gap_bits], v)            \
     }
 
 /* X(linear, conv, row pointer type) */

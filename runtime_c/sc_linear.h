@@ -284,55 +284,42 @@ static inline void sc_linear_cb(const float *x, float *y, const uint8_t *idx, co
     }
 
 /* sc_linear_q8_rel_<pt> and sc_linear_cb_rel_<pt>. */
-#define SC_DEFINE_LINEAR_QREL(Q8, CB, I8, PT)                                                     \
-    static inline void Q8(const float *x, float *y, const uint8_t *stream,                      \
-                                             const PT *ptr, const float *scale, int32_t gap_bits,\
-                                             const float *bias, const sc_linear_params *p)       \
-    {                                                                                            \
-        const uint32_t gmask = (1u << gap_bits) - 1u;                                            \
-        int32_t r, o, k;                                                                         \
-        for (r = 0; r < p->rows; ++r) {                                                          \
-            const float *xr = x + r * p->in;                                                     \
-            float *yr = y + r * p->out;                                                          \
-            sc_bitreader br;                                                                     \
-            sc_bits_init(&br, stream);                                                           \
-            for (o = 0; o < p->out; ++o) {                                                       \
-                float acc = 0.0f;                                                                \
-                int32_t pos = 0;                                                                 \
-                const int32_t n = (int32_t)ptr[o + 1] - (int32_t)ptr[o];                         \
-                for (k = 0; k < n; ++k) {                                                        \
-                    const uint32_t f = sc_bits_get(&br, gap_bits + 8);                           \
-                    pos += (int32_t)(f & gmask);                                                 \
-                    acc += (float)sc_s8(f >> gap_bits) * xr[pos++];                              \
-                }                                                                                \
-                yr[o] = sc_act(scale[o] * acc + (bias ? bias[o] : 0.0f), p->act, p->alpha);      \
-            }                                                                                    \
-        }                                                                                        \
-    }                                                                                            \
-    static inline void CB(const float *x, float *y, const uint8_t *stream,                      \
-                                             const float *cb, const PT *ptr, int32_t bits,       \
-                                             int32_t gap_bits, const float *bias,                \
-                                             const sc_linear_params *p)                          \
-    {                                                                                            \
-        const uint32_t gmask = (1u << gap_bits) - 1u;                                            \
-        int32_t r, o, k;                                                                         \
-        for (r = 0; r < p->rows; ++r) {                                                          \
-            const float *xr = x + r * p->in;                                                     \
-            float *yr = y + r * p->out;                                                          \
-            sc_bitreader br;                                                                     \
-            sc_bits_init(&br, stream);                                                           \
-            for (o = 0; o < p->out; ++o) {                                                       \
-                float acc = bias ? bias[o] : 0.0f;                                               \
-                int32_t pos = 0;                                                                 \
-                const int32_t n = (int32_t)ptr[o + 1] - (int32_t)ptr[o];                         \
-                for (k = 0; k < n; ++k) {                                                        \
-                    const uint32_t f = sc_bits_get(&br, gap_bits + bits);                        \
-                    pos += (int32_t)(f & gmask);                                                 \
-                    acc += cb[f >> gap_bits] * xr[pos++];                                        \
-                }                                                                                \
-                yr[o] = sc_act(acc, p->act, p->alpha);                                           \
-            }                                                                                    \
-        }                                                                                        \
+/* The row loop of the relative-index forms with float activations (also sc_huff.h's): per output,
+ * NEXT is the row's next entry f (gap | value << gap_bits), WEIGHT its weight, ACC0 the start value
+ * and OUT the output from acc. */
+#define SC_LINEAR_REL_ROWS(ACC0, NEXT, WEIGHT, OUT)                                             \
+    const uint32_t gmask = (1u << gap_bits) - 1u;                                               \
+    int32_t r, o, k;                                                                            \
+    for (r = 0; r < p->rows; ++r) {                                                             \
+        const float *xr = x + r * p->in;                                                        \
+        float *yr = y + r * p->out;                                                             \
+        sc_bitreader br;                                                                        \
+        sc_bits_init(&br, stream);                                                              \
+        for (o = 0; o < p->out; ++o) {                                                          \
+            float acc = ACC0;                                                                   \
+            int32_t pos = 0;                                                                    \
+            const int32_t n = (int32_t)ptr[o + 1] - (int32_t)ptr[o];                            \
+            for (k = 0; k < n; ++k) {                                                           \
+                const uint32_t f = NEXT;                                                        \
+                pos += (int32_t)(f & gmask);                                                    \
+                acc += WEIGHT * xr[pos++];                                                      \
+            }                                                                                   \
+            yr[o] = OUT;                                                                        \
+        }                                                                                       \
+    }
+
+#define SC_DEFINE_LINEAR_QREL(Q8, CB, I8, PT)                                                                 \
+    static inline void Q8(const float *x, float *y, const uint8_t *stream, const PT *ptr, const float *scale, \
+                          int32_t gap_bits, const float *bias, const sc_linear_params *p)                     \
+    {                                                                                                         \
+        SC_LINEAR_REL_ROWS(0.0f, sc_bits_get(&br, gap_bits + 8), (float)sc_s8(f >> gap_bits),                 \
+                           sc_act(scale[o] * acc + (bias ? bias[o] : 0.0f), p->act, p->alpha))                \
+    }                                                                                                         \
+    static inline void CB(const float *x, float *y, const uint8_t *stream, const float *cb, const PT *ptr,    \
+                          int32_t bits, int32_t gap_bits, const float *bias, const sc_linear_params *p)       \
+    {                                                                                                         \
+        SC_LINEAR_REL_ROWS(bias ? bias[o] : 0.0f, sc_bits_get(&br, gap_bits + bits), cb[f >> gap_bits],       \
+                           sc_act(acc, p->act, p->alpha))                                                     \
     }
 /* ---- codebook linear ------------------------------------------------------------------------
  * Dense codebook weights with in % 8 == 0: a row's 8 indices are `bits` bytes (rows start on a

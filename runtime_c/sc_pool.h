@@ -40,6 +40,21 @@ static inline void sc_maxpool(const float *in, float *out, const sc_pool_params 
     }
 }
 
+/* Declares the window of output (oy, ox) of an average pool clipped to the input, rows [hs, he) and
+ * columns [ws, we), and n, the size of the window clipped to the padded input (PyTorch's divisor with
+ * count_include_pad; the kernels replace it by `divisor` or the clipped size after summing).
+ * p: sc_pool_params or sc_i8_pool_params. */
+#define SC_AVGPOOL_WINDOW(p)                                                                    \
+    int32_t hs = oy * (p)->sh - (p)->ph, ws = ox * (p)->sw - (p)->pw;                           \
+    int32_t he = hs + (p)->kh, we = ws + (p)->kw, n;                                            \
+    if (he > (p)->hin + (p)->ph) he = (p)->hin + (p)->ph;                                       \
+    if (we > (p)->win + (p)->pw) we = (p)->win + (p)->pw;                                       \
+    n = (he - hs) * (we - ws);                                                                  \
+    if (hs < 0) hs = 0;                                                                         \
+    if (ws < 0) ws = 0;                                                                         \
+    if (he > (p)->hin) he = (p)->hin;                                                           \
+    if (we > (p)->win) we = (p)->win
+
 static inline void sc_avgpool(const float *in, float *out, const sc_pool_params *p)
 {
     int32_t c, oy, ox, y, x;
@@ -47,16 +62,8 @@ static inline void sc_avgpool(const float *in, float *out, const sc_pool_params 
         const float *ic = in + c * p->hin * p->win;
         for (oy = 0; oy < p->hout; ++oy) {
             for (ox = 0; ox < p->wout; ++ox) {
-                int32_t hs = oy * p->sh - p->ph, ws = ox * p->sw - p->pw;
-                int32_t he = hs + p->kh, we = ws + p->kw, n;
+                SC_AVGPOOL_WINDOW(p);
                 float sum = 0.0f;
-                if (he > p->hin + p->ph) he = p->hin + p->ph;
-                if (we > p->win + p->pw) we = p->win + p->pw;
-                n = (he - hs) * (we - ws);
-                if (hs < 0) hs = 0;
-                if (ws < 0) ws = 0;
-                if (he > p->hin) he = p->hin;
-                if (we > p->win) we = p->win;
                 for (y = hs; y < he; ++y)
                     for (x = ws; x < we; ++x) sum += ic[y * p->win + x];
                 if (p->divisor) n = p->divisor;
@@ -127,15 +134,8 @@ static inline void sc_i8_avgpool(const int8_t *in, int8_t *out, const sc_i8_pool
         const int8_t *ic = in + c * p->hin * p->win;
         for (oy = 0; oy < p->hout; ++oy) {
             for (ox = 0; ox < p->wout; ++ox) {
-                int32_t hs = oy * p->sh - p->ph, ws = ox * p->sw - p->pw;
-                int32_t he = hs + p->kh, we = ws + p->kw, n, sum = 0, avg;
-                if (he > p->hin + p->ph) he = p->hin + p->ph;
-                if (we > p->win + p->pw) we = p->win + p->pw;
-                n = (he - hs) * (we - ws);
-                if (hs < 0) hs = 0;
-                if (ws < 0) ws = 0;
-                if (he > p->hin) he = p->hin;
-                if (we > p->win) we = p->win;
+                SC_AVGPOOL_WINDOW(p);
+                int32_t sum = 0, avg;
                 for (y = hs; y < he; ++y)
                     for (x = ws; x < we; ++x) sum += (int32_t)ic[y * p->win + x] - p->zp;
                 if (p->divisor) n = p->divisor;

@@ -24,7 +24,7 @@ FORCED = "csr_forced"  # a representation that only allows CSR, to run the CSR k
 
 @pytest.fixture
 def force_csr(monkeypatch):
-    monkeypatch.setitem(formats.REPRESENTATIONS, FORCED, ("csr",))
+    monkeypatch.setitem(formats.REPRESENTATIONS, FORCED, formats.Representation(FORCED, ("csr",)))
     return FORCED
 
 

@@ -38,7 +38,7 @@ ALL_FORMS = ("dense", "csr") + NEW_FORMS
 def only(monkeypatch, form: str) -> str:
     """A representation that allows exactly one encoding."""
     rep = f"only_{form}"
-    monkeypatch.setitem(formats.REPRESENTATIONS, rep, (form,))
+    monkeypatch.setitem(formats.REPRESENTATIONS, rep, formats.Representation(rep, (form,)))
     return rep
 
 
@@ -377,7 +377,7 @@ def test_codebook_index_widths_1_to_8(form, tmp_path, monkeypatch):
 
 def _all_sizes(w: np.ndarray) -> dict[str, int]:
     sizes = {}
-    for name in formats.REPRESENTATIONS["auto"]:  # the encodings "auto" chooses from (not codebook_huff)
+    for name in formats.REPRESENTATIONS["auto"].encodings:  # the encodings "auto" chooses from (not codebook_huff)
         enc = formats.ENCODINGS[name]
         try:
             sizes[name] = enc.tensor_nbytes(w)
@@ -400,7 +400,7 @@ def test_auto_picks_the_smallest_encoding(form, density):
     assert sizes[chosen.name] == best
     assert formats.encode_tensor(w, "t", "auto").nbytes == best
     for rep in ("int8", "codebook", "csr", "dense"):
-        allowed = {n: s for n, s in sizes.items() if n in formats.REPRESENTATIONS[rep]}
+        allowed = {n: s for n, s in sizes.items() if n in formats.REPRESENTATIONS[rep].encodings}
         if allowed:
             assert formats.tensor_nbytes(w, rep) == min(allowed.values())
 

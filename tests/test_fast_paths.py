@@ -33,7 +33,7 @@ FORCED = "csr_only_kernels"
 
 @pytest.fixture(autouse=True)
 def force_csr(monkeypatch):
-    monkeypatch.setitem(formats.REPRESENTATIONS, FORCED, ("csr",))
+    monkeypatch.setitem(formats.REPRESENTATIONS, FORCED, formats.Representation(FORCED, ("csr",)))
 
 
 def _rows_nnz_(w: torch.Tensor, counts: list[int], seed: int) -> None:

@@ -22,6 +22,8 @@ from codegen import cescape, emit
 from codegen.api import save_compressed_model, verify
 from codegen.resources import templates_dir
 
+REPO = Path(__file__).resolve().parents[1]
+
 # Names a module or a model class may carry. Each is tried as a module name and inside a class name.
 HOSTILE = [
     "x */ return 7; /* y",
@@ -106,8 +108,13 @@ def test_hostile_module_and_class_names_compile_and_match_pytorch(tmp_path):
     _make_check(d)
     v = verify(model, d, x)
     assert_parity(v.outputs, v.reference, "hostile module names")
-    text = "".join(p.read_text() for p in d.rglob("*") if p.is_file() and p.suffix in (".c", ".h"))
-    assert not re.search(r"^\s*#\s*(error|define X)", text, re.M)  # no injected directive
+    # the copied runtime is ours, verbatim (it has #error lines of its own); every generated file is checked
+    runtime = REPO / "runtime_c"
+    for p in (d / "runtime").glob("*.h"):
+        assert p.read_bytes() == (runtime / p.name).read_bytes(), p.name
+    text = "".join(p.read_text() for p in d.rglob("*")
+                   if p.is_file() and p.suffix in (".c", ".h") and "runtime" not in p.relative_to(d).parts)
+    assert text and not re.search(r"^\s*#\s*(error|define X)", text, re.M)  # no injected directive
     assert {ly["source"] for ly in res.report["layers"]} >= {f"{n}.{n}" for n in HOSTILE[:5]}
     for f in d.rglob("*"):
         assert len(f.name.encode()) <= 255

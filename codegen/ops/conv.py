@@ -6,6 +6,7 @@ templates templates/ops/conv.j2 and templates/ops_int8/conv.j2.
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from typing import ClassVar
 
@@ -16,7 +17,16 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from codegen import integer, ir
-from codegen.lowering import LowerContext, accepts_constants, as_chw, f32, register_lowering
+from codegen.errors import CodegenError
+from codegen.lowering import (
+    LowerContext,
+    accepts_constants,
+    as_chw,
+    check_zeros_padding,
+    f32,
+    register_lowering,
+    window_pair,
+)
 
 # A CSR 1x1 conv run in place gathers PWC_BLOCK positions (SC_PWC_BLOCK in sc_conv.h) of its
 # C_in channels into a stack buffer first; at most PWC_MAX_CBUF_BYTES of it.
@@ -30,15 +40,9 @@ WQ_PW_BLOCK = 8
 
 
 @dataclass
-class Conv2d(ir.Op):
+class Conv2d(ir.Windowed):
     """Convolution (also Conv1d with h == 1). Weight is viewed as [C_out, C_in/groups*kh*kw]."""
 
-    in_shape: tuple[int, int, int] = (0, 0, 0)
-    out_shape: tuple[int, int, int] = (0, 0, 0)
-    kernel: tuple[int, int] = (1, 1)
-    stride: tuple[int, int] = (1, 1)
-    padding: tuple[int, int] = (0, 0)  # top, left (bottom/right follow from the output size)
-    dilation: tuple[int, int] = (1, 1)
     groups: int = 1
     act: ir.Activation = ir.NO_ACT
     dims: int = 2
@@ -158,20 +162,14 @@ def _conv_op(ctx: LowerContext, node: fx.Node, x: fx.Node, weight: torch.Tensor,
              stride, padding, dilation, groups: int, dims: int) -> Conv2d:  # fmt: skip
     """The Conv2d op of a conv module or of F.conv1d/F.conv2d (one IR op for both forms)."""
     in_shape, out_shape = as_chw(ctx.shape(x)), as_chw(ctx.shape(node))
-    ks = tuple(weight.shape[2:])
-
-    def hw(v, one: int = 1) -> tuple[int, int]:  # (h, w); a 1-D conv has h == 1 (stride, dilation) or 0 (padding)
-        v = tuple(v) if isinstance(v, (tuple, list)) else (v,) * dims
-        return (one, int(v[0])) if dims == 1 else (int(v[0]), int(v[-1]))
-
-    k, s, d = hw(ks), hw(stride), hw(dilation)
+    k, s, d = (window_pair(v, dims) for v in (tuple(weight.shape[2:]), stride, dilation))
     if isinstance(padding, str):
         if padding == "valid":
             p = (0, 0)
         else:  # "same": torch puts the extra element of an odd total on the bottom/right
             p = tuple(d[i] * (k[i] - 1) // 2 for i in range(2))
     else:
-        p = hw(padding, 0)
+        p = window_pair(padding, dims, 0)
     w = f32(weight)
     b = f32(bias) if bias is not None else None
     return Conv2d(
@@ -192,8 +190,7 @@ def _conv_op(ctx: LowerContext, node: fx.Node, x: fx.Node, weight: torch.Tensor,
 def lower_conv(ctx: LowerContext, node: fx.Node) -> None:
     m = ctx.module(node)
     dims = 1 if isinstance(m, nn.Conv1d) else 2
-    if m.padding_mode != "zeros":
-        raise ctx.fail(node, f"padding_mode='{m.padding_mode}' is not supported", "Use padding_mode='zeros'")
+    check_zeros_padding(ctx, node, m)
     x = ctx.tensor_arg(node, 0, "input")
     ctx.emit(node, _conv_op(ctx, node, x, m.weight, m.bias, m.stride, m.padding, m.dilation, m.groups, dims))
 
@@ -286,6 +283,14 @@ class ConvInt8(integer.Int8Handler):
         qo.scalars["folded"] = int(int8_folds_input_zp(op, ctx.encoded["weight"].kernel))
         qo.scalars["dsp_col"] = dsp_column_words(op, ctx.encoded["weight"].kernel)
         qo.scalars["dw_pad"] = dw_pad_bytes(op, ctx.encoded["weight"].kernel)
+
+    def tile_form(self, qo: integer.QOp, op: Conv2d) -> integer.QOp:  # type: ignore[override]
+        """On a tile only the depthwise kernel's padded plane changes size (the folded bias and the
+        kernel choice depend on channels, kernel, stride: the same on every tile)."""
+        kernel = op.encoded["weight"].kernel
+        if int(int8_folds_input_zp(op, kernel)) != qo.scalars["folded"]:  # pragma: no cover - padding stays 0
+            raise CodegenError(f"layer '{op.source}': its int8 kernel changes on a tile (bug)")
+        return dataclasses.replace(qo, op=op, scalars={**qo.scalars, "dw_pad": dw_pad_bytes(op, kernel)})
 
     def reference(self, qo: integer.QOp, ins: list[np.ndarray]) -> np.ndarray:
         op: Conv2d = qo.op  # type: ignore[assignment]

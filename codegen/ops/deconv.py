@@ -22,19 +22,13 @@ import torch.nn.functional as F
 
 from codegen import integer, ir
 from codegen.errors import CodegenError
-from codegen.lowering import LowerContext, as_chw, f32, register_lowering
+from codegen.lowering import LowerContext, as_chw, check_zeros_padding, f32, register_lowering, window_pair
 
 
 @dataclass
-class ConvTranspose2d(ir.Op):
+class ConvTranspose2d(ir.Windowed):
     """Transposed convolution (also ConvTranspose1d with h == 1); output_padding is in out_shape."""
 
-    in_shape: tuple[int, int, int] = (0, 0, 0)
-    out_shape: tuple[int, int, int] = (0, 0, 0)
-    kernel: tuple[int, int] = (1, 1)
-    stride: tuple[int, int] = (1, 1)
-    padding: tuple[int, int] = (0, 0)
-    dilation: tuple[int, int] = (1, 1)
     groups: int = 1
     dims: int = 2
     act: ir.Activation = ir.NO_ACT  # the int8 form clamps with it (no float fusion pass targets this op)
@@ -64,16 +58,11 @@ class ConvTranspose2d(ir.Op):
 def lower_conv_transpose(ctx: LowerContext, node: fx.Node) -> None:
     m = ctx.module(node)
     dims = 1 if isinstance(m, nn.ConvTranspose1d) else 2
-    if m.padding_mode != "zeros":
-        raise ctx.fail(node, f"padding_mode='{m.padding_mode}' is not supported", "Use padding_mode='zeros'")
+    check_zeros_padding(ctx, node, m)
     x = ctx.tensor_arg(node, 0, "input")
     in_shape, out_shape = as_chw(ctx.shape(x)), as_chw(ctx.shape(node))
-
-    def two(v: tuple[int, ...]) -> tuple[int, int]:
-        return (1, int(v[0])) if dims == 1 else (int(v[0]), int(v[1]))
-
-    k, s, d = two(m.kernel_size), two(m.stride), two(m.dilation)
-    p = (0, int(m.padding[0])) if dims == 1 else (int(m.padding[0]), int(m.padding[1]))
+    k, s, d = (window_pair(v, dims) for v in (m.kernel_size, m.stride, m.dilation))
+    p = window_pair(m.padding, dims, 0)
     g = int(m.groups)
     w = f32(m.weight).reshape(in_shape[0], out_shape[0] // g, k[0], k[1])  # [C_in, C_out/g, kh, kw]
     cin_g, cout_g = in_shape[0] // g, out_shape[0] // g

@@ -18,21 +18,15 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from codegen import integer, ir
-from codegen.lowering import LowerContext, as_chw, pair, register_lowering, tensor_meta
+from codegen.lowering import LowerContext, as_chw, register_lowering, tensor_meta, window_pair
 from codegen.ops.reduce import emit_reduce, lower_adaptive
 
 
 @dataclass
-class Pool2d(ir.Op):
+class Pool2d(ir.Windowed):
     """Max or average pooling (1-D pools have h == 1)."""
 
     mode: str = "max"
-    in_shape: tuple[int, int, int] = (0, 0, 0)
-    out_shape: tuple[int, int, int] = (0, 0, 0)
-    kernel: tuple[int, int] = (1, 1)
-    stride: tuple[int, int] = (1, 1)
-    padding: tuple[int, int] = (0, 0)
-    dilation: tuple[int, int] = (1, 1)
     count_include_pad: bool = True
     divisor: int = 0  # avg pool divisor_override; 0 = none
 
@@ -57,9 +51,6 @@ def _pool(ctx: LowerContext, node: fx.Node, mode: str, dims: int, kernel: Any, s
     if stride is None or stride == [] or stride == ():
         stride = kernel
 
-    def two(v: Any) -> tuple[int, int]:
-        return (1, pair(v)[0]) if dims == 1 else pair(v)
-
     ctx.emit(
         node,
         Pool2d(
@@ -67,10 +58,10 @@ def _pool(ctx: LowerContext, node: fx.Node, mode: str, dims: int, kernel: Any, s
             mode=mode,
             in_shape=in_shape,
             out_shape=out_shape,
-            kernel=two(kernel),
-            stride=two(stride),
-            padding=(0, pair(padding)[0]) if dims == 1 else pair(padding),
-            dilation=two(dilation),
+            kernel=window_pair(kernel, dims),
+            stride=window_pair(stride, dims),
+            padding=window_pair(padding, dims, 0),
+            dilation=window_pair(dilation, dims),
             count_include_pad=bool(count_include_pad),
             divisor=int(divisor or 0),
         ),

@@ -64,6 +64,30 @@
  *      alternative with no interrupt: QEMU does not implement it, hence SysTick here.
  *      If your RTOS owns SysTick, take the timestamps from DWT instead.
  *
+ *   6. Intermittent inference (save_compressed_model(..., intermittent=True), docs/intermittent.md) --
+ *      <prefix>_run_intermittent keeps its progress and activations (MODEL_NVM_BYTES) in SC_NVM, which
+ *      must be memory that keeps its bytes across a power failure, and that the startup code does not
+ *      zero or reload. The emulated board uses RAM that a reset leaves alone: `-include
+ *      board/sc_nvm_section.h` puts SC_NVM in the section .sc_nvm, which cortex_m.ld places NOLOAD after
+ *      the stack (at most __sc_nvm_size__ bytes, board.mk / Makefile SC_NVM_SIZE). On a real part:
+ *        FRAM (MSP430FR, Cypress FM25 on SPI is not memory-mapped: see flash below) / MRAM (Ambiq
+ *        Apollo4, STM32 with external MRAM on FMC, NXP i.MX RT with MRAM) -- memory-mapped and
+ *        byte-writable: add a region and put .sc_nvm in it,
+ *            MEMORY { ... FRAM (rw) : ORIGIN = <datasheet>, LENGTH = <size> }
+ *            .sc_nvm (NOLOAD) : ALIGN(8) { KEEP(*(.sc_nvm .sc_nvm.*)) } > FRAM
+ *        and compile model.c with -include board/sc_nvm_section.h (or your own
+ *        #define SC_NVM __attribute__((section(".sc_nvm")))). If the NVM controller buffers writes,
+ *        define SC_NVM_BARRIER() (runtime/sc_nvm.h; default: DMB) to drain the buffer: the commit
+ *        protocol needs every store before a barrier to be durable before any store after it.
+ *        Retained (battery-backed / standby) SRAM works the same way for brown-outs that keep it.
+ *      Flash-emulated EEPROM (no byte-writable NVM): keep SC_NVM in RAM and checkpoint it yourself: save
+ *        the whole MODEL_NVM_BYTES state (one struct, <prefix>_nvm in model.c) to flash on a
+ *        brown-out interrupt or after each unit (SC_NVM_YIELD() is evaluated after every commit: return 1
+ *        to make <prefix>_run_intermittent return SC_IN_PROGRESS, write the state, call again), with
+ *        two flash pages alternated, and restore it at boot before calling <prefix>_run_intermittent.
+ *        The progress slots carry a check word, so a torn page restores as "start over".
+ *      SC_NVM_YIELD() is also the hook for energy-aware execution: stop while the supply voltage is low.
+ *
  * THE EMULATED BOARDS (for reference)
  *   QEMU mps2-an386: Cortex-M4F, mps2-an385: Cortex-M3. Both: 4 MiB ZBT SSRAM1 at 0x0
  *   used as flash, 4 MiB ZBT SSRAM2&3 at 0x20000000 as RAM, 25 MHz SYSCLK drives SysTick.

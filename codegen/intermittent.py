@@ -1,0 +1,335 @@
+"""Intermittent inference (issue 16): a model that survives power failures at any instruction.
+
+``save_compressed_model(..., intermittent=True)`` adds ``<prefix>_run_intermittent`` (and, for
+``integer=True``, ``<prefix>_run_int8_intermittent``) and ``<prefix>_intermittent_reset`` to the emitted
+model. The inference runs as numbered *units*: unit 0 copies (or quantizes) the input into non-volatile
+memory, then one unit per layer. Every activation of the run lives in one arena in ``SC_NVM`` beside
+the progress; the arena is planned with the ordinary planner without in-place execution
+(``memory.plan_graph(in_place=False, caller_io=False)``), so a unit never writes a buffer it reads and
+running it again after a failure recomputes the same bytes. The end of a unit is committed with
+``runtime_c/sc_nvm.h`` (two versioned slots with a check word, so a failure inside a commit leaves the
+previous commit valid). The output is copied from NVM to the caller's buffer on every call that finds
+the inference done, so a reset after the last commit still answers.
+
+The normal ``<prefix>_run`` and its arena are untouched: its C is byte-identical with and without
+``intermittent=True``.
+
+Failure injection (``make power-fail-check``, ``make qemu-power-fail``) is rendered from
+``templates/power_fail.c.j2`` and ``templates/qemu_power_fail.c.j2``; docs/intermittent.md.
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import json
+import logging
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from codegen import emit, ir
+from codegen.emission import VERSION, Emission
+from codegen.errors import CodegenError
+from codegen.memory import GraphMemory, plan_graph
+from codegen.ops import Conv2d, Linear
+from codegen.resources import runtime_dir
+
+log = logging.getLogger(__name__)
+
+HEADER = "sc_nvm.h"
+SLOT_BYTES = 12  # sc_nvm_slot: seq, unit, check (uint32 each)
+HOST_HARNESS = "app/power_fail.c"
+BOARD_HARNESS = "app/qemu_power_fail.c"
+
+
+@dataclass
+class Unit:
+    """One committed piece of work: ``op`` (index into the graph's ops; None: copy the input in);
+    ``tile``: output channels [c0, c1) of the op (layer separation), None: the whole op."""
+
+    index: int
+    op: int | None
+    macs: int
+    name: str
+    tile: tuple[int, int] | None = None
+
+
+def _out_channels(op: ir.Op) -> int | None:
+    """Output channels a unit of ``op`` can be split into (None: the op cannot be split)."""
+    if isinstance(op, Conv2d) and (op.groups == 1 or (op.depthwise_1to1 and op.groups == op.in_shape[0])):
+        return op.out_shape[0]
+    if isinstance(op, Linear) and op.rows == 1:
+        return op.out_features
+    return None
+
+
+def _tileable(op: ir.Op) -> str | None:
+    """Why ``op`` cannot be split by output channels (None: it can)."""
+    if _out_channels(op) is None:
+        return ("only convolutions (groups 1 or depthwise) and fully connected layers over one position are split "
+                "into output-channel tiles")  # fmt: skip
+    w = op.encoded.get("weight")
+    if w is None or w.encoding not in ("dense", "csr"):
+        return (f"its weights are stored as {w.encoding if w else 'nothing'}; tiles need dense or CSR float32 weights "
+                "(representation 'dense' or 'csr')")  # fmt: skip
+    return None
+
+
+def units_of(g: ir.Graph, max_unit_macs: int | None = None) -> list[Unit]:
+    """Unit 0 copies the input; then one unit per op, or with ``max_unit_macs`` as many output-channel tiles
+    as keep each unit within the bound (layer separation). A unit that cannot be made small enough:
+    CodegenError naming the layer."""
+    units = [Unit(0, None, 0, "input")]
+    for i, op in enumerate(g.ops):
+        macs = op.macs()
+        if max_unit_macs is None or macs <= max_unit_macs:
+            units.append(Unit(len(units), i, macs, op.source))
+            continue
+        why = _tileable(op)
+        if why is not None:
+            raise CodegenError(f"layer {op.source!r} ({op.describe()}): {macs} MACs in one unit, above max_unit_macs="
+                               f"{max_unit_macs}, and it cannot be split: {why}. Raise max_unit_macs to at least "
+                               f"{macs}")  # fmt: skip
+        c = _out_channels(op)
+        assert c is not None
+        per_channel = macs // c
+        if per_channel > max_unit_macs:
+            raise CodegenError(f"layer {op.source!r} ({op.describe()}): one output channel is {per_channel} MACs, above "
+                               f"max_unit_macs={max_unit_macs}; the smallest unit is one channel: raise max_unit_macs "
+                               f"to at least {per_channel}")  # fmt: skip
+        n = math.ceil(c / (max_unit_macs // per_channel))
+        step = math.ceil(c / n)
+        for c0 in range(0, c, step):
+            c1 = min(c, c0 + step)
+            units.append(Unit(len(units), i, per_channel * (c1 - c0), op.source, (c0, c1)))
+    return units
+
+
+class TileEncoded:
+    """An encoding seen from a tile of output channels: the arrays' C references offset to the tile's rows
+    (dense values by rows x cols, CSR row pointers by rows: their entries index the whole arrays)."""
+
+    def __init__(self, e, offsets: dict[str, int]):
+        self._e = e
+        self._offsets = offsets
+
+    def __getattr__(self, name: str):
+        return getattr(self._e, name)
+
+    def c_ref(self, role: str) -> str:
+        ref = self._e.c_ref(role)
+        off = self._offsets.get(role, 0)
+        return f"({ref} + {off})" if off and ref != "NULL" else ref
+
+    def c_args(self) -> str:
+        return ", ".join([self.c_ref(r) for r in self._e.arrays] + [str(int(v)) for v in self._e.meta.values()])
+
+
+def tile_op(op: ir.Op, c0: int, c1: int) -> ir.Op:
+    """A copy of ``op`` computing output channels [c0, c1) with the op's own kernel and template."""
+    t = copy.copy(op)
+    n = c1 - c0
+    if isinstance(op, Conv2d):
+        t.out_shape = (n, *op.out_shape[1:])
+        if op.groups != 1:  # depthwise: the tile reads its own input channels
+            t.in_shape = (n, *op.in_shape[1:])
+            t.groups = n
+    else:
+        t.out_features = n
+    w = op.encoded["weight"]
+    rows = {"values": c0 * w.cols} if w.encoding == "dense" else {"rowptr": c0}
+    t.encoded = {"weight": TileEncoded(w, rows)}
+    if "bias" in op.encoded:
+        t.encoded["bias"] = TileEncoded(op.encoded["bias"], {"values": c0})
+    return t
+
+
+def plan_nvm(g: ir.Graph) -> GraphMemory:
+    """The NVM arena: every value (the input and output too) in one arena, no op in place.
+
+    Unit 0 (copying the input) runs at time 0, op i at time i + 1, and the output is read again at
+    the end of every call (time len(ops) + 1), so it is never overwritten.
+    """
+    n = len(g.ops)
+    first = {v: n + 2 for v in g.values}
+    last = {v: -1 for v in g.values}
+    first[g.input] = 0
+    for i, op in enumerate(g.ops):
+        first[op.output] = min(first[op.output], i + 1)
+        for v in op.inputs:
+            last[v] = max(last[v], i + 1)
+    last[g.output] = n + 1
+    last[g.input] = max(last[g.input], 0)
+    return plan_graph(g, lifetimes=(first, last), op_time=lambda i: i + 1, in_place=False, caller_io=False)
+
+
+def check_idempotent(g: ir.Graph, mem: GraphMemory) -> None:
+    """Refuses, naming the layer, a unit whose output (or scratch) overlaps a buffer it reads."""
+    for op in g.ops:
+        out = mem.storage[op.output]
+        o0, o1 = out.offset, out.offset + g.values[op.output].nbytes
+        spans = [(o0, o1, "output")]
+        if op.name in mem.scratch:
+            s0 = mem.scratch[op.name]
+            spans.append((s0, s0 + op.arena_scratch_bytes(), "kernel scratch"))
+        for v in op.inputs:
+            st = mem.storage[v]
+            i0, i1 = st.offset, st.offset + g.values[v].nbytes
+            for a, b, what in spans:
+                if a < i1 and i0 < b and (what != "output" or v != op.output):
+                    raise CodegenError(
+                        f"layer {op.source!r} ({op.describe()}): its {what} overlaps its input {v!r} in the NVM arena, "
+                        "so it could not be run again after a power failure; report this model (intermittent=True "
+                        "plans every unit out of place)")  # fmt: skip
+            if v == op.output:
+                raise CodegenError(
+                    f"layer {op.source!r} ({op.describe()}) writes its output over its own input, which cannot be made "
+                    "idempotent for intermittent=True; emit it without intermittent=True")  # fmt: skip
+
+
+def model_id(prefix: str, report: dict, units: list[Unit], nvm_bytes: int) -> int:
+    """32 bits that change with the model: progress committed by another model (re-flashed firmware) is
+    not valid for this one."""
+    key = json.dumps([prefix, [[ly["source"], ly["op"], ly["output_shape"], ly["bytes"]] for ly in report["layers"]],
+                      [[u.op, u.macs, u.tile] for u in units], nvm_bytes], sort_keys=True)  # fmt: skip
+    return int.from_bytes(hashlib.sha256(key.encode()).digest()[:4], "little")
+
+
+@dataclass
+class Intermittent:
+    """The intermittent plan of one emission: its units, NVM arena and template context."""
+
+    graph: ir.Graph
+    memory: GraphMemory
+    units: list[Unit]
+    elem_bytes: int  # 4: float arena, 1: int8 arena
+    sram_bytes: int  # bounded kernel scratch on the stack (the largest of one unit)
+    id: int = 0
+    bound: int | None = None  # max_unit_macs asked for
+
+    @property
+    def arena_elems(self) -> int:
+        return self.memory.arena_bytes // self.elem_bytes
+
+    @property
+    def nvm_bytes(self) -> int:
+        return 2 * SLOT_BYTES + _align8(max(self.memory.arena_bytes, self.elem_bytes))  # slots, arena (aligned 8)
+
+    def buf(self, value: str) -> str:
+        off = self.memory.storage[value].offset // self.elem_bytes
+        return f"(arena + {off})" if off else "arena"
+
+    def scratch(self, op: ir.Op) -> str:
+        off = self.memory.scratch[op.name] // self.elem_bytes
+        return f"(arena + {off})" if off else "arena"
+
+    def out_value(self, u: Unit) -> str:
+        return self.graph.input if u.op is None else self.graph.ops[u.op].output
+
+    def _channel(self, value: str) -> int:
+        """Elements of one channel of ``value`` (C, ...)."""
+        shape = self.graph.values[value].shape
+        return math.prod(shape[1:]) if len(shape) > 1 else 1
+
+    def out_bytes(self, u: Unit) -> int:
+        v = self.out_value(u)
+        if u.tile is not None:
+            return (u.tile[1] - u.tile[0]) * self._channel(v) * self.elem_bytes
+        return self.graph.values[v].numel * self.elem_bytes
+
+    def out_ptr(self, u: Unit) -> str:
+        return self.unit_buf(u)(self.out_value(u))
+
+    def unit_op(self, u: Unit) -> ir.Op:
+        assert u.op is not None
+        op = self.graph.ops[u.op]
+        return op if u.tile is None else tile_op(op, *u.tile)
+
+    def unit_buf(self, u: Unit) -> Callable[[str], str]:
+        """``buf`` for the unit's template: a tile's output (and a depthwise tile's input) start at its channel."""
+        if u.tile is None:
+            return self.buf
+        op = self.graph.ops[u.op] if u.op is not None else None
+        c0 = u.tile[0]
+
+        def buf(value: str) -> str:
+            off = self.memory.storage[value].offset // self.elem_bytes
+            if value == op.output or (isinstance(op, Conv2d) and op.groups != 1 and value == op.inputs[0]):
+                off += c0 * self._channel(value)
+            return f"(arena + {off})" if off else "arena"
+
+        return buf
+
+    def context(self) -> dict:
+        return {
+            "units": self.units, "buf": self.buf, "scratch": self.scratch, "out_bytes": self.out_bytes,
+            "out_ptr": self.out_ptr, "unit_op": self.unit_op, "unit_buf": self.unit_buf, "id": f"0x{self.id:08x}u", "arena_elems": self.arena_elems,
+            "nvm_bytes": self.nvm_bytes, "arena_bytes": self.memory.arena_bytes, "sram_bytes": self.sram_bytes,
+            "output_offset": self.memory.storage[self.graph.output].offset // self.elem_bytes,
+        }  # fmt: skip
+
+    def report(self, normal_arena_bytes: int) -> dict:
+        g = self.graph
+        return {
+            "units": [
+                {"index": u.index, "layer": u.name, "op": "copy input" if u.op is None else g.ops[u.op].describe(),
+                 "channels": list(u.tile) if u.tile else None, "macs": u.macs, "output_bytes": self.out_bytes(u)}
+                for u in self.units
+            ],
+            "nvm_bytes": self.nvm_bytes,
+            "nvm_arena_bytes": self.memory.arena_bytes,
+            "sram_bytes": self.sram_bytes,
+            "normal_arena_bytes": normal_arena_bytes,
+            "max_unit_macs": max(u.macs for u in self.units),
+            "unit_macs_bound": self.bound,
+            "model_id": f"0x{self.id:08x}",
+            "commit": "two versioned slots {seq, unit, check} in SC_NVM (runtime/sc_nvm.h)",
+        }  # fmt: skip
+
+
+def _align8(n: int) -> int:
+    return (n + 7) // 8 * 8
+
+
+def _stack_scratch(op: ir.Op) -> int:
+    kc = op.kernel_choice()
+    return kc.scratch.nbytes if kc is not None and kc.scratch is not None and not kc.scratch.arena else 0
+
+
+def plan(g: ir.Graph, prefix: str, report: dict, elem_bytes: int = 4, max_unit_macs: int | None = None) -> Intermittent:
+    """Plans the intermittent run of ``g`` (``elem_bytes``: 4 float, 1 int8; the values of ``g`` have
+    that element size in ``nbytes``); ``max_unit_macs`` splits larger layers into output-channel tiles."""
+    if max_unit_macs is not None and (int(max_unit_macs) != max_unit_macs or max_unit_macs < 1):
+        raise CodegenError(f"max_unit_macs must be a positive integer (MACs per unit of work), got {max_unit_macs!r}")
+    mem = plan_nvm(g)
+    check_idempotent(g, mem)
+    units = units_of(g, max_unit_macs)
+    sram = max((_stack_scratch(op) for op in g.ops), default=0)
+    it = Intermittent(g, mem, units, elem_bytes, sram)
+    it.id = model_id(prefix, report, units, it.nvm_bytes)
+    it.bound = max_unit_macs
+    log.info("intermittent: %d units, %d NVM bytes (arena %d, normal arena %d)", len(units), it.nvm_bytes,
+             mem.arena_bytes, report["memory"]["arena_bytes"])  # fmt: skip
+    return it
+
+
+def add_files(e: Emission) -> Callable[[emit.Rendered], None]:
+    """The ``Emission.add_files`` of an intermittent emission: the failure-injection harnesses (app/) and
+    runtime/sc_nvm.h."""
+    ctx = dict(version=VERSION, prefix=e.prefix, PREFIX=e.prefix.upper(), has_input=e.test_io is not None,
+               **e.extra_context)  # fmt: skip
+
+    def add(r: emit.Rendered) -> None:
+        add_harnesses(r, ctx)
+
+    return add
+
+
+def add_harnesses(r: emit.Rendered, ctx: dict) -> None:
+    """Renders app/power_fail.c and app/qemu_power_fail.c (``ctx``: prefix, PREFIX, version, has_input; ``ee``
+    and ``EE`` for an early-exit model) and copies runtime/sc_nvm.h."""
+    env = emit.environment()
+    r.copies[f"runtime/{HEADER}"] = runtime_dir() / HEADER
+    r.files[HOST_HARNESS] = env.get_template("power_fail.c.j2").render(**ctx)
+    r.files[BOARD_HARNESS] = env.get_template("qemu_power_fail.c.j2").render(**ctx)
