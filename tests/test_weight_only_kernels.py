@@ -28,8 +28,8 @@ CODEBOOK = "codebook_dense_only"
 
 @pytest.fixture(autouse=True)
 def dense_forms(monkeypatch):
-    monkeypatch.setitem(formats.REPRESENTATIONS, INT8, ("int8",))
-    monkeypatch.setitem(formats.REPRESENTATIONS, CODEBOOK, ("codebook",))
+    monkeypatch.setitem(formats.REPRESENTATIONS, INT8, formats.Representation(INT8, ("int8",)))
+    monkeypatch.setitem(formats.REPRESENTATIONS, CODEBOOK, formats.Representation(CODEBOOK, ("codebook",)))
 
 
 def _quantized(net: nn.Module, form: str, bits: int = 4) -> nn.Module:
