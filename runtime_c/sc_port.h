@@ -5,6 +5,8 @@
  *                  linker (used) so that the bytes in flash are exactly MODEL_WEIGHT_BYTES.
  *                  To place weights in a named flash section:
  *                    #define SC_WEIGHT_SECTION __attribute__((section(".rodata.weights")))
+ *                  -DSC_KEEP_WEIGHTS (the board build sets it) puts them in .rodata.sc_weights, which
+ *                  board/cortex_m.ld KEEPs even when --gc-sections finds an array unreferenced.
  *   SC_ARENA_ATTR  attributes of the activation arena (e.g. a fast-RAM section, or SC_NVM
  *                  for energy-harvesting devices that must keep progress across power loss).
  *   SC_NVM         placement of the state an early-exit model (model_ee.c) must keep across a power
@@ -42,7 +44,14 @@
 #endif
 
 #ifndef SC_WEIGHT_SECTION
+#if defined(SC_KEEP_WEIGHTS) && defined(__GNUC__)
+/* one named section the linker script keeps (board/cortex_m.ld: KEEP): with -fdata-sections and
+ * --gc-sections an array whose few values the compiler folded into the code would otherwise be dropped,
+ * and the weight bytes in flash would no longer be MODEL_WEIGHT_BYTES */
+#define SC_WEIGHT_SECTION __attribute__((section(".rodata.sc_weights")))
+#else
 #define SC_WEIGHT_SECTION
+#endif
 #endif
 
 #ifndef SC_WEIGHT

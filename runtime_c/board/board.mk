@@ -37,7 +37,7 @@ ARM_OPT     ?= -O2
 ARM_WARN    ?= -Wall -Wextra -Werror -pedantic
 # -fstack-usage: <obj>.su lists every function's frame (codegen.board.stack_usage reads model.su)
 ARM_CFLAGS  ?= -std=c99 $(ARM_OPT) -g $(ARM_WARN) -ffunction-sections -fdata-sections -fstack-usage
-ARM_CPPFLAGS ?= $(CPPFLAGS) -I$(SC_BOARD_DIR)
+ARM_CPPFLAGS ?= $(CPPFLAGS) -I$(SC_BOARD_DIR) -DSC_KEEP_WEIGHTS
 # newlib-nano, our own startup (board/startup.c) and system calls (board/semihost.c);
 # -u _printf_float: the self-test prints floats with %g.
 ARM_SPECS   ?= --specs=nano.specs
