@@ -132,6 +132,12 @@ class Op:
         kc = self.kernel_choice()
         return kc.scratch.nbytes if kc is not None and kc.scratch is not None and kc.scratch.arena else 0
 
+    def required_arena_scratch_bytes(self) -> int:
+        """``arena_scratch_bytes`` the op cannot run without (0 when its scratch is ``optional``): what a lower
+        bound of the arena may count."""
+        kc = self.kernel_choice()
+        return 0 if kc is not None and kc.optional else self.arena_scratch_bytes()
+
     def drop_optional_scratch(self, drop: bool) -> None:
         """Run the kernel that needs no scratch instead of one whose scratch is ``optional`` (True), or
         the faster one again (False). codegen.memory.plan_graph drops it when it raises the arena."""

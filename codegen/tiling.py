@@ -140,12 +140,14 @@ def _needs(op: ir.Op, g: ir.Graph, out: Rect) -> list[Rect]:
 
 def local_op(op: ir.Op, g: ir.Graph, ins: list[str], out: str, in_rect: Rect, out_rect: Rect) -> ir.Op:
     """The op running on one tile: tile-local names, shapes and top/left padding (module docstring).
-    Attributes set on the op instance outside its fields (the integer pass's ``integer``) carry over."""
+    Attributes set on the op instance outside its fields (the integer pass's ``integer``) carry over.
+    A scratch that only buys speed (``ir.KernelChoice.optional``) is dropped: tiles exist to save RAM."""
     new = _local_fields(op, g, ins, out, in_rect, out_rect)
     fields = {f.name for f in dataclasses.fields(op)}
     for k, v in vars(op).items():
         if k not in fields:
             setattr(new, k, v)
+    new.drop_optional_scratch(True)
     return new
 
 
@@ -450,7 +452,8 @@ class Search:
         self.op_lb = []
         for op in g.ops:
             ins = sum(arena(v) for v in dict.fromkeys(op.inputs))
-            self.op_lb.append(ins + (0 if op.overwrites_input() else arena(op.output)) + op.arena_scratch_bytes())
+            own = 0 if op.overwrites_input() else arena(op.output)
+            self.op_lb.append(ins + own + op.required_arena_scratch_bytes())
 
     def _may_share_output(self) -> set[str]:
         """Values the planner may put in the caller's output buffer (in-place chains ending at the output)."""
