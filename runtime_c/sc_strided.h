@@ -95,8 +95,8 @@ static inline void sc_i8_s_div(const int8_t *a, const int8_t *b, int8_t *y, cons
     SC_STRIDED_LOOP({
         const int32_t k = (int32_t)b[ib] + 128; /* no comma: this is a macro argument */
         const int32_t d = (int32_t)a[ia] - q->a_zp;
-        const int32_t v = sc_i8_mbqm((int32_t)b[ib] < q->b_zp ? -d : d, mult[k], shift[k]) + q->out_zp;
-        y[o] = (int8_t)(v > 127 ? 127 : (v < -128 ? -128 : v));
+        /* clamped before out_zp is added: a saturated quotient (a zero divisor) is near INT32_MIN/MAX */
+        y[o] = sc_i8_requant((int32_t)b[ib] < q->b_zp ? -d : d, mult[k], shift[k], q->out_zp, -128, 127);
     });
 }
 

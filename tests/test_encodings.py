@@ -17,6 +17,7 @@ import math
 import os
 import re
 import subprocess
+import zlib
 from pathlib import Path
 
 import numpy as np
@@ -168,7 +169,7 @@ def grid_tensor(form: str, shape: tuple[int, ...], density: float, seed: int, bi
 @pytest.mark.parametrize("shape", [(7, 13), (3, 300), (16, 3, 3, 3), (1, 1), (300, 2)])
 @pytest.mark.parametrize("density", [0.0, 0.03, 0.1, 0.5, 1.0])
 def test_form_is_lossless_and_its_bytes_follow_the_formula(form, shape, density):
-    w = grid_tensor(form, shape, density, seed=hash((form, shape, density)) % 1000)
+    w = grid_tensor(form, shape, density, seed=zlib.crc32(repr((form, shape, density)).encode()) % 1000)
     enc = formats.ENCODINGS[form]
     e = enc.encode(w, "t")
     w2 = w.reshape(shape[0], -1)

@@ -12,6 +12,7 @@ import os
 import shutil
 import subprocess
 import sys
+import zlib
 from pathlib import Path
 
 import numpy as np
@@ -327,7 +328,7 @@ OPS.update({
 
 @pytest.mark.parametrize("name", list(OPS))
 def test_op_bit_exact(name, tmp_path):
-    torch.manual_seed(hash(name) % 1000)
+    torch.manual_seed(zlib.crc32(name.encode()) % 1000)  # str hash() differs per process
     make, shape = OPS[name]
     check_bit_exact(make(), shape, tmp_path)
 
