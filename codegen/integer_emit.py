@@ -149,6 +149,7 @@ def save_integer_model(
     tolerance: float | None = None,
     arduino: bool = False,
     intermittent: bool = False,
+    max_unit_macs: int | None = None,
 ):
     """``save_compressed_model(..., integer=True, calibration_data=...)``: emits the integer path.
 
@@ -195,7 +196,7 @@ def save_integer_model(
                                          **(float_ctx if input_data is not None else {})},
                           what="integer ", arduino=arduino)
     if intermittent:
-        it = nvm.plan(int8_graph(g), prefix, report, elem_bytes=1)
+        it = nvm.plan(int8_graph(g), prefix, report, elem_bytes=1, max_unit_macs=max_unit_macs)
         report["intermittent"] = it.report(mem.arena_bytes)
         e.extra_context["intermittent"] = it.context()
         e.add_files = nvm.add_files(e)
