@@ -145,8 +145,11 @@ def main() -> None:
                          "--max-train); a harder setting, used on the shared machine: say so")
     ap.add_argument("--float-epochs", type=int, default=10)
     ap.add_argument("--ratio", type=float, default=15.0, help="compression ratio for tasks without a fixed budget")
+    ap.add_argument("--kw", default="", help="extra compress_NN_models options for every run, e.g. "
+                    "'max_rounds=2,num_epochs=3' (a reduced setting: say so with the figures)")
+    ap.add_argument("--log", default="WARNING", help="logging level of the compressor (INFO shows every round)")
     args = ap.parse_args()
-    logging.basicConfig(level=logging.WARNING, format="%(message)s")
+    logging.basicConfig(level=getattr(logging, args.log.upper()), format="%(asctime)s %(name)s %(message)s")
     torch.set_num_threads(1)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -172,14 +175,17 @@ def main() -> None:
         float_acc = evaluate(model, test)
         res = results.setdefault(name, {})
         res.update(float_test=float_acc, float_bytes=float_bytes, budget=budget, float_train_s=train_s,
-                   float_epochs=args.float_epochs, n_train=len(train.dataset))
+                   float_epochs=args.float_epochs, n_train=len(train.dataset), extra_options=args.kw)
         print(f"{name}: float {100 * float_acc:.2f} % at {float_bytes:,} B; budget {budget:,} B "
               f"({float_bytes / budget:.1f}x); {len(train.dataset)} training samples", flush=True)
         ctrain = _cap(train, args.compress_max_train, seed=1)
         res["n_train_compress"] = len(ctrain.dataset)
-        for rep in args.reps.split(","):
+        for rep in filter(None, args.reps.split(",")):  # --reps "" trains/loads the float baselines only
             m = copy.deepcopy(model)
             kw = {} if rep == "default" else {"representation": rep}
+            for item in filter(None, args.kw.split(",")):
+                k, v = item.split("=", 1)
+                kw[k.strip()] = json.loads(v)
             t = time.monotonic()
             try:
                 report = compress_NN_models(m, f"{budget}B", ctrain, test, val_loader=val, progress=False, **kw)

@@ -4,13 +4,16 @@ For LeNet-5 and DS-CNN (tests/models.py, trained-like and pruned, "csr") and tor
 mobilenet_v2 (width 0.35, 96x96, random weights and BatchNorm statistics, "dense") it prints the
 layer-by-layer arena (MODEL_ARENA_BYTES today) and, over the schedules the planner considers (one
 tiled stage from the input on near-square grids up to 8x8, and a second stage after the one-stage
-schedules of ``tiling.pareto_seeds``), the lowest peak RAM with at most 20 % extra MACs and the lowest peak at
+schedules of ``tiling.pareto_seeds`` and ``Search.seeds``), the lowest peak RAM with at most 20 % extra MACs and the lowest peak at
 all, with the stages, grids and extra MACs. With --board it emits the <= 20 % schedule and the untiled
 model, checks both against PyTorch through gcc and counts instructions of one inference on the
 emulated Cortex-M4F (QEMU -icount). Target of the issue: peak <= 1/4 of layer by layer with <= 20 %
 extra MACs on mobilenet_v2 w0.35 96x96. Usage:
 
-    .venv/bin/python benchmarks/tiling.py [--models lenet5,ds_cnn,mobilenet_v2_035_96] [--board]
+    .venv/bin/python benchmarks/tiling.py [--models lenet5,ds_cnn,mobilenet_v2_035_96] [--board] [--integer]
+
+The last column times ``choose_schedule`` (``tiling.Search``: lower bounds, cached stage costs) at a budget
+of 1/4 of the layer-wise arena and at 1 byte under the smallest one-stage peak (a second stage needed).
 """
 
 from __future__ import annotations
@@ -19,6 +22,7 @@ import argparse
 import logging
 import sys
 import tempfile
+import time
 from pathlib import Path
 
 import torch
@@ -30,6 +34,7 @@ sys.path.insert(0, str(ROOT / "tests"))
 from codegen import board as cboard  # noqa: E402
 from codegen import tiling  # noqa: E402
 from codegen.api import build_graph, save_compressed_model, verify  # noqa: E402
+from codegen.errors import CodegenError  # noqa: E402
 
 MAX_EXTRA = 0.20
 
@@ -64,34 +69,61 @@ def _describe(g, s: tiling.Schedule) -> str:
                      f"{p.stage.grid[0]}x{p.stage.grid[1]}" for p in s.stages)  # fmt: skip
 
 
-def run(name: str, board: bool) -> list[str]:
+def run(name: str, board: bool, integer: bool = False) -> list[str]:
     make, representation = MODELS[name]
     model, xs = make()
-    g, mem = build_graph(model, xs[:1], representation)
+    kw: dict = {}
+    if integer:  # the int8 path: tiles planned over 1-byte values, int8 kernels on the tiles
+        from codegen.integer_emit import build_integer, int8_graph
+
+        cal = torch.cat([xs, torch.randn((13, *xs.shape[1:]), generator=torch.Generator().manual_seed(5))])
+        representation = "int8"
+        g = int8_graph(build_integer(model, xs[:1], cal, representation).graph)
+        mem = tiling.plan_graph(g)
+        kw = {"integer": True, "calibration_data": cal, "tolerance": 1e9}  # the board checks bit-exactness
+    else:
+        g, mem = build_graph(model, xs[:1], representation)
     total = sum(op.macs() for op in g.ops)
-    one = tiling.schedules(g)
-    every = [tiling.plan_schedule(g, []), *one, *tiling.second_stages(g, tiling.pareto_seeds(one))]
+    search = tiling.Search(g)
+    one = tiling.schedules(g, search=search)
+    firsts = [s.stages[0].stage for s in tiling.pareto_seeds(one)]
+    firsts += [st for st in search.seeds(search.one_stage()) if st not in firsts]  # choose_schedule's seeds too
+    every = [tiling.plan_schedule(g, [], search), *one, *(search.plan(c) for c in search.two_stage(firsts))]
     ok = [s for s in every if s.extra_macs <= MAX_EXTRA * total]
     capped = min(ok, key=lambda s: (s.memory.arena_bytes, s.extra_macs))
     lowest = min(every, key=lambda s: (s.memory.arena_bytes, s.extra_macs))
+    low_one = min(s.memory.arena_bytes for s in one)
+    times = []
+    for budget in (mem.arena_bytes // 4, low_one - 1):
+        t = time.perf_counter()
+        try:
+            tiling.choose_schedule(g, budget)
+        except CodegenError:
+            pass
+        times.append(f"{budget:,} B: {time.perf_counter() - t:.1f} s")
     rows = []
     insns = {}
-    if board and capped.stages:  # nothing to compare when layer by layer is the schedule kept
+    if board and capped.stages:  # nothing to compare when layer by layer is kept
         with tempfile.TemporaryDirectory() as tmp:
             for tag, stages in (("untiled", []), ("tiled", [p.stage for p in capped.stages])):
                 d = Path(tmp) / tag
-                kw = {"tiling_stages": stages} if stages else {}
-                save_compressed_model(model, representation, xs[:1], d, **kw)
-                v = verify(model, d, xs)
-                logging.info("%s %s: max abs error %.3g (rel %.3g)", name, tag, v.max_abs_error, v.max_rel_error)
-                insns[tag] = cboard.profile(d, "m4").total_instructions
+                st = {"tiling_stages": stages} if stages else {}
+                save_compressed_model(model, representation, xs[:1], d, **st, **kw)
+                if not integer:
+                    v = verify(model, d, xs)
+                    logging.info("%s %s: max abs error %.3g (rel %.3g)", name, tag, v.max_abs_error, v.max_rel_error)
+                r = cboard.run(d, "m4", profile=True)  # the self-test on the board (bit-exact for int8)
+                if not r.passed:
+                    raise SystemExit(f"{name} {tag}: the self-test failed on the M4\n{r.stdout}{r.stderr}")
+                insns[tag] = r.profile.total_instructions
+    what_model = f"{name} (int8)" if integer else name
     for what, s in (("<= 20 % extra MACs", capped), ("lowest peak", lowest)):
         m4 = ""
         if insns and s is capped:
             m4 = f"{insns['tiled']:,} vs {insns['untiled']:,} ({insns['tiled'] / insns['untiled']:.2f}x)"
-        rows.append(f"| {name} | {what} | {mem.arena_bytes:,} | {s.memory.arena_bytes:,} | "
+        rows.append(f"| {what_model} | {what} | {mem.arena_bytes:,} | {s.memory.arena_bytes:,} | "
                     f"{s.memory.arena_bytes / mem.arena_bytes:.3f} | {100 * s.extra_macs / total:.1f} % | "
-                    f"{_describe(g, s)} | {m4} |")  # fmt: skip
+                    f"{_describe(g, s)} | {m4} | {'; '.join(times) if s is capped else ''} |")  # fmt: skip
     return rows
 
 
@@ -99,13 +131,14 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--models", default=",".join(MODELS))
     ap.add_argument("--board", action="store_true", help="emit, check with gcc and count M4 instructions")
+    ap.add_argument("--integer", action="store_true", help="the int8 path (integer=True) instead of float")
     args = ap.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     print("| model | schedule | layer-wise arena (B) | tiled peak (B) | peak / layer-wise | extra MACs | stages "
-          "(first..last layer, grid) | M4 instructions tiled vs untiled |")
-    print("|---|---|---:|---:|---:|---:|---|---|")
+          "(first..last layer, grid) | M4 instructions tiled vs untiled | choose_schedule time (budget) |")
+    print("|---|---|---:|---:|---:|---:|---|---|---|")
     for name in args.models.split(","):
-        for row in run(name, args.board):
+        for row in run(name, args.board, args.integer):
             print(row, flush=True)
 
 

@@ -175,7 +175,9 @@ def save_compressed_model(
     report.json's ``tiling`` section lists the stage, its tile grid, the peak RAM and the extra MACs.
     No schedule fits: CodegenError naming the layer that sets the smallest arena reachable, and that
     figure. ``tiling_stages`` forces the given ``tiling.Stage`` list instead (graph op indices, see
-    ``build_graph``). Float models only for now.
+    ``build_graph``). With ``integer=True`` the same search runs over the int8 arena (1-byte values) and
+    the int8 kernels run on the tiles (bit-exact with the untiled integer C). ``representation=None`` on a
+    model from ``compress_NN_models(..., ram_budget=N)`` also takes its recorded ``ram_budget``.
 
     ``intermittent=True``: the model also gets ``<prefix>_run_intermittent`` and ``<prefix>_intermittent_reset``
     (model.h), an inference that survives power failures at any instruction: its activations and progress
@@ -185,7 +187,7 @@ def save_compressed_model(
     seeded instruction counts); report.json an ``intermittent`` section (units, MACs, NVM and SRAM bytes).
     ``<prefix>_run`` and its C are unchanged. ``max_unit_macs`` (layer separation, float and integer paths): a layer of
     more MACs is split into tiles of output channels (convolutions, depthwise convolutions, fully connected layers;
-    weights with addressable rows: dense, CSR, relative-index), each its own committed unit; a layer that cannot be
+    weights with addressable rows: dense or CSR, float32 or int8), each its own committed unit; a layer that cannot be
     split that far is a CodegenError naming it.
 
     >>> net = torch.nn.Sequential(torch.nn.Conv2d(1, 4, 3), torch.nn.ReLU(), torch.nn.Flatten(),
@@ -195,6 +197,10 @@ def save_compressed_model(
     >>> res.weight_bytes                                                  # doctest: +SKIP
     5960
     """
+    if representation is None and ram_budget is None and not tiling_stages:
+        recorded = getattr(model, EMIT_ATTR, None)  # compress_NN_models(..., ram_budget=) records its bound
+        if isinstance(recorded, dict) and recorded.get("ram_budget") is not None:
+            ram_budget = int(recorded["ram_budget"])
     representation = emit_representation(model, representation)
     if quantize and integer:
         raise CodegenError("quantize=True makes weight-only int8/codebook weights for float inference; integer=True "
@@ -205,15 +211,12 @@ def save_compressed_model(
     if intermittent and (ram_budget is not None or tiling_stages):
         raise CodegenError("intermittent=True runs the model layer by layer from an arena in non-volatile memory; "
                            "tiled execution (ram_budget, tiling_stages) is not combined with it: drop one of them")
-    if integer and (ram_budget is not None or tiling_stages):
-        raise CodegenError("tiled execution (ram_budget, tiling_stages) is implemented for float models only; "
-                           "drop integer=True or the RAM budget")  # fmt: skip
     if integer:
         return save_integer_model(
             model, representation, input_data, directory, calibration_data=calibration_data,
             input_shape=input_shape, prefix=prefix, overwrite=overwrite, leaf_modules=leaf_modules,
             concrete_args=concrete_args, tolerance=tolerance, arduino=arduino, intermittent=intermittent,
-            max_unit_macs=max_unit_macs,
+            max_unit_macs=max_unit_macs, ram_budget=ram_budget, tiling_stages=tiling_stages,
         )  # fmt: skip
     if calibration_data is not None and not quantize:
         raise CodegenError("calibration_data is only used with integer=True (fully integer inference) or "
@@ -265,6 +268,16 @@ def save_compressed_model(
             e.extra_context = tiling.emission_context(g, schedule, emit.model_runtime_headers(g))
             e.add_files = _add_tile_runtime
     return write_emission(e, directory, overwrite)
+
+
+def plan_ram(model: torch.nn.Module, example: torch.Tensor | tuple[int, ...], ram_budget: int,
+             representation: str = "csr") -> dict:  # fmt: skip
+    """The ``tiling`` report section of the schedule ``save_compressed_model(model, representation,
+    ram_budget=ram_budget)`` emits (layer-by-layer arena, peak RAM, stages, extra MACs), without emitting;
+    CodegenError naming the smallest arena reachable when no schedule fits. sparsecomp's
+    ``compress_NN_models(..., ram_budget=)`` calls it before and after compressing."""
+    g, _ = build_graph(model, example, representation)
+    return tiling.choose_schedule(g, int(ram_budget)).report(g)
 
 
 def _add_tile_runtime(r: emit.Rendered) -> None:

@@ -11,7 +11,7 @@ Emission (``save_compressed_early_exit_model``) writes ONE directory:
 * ``model.c`` / ``model.h`` — the baseline (the backbone, weights once), split into stages at the
   exit points: ``<prefix>_stage(k, input, output)`` runs stage k, ``<prefix>_run`` runs them all.
 * ``model_ee.c`` / ``model_ee.h`` — the exit part: pooling, the heads (weights in
-  ``headers/ee_<head>.h``), the one-shot ``<prefix>_ee_run(input, output, exit)`` and the
+  ``headers/<head>_ee.h``, all included by ``headers/headers_ee.h``: SparseComp's layout), the one-shot ``<prefix>_ee_run(input, output, exit)`` and the
   incremental ``<prefix>_ee_begin / _step / _exit`` for energy-adaptive devices.
 
 Stages and the arena (``plan_stages``): the IR ops are cut after the op producing each exit
@@ -46,7 +46,7 @@ import numpy as np
 import torch
 import torch.fx as fx
 
-from codegen import api, emission, emit, formats, ir
+from codegen import api, emission, emit, formats, ir, tiling
 from codegen import intermittent as nvm
 from codegen.errors import CodegenError
 from codegen.formats import CArray
@@ -238,13 +238,17 @@ class StagePlan:
 
 
 def plan_stages(g: ir.Graph, stages: list[Stage], points: list[ExitPoint], features_bytes: int,
-                scratch_bytes: int, alignment: int = 4) -> StagePlan:  # fmt: skip
+                scratch_bytes: int, alignment: int = 4, tiled: Sequence[tiling.StagePlan] = ()) -> StagePlan:  # fmt: skip
     """Plans ONE arena for the staged backbone and the exit path (see the module docstring).
 
     Time: op i runs at 2i; exit k's pooling at 2 * (exit op) + 1; the answer at 2n + 1. A value read
     in a later stage than the one producing it lives to the end of the reading stage, so a stage
     never overwrites what it reads from earlier stages (stages are restartable); in-place ops then
     only happen over values of the same stage.
+
+    ``tiled``: tiled stages (codegen/tiling.py, each inside one exit stage): the values made inside one
+    live in its tile workspace (an extra buffer from its first to its last op), its input stays live and
+    its output is written from its first op on.
     """
     n = len(g.ops)
     t_end = 2 * n + 1
@@ -267,6 +271,18 @@ def plan_stages(g: ir.Graph, stages: list[Stage], points: list[ExitPoint], featu
     for p in points:
         last[p.value] = max(last[p.value], 2 * p.op_index + 1)
     last[g.output] = t_end
+    ops = list(g.ops)
+    tile_extra = []
+    for k, tp in enumerate(tiled):
+        f, la = tp.stage.first, tp.stage.last
+        for i in range(f, la + 1):  # planned as plain steps: no in-place, no kernel scratch of the whole layer
+            op = g.ops[i]
+            ops[i] = tiling.StageOp(op.name, "stage", op.source, list(op.inputs), op.output)
+            if i < la:
+                first[op.output], last[op.output] = t_end + 1, -1  # in the workspace, not the arena
+        first[tp.output] = 2 * f
+        last[tp.input] = max(last[tp.input], 2 * la)
+        tile_extra.append((f"tile{k}.workspace", tp.workspace_bytes, 2 * f, 2 * la, 0))
 
     # The exit path's own buffers: the input copy (incremental API), the backbone's answer (kept
     # from the first op that may write it to the end), the pooled features and the head's scratch.
@@ -277,7 +293,10 @@ def plan_stages(g: ir.Graph, stages: list[Stage], points: list[ExitPoint], featu
     ]
     if scratch_bytes:
         extra.append(("ee_scratch", scratch_bytes, -1, t_end, 1))
-    mem = plan_graph(g, alignment, lifetimes=(first, last), op_time=lambda i: 2 * i, extra=extra)
+    planned = ir.Graph(g.values, ops, g.input, g.output)
+    mem = plan_graph(planned, alignment, lifetimes=(first, last), op_time=lambda i: 2 * i, extra=extra + tile_extra)
+    for k, tp in enumerate(tiled):
+        tiling.place_workspace(mem, tp, mem.extra_offsets[f"tile{k}.workspace"])
     plan = mem.extra_offsets
     return StagePlan(
         mem, plan["ee_input"], plan["ee_output"], plan["ee_features"], plan.get("ee_scratch", 0),
@@ -463,6 +482,20 @@ def _as_spec(exit_model) -> ExitSpec:
     return spec
 
 
+def exit_weight_bytes(exit_model, representation: str = "csr", feature_sizes: Sequence[int] | None = None) -> int:
+    """Exact bytes of the exit heads' weight arrays (``<PREFIX>_EE_WEIGHT_BYTES``) as
+    :func:`save_compressed_early_exit_model` emits them with ``representation`` -- the count the compressor
+    budgets them with.  ``feature_sizes``: the pooled features of every exit (default: the exit model's).
+
+    >>> exit_weight_bytes(ee, "int8")  # doctest: +SKIP
+    """
+    spec = _as_spec(exit_model)
+    sizes = list(feature_sizes if feature_sizes is not None else exit_model.feature_sizes)
+    hg, _ = _head_graph(spec, sizes, {})
+    api.encode_graph(hg, representation, "model_ee")
+    return int(emission.byte_report(hg).total)
+
+
 @dataclass
 class _Build:
     """Both halves of an early-exit emission, encoded and planned: the backbone (graph, exit points, stages),
@@ -474,6 +507,7 @@ class _Build:
     hg: ir.Graph
     heads: list[list[Linear]]
     plan: StagePlan
+    schedule: tiling.Schedule | None = None  # ram_budget given: the tiling schedule (maybe no stage)
 
 
 def _resolve_arguments(baseline: torch.nn.Module, exit_model, simulate_exit: Callable | None, input_data,
@@ -492,8 +526,8 @@ def _resolve_arguments(baseline: torch.nn.Module, exit_model, simulate_exit: Cal
 
 
 def _build(baseline: torch.nn.Module, spec: ExitSpec, simulate_exit: Callable, example: torch.Tensor,
-           rep: formats.Representation, prefix: str, leaf_modules: tuple[type, ...], concrete_args: dict | None
-           ) -> _Build:  # fmt: skip
+           rep: formats.Representation, prefix: str, leaf_modules: tuple[type, ...], concrete_args: dict | None,
+           ram_budget: int | None = None) -> _Build:  # fmt: skip
     """Traces, encodes and plans the backbone and the exit heads; checks the exits against simulate_exit."""
     an = analyze_backbone(baseline, example, spec.exit_points, leaf_modules, concrete_args)
     g, points, stages = an.graph, an.points, an.stages
@@ -511,7 +545,40 @@ def _build(baseline: torch.nn.Module, spec: ExitSpec, simulate_exit: Callable, e
     api.encode_graph(hg, rep, f"{prefix}_ee")
     scratch_floats = max(scratch.values(), default=0)
     plan = plan_stages(g, stages, points, 4 * sum(sizes), 4 * scratch_floats)
-    return _Build(an, pools, sizes, hg, heads, plan)
+    schedule = None
+    if ram_budget is not None:
+        schedule = _tiled_schedule(g, stages, points, 4 * sum(sizes), 4 * scratch_floats, plan, int(ram_budget))
+        if schedule.stages:
+            plan = plan_stages(g, stages, points, 4 * sum(sizes), 4 * scratch_floats, tiled=schedule.stages)
+    return _Build(an, pools, sizes, hg, heads, plan, schedule)
+
+
+def _tiled_schedule(g: ir.Graph, stages: list[Stage], points: list[ExitPoint], features_bytes: int,
+                    scratch_bytes: int, untiled: StagePlan, ram_budget: int) -> tiling.Schedule:  # fmt: skip
+    """The schedule of fewest extra MACs whose early-exit arena fits ``ram_budget`` (tiling.choose_schedule
+    with this arena): tiled stages lie inside one exit stage and keep every exit point's value out of their
+    tiles; CodegenError with the smallest arena reachable otherwise."""
+    stage_of = {i: s.index for s in stages for i in range(s.start, s.end)}
+    exits = {p.value for p in points}
+    layerwise = untiled.baseline_arena_bytes
+
+    def allowed(st: tiling.Stage) -> bool:
+        made = {op.output for op in st.ops(g)} - {g.ops[st.last].output}
+        return stage_of[st.first] == stage_of[st.last] and not (made & exits)
+
+    def plan_fn(tiled: list[tiling.Stage]) -> tiling.Schedule:
+        if not tiled:
+            return tiling.Schedule([], untiled.memory, layerwise)
+        plans = [search.stage(t, f"t{k}") for k, t in enumerate(sorted(tiled, key=lambda t: t.first))]
+        sp = plan_stages(g, stages, points, features_bytes, scratch_bytes, tiled=plans)
+        return tiling.Schedule(plans, sp.memory, layerwise)
+
+    search = tiling.Search(g, plan_fn, allowed)
+    try:
+        return tiling.choose_schedule(g, ram_budget, search)
+    except CodegenError as exc:
+        raise CodegenError(f"early-exit emission (stages restartable, the exits' features kept in the arena, "
+                           f"tiles only inside a stage): {exc}") from None
 
 
 def _check_name_clashes(g: ir.Graph, hg: ir.Graph, prefix: str) -> None:
@@ -520,15 +587,16 @@ def _check_name_clashes(g: ir.Graph, hg: ir.Graph, prefix: str) -> None:
     base_arrays = {a.name for op in g.ops for e in op.encoded.values() for a in e.arrays.values()}
     ee_arrays = {a.name for op in hg.ops for e in op.encoded.values() for a in e.arrays.values()}
     base_files = {f"{op.name}.h" for op in g.ops if op.encoded} | {"headers.h", "input.h"}
-    ee_files = {f"ee_{op.name}.h" for op in hg.ops} | {"input_ee.h"}
+    ee_files = {f"{op.name}_ee.h" for op in hg.ops} | {"input_ee.h", "headers_ee.h"}
     base_guards = {f"{P}_{op.name.upper()}_H" for op in g.ops if op.encoded} | {f"{P}_H", f"{P}_HEADERS_H", f"{P}_INPUT_H"}
-    ee_guards = {f"{P}_EE_{op.name.upper()}_H" for op in hg.ops} | {f"{P}_EE_H", f"{P}_EE_INPUT_H"}
+    ee_guards = {f"{P}_EE_{op.name.upper()}_H" for op in hg.ops} | {f"{P}_EE_H", f"{P}_EE_INPUT_H",
+                                                                    f"{P}_EE__HEADERS_H"}
     for what, a, b in (("array", base_arrays, ee_arrays), ("header", base_files, ee_files),
                        ("include guard", base_guards, ee_guards)):  # fmt: skip
         if a & b:
             raise CodegenError(
                 f"the backbone and the exit heads would both define the {what} {sorted(a & b)[0]}; rename the "
-                "backbone layer that starts with 'ee_' or choose another prefix"
+                "backbone layer that ends with '_ee' or choose another prefix"
             )
 
 
@@ -649,14 +717,14 @@ def _render_context(b: _Build, spec: ExitSpec, prefix: str, name: str, represent
         in_ptr=f"(arena + {plan.input_offset // 4})" if plan.input_offset else "arena",
         out_ptr=f"(arena + {plan.output_offset // 4})" if plan.output_offset else "arena",
         feat_ptr=f"(arena + {fo})" if fo else "arena",
-        ee_headers=[f"ee_{op.name}.h" for op in hg.ops], runtime_headers=ee_runtime, magic=ee["state_magic"],
+        ee_headers=[f"{op.name}_ee.h" for op in hg.ops], runtime_headers=ee_runtime, magic=ee["state_magic"],
         buf=head_buf, bias=bias, has_input=has_input,
         stage_exits=[s.exit for s in stages], feature_ends=[seg[k] + b.sizes[k] for k in range(len(points))],
     )  # fmt: skip
 
 
 def _ee_files(hg: ir.Graph, ctx: dict, ee_expected, prefix: str,
-              intermittent: bool = False) -> Callable[[emit.Rendered], None]:  # fmt: skip
+              intermittent: bool = False, tiled: bool = False) -> Callable[[emit.Rendered], None]:  # fmt: skip
     """The emission core's add_files hook: model_ee.c/.h, the heads' headers, the expected exit outputs,
     the early-exit self-test (app/main.c, app/baseline_ee.c) and the heads' runtime headers."""
     env = emit.environment()
@@ -668,9 +736,11 @@ def _ee_files(hg: ir.Graph, ctx: dict, ee_expected, prefix: str,
         files["model_ee.c"] = env.get_template("model_ee.c.j2").render(**ctx)
         for op in hg.ops:
             arrays = [a for e in op.encoded.values() for a in e.arrays.values() if a.count]
-            files[f"headers/ee_{op.name}.h"] = env.get_template("layer.h.j2").render(
+            files[f"headers/{op.name}_ee.h"] = env.get_template("layer.h.j2").render(
                 version=emission.VERSION, op=op, arrays=arrays, guard=f"{P}_EE_{op.name.upper()}_H"
             )
+        # the seed's layout (SparseComp's conversion.py): headers/<layer>_ee.h and headers/headers_ee.h
+        files["headers/headers_ee.h"] = env.get_template("headers_ee.h.j2").render(**ctx)
         if ee_expected is not None:
             ys, tols = ee_expected
             files["headers/input_ee.h"] = env.get_template("input_ee.h.j2").render(
@@ -683,6 +753,9 @@ def _ee_files(hg: ir.Graph, ctx: dict, ee_expected, prefix: str,
             rendered.copies.setdefault(f"runtime/{h}", src)
         if intermittent:
             nvm.add_harnesses(rendered, ctx)
+        if tiled:
+            for h, src in emit.runtime_files([tiling.TILE_HEADER]).items():
+                rendered.copies.setdefault(f"runtime/{h}", src)
 
     return add_files
 
@@ -690,7 +763,7 @@ def _ee_files(hg: ir.Graph, ctx: dict, ee_expected, prefix: str,
 def save_compressed_early_exit_model(
     baseline: torch.nn.Module,
     exit_model: torch.nn.Module,
-    representation: str = "csr",
+    representation: str | None = None,
     simulate_exit: Callable | None = None,
     input_data: torch.Tensor | None = None,
     directory: str | os.PathLike = "sparsecomp_model",
@@ -702,8 +775,19 @@ def save_compressed_early_exit_model(
     leaf_modules: tuple[type, ...] = (),
     concrete_args: dict | None = None,
     intermittent: bool = False,
+    ram_budget: int | None = None,
 ) -> EarlyExitResult:
     """Emits the baseline (model.c/.h, split into stages) and its exits (model_ee.c/.h) in one directory.
+
+    ``representation`` None: the one ``sparsecomp.compress_NN_models`` recorded on the exit model (or on the
+    baseline) when it compressed them, else "csr" -- so a compressed exit model emits exactly the bytes
+    budgeted for the backbone and its heads.
+
+    ``ram_budget`` (bytes): when the early-exit arena (restartable stages, the exits' features) needs more,
+    the first layers run tile by tile (codegen/tiling.py; a tiled stage lies inside one exit stage, so a
+    restarted stage re-runs its tiles), the schedule of fewest extra MACs that fits; else CodegenError
+    with the smallest arena reachable. report.json then has a ``tiling`` section. Not with
+    ``intermittent=True`` (its failure points sit between the layers of a stage).
 
     ``intermittent=True``: the incremental API (begin/step/exit) is already resumable after a power failure
     (its arena and step state are SC_NVM); this adds the failure-injection harnesses and Makefile targets
@@ -720,10 +804,15 @@ def save_compressed_early_exit_model(
     >>> res.report["early_exit"]["exits"][0]["macs"]                       # doctest: +SKIP
     """
     emission.check_prefix(prefix)
+    representation = api.emit_representation(exit_model if hasattr(exit_model, api.EMIT_ATTR) else baseline,
+                                              representation)
     rep = formats.check_representation(representation)
     spec, simulate_exit = _resolve_arguments(baseline, exit_model, simulate_exit, input_data, input_shape)
     example = example_from(input_data if input_data is not None else tuple(input_shape))
-    b = _build(baseline, spec, simulate_exit, example, rep, prefix, leaf_modules, concrete_args)
+    if intermittent and ram_budget is not None:
+        raise CodegenError("intermittent=True injects power failures between the layers of a stage; tiled execution "
+                           "(ram_budget) is not combined with it: drop one of them")  # fmt: skip
+    b = _build(baseline, spec, simulate_exit, example, rep, prefix, leaf_modules, concrete_args, ram_budget)
     g, stages, n_exits = b.an.graph, b.an.stages, len(b.an.points)
     _check_name_clashes(g, b.hg, prefix)
     name = type(baseline).__name__
@@ -740,7 +829,12 @@ def save_compressed_early_exit_model(
         for s in stages
     ]  # fmt: skip
     extra_context = dict(stages=stage_ctx, extra_sources=["model_ee.c"], extra_headers=["model_ee.h"],
-                         baseline_sources=["app/baseline_ee.c"], ee_headers=[f"ee_{op.name}.h" for op in b.hg.ops])
+                         baseline_sources=["app/baseline_ee.c"])
+    tiled = b.schedule is not None and bool(b.schedule.stages)
+    if b.schedule is not None:
+        report["tiling"] = b.schedule.report(g)
+        if tiled:
+            extra_context.update(tiling.emission_context(g, b.schedule, emit.model_runtime_headers(g)))
     ctx = _render_context(b, spec, prefix, name, representation, report, ee_bytes, input_data is not None)
     if intermittent:
         ctx["intermittent"] = extra_context["intermittent"] = {"early_exit": True}
@@ -753,7 +847,7 @@ def save_compressed_early_exit_model(
             "commit": "the step counter (one aligned 32-bit store) after the stage, magic-guarded begin (model_ee.c)",
         }  # fmt: skip
     e = emission.Emission(g, b.plan.memory, prefix, representation, name, report, test_io,
-                          extra_context=extra_context, add_files=_ee_files(b.hg, ctx, ee_expected, prefix, intermittent),
+                          extra_context=extra_context, add_files=_ee_files(b.hg, ctx, ee_expected, prefix, intermittent, tiled),
                           what=f"early-exit ({n_exits} {spec.kind} exits, {ee_bytes.total} more weight bytes) ")  # fmt: skip
     res = emission.write_emission(e, directory, overwrite)
     return EarlyExitResult(res.directory, res.report)

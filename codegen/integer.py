@@ -45,6 +45,7 @@ log_softmax, LayerNorm and ops without an integer kernel are refused with an err
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import math
 from collections.abc import Callable, Iterable
@@ -329,6 +330,8 @@ class Int8Handler:
     and ``reference``, and register with ``@register_int8(MyOp)``.
 
     ``keeps_qparams``: the output keeps input 0's scale and zero point (pooling, padding, copies).
+    ``supported``: False for a handler registered only to refuse the op with a tailored message (GroupNorm);
+    README's int8 column (``codegen.supported_ops``) leaves those out.
     ``runtime``: the headers of the int8 kernels (under runtime_c/ or the op's extension_dir): the op
     family's header, whose int8 section includes the fixed-point math (runtime_c/sc_fixed.h).
     """
@@ -336,6 +339,7 @@ class Int8Handler:
     kind: ClassVar[str] = ""
     template: ClassVar[str] = ""
     keeps_qparams: ClassVar[bool] = False
+    supported: ClassVar[bool] = True
     runtime: ClassVar[tuple[str, ...]] = ()
 
     def kind_of(self, op: ir.Op) -> str:
@@ -360,6 +364,11 @@ class Int8Handler:
     def reference(self, qo: QOp, ins: list[np.ndarray]) -> np.ndarray:
         """The bit-exact numpy (int64) result of the C kernel for one sample."""
         raise NotImplementedError
+
+    def tile_form(self, qo: QOp, op: ir.Op) -> QOp:
+        """The QOp of this layer run on one tile (codegen/tiling.py): ``op`` is its tile-local form
+        (shapes, top/left padding). Override when a scalar depends on the spatial shape."""
+        return dataclasses.replace(qo, op=op)
 
 
 INT8_HANDLERS: dict[type, Int8Handler] = {}
@@ -401,6 +410,30 @@ class Calibration:
     env: dict[str, str]
     ranges: dict[str, list[float]]
     value_ranges: dict[str, list[float]]
+    producers: dict[str, str] = field(default_factory=dict)  # IR value -> the fx node that computed it
+
+
+def value_ranges_of(env: dict[str, str], producers: dict[str, str], ranges: dict[str, list[float]]
+                    ) -> dict[str, list[float]]:  # fmt: skip
+    """IR value -> calibrated [min, max]: the range of the fx node whose lowering computed the value
+    (``producers``); a value without one (the graph input, the items of a tuple-valued node) takes the
+    union of the ranges of the nodes ``env`` maps to it (views of it).
+
+    ``env`` alone is not enough: an in-place activation (``nn.SiLU(inplace=True)``, timm's default)
+    redirects the nodes of the tensor it overwrote to its result, and those nodes' recorded ranges are the
+    values before the activation (the conv/BatchNorm output), not the activation's.
+    """
+    out: dict[str, list[float]] = {}
+    for v, node_name in producers.items():
+        if node_name in ranges:
+            out[v] = list(ranges[node_name])
+    done = set(out)
+    for node_name, v in env.items():
+        if v in done or node_name not in ranges:
+            continue
+        r, cur = ranges[node_name], out.get(v)
+        out[v] = [min(cur[0], r[0]), max(cur[1], r[1])] if cur else list(r)
+    return out
 
 
 # graph passes run after each op's rewrite, before quantization (e.g. splitting fused activations)

@@ -17,7 +17,7 @@ import logging
 import numpy as np
 import torch
 
-from codegen import emission, formats, integer, ir
+from codegen import emission, emit, formats, integer, ir, tiling
 from codegen import intermittent as nvm
 from codegen.emit import cfloat
 from codegen.errors import CodegenError
@@ -26,6 +26,7 @@ from codegen.formats import CArray
 from codegen.integer import Calibration, IntegerModel, calibrate, int8_handler
 from codegen.lower import lower
 from codegen.memory import GraphMemory, plan_graph
+from codegen.resources import runtime_dir
 from codegen.trace import example_from, prepare_model
 
 log = logging.getLogger(__name__)
@@ -44,7 +45,7 @@ class _Int8Value(ir.Value):
 
 
 def int8_graph(g: ir.Graph) -> ir.Graph:
-    """``g`` with 1-byte elements (for the planners)."""
+    """The graph with 1-byte values (same ops): what the planners (memory, tiling) see on the integer path."""
     return ir.Graph({k: _Int8Value(v.name, v.shape, "int8") for k, v in g.values.items()}, g.ops, g.input, g.output)
 
 
@@ -69,16 +70,12 @@ def build_integer(
     x = example_from(example_input)
     gm = trace_model(m, x, leaf_modules, concrete_args)
     env: dict[str, str] = {}
-    g = lower(gm, env)
+    producers: dict[str, str] = {}
+    g = lower(gm, env, producers)
     ranges, n = calibrate(gm, calibration_data, tuple(x.shape[1:]))
-    value_ranges: dict[str, list[float]] = {}
-    for node_name, v in env.items():
-        if node_name in ranges:
-            r = ranges[node_name]
-            cur = value_ranges.get(v)
-            value_ranges[v] = [min(cur[0], r[0]), max(cur[1], r[1])] if cur else list(r)
+    value_ranges = integer.value_ranges_of(env, producers, ranges)
     g.ops[:] = [int8_handler(op).rewrite(op) for op in g.ops]
-    cal = Calibration(gm, env, ranges, value_ranges)
+    cal = Calibration(gm, env, ranges, value_ranges, producers)
     for p in integer.INT8_PASSES:
         p(g, cal)
     for op in g.ops:
@@ -92,6 +89,10 @@ def build_integer(
 
 
 # ---- emission --------------------------------------------------------------------------------------
+
+
+def _add_tile_runtime(r: emit.Rendered) -> None:
+    r.copies[f"runtime/{tiling.TILE_HEADER}"] = runtime_dir() / tiling.TILE_HEADER
 
 
 def template_context(qm: IntegerModel, prefix: str) -> dict:
@@ -148,6 +149,8 @@ def save_integer_model(
     concrete_args: dict | None = None,
     tolerance: float | None = None,
     arduino: bool = False,
+    ram_budget: int | None = None,
+    tiling_stages: list | None = None,
     intermittent: bool = False,
     max_unit_macs: int | None = None,
 ):
@@ -159,13 +162,24 @@ def save_integer_model(
     within ``tolerance`` of it (default ``integer.float_tolerance``: 8 % of max|output| + 2 output steps)
     and fails with a message saying so otherwise. report.json gets an "integer" section (scales, zero
     points) and, under "test", the error against PyTorch's float output and its bound.
+
+    ``ram_budget`` / ``tiling_stages``: tiled execution as on the float path (codegen/tiling.py, planned over
+    the int8 graph's 1-byte values; the int8 kernels run on the tiles, bit-exact with the untiled C).
     """
     emission.check_prefix(prefix)
     if input_data is None and input_shape is None:
         raise CodegenError("give input_data (a sample of batch size 1) or input_shape, e.g. (1, 1, 28, 28)")
     example = example_from(input_data if input_data is not None else tuple(input_shape))
     qm = build_integer(model, example, calibration_data, representation, prefix, leaf_modules, concrete_args)
-    g, mem = qm.graph, qm.memory
+    g = qm.graph
+    schedule = None
+    if tiling_stages:
+        schedule = tiling.plan_schedule(int8_graph(g), list(tiling_stages))
+    elif ram_budget is not None:
+        schedule = tiling.choose_schedule(int8_graph(g), int(ram_budget))
+    if schedule is not None:
+        qm.memory = schedule.memory
+    mem = qm.memory
     assert mem is not None
     name = type(model).__name__
     report = emission.build_report(g, mem, prefix, representation, name)
@@ -195,6 +209,16 @@ def save_integer_model(
                           extra_context={"integer": template_context(qm, prefix),
                                          **(float_ctx if input_data is not None else {})},
                           what="integer ", arduino=arduino)
+    if schedule is not None:
+        report["tiling"] = schedule.report(g)
+        if schedule.stages:
+            qop = {qo.op.name: qo for qo in qm.qops}
+
+            def tile_qop(op: ir.Op) -> integer.QOp:
+                return int8_handler(op).tile_form(qop[op.name], op)
+
+            e.extra_context.update(tiling.emission_context(g, schedule, emit.model_runtime_headers(g), tile_qop))
+            e.add_files = _add_tile_runtime
     if intermittent:
         it = nvm.plan(int8_graph(g), prefix, report, elem_bytes=1, max_unit_macs=max_unit_macs)
         report["intermittent"] = it.report(mem.arena_bytes)

@@ -78,6 +78,8 @@ class KernelChoice:
     name: str
     scratch: Scratch | None = None
     in_place: bool = False  # the kernel may write its output over input 0 (the planner reads it)
+    # the scratch only buys speed: the planner drops it (Op.drop_optional_scratch) when it raises the arena
+    optional: bool = False
 
 
 @dataclass
@@ -129,6 +131,10 @@ class Op:
         MODEL_ARENA_BYTES counts them): the kernel choice's scratch when it grows with the layer."""
         kc = self.kernel_choice()
         return kc.scratch.nbytes if kc is not None and kc.scratch is not None and kc.scratch.arena else 0
+
+    def drop_optional_scratch(self, drop: bool) -> None:
+        """Run the kernel that needs no scratch instead of one whose scratch is ``optional`` (True), or
+        the faster one again (False). codegen.memory.plan_graph drops it when it raises the arena."""
 
     def overwrites_input(self) -> bool:
         """The output may take input 0's storage (when input 0 dies here). True for elementwise

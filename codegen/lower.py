@@ -88,10 +88,13 @@ def _check_batch_dim(ctx: LowerContext, node: fx.Node) -> None:
         )  # fmt: skip
 
 
-def lower(gm: fx.GraphModule, env_out: dict[str, str] | None = None) -> ir.Graph:
+def lower(gm: fx.GraphModule, env_out: dict[str, str] | None = None,
+          producers_out: dict[str, str] | None = None) -> ir.Graph:
     """Lowers a traced, shape-propagated GraphModule to the IR and runs the IR passes.
 
     ``env_out``, if given, receives fx node name -> IR value name (views map to their input's value).
+    ``producers_out``, if given, receives IR value name -> the fx node whose lowering computed it
+    (``LowerContext.producers``; the int8 calibration reads ranges through it).
 
     Everything unsupported is found in ONE pass: nodes without a lowering (``_scan_unsupported``) and
     lowerings that refuse their arguments (UnsupportedConfigError) are collected, their results marked
@@ -142,6 +145,8 @@ def lower(gm: fx.GraphModule, env_out: dict[str, str] | None = None) -> ir.Graph
     assert graph_in is not None and graph_out is not None
     if env_out is not None:
         env_out.update(ctx.env)
+    if producers_out is not None:
+        producers_out.update(ctx.producers)
     g = ir.Graph(ctx.values, ctx.ops, graph_in, graph_out)
     if g.output == g.input:  # the model returns its input (or a view of it)
         out = ctx.value_names("v_output")

@@ -168,6 +168,10 @@ class LowerContext:
         self.modules = dict(gm.named_modules())
         self.values: dict[str, ir.Value] = {}
         self.env: dict[str, str] = {}  # fx node name -> value name
+        # value name -> the fx node whose lowering computed it (emit). Unlike env, never redirected by an
+        # in-place activation (which makes the nodes of the mutated tensor name its result), so the int8
+        # calibration reads each value's range from the node that produced it
+        self.producers: dict[str, str] = {}
         self.ops: list[ir.Op] = []
         self.layer_names = NameAllocator()
         self.value_names = NameAllocator()
@@ -273,6 +277,7 @@ class LowerContext:
                 )
         self.ops.append(op)
         self.env[node.name] = op.output
+        self.producers[op.output] = node.name
 
     def alias(self, node: fx.Node, src: fx.Node) -> None:
         """The node's result is the same memory as src's (reshape, flatten, dropout, identity)."""

@@ -221,7 +221,37 @@ def plan_graph(
     Callers with their own notion of time (codegen.early_exit: stages that must be restartable)
     pass ``lifetimes`` (first, last per value) and ``op_time`` (the time op i runs at), and
     ``extra`` buffers (name, bytes, first, last, preferred side) planned in the same arena.
+
+    A kernel scratch that only buys speed (``ir.KernelChoice.optional``: the column of the dense conv)
+    is dropped, op by op, where the arena is smaller without it (``ir.Op.drop_optional_scratch``: the
+    op then runs its kernel without scratch), so such a scratch never costs RAM.
     """
+    kw = {"lifetimes": lifetimes, "op_time": op_time, "extra": extra, "in_place": in_place, "caller_io": caller_io}
+    mem = _plan_graph(g, alignment, **kw)
+    for op in g.ops:
+        kc = op.kernel_choice()
+        if kc is None or kc.scratch is None or not kc.optional:
+            continue
+        op.drop_optional_scratch(True)
+        trial = _plan_graph(g, alignment, **kw)
+        if trial.arena_bytes < mem.arena_bytes:
+            mem = trial
+        else:
+            op.drop_optional_scratch(False)
+    return mem
+
+
+def _plan_graph(
+    g: ir.Graph,
+    alignment: int = 4,
+    *,
+    lifetimes: tuple[dict[str, int], dict[str, int]] | None = None,
+    op_time: Callable[[int], int] = lambda i: i,
+    extra: Sequence[tuple[str, int, int, int, int]] = (),
+    in_place: bool = True,
+    caller_io: bool = True,
+) -> GraphMemory:
+    """plan_graph with every op's kernel choice as it stands."""
     first, last = lifetimes if lifetimes is not None else value_lifetimes(g)
     parent = {v: v for v in first}
 

@@ -17,9 +17,16 @@ stage input, a residual add) gets a copy of its window first (``sc_tile_copy``, 
 the stage's output tile is copied into place in the stage output. The tile buffers are planned in one
 workspace (``memory.MemoryPlanner``) that lives in the arena only while the stage runs.
 
-Not tiled: the integer path, average pooling that counts padding (its divisor depends on the bottom
-padding, which the tile-local form cannot express), explicit pad/concat/view ops (a stage ends
-before them).
+The integer path tiles the same way: its graph with 1-byte values (``integer_emit.int8_graph``) is
+planned, the int8 kernels run on the tile planes (``Int8Handler.tile_form``), ``sc_tile_copy_i8``
+(runtime_c/sc_tile.h, its int8 section) moves the windows; integer sums do not depend on the order, so the tiled C is
+bit-exact with the untiled C.
+
+The search (``choose_schedule``, ``Search``) tries schedules in order of extra MACs and plans only those
+whose lower bound of the arena fits the budget (see ``Search``).
+
+Not tiled: average pooling that counts padding (its divisor depends on the bottom padding, which the
+tile-local form cannot express), explicit pad/concat/view ops (a stage ends before them).
 
 >>> from codegen.tiling import Rect, input_rect
 >>> input_rect(Rect(0, 2, 0, 2), kernel=(3, 3), stride=(2, 2), padding=(1, 1), dilation=(1, 1), hw=(7, 7))
@@ -30,6 +37,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import NamedTuple
 
@@ -45,6 +53,7 @@ from codegen.ops.pool import Pool2d
 log = logging.getLogger(__name__)
 
 MAX_GRID = 8  # tiles per side the planner tries
+SECOND_STAGE_SEEDS = 6  # first stages extended by a second stage when no one-stage schedule fits
 
 
 class Rect(NamedTuple):
@@ -92,6 +101,12 @@ def input_rect(out: Rect, *, kernel, stride, padding, dilation, hw) -> Rect:
     return Rect(y[0], y[1], x[0], x[1])
 
 
+def elem_bytes(g: ir.Graph) -> int:
+    """Bytes of one activation element: 4 (float), 1 (the int8 graph of ``integer_emit.int8_graph``)."""
+    v = g.values[g.input]
+    return v.nbytes // v.numel if v.numel else 4
+
+
 def _chw(shape: tuple[int, ...]) -> tuple[int, ...]:
     """(C, L) signals as (C, 1, L) images (as the 1-D kernels see them)."""
     return (shape[0], 1, shape[1]) if len(shape) == 2 else tuple(shape)
@@ -106,10 +121,8 @@ def tileable(op: ir.Op, g: ir.Graph) -> str | None:
     if any(len(g.values[v].shape) not in (2, 3) for v in [*op.inputs, op.output]):
         return "its tensors are not (C, H, W) images or (C, L) signals"
     if isinstance(op, Conv2d):
-        return "integer kernels are not tiled" if op.integer else None
+        return None
     if isinstance(op, Pool2d):
-        if op.integer:
-            return "integer kernels are not tiled"
         if op.mode == "avg" and any(op.padding) and op.count_include_pad and not op.divisor:
             return "average pooling counting the padding is not tiled"
         return None
@@ -126,7 +139,17 @@ def _needs(op: ir.Op, g: ir.Graph, out: Rect) -> list[Rect]:
 
 
 def local_op(op: ir.Op, g: ir.Graph, ins: list[str], out: str, in_rect: Rect, out_rect: Rect) -> ir.Op:
-    """The op running on one tile: tile-local names, shapes and top/left padding (module docstring)."""
+    """The op running on one tile: tile-local names, shapes and top/left padding (module docstring).
+    Attributes set on the op instance outside its fields (the integer pass's ``integer``) carry over."""
+    new = _local_fields(op, g, ins, out, in_rect, out_rect)
+    fields = {f.name for f in dataclasses.fields(op)}
+    for k, v in vars(op).items():
+        if k not in fields:
+            setattr(new, k, v)
+    return new
+
+
+def _local_fields(op: ir.Op, g: ir.Graph, ins: list[str], out: str, in_rect: Rect, out_rect: Rect) -> ir.Op:
     c_out = _chw(g.values[op.output].shape)[0]
     if _windowed(op):
         c_in = g.values[op.inputs[0]].shape[0]
@@ -226,6 +249,7 @@ def programs(g: ir.Graph, stage: Stage, tag: str) -> list[TileProgram]:
         return any(need[(i, k)] != (full_x if u == x else region[u]) for region, need in per_tile)
 
     crops = {(i, k) for i, op in enumerate(ops) for k in range(len(op.inputs)) if crop(i, k)}
+    es = elem_bytes(g)
     out: list[TileProgram] = []
     for rect, (region, need) in zip(rects, per_tile):
         steps: list[Step] = []
@@ -239,7 +263,7 @@ def programs(g: ir.Graph, stage: Stage, tag: str) -> list[TileProgram]:
                     src = full_x if u == x else region[u]
                     r = need[(i, k)]
                     name = f"{tag}_c{i}_{k}"
-                    sizes[name] = 4 * c_in[k] * r.h * r.w
+                    sizes[name] = es * c_in[k] * r.h * r.w
                     steps.append(Step("copy", name, (bufname[u],), copy=(
                         c_in[k], src.h, src.w, r.y0 - src.y0, r.x0 - src.x0, r.h, r.w, 0, 0, r.h, r.w)))
                     ins.append(name)
@@ -247,7 +271,7 @@ def programs(g: ir.Graph, stage: Stage, tag: str) -> list[TileProgram]:
                     ins.append(bufname[u])
             name = f"{tag}_v{i}"
             r_out = region[op.output]
-            sizes[name] = 4 * _chw(g.values[op.output].shape)[0] * r_out.h * r_out.w
+            sizes[name] = es * _chw(g.values[op.output].shape)[0] * r_out.h * r_out.w
             in_r = need[(i, 0)]
             lop = local_op(op, g, ins, name, in_r, r_out)
             steps.append(Step("op", name, tuple(ins), lop, stage.first + i))
@@ -301,8 +325,9 @@ def plan_stage(g: ir.Graph, stage: Stage, tag: str = "t0") -> StagePlan:
     return StagePlan(stage, x, y, tiles, plan.arena_bytes, plan.offsets, sc, macs, base)
 
 
-class _StageOp(ir.Op):
-    """Stands for a whole tiled stage in the graph-level plan (reads the stage input, writes its output)."""
+class StageOp(ir.Op):
+    """Stands for a whole tiled stage in the graph-level plan (reads the stage input, writes its output);
+    a plain step to a planner: no in-place execution, no kernel scratch (early_exit.plan_stages)."""
 
 
 @dataclass
@@ -329,13 +354,14 @@ class Schedule:
         }  # fmt: skip
 
 
-def plan_schedule(g: ir.Graph, stages: list[Stage]) -> Schedule:
+def plan_schedule(g: ir.Graph, stages: list[Stage], search: Search | None = None) -> Schedule:
     """The arena of the graph with ``stages`` tiled: each stage is one step of the graph-level plan,
-    its tile workspace an extra buffer live during that step; storage of every tile buffer filled in."""
-    layerwise = plan_graph(g).arena_bytes
+    its tile workspace an extra buffer live during that step; storage of every tile buffer filled in.
+    ``search``: the caches of a schedule search on ``g`` (the layer-by-layer plan, stage plans)."""
+    search = search or Search(g)
     if not stages:
-        return Schedule([], plan_graph(g), layerwise)
-    plans = [plan_stage(g, s, f"t{i}") for i, s in enumerate(sorted(stages, key=lambda s: s.first))]
+        return Schedule([], plan_graph(g), search.layerwise.arena_bytes)
+    plans = [search.stage(s, f"t{i}") for i, s in enumerate(sorted(stages, key=lambda s: s.first))]
     ops: list[ir.Op] = []
     extra = []
     i = 0
@@ -343,7 +369,7 @@ def plan_schedule(g: ir.Graph, stages: list[Stage]) -> Schedule:
     while i < len(g.ops):
         if i in by_first:
             p = by_first[i]
-            ops.append(_StageOp(f"stage{len(extra)}", "stage", "tiled stage", [p.input], p.output))
+            ops.append(StageOp(f"stage{len(extra)}", "stage", "tiled stage", [p.input], p.output))
             extra.append((f"stage{len(extra)}.workspace", p.workspace_bytes, len(ops) - 1, len(ops) - 1, 0))
             i = p.stage.last + 1
         else:
@@ -352,13 +378,213 @@ def plan_schedule(g: ir.Graph, stages: list[Stage]) -> Schedule:
     reduced = ir.Graph(g.values, ops, g.input, g.output)
     mem = plan_graph(reduced, extra=extra)
     for k, p in enumerate(plans):
-        base = mem.extra_offsets[f"stage{k}.workspace"]
-        for b, off in p.offsets.items():
-            if not b.endswith(".scratch"):
-                mem.storage[b] = Storage("arena", base + off, b)
-        for n, off in p.scratch.items():
-            mem.scratch[n] = base + off
-    return Schedule(plans, mem, layerwise)
+        place_workspace(mem, p, mem.extra_offsets[f"stage{k}.workspace"])
+    return Schedule(plans, mem, search.layerwise.arena_bytes)
+
+
+def place_workspace(mem: GraphMemory, p: StagePlan, base: int) -> None:
+    """Storage of the stage's tile buffers and kernel scratch, its workspace at ``base`` in the arena."""
+    for b, off in p.offsets.items():
+        if not b.endswith(".scratch"):
+            mem.storage[b] = Storage("arena", base + off, b)
+    for n, off in p.scratch.items():
+        mem.scratch[n] = base + off
+
+
+def _axis_regions(g: ir.Graph, ops: list[ir.Op], y: str, lo: int, hi: int, axis: int
+                  ) -> tuple[dict[str, tuple[int, int]], dict[tuple[int, int], tuple[int, int]]]:  # fmt: skip
+    """``_regions`` along one axis (0: rows, 1: columns): a tile's rectangles are the products of its row
+    band's and its column band's ranges (receptive fields and unions act on each axis alone)."""
+    region: dict[str, tuple[int, int]] = {y: (lo, hi)}
+    need: dict[tuple[int, int], tuple[int, int]] = {}
+    for i in range(len(ops) - 1, -1, -1):
+        op = ops[i]
+        r = region[op.output]
+        if _windowed(op):
+            n = _chw(g.values[op.inputs[0]].shape)[1 + axis]
+            r = _axis(r[0], r[1], op.kernel[axis], op.stride[axis], op.padding[axis], op.dilation[axis], n)
+        for k, u in enumerate(op.inputs):
+            need[(i, k)] = r
+            region[u] = (min(region[u][0], r[0]), max(region[u][1], r[1])) if u in region else r
+    return region, need
+
+
+@dataclass
+class Estimate:
+    """What a stage costs without planning its tiles: the exact extra MACs and a lower bound of its
+    workspace (the largest input + output buffers of one op on one tile)."""
+
+    extra_macs: int
+    workspace_lb: int
+
+
+class Search:
+    """One model's schedule search (``choose_schedule``): the layer-by-layer plan, stage plans and
+    estimates cached, and lower bounds of the arena so that most schedules are never planned.
+
+    A schedule's arena is at least (1) for every op outside the stages, the bytes of its arena inputs and
+    output (``op_lb``; an op that may write over its input counts its inputs only), and (2) for every
+    stage, its workspace lower bound plus its arena input and output (all live while it runs)."""
+
+    def __init__(self, g: ir.Graph, plan_fn: Callable[[list[Stage]], Schedule] | None = None,
+                 allowed: Callable[[Stage], bool] | None = None):  # fmt: skip
+        """``plan_fn``: plans a schedule (default ``plan_schedule``; early exits plan their own arena);
+        ``allowed``: which stages may be tiled (default all that ``candidate_stages`` finds)."""
+        self.g = g
+        self.layerwise = plan_graph(g)
+        self.plan_fn = plan_fn
+        self.allowed = allowed
+        self.untiled = plan_fn([]) if plan_fn else Schedule([], self.layerwise, self.layerwise.arena_bytes)
+        self._plans: dict[tuple, StagePlan] = {}
+        self._estimates: dict[tuple, Estimate] = {}
+        self._candidates: dict[int, list[int]] = {}
+        self.planned = 0  # schedules planned in full (plan_graph of the reduced graph)
+        out_chain = self._may_share_output()
+
+        def arena(v: str) -> int:
+            if v == g.input or v in out_chain:
+                return 0
+            return g.values[v].nbytes
+
+        self.arena_bytes = arena
+        self.op_lb = []
+        for op in g.ops:
+            ins = sum(arena(v) for v in dict.fromkeys(op.inputs))
+            self.op_lb.append(ins + (0 if op.overwrites_input() else arena(op.output)) + op.arena_scratch_bytes())
+
+    def _may_share_output(self) -> set[str]:
+        """Values the planner may put in the caller's output buffer (in-place chains ending at the output)."""
+        g = self.g
+        chain = {g.output}
+        for op in reversed(g.ops):
+            if op.output in chain and op.overwrites_input():
+                chain.update(op.inputs if op.inplace else op.inputs[:1])
+        return chain
+
+    def candidates(self, first: int) -> list[int]:
+        if first not in self._candidates:
+            self._candidates[first] = candidate_stages(self.g, first) if first < len(self.g.ops) else []
+        return self._candidates[first]
+
+    def stage(self, st: Stage, tag: str = "t0") -> StagePlan:
+        key = (st.first, st.last, tuple(st.grid), tag)
+        if key not in self._plans:
+            self._plans[key] = plan_stage(self.g, st, tag)
+        return self._plans[key]
+
+    def estimate(self, st: Stage) -> Estimate:
+        key = (st.first, st.last, tuple(st.grid))
+        if key not in self._estimates:
+            self._estimates[key] = self._estimate(st)
+        return self._estimates[key]
+
+    def _estimate(self, st: Stage) -> Estimate:
+        g = self.g
+        ops = st.ops(g)
+        x, y = stage_io(g, st)
+        _, h, w = _chw(g.values[y].shape)
+        rows = [_axis_regions(g, ops, y, r.y0, r.y1, 0) for r in tile_rects((1, h, 1), (st.grid[0], 1))]
+        cols = [_axis_regions(g, ops, y, r.x0, r.x1, 1) for r in tile_rects((1, 1, w), (1, st.grid[1]))]
+        extra = 0
+        for op in ops:
+            m = op.macs()
+            if m:
+                _, oh, ow = _chw(g.values[op.output].shape)
+                if m % (oh * ow):  # pragma: no cover - MACs of the tiled ops grow with the output plane
+                    raise CodegenError(f"layer {op.source}: MACs not proportional to the output size (bug)")
+                extra += m // (oh * ow) * sum(b - a for a, b in (rg[op.output] for rg, _ in rows)) * sum(
+                    b - a for a, b in (rg[op.output] for rg, _ in cols)) - m  # fmt: skip
+        full_x = _chw(g.values[x].shape)
+        es = elem_bytes(g)
+        lb = 0
+        for rg_r, nd_r in rows:
+            for rg_c, nd_c in cols:
+                for i, op in enumerate(ops):
+                    c_out = _chw(g.values[op.output].shape)[0]
+                    r, c = rg_r[op.output], rg_c[op.output]
+                    n = c_out * (r[1] - r[0]) * (c[1] - c[0])
+                    for k, u in enumerate(op.inputs):
+                        nr, nc = nd_r[(i, k)], nd_c[(i, k)]
+                        if u == x and (nr, nc) == ((0, full_x[1]), (0, full_x[2])):
+                            continue  # read in place from the stage input
+                        n += _chw(g.values[u].shape)[0] * (nr[1] - nr[0]) * (nc[1] - nc[0])
+                    lb = max(lb, es * n)
+        return Estimate(extra, lb)
+
+    def extra_macs(self, stages: list[Stage]) -> int:
+        return sum(self.estimate(s).extra_macs for s in stages)
+
+    def lower_bound(self, stages: list[Stage]) -> int:
+        """A lower bound of the arena of ``stages`` (class docstring), without planning."""
+        inside = [False] * len(self.g.ops)
+        lb = 0
+        for s in stages:
+            inside[s.first : s.last + 1] = [True] * (s.last - s.first + 1)
+            x, y = stage_io(self.g, s)
+            lb = max(lb, self.estimate(s).workspace_lb + self.arena_bytes(x) + self.arena_bytes(y))
+        return max([lb, *(b for b, ins in zip(self.op_lb, inside) if not ins)])
+
+    def plan(self, stages: list[Stage]) -> Schedule:
+        self.planned += 1
+        return self.plan_fn(stages) if self.plan_fn else plan_schedule(self.g, stages, self)
+
+    def _ok(self, st: Stage) -> bool:
+        return self.allowed is None or self.allowed(st)
+
+    def one_stage(self, max_grid: int = MAX_GRID) -> list[list[Stage]]:
+        """Every one-stage schedule considered: ops 0..last (each candidate) on each of ``grids``."""
+        out = []
+        for last in self.candidates(0):
+            h, w = _chw(self.g.values[self.g.ops[last].output].shape)[1:]
+            out += [[Stage(0, last, grid)] for grid in grids(h, w, max_grid) if self._ok(Stage(0, last, grid))]
+        return out
+
+    def two_stage(self, firsts: list[Stage], max_grid: int = MAX_GRID) -> list[list[Stage]]:
+        """Each stage of ``firsts`` (from the input) followed by a stage right after it."""
+        out = []
+        for a in firsts:
+            for last in self.candidates(a.last + 1):
+                h, w = _chw(self.g.values[self.g.ops[last].output].shape)[1:]
+                out += [[a, Stage(a.last + 1, last, grid)] for grid in grids(h, w, max_grid)
+                        if self._ok(Stage(a.last + 1, last, grid))]  # fmt: skip
+        return out
+
+    def seeds(self, one: list[list[Stage]], n: int = SECOND_STAGE_SEEDS) -> list[Stage]:
+        """Up to ``n`` first stages to extend, as ``pareto_seeds`` but on the lower bound of the peak instead
+        of the planned peak: on the front of (extra MACs, ``lower_bound``), spread evenly along it."""
+        front: list[list[Stage]] = []
+        for c in sorted(one, key=lambda c: (self.extra_macs(c), self.lower_bound(c))):
+            if not front or self.lower_bound(c) < self.lower_bound(front[-1]):
+                front.append(c)
+        if len(front) > n:
+            front = [front[round(i * (len(front) - 1) / (n - 1))] for i in range(n)]
+        return [c[0] for c in front]
+
+    def fewest_macs_fitting(self, cands: list[list[Stage]], budget: int) -> Schedule | None:
+        """The schedule of fewest extra MACs (then smallest arena) among ``cands`` that fits ``budget``:
+        candidates in order of extra MACs; those whose lower bound exceeds the budget are not planned."""
+        found: Schedule | None = None
+        for c in sorted(cands, key=lambda c: (self.extra_macs(c), self.lower_bound(c))):
+            if found is not None and self.extra_macs(c) > found.extra_macs:
+                break
+            if self.lower_bound(c) > budget:
+                continue
+            s = self.plan(c)
+            if s.memory.arena_bytes <= budget and (found is None or s.memory.arena_bytes < found.memory.arena_bytes):
+                found = s
+        return found
+
+    def lowest(self, cands: list[list[Stage]]) -> Schedule:
+        """The schedule of smallest arena (then fewest extra MACs) among ``cands`` and layer by layer:
+        in order of lower bound, stopping when the bound reaches the best arena found."""
+        best = self.untiled
+        for c in sorted(cands, key=lambda c: (self.lower_bound(c), self.extra_macs(c))):
+            if self.lower_bound(c) > best.memory.arena_bytes:
+                break
+            s = self.plan(c)
+            if (s.memory.arena_bytes, s.extra_macs) < (best.memory.arena_bytes, best.extra_macs):
+                best = s
+        return best
 
 
 def candidate_stages(g: ir.Graph, first: int = 0) -> list[int]:
@@ -384,35 +610,25 @@ def grids(h: int, w: int, max_grid: int = MAX_GRID) -> list[tuple[int, int]]:
             if a * b > 1]  # fmt: skip
 
 
-def _plan_all(g: ir.Graph, todo: list[list[Stage]]) -> list[Schedule]:
+def _plan_all(search: Search, todo: list[list[Stage]]) -> list[Schedule]:
     from tqdm import tqdm
 
-    return [plan_schedule(g, st) for st in tqdm(todo, desc="tiling schedules", disable=len(todo) < 200)]
+    return [search.plan(st) for st in tqdm(todo, desc="tiling schedules", disable=len(todo) < 200)]
 
 
-def schedules(g: ir.Graph, max_grid: int = MAX_GRID) -> list[Schedule]:
-    """Every one-stage schedule the planner considers: ops 0..last (each candidate) on each of ``grids``.
-    A tqdm bar shows progress on large models."""
-    todo = []
-    for last in candidate_stages(g):
-        h, w = _chw(g.values[g.ops[last].output].shape)[1:]
-        todo += [[Stage(0, last, grid)] for grid in grids(h, w, max_grid)]
-    return _plan_all(g, todo)
+def schedules(g: ir.Graph, max_grid: int = MAX_GRID, search: Search | None = None) -> list[Schedule]:
+    """Every one-stage schedule the planner considers (``Search.one_stage``), each planned in full (for
+    benchmarks and tests; ``choose_schedule`` plans few of them). A tqdm bar shows progress on large models."""
+    search = search or Search(g)
+    return _plan_all(search, search.one_stage(max_grid))
 
 
-def second_stages(g: ir.Graph, firsts: list[Schedule], max_grid: int = MAX_GRID) -> list[Schedule]:
+def second_stages(g: ir.Graph, firsts: list[Schedule], max_grid: int = MAX_GRID,
+                  search: Search | None = None) -> list[Schedule]:  # fmt: skip
     """Two-stage schedules: each one-stage schedule of ``firsts`` plus a stage right after it (when a
     layer after the first stage sets the peak, e.g. an expansion layer at the resolution it ends at)."""
-    todo = []
-    for s in firsts:
-        nxt = s.stages[0].stage.last + 1
-        for last in candidate_stages(g, nxt) if nxt < len(g.ops) else []:
-            h, w = _chw(g.values[g.ops[last].output].shape)[1:]
-            todo += [[s.stages[0].stage, Stage(nxt, last, grid)] for grid in grids(h, w, max_grid)]
-    return _plan_all(g, todo)
-
-
-SECOND_STAGE_SEEDS = 6  # one-stage schedules extended by a second stage when none fits
+    search = search or Search(g)
+    return _plan_all(search, search.two_stage([s.stages[0].stage for s in firsts], max_grid))
 
 
 def pareto_seeds(one: list[Schedule], n: int = SECOND_STAGE_SEEDS) -> list[Schedule]:
@@ -427,49 +643,50 @@ def pareto_seeds(one: list[Schedule], n: int = SECOND_STAGE_SEEDS) -> list[Sched
     return [front[round(i * (len(front) - 1) / (n - 1))] for i in range(n)]
 
 
-def choose_schedule(g: ir.Graph, ram_budget: int) -> Schedule:
-    """The schedule of fewest extra MACs whose arena fits ``ram_budget`` bytes: layer by layer, else one
-    tiled stage from the input, else two stages (``pareto_seeds`` extended); or CodegenError naming the layer that sets the smallest
-    arena reachable."""
-    best = plan_schedule(g, [])
-    if best.memory.arena_bytes <= ram_budget:
-        return best
-    tried = [best, *schedules(g)]
-    if not any(s.memory.arena_bytes <= ram_budget for s in tried):
-        tried += second_stages(g, pareto_seeds(tried[1:]))
-    fits = [s for s in tried if s.memory.arena_bytes <= ram_budget]
-    if fits:
-        choice = min(fits, key=lambda s: (s.extra_macs, s.memory.arena_bytes))
-        log.info("ram_budget %d: %s", ram_budget, choice.report(g))
+def choose_schedule(g: ir.Graph, ram_budget: int, search: Search | None = None) -> Schedule:
+    """The schedule of fewest extra MACs whose arena fits ``ram_budget`` bytes: layer by layer, else among
+    one tiled stage from the input and two stages (first stages from ``Search.seeds``, each extended by a
+    stage after it; two small stages often recompute less than one deep one); or CodegenError naming the
+    layer that sets the smallest arena reachable among those.
+    Lower bounds and cached per-stage costs (``Search``) keep most schedules from being planned."""
+    search = search or Search(g)
+    if search.untiled.memory.arena_bytes <= ram_budget:
+        return search.untiled
+    one = search.one_stage()
+    two = search.two_stage(search.seeds(one))
+    choice = search.fewest_macs_fitting(one + two, ram_budget)
+    if choice is not None:
+        log.info("ram_budget %d: %s (%d schedules planned)", ram_budget, choice.report(g), search.planned)
         return choice
-    low = min(tried, key=lambda s: (s.memory.arena_bytes, s.extra_macs))
+    low = search.lowest(one + two)
     raise CodegenError(
         f"no schedule fits ram_budget={ram_budget} bytes: the smallest arena reachable is "
-        f"{low.memory.arena_bytes} bytes ({_culprit(g, low)}). Raise ram_budget to at least "
+        f"{low.memory.arena_bytes} bytes ({_culprit(g, low, search)}). Raise ram_budget to at least "
         f"{low.memory.arena_bytes}, or shrink that layer (fewer channels, a smaller input)"
     )
 
 
-def _culprit(g: ir.Graph, s: Schedule) -> str:
-    """The layer whose input + output set the peak outside the tiled stages."""
+def _culprit(g: ir.Graph, s: Schedule, search: Search) -> str:
+    """The layer whose buffers (inputs, output, kernel scratch; ``Search.op_lb``) set the peak outside the
+    tiled stages, or the stage whose workspace does."""
     inside = {i for p in s.stages for i in range(p.stage.first, p.stage.last + 1)}
-    arena = [(sum(g.values[v].nbytes for v in {*op.inputs, op.output}
-                  if s.memory.storage.get(v, Storage("x")).kind == "arena"), op)
-             for i, op in enumerate(g.ops) if i not in inside]  # fmt: skip
-    if s.stages and (not arena or max(a for a, _ in arena) < s.stages[0].workspace_bytes):
-        p = s.stages[0]
+    arena = [(search.op_lb[i], op) for i, op in enumerate(g.ops) if i not in inside]
+    if s.stages and (not arena or max(a for a, _ in arena) < max(p.workspace_bytes for p in s.stages)):
+        p = max(s.stages, key=lambda p: p.workspace_bytes)
         return (f"the tiled stage {g.ops[p.stage.first].source}..{g.ops[p.stage.last].source}: its output and "
                 f"{p.workspace_bytes} bytes of tile buffers on a {p.stage.grid[0]}x{p.stage.grid[1]} grid")  # fmt: skip
     n, op = max(arena, key=lambda t: t[0])
-    return f"layer {op.source} holds its input and output, {n} bytes, at once"
+    return f"layer {op.source} needs {n} bytes at once: its arena inputs, output and kernel scratch"
 
 
-def emission_context(g: ir.Graph, schedule: Schedule, runtime_headers: list[str]) -> dict:
-    """Template variables of a tiled emission (model.c.j2 reads ``tiling``; sc_tile.h is included)."""
+def emission_context(g: ir.Graph, schedule: Schedule, runtime_headers: list[str], tile_qop=None) -> dict:
+    """Template variables of a tiled emission (model.c.j2 / model_int8.c.j2 read ``tiling``; sc_tile.h
+    is included). ``tile_qop``: for the integer path, the QOp (``integer.QOp``) of a tile-local op."""
     return {
         "tiling": {
             "first": {p.stage.first: p for p in schedule.stages},
             "inside": {i for p in schedule.stages for i in range(p.stage.first + 1, p.stage.last + 1)},
+            "qop": tile_qop,
         },
         "runtime_headers": sorted({*runtime_headers, TILE_HEADER}),
     }

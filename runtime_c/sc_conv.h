@@ -14,6 +14,7 @@
 #define SC_CONV_H
 
 #include "sc_runtime.h"
+#include "sc_gemm.h"  /* float micro-kernels */
 #include "sc_bits.h"  /* weight-only forms */
 #include "sc_fixed.h" /* int8 */
 
@@ -295,6 +296,74 @@ static inline void sc_conv_dense_d1(const float *in, float *out, const float *w,
 
 #endif /* SC_SMALL_CODE */
 
+#if SC_SMALL_CODE
+/* -Os: the compact kernel above (the column stays unused). */
+static inline void sc_conv_dense_mm(const float *in, float *out, const float *w, const float *bias,
+                                    const sc_conv_params *p, float *col)
+{
+    (void)col;
+    sc_conv_dense_d1(in, out, w, bias, p);
+}
+#else
+/* Any conv with dilation 1 (groups allowed): 4 output positions (raster order) at a time, their
+ * windows copied into `col` as a column [row_len][4] (taps outside the input are 0), then 4 output
+ * channels x 4 positions per pass (sc_mm44): every column value feeds every output channel. A short
+ * last block repeats its last position; channels past the group's end repeat its last one. */
+static inline SC_SPECIALIZE void sc_conv_dense_mm(const float *in, float *out, const float *w, const float *bias,
+                                                  const sc_conv_params *p, float *col)
+{
+    const int32_t cin_g = p->cin / p->groups, cout_g = p->cout / p->groups;
+    const int32_t plane_in = p->hin * p->win, plane_out = p->hout * p->wout;
+    const int32_t row_len = cin_g * p->kh * p->kw;
+    int32_t g, q, j, ob, c, ci, ky, kx;
+    for (g = 0; g < p->groups; ++g) {
+        const float *in_g = in + g * cin_g * plane_in;
+        for (q = 0; q < plane_out; q += 4) {
+            const int32_t n = plane_out - q < 4 ? plane_out - q : 4;
+            for (j = 0; j < 4; ++j) {
+                const int32_t pos = q + (j < n ? j : n - 1), oy = pos / p->wout, ox = pos - oy * p->wout;
+                const int32_t iy0 = oy * p->sh - p->ph, ix0 = ox * p->sw - p->pw;
+                float *d = col + j;
+                if (iy0 >= 0 && iy0 + p->kh <= p->hin && ix0 >= 0 && ix0 + p->kw <= p->win) {
+                    const float *src = in_g + iy0 * p->win + ix0;
+                    for (ci = 0; ci < cin_g; ++ci, src += plane_in - p->kh * p->win)
+                        for (ky = 0; ky < p->kh; ++ky, src += p->win)
+                            for (kx = 0; kx < p->kw; ++kx, d += 4) *d = src[kx];
+                } else {
+                    for (ci = 0; ci < cin_g; ++ci)
+                        for (ky = 0; ky < p->kh; ++ky) {
+                            const int32_t iy = iy0 + ky, row = ci * plane_in + iy * p->win;
+                            for (kx = 0; kx < p->kw; ++kx, d += 4) {
+                                const int32_t ix = ix0 + kx;
+                                *d = (iy >= 0 && iy < p->hin && ix >= 0 && ix < p->win) ? in_g[row + ix] : 0.0f;
+                            }
+                        }
+                }
+            }
+            for (ob = 0; ob < cout_g; ob += 4) {
+                const float *ws[4];
+                float *os[4], b[4], acc[16];
+                sc_conv_rows4(w, bias, out, g * cout_g + ob, cout_g - ob, row_len, plane_out, ws, b, os);
+                for (c = 0; c < 4; ++c) acc[4 * c] = acc[4 * c + 1] = acc[4 * c + 2] = acc[4 * c + 3] = b[c];
+                sc_mm44(col, ws[0], ws[1], ws[2], ws[3], row_len, acc);
+                if (n == 4) {
+                    for (c = 0; c < 4; ++c) {
+                        float *o = os[c] + q;
+                        o[0] = sc_act(acc[4 * c], p->act, p->alpha);
+                        o[1] = sc_act(acc[4 * c + 1], p->act, p->alpha);
+                        o[2] = sc_act(acc[4 * c + 2], p->act, p->alpha);
+                        o[3] = sc_act(acc[4 * c + 3], p->act, p->alpha);
+                    }
+                } else {
+                    for (c = 0; c < 4; ++c)
+                        for (j = 0; j < n; ++j) os[c][q + j] = sc_act(acc[4 * c + j], p->act, p->alpha);
+                }
+            }
+        }
+    }
+}
+#endif /* SC_SMALL_CODE */
+
 /* 1x1 convolution, stride 1, no padding: out[oc][q] = sum_ci w[oc][ci] * in[ci][q], 4 channels x
  * 4 positions per block. Positions q..q+3 of the group's input channels are first gathered into
  * `col` (4 * cin/groups floats), so the kernel is safe in place (out == in, cin == cout): those
@@ -323,27 +392,17 @@ static inline void sc_conv_dense_pw(const float *in, float *out, const float *w,
             for (ob = 0; ob < cout_g; ob += 4) {
                 const float *ws[4];
                 float *os[4], b[4];
-                const float *x = col;
-                const float *w0, *w1, *w2, *w3;
+                int32_t c;
                 float a00, a01, a02, a03, a10, a11, a12, a13, a20, a21, a22, a23, a30, a31, a32, a33;
                 sc_conv_rows4(w, bias, out, g * cout_g + ob, cout_g - ob, cin_g, plane, ws, b, os);
-                w0 = ws[0]; w1 = ws[1]; w2 = ws[2]; w3 = ws[3];
-                a00 = a01 = a02 = a03 = b[0];
-                a10 = a11 = a12 = a13 = b[1];
-                a20 = a21 = a22 = a23 = b[2];
-                a30 = a31 = a32 = a33 = b[3];
-                for (ci = 0; ci < cin_g; ++ci) {
-                    const float v0 = x[0], v1 = x[1], v2 = x[2], v3 = x[3];
-                    const float c0 = *w0++, c1 = *w1++, c2 = *w2++, c3 = *w3++;
-                    x += 4;
-                    a00 = SC_FMA(c0, v0, a00); a01 = SC_FMA(c0, v1, a01);
-                    a02 = SC_FMA(c0, v2, a02); a03 = SC_FMA(c0, v3, a03);
-                    a10 = SC_FMA(c1, v0, a10); a11 = SC_FMA(c1, v1, a11);
-                    a12 = SC_FMA(c1, v2, a12); a13 = SC_FMA(c1, v3, a13);
-                    a20 = SC_FMA(c2, v0, a20); a21 = SC_FMA(c2, v1, a21);
-                    a22 = SC_FMA(c2, v2, a22); a23 = SC_FMA(c2, v3, a23);
-                    a30 = SC_FMA(c3, v0, a30); a31 = SC_FMA(c3, v1, a31);
-                    a32 = SC_FMA(c3, v2, a32); a33 = SC_FMA(c3, v3, a33);
+                {
+                    float acc[16];
+                    for (c = 0; c < 4; ++c) acc[4 * c] = acc[4 * c + 1] = acc[4 * c + 2] = acc[4 * c + 3] = b[c];
+                    sc_mm44(col, ws[0], ws[1], ws[2], ws[3], cin_g, acc);
+                    a00 = acc[0]; a01 = acc[1]; a02 = acc[2]; a03 = acc[3];
+                    a10 = acc[4]; a11 = acc[5]; a12 = acc[6]; a13 = acc[7];
+                    a20 = acc[8]; a21 = acc[9]; a22 = acc[10]; a23 = acc[11];
+                    a30 = acc[12]; a31 = acc[13]; a32 = acc[14]; a33 = acc[15];
                 }
                 if (n == 4) {
                     float *o0 = os[0] + q, *o1 = os[1] + q, *o2 = os[2] + q, *o3 = os[3] + q;
@@ -358,7 +417,6 @@ static inline void sc_conv_dense_pw(const float *in, float *out, const float *w,
                 } else {
                     const float acc[16] = {a00, a01, a02, a03, a10, a11, a12, a13,
                                            a20, a21, a22, a23, a30, a31, a32, a33};
-                    int32_t c;
                     for (c = 0; c < 4; ++c)
                         for (j = 0; j < n; ++j) os[c][q + j] = sc_act(acc[c * 4 + j], p->act, p->alpha);
                 }
@@ -374,126 +432,137 @@ static inline void sc_conv_dense_pw(const float *in, float *out, const float *w,
 /* Depthwise convolution (groups == cin == cout, dilation 1). Each channel is first copied into
  * `pad` (SC_CONV_DW_PAD_H(p) x SC_CONV_DW_PAD_W(p) floats, the zero-padded window the outputs
  * read), so every output position is "interior": blocks of 4 positions in raster order share
- * each weight load. Safe in place (out == in) when the output plane is not larger than the
- * input plane: channel c's input is in `pad` before its output is written. */
-static inline SC_SPECIALIZE void sc_conv_dense_dw(const float *in, float *out, const float *w, const float *bias,
-                                    const sc_conv_params *p, float *pad)
+ * each weight load (sc_conv_dw_plane). Safe in place (out == in) when the output plane is not
+ * larger than the input plane: channel c's input is in `pad` before its output is written.
+ * The weight-only depthwise kernels (below) run the same channel loops over decoded weights. */
+/* Copies channel ic into the zero-padded plane (its border was zeroed once). */
+static inline SC_SPECIALIZE void sc_conv_dw_copy(const float *ic, float *pad, int32_t wp, const sc_conv_params *p)
 {
-    const int32_t hp = SC_CONV_DW_PAD_H(p), wp = SC_CONV_DW_PAD_W(p);
-    const int32_t plane_in = p->hin * p->win, plane_out = p->hout * p->wout, khw = p->kh * p->kw;
+    const int32_t hp = SC_CONV_DW_PAD_H(p);
     const int32_t rows = p->hin < hp - p->ph ? p->hin : hp - p->ph;
     const int32_t cols = p->win < wp - p->pw ? p->win : wp - p->pw;
-    const int32_t row_skip = wp - p->kw, ystep = p->sh * wp;
-    int32_t c, i, y, x, k, ky, kx;
-    for (i = 0; i < hp * wp; ++i) pad[i] = 0.0f;
-    for (c = 0; c < p->cout; ++c) {
-        const float *ic = in + c * plane_in, *wc = w + c * khw;
-        float *oc = out + c * plane_out;
-        const float b = bias ? bias[c] : 0.0f;
-        int32_t qy = 0, qx = 0;
-        for (y = 0; y < rows; ++y) {
-            float *d = pad + (y + p->ph) * wp + p->pw;
-            const float *src = ic + y * p->win;
-            for (x = 0; x < cols; ++x) d[x] = src[x];
+    int32_t y, x;
+    for (y = 0; y < rows; ++y) {
+        float *d = pad + (y + p->ph) * wp + p->pw;
+        const float *src = ic + y * p->win;
+        for (x = 0; x < cols; ++x) d[x] = src[x];
+    }
+}
+
+/* One channel of a 3x3 stride-1 depthwise conv over its padded plane (wc: 9 weights). */
+static inline SC_SPECIALIZE void sc_conv_dw3_plane(const float *pad, int32_t wp, float *o, const float *wc, float b,
+                                                   const sc_conv_params *p)
+{
+    const int32_t wout = p->wout;
+    const float w0 = wc[0], w1 = wc[1], w2 = wc[2], w3 = wc[3], w4 = wc[4];
+    const float w5 = wc[5], w6 = wc[6], w7 = wc[7], w8 = wc[8];
+    int32_t oy, ox;
+    for (oy = 0; oy < p->hout; ++oy, o += wout) {
+        const float *r0 = pad + oy * wp, *r1 = r0 + wp, *r2 = r1 + wp;
+        float x00 = r0[0], x01 = r0[1], x10 = r1[0], x11 = r1[1], x20 = r2[0], x21 = r2[1];
+        for (ox = 0; ox + 2 <= wout; ox += 2) {
+            const float x02 = r0[ox + 2], x12 = r1[ox + 2], x22 = r2[ox + 2];
+            const float x03 = r0[ox + 3], x13 = r1[ox + 3], x23 = r2[ox + 3];
+            float a = b, e = b;
+            a = SC_FMA(w0, x00, a); e = SC_FMA(w0, x01, e);
+            a = SC_FMA(w1, x01, a); e = SC_FMA(w1, x02, e);
+            a = SC_FMA(w2, x02, a); e = SC_FMA(w2, x03, e);
+            a = SC_FMA(w3, x10, a); e = SC_FMA(w3, x11, e);
+            a = SC_FMA(w4, x11, a); e = SC_FMA(w4, x12, e);
+            a = SC_FMA(w5, x12, a); e = SC_FMA(w5, x13, e);
+            a = SC_FMA(w6, x20, a); e = SC_FMA(w6, x21, e);
+            a = SC_FMA(w7, x21, a); e = SC_FMA(w7, x22, e);
+            a = SC_FMA(w8, x22, a); e = SC_FMA(w8, x23, e);
+            o[ox] = sc_act(a, p->act, p->alpha);
+            o[ox + 1] = sc_act(e, p->act, p->alpha);
+            x00 = x02; x01 = x03; x10 = x12; x11 = x13; x20 = x22; x21 = x23;
         }
-        /* explicit bounds: gcc 12 -O2 rejected the open tail loop ("iteration 1073741823 invokes
-         * undefined behavior", -Werror=aggressive-loop-optimizations) for a constant plane of 16 */
-        for (k = 0; k < (plane_out & ~3); k += 4) {
-            const float *xs[4], *wq = wc;
-            float a0 = b, a1 = b, a2 = b, a3 = b;
-            for (i = 0; i < 4; ++i) {
-                xs[i] = pad + qy * ystep + qx * p->sw;
-                if (++qx == p->wout) {
-                    qx = 0;
-                    ++qy;
-                }
-            }
-            {
-                const float *q0 = xs[0], *q1 = xs[1], *q2 = xs[2], *q3 = xs[3];
-                for (ky = 0; ky < p->kh; ++ky) {
-                    for (kx = 0; kx < p->kw; ++kx) {
-                        const float wv = *wq++;
-                        a0 = SC_FMA(wv, *q0++, a0);
-                        a1 = SC_FMA(wv, *q1++, a1);
-                        a2 = SC_FMA(wv, *q2++, a2);
-                        a3 = SC_FMA(wv, *q3++, a3);
-                    }
-                    q0 += row_skip; q1 += row_skip; q2 += row_skip; q3 += row_skip;
-                }
-            }
-            oc[k] = sc_act(a0, p->act, p->alpha);
-            oc[k + 1] = sc_act(a1, p->act, p->alpha);
-            oc[k + 2] = sc_act(a2, p->act, p->alpha);
-            oc[k + 3] = sc_act(a3, p->act, p->alpha);
-        }
-        for (k = plane_out & ~3; k < plane_out; ++k) {
-            const float *q = pad + qy * ystep + qx * p->sw, *wq = wc;
+        if (ox < wout) {
             float a = b;
-            for (ky = 0; ky < p->kh; ++ky) {
-                for (kx = 0; kx < p->kw; ++kx) a = SC_FMA(*wq++, *q++, a);
-                q += row_skip;
-            }
-            oc[k] = sc_act(a, p->act, p->alpha);
+            a = SC_FMA(w0, x00, a); a = SC_FMA(w1, x01, a); a = SC_FMA(w2, r0[ox + 2], a);
+            a = SC_FMA(w3, x10, a); a = SC_FMA(w4, x11, a); a = SC_FMA(w5, r1[ox + 2], a);
+            a = SC_FMA(w6, x20, a); a = SC_FMA(w7, x21, a); a = SC_FMA(w8, r2[ox + 2], a);
+            o[ox] = sc_act(a, p->act, p->alpha);
+        }
+    }
+}
+
+/* One channel of any depthwise conv (dilation 1) over its padded plane: 4 positions per pass. */
+static inline SC_SPECIALIZE void sc_conv_dw_plane(const float *pad, int32_t wp, float *oc, const float *wc, float b,
+                                                  const sc_conv_params *p)
+{
+    const int32_t plane_out = p->hout * p->wout, row_skip = wp - p->kw, ystep = p->sh * wp;
+    int32_t qy = 0, qx = 0, i, k, ky, kx;
+    for (k = 0; k < (plane_out & ~3); k += 4) {
+        const float *xs[4], *wq = wc;
+        float a0 = b, a1 = b, a2 = b, a3 = b;
+        for (i = 0; i < 4; ++i) {
+            xs[i] = pad + qy * ystep + qx * p->sw;
             if (++qx == p->wout) {
                 qx = 0;
                 ++qy;
             }
         }
+        {
+            const float *q0 = xs[0], *q1 = xs[1], *q2 = xs[2], *q3 = xs[3];
+            for (ky = 0; ky < p->kh; ++ky) {
+                for (kx = 0; kx < p->kw; ++kx) {
+                    const float wv = *wq++;
+                    a0 = SC_FMA(wv, *q0++, a0);
+                    a1 = SC_FMA(wv, *q1++, a1);
+                    a2 = SC_FMA(wv, *q2++, a2);
+                    a3 = SC_FMA(wv, *q3++, a3);
+                }
+                q0 += row_skip; q1 += row_skip; q2 += row_skip; q3 += row_skip;
+            }
+        }
+        oc[k] = sc_act(a0, p->act, p->alpha);
+        oc[k + 1] = sc_act(a1, p->act, p->alpha);
+        oc[k + 2] = sc_act(a2, p->act, p->alpha);
+        oc[k + 3] = sc_act(a3, p->act, p->alpha);
+    }
+    for (k = plane_out & ~3; k < plane_out; ++k) {
+        const float *q = pad + qy * ystep + qx * p->sw, *wq = wc;
+        float a = b;
+        for (ky = 0; ky < p->kh; ++ky) {
+            for (kx = 0; kx < p->kw; ++kx) a = SC_FMA(*wq++, *q++, a);
+            q += row_skip;
+        }
+        oc[k] = sc_act(a, p->act, p->alpha);
+        if (++qx == p->wout) {
+            qx = 0;
+            ++qy;
+        }
+    }
+}
+
+static inline SC_SPECIALIZE void sc_conv_dense_dw(const float *in, float *out, const float *w, const float *bias,
+                                                  const sc_conv_params *p, float *pad)
+{
+    const int32_t hp = SC_CONV_DW_PAD_H(p), wp = SC_CONV_DW_PAD_W(p), khw = p->kh * p->kw;
+    const int32_t plane_in = p->hin * p->win, plane_out = p->hout * p->wout;
+    int32_t c, i;
+    for (i = 0; i < hp * wp; ++i) pad[i] = 0.0f;
+    for (c = 0; c < p->cout; ++c) {
+        sc_conv_dw_copy(in + c * plane_in, pad, wp, p);
+        sc_conv_dw_plane(pad, wp, out + c * plane_out, w + c * khw, bias ? bias[c] : 0.0f, p);
     }
 }
 
 /* Depthwise 3x3, stride 1, dilation 1 (the MobileNet / DS-CNN block): as sc_conv_dense_dw (same
  * padded plane, same in-place rule), but the 9 weights stay in registers and each output row is
- * swept left to right with the window's columns in registers: 2 outputs per pass take 6 loads
- * and 18 FMAs. */
+ * swept left to right with the window's columns in registers (sc_conv_dw3_plane): 2 outputs per
+ * pass take 6 loads and 18 FMAs. */
 static inline SC_SPECIALIZE void sc_conv_dense_dw3(const float *in, float *out, const float *w, const float *bias,
                                                    const sc_conv_params *p, float *pad)
 {
     const int32_t hp = SC_CONV_DW_PAD_H(p), wp = SC_CONV_DW_PAD_W(p);
-    const int32_t plane_in = p->hin * p->win, wout = p->wout;
-    const int32_t rows = p->hin < hp - p->ph ? p->hin : hp - p->ph;
-    const int32_t cols = p->win < wp - p->pw ? p->win : wp - p->pw;
-    int32_t c, i, y, x, oy, ox;
+    const int32_t plane_in = p->hin * p->win, plane_out = p->hout * p->wout;
+    int32_t c, i;
     for (i = 0; i < hp * wp; ++i) pad[i] = 0.0f;
     for (c = 0; c < p->cout; ++c) {
-        const float *wc = w + c * 9;
-        const float w0 = wc[0], w1 = wc[1], w2 = wc[2], w3 = wc[3], w4 = wc[4];
-        const float w5 = wc[5], w6 = wc[6], w7 = wc[7], w8 = wc[8];
-        const float b = bias ? bias[c] : 0.0f;
-        float *o = out + c * p->hout * wout;
-        for (y = 0; y < rows; ++y) {
-            float *d = pad + (y + p->ph) * wp + p->pw;
-            const float *src = in + c * plane_in + y * p->win;
-            for (x = 0; x < cols; ++x) d[x] = src[x];
-        }
-        for (oy = 0; oy < p->hout; ++oy, o += wout) {
-            const float *r0 = pad + oy * wp, *r1 = r0 + wp, *r2 = r1 + wp;
-            float x00 = r0[0], x01 = r0[1], x10 = r1[0], x11 = r1[1], x20 = r2[0], x21 = r2[1];
-            for (ox = 0; ox + 2 <= wout; ox += 2) {
-                const float x02 = r0[ox + 2], x12 = r1[ox + 2], x22 = r2[ox + 2];
-                const float x03 = r0[ox + 3], x13 = r1[ox + 3], x23 = r2[ox + 3];
-                float a = b, e = b;
-                a = SC_FMA(w0, x00, a); e = SC_FMA(w0, x01, e);
-                a = SC_FMA(w1, x01, a); e = SC_FMA(w1, x02, e);
-                a = SC_FMA(w2, x02, a); e = SC_FMA(w2, x03, e);
-                a = SC_FMA(w3, x10, a); e = SC_FMA(w3, x11, e);
-                a = SC_FMA(w4, x11, a); e = SC_FMA(w4, x12, e);
-                a = SC_FMA(w5, x12, a); e = SC_FMA(w5, x13, e);
-                a = SC_FMA(w6, x20, a); e = SC_FMA(w6, x21, e);
-                a = SC_FMA(w7, x21, a); e = SC_FMA(w7, x22, e);
-                a = SC_FMA(w8, x22, a); e = SC_FMA(w8, x23, e);
-                o[ox] = sc_act(a, p->act, p->alpha);
-                o[ox + 1] = sc_act(e, p->act, p->alpha);
-                x00 = x02; x01 = x03; x10 = x12; x11 = x13; x20 = x22; x21 = x23;
-            }
-            if (ox < wout) {
-                float a = b;
-                a = SC_FMA(w0, x00, a); a = SC_FMA(w1, x01, a); a = SC_FMA(w2, r0[ox + 2], a);
-                a = SC_FMA(w3, x10, a); a = SC_FMA(w4, x11, a); a = SC_FMA(w5, r1[ox + 2], a);
-                a = SC_FMA(w6, x20, a); a = SC_FMA(w7, x21, a); a = SC_FMA(w8, r2[ox + 2], a);
-                o[ox] = sc_act(a, p->act, p->alpha);
-            }
-        }
+        sc_conv_dw_copy(in + c * plane_in, pad, wp, p);
+        sc_conv_dw3_plane(pad, wp, out + c * plane_out, w + c * 9, bias ? bias[c] : 0.0f, p);
     }
 }
 
@@ -1060,6 +1129,163 @@ static inline void sc_conv_cb(const float *in, float *out, const uint8_t *idx, c
         SC_CONV_REL_CHANNELS(sc_bits_get(&br, gap_bits + bits), float, cb[f >> gap_bits], v)                      \
     }
 
+/* ---- weight-only depthwise and 1x1 convs that run where the float ones do (in place) ------------ *
+ * Depthwise (groups == cin == cout, dilation 1; sc_conv_{q8,cb}_dw3 / _dw): each channel's weights are
+ * decoded once (scale[c] * q, exactly the model's weight, or codebook[i]) into floats after the padded
+ * plane, then the float channel loop runs over them: the same instructions per MAC as float dense and
+ * the same in-place rule. 1x1, stride 1, no padding, groups == 1 (sc_conv_{q8,cb}_pw): SC_WQ_PW_BLOCK
+ * positions of every input channel are gathered into `col` (arena scratch) first, so the kernel may
+ * write over its input (C_in == C_out); then 2 output channels x SC_WQ_PW_BLOCK positions per pass,
+ * each weight decoded once per pass. */
+
+/* The weight-only depthwise kernels: `pad` holds the padded plane (SC_CONV_DW_PAD_H x _W floats)
+ * followed by kh * kw floats for the channel's decoded weights (codegen: Conv2d.kernel_choice). */
+#define SC_WQ_DW_LOOP(DECODE, PLANE)                                                              \
+    do {                                                                                         \
+        const int32_t hp_ = SC_CONV_DW_PAD_H(p), wp_ = SC_CONV_DW_PAD_W(p), khw_ = p->kh * p->kw; \
+        const int32_t plane_in_ = p->hin * p->win, plane_out_ = p->hout * p->wout;               \
+        float *wdec = pad + hp_ * wp_;                                                           \
+        int32_t c, k;                                                                            \
+        for (k = 0; k < hp_ * wp_; ++k) pad[k] = 0.0f;                                           \
+        for (c = 0; c < p->cout; ++c) {                                                          \
+            for (k = 0; k < khw_; ++k) wdec[k] = (DECODE);                                       \
+            sc_conv_dw_copy(in + c * plane_in_, pad, wp_, p);                                    \
+            PLANE(pad, wp_, out + c * plane_out_, wdec, bias ? bias[c] : 0.0f, p);               \
+        }                                                                                        \
+    } while (0)
+
+static inline SC_SPECIALIZE void sc_conv_q8_dw3(const float *in, float *out, const int8_t *q, const float *scale,
+                                                const float *bias, const sc_conv_params *p, float *pad)
+{
+    SC_WQ_DW_LOOP(scale[c] * (float)q[c * 9 + k], sc_conv_dw3_plane);
+}
+
+static inline SC_SPECIALIZE void sc_conv_q8_dw(const float *in, float *out, const int8_t *q, const float *scale,
+                                               const float *bias, const sc_conv_params *p, float *pad)
+{
+    SC_WQ_DW_LOOP(scale[c] * (float)q[c * khw_ + k], sc_conv_dw_plane);
+}
+
+static inline SC_SPECIALIZE void sc_conv_cb_dw3(const float *in, float *out, const uint8_t *idx, const float *cb,
+                                                int32_t bits, const float *bias, const sc_conv_params *p, float *pad)
+{
+    sc_bitreader br;
+    sc_bits_init(&br, idx);
+    SC_WQ_DW_LOOP(cb[sc_bits_get(&br, bits)], sc_conv_dw3_plane);
+}
+
+static inline SC_SPECIALIZE void sc_conv_cb_dw(const float *in, float *out, const uint8_t *idx, const float *cb,
+                                               int32_t bits, const float *bias, const sc_conv_params *p, float *pad)
+{
+    sc_bitreader br;
+    sc_bits_init(&br, idx);
+    SC_WQ_DW_LOOP(cb[sc_bits_get(&br, bits)], sc_conv_dw_plane);
+}
+
+/* Positions per pass of sc_conv_q8_pw / sc_conv_cb_pw (`col` is SC_WQ_PW_BLOCK * cin floats). */
+#define SC_WQ_PW_BLOCK 8
+
+/* Gathers positions [q, q + n) of every input channel into col (a short last block repeats its
+ * last position). */
+static inline void sc_conv_wq_gather(const float *in, float *col, int32_t q, int32_t n, const sc_conv_params *p)
+{
+    const int32_t plane = p->hin * p->win;
+    int32_t ci, j;
+    for (ci = 0; ci < p->cin; ++ci, in += plane, col += SC_WQ_PW_BLOCK)
+        for (j = 0; j < SC_WQ_PW_BLOCK; ++j) col[j] = in[q + (j < n ? j : n - 1)];
+}
+
+/* Output channels oc and oc1 at the block's positions: SC_WQ_PW_ACC declares the sums, each
+ * SC_WQ_PW_STEP adds input channel ci's column times the weights U (oc) and V (oc1), SC_WQ_PW_STORE
+ * multiplies the sums by S0 / S1 (1 for codebooks), adds the biases and stores them activated. */
+#define SC_WQ_PW_ACC                                                                              \
+    const float *x = col;                                                                        \
+    float a0 = 0.0f, a1 = 0.0f, a2 = 0.0f, a3 = 0.0f, a4 = 0.0f, a5 = 0.0f, a6 = 0.0f, a7 = 0.0f; \
+    float e0 = 0.0f, e1 = 0.0f, e2 = 0.0f, e3 = 0.0f, e4 = 0.0f, e5 = 0.0f, e6 = 0.0f, e7 = 0.0f
+
+#define SC_WQ_PW_STEP(U, V)                                                                       \
+    do {                                                                                         \
+        const float u = (U), v = (V);                                                            \
+        const float x0 = x[0], x1 = x[1], x2 = x[2], x3 = x[3];                                  \
+        const float x4 = x[4], x5 = x[5], x6 = x[6], x7 = x[7];                                  \
+        x += SC_WQ_PW_BLOCK;                                                                     \
+        a0 = SC_FMA(u, x0, a0); a1 = SC_FMA(u, x1, a1); a2 = SC_FMA(u, x2, a2); a3 = SC_FMA(u, x3, a3); \
+        a4 = SC_FMA(u, x4, a4); a5 = SC_FMA(u, x5, a5); a6 = SC_FMA(u, x6, a6); a7 = SC_FMA(u, x7, a7); \
+        e0 = SC_FMA(v, x0, e0); e1 = SC_FMA(v, x1, e1); e2 = SC_FMA(v, x2, e2); e3 = SC_FMA(v, x3, e3); \
+        e4 = SC_FMA(v, x4, e4); e5 = SC_FMA(v, x5, e5); e6 = SC_FMA(v, x6, e6); e7 = SC_FMA(v, x7, e7); \
+    } while (0)
+
+#define SC_WQ_PW_STORE(S0, S1)                                                                    \
+    do {                                                                                         \
+        float *o0 = out + oc * plane + q, *o1 = out + oc1 * plane + q;                           \
+        const float b0 = bias ? bias[oc] : 0.0f, b1 = bias ? bias[oc1] : 0.0f;                   \
+        const float s0 = (S0), s1 = (S1);                                                        \
+        if (n == SC_WQ_PW_BLOCK) {                                                               \
+            o0[0] = sc_act(SC_FMA(s0, a0, b0), p->act, p->alpha);                                \
+            o0[1] = sc_act(SC_FMA(s0, a1, b0), p->act, p->alpha);                                \
+            o0[2] = sc_act(SC_FMA(s0, a2, b0), p->act, p->alpha);                                \
+            o0[3] = sc_act(SC_FMA(s0, a3, b0), p->act, p->alpha);                                \
+            o0[4] = sc_act(SC_FMA(s0, a4, b0), p->act, p->alpha);                                \
+            o0[5] = sc_act(SC_FMA(s0, a5, b0), p->act, p->alpha);                                \
+            o0[6] = sc_act(SC_FMA(s0, a6, b0), p->act, p->alpha);                                \
+            o0[7] = sc_act(SC_FMA(s0, a7, b0), p->act, p->alpha);                                \
+            o1[0] = sc_act(SC_FMA(s1, e0, b1), p->act, p->alpha);                                \
+            o1[1] = sc_act(SC_FMA(s1, e1, b1), p->act, p->alpha);                                \
+            o1[2] = sc_act(SC_FMA(s1, e2, b1), p->act, p->alpha);                                \
+            o1[3] = sc_act(SC_FMA(s1, e3, b1), p->act, p->alpha);                                \
+            o1[4] = sc_act(SC_FMA(s1, e4, b1), p->act, p->alpha);                                \
+            o1[5] = sc_act(SC_FMA(s1, e5, b1), p->act, p->alpha);                                \
+            o1[6] = sc_act(SC_FMA(s1, e6, b1), p->act, p->alpha);                                \
+            o1[7] = sc_act(SC_FMA(s1, e7, b1), p->act, p->alpha);                                \
+        } else {                                                                                 \
+            const float acc[2 * SC_WQ_PW_BLOCK] = {a0, a1, a2, a3, a4, a5, a6, a7,               \
+                                                   e0, e1, e2, e3, e4, e5, e6, e7};              \
+            int32_t j;                                                                           \
+            for (j = 0; j < n; ++j) {                                                            \
+                o0[j] = sc_act(SC_FMA(s0, acc[j], b0), p->act, p->alpha);                        \
+                o1[j] = sc_act(SC_FMA(s1, acc[SC_WQ_PW_BLOCK + j], b1), p->act, p->alpha);       \
+            }                                                                                    \
+        }                                                                                        \
+    } while (0)
+
+static inline SC_SPECIALIZE void sc_conv_q8_pw(const float *in, float *out, const int8_t *qw, const float *scale,
+                                               const float *bias, const sc_conv_params *p, float *col)
+{
+    const int32_t plane = p->hin * p->win;
+    int32_t q, oc, ci;
+    for (q = 0; q < plane; q += SC_WQ_PW_BLOCK) {
+        const int32_t n = plane - q < SC_WQ_PW_BLOCK ? plane - q : SC_WQ_PW_BLOCK;
+        sc_conv_wq_gather(in, col, q, n, p);
+        for (oc = 0; oc < p->cout; oc += 2) {
+            const int32_t oc1 = oc + 1 < p->cout ? oc + 1 : oc; /* an odd last channel is computed twice */
+            const int8_t *w0 = qw + oc * p->cin, *w1 = qw + oc1 * p->cin;
+            SC_WQ_PW_ACC;
+            for (ci = 0; ci < p->cin; ++ci) SC_WQ_PW_STEP((float)*w0++, (float)*w1++);
+            SC_WQ_PW_STORE(scale[oc], scale[oc1]);
+        }
+    }
+}
+
+static inline SC_SPECIALIZE void sc_conv_cb_pw(const float *in, float *out, const uint8_t *idx, const float *cb,
+                                               int32_t bits, const float *bias, const sc_conv_params *p, float *col)
+{
+    const int32_t plane = p->hin * p->win;
+    int32_t q, oc, ci;
+    for (q = 0; q < plane; q += SC_WQ_PW_BLOCK) {
+        const int32_t n = plane - q < SC_WQ_PW_BLOCK ? plane - q : SC_WQ_PW_BLOCK;
+        sc_conv_wq_gather(in, col, q, n, p);
+        for (oc = 0; oc < p->cout; oc += 2) {
+            const int32_t oc1 = oc + 1 < p->cout ? oc + 1 : oc; /* an odd last channel is computed twice */
+            SC_WQ_PW_ACC;
+            sc_bitreader r0, r1;
+            sc_bits_at(&r0, idx, (uint32_t)(oc * p->cin * bits));
+            sc_bits_at(&r1, idx, (uint32_t)(oc1 * p->cin * bits));
+            for (ci = 0; ci < p->cin; ++ci) SC_WQ_PW_STEP(cb[sc_bits_get(&r0, bits)], cb[sc_bits_get(&r1, bits)]);
+            SC_WQ_PW_STORE(1.0f, 1.0f);
+        }
+    }
+}
+
 /* ==== int8 ==================================================================================== */
 
 /* ---- int8 (integer=True) convolution (also Conv1d with H == 1; depthwise with groups == cin)
@@ -1208,8 +1434,15 @@ static inline SC_SPECIALIZE void sc_i8_dw3_plane(const int8_t *pc, int8_t *o, co
     } while (0)
 #endif
     for (oy = 0; oy < hout; ++oy, o += wout) {
+#if SC_I8_FAST_REQ
         const int8_t *r = pc + oy * wp;
         for (ox = 0; ox + 2 <= wout; ox += 2, r += 2) {
+#else /* -Os: no tail code; an odd last output is computed again with its left neighbour (alone when wout
+       * is 1: the pair's second output then reads the row's slack bytes and is overwritten) */
+        for (ox = 0; ox < wout; ox += 2) {
+            const int32_t x0 = ox + 2 <= wout ? ox : (wout >= 2 ? wout - 2 : 0);
+            const int8_t *r = pc + oy * wp + x0;
+#endif
             int32_t a = b_in, b = b_in;
 #if SC_INT8_DSP
             SC_I8_DW3_ROW(r, u0, v0);
@@ -1220,6 +1453,7 @@ static inline SC_SPECIALIZE void sc_i8_dw3_plane(const int8_t *pc, int8_t *o, co
             SC_I8_DW3_ROW(r + wp, w3, w4, w5);
             SC_I8_DW3_ROW(r + 2 * wp, w6, w7, w8);
 #endif
+#if SC_I8_FAST_REQ
             o[ox] = sc_i8_requant_hk(a, m, half, e - 1, zp, lo, hi);
             o[ox + 1] = sc_i8_requant_hk(b, m, half, e - 1, zp, lo, hi);
         }
@@ -1242,6 +1476,11 @@ static inline SC_SPECIALIZE void sc_i8_dw3_plane(const int8_t *pc, int8_t *o, co
 #endif
             o[ox] = sc_i8_requant_hk(a, m, half, e - 1, zp, lo, hi);
         }
+#else
+            o[x0 + 1 < wout ? x0 + 1 : x0] = sc_i8_requant_hk(b, m, half, e - 1, zp, lo, hi);
+            o[x0] = sc_i8_requant_hk(a, m, half, e - 1, zp, lo, hi);
+        }
+#endif
     }
 #undef SC_I8_DW3_ROW
 }

@@ -11,6 +11,7 @@
 #define SC_LINEAR_H
 
 #include "sc_runtime.h"
+#include "sc_gemm.h"  /* float micro-kernels */
 #include "sc_bits.h"  /* weight-only forms */
 #include "sc_fixed.h" /* int8 */
 
@@ -36,48 +37,25 @@ static inline void sc_linear_dense(const float *x, float *y, const float *w, con
     }
 }
 #else
-/* 4 outputs at a time (each input load feeds 4 MACs), inputs unrolled by 4; the weight rows are
- * walked with pointers. Outputs past the end repeat the last row (computed and stored twice). */
+/* 4 outputs at a time (sc_dot4: each input load feeds 4 MACs; on the M4F one VLDMIA of 8 inputs and
+ * 4 of 8 weights per 32 MACs). Outputs past the end repeat the last row (computed and stored twice). */
 static inline void sc_linear_dense(const float *x, float *y, const float *w, const float *bias,
                                    const sc_linear_params *p)
 {
     const int32_t n = p->in;
-    int32_t r, o, i, j;
+    int32_t r, o, j;
     for (r = 0; r < p->rows; ++r) {
         const float *xr = x + r * n;
         float *yr = y + r * p->out;
         for (o = 0; o < p->out; o += 4) {
             const float *ws[4];
-            float acc[4], a0, a1, a2, a3;
-            const float *w0, *w1, *w2, *w3, *xp = xr;
+            float acc[4];
             for (j = 0; j < 4; ++j) {
                 const int32_t oj = o + j < p->out ? o + j : p->out - 1;
                 ws[j] = w + oj * n;
                 acc[j] = bias ? bias[oj] : 0.0f;
             }
-            w0 = ws[0]; w1 = ws[1]; w2 = ws[2]; w3 = ws[3];
-            a0 = acc[0]; a1 = acc[1]; a2 = acc[2]; a3 = acc[3];
-            for (i = 0; i + 4 <= n; i += 4) {
-                const float v0 = xp[0], v1 = xp[1], v2 = xp[2], v3 = xp[3];
-                xp += 4;
-                a0 = SC_FMA(w0[0], v0, a0); a1 = SC_FMA(w1[0], v0, a1);
-                a2 = SC_FMA(w2[0], v0, a2); a3 = SC_FMA(w3[0], v0, a3);
-                a0 = SC_FMA(w0[1], v1, a0); a1 = SC_FMA(w1[1], v1, a1);
-                a2 = SC_FMA(w2[1], v1, a2); a3 = SC_FMA(w3[1], v1, a3);
-                a0 = SC_FMA(w0[2], v2, a0); a1 = SC_FMA(w1[2], v2, a1);
-                a2 = SC_FMA(w2[2], v2, a2); a3 = SC_FMA(w3[2], v2, a3);
-                a0 = SC_FMA(w0[3], v3, a0); a1 = SC_FMA(w1[3], v3, a1);
-                a2 = SC_FMA(w2[3], v3, a2); a3 = SC_FMA(w3[3], v3, a3);
-                w0 += 4; w1 += 4; w2 += 4; w3 += 4;
-            }
-            for (; i < n; ++i) {
-                const float v = *xp++;
-                a0 = SC_FMA(*w0++, v, a0);
-                a1 = SC_FMA(*w1++, v, a1);
-                a2 = SC_FMA(*w2++, v, a2);
-                a3 = SC_FMA(*w3++, v, a3);
-            }
-            acc[0] = a0; acc[1] = a1; acc[2] = a2; acc[3] = a3;
+            sc_dot4(xr, ws[0], ws[1], ws[2], ws[3], n, acc);
             for (j = 0; j < 4 && o + j < p->out; ++j) yr[o + j] = sc_act(acc[j], p->act, p->alpha);
         }
     }
@@ -343,6 +321,124 @@ static inline void sc_linear_cb(const float *x, float *y, const uint8_t *idx, co
         SC_LINEAR_REL_ROWS(bias ? bias[o] : 0.0f, sc_bits_get(&br, gap_bits + bits), cb[f >> gap_bits],       \
                            sc_act(acc, p->act, p->alpha))                                                     \
     }
+/* ---- codebook linear ------------------------------------------------------------------------
+ * Dense codebook weights with in % 8 == 0: a row's 8 indices are `bits` bytes (rows start on a
+ * byte). 4 rows per pass share the input loads; each row's sum runs in input order. On a
+ * Cortex-M4F (SC_CSR_ASM, as sc_linear.h's CSR loop) 4- and 8-bit indices take a hand-scheduled
+ * loop: per 8 weights of a row, one word load (4-bit: AND/UBFX/LSR cut the fields) or 8 LDRB
+ * (8-bit), 8 codebook loads into core registers (LDR with a scaled register offset), 4 VMOVs of
+ * register pairs and 8 VFMAs; one VLDMIA of 8 inputs serves the 4 rows: 117 (4-bit) / 113
+ * (8-bit) instructions per 32 MACs. Elsewhere (other widths, host, M3) the C loop below. */
+
+/* The 8 b-bit fields of a row's group (`bits` bytes at g; constant bits fold the shifts). */
+#define SC_CB_F(K) ((uint32_t)(v >> ((K) * bits)) & mask)
+static inline SC_SPECIALIZE void sc_cb_dot8_c(const float *x, const uint8_t *g, const float *cb, int32_t bits,
+                                              int32_t n8, float *acc)
+{
+    const uint32_t mask = (1u << bits) - 1u;
+    float a = *acc;
+    for (; n8 > 0; --n8, g += bits, x += 8) {
+        uint32_t lo = 0u, hi = 0u;
+        uint64_t v;
+        memcpy(&lo, g, bits < 4 ? (size_t)bits : 4u);
+        if (bits > 4) memcpy(&hi, g + 4, (size_t)(bits - 4));
+        v = (uint64_t)lo | (uint64_t)hi << 32;
+        a = SC_FMA(cb[SC_CB_F(0)], x[0], a);
+        a = SC_FMA(cb[SC_CB_F(1)], x[1], a);
+        a = SC_FMA(cb[SC_CB_F(2)], x[2], a);
+        a = SC_FMA(cb[SC_CB_F(3)], x[3], a);
+        a = SC_FMA(cb[SC_CB_F(4)], x[4], a);
+        a = SC_FMA(cb[SC_CB_F(5)], x[5], a);
+        a = SC_FMA(cb[SC_CB_F(6)], x[6], a);
+        a = SC_FMA(cb[SC_CB_F(7)], x[7], a);
+    }
+    *acc = a;
+}
+#undef SC_CB_F
+
+#if SC_CSR_ASM
+/* Two fields (codebook values) of row G into the pair S0/S1, added to A times inputs X0/X1. */
+#define SC_CB_PAIR(E0, E1, S0, S1, X0, X1, A)                                                     \
+    E0 "\n\t" E1 "\n\t"                                                                          \
+    "ldr %[t0], [%[cb], %[t0], lsl #2]\n\t"                                                      \
+    "ldr %[t1], [%[cb], %[t1], lsl #2]\n\t"                                                      \
+    "vmov " S0 ", " S1 ", %[t0], %[t1]\n\t"                                                      \
+    "vfma.f32 " A ", " S0 ", " X0 "\n\t"                                                         \
+    "vfma.f32 " A ", " S1 ", " X1 "\n\t"
+#define SC_CB_ROW4(G, A)                                                                          \
+    "ldr %[w], [" G "], #4\n\t"                                                                  \
+    SC_CB_PAIR("and %[t0], %[w], #15", "ubfx %[t1], %[w], #4, #4", "s16", "s17", "s8", "s9", A)  \
+    SC_CB_PAIR("ubfx %[t0], %[w], #8, #4", "ubfx %[t1], %[w], #12, #4", "s18", "s19", "s10", "s11", A) \
+    SC_CB_PAIR("ubfx %[t0], %[w], #16, #4", "ubfx %[t1], %[w], #20, #4", "s16", "s17", "s12", "s13", A) \
+    SC_CB_PAIR("ubfx %[t0], %[w], #24, #4", "lsr %[t1], %[w], #28", "s18", "s19", "s14", "s15", A)
+#define SC_CB_ROW8(G, A)                                                                          \
+    SC_CB_PAIR("ldrb %[t0], [" G "], #1", "ldrb %[t1], [" G "], #1", "s16", "s17", "s8", "s9", A) \
+    SC_CB_PAIR("ldrb %[t0], [" G "], #1", "ldrb %[t1], [" G "], #1", "s18", "s19", "s10", "s11", A) \
+    SC_CB_PAIR("ldrb %[t0], [" G "], #1", "ldrb %[t1], [" G "], #1", "s16", "s17", "s12", "s13", A) \
+    SC_CB_PAIR("ldrb %[t0], [" G "], #1", "ldrb %[t1], [" G "], #1", "s18", "s19", "s14", "s15", A)
+#define SC_CB_DOT8X4_ASM(ROW)                                                                     \
+    __asm__ volatile(                                                                            \
+        "1:\n\t"                                                                                 \
+        "vldmia %[x]!, {s8-s15}\n\t"                                                             \
+        ROW("%[g0]", "%[a0]") ROW("%[g1]", "%[a1]") ROW("%[g2]", "%[a2]") ROW("%[g3]", "%[a3]")  \
+        "subs %[n], %[n], #1\n\t"                                                                \
+        "bne 1b\n\t"                                                                             \
+        : [x] "+r"(x), [g0] "+r"(g0), [g1] "+r"(g1), [g2] "+r"(g2), [g3] "+r"(g3), [n] "+r"(n8), \
+          [a0] "+t"(a0), [a1] "+t"(a1), [a2] "+t"(a2), [a3] "+t"(a3), [w] "=&r"(w),              \
+          [t0] "=&r"(t0), [t1] "=&r"(t1)                                                         \
+        : [cb] "r"(cb)                                                                           \
+        : "s8", "s9", "s10", "s11", "s12", "s13", "s14", "s15", "s16", "s17", "s18", "s19", "cc", \
+          "memory")
+#endif
+
+/* Adds rows g[0..3] (n8 groups of 8 indices) times x to acc[0..3]. */
+static inline SC_SPECIALIZE void sc_cb_dot8x4(const float *x, const uint8_t *const *g, const float *cb, int32_t bits,
+                                              int32_t n8, float *acc)
+{
+#if SC_CSR_ASM
+    if ((bits == 4 || bits == 8) && n8 > 0) {
+        const uint8_t *g0 = g[0], *g1 = g[1], *g2 = g[2], *g3 = g[3];
+        float a0 = acc[0], a1 = acc[1], a2 = acc[2], a3 = acc[3];
+        uint32_t w, t0, t1;
+        if (bits == 4)
+            SC_CB_DOT8X4_ASM(SC_CB_ROW4);
+        else
+            SC_CB_DOT8X4_ASM(SC_CB_ROW8);
+        (void)w;
+        acc[0] = a0; acc[1] = a1; acc[2] = a2; acc[3] = a3;
+        return;
+    }
+#endif
+    sc_cb_dot8_c(x, g[0], cb, bits, n8, &acc[0]);
+    sc_cb_dot8_c(x, g[1], cb, bits, n8, &acc[1]);
+    sc_cb_dot8_c(x, g[2], cb, bits, n8, &acc[2]);
+    sc_cb_dot8_c(x, g[3], cb, bits, n8, &acc[3]);
+}
+
+/* Dense codebook linear, in % 8 == 0: 4 rows per pass (rows past the end repeat the last one,
+ * computed and stored twice). */
+static inline SC_SPECIALIZE void sc_linear_cb8(const float *x, float *y, const uint8_t *idx, const float *cb,
+                                               int32_t bits, const float *bias, const sc_linear_params *p)
+{
+    const int32_t n8 = p->in / 8, row_bytes = n8 * bits;
+    int32_t r, o, j;
+    for (r = 0; r < p->rows; ++r) {
+        const float *xr = x + r * p->in;
+        float *yr = y + r * p->out;
+        for (o = 0; o < p->out; o += 4) {
+            const uint8_t *g[4];
+            float a[4];
+            for (j = 0; j < 4; ++j) {
+                const int32_t oj = o + j < p->out ? o + j : p->out - 1;
+                g[j] = idx + oj * row_bytes;
+                a[j] = bias ? bias[oj] : 0.0f;
+            }
+            sc_cb_dot8x4(xr, g, cb, bits, n8, a);
+            for (j = 0; j < 4 && o + j < p->out; ++j) yr[o + j] = sc_act(a[j], p->act, p->alpha);
+        }
+    }
+}
+
 /* ==== int8 ==================================================================================== */
 
 /* ---- int8 (integer=True): y[r][o] = requant(bias[o] + sum_i q[o][i] * x[r][i])

@@ -8,6 +8,7 @@
 #define SC_RECURRENT_H
 
 #include "sc_runtime.h"
+#include "sc_fixed.h" /* int8 */
 
 static inline float sc_rnn_sigmoid(float v) { return 1.0f / (1.0f + SC_EXPF(-v)); }
 
@@ -45,6 +46,81 @@ static inline void sc_rnn_zero(float *v, int32_t n)
 
 /* dst[0..n) = src[0..n) (a state row copied out of the sequence). */
 static inline void sc_rnn_copy(float *dst, const float *src, int32_t n)
+{
+    int32_t j;
+    for (j = 0; j < n; ++j) dst[j] = src[j];
+}
+
+/* ---- LSTM / GRU --------------------------------------------------------------------------------- */
+
+/* v / 2^n rounded half away from zero (n >= 1), without shifting a negative value. */
+static inline int64_t sc_i8_rshr64(int64_t v, int32_t n)
+{
+    const int64_t half = (int64_t)1 << (n - 1);
+    return v >= 0 ? (v + half) >> n : -((-v + half) >> n);
+}
+
+/* f(v / 2^12) in Q15 from lut[i] = f(-8 + i / 32), i = 0..512, interpolated linearly over the 7 low bits;
+ * v saturates to [-8, 8). The tables (sigmoid, tanh) increase, so the interpolated step is >= 0. */
+static inline int32_t sc_i8_rnn_act(const int16_t *lut, int32_t v)
+{
+    int32_t u, i;
+    v = v < -32768 ? -32768 : (v > 32767 ? 32767 : v);
+    u = v + 32768;
+    i = u >> 7;
+    return lut[i] + (((int32_t)(lut[i + 1] - lut[i]) * (u & 127) + 64) >> 7);
+}
+
+/* out[g] = mbqm(sum_k w[g * k_n + k] (x[k] - zp), mult[g], shift[g]) + bias[g]: a gate projection in Q12. */
+static inline void sc_i8_rnn_proj(const int8_t *x, const int8_t *w, int32_t rows, int32_t k_n, int32_t zp,
+                                  const int32_t *mult, const int8_t *shift, const int32_t *bias, int32_t *out)
+{
+    int32_t g, k;
+    for (g = 0; g < rows; ++g) {
+        const int8_t *wr = w + g * k_n;
+        int32_t acc = 0;
+        for (k = 0; k < k_n; ++k) acc += (int32_t)wr[k] * ((int32_t)x[k] - zp);
+        out[g] = sc_i8_mbqm(acc, mult[g], shift[g]) + (bias ? bias[g] : 0);
+    }
+}
+
+static inline int8_t sc_i8_rnn_h(int64_t q30) /* a Q30 product -> h at scale 1/128 */
+{
+    const int64_t v = sc_i8_rshr64(q30, 23);
+    return (int8_t)(v > 127 ? 127 : (v < -128 ? -128 : v));
+}
+
+/* gx, gh: 4H gate pre-activations (i, f, g, o) in Q12; c (Q15, int32) and h (1/128) updated in place. */
+static inline void sc_i8_lstm_cell(const int32_t *gx, const int32_t *gh, int32_t *c, int8_t *h, int32_t n,
+                                   const int16_t *sig, const int16_t *tnh)
+{
+    int32_t j;
+    for (j = 0; j < n; ++j) {
+        const int32_t i = sc_i8_rnn_act(sig, gx[j] + gh[j]);
+        const int32_t f = sc_i8_rnn_act(sig, gx[n + j] + gh[n + j]);
+        const int32_t g = sc_i8_rnn_act(tnh, gx[2 * n + j] + gh[2 * n + j]);
+        const int32_t o = sc_i8_rnn_act(sig, gx[3 * n + j] + gh[3 * n + j]);
+        int64_t cv = sc_i8_rshr64((int64_t)f * c[j] + (int64_t)i * g, 15);
+        cv = cv > (1 << 30) ? (1 << 30) : (cv < -(1 << 30) ? -(1 << 30) : cv);
+        c[j] = (int32_t)cv;
+        h[j] = sc_i8_rnn_h((int64_t)o * sc_i8_rnn_act(tnh, (int32_t)sc_i8_rshr64(cv, 3)));
+    }
+}
+
+/* gx, gh: 3H gate pre-activations (r, z, n; b_hn inside gh as PyTorch) in Q12; h (1/128) updated in place. */
+static inline void sc_i8_gru_cell(const int32_t *gx, const int32_t *gh, int8_t *h, int32_t n,
+                                  const int16_t *sig, const int16_t *tnh)
+{
+    int32_t j;
+    for (j = 0; j < n; ++j) {
+        const int32_t r = sc_i8_rnn_act(sig, gx[j] + gh[j]);
+        const int32_t z = sc_i8_rnn_act(sig, gx[n + j] + gh[n + j]);
+        const int32_t m = sc_i8_rnn_act(tnh, gx[2 * n + j] + (int32_t)sc_i8_rshr64((int64_t)r * gh[2 * n + j], 15));
+        h[j] = sc_i8_rnn_h((int64_t)(32768 - z) * m + (int64_t)z * ((int32_t)h[j] * 256));
+    }
+}
+
+static inline void sc_i8_rnn_copy(int8_t *dst, const int8_t *src, int32_t n)
 {
     int32_t j;
     for (j = 0; j < n; ++j) dst[j] = src[j];

@@ -7,6 +7,7 @@
 #define SC_REDUCE_H
 
 #include "sc_runtime.h"
+#include "sc_fixed.h" /* int8 sum */
 
 /* the modes, in the order of codegen.ops.reduce.REDUCE_MODES */
 #define SC_REDUCE_SUM 0
@@ -111,6 +112,23 @@ static inline void sc_i8_adaptive_pool(const int8_t *x, int8_t *out, int32_t c, 
                 *out++ = mode == SC_REDUCE_MAX ? (int8_t)acc
                                                : sc_i8_reduce_sat(sc_i8_reduce_div(acc, (y1 - y0) * (x1 - x0)) + zp);
             }
+        }
+    }
+}
+
+/* TFLite's int8 Sum: its own output range */
+/* out[o * inner + i] = clamp(mbqm(sum_j (x[(o * n + j) * inner + i] - zp), mult, shift) + out_zp) */
+static inline void sc_i8_reduce_sum(const int8_t *x, int8_t *out, int32_t outer, int32_t n, int32_t inner,
+                                    int32_t zp, int32_t mult, int32_t shift, int32_t out_zp)
+{
+    int32_t o, i, j;
+    for (o = 0; o < outer; ++o) {
+        for (i = 0; i < inner; ++i) {
+            const int8_t *p = x + o * n * inner + i;
+            int32_t acc = 0, v;
+            for (j = 0; j < n; ++j) acc += (int32_t)p[j * inner] - zp;
+            v = sc_i8_mbqm(acc, mult, shift) + out_zp;
+            out[o * inner + i] = (int8_t)(v > 127 ? 127 : (v < -128 ? -128 : v));
         }
     }
 }

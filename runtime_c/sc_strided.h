@@ -80,4 +80,24 @@ static inline void sc_i8_s_mul(const int8_t *a, const int8_t *b, int8_t *y, cons
     });
 }
 
+/* tensor / tensor (TFLite has no int8 div): one requantization per element, its multiplier looked up
+ * by the divisor's int8 value (codegen/ops/broadcast.py div_tables). */
+typedef struct {
+    int32_t a_zp, b_zp, out_zp;
+} sc_i8_s_div_params;
+
+/* y = clamp(mbqm(+-(a - a_zp), mult[b + 128], shift[b + 128]) + out_zp), negated when b < b_zp (the
+ * multipliers are |s_a / (s_out s_b (b - b_zp))| >= 0, as sc_i8_mbqm wants them); a zero divisor
+ * saturates by the sign of a (its table entry is the largest multiplier). */
+static inline void sc_i8_s_div(const int8_t *a, const int8_t *b, int8_t *y, const sc_strided_params *p,
+                               const sc_i8_s_div_params *q, const int32_t *mult, const int8_t *shift)
+{
+    SC_STRIDED_LOOP({
+        const int32_t k = (int32_t)b[ib] + 128; /* no comma: this is a macro argument */
+        const int32_t d = (int32_t)a[ia] - q->a_zp;
+        const int32_t v = sc_i8_mbqm((int32_t)b[ib] < q->b_zp ? -d : d, mult[k], shift[k]) + q->out_zp;
+        y[o] = (int8_t)(v > 127 ? 127 : (v < -128 ? -128 : v));
+    });
+}
+
 #endif /* SC_STRIDED_H */

@@ -20,6 +20,7 @@ Example::
 from __future__ import annotations
 
 import copy
+import dataclasses
 import logging
 import math
 import re
@@ -159,7 +160,14 @@ class ByteModel:
         self.exact_total = int(report.total)
         self.exact_layers = {k: int(v) for k, v in dict(getattr(report, "layers", {})).items()}
         nnz = current_nnz(model)
-        self.fixed = self.exact_total - sum(self.layer_bytes(n, nnz[n]) for n in self.layers)
+        ref = self.exact_total
+        if plan is not None and plan.representation == "huffman":
+            # Huffman-coded entries are value-dependent and never larger than the codebook forms: estimate
+            # with the codebook bytes (an upper bound; the fixed bytes measured the same way), and let the exact
+            # count of the pruned model (calibration) claim what the coding saves
+            ref = int(exact_weight_bytes(model, example_input, "codebook",
+                                         dataclasses.replace(plan, representation="codebook")).total)
+        self.fixed = ref - sum(self.layer_bytes(n, nnz[n]) for n in self.layers)
 
     def layer_bytes(self, name: str, nnz: int) -> int:
         g = self.layers[name]

@@ -81,7 +81,7 @@ def _state(model: nn.Module) -> dict[str, torch.Tensor]:
     return {k: v.detach().clone() for k, v in model.state_dict().items()}
 
 
-def _check_model(model: nn.Module) -> None:
+def _check_model(model: nn.Module, frozen_ok: bool = False) -> None:
     if not isinstance(model, nn.Module):
         raise CompressionError(f"model must be a torch.nn.Module, got {type(model).__name__}")
     if isinstance(model, torch.jit.ScriptModule):
@@ -96,7 +96,7 @@ def _check_model(model: nn.Module) -> None:
             "model parameters are inference tensors (created under torch.inference_mode()); "
             "rebuild or load the model outside inference mode so it can be retrained"
         )
-    if not any(p.requires_grad for p in params):
+    if not frozen_ok and not any(p.requires_grad for p in params):
         raise CompressionError(
             "model is in an eval-only state: no parameter requires grad, so it cannot be retrained. "
             "Call model.requires_grad_(True) first (compress_NN_models switches train/eval itself)"
@@ -194,6 +194,10 @@ class _Ctx:
     quant_lr: float = 1e-4
     tol: float = 0.01
     cache: dict | None = None  # CompressConfig.cache
+    exits: nn.Module | None = None  # an EarlyExitModel over ``model`` (its heads' bytes are in the budget)
+    exit_reserve: int = 0  # bytes of the budget kept for the exit heads (measured before compressing)
+    exit_epochs: int = 0  # epochs of head retraining on the compressed backbone (0: a probe, none)
+    exit_sharing: str = "cws"  # the quantizer of codebook heads
 
     def loss(self, outputs: torch.Tensor, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         _check_labels(outputs, y, self.criterion)
@@ -344,6 +348,13 @@ def _num_samples(loader: Iterable) -> int:
     if ds is not None and hasattr(ds, "__len__"):
         return len(ds)
     return sum(int(split_batch(b)[1].shape[0]) for b in loader)
+
+
+def _eval_samples(loader: Iterable, max_batches: int | None) -> int:
+    """Samples an evaluation of at most ``max_batches`` batches of ``loader`` sees."""
+    n = _num_samples(loader)
+    bs = getattr(loader, "batch_size", None)
+    return min(n, max_batches * bs) if max_batches and bs else n
 
 
 def _num_batches(loader: Iterable, cap: int | None) -> int:
@@ -586,8 +597,10 @@ def compress_NN_models(  # noqa: N802 - public name fixed by the issue
     checkpoint_path: str | os.PathLike | None = None,
     distillation: float = 0.5,
     bits: int | dict[str, int] | None = None,
-    quant_epochs: int = 1,
+    quant_epochs: int | None = None,
     quant_learning_rate: float | None = None,
+    ram_budget: int | None = None,
+    prefer_speed: bool = False,
 ) -> CompressionReport:
     """Compress ``model`` in place so codegen emits at most ``target_size`` of weight data.
 
@@ -618,15 +631,24 @@ def compress_NN_models(  # noqa: N802 - public name fixed by the issue
     on copies of the model (one round on part of an epoch each, the report lists them), then the full
     run with the most accurate; the model records the representation so ``save_compressed_model(model,
     input_data=...)`` emits exactly what was budgeted.  "per-layer" chooses float, int8 or codebook per
-    layer (emitted as codegen's "auto").  Otherwise any of ``codegen.formats.REPRESENTATIONS``:
+    layer (emitted as codegen's "auto").  When the codebook probe had to prune to fit, "huffman" (the
+    codebook weights with canonical-Huffman-coded entries, never larger, so more weights fit; decoded bit by
+    bit, several times the instructions) is probed too and chosen only when it is more accurate beyond the
+    probes' noise; ``prefer_speed=True`` leaves it out.  Otherwise any of ``codegen.formats.REPRESENTATIONS``:
     "csr"/"dense" (float),
     "int8" (per-channel int8, pruned to a budget counted in int8 bytes, then quantized and
-    fine-tuned ``quant_epochs`` with a straight-through estimator), "codebook" (Deep Compression
+    fine-tuned ``quant_epochs`` (default: as many as a retraining round, ended by a validation plateau)
+    with a straight-through estimator), "codebook" (Deep Compression
     weight sharing: ``bits`` per layer -- an int, {layer: bits}, or None to choose them with
     :func:`sparsecomp.bits.bits_analysis` -- then centroid fine-tuning).  For int8/codebook/per-layer every
     BatchNorm after a conv/linear is first folded into it (:func:`sparsecomp.fold_batchnorm_`),
     the budget counts the bytes of the quantized model exactly, and the model ends quantized /
     weight-shared so ``save_compressed_model(model, representation)`` emits exactly those bytes.
+
+    ``ram_budget`` (bytes of activation RAM): checked first (codegen.api.plan_ram: tiled execution of the
+    first layers when layer by layer needs more; a CompressionError states the smallest arena reachable),
+    planned again on the compressed model (``report.ram``: peak RAM, stages, extra MACs) and recorded on
+    it, so ``save_compressed_model(model, input_data=...)`` emits within it.
 
     Example::
 
@@ -647,7 +669,7 @@ def compress_NN_models(  # noqa: N802 - public name fixed by the issue
     if representation not in REPRESENTATIONS and representation not in ("per-layer", *SHARING):
         raise ValueError(f"representation must be one of {sorted([*REPRESENTATIONS, 'per-layer', *SHARING])}, "
                          f"got {representation!r}")
-    if quant_epochs < 0:
+    if quant_epochs is not None and quant_epochs < 0:
         raise ValueError(f"quant_epochs must be >= 0, got {quant_epochs}")
     if (num_epochs is not None and num_epochs < 1) or max_rounds < 1:
         raise ValueError("num_epochs and max_rounds must be >= 1")
@@ -659,7 +681,15 @@ def compress_NN_models(  # noqa: N802 - public name fixed by the issue
         raise ValueError(f"conv_decomposition must be 'tucker2' or 'cp', got {conv_decomposition!r}")
     if isinstance(model, (nn.parallel.DistributedDataParallel, nn.DataParallel)):
         model = model.module  # compress the wrapped model; DDP is applied internally when distributed
-    _check_model(model)
+    from .early_exit import EarlyExitModel
+
+    exits, frozen = None, []
+    if isinstance(model, EarlyExitModel):  # the budget holds the backbone AND its exit heads
+        exits, model = model, model.backbone
+        # train_exits froze the backbone for the heads: retrained here (frozen again at the end)
+        if not any(p.requires_grad for p in model.parameters()):
+            frozen = list(model.parameters())
+    _check_model(model, frozen_ok=bool(frozen))
     device = torch.device(device)
     if device.type == "cuda" and not torch.cuda.is_available():
         raise CompressionError("device='cuda' requested but CUDA is not available")
@@ -675,6 +705,8 @@ def compress_NN_models(  # noqa: N802 - public name fixed by the issue
     if num_epochs is None:
         num_epochs = default_epochs(train_loader, max_batches_per_epoch)
         logger.info("%d epochs per retraining round (from the size of the training data)", num_epochs)
+    if quant_epochs is None:  # as long as a retraining round; a validation plateau ends it earlier
+        quant_epochs = num_epochs
     cfg = CompressConfig(
         budget=budget, representation=representation, num_epochs=num_epochs, learning_rate=learning_rate,
         criterion=criterion if criterion is not None else nn.CrossEntropyLoss(), device=device,
@@ -685,24 +717,54 @@ def compress_NN_models(  # noqa: N802 - public name fixed by the issue
         max_batches_per_epoch=max_batches_per_epoch, deadline=None if time_limit is None else t0 + time_limit,
         metric=metric, distillation=float(distillation), bits=bits, quant_epochs=quant_epochs,
         quant_learning_rate=quant_learning_rate if quant_learning_rate is not None else learning_rate / 5,
+        prefer_speed=bool(prefer_speed),
     )
-    data = _Data(train_loader, val_loader, test_loader, example)
-    snapshot = ModelSnapshot(model)
+    data = _Data(train_loader, val_loader, test_loader, example, exits)
+    if ram_budget is not None:
+        _plan_ram(model, example, ram_budget, "csr")  # activations do not depend on the weights: fail early
+    snapshot = ModelSnapshot(model if exits is None else exits)
+    for p in frozen:
+        p.requires_grad_(True)
     try:
         if representation == "auto":
             report = _compress_auto(model, cfg, data, t0)
         else:
             report = _compress(model, cfg, data, t0)
+        if ram_budget is not None:
+            report.ram = _plan_ram(model, example, ram_budget, cfg.codegen_representation)
     except BaseException:
         # Ctrl-C, the user's DataLoader, bad labels, our own errors: hand back the model as it was given
         snapshot.restore()
+        if exits is not None:
+            exits.__dict__["_fx"] = None  # its cached graph module may hold replaced layers
+        if frozen:
+            model.requires_grad_(False)
         logger.error("compression failed; the model was restored to the state it was given in")
         raise
-    model.train(snapshot.training)
+    if frozen:
+        model.requires_grad_(False)
+    (model if exits is None else exits).train(snapshot.training)
     if checkpoint_path is not None and _is_rank0():
         torch.save(model.state_dict(), checkpoint_path)
         logger.info("saved the compressed state_dict to %s", checkpoint_path)
     return report
+
+
+def _plan_ram(model: nn.Module, example: torch.Tensor, ram_budget: int, representation: str) -> dict:
+    """codegen's tiling plan within ``ram_budget`` (recorded on the model for save_compressed_model)."""
+    from codegen.api import EMIT_ATTR, plan_ram
+    from codegen.errors import CodegenError
+
+    try:
+        plan = plan_ram(model, example[:1].detach().cpu(), int(ram_budget), representation)
+    except CodegenError as exc:
+        raise CompressionError(f"ram_budget={int(ram_budget)} bytes of activation RAM cannot be met: {exc}") from exc
+    recorded = getattr(model, EMIT_ATTR, None)
+    if isinstance(recorded, dict):
+        recorded["ram_budget"] = int(ram_budget)
+    logger.info("ram_budget %d B: arena %d B (layer by layer %d B), %d extra MACs", ram_budget,
+                plan["peak_ram_bytes"], plan["layerwise_arena_bytes"], plan["extra_macs"])  # fmt: skip
+    return plan
 
 
 @dataclass(frozen=True)
@@ -735,6 +797,7 @@ class CompressConfig:
     bits: int | dict[str, int] | None
     quant_epochs: int
     quant_learning_rate: float
+    prefer_speed: bool = False
     # measurements (bits/int8 accuracy per layer, sensitivity curves) shared by auto's probes and its full
     # run, keyed by a fingerprint of the weights: the same weights and data give the same answers
     cache: dict | None = field(default=None, compare=False, repr=False)
@@ -755,6 +818,7 @@ class _Data:
     val: Iterable
     test: Iterable
     example: torch.Tensor
+    exits: nn.Module | None = None  # an EarlyExitModel over the model: its heads' bytes count in the budget
 
 
 # a round that gains less validation accuracy than this over the previous ones ends the rounds
@@ -762,6 +826,10 @@ PLATEAU = 0.001
 
 # the candidates "auto" probes, in order of preference on equal validation accuracy
 AUTO_CANDIDATES = ("int8", "per-layer", "codebook", "csr")
+# probed after them when it could win: the codebook weights with Huffman-coded entries, never larger than
+# "codebook" (so more weights fit a budget that forces pruning) but decoded bit by bit (several times the
+# instructions); last in preference, left out with prefer_speed=True
+SIZE_CANDIDATES = ("huffman",)
 
 
 def _probe_batches(loader: Iterable, cap: int | None) -> int:
@@ -786,20 +854,16 @@ def _compress_auto(model: nn.Module, cfg: CompressConfig, data: _Data, t0: float
     deadline = cfg.deadline
     probe_deadline = None if deadline is None else time.monotonic() + 0.4 * (deadline - time.monotonic())
     probes: list[ProbeRecord] = []
+    pcfg = replace(cfg, num_epochs=1, max_rounds=1, layers_factorization=False,
+                   quant_epochs=min(1, cfg.quant_epochs), max_batches_per_epoch=n_probe, progress=False,
+                   deadline=probe_deadline)
     for rep in tqdm(AUTO_CANDIDATES, desc="auto: probing representations", disable=not cfg.progress, leave=False):
-        pt = time.monotonic()
-        pcfg = replace(cfg, representation=rep, num_epochs=1, max_rounds=1, layers_factorization=False,
-                       quant_epochs=min(1, cfg.quant_epochs), max_batches_per_epoch=n_probe, progress=False,
-                       deadline=probe_deadline)
-        try:
-            r = _compress(copy.deepcopy(model), pcfg, _Data(data.train, data.val, data.val, data.example), pt)
-        except (BudgetError, WeightSharingError) as exc:  # this representation cannot reach the budget
-            probes.append(ProbeRecord(rep, None, None, time.monotonic() - pt, f"not possible: {exc}"))
-            continue
-        probes.append(ProbeRecord(rep, r.val_accuracy_after, r.final_bytes, time.monotonic() - pt,
-                                  r.stopped_reason))
-        logger.info("auto probe %s: val %.4f at %d bytes (%.1f s)", rep, r.val_accuracy_after, r.final_bytes,
-                    time.monotonic() - pt)
+        probes.append(_probe(model, replace(pcfg, representation=rep), data))
+    cb = next((p for p in probes if p.representation == "codebook"), None)
+    if not cfg.prefer_speed and cb is not None and cb.bytes is not None and "no pruning needed" not in cb.note:
+        # the codebook model had to be pruned to fit: Huffman-coded entries keep more of its weights
+        for rep in SIZE_CANDIDATES:
+            probes.append(_probe(model, replace(pcfg, representation=rep), data))
     ok = [p for p in probes if p.val_accuracy is not None and p.bytes is not None and p.bytes <= cfg.budget]
     if not ok:
         raise BudgetError(f"no representation can reach the budget of {cfg.budget} bytes: "
@@ -808,7 +872,8 @@ def _compress_auto(model: nn.Module, cfg: CompressConfig, data: _Data, t0: float
     # probes differ by noise too: of those within one standard error of the best, the first in preference
     top = max(p.val_accuracy for p in ok)
     se = math.sqrt(max(top * (1 - top), 1e-4) / max(1, _num_samples(data.val)))
-    best = next(p for p in sorted(ok, key=lambda p: AUTO_CANDIDATES.index(p.representation))
+    order = (*AUTO_CANDIDATES, *SIZE_CANDIDATES)
+    best = next(p for p in sorted(ok, key=lambda p: order.index(p.representation))
                 if p.val_accuracy >= top - se)
     logger.info("auto: %s gives the best probe accuracy (%.4f); running it in full", best.representation,
                 best.val_accuracy)
@@ -821,11 +886,34 @@ def _compress_auto(model: nn.Module, cfg: CompressConfig, data: _Data, t0: float
     return report
 
 
+def _probe(model: nn.Module, pcfg: CompressConfig, data: _Data) -> ProbeRecord:
+    """One probe of "auto": ``pcfg`` (one short round) on a copy of ``model``; validation data stands in
+    for the test data."""
+    rep, pt = pcfg.representation, time.monotonic()
+    try:
+        r = _compress(copy.deepcopy(model), pcfg, _Data(data.train, data.val, data.val, data.example), pt)
+    except (BudgetError, WeightSharingError) as exc:  # this representation cannot reach the budget
+        return ProbeRecord(rep, None, None, time.monotonic() - pt, f"not possible: {exc}")
+    logger.info("auto probe %s: val %.4f at %d bytes (%.1f s)", rep, r.val_accuracy_after, r.final_bytes,
+                time.monotonic() - pt)
+    return ProbeRecord(rep, r.val_accuracy_after, r.final_bytes, time.monotonic() - pt, r.stopped_reason)
+
+
 def _compress(model: nn.Module, cfg: CompressConfig, data: _Data, t0: float) -> CompressionReport:
+    from dataclasses import replace
+
     from .sham import METHODS as SHARING_METHODS
 
     device = cfg.device
     model.to(device)
+    reserve = 0
+    if data.exits is not None:  # the exit heads take their exact bytes (stored as they will be) off the budget
+        reserve = _exit_heads_bytes(data.exits, cfg.codegen_representation, _head_sharing(cfg))
+        if reserve >= cfg.budget:
+            raise BudgetError(f"the exit heads alone take {reserve} bytes as {cfg.codegen_representation!r}, "
+                              f"more than the budget of {cfg.budget} bytes: raise the budget or give the exit "
+                              "model smaller heads (pool size, hidden units)", reserve)
+        cfg = replace(cfg, budget=cfg.budget - reserve)
     quantized = cfg.representation not in ("csr", "dense")
     if quantized:
         check_finite(model)
@@ -837,7 +925,8 @@ def _compress(model: nn.Module, cfg: CompressConfig, data: _Data, t0: float) -> 
         ctx = _Ctx(model, data.train, data.val, cfg.criterion, device, cfg.metric, cfg.optimizer,
                    cfg.max_batches_per_epoch, cfg.progress, cfg.deadline, data.example, cfg.codegen_representation,
                    quant_epochs=cfg.quant_epochs, tol=cfg.accuracy_tolerance, quant_lr=cfg.quant_learning_rate,
-                   cache=cfg.cache)
+                   cache=cfg.cache, exits=data.exits, exit_reserve=reserve, exit_sharing=_head_sharing(cfg),
+                   exit_epochs=cfg.num_epochs if data.exits is not None and model is data.exits.backbone else 0)
         if cfg.distillation > 0:
             # the uncompressed model teaches the compressed one (Hinton et al.): a frozen copy
             ctx.teacher = copy.deepcopy(model).eval().requires_grad_(False)
@@ -846,7 +935,8 @@ def _compress(model: nn.Module, cfg: CompressConfig, data: _Data, t0: float) -> 
             ctx.plan = make_plan(model, cfg.codegen_representation, data.val, cfg.accuracy_tolerance, cfg.bits,
                                  device=device, metric=cfg.metric, max_batches=cfg.sensitivity_batches,
                                  progress=ctx.progress, cache=cfg.cache,
-                                 sharing=cfg.representation if cfg.representation in SHARING_METHODS else "cws")
+                                 sharing=cfg.representation if cfg.representation in SHARING_METHODS else "cws",
+                                 eval_samples=_eval_samples(data.val, cfg.sensitivity_batches))
         return _run(ctx, cfg.budget, cfg.num_epochs, cfg.learning_rate, cfg.accuracy_tolerance,
                     cfg.layers_factorization, cfg.max_rounds, cfg.conv_decomposition, cfg.factorization_min_params,
                     cfg.sensitivity, list(cfg.sensitivity_sparsities), cfg.sensitivity_batches, data.test, t0,
@@ -995,8 +1085,10 @@ def _run(ctx: _Ctx, budget, num_epochs, lr, tol, factorize, max_rounds, conv_met
         if exact <= budget and (best is None or acc > best[0]):
             best = (acc, state if state is not None else _state(model), exact)
         if exact > budget:
-            # the estimate disagreed with codegen (e.g. BN folding made zeros): tighten and go again
-            alloc_budget = max(floor, alloc_budget - (exact - budget) - max(16, budget // 200))
+            # the estimate disagreed with codegen (BN folding made zeros; value-dependent index or Huffman
+            # streams of the retrained weights): tighten by the measured ratio of the two and go again
+            alloc_budget = max(floor, min(alloc_budget - (exact - budget), int(alloc_budget * budget / exact))
+                               - max(16, budget // 200))
             note = f"over budget by {exact - budget} B; re-allocating for {alloc_budget} B"
         else:
             round_lr = round_lr * 0.5
@@ -1039,6 +1131,10 @@ def _run(ctx: _Ctx, budget, num_epochs, lr, tol, factorize, max_rounds, conv_met
         report.warnings.append("no retrained state fit the budget; weights were pruned to fit without fine-tuning")
     report.stopped_reason = stop_reason
     if ctx.plan is not None:
+        if exact < budget:  # bytes the pruned model leaves unused buy precision where it was measured to help
+            upgraded = _spend_slack(ctx, budget)
+            if upgraded:
+                report.stopped_reason += f"; the budget left after pruning bought more precision ({upgraded})"
         _quantize_stage(ctx, report, quant_epochs, quant_lr, tol)
     return _finish(report, ctx, test_loader, t0)
 
@@ -1163,7 +1259,7 @@ def _spend_slack(ctx: _Ctx, budget: int) -> str:
     from .pruning import weight_matrix_shape
 
     plan = ctx.plan
-    if plan is None or plan.representation not in ("auto", "codebook") or not plan.drops:
+    if plan is None or plan.representation not in ("auto", "codebook", "huffman") or not plan.drops:
         return ""
     comp = find_compressible_layers(ctx.model)
     exact = int(exact_weight_bytes(ctx.model, ctx.example, ctx.representation, plan).total)
@@ -1182,7 +1278,7 @@ def _spend_slack(ctx: _Ctx, budget: int) -> str:
             cur = plan.kind(n)
             d0 = opts.get(cur, 0.0)
             for kind, d in opts.items():
-                if plan.representation == "codebook" and kind[0] != "codebook":
+                if plan.representation in ("codebook", "huffman") and kind[0] != "codebook":
                     continue
                 if _precision(kind) <= _precision(cur):
                     continue
@@ -1253,9 +1349,13 @@ def _finish(report: CompressionReport, ctx: _Ctx, test_loader, t0: float) -> Com
     model = ctx.model
     if ctx.plan is not None:  # every path ends with the model holding the values it was budgeted as
         _quantize_stage(ctx, report, ctx.quant_epochs, ctx.quant_lr, ctx.tol)
-    _enforce_budget(ctx, report)
+    heads = 0
+    if ctx.exits is not None:  # the budget was the backbone's and the heads' together
+        report.target_bytes += ctx.exit_reserve
+        heads = _finish_exit_heads(ctx, report)
+    _enforce_budget(ctx, report, report.target_bytes - heads)
     final = exact_weight_bytes(model, ctx.example, ctx.representation)
-    report.final_bytes = int(final.total)
+    report.final_bytes = int(final.total) + heads
     report.val_accuracy_after = evaluate(model, ctx.val_loader, ctx.device, ctx.metric)
     report.test_accuracy_after = (report.val_accuracy_after if test_loader is ctx.val_loader else
                                   evaluate(model, test_loader, ctx.device, ctx.metric))
@@ -1263,10 +1363,83 @@ def _finish(report: CompressionReport, ctx: _Ctx, test_loader, t0: float) -> Com
     report.wall_time_s = time.monotonic() - t0
     if report.final_bytes > report.target_bytes:  # cannot happen after _enforce_budget; never report "met" if so
         report.success = False
-    record_emission(model, ctx.representation, report.final_bytes, report.target_bytes)
+    record_emission(model, ctx.representation, int(final.total), report.target_bytes - heads)
+    if ctx.exits is not None and ctx.exit_epochs:
+        record_emission(ctx.exits, ctx.representation, report.final_bytes, report.target_bytes)
     logger.info("compression finished: %d bytes (budget %d), val %.4f, test %.4f: %s", report.final_bytes,
                 report.target_bytes, report.val_accuracy_after, report.test_accuracy_after, report.stopped_reason)
     return report
+
+
+def _head_sharing(cfg: CompressConfig) -> str:
+    from .sham import METHODS
+
+    return cfg.representation if cfg.representation in METHODS else "cws"
+
+
+def _exit_head_layers(exits: nn.Module) -> list[nn.Linear]:
+    return [m for n, m in exits.named_modules() if isinstance(m, nn.Linear) and not n.startswith("backbone.")]
+
+
+@torch.no_grad()
+def _store_exit_heads_(exits: nn.Module, representation: str, sharing: str) -> None:
+    """Give the exit heads the values the C will hold: the int8 grid (int8, per-layer "auto") or 8-bit
+    shared weights (codebook, huffman, sHAM's quantizers); float representations keep them as they are."""
+    from codegen.quantize import int8_quantize_array
+
+    from .sham import share
+
+    for m in _exit_head_layers(exits):
+        w = m.weight.detach().cpu().numpy()
+        if representation in ("int8", "auto"):
+            new = int8_quantize_array(w.astype("float64"))
+        elif representation in ("codebook", "huffman"):
+            new = share(w, 8, sharing)
+        else:
+            continue
+        m.weight.copy_(torch.from_numpy(new).to(m.weight))
+
+
+def _exit_heads_bytes(exits: nn.Module, representation: str, sharing: str) -> int:
+    """Exact bytes codegen emits for the exit heads stored as :func:`_store_exit_heads_` stores them (the
+    heads themselves are left unchanged)."""
+    from codegen.early_exit import exit_weight_bytes
+
+    heads = _exit_head_layers(exits)
+    saved = [m.weight.detach().clone() for m in heads]
+    try:
+        _store_exit_heads_(exits, representation, sharing)
+        return exit_weight_bytes(exits, representation)
+    finally:
+        with torch.no_grad():
+            for m, w in zip(heads, saved):
+                m.weight.copy_(w)
+
+
+def _finish_exit_heads(ctx: _Ctx, report: CompressionReport) -> int:
+    """The backbone is compressed: retrain the exit heads on its features (backbone frozen, ``exit_epochs``;
+    probes skip it), store them as the representation holds them, return their exact bytes."""
+    from codegen.early_exit import exit_weight_bytes
+
+    from .early_exit import train_exits
+
+    exits = ctx.exits
+    exits.__dict__["_fx"] = None  # the backbone's layers may have been replaced (BatchNorm folded, factorized)
+    sharing = ctx.exit_sharing
+    if not ctx.exit_epochs:  # a probe (a copy of the backbone): the bytes only
+        return _exit_heads_bytes(exits, ctx.representation, sharing)
+    grads = [p.requires_grad for p in ctx.model.parameters()]
+    try:
+        train_exits(exits, ctx.train_loader, epochs=ctx.exit_epochs, lr=3e-3, freeze_backbone=True)
+    finally:
+        for p, g in zip(ctx.model.parameters(), grads):
+            p.requires_grad_(g)
+    _store_exit_heads_(exits, ctx.representation, sharing)
+    heads = exit_weight_bytes(exits, ctx.representation)
+    report.exit_heads_bytes = heads
+    logger.info("exit heads retrained on the compressed backbone (%d epochs): %d bytes as %s", ctx.exit_epochs,
+                heads, ctx.representation)
+    return heads
 
 
 def record_emission(model: nn.Module, representation: str, weight_bytes: int, budget: int) -> None:
@@ -1279,12 +1452,12 @@ def record_emission(model: nn.Module, representation: str, weight_bytes: int, bu
                                "budget_bytes": int(budget)})
 
 
-def _enforce_budget(ctx: _Ctx, report: CompressionReport) -> None:
+def _enforce_budget(ctx: _Ctx, report: CompressionReport, budget: int) -> None:
     """The hard guarantee: measure the model with codegen's count (the bytes the C will hold) and, while
     it is over budget, prune the smallest weights of every layer that still has more than one nonzero
     per output row (each row keeps its largest weight, so int8 grids and codebooks stay exact), then
     measure again.  Raises :class:`CompressionError` if even that cannot fit (the model is restored)."""
-    model, budget = ctx.model, report.target_bytes
+    model = ctx.model
     exact = int(exact_weight_bytes(model, ctx.example, ctx.representation).total)
     if exact <= budget:
         return

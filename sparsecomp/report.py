@@ -94,6 +94,10 @@ class CompressionReport:
     chosen_by: str = ""  # "auto" when the representation was chosen by probing
     # criterion missed: bytes beyond the budget that the sensitivity curves predict win back one point
     extra_bytes_per_point: int | None = None
+    # ram_budget given: codegen's tiling plan of the compressed model (peak_ram_bytes = MODEL_ARENA_BYTES)
+    ram: dict | None = None
+    # an early-exit model: the exit heads' bytes (part of final_bytes, within the same budget)
+    exit_heads_bytes: int | None = None
 
     def hint(self) -> str:
         """When the criterion was missed, what the numbers say may help (empty otherwise)."""
@@ -151,8 +155,15 @@ class CompressionReport:
             f"  result        {'OK' if self.success else 'NOT MET'}: {self.stopped_reason}",
             f"  wall time     {self.wall_time_s:.1f} s",
         ]
+        if self.exit_heads_bytes is not None:
+            lines.append(f"  exit heads    {self.exit_heads_bytes:>10,d} bytes (in 'after'; retrained on the compressed "
+                         "backbone)")
         if self.quantization:
             lines.append(f"  quantization  {self.quantization}")
+        if self.ram:
+            lines.append(f"  activation RAM {self.ram['peak_ram_bytes']:>9,d} bytes (layer by layer "
+                         f"{self.ram['layerwise_arena_bytes']:,}; {len(self.ram['stages'])} tiled stage(s), "
+                         f"{self.ram['extra_macs']:,} extra MACs)")  # fmt: skip
         lines.append("")
         if self.probes:
             lines.append("  auto probes (one round of a partial epoch each, on a copy; validation accuracy):")

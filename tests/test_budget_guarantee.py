@@ -25,7 +25,7 @@ from sparsecomp import BudgetError, CompressionError, compress_NN_models, fine_t
 torch.set_num_threads(1)
 TINY = dict(num_epochs=1, max_rounds=1, max_batches_per_epoch=1, sensitivity_batches=1, quant_epochs=1,
             progress=False, sensitivity_sparsities=(0.5, 0.9))
-REPRESENTATIONS = ("csr", "dense", "int8", "codebook", "auto")
+REPRESENTATIONS = ("csr", "dense", "int8", "codebook", "auto", "huffman")
 
 
 def _random_task(rng: random.Random):
@@ -83,7 +83,7 @@ def test_emitted_bytes_never_exceed_the_budget():
         assert emitted <= budget, (case, rep, budget, emitted, report.stopped_reason)
         assert emitted == report.final_bytes
         recorded = getattr(model, EMIT_ATTR)["representation"]
-        assert recorded == rep or rep == "auto" and recorded in ("int8", "auto", "codebook", "csr")
+        assert recorded == rep or rep == "auto" and recorded in ("int8", "auto", "codebook", "csr", "huffman")
         if report.success:
             assert "OVER" not in report.stopped_reason
     assert checked >= 15, (checked, refused)
@@ -100,7 +100,7 @@ def _same_model(a: nn.Module, b: nn.Module) -> bool:
 
 
 @pytest.mark.skipif(shutil.which("cc") is None and shutil.which("gcc") is None, reason="needs a C compiler")
-@pytest.mark.parametrize("rep", ["auto", "int8", "csr"])
+@pytest.mark.parametrize("rep", ["auto", "int8", "csr", "huffman"])
 def test_default_emission_matches_the_budget_checked_with_nm(rep, tmp_path):
     """save_compressed_model(model, input_data=...) with no representation emits what was budgeted:
     the object's weight symbols (nm) == the report's bytes <= budget."""
@@ -268,11 +268,15 @@ def test_auto_is_exactly_the_run_of_the_representation_it_chose():
 
 
 @pytest.mark.parametrize("accs, n_val, expected", [
-    ({"int8": 0.90, "per-layer": 0.905, "codebook": 0.95, "csr": 0.50}, 2000, "codebook"),  # clearly best
-    ({"int8": 0.90, "per-layer": 0.902, "codebook": 0.89, "csr": 0.50}, 2000, "int8"),  # within noise: int8
-    ({"int8": None, "per-layer": 0.80, "codebook": 0.85, "csr": 0.84}, 100000, "codebook"),  # int8 impossible
+    ({"int8": 0.90, "per-layer": 0.905, "codebook": 0.95, "csr": 0.50, "huffman": 0.951}, 2000, "codebook"),
+    ({"int8": 0.90, "per-layer": 0.902, "codebook": 0.89, "csr": 0.50, "huffman": 0.89}, 2000, "int8"),  # noise
+    ({"int8": None, "per-layer": 0.80, "codebook": 0.85, "csr": 0.84, "huffman": 0.85}, 100000, "codebook"),
+    ({"int8": 0.90, "per-layer": 0.90, "codebook": 0.92, "csr": 0.50, "huffman": 0.96}, 2000, "huffman"),
 ])
-def test_auto_picks_the_best_probe_within_its_noise(accs, n_val, expected, monkeypatch):
+@pytest.mark.parametrize("prefer_speed", [False, True])
+def test_auto_picks_the_best_probe_within_its_noise(accs, n_val, expected, prefer_speed, monkeypatch):
+    """Of the probes within one standard error of the best, the first in preference order; the Huffman-coded
+    codebook (slower kernels) is probed after the others, last in preference, and not with prefer_speed."""
     from sparsecomp.report import CompressionReport
 
     ran = []
@@ -283,15 +287,38 @@ def test_auto_picks_the_best_probe_within_its_noise(accs, n_val, expected, monke
         if acc is None:
             raise BudgetError("too small", 10**6)
         return CompressionReport(target_bytes=cfg.budget, initial_bytes=10**6, final_bytes=cfg.budget - 1,
-                                 representation=cfg.codegen_representation, success=True, stopped_reason="",
-                                 val_accuracy_after=acc)
+                                 representation=cfg.codegen_representation, success=True,
+                                 stopped_reason="max_rounds=1 reached", val_accuracy_after=acc)
 
     monkeypatch.setattr(compress_mod, "_compress", fake)
     monkeypatch.setattr(compress_mod, "_num_samples", lambda loader: n_val)
     model, loader = _random_task(random.Random(1))
-    report = compress_NN_models(model, "100B", loader, loader, val_loader=loader, **TINY)
-    assert ran[-1] == (expected, 1) and [r for r, _ in ran[:-1]] == ["int8", "per-layer", "codebook", "csr"]
-    assert [p.val_accuracy for p in report.probes] == list(accs.values())
+    report = compress_NN_models(model, "100B", loader, loader, val_loader=loader, prefer_speed=prefer_speed, **TINY)
+    probed = ["int8", "per-layer", "codebook", "csr"] + ([] if prefer_speed else ["huffman"])
+    if prefer_speed and expected == "huffman":
+        expected = "codebook"
+    assert ran[-1] == (expected, 1) and [r for r, _ in ran[:-1]] == probed
+    assert [p.val_accuracy for p in report.probes] == [accs[r] for r in probed]
+
+
+def test_auto_does_not_probe_huffman_when_the_codebook_model_fits_unpruned(monkeypatch):
+    """Huffman coding buys bytes only where pruning would otherwise remove weights: when the codebook
+    model fits without pruning it cannot be more accurate, so it is not probed."""
+    from sparsecomp.report import CompressionReport
+
+    ran = []
+
+    def fake(model, cfg, data, t0):
+        ran.append(cfg.representation)
+        return CompressionReport(target_bytes=cfg.budget, initial_bytes=10**6, final_bytes=cfg.budget - 1,
+                                 representation=cfg.codegen_representation, success=True,
+                                 stopped_reason="model within budget once quantized; no pruning needed",
+                                 val_accuracy_after=0.9)
+
+    monkeypatch.setattr(compress_mod, "_compress", fake)
+    model, loader = _random_task(random.Random(1))
+    compress_NN_models(model, "100B", loader, loader, val_loader=loader, **TINY)
+    assert "huffman" not in ran
 
 
 def test_default_epochs_scale_with_the_data():

@@ -101,3 +101,76 @@ def _copy(m):
     import copy
 
     return copy.deepcopy(m)
+
+
+def test_codebook_widths_are_chosen_together_within_the_allowed_drop():
+    """joint_bits: the SUM of the layers' measured drops stays within the allowed drop (one layer at a
+    lossless width alone is not enough when the others lose too), the bytes saved per point decide which
+    layer goes lower, and a layer that loses more than allowed even at its widest width gets None."""
+    from sparsecomp.bits import BitsResult, joint_bits
+
+    big, small = nn.Linear(100, 100), nn.Linear(10, 10)
+    res = BitsResult(0.9, [2, 4, 8], {"big": {8: 0.9, 4: 0.899, 2: 0.85},
+                                      "small": {8: 0.9, 4: 0.898, 2: 0.895},
+                                      "bad": {8: 0.8, 4: 0.7, 2: 0.5}})
+    layers = {"big": big, "small": small}
+    assert joint_bits(res, layers, 0.0025) == {"big": 4, "small": 8}  # the bytes are in "big": it goes first
+    assert joint_bits(res, layers, 0.01) == {"big": 4, "small": 2}
+    # each width within the allowed drop alone, but not together: the summed drop decides
+    alone = {n: min(b for b, a in res.curves[n].items() if 0.9 - a <= 0.0025) for n in layers}
+    assert alone == {"big": 4, "small": 4}
+    assert joint_bits(res, {**layers, "bad": nn.Linear(4, 4)}, 0.01)["bad"] is None
+
+
+def test_allowed_quantization_drop_is_the_noise_of_the_measurement():
+    from sparsecomp.bits import quantization_drop_allowed
+
+    assert quantization_drop_allowed(0.9, 0.01, None) == 0.005
+    assert abs(quantization_drop_allowed(0.976, 0.01, 5000) - (0.976 * 0.024 / 5000) ** 0.5) < 1e-12
+    assert quantization_drop_allowed(0.9, 0.01, 50) == 0.005  # a small validation set: the tolerance bounds it
+
+
+def test_huffman_byte_model_estimates_an_upper_bound():
+    """representation "huffman": the estimates are the codebook forms' (an upper bound of the value-dependent
+    Huffman-coded bytes), so an allocation never plans for bytes the coding might not save."""
+    from sparsecomp.budget import ByteModel, current_nnz
+
+    model, _ = _task()
+    with torch.no_grad():
+        for m in (model[0], model[2]):
+            m.weight.mul_(torch.rand_like(m.weight) < 0.3)
+    plan = QuantPlan("huffman", {"0": ("codebook", 4), "2": ("codebook", 4)}, ("codebook", 8))
+    x = torch.randn(1, 16)
+    bm = ByteModel(model, x, "huffman", plan)
+    exact_huff = weight_bytes(plan.apply_(_copy(model)), x, "huffman").total
+    exact_cb = weight_bytes(QuantPlan("codebook", dict(plan.layers)).apply_(_copy(model)), x, "codebook").total
+    assert bm.exact_total == exact_huff <= exact_cb
+    assert bm.estimate(current_nnz(model)) >= exact_huff
+
+
+def test_budget_left_after_pruning_is_offered_to_precision(monkeypatch):
+    """A pruned model that ends below the budget hands the rest to _spend_slack (more bits / int8 / float
+    where the plan measured a gain) before it is quantized; the result still fits."""
+    from sparsecomp import compress_NN_models
+
+    calls = []
+    real = compress_mod._spend_slack
+
+    def spy(ctx, budget):
+        from sparsecomp.budget import exact_weight_bytes
+
+        calls.append((int(exact_weight_bytes(ctx.model, ctx.example, ctx.representation, ctx.plan).total), budget,
+                      any(bool((m.weight == 0).any()) for m in (ctx.model[0], ctx.model[2]))))
+        return real(ctx, budget)
+
+    monkeypatch.setattr(compress_mod, "_spend_slack", spy)
+    model, loader = _task()
+    x = next(iter(loader))[0][:1]
+    budget = int(weight_bytes(model, x, "csr").total * 0.2)
+    report = compress_NN_models(model, f"{budget}B", loader, loader, val_loader=loader, representation="per-layer",
+                                layers_factorization=False, num_epochs=1, max_rounds=1, sensitivity_batches=1,
+                                quant_epochs=0, progress=False, distillation=0.0)
+    assert report.rounds, "the budget must force pruning in this test"
+    pruned_calls = [c for c in calls if c[2]]
+    assert pruned_calls and all(exact < b for exact, b, _ in pruned_calls)
+    assert report.final_bytes <= budget

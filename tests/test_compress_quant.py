@@ -59,7 +59,8 @@ def test_auto_budget_checked_with_nm(rep, trained, digits, tmp_path):
     assert report.final_bytes <= 5000 == report.target_bytes
     assert report.final_bytes == weight_bytes(model, sample(digits), emit_representation(model, None)).total
     if rep == "auto":
-        assert [p.representation for p in report.probes] == ["int8", "per-layer", "codebook", "csr"]
+        probed = [p.representation for p in report.probes]
+        assert probed in (["int8", "per-layer", "codebook", "csr"], ["int8", "per-layer", "codebook", "csr", "huffman"])
         assert "auto probes" in str(report)
     out = tmp_path / "auto"
     res = save_compressed_model(model.eval(), input_data=sample(digits), directory=out)

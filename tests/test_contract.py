@@ -68,9 +68,10 @@ def emitted(small, tmp_path_factory):
 def expected_layout(report: dict, with_input: bool) -> set[str]:
     weighted = [ly["name"] for ly in report["layers"] if ly["arrays"]]
     rt = runtime_dir()
-    # the family headers, and the helpers their weight-only and int8 sections include (bit reader, fixed-point math)
+    # the family headers, and the helpers their sections include (bit reader, fixed-point math, float micro-kernels)
     runtime = {"sc_port.h", "sc_runtime.h"} | {
-        h for h in ("sc_conv.h", "sc_linear.h", "sc_pool.h", "sc_eltwise.h", "sc_bits.h", "sc_fixed.h") if (rt / h).exists()
+        h for h in ("sc_conv.h", "sc_linear.h", "sc_pool.h", "sc_eltwise.h", "sc_bits.h", "sc_fixed.h", "sc_gemm.h")
+        if (rt / h).exists()
     }
     files = {"model.h", "model.c", "Makefile", "CMakeLists.txt", "report.json", "app/main.c", "headers/headers.h"}
     files |= {f"headers/{n}.h" for n in weighted}

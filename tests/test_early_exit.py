@@ -261,6 +261,22 @@ def test_weights_once_bytes_add_up_and_one_arena(emitted, tmp_path):
     assert "model_ee_state" in state and syms["model_ee_state"] == [8]
 
 
+def test_layout_is_the_seeds(emitted):
+    """SparseComp's layout for exit models: model.c/.h, model_ee.c/.h, headers/<layer>.h of the backbone with
+    headers.h, headers/<head>_ee.h of the exit part with headers_ee.h (which includes them all)."""
+    kind, net, ee, x, d, res = emitted
+    for f in ("model.c", "model.h", "model_ee.c", "model_ee.h", "headers/headers.h", "headers/headers_ee.h"):
+        assert (d / f).is_file(), f
+    rep = json.loads((d / "report.json").read_text())
+    heads = [h["name"] for h in rep["early_exit"]["heads"]]
+    ee_text = (d / "headers" / "headers_ee.h").read_text()
+    for h in heads:
+        assert (d / "headers" / f"{h}_ee.h").is_file()
+        assert f'#include "{h}_ee.h"' in ee_text
+        assert f"{h}_ee.h" not in (d / "headers" / "headers.h").read_text()
+    assert not list((d / "headers").glob("ee_*.h"))
+
+
 def test_power_loss_mid_stage_redoes_the_stage(emitted, tmp_path):
     """Before every step, the stage also runs once more "uncommitted" (as when power is lost after
     the stage ran but before the step counter was written): the answers must not change."""
@@ -361,7 +377,7 @@ def test_deterministic_and_ordinary_emission_unchanged(tmp_path):
     for name in ("a", "b"):
         save_compressed_early_exit_model(net, ee, "csr", input_data=x, directory=tmp_path / name)
     files = sorted(p.relative_to(tmp_path / "a") for p in (tmp_path / "a").rglob("*") if p.is_file())
-    assert Path("model_ee.c") in files and Path("headers/ee_gnet.h") in files
+    assert Path("model_ee.c") in files and Path("headers/gnet_ee.h") in files and Path("headers/headers_ee.h") in files
     for f in files:
         assert (tmp_path / "a" / f).read_bytes() == (tmp_path / "b" / f).read_bytes(), f
     # the plain emission of the same backbone knows nothing of stages
@@ -440,3 +456,70 @@ def test_lowering_is_the_one_codegen_uses():
     g, _ = build_graph(net, (1, 1, 8, 8))
     an = analyze_backbone(net, (1, 1, 8, 8), EXITS)
     assert [(op.name, op.inputs, op.output) for op in an.graph.ops] == [(op.name, op.inputs, op.output) for op in g.ops]
+
+
+# ---- compressing an exit model: the heads' bytes are in the budget (issue 18 item 5) -----------------
+class SmallNet(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.conv1 = nn.Conv2d(1, 8, 3, padding=1)
+        self.bn1 = nn.BatchNorm2d(8)
+        self.relu1 = nn.ReLU()
+        self.conv2 = nn.Conv2d(8, 16, 3, padding=1)
+        self.relu2 = nn.ReLU()
+        self.pool = nn.MaxPool2d(2)
+        self.fc = nn.Linear(16 * 4 * 4, 4)
+
+    def forward(self, x):
+        x = self.relu1(self.bn1(self.conv1(x)))
+        x = self.pool(self.relu2(self.conv2(x)))
+        return self.fc(torch.flatten(x, 1))
+
+
+@pytest.mark.parametrize("rep, kind", [("csr", "branch"), ("int8", "global"), ("codebook", "branch"),
+                                       ("auto", "global")])
+def test_compressing_the_exit_model_counts_its_heads_in_the_budget(rep, kind, tmp_path):
+    """compress_NN_models(exit_model, budget): backbone + exit heads <= budget, the heads retrained on the
+    compressed backbone and stored as the representation holds them; save_compressed_early_exit_model with
+    no representation emits exactly those bytes (nm of model.o + model_ee.o), and the C matches PyTorch at
+    every exit.  Passing the backbone alone budgets the backbone only (the heads are not counted)."""
+    from torch.utils.data import DataLoader, TensorDataset
+
+    from codegen import weight_bytes
+    from codegen.early_exit import exit_weight_bytes
+    from sparsecomp import compress_NN_models
+
+    torch.manual_seed(0)
+    net = randomize_batchnorm(SmallNet(), 0)
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(64, 1, 8, 8, generator=g)
+    y = (x[:, 0, :4].mean((1, 2)) > 0).long() + 2 * (x[:, 0, 4:].mean((1, 2)) > 0).long()
+    loader = DataLoader(TensorDataset(x, y), batch_size=16)
+    ee = build_exit_model(net, ["relu1", "pool"], (1, 1, 8, 8), kind, 2, hidden=8)
+    train_exits(ee, loader, epochs=1)
+    float_total = weight_bytes(net.eval(), x[:1], "csr").total + exit_weight_bytes(ee, "csr")
+    budget = int(float_total * 0.4)
+    report = compress_NN_models(ee, f"{budget}B", loader, loader, val_loader=loader, representation=rep,
+                                layers_factorization=False, num_epochs=1, max_rounds=1, sensitivity_batches=1,
+                                quant_epochs=1, progress=False, sensitivity_sparsities=(0.5, 0.9))
+    assert report.final_bytes <= budget == report.target_bytes
+    assert report.exit_heads_bytes and report.exit_heads_bytes < report.final_bytes
+    assert "exit heads" in str(report)
+    d = tmp_path / "ee"
+    res = save_compressed_early_exit_model(ee.backbone, ee, input_data=x[:1], directory=d)
+    assert res.weight_bytes + res.ee_weight_bytes == report.final_bytes
+    assert res.ee_weight_bytes == report.exit_heads_bytes
+    syms = _nm(compile_early_exit(d, tmp_path))
+    base, heads = _weight_arrays(json.loads((d / "report.json").read_text()))
+    assert sum(syms[n][0] for n in base + heads) == report.final_bytes
+    v = verify_early_exit(ee.backbone, ee, d, x[:8])
+    for k in range(3):
+        assert_parity(v.oneshot[k], v.reference[k], f"{rep} exit {k}")
+    proc = subprocess.run(["make", "-C", str(d), "check"], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0 and "SC_PASS" in proc.stdout, proc.stdout[-3000:] + proc.stderr[-3000:]
+    # the backbone alone: its budget is its own
+    net2 = randomize_batchnorm(SmallNet(), 0)
+    r2 = compress_NN_models(net2, f"{budget}B", loader, loader, val_loader=loader, representation=rep,
+                            layers_factorization=False, num_epochs=1, max_rounds=1, sensitivity_batches=1,
+                            quant_epochs=1, progress=False, sensitivity_sparsities=(0.5, 0.9))
+    assert r2.exit_heads_bytes is None and r2.final_bytes <= budget

@@ -17,6 +17,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from codegen import save_compressed_model
@@ -236,6 +237,34 @@ OPS = {
 from test_ops_functional import BNAct, FConv, FLinear, Fn, Gate  # noqa: E402
 
 
+class RNN(nn.Module):
+    """nn.LSTM / nn.GRU (batch_first) over (T, F) -> "last": y[:, -1]; "seq": the whole sequence; "hn": h_n[-1]."""
+
+    def __init__(self, cell, use="last", **kw):
+        super().__init__()
+        self.rnn = cell(5, 8, batch_first=True, **kw)
+        self.fc = nn.Linear(8 * (2 if kw.get("bidirectional") else 1), 4)
+        self.use = use
+        self.lstm = cell is nn.LSTM
+
+    def forward(self, x):
+        if self.use == "hn" and self.lstm:
+            _, (h, _c) = self.rnn(x)
+            return self.fc(h[-1])
+        y, h = self.rnn(x)
+        if self.use == "hn":
+            return self.fc(h[-1])
+        return self.fc(y[:, -1]) if self.use == "last" else self.fc(y)
+
+
+def _ln(shape):
+    ln = nn.LayerNorm(shape)
+    with torch.no_grad():
+        ln.weight.uniform_(-1.5, 1.5)
+        ln.bias.uniform_(-0.5, 0.5)
+    return ln
+
+
 def _prelu(c):
     p = nn.PReLU(c)
     with torch.no_grad():
@@ -260,12 +289,67 @@ OPS.update({
     "prelu_one": (lambda: _seq(nn.Linear(6, 5), _prelu(1)), (1, 6)),
 })
 
+# in-place activations (timm's default): the nodes of the tensor they overwrite name their result in the
+# lowering's env; the calibration must read each value's range from the node that computed it
+OPS.update({
+    # timm_tinynet_e's stem: conv -> BatchNorm folded -> SiLU(inplace) ("no calibration range" before)
+    "inplace_bn_silu": (lambda: _seq(nn.Conv2d(3, 4, 3, stride=2, padding=1, bias=False), _bn(4),
+                                     nn.SiLU(inplace=True), nn.Conv2d(4, 3, 1)), (1, 3, 7, 6)),  # fmt: skip
+    # timm mobilenetv3/lcnet head: conv_head -> norm_head (Identity) -> Hardswish(inplace) fused into the conv
+    "fused_hardswish_inplace": (lambda: _seq(nn.Conv2d(3, 6, 1), nn.Identity(), nn.Hardswish(inplace=True),
+                                             nn.Flatten(), nn.Linear(6 * 16, 5), nn.Hardswish(inplace=True),
+                                             nn.Dropout(0.2), nn.Linear(5, 4)), (1, 3, 4, 4)),  # fmt: skip
+    # int8 forms TFLite has no single kernel for (div: sc_strided.h, sum: sc_reduce.h)
+    "div_bcast_gate": (lambda: Gate(lambda f, g, x: f / (g + 0.5)), (1, 3, 5, 7)),  # (C,H,W) / (C,1,1)
+    "div_softsign": (lambda: Fn(lambda x: x / (1 + x.abs())), (1, 2, 6, 5)),  # equal shapes
+    "div_negative": (lambda: Gate(lambda f, g, x: g / (-1 - f.abs()), "row"), (1, 3, 5, 7)),  # b < 0
+    "div_through_zero": (lambda: Gate(lambda f, g, x: f / g, "col"), (1, 3, 5, 7)),  # saturates near 0
+    "div_by_row_sum": (lambda: Fn(lambda x: torch.sigmoid(x) / torch.sigmoid(x).sum(-1, keepdim=True)), (1, 2, 5, 6)),
+    "sum_channels": (lambda: Fn(lambda x: x.sum(1)), (1, 2, 6, 5)),
+    "sum_last_dims": (lambda: Fn(lambda x: torch.sum(x, (2, 3), keepdim=True) * 0.1 + x), (1, 2, 5, 4)),
+    "layernorm_rows": (lambda: _seq(nn.Linear(6, 9), _ln(9)), (1, 5, 6)),  # 5 rows of 9
+    "layernorm_chw_noaffine": (lambda: Fn(lambda x: F.layer_norm(x, (3, 3, 4), eps=1e-3)), (1, 2, 5, 6)),
+    "log_softmax": (lambda: _seq(nn.Linear(6, 10), nn.LogSoftmax(dim=1)), (1, 6)),
+    "log_softmax_dim1_chw": (lambda: Fn(lambda x: F.log_softmax(x * 3, dim=1)), (1, 2, 5, 6)),  # inner > 1
+    "log_softmax_wide": (lambda: _seq(nn.Linear(4, 700), nn.LogSoftmax(-1)), (1, 4)),
+    "lstm_last": (lambda: RNN(nn.LSTM), (1, 7, 5)),
+    "lstm_2layer_hn": (lambda: RNN(nn.LSTM, "hn", num_layers=2), (1, 6, 5)),
+    "gru_last": (lambda: RNN(nn.GRU), (1, 7, 5)),
+    "gru_bidir_seq": (lambda: RNN(nn.GRU, "seq", bidirectional=True), (1, 5, 5)),
+    "lstm_bidir_nobias": (lambda: RNN(nn.LSTM, "seq", bidirectional=True, bias=False), (1, 4, 5)),
+    "layernorm_wide": (lambda: _seq(nn.Linear(8, 300), _ln(300)), (1, 8)),
+    "layernorm_last2": (lambda: _seq(nn.Conv2d(2, 3, 3), _ln((4, 3)), nn.ReLU()), (1, 2, 6, 5)),
+    # timm_mobileone_s0: a scalar add (not fusable) -> ReLU(inplace) ("no calibration range" before)
+    "scalar_add_relu_inplace": (lambda: Wrap(lambda m, x: m[1](m[0](x) + 0.25) * 2, nn.Conv2d(2, 3, 3),
+                                             nn.ReLU(inplace=True)), (1, 2, 5, 5)),  # fmt: skip
+})
+
 
 @pytest.mark.parametrize("name", list(OPS))
 def test_op_bit_exact(name, tmp_path):
     torch.manual_seed(hash(name) % 1000)
     make, shape = OPS[name]
     check_bit_exact(make(), shape, tmp_path)
+
+
+def test_inplace_activation_ranges_come_from_the_producing_node():
+    """conv -> BN -> SiLU(inplace): the folded conv's output is quantized over the BatchNorm output's range
+    (before the SiLU), the SiLU's output over its own range, not over the union of both."""
+    from codegen.integer_emit import build_integer
+
+    torch.manual_seed(3)
+    net = _seq(nn.Conv2d(2, 3, 3, bias=False), _bn(3), nn.SiLU(inplace=True)).eval()
+    cal = 2 * torch.randn(32, 2, 6, 6)
+    qm = build_integer(net, cal[:1], cal)
+    with torch.no_grad():
+        pre = net[1](net[0](cal))
+        post = torch.nn.functional.silu(pre)
+    conv, act = qm.graph.ops
+    assert conv.inputs == [qm.graph.input] and act.output == qm.graph.output
+    for value, t in ((conv.output, pre), (act.output, post)):
+        q = qm.qparams[value]
+        assert q == QParams.from_range(float(t.min()), float(t.max())), (value, q)
+    assert qm.qparams[act.output].dequantize(np.int8(-128)) >= -0.3  # silu >= -0.28: not the conv's range
 
 
 @pytest.mark.parametrize("representation,expected", [("dense", {"int8"}), ("csr", {"int8_csr"}),
@@ -401,11 +485,11 @@ def test_dataloader_calibration(tmp_path):
     assert res.report["integer"]["calibration_samples"] == 40
 
 
-def test_log_softmax_refused_naming_the_layer(tmp_path):
-    net = _seq(nn.Linear(4, 3), nn.LogSoftmax(dim=1))
-    with pytest.raises(CodegenError, match=r"layer '1': log_softmax has no integer kernel.*dequantized output"):
-        save_compressed_model(net, "int8", torch.zeros(1, 4), tmp_path / "m", integer=True,
-                              calibration_data=torch.randn(8, 4))  # fmt: skip
+def test_groupnorm_refused_naming_the_layer(tmp_path):
+    net = _seq(nn.Conv2d(2, 4, 1), nn.GroupNorm(2, 4))
+    with pytest.raises(CodegenError, match=r"layer '1': groupnorm .* has no integer kernel"):
+        save_compressed_model(net, "int8", torch.zeros(1, 2, 3, 3), tmp_path / "m", integer=True,
+                              calibration_data=torch.randn(8, 2, 3, 3))  # fmt: skip
 
 
 def test_codebook_representation_refused(tmp_path):
@@ -470,6 +554,47 @@ def test_runs_on_emulated_board_bit_exact(target, tmp_path):
 
     res, _ = emit_integer(_small_cnn(), (1, 1, 8, 8), tmp_path)
     run = board.run(res.directory, target)
+    assert run.exit_code == 0, run.stdout + run.stderr
+    assert run.max_abs_error == 0.0
+
+
+class NewInt8Forms(nn.Module):
+    """Every int8 form of issue 14's remainder in one model: LSTM, GRU, LayerNorm, tensor division, sum,
+    a fused in-place hardswish, log_softmax."""
+
+    def __init__(self):
+        super().__init__()
+        self.lstm = nn.LSTM(5, 8, batch_first=True)
+        self.gru = nn.GRU(8, 8, batch_first=True)
+        self.ln = _ln(8)
+        self.fc1 = nn.Linear(8, 6)
+        self.act = nn.Hardswish(inplace=True)
+        self.fc2 = nn.Linear(6, 5)
+
+    def forward(self, x):
+        y, _ = self.lstm(x)
+        y, _ = self.gru(y)
+        y = self.ln(y)
+        y = (y / (1 + y.abs())).sum(1)
+        return F.log_softmax(self.fc2(self.act(self.fc1(y))), dim=1)
+
+
+def test_new_int8_forms_bit_exact(tmp_path):
+    torch.manual_seed(5)
+    check_bit_exact(NewInt8Forms(), (1, 6, 5), tmp_path)
+
+
+@pytest.mark.board
+def test_new_int8_forms_on_board_bit_exact(tmp_path):
+    """The same model on the emulated Cortex-M4F: the self-test's output equals the integer reference."""
+    _require_board()
+    from codegen import board
+
+    torch.manual_seed(5)
+    res, _ = emit_integer(NewInt8Forms(), (1, 6, 5), tmp_path)
+    kinds = {qo.kind for qo in res.integer_model.qops}
+    assert {"recurrent", "layernorm", "div", "reduce_sum", "log_softmax", "lut"} <= kinds, kinds
+    run = board.run(res.directory, "m4")
     assert run.exit_code == 0, run.stdout + run.stderr
     assert run.max_abs_error == 0.0
 

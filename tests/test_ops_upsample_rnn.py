@@ -270,10 +270,10 @@ def test_recurrent_refuses_cell_state_and_initial_state(tmp_path):
         save_compressed_model(GivesInitialState(), "dense", input_shape=(1, 5, 3), directory=tmp_path / "b")
 
 
-def test_recurrent_refused_in_integer_mode_naming_the_layer(tmp_path):
-    with pytest.raises(CodegenError, match="rnn"):
-        save_compressed_model(Rnn(nn.GRU(3, 4, batch_first=True)), "int8", input_shape=(1, 5, 3),
-                              directory=tmp_path / "m", integer=True, calibration_data=torch.randn(4, 5, 3))  # fmt: skip
+def test_recurrent_int8_bit_exact(tmp_path):
+    """LSTM/GRU have an int8 form (codegen/ops/recurrent.py RecurrentInt8; more in tests/test_integer.py)."""
+    torch.manual_seed(0)
+    check_bit_exact(Rnn(nn.GRU(3, 4, batch_first=True)), (1, 5, 3), tmp_path)
 
 
 # ---- on the emulated Cortex-M4 -----------------------------------------------------------------------

@@ -33,6 +33,12 @@ def test_a_new_packaged_lowering_changes_the_list(monkeypatch):
     assert after != before and "| `fancy` |" in after
 
 
+def test_int8_column_is_the_int8_registry():
+    int8 = supported_ops.int8_by_family()
+    assert "LayerNorm" in int8["norm"] and "GroupNorm" not in int8["norm"]  # GroupNorm's handler only refuses
+    assert {"Recurrent", "RnnState"} <= set(int8["recurrent"]) and "BroadcastDiv" in int8["broadcast"]
+
+
 def test_write_and_check_round_trip(tmp_path):
     doc = tmp_path / "README.md"
     doc.write_text(f"# x\n\n{supported_ops.BEGIN}\nstale\n{supported_ops.END}\n\ntail\n", encoding="utf-8")

@@ -12,6 +12,7 @@ from __future__ import annotations
 import itertools
 import os
 import re
+import subprocess
 
 import numpy as np
 import pytest
@@ -238,7 +239,9 @@ def test_ram_budget_hits(tmp_path):
     t = read_report(d)["tiling"]
     assert res.arena_bytes <= budget and t["peak_ram_bytes"] == res.arena_bytes < mem.arena_bytes
     assert t["stages"] and t["extra_macs"] > 0
-    # the fewest extra MACs among the schedules that fit
+    # the fewest extra MACs among the schedules that fit (one stage, or two after the search's seeds)
+    search = tiling.Search(g)
+    every += [search.plan(c) for c in search.two_stage(search.seeds(search.one_stage()))]
     assert t["extra_macs"] == min(s.extra_macs for s in every if s.memory.arena_bytes <= budget)
 
 
@@ -271,12 +274,98 @@ def test_ram_budget_refuses_clearly(tmp_path):
     net = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.ReLU(), nn.Flatten(), nn.Linear(8 * 9 * 9, 64),
                         nn.ReLU(), nn.Linear(64, 4)).eval()
     with pytest.raises(CodegenError, match=r"no schedule fits ram_budget=100 bytes: the smallest arena reachable "
-                                           r"is \d+ bytes \(layer 3 holds its input and output"):
+                                           r"is \d+ bytes \(layer 3 needs 2848 bytes at once: its arena inputs, output"):
         save_compressed_model(net, "dense", input_shape=(1, 3, 9, 9), directory=tmp_path / "m", ram_budget=100)
     assert not (tmp_path / "m").exists()
-    with pytest.raises(CodegenError, match="float models only"):
+    with pytest.raises(CodegenError, match=r"no schedule fits ram_budget=100 bytes: the smallest arena reachable "
+                                           r"is \d+ bytes \(layer 0 needs 792 bytes at once: its arena inputs, output and kernel scratch"):
         save_compressed_model(net, "int8", input_shape=(1, 3, 9, 9), directory=tmp_path / "m", ram_budget=100,
                               integer=True, calibration_data=torch.randn(4, 3, 9, 9))
+    assert not (tmp_path / "m").exists()
+
+
+# ---- the integer path -------------------------------------------------------------------------------
+
+I8_FLAGS = [("-DSC_INT8_DSP=1",), ("-DSC_INT8_DSP=0",), ("-DSC_INT8_DSP=1", "-DSC_I8_FAST_REQ=0", "-DSC_I8_MAXPOOL_FAST")]
+
+
+def _lenet_like() -> nn.Module:
+    """C_in == 1 5-wide conv (the c1k5 kernel, in_zp folded into the bias), average pooling, a 3x3 conv."""
+    torch.manual_seed(4)
+    return nn.Sequential(nn.Conv2d(1, 6, 5, padding=2), nn.ReLU(), nn.AvgPool2d(2), nn.Conv2d(6, 8, 3, padding=1),
+                         nn.ReLU6(), nn.MaxPool2d(2), nn.Flatten(), nn.Linear(8 * 4 * 3, 4)).eval()  # fmt: skip
+
+
+def _emit_int8(net, shape, d, cal, **kw):
+    return save_compressed_model(net, "int8", cal[:1], d, overwrite=True, integer=True, calibration_data=cal, **kw)
+
+
+def _int8_outputs(res, cal, shape, tmp_path, flag_sets) -> tuple[np.ndarray, list[np.ndarray]]:
+    from test_integer import run_int8_c
+
+    qm = res.integer_model
+    x = torch.cat([cal[:4], 3 * torch.randn((8, *shape[1:]), generator=torch.Generator().manual_seed(9))]).numpy()
+    xq = qm.quantize_input(x).reshape(x.shape[0], -1)
+    n_out = int(np.prod(qm.graph.output_value.shape))
+    ref = qm.run(xq).reshape(x.shape[0], n_out)
+    tmp_path.mkdir(exist_ok=True)
+    outs = [run_int8_c(res.directory, xq, n_out, tmp_path / f"b{i}", flags=f) for i, f in enumerate(flag_sets)]
+    return ref, outs
+
+
+@pytest.mark.parametrize("model,shape,representation,grid", [
+    ("awkward", AWKWARD_SHAPE, "int8", (2, 3)), ("awkward", AWKWARD_SHAPE, "int8", (5, 3)),
+    ("awkward_sparse", AWKWARD_SHAPE, "int8", (3, 2)), ("lenet_like", (1, 1, 17, 13), "dense", (3, 2)),
+])  # fmt: skip
+def test_int8_tiled_bit_exact_with_untiled(tmp_path, model, shape, representation, grid):
+    """The int8 kernels on tiles: the tiled C gives the untiled C's int8 outputs bit for bit (and the integer
+    reference's) with the DSP pair kernels, the plain kernels and the -Os forms; the self-test passes (bit-exact
+    on the sample, within the int8 bound of PyTorch's float output); the arena is the tiled plan's."""
+    net = {"awkward": _awkward, "awkward_sparse": lambda: _sparsify(_awkward(), 0.4), "lenet_like": _lenet_like}[model]()
+    cal = torch.randn((16, *shape[1:]), generator=torch.Generator().manual_seed(2))
+    plain = _emit_int8(net, shape, tmp_path / "plain", cal)
+    from codegen.integer_emit import int8_graph
+
+    gq = int8_graph(plain.integer_model.graph)
+    last = tiling.candidate_stages(gq)[-1]
+    tiled = _emit_int8(net, shape, tmp_path / "tiled", cal, tiling_stages=[Stage(0, last, grid)])
+    rep = read_report(tiled.directory)
+    assert rep["tiling"]["stages"][0]["grid"] == list(grid)
+    assert rep["tiling"]["layerwise_arena_bytes"] == plain.arena_bytes
+    assert tiled.arena_bytes == rep["tiling"]["peak_ram_bytes"] == rep["memory"]["arena_bytes"] < plain.arena_bytes
+    assert "sc_tile_copy_i8(" in (tiled.directory / "model.c").read_text()
+    assert "runtime/sc_tile.h" in rep["files"]
+    proc = subprocess.run(["make", "-C", str(tiled.directory), "check"], capture_output=True, text=True)
+    assert proc.returncode == 0 and "SC_PASS" in proc.stdout, proc.stdout + proc.stderr
+    ref, outs_plain = _int8_outputs(plain, cal, shape, tmp_path / "p", I8_FLAGS[:1])
+    _, outs = _int8_outputs(tiled, cal, shape, tmp_path / "t", I8_FLAGS)
+    np.testing.assert_array_equal(outs_plain[0], ref)
+    for flags, out in zip(I8_FLAGS, outs):
+        bad = np.argwhere(out != ref)
+        assert bad.size == 0, f"{flags}: {len(bad)} int8 outputs differ from the untiled C, first at {bad[0]}"
+
+
+def test_int8_ram_budget_hits(tmp_path):
+    """ram_budget with integer=True: the search runs over the int8 arena (1-byte values) and the schedule
+    of fewest extra MACs that fits is emitted."""
+    net = _awkward()
+    cal = torch.randn((16, *AWKWARD_SHAPE[1:]), generator=torch.Generator().manual_seed(2))
+    plain = _emit_int8(net, AWKWARD_SHAPE, tmp_path / "plain", cal)
+    from codegen.integer_emit import int8_graph
+
+    gq = int8_graph(plain.integer_model.graph)
+    every = tiling.schedules(gq)
+    low = min(s.memory.arena_bytes for s in every)
+    assert low < plain.arena_bytes
+    budget = (low + plain.arena_bytes) // 2
+    res = _emit_int8(net, AWKWARD_SHAPE, tmp_path / "m", cal, ram_budget=budget)
+    t = res.report["tiling"]
+    assert res.arena_bytes <= budget and t["peak_ram_bytes"] == res.arena_bytes and t["stages"]
+    search = tiling.Search(gq)
+    every += [search.plan(c) for c in search.two_stage(search.seeds(search.one_stage()))]
+    assert t["extra_macs"] == min(s.extra_macs for s in every if s.memory.arena_bytes <= budget)
+    proc = subprocess.run(["make", "-C", str(res.directory), "check"], capture_output=True, text=True)
+    assert proc.returncode == 0 and "SC_PASS" in proc.stdout, proc.stdout + proc.stderr
 
 
 @pytest.mark.board
@@ -306,3 +395,241 @@ def test_tiled_model_on_the_emulated_m4(tmp_path):
     m = cboard.measure(tmp_path / "tiled")
     assert m.arena_bytes == tiled.arena_bytes
     assert runs["tiled"] > runs["plain"]  # the halos are recomputed, and the copies cost
+
+
+@pytest.mark.board
+def test_int8_tiled_model_on_the_emulated_m4(tmp_path):
+    """The int8 tiled awkward model on the Cortex-M4F (QEMU, SMLAD kernels): the self-test passes (bit-exact
+    with the integer reference), the arena symbol is the tiled plan's figure, instructions against untiled."""
+    from codegen import board as cboard
+
+    ok, reason = cboard.board_toolchain_available()
+    if not ok:
+        if os.environ.get("SPARSECOMP_REQUIRE_BOARD") == "1":
+            pytest.fail(f"Cortex-M board toolchain not available: {reason}")
+        pytest.skip(f"Cortex-M board toolchain not available: {reason}")
+    net = _awkward()
+    cal = torch.randn((16, *AWKWARD_SHAPE[1:]), generator=torch.Generator().manual_seed(2))
+    plain = _emit_int8(net, AWKWARD_SHAPE, tmp_path / "plain", cal)
+    from codegen.integer_emit import int8_graph
+
+    last = tiling.candidate_stages(int8_graph(plain.integer_model.graph))[-1]
+    tiled = _emit_int8(net, AWKWARD_SHAPE, tmp_path / "tiled", cal, tiling_stages=[Stage(0, last, (3, 2))])
+    runs = {}
+    for name in ("tiled", "plain"):
+        r = cboard.run(tmp_path / name, "m4", profile=True)
+        assert r.passed, r.stdout + r.stderr
+        runs[name] = r.profile.total_instructions
+    assert cboard.measure(tmp_path / "tiled").arena_bytes == tiled.arena_bytes < plain.arena_bytes
+    assert runs["tiled"] > runs["plain"]  # the halos are recomputed, and the copies cost
+
+
+# ---- the search (lower bounds, cached estimates) -------------------------------------------------------
+
+
+def _mbv2_like() -> nn.Module:
+    """Inverted residual blocks (expansion 1x1, depthwise, projection, residual add) at falling resolution."""
+
+    class Block(nn.Module):
+        def __init__(self, c_in, c_out, stride, t=4):
+            super().__init__()
+            self.res = stride == 1 and c_in == c_out
+            self.body = nn.Sequential(nn.Conv2d(c_in, c_in * t, 1), nn.BatchNorm2d(c_in * t), nn.ReLU6(),
+                                      nn.Conv2d(c_in * t, c_in * t, 3, stride, 1, groups=c_in * t), nn.ReLU6(),
+                                      nn.Conv2d(c_in * t, c_out, 1))  # fmt: skip
+
+        def forward(self, x):
+            return x + self.body(x) if self.res else self.body(x)
+
+    torch.manual_seed(5)
+    return nn.Sequential(nn.Conv2d(3, 8, 3, 2, 1), nn.ReLU6(), Block(8, 8, 1), Block(8, 12, 2), Block(12, 12, 1),
+                         Block(12, 16, 2), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(16, 4)).eval()  # fmt: skip
+
+
+@pytest.mark.parametrize("model,shape", [("awkward", AWKWARD_SHAPE), ("mbv2_like", (1, 3, 33, 31))])
+def test_search_bounds_hold_and_estimates_are_exact(model, shape):
+    """For every one- and two-stage schedule: the estimated extra MACs are the planned ones and the lower
+    bound is at most the planned arena (the search skips schedules on these figures)."""
+    net = {"awkward": _awkward, "mbv2_like": _mbv2_like}[model]()
+    g, mem = build_graph(net, shape, "dense")
+    search = tiling.Search(g)
+    one = search.one_stage()
+    cands = one + search.two_stage([c[0] for c in one[:: max(1, len(one) // 8)]])
+    assert len(cands) > len(one) > 10
+    tight = 0
+    for c in cands:
+        s = search.plan(c)
+        assert search.extra_macs(c) == s.extra_macs, c
+        assert search.lower_bound(c) <= s.memory.arena_bytes, c
+        tight += search.lower_bound(c) >= 0.8 * s.memory.arena_bytes
+    assert tight > len(cands) // 2  # bounds close enough to prune
+
+
+@pytest.mark.parametrize("model,shape", [("awkward", AWKWARD_SHAPE), ("mbv2_like", (1, 3, 33, 31))])
+def test_search_equals_exhaustive(model, shape):
+    """choose_schedule plans few schedules yet returns what planning every candidate returns: the fewest extra
+    MACs (then the smallest arena) among those that fit; below the smallest reachable arena, the error names
+    that figure."""
+    net = {"awkward": _awkward, "mbv2_like": _mbv2_like}[model]()
+    g, mem = build_graph(net, shape, "dense")
+    search = tiling.Search(g)
+    one = search.one_stage()
+    two = search.two_stage(search.seeds(one))
+    planned = {id(c): search.plan(c) for c in one + two}
+    low = min(s.memory.arena_bytes for s in planned.values())
+    low_one = min(planned[id(c)].memory.arena_bytes for c in one)
+    for budget in sorted({low, low_one, (low_one + mem.arena_bytes) // 2, mem.arena_bytes - 1}):
+        fits = [planned[id(c)] for c in one + two if planned[id(c)].memory.arena_bytes <= budget]
+        want = min(fits, key=lambda s: (s.extra_macs, s.memory.arena_bytes))
+        got = tiling.choose_schedule(g, budget)
+        assert (got.extra_macs, got.memory.arena_bytes) == (want.extra_macs, want.memory.arena_bytes), budget
+    with pytest.raises(CodegenError, match=rf"the smallest arena reachable is {low} bytes"):
+        tiling.choose_schedule(g, low - 1)
+
+
+# ---- compress_NN_models(..., ram_budget=) ------------------------------------------------------------
+
+
+def _ram_net() -> nn.Module:
+    torch.manual_seed(6)
+    return nn.Sequential(nn.Conv2d(1, 8, 3, padding=1), nn.ReLU(), nn.Conv2d(8, 8, 3, padding=1, groups=8), nn.ReLU(),
+                         nn.MaxPool2d(2), nn.Conv2d(8, 8, 3, stride=2, padding=1), nn.ReLU(), nn.Flatten(),
+                         nn.Linear(8 * 4 * 4, 10))  # fmt: skip
+
+
+def _ram_loaders():
+    from torch.utils.data import DataLoader, TensorDataset
+
+    gen = torch.Generator().manual_seed(7)
+    x = torch.randn(96, 1, 16, 16, generator=gen)
+    y = torch.randint(0, 10, (96,), generator=gen)
+    return [DataLoader(TensorDataset(x[i : i + 32], y[i : i + 32]), batch_size=16) for i in (0, 32, 64)]
+
+
+def test_compress_with_ram_budget(tmp_path):
+    """compress_NN_models(..., ram_budget=) plans tiles on the compressed model (report.ram), records the bound,
+    and save_compressed_model(model, input_data=...) emits within it; parity through gcc."""
+    from sparsecomp import compress_NN_models
+
+    net = _ram_net()
+    x = torch.randn(1, 1, 16, 16, generator=torch.Generator().manual_seed(8))
+    _, mem = build_graph(net, x, "csr")
+    budget = mem.arena_bytes * 2 // 3
+    train, val, test = _ram_loaders()
+    rep = compress_NN_models(net, "3KB", train, test, val_loader=val, representation="csr", num_epochs=1, max_rounds=1,
+                             progress=False, sensitivity_batches=1, accuracy_tolerance=0.5, ram_budget=budget)  # fmt: skip
+    assert rep.ram is not None and rep.ram["stages"]
+    assert rep.ram["peak_ram_bytes"] <= budget < rep.ram["layerwise_arena_bytes"]
+    assert "activation RAM" in str(rep)
+    res = save_compressed_model(net, input_data=x, directory=tmp_path / "m")
+    assert res.arena_bytes == rep.ram["peak_ram_bytes"] <= budget
+    assert res.report["tiling"]["stages"] == rep.ram["stages"]
+    v = verify(net, tmp_path / "m", torch.randn(3, 1, 16, 16))
+    assert_parity(v.outputs, v.reference, str(tmp_path / "m"))
+
+
+def test_compress_refuses_an_unreachable_ram_budget_first():
+    """The RAM bound is checked before any training: the error states the smallest arena reachable and the
+    model is left as it was."""
+    from sparsecomp import CompressionError, compress_NN_models
+
+    net = _ram_net()
+    before = {k: v.clone() for k, v in net.state_dict().items()}
+    train, val, test = _ram_loaders()
+    with pytest.raises(CompressionError, match=r"ram_budget=64 bytes of activation RAM cannot be met: no schedule "
+                                               r"fits ram_budget=64 bytes: the smallest arena reachable is \d+ bytes"):
+        compress_NN_models(net, "3KB", train, test, val_loader=val, representation="csr", num_epochs=1,
+                           max_rounds=1, progress=False, ram_budget=64)  # fmt: skip
+    assert all(torch.equal(v, net.state_dict()[k]) for k, v in before.items())
+
+
+# ---- early exits --------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module", params=["global", "branch"])
+def tiled_ee(request, tmp_path_factory):
+    """The early-exit test model (tests/test_early_exit.py) emitted with ram_budget 4 bytes under its arena."""
+    from test_early_exit import inputs, make_exit_model, make_net
+
+    from codegen.early_exit import save_compressed_early_exit_model
+    from sparsecomp.early_exit import simulate_exit
+
+    kind = request.param
+    net = make_net()
+    ee = make_exit_model(net, kind)
+    x = inputs()
+    root = tmp_path_factory.mktemp(f"tiled_ee_{kind}")
+    plain = save_compressed_early_exit_model(net, ee, "csr", simulate_exit=simulate_exit, input_data=x[:1],
+                                             directory=root / "plain")  # fmt: skip
+    budget = plain.report["memory"]["arena_bytes"] - 4
+    res = save_compressed_early_exit_model(net, ee, "csr", simulate_exit=simulate_exit, input_data=x[:1],
+                                           directory=root / "model", ram_budget=budget)  # fmt: skip
+    return kind, net, ee, x, root / "model", res, plain, budget
+
+
+def test_early_exit_tiled_every_exit_and_restart(tiled_ee, tmp_path):
+    """save_compressed_early_exit_model(..., ram_budget=): tiled stages inside the exit stages; every exit
+    (one shot and incremental) and the baseline match PyTorch, the self-test passes, a stage run twice (power
+    lost before its step was recorded) gives the same answers, no two live buffers overlap."""
+    import test_early_exit as tee
+
+    from codegen.early_exit import verify_early_exit
+
+    kind, net, ee, x, d, res, plain, budget = tiled_ee
+    t = res.report["tiling"]
+    assert t["stages"] and t["peak_ram_bytes"] == res.report["memory"]["arena_bytes"] <= budget
+    assert res.report["early_exit"]["arena"]["arena_bytes"] == t["peak_ram_bytes"]
+    stage_of = {i: s["index"] for s in res.report["early_exit"]["stages"] for i in range(s["first_op"], s["end_op"])}
+    assert all(stage_of[s["first"]] == stage_of[s["last"]] for s in t["stages"])  # a tiled stage inside one stage
+    assert "sc_tile_copy(" in (d / "model.c").read_text() and "runtime/sc_tile.h" in res.report["files"]
+    v = verify_early_exit(net, ee, d, x)
+    for k in range(len(tee.EXITS) + 1):
+        assert_parity(v.oneshot[k], v.reference[k], f"{kind} exit {k} one shot")
+        assert_parity(v.incremental[k], v.reference[k], f"{kind} exit {k} incremental")
+    assert_parity(v.baseline, v.baseline_reference, "baseline")
+    proc = subprocess.run(["make", "-C", str(d), "check"], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0 and "SC_PASS" in proc.stdout and "SC_EE_CHECK_FAILED" not in proc.stdout, proc.stdout
+    emitted = (kind, net, ee, x, d, res)
+    tee.test_power_loss_mid_stage_redoes_the_stage(emitted, tmp_path)
+    tee.test_stage_plan_keeps_cross_stage_reads_intact(emitted)
+
+
+def test_early_exit_ram_budget_refused_with_the_smallest_arena(tmp_path):
+    from test_early_exit import inputs, make_exit_model, make_net
+
+    from codegen.early_exit import save_compressed_early_exit_model
+    from sparsecomp.early_exit import simulate_exit
+
+    net = make_net()
+    ee = make_exit_model(net, "global")
+    x = inputs()
+    with pytest.raises(CodegenError, match=r"early-exit emission \(stages restartable, the exits' features kept in the "
+                                           r"arena, tiles only inside a stage\): no schedule fits ram_budget=8 bytes: "
+                                           r"the smallest arena reachable is \d+ bytes"):  # fmt: skip
+        save_compressed_early_exit_model(net, ee, "csr", simulate_exit=simulate_exit, input_data=x[:1],
+                                         directory=tmp_path / "no", ram_budget=8)  # fmt: skip
+    assert not (tmp_path / "no").exists()
+    fits = save_compressed_early_exit_model(net, ee, "csr", simulate_exit=simulate_exit, input_data=x[:1],
+                                            directory=tmp_path / "a", ram_budget=10**6)  # fmt: skip
+    plain = save_compressed_early_exit_model(net, ee, "csr", simulate_exit=simulate_exit, input_data=x[:1],
+                                             directory=tmp_path / "b")  # fmt: skip
+    assert fits.report["tiling"]["stages"] == []
+    assert (tmp_path / "a" / "model.c").read_text() == (tmp_path / "b" / "model.c").read_text()
+    assert plain.report["memory"] == fits.report["memory"]
+
+
+@pytest.mark.board
+def test_early_exit_tiled_on_the_emulated_m4(tiled_ee):
+    from test_early_exit import EXITS, require_board
+
+    from codegen import board as cboard
+
+    require_board()
+    kind, net, ee, x, d, res, plain, budget = tiled_ee
+    r = cboard.run(d, "m4")
+    assert r.passed, r.stdout[-3000:] + r.stderr[-2000:]
+    with torch.no_grad():
+        ref = np.stack([ee(x[:1], exit_index=k).numpy().reshape(-1) for k in range(len(EXITS) + 1)])
+    got = r.outputs.reshape(len(EXITS) + 1, -1)
+    for k in range(len(EXITS) + 1):
+        assert_parity(got[k], ref[k], f"{kind} exit {k} on m4 (tiled)")

@@ -105,20 +105,30 @@ class ActInt8(integer.Int8Handler):
 @integer.register_int8_pass
 def split_activations(g: ir.Graph, cal: integer.Calibration) -> None:
     """Fused activations other than ReLU/ReLU6 become standalone Act ops again (integer LUTs); the
-    pre-activation range is the fx node feeding the activation node."""
+    pre-activation range is the one of the fx node feeding the activation node, which computed the fused
+    op's output (``Calibration.producers``: fuse_activations gave the op the activation's result). The
+    recorded range of that input node is the value before the activation even when the activation ran in
+    place (``nn.Hardswish(inplace=True)``): the calibration records each node's output when it runs."""
     gm, env, ranges, value_ranges = cal.gm, cal.env, cal.ranges, cal.value_ranges
+    nodes = {n.name: n for n in gm.graph.nodes}
+    modules = dict(gm.named_modules())
     produced = {op.output for op in g.ops}
     for op in list(g.ops):
         act = getattr(op, "act", ir.NO_ACT)
         if isinstance(op, Act) or act.kind in ("none", "relu", "relu6"):
             continue
         pre = None
-        for node in gm.graph.nodes:
-            if env.get(node.name) == op.output and node.args and isinstance(node.args[0], fx.Node):
-                src = node.args[0]
-                if src.name in ranges and env.get(src.name) not in produced:
-                    pre = src
-                    break
+        node = nodes.get(cal.producers.get(op.output, ""))
+        if node is not None and _ACT_KIND.get(lowering_key(node, modules)) == act.kind and node.args \
+                and isinstance(node.args[0], fx.Node) and node.args[0].name in ranges:  # fmt: skip
+            pre = node.args[0]
+        else:  # a Calibration without producers (an extension's own build): the first node feeding op.output
+            for node in gm.graph.nodes:
+                if env.get(node.name) == op.output and node.args and isinstance(node.args[0], fx.Node):
+                    src = node.args[0]
+                    if src.name in ranges and env.get(src.name) not in produced:
+                        pre = src
+                        break
         if pre is None:
             raise UnsupportedConfigError(
                 f"layer '{op.source}': cannot find the input range of its fused {act.kind} for integer "

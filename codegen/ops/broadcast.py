@@ -1,18 +1,22 @@
 """Elementwise add, sub, mul, div of two tensors whose shapes broadcast (the squeeze-excite gate
 (C,1,1) x (C,H,W), (C,1) x (C,L), (1,H,W) x (C,H,W), either order), and sub/div of equal shapes:
 IR op, lowering helper (called by the binary lowering of codegen/ops/eltwise.py), int8 forms (add and
-sub as TFLite's add with its requantization, mul as TFLite's mul).
+sub as TFLite's add with its requantization, mul as TFLite's mul, div (TFLite has none) as one
+requantization per element whose multiplier a 256-entry table gives for the divisor's int8 value).
 
 The shapes are reduced at generation time to at most ``MAX_DIMS`` dims of output sizes and per-operand
 element strides (0 on a broadcast dim); adjacent dims that walk both operands contiguously are merged,
 so the SE gate becomes (C, H*W) with strides (1, 0) for the gate.
 
 Float kernels: runtime_c/sc_strided.h; template templates/ops/strided.j2.
-Integer kernels: runtime_c/sc_strided.h (int8 section); template templates/ops_int8/strided.j2.
+Integer kernels: runtime_c/sc_strided.h (int8 section: sc_i8_s_add, sc_i8_s_mul, sc_i8_s_div);
+template templates/ops_int8/strided.j2.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import math
 from dataclasses import dataclass
 from typing import ClassVar
 
@@ -20,7 +24,6 @@ import numpy as np
 import torch.fx as fx
 
 from codegen import integer, ir
-from codegen.errors import UnsupportedConfigError
 from codegen.lowering import LowerContext, tensor_meta
 
 MAX_DIMS = 4
@@ -111,12 +114,10 @@ class BroadcastInt8(integer.Int8Handler):
     def kind_of(self, op: Broadcast) -> str:
         return op.mode
 
-    def check(self, op: Broadcast) -> None:
-        if op.mode == "div":
-            raise UnsupportedConfigError(
-                f"layer '{op.source}': division of two tensors has no int8 kernel (TFLite has none either). "
-                "Multiply by a precomputed reciprocal, or emit this model in float"
-            )
+    def rewrite(self, op: Broadcast) -> ir.Op:
+        if op.mode == "div":  # its own handler: another kernel header and per-divisor tables
+            return BroadcastDiv(**{f.name: getattr(op, f.name) for f in dataclasses.fields(op)})
+        return op
 
     def quantize(self, op: Broadcast, ctx: integer.Int8Context, qo: integer.QOp) -> None:
         qa, qb, qout = ctx.qin(op, 0), ctx.qin(op, 1), ctx.qout(op)
@@ -143,4 +144,52 @@ class BroadcastInt8(integer.Int8Handler):
             y = integer.mbqm(av - bv if op.mode == "sub" else av + bv, s["out_mult"], s["out_shift"]) + s["out_zp"]
         else:
             y = integer.mbqm((a - s["a_zp"]) * (b - s["b_zp"]), s["mult"], s["shift"]) + s["out_zp"]
+        return integer.clamp8(y)
+
+
+@dataclass
+class BroadcastDiv(Broadcast):
+    """a / b over broadcast shapes in the integer path (``BroadcastInt8.rewrite``; the float path never
+    makes it)."""
+
+
+def div_tables(qa: integer.QParams, qb: integer.QParams, qout: integer.QParams) -> tuple[np.ndarray, np.ndarray]:
+    """(mult int32[256], shift int8[256]): for each int8 divisor b, the fixed-point form of
+    |s_a / (s_out * s_b * (b - b_zp))| (the kernel negates a - a_zp for b < b_zp). A zero divisor (b == b_zp) and factors
+    beyond the multiplier's range get the largest one: the quotient saturates by the sign of a, as a / 0
+    is +-inf in PyTorch (0 / 0 gives the output zero point)."""
+    mult = np.zeros(256, dtype=np.int64)
+    shift = np.zeros(256, dtype=np.int64)
+    for k in range(256):
+        d = k - 128 - qb.zero_point
+        f = math.inf if d == 0 else qa.scale / (qout.scale * qb.scale * abs(d))
+        m, s = (integer.INT32_MAX, 30) if f >= 2.0**30 else integer.quantize_multiplier(f)
+        mult[k], shift[k] = m, s
+    return mult, shift
+
+
+@integer.register_int8(BroadcastDiv)
+class BroadcastDivInt8(integer.Int8Handler):
+    """y = mbqm(+-(a - a_zp), mult[b], shift[b]) + out_zp (negated for b < b_zp): one requantization per
+    element, its multiplier looked up by the divisor's int8 value (``div_tables``)."""
+
+    kind = "div"
+    template = "strided.j2"
+    runtime = ("sc_strided.h",)
+
+    def quantize(self, op: Broadcast, ctx: integer.Int8Context, qo: integer.QOp) -> None:
+        qa, qb, qout = ctx.qin(op, 0), ctx.qin(op, 1), ctx.qout(op)
+        mult, shift = div_tables(qa, qb, qout)
+        qo.consts.update(mult=mult, shift=shift)
+        ctx.int_array("mult", "_m", "int32_t", mult)
+        ctx.int_array("shift", "_sh", "int8_t", shift)
+        qo.scalars.update(a_zp=qa.zero_point, b_zp=qb.zero_point, out_zp=qout.zero_point)
+
+    def reference(self, qo: integer.QOp, ins: list[np.ndarray]) -> np.ndarray:
+        op: Broadcast = qo.op  # type: ignore[assignment]
+        s = qo.scalars
+        a = gather(ins[0], op.sizes, op.a_strides)
+        b = gather(ins[1], op.sizes, op.b_strides)
+        d = np.where(b < s["b_zp"], s["a_zp"] - a, a - s["a_zp"])
+        y = integer.mbqm(d, qo.consts["mult"][b + 128], qo.consts["shift"][b + 128]) + s["out_zp"]
         return integer.clamp8(y)

@@ -6,6 +6,7 @@ templates templates/ops/conv.j2 and templates/ops_int8/conv.j2.
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from typing import ClassVar
 
@@ -16,6 +17,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from codegen import integer, ir
+from codegen.errors import CodegenError
 from codegen.lowering import (
     LowerContext,
     accepts_constants,
@@ -30,6 +32,11 @@ from codegen.lowering import (
 # C_in channels into a stack buffer first; at most PWC_MAX_CBUF_BYTES of it.
 PWC_BLOCK = 8
 PWC_MAX_CBUF_BYTES = 4096
+# The dense conv with dilation 1 copies 4 output windows into an arena column (sc_conv_dense_mm) when the
+# column takes at most MM_COL_MAX_BYTES; larger windows keep sc_conv_dense_d1, which needs no scratch.
+MM_COL_MAX_BYTES = 8192
+# The weight-only (int8 / codebook) 1x1 kernels gather WQ_PW_BLOCK positions (SC_WQ_PW_BLOCK in sc_conv.h).
+WQ_PW_BLOCK = 8
 
 
 @dataclass
@@ -39,6 +46,7 @@ class Conv2d(ir.Windowed):
     groups: int = 1
     act: ir.Activation = ir.NO_ACT
     dims: int = 2
+    column: bool = True  # dense, dilation 1: the column kernel may run (False once the planner dropped its scratch)
 
     kind: ClassVar[str] = "conv"
     template: ClassVar[str] = "conv.j2"
@@ -86,6 +94,10 @@ class Conv2d(ir.Windowed):
             if int8_c1k5(self, w.kernel):  # the input plane copied with in_zp borders first
                 pad8 = ir.Scratch("int8_t", "pad", c1k5_pad_bytes(self), "input plane with in_zp borders", arena=True)
                 return ir.KernelChoice("sc_i8_conv_q8_c1k5", pad8)
+            pad_bytes = dw_pad_bytes(self, w.kernel)
+            if pad_bytes:  # depthwise: each channel copied into an in_zp-padded plane first
+                pad8 = ir.Scratch("int8_t", "pad", pad_bytes, "input plane padded with in_zp, + 3 slack bytes", arena=True)
+                return ir.KernelChoice("sc_i8_conv_q8_dwp", pad8)
             words = dsp_column_words(self, w.kernel)
             if words:  # the SMLAD kernel (built with SC_INT8_DSP): start values and the widened column
                 col = ir.Scratch("uint32_t", "scratch", words, "start values and 2 windows as int16 pairs", arena=True)
@@ -106,7 +118,21 @@ class Conv2d(ir.Windowed):
             if dw:
                 dw3 = tuple(self.kernel) == (3, 3) and tuple(self.stride) == (1, 1)
                 return ir.KernelChoice("sc_conv_dense_dw3" if dw3 else "sc_conv_dense_dw", pad, in_place=dw_in_place)
+            col_floats = 4 * self.in_shape[0] // self.groups * self.kernel[0] * self.kernel[1]
+            if self.column and 4 * col_floats <= MM_COL_MAX_BYTES:  # 4 windows as a column, then sc_mm44
+                col = ir.Scratch("float", "col", col_floats, "4 output windows as a column", arena=True)
+                return ir.KernelChoice("sc_conv_dense_mm", col, optional=True)
             return ir.KernelChoice("sc_conv_dense_d1")
+        if w.kernel in ("q8", "cb") and self.groups == 1 and self.pointwise:  # weight-only 1x1 (sc_conv.h)
+            col = ir.Scratch("float", "col", WQ_PW_BLOCK * self.in_shape[0],
+                             f"{WQ_PW_BLOCK} positions of the input channels", arena=True)  # fmt: skip
+            return ir.KernelChoice(f"sc_conv_{w.kernel}_pw", col, in_place=same_shape)
+        if w.kernel in ("q8", "cb") and dw:  # weight-only depthwise: channel weights decoded next to the plane
+            dw3 = tuple(self.kernel) == (3, 3) and tuple(self.stride) == (1, 1)
+            wpad = ir.Scratch("float", "pad", self.pad_plane_floats() + self.kernel[0] * self.kernel[1],
+                              "zero-padded input plane, then the channel's decoded weights", arena=True)  # fmt: skip
+            return ir.KernelChoice(f"sc_conv_{w.kernel}_dw3" if dw3 else f"sc_conv_{w.kernel}_dw", wpad,
+                                   in_place=dw_in_place)  # fmt: skip
         if w.encoding == "csr":
             # groups == 1: SC_PWC_BLOCK positions gathered first, within PWC_MAX_CBUF_BYTES of stack
             pwc_ok = self.groups == 1 and 4 * self.pwc_cbuf_floats() <= PWC_MAX_CBUF_BYTES and same_shape
@@ -123,6 +149,9 @@ class Conv2d(ir.Windowed):
     def pwc_cbuf_floats(self) -> int:
         """Floats of the stack column buffer of the in-place CSR 1x1 kernel (sc_conv_pwc_csr_*)."""
         return PWC_BLOCK * self.in_shape[0]
+
+    def drop_optional_scratch(self, drop: bool) -> None:
+        self.column = not drop
 
     def overwrites_input(self) -> bool:
         """What the kernel choice says (one place decides the kernel, its scratch and in-place)."""
@@ -227,8 +256,8 @@ def dsp_column_words(op: ir.Op, weight_kernel: str) -> int:
 
 
 def dw_pad_bytes(op: ir.Op, weight_kernel: str) -> int:
-    """int8 bytes of the in_zp-padded input plane of the depthwise kernel (``sc_i8_conv_q8_dwp``; the
-    template declares it on the stack): the extent the outputs read, plus 3 slack bytes (as
+    """int8 bytes of the in_zp-padded input plane of the depthwise kernel (``sc_i8_conv_q8_dwp``; arena
+    scratch of ``Conv2d.kernel_choice``): the extent the outputs read, plus 3 slack bytes (as
     ``SC_I8_DW_PAD_BYTES``). 0 where that kernel is not used: not depthwise (groups == cin == cout),
     sparse weights, or a plane above ``integer.DSP_SCRATCH_MAX_BYTES`` (the clipping kernel runs instead)."""
     if not isinstance(op, Conv2d) or weight_kernel != "q8":
@@ -254,6 +283,14 @@ class ConvInt8(integer.Int8Handler):
         qo.scalars["folded"] = int(int8_folds_input_zp(op, ctx.encoded["weight"].kernel))
         qo.scalars["dsp_col"] = dsp_column_words(op, ctx.encoded["weight"].kernel)
         qo.scalars["dw_pad"] = dw_pad_bytes(op, ctx.encoded["weight"].kernel)
+
+    def tile_form(self, qo: integer.QOp, op: Conv2d) -> integer.QOp:  # type: ignore[override]
+        """On a tile only the depthwise kernel's padded plane changes size (the folded bias and the
+        kernel choice depend on channels, kernel, stride: the same on every tile)."""
+        kernel = op.encoded["weight"].kernel
+        if int(int8_folds_input_zp(op, kernel)) != qo.scalars["folded"]:  # pragma: no cover - padding stays 0
+            raise CodegenError(f"layer '{op.source}': its int8 kernel changes on a tile (bug)")
+        return dataclasses.replace(qo, op=op, scalars={**qo.scalars, "dw_pad": dw_pad_bytes(op, kernel)})
 
     def reference(self, qo: integer.QOp, ins: list[np.ndarray]) -> np.ndarray:
         op: Conv2d = qo.op  # type: ignore[assignment]

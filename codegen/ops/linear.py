@@ -36,6 +36,15 @@ class Linear(ir.Op):
     def macs(self) -> int:
         return self.rows * self.in_features * self.out_features
 
+    def kernel_choice(self, in_place: bool = False) -> ir.KernelChoice | None:
+        """The weight-only kernel when it is not ``sc_linear_<encoding kernel>``: dense codebook weights
+        with in_features % 8 == 0 (every row starts on a byte) read 8 indices per step (``sc_linear_cb8``,
+        runtime_c/sc_linear.h). None otherwise (the template names the kernel from the encoding)."""
+        w = (self.encoded or {}).get("weight")
+        if self.runtime == Linear.runtime and w is not None and w.kernel == "cb" and self.in_features % 8 == 0:
+            return ir.KernelChoice("sc_linear_cb8")
+        return None
+
 
 def _linear_op(ctx: LowerContext, node: fx.Node, x: fx.Node, weight, bias) -> Linear:
     """The Linear op of nn.Linear or of F.linear (one IR op for both forms)."""

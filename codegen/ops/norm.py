@@ -1,17 +1,22 @@
 """Normalizations with statistics computed at run time: ``nn.LayerNorm`` / ``F.layer_norm`` (over the
 last dims, elementwise affine) and ``nn.GroupNorm`` / ``F.group_norm`` (per-channel affine). Both
 normalize rows of contiguous values: y = (x - mean) / sqrt(var + eps) (biased variance) * w + b.
-No int8 form (refused naming the layer).
+int8 form of LayerNorm (``LayerNormInt8``): integer mean and variance, an exact integer square root and
+one rounded 64-bit division per element, then a per-column requantization; GroupNorm has none (refused
+naming the layer).
 
 Float kernels: runtime_c/sc_norm.h; templates templates/ops/layernorm.j2, groupnorm.j2.
+Integer kernel: sc_i8_layernorm (runtime_c/sc_norm.h, int8 section); template templates/ops_int8/layernorm.j2.
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from math import prod
 from typing import ClassVar
 
+import numpy as np
 import torch
 import torch.fx as fx
 import torch.nn as nn
@@ -104,13 +109,80 @@ def lower_groupnorm(ctx: LowerContext, node: fx.Node) -> None:
                              inner=prod(shape[1:]), eps=float(eps)))  # fmt: skip
 
 
-@integer.register_int8(LayerNorm, GroupNorm)
+@integer.register_int8(GroupNorm)
 class NormInt8(integer.Int8Handler):
+    """GroupNorm: refused (no int8 kernel yet)."""
+
+    supported = False
+
     def check(self, op: ir.Op) -> None:
         raise UnsupportedConfigError(
             f"layer '{op.source}': {op.kind} ({op.torch_op}) has no integer kernel (its statistics are computed "
             "at run time). Emit without integer=True, or replace it by BatchNorm (folded into the conv)"
         )
+
+
+def layernorm_shifts(cols: int, eps_q: int) -> tuple[int, int]:
+    """(F, P): fractional bits of the root and of the normalized value, as large as the int64 and int32
+    intermediates of sc_i8_layernorm allow. V < cols^2 127.5^2 (the d_j lie in a window of 255), the
+    numerator |cols d_j - S| <= 255 cols, the normalized value |z| <= sqrt(cols)."""
+    vmax = cols * cols * 16257 + eps_q
+    frac = max(0, (62 - vmax.bit_length()) // 2)
+    prec = 16
+    while prec > 0 and (math.isqrt(cols) + 1) << prec >= 1 << 30:
+        prec -= 1
+    while frac > 0 and (255 * cols).bit_length() + prec + frac > 62:
+        frac -= 1
+    return frac, prec
+
+
+@integer.register_int8(LayerNorm)
+class LayerNormInt8(integer.Int8Handler):
+    """Per row, d = x - in_zp: S = sum d, V = cols sum d^2 - S^2 = cols^2 var / s_in^2, root =
+    isqrt((V + eps_q) 2^2F), z_j = round((cols d_j - S) 2^(P+F) / root) = 2^P (x_j - mean) / sqrt(var + eps);
+    y_j = +-mbqm(z_j, |w_j| / (2^P s_out)) + round(b_j / s_out) + out_zp. All integer (int64 for the row
+    statistics and the division)."""
+
+    kind = "layernorm"
+    template = "layernorm.j2"
+    runtime = ("sc_norm.h",)
+
+    def quantize(self, op: LayerNorm, ctx: integer.Int8Context, qo: integer.QOp) -> None:
+        qin, qout = ctx.qin(op), ctx.qout(op)
+        cols = op.cols
+        eps_q = min(int(round(op.eps * cols * cols / (qin.scale * qin.scale))), 1 << 44)
+        frac, prec = layernorm_shifts(cols, eps_q)
+        w = op.params["weight"].astype(np.float64) if "weight" in op.params else np.ones(cols)
+        b = op.params["bias"].astype(np.float64) if "bias" in op.params else np.zeros(cols)
+        mult, shift = np.zeros(cols, np.int64), np.zeros(cols, np.int64)
+        for j in range(cols):
+            f = abs(w[j]) / (2.0**prec * qout.scale)
+            mult[j], shift[j] = (integer.INT32_MAX, 30) if f >= 2.0**30 else integer.quantize_multiplier(f)
+        sign = np.where(w < 0, -1, 1).astype(np.int64)
+        bias = np.clip(np.rint(b / qout.scale), integer.INT32_MIN // 2, integer.INT32_MAX // 2).astype(np.int64)
+        qo.consts.update(mult=mult, shift=shift, sign=sign, bias=bias)
+        qo.scalars.update(in_zp=qin.zero_point, out_zp=qout.zero_point, eps_q=eps_q, frac=frac, prec=prec)
+        ctx.int_array("mult", "_m", "int32_t", mult)
+        ctx.int_array("shift", "_sh", "int8_t", shift)
+        ctx.int_array("sign", "_sg", "int8_t", sign)
+        ctx.int_array("bias", "_b", "int32_t", bias)
+
+    def reference(self, qo: integer.QOp, ins: list[np.ndarray]) -> np.ndarray:
+        op: LayerNorm = qo.op  # type: ignore[assignment]
+        s, c = qo.scalars, qo.consts
+        d = ins[0].reshape(op.rows, op.cols).astype(np.int64) - s["in_zp"]
+        out = np.empty_like(d)
+        for r in range(op.rows):
+            tot, sq = int(d[r].sum()), int((d[r] * d[r]).sum())
+            root = math.isqrt((op.cols * sq - tot * tot + s["eps_q"]) << (2 * s["frac"]))
+            num = (op.cols * d[r] - tot) * (1 << (s["prec"] + s["frac"]))
+            if root == 0:
+                z = np.zeros_like(num)
+            else:
+                z = np.where(num >= 0, (num + root // 2) // root, -((-num + root // 2) // root))
+            o = integer.mbqm(z, c["mult"], c["shift"])
+            out[r] = np.where(c["sign"] < 0, -o, o) + c["bias"] + s["out_zp"]
+        return integer.clamp8(out).reshape(-1)
 
 
 accepts_constants(F.layer_norm, F.group_norm)  # weight/bias as parameter operands (get_attr), read by _affine

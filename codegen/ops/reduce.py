@@ -7,11 +7,14 @@ uneven windows. The input is viewed as (outer, n, inner): the n reduced values o
 Float kernels: runtime_c/sc_reduce.h; templates templates/ops/reduce.j2, adaptive_pool.j2.
 Integer kernels: runtime_c/sc_reduce.h (int8 section); templates templates/ops_int8/reduce.j2,
 adaptive_pool.j2. max, min and mean keep their input's scale and zero point (mean rounds half away
-from zero, as the int8 average pool); an int8 sum is refused.
+from zero, as the int8 average pool); sum (TFLite's int8 Sum: the int32 sum of x - zp requantized by
+s_in / s_out to its own calibrated range) is sc_i8_reduce_sum (runtime_c/sc_reduce.h),
+templates/ops_int8/reduce_sum.j2.
 """
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from math import prod
 from typing import ClassVar
@@ -156,12 +159,10 @@ class ReduceInt8(integer.Int8Handler):
     def kind_of(self, op: Reduce) -> str:
         return f"reduce_{op.mode}"
 
-    def check(self, op: Reduce) -> None:
-        if op.mode == "sum":
-            raise UnsupportedConfigError(
-                f"layer '{op.source}': an int8 sum has no integer kernel (its range differs from its input's). "
-                "Use a mean (x.mean(dim)) and scale the next layer, or emit without integer=True"
-            )
+    def rewrite(self, op: Reduce) -> ir.Op:
+        if type(op) is Reduce and op.mode == "sum":  # its own range: another handler (ReduceSumInt8)
+            return ReduceSum(**{f.name: getattr(op, f.name) for f in dataclasses.fields(op)})
+        return op
 
     def quantize(self, op: Reduce, ctx: integer.Int8Context, qo: integer.QOp) -> None:
         qo.scalars["zp"] = ctx.qin(op).zero_point
@@ -175,6 +176,36 @@ class ReduceInt8(integer.Int8Handler):
             return x.min(axis=1)
         zp = qo.scalars["zp"]
         return integer.clamp8(round_div((x - zp).sum(axis=1), op.n) + zp)
+
+
+@dataclass
+class ReduceSum(Reduce):
+    """A sum in the integer path (``ReduceInt8.rewrite``; the float path never makes it)."""
+
+
+@integer.register_int8(ReduceSum)
+class ReduceSumInt8(integer.Int8Handler):
+    """TFLite's int8 Sum: y = mbqm(sum_j (x_j - in_zp), s_in / s_out) + out_zp (int32 accumulator)."""
+
+    kind = "reduce_sum"
+    template = "reduce_sum.j2"
+    runtime = ("sc_reduce.h",)
+
+    def check(self, op: Reduce) -> None:
+        if op.n * 255 > integer.INT32_MAX:
+            raise UnsupportedConfigError(f"layer '{op.source}': an int8 sum of {op.n} values overflows its int32 "
+                                         "accumulator; sum in steps or emit without integer=True")  # fmt: skip
+
+    def quantize(self, op: Reduce, ctx: integer.Int8Context, qo: integer.QOp) -> None:
+        qin, qout = ctx.qin(op), ctx.qout(op)
+        m, s = integer.quantize_multiplier(qin.scale / qout.scale)
+        qo.scalars.update(zp=qin.zero_point, mult=m, shift=s, out_zp=qout.zero_point)
+
+    def reference(self, qo: integer.QOp, ins: list[np.ndarray]) -> np.ndarray:
+        op: Reduce = qo.op  # type: ignore[assignment]
+        s = qo.scalars
+        total = (ins[0].reshape(op.outer, op.n, op.inner) - s["zp"]).sum(axis=1)
+        return integer.clamp8(integer.mbqm(total, s["mult"], s["shift"]) + s["out_zp"])
 
 
 def adaptive_windows(size: int, out: int) -> list[tuple[int, int]]:

@@ -1,14 +1,19 @@
-"""Softmax and log-softmax over any non-batch dim: IR ops, lowering, int8 form (softmax only).
+"""Softmax and log-softmax over any non-batch dim: IR ops, lowering, int8 forms.
 
 Float kernels: runtime_c/sc_eltwise.h (last dim: ``sc_softmax``), runtime_c/sc_softmax.h (any dim:
 ``sc_softmax_axis``); templates templates/ops/softmax.j2, softmax_axis.j2.
 Integer kernel: runtime_c/sc_softmax.h (``sc_i8_softmax``); template templates/ops_int8/softmax.j2.
 All integer: e = exp_table[max - x] (Q15, prepared in Python from the input scale), S = sum e,
 q = floor((2 e K + S 2^k) / (S 2^(k+1))) + out_zp with K = round(2^k / out_scale) (int64).
+log-softmax (``LogSoftmaxInt8``, ``sc_i8_log_softmax`` in runtime_c/sc_softmax.h, template
+templates/ops_int8/log_softmax.j2): the same exp table and sum S, ln(S / 2^15) from S's leading bit and a
+256-entry table of its next 8 bits (error <= 0.002), q = out_zp - round(((max - x) s_in + ln) / s_out).
 """
 
 from __future__ import annotations
 
+import dataclasses
+import math
 from dataclasses import dataclass
 from math import prod
 from typing import ClassVar
@@ -98,13 +103,13 @@ class SoftmaxInt8(integer.Int8Handler):
     template = "softmax.j2"
     runtime = ("sc_softmax.h",)
 
+    def rewrite(self, op: Softmax) -> ir.Op:
+        if op.log and not isinstance(op, LogSoftmaxQ):  # its own kernel and header (LogSoftmaxInt8)
+            fields = {f.name: getattr(op, f.name) for f in dataclasses.fields(Softmax)}
+            return LogSoftmaxQ(**fields, inner=getattr(op, "inner", 1))
+        return op
+
     def check(self, op: Softmax) -> None:
-        if op.log:
-            raise UnsupportedConfigError(
-                f"layer '{op.source}': log_softmax has no integer kernel. Remove it from the model before "
-                "integer export (the argmax is unchanged) and apply it to the dequantized output on the host, "
-                "or emit without integer=True"
-            )
         if op.cols > SOFTMAX_MAX_COLS:
             raise UnsupportedConfigError(f"layer '{op.source}': int8 softmax over {op.cols} values (at most "
                                          f"{SOFTMAX_MAX_COLS}); emit without integer=True")  # fmt: skip
@@ -125,3 +130,52 @@ class SoftmaxInt8(integer.Int8Handler):
         total = e.sum(axis=1, keepdims=True)
         q = (2 * e * s["mult"] + (total << s["shift"])) // (total << (s["shift"] + 1))
         return integer.clamp8(q + s["out_zp"])
+
+
+@dataclass
+class LogSoftmaxQ(Softmax):
+    """log-softmax (rows, cols, inner) in the integer path (``SoftmaxInt8.rewrite``; never in float)."""
+
+    inner: int = 1
+
+
+LN_BITS = 16  # the log and the (max - x) term carry 16 fractional bits of the output scale
+
+
+@integer.register_int8(LogSoftmaxQ)
+class LogSoftmaxInt8(SoftmaxInt8):
+    """y = out_zp - round(((max - x) s_in + ln(S / 2^15)) / s_out), S the sum of the Q15 exp table."""
+
+    kind = "log_softmax"
+    template = "log_softmax.j2"
+    runtime = ("sc_softmax.h",)
+
+    def rewrite(self, op: Softmax) -> ir.Op:
+        return op
+
+    def quantize(self, op: LogSoftmaxQ, ctx: integer.Int8Context, qo: integer.QOp) -> None:
+        qin, qout = ctx.qin(op), ctx.qout(op)
+        one = 1 << LN_BITS
+        table = exp_table(qin.scale)
+        ln_q = np.array([round(math.log1p((i + 0.5) / 256) / qout.scale * one) for i in range(256)], dtype=np.int64)
+        ln2_q = round(math.log(2.0) / qout.scale * one)
+        c1 = round(qin.scale / qout.scale * one)
+        if max(ln2_q, c1, int(ln_q[-1])) >= 2**31:
+            raise UnsupportedConfigError(f"layer '{op.source}': the log-softmax output scale {qout.scale:g} is too "
+                                         "small for the int8 kernel; emit without integer=True")  # fmt: skip
+        qo.consts.update(exp=table, ln=ln_q)
+        ctx.int_array("exp", "_exp", "int32_t", table)
+        ctx.int_array("ln", "_ln", "int32_t", ln_q)
+        qo.scalars.update(ln2=ln2_q, c1=c1, out_zp=qout.zero_point, inner=op.inner)
+
+    def reference(self, qo: integer.QOp, ins: list[np.ndarray]) -> np.ndarray:
+        op: LogSoftmaxQ = qo.op  # type: ignore[assignment]
+        s = qo.scalars
+        x = ins[0].reshape(op.rows, op.cols, s["inner"])
+        a = x.max(axis=1, keepdims=True) - x
+        total = qo.consts["exp"][a].sum(axis=1, keepdims=True)
+        n = np.floor(np.log2(total.astype(np.float64))).astype(np.int64)  # exact: total < 2^31
+        n = n - (total < (np.int64(1) << n)) + (total >= (np.int64(1) << (n + 1)))  # guard the float log2
+        lq = (n - 15) * s["ln2"] + qo.consts["ln"][(total >> (n - 8)) & 255]
+        q = s["out_zp"] - ((a * s["c1"] + lq + (1 << (LN_BITS - 1))) >> LN_BITS)
+        return integer.clamp8(q)
