@@ -185,9 +185,10 @@ def save_compressed_model(
     reads (codegen/intermittent.py, docs/intermittent.md). The Makefile gets ``power-fail-check`` (host, NVM in
     a file, the process killed at seeded points) and ``qemu-power-fail`` (the emulated Cortex-M4 reset at
     seeded instruction counts); report.json an ``intermittent`` section (units, MACs, NVM and SRAM bytes).
-    ``<prefix>_run`` and its C are unchanged. ``max_unit_macs`` (layer separation, float path): a layer of more MACs
-    is split into tiles of output channels (convolutions, depthwise convolutions, fully connected layers; dense or
-    CSR weights), each its own committed unit; a layer that cannot be split that far is a CodegenError naming it.
+    ``<prefix>_run`` and its C are unchanged. ``max_unit_macs`` (layer separation, float and integer paths): a layer of
+    more MACs is split into tiles of output channels (convolutions, depthwise convolutions, fully connected layers;
+    weights with addressable rows: dense or CSR, float32 or int8), each its own committed unit; a layer that cannot be
+    split that far is a CodegenError naming it.
 
     >>> net = torch.nn.Sequential(torch.nn.Conv2d(1, 4, 3), torch.nn.ReLU(), torch.nn.Flatten(),
     ...                           torch.nn.Linear(4 * 6 * 6, 10))
@@ -207,9 +208,6 @@ def save_compressed_model(
     if max_unit_macs is not None and not intermittent:
         raise CodegenError("max_unit_macs bounds the work between two commits of an intermittent inference: "
                            "give intermittent=True with it")
-    if max_unit_macs is not None and integer:
-        raise CodegenError("max_unit_macs (layer separation) is implemented for the float path: drop integer=True "
-                           "or max_unit_macs")
     if intermittent and (ram_budget is not None or tiling_stages):
         raise CodegenError("intermittent=True runs the model layer by layer from an arena in non-volatile memory; "
                            "tiled execution (ram_budget, tiling_stages) is not combined with it: drop one of them")
@@ -218,7 +216,7 @@ def save_compressed_model(
             model, representation, input_data, directory, calibration_data=calibration_data,
             input_shape=input_shape, prefix=prefix, overwrite=overwrite, leaf_modules=leaf_modules,
             concrete_args=concrete_args, tolerance=tolerance, arduino=arduino, intermittent=intermittent,
-            ram_budget=ram_budget, tiling_stages=tiling_stages,
+            max_unit_macs=max_unit_macs, ram_budget=ram_budget, tiling_stages=tiling_stages,
         )  # fmt: skip
     if calibration_data is not None and not quantize:
         raise CodegenError("calibration_data is only used with integer=True (fully integer inference) or "

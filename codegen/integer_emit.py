@@ -152,6 +152,7 @@ def save_integer_model(
     ram_budget: int | None = None,
     tiling_stages: list | None = None,
     intermittent: bool = False,
+    max_unit_macs: int | None = None,
 ):
     """``save_compressed_model(..., integer=True, calibration_data=...)``: emits the integer path.
 
@@ -219,7 +220,7 @@ def save_integer_model(
             e.extra_context.update(tiling.emission_context(g, schedule, emit.model_runtime_headers(g), tile_qop))
             e.add_files = _add_tile_runtime
     if intermittent:
-        it = nvm.plan(int8_graph(g), prefix, report, elem_bytes=1)
+        it = nvm.plan(int8_graph(g), prefix, report, elem_bytes=1, max_unit_macs=max_unit_macs)
         report["intermittent"] = it.report(mem.arena_bytes)
         e.extra_context["intermittent"] = it.context()
         e.add_files = nvm.add_files(e)

@@ -64,15 +64,36 @@ def _out_channels(op: ir.Op) -> int | None:
     return None
 
 
+# arrays of a row-addressable encoding with a row pointer: its entries index them (the relative-index and
+# Huffman streams, and bit-packed codebook indices, are read from their start: not addressable by row)
+_ROWPTR_ROLES = {"values", "colidx", "rowptr", "scale"}
+
+
+def _weight_offsets(e, c0: int) -> dict[str, int] | None:
+    """Offsets (elements) that make the arrays of weight encoding ``e`` start at row ``c0``; None: its rows
+    cannot be addressed separately (bit-packed dense indices, Huffman streams)."""
+    roles = set(e.arrays)
+    per_row = {r: c0 for r in roles if r == "scale"}
+    if "rowptr" in roles:
+        return {"rowptr": c0, **per_row} if roles <= _ROWPTR_ROLES else None
+    if roles <= {"values", "scale"} and "values" in roles and e.arrays["values"].count == e.rows * e.cols:
+        return {"values": c0 * e.cols, **per_row}
+    return None
+
+
 def _tileable(op: ir.Op) -> str | None:
     """Why ``op`` cannot be split by output channels (None: it can)."""
-    if _out_channels(op) is None:
+    c = _out_channels(op)
+    if c is None:
         return ("only convolutions (groups 1 or depthwise) and fully connected layers over one position are split "
                 "into output-channel tiles")  # fmt: skip
     w = op.encoded.get("weight")
-    if w is None or w.encoding not in ("dense", "csr"):
-        return (f"its weights are stored as {w.encoding if w else 'nothing'}; tiles need dense or CSR float32 weights "
-                "(representation 'dense' or 'csr')")  # fmt: skip
+    if w is None or _weight_offsets(w, 1) is None:
+        return (f"its weights are stored as {w.encoding if w else 'nothing'}, whose rows cannot be addressed one by "
+                "one; choose a representation with dense or CSR rows (float32 or int8)")  # fmt: skip
+    for role, e in op.encoded.items():
+        if role != "weight" and (e.rows != c or set(e.arrays) != {"values"}):
+            return f"its {role} is not one value per output channel"
     return None
 
 
@@ -137,11 +158,11 @@ def tile_op(op: ir.Op, c0: int, c1: int) -> ir.Op:
             t.groups = n
     else:
         t.out_features = n
-    w = op.encoded["weight"]
-    rows = {"values": c0 * w.cols} if w.encoding == "dense" else {"rowptr": c0}
-    t.encoded = {"weight": TileEncoded(w, rows)}
-    if "bias" in op.encoded:
-        t.encoded["bias"] = TileEncoded(op.encoded["bias"], {"values": c0})
+    t.encoded = {}
+    for role, e in op.encoded.items():
+        offsets = _weight_offsets(e, c0) if role == "weight" else {"values": c0 * e.cols}
+        assert offsets is not None  # _tileable
+        t.encoded[role] = TileEncoded(e, offsets)
     return t
 
 
@@ -241,9 +262,10 @@ class Intermittent:
     def out_ptr(self, u: Unit) -> str:
         return self.unit_buf(u)(self.out_value(u))
 
-    def unit_op(self, u: Unit) -> ir.Op:
+    def unit_op(self, u: Unit, op: ir.Op | None = None) -> ir.Op:
+        """The op of unit ``u`` (``op``: the form to tile instead of the graph's, e.g. the int8 op), or its tile."""
         assert u.op is not None
-        op = self.graph.ops[u.op]
+        op = self.graph.ops[u.op] if op is None else op
         return op if u.tile is None else tile_op(op, *u.tile)
 
     def unit_buf(self, u: Unit) -> Callable[[str], str]:

@@ -285,3 +285,24 @@ def test_layer_separation_refuses_unsplittable_layer(tmp_path):
     x = torch.randn(1, 2, 8)
     with pytest.raises(CodegenError, match=r"layer '1' \(linear\): 120 MACs in one unit.*cannot be split.*at least 120"):
         codegen.save_compressed_model(net, "dense", x, tmp_path / "a", intermittent=True, max_unit_macs=100)
+
+
+@pytest.mark.parametrize("name,bound", [("lenet5", 100_000), ("lenet300_100", 40_000)])
+def test_layer_separation_int8(name, bound, tmp_path):
+    """The integer path splits int8 dense / CSR layers the same way (bias, multiplier and shift offset to the
+    tile's channels): bit-exact with the integer reference and with model_run under failures."""
+    model, x = build_model(name)
+    res = codegen.save_compressed_model(model, "csr", x, tmp_path / name, integer=True, intermittent=True,
+                                        calibration_data=sample_inputs(name, 32), max_unit_macs=bound)  # fmt: skip
+    units = res.report["intermittent"]["units"]
+    assert any(u["channels"] for u in units) and all(u["macs"] <= bound for u in units)
+    power_fail(res.directory, 200)
+
+
+def test_layer_separation_refuses_stream_encodings(tmp_path):
+    """Relative-index rows are read from the start of their bit stream: such a layer is not split, and the
+    error names it and the representations that can be."""
+    model, x = build_model("ds_cnn")
+    with pytest.raises(CodegenError, match=r"layer '3.0' \(depthwise_conv\).*int8_rel.*dense or CSR rows"):
+        codegen.save_compressed_model(model, "int8", x, tmp_path / "q", integer=True, intermittent=True,
+                                      calibration_data=sample_inputs("ds_cnn", 32), max_unit_macs=60_000)  # fmt: skip
