@@ -41,6 +41,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import NamedTuple
 
+import numpy as np
+
 from codegen import ir
 from codegen.errors import CodegenError
 from codegen.memory import GraphMemory, MemoryPlanner, Storage, plan_graph
@@ -440,6 +442,7 @@ class Search:
         self._plans: dict[tuple, StagePlan] = {}
         self._estimates: dict[tuple, Estimate] = {}
         self._candidates: dict[int, list[int]] = {}
+        self._io: dict[tuple[int, int], tuple[str, str]] = {}
         self.planned = 0  # schedules planned in full (plan_graph of the reduced graph)
         out_chain = self._may_share_output()
 
@@ -481,38 +484,44 @@ class Search:
             self._estimates[key] = self._estimate(st)
         return self._estimates[key]
 
+    def io(self, st: Stage) -> tuple[str, str]:
+        """``stage_io``, cached."""
+        key = (st.first, st.last)
+        if key not in self._io:
+            self._io[key] = stage_io(self.g, st)
+        return self._io[key]
+
     def _estimate(self, st: Stage) -> Estimate:
         g = self.g
         ops = st.ops(g)
-        x, y = stage_io(g, st)
+        x, y = self.io(st)
         _, h, w = _chw(g.values[y].shape)
         rows = [_axis_regions(g, ops, y, r.y0, r.y1, 0) for r in tile_rects((1, h, 1), (st.grid[0], 1))]
         cols = [_axis_regions(g, ops, y, r.x0, r.x1, 1) for r in tile_rects((1, 1, w), (1, st.grid[1]))]
+
+        def ext(regions: list, key) -> np.ndarray:  # the extent of ``key`` in each row (column) band
+            return np.array([rg[key][1] - rg[key][0] for rg in regions], dtype=np.int64)
+
         extra = 0
-        for op in ops:
+        full_x = _chw(g.values[x].shape)
+        lb = 0
+        for i, op in enumerate(ops):
+            c_out, oh, ow = _chw(g.values[op.output].shape)
+            hr, wc = ext([r for r, _ in rows], op.output), ext([c for c, _ in cols], op.output)
             m = op.macs()
             if m:
-                _, oh, ow = _chw(g.values[op.output].shape)
                 if m % (oh * ow):  # pragma: no cover - MACs of the tiled ops grow with the output plane
                     raise CodegenError(f"layer {op.source}: MACs not proportional to the output size (bug)")
-                extra += m // (oh * ow) * sum(b - a for a, b in (rg[op.output] for rg, _ in rows)) * sum(
-                    b - a for a, b in (rg[op.output] for rg, _ in cols)) - m  # fmt: skip
-        full_x = _chw(g.values[x].shape)
-        es = elem_bytes(g)
-        lb = 0
-        for rg_r, nd_r in rows:
-            for rg_c, nd_c in cols:
-                for i, op in enumerate(ops):
-                    c_out = _chw(g.values[op.output].shape)[0]
-                    r, c = rg_r[op.output], rg_c[op.output]
-                    n = c_out * (r[1] - r[0]) * (c[1] - c[0])
-                    for k, u in enumerate(op.inputs):
-                        nr, nc = nd_r[(i, k)], nd_c[(i, k)]
-                        if u == x and (nr, nc) == ((0, full_x[1]), (0, full_x[2])):
-                            continue  # read in place from the stage input
-                        n += _chw(g.values[u].shape)[0] * (nr[1] - nr[0]) * (nc[1] - nc[0])
-                    lb = max(lb, es * n)
-        return Estimate(extra, lb)
+                extra += m // (oh * ow) * int(hr.sum()) * int(wc.sum()) - m
+            n = c_out * np.outer(hr, wc)  # bytes / element size of the op's buffers on each tile
+            for k, u in enumerate(op.inputs):
+                nr, nc = ext([nd for _, nd in rows], (i, k)), ext([nd for _, nd in cols], (i, k))
+                part = _chw(g.values[u].shape)[0] * np.outer(nr, nc)
+                if u == x:  # read in place from the stage input where the tile needs all of it
+                    part = part * ~np.outer(nr == full_x[1], nc == full_x[2])
+                n = n + part
+            lb = max(lb, int(n.max()))
+        return Estimate(extra, elem_bytes(g) * lb)
 
     def extra_macs(self, stages: list[Stage]) -> int:
         return sum(self.estimate(s).extra_macs for s in stages)
@@ -523,7 +532,7 @@ class Search:
         lb = 0
         for s in stages:
             inside[s.first : s.last + 1] = [True] * (s.last - s.first + 1)
-            x, y = stage_io(self.g, s)
+            x, y = self.io(s)
             lb = max(lb, self.estimate(s).workspace_lb + self.arena_bytes(x) + self.arena_bytes(y))
         return max([lb, *(b for b, ins in zip(self.op_lb, inside) if not ins)])
 
