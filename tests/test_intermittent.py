@@ -59,6 +59,25 @@ def test_host_power_failures(name, tmp_path):
     assert rep["nvm_bytes"] == int(re.search(r"MODEL_NVM_BYTES\s+(\d+)", (d / "model.h").read_text())[1])
 
 
+@pytest.mark.parametrize("name,representation,formats", [
+    ("resnet_tiny", "int8", {"int8", "int8_csr", "int8_rel"}),
+    ("ds_cnn", "codebook", {"codebook", "codebook_csr", "codebook_rel"}),
+    ("lenet300_100", "huffman", {"codebook_huff"}),
+    ("conv1d_sensor", "auto", {"codebook", "codebook_csr", "codebook_rel"}),
+])  # fmt: skip
+def test_host_power_failures_weight_only(name, representation, formats, tmp_path):
+    """Weight-only int8, codebook, Huffman-coded and auto-chosen weights (float activations) resume
+    bit-identically too: BatchNorm folded and weights quantized by codegen.quantize.quantized_copy."""
+    from codegen.quantize import quantized_copy
+
+    model, x = build_model(name)
+    q, _ = quantized_copy(model, "int8" if representation == "int8" else "codebook", 4)
+    res = codegen.save_compressed_model(q, representation, x, tmp_path / name, intermittent=True)
+    used = {layer["format"] for layer in res.report["layers"]}
+    assert used & formats, (representation, used)
+    assert power_fail(res.directory)["failures"] == HOST_FAILURES
+
+
 def test_dense_representation_and_seeds(tmp_path):
     d = emit("ds_cnn", tmp_path, "dense").directory
     for seed in (2, 3):
@@ -149,7 +168,7 @@ def test_host_power_failures_int8(name, tmp_path):
 
 # ---- the emulated board: resets at seeded instruction counts, NVM kept across them ------------------
 
-BOARD_FAILURES = 12
+BOARD_FAILURES = 30
 
 
 def qemu_power_fail(directory: Path, *args: str) -> subprocess.CompletedProcess:
