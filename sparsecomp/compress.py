@@ -937,19 +937,21 @@ def _compress(model: nn.Module, cfg: CompressConfig, data: _Data, t0: float) -> 
                                  progress=ctx.progress, cache=cfg.cache,
                                  sharing=cfg.representation if cfg.representation in SHARING_METHODS else "cws",
                                  eval_samples=_eval_samples(data.val, cfg.sensitivity_batches))
-        return _run(ctx, cfg.budget, cfg.num_epochs, cfg.learning_rate, cfg.accuracy_tolerance,
-                    cfg.layers_factorization, cfg.max_rounds, cfg.conv_decomposition, cfg.factorization_min_params,
-                    cfg.sensitivity, list(cfg.sensitivity_sparsities), cfg.sensitivity_batches, data.test, t0,
-                    cfg.quant_epochs, cfg.quant_learning_rate)
+        return _run(ctx, cfg, data.test, t0)
 
 
 def _is_rank0() -> bool:
     return not distributed() or dist.get_rank() == 0
 
 
-def _run(ctx: _Ctx, budget, num_epochs, lr, tol, factorize, max_rounds, conv_method, min_params,
-         sensitivity, sens_sparsities, sens_batches, test_loader, t0, quant_epochs=0,
-         quant_lr=1e-4) -> CompressionReport:
+def _run(ctx: _Ctx, cfg: CompressConfig, test_loader: Iterable, t0: float) -> CompressionReport:
+    """Budget the model and retrain it round by round (``cfg``: the checked options, ``ctx``: the model, data
+    and the state shared by the stages)."""
+    budget, num_epochs, lr, tol = cfg.budget, cfg.num_epochs, cfg.learning_rate, cfg.accuracy_tolerance
+    factorize, max_rounds = cfg.layers_factorization, cfg.max_rounds
+    conv_method, min_params = cfg.conv_decomposition, cfg.factorization_min_params
+    sensitivity, sens_sparsities, sens_batches = cfg.sensitivity, list(cfg.sensitivity_sparsities), cfg.sensitivity_batches
+    quant_epochs, quant_lr = cfg.quant_epochs, cfg.quant_learning_rate
     model = ctx.model
     bm = ByteModel(model, ctx.example, ctx.representation, ctx.plan)
     initial_bytes = bm.exact_total
