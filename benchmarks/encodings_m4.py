@@ -1,4 +1,4 @@
-"""Bytes and instructions per inference of every weight encoding (float, int8, codebook).
+"""Bytes and instructions per inference of every weight encoding (float, int8, codebook, Huffman-coded codebook).
 
 1. Bytes (exact, ``codegen.weight_bytes``) of LeNet-300-100 and LeNet-5 at a typical compressed
    state: every weight magnitude-pruned to ``--density`` (default 8%), then either int8-quantized
@@ -32,8 +32,8 @@ import torch
 from codegen import board, formats, save_compressed_model, weight_bytes
 from codegen.quantize import quantize_int8_, share_weights_, weight_layers
 
-FORMS = ("dense", "csr", "int8", "int8_csr", "int8_rel", "codebook", "codebook_csr", "codebook_rel")
-CHOOSERS = ("csr", "int8", "codebook", "auto")  # representations that choose per tensor
+FORMS = ("dense", "csr", "int8", "int8_csr", "int8_rel", "codebook", "codebook_csr", "codebook_rel", "codebook_huff")
+CHOOSERS = ("csr", "int8", "codebook", "huffman", "auto")  # representations that choose per tensor
 
 
 class LeNet5(torch.nn.Module):
