@@ -1,7 +1,8 @@
 """Tiled execution (codegen/tiling.py, issue 17): peak activation RAM against the layer-by-layer arena.
 
-For LeNet-5 and DS-CNN (tests/models.py, trained-like and pruned, "csr") and torchvision's
-mobilenet_v2 (width 0.35, 96x96, random weights and BatchNorm statistics, "dense") it prints the
+For LeNet-5 and DS-CNN (tests/models.py, trained-like and pruned, "csr"), torchvision's
+mobilenet_v2 (width 0.35, 96x96) and an MCUNet-like net (``MCUNET_BLOCKS``: kernels 3/5/7, expansion 1-6,
+128x128; both with random weights and BatchNorm statistics, "dense") it prints the
 layer-by-layer arena (MODEL_ARENA_BYTES today) and, over the schedules the planner considers (one
 tiled stage from the input on near-square grids up to 8x8, and a second stage after the one-stage
 schedules of ``tiling.pareto_seeds`` and ``Search.seeds``), the lowest peak RAM with at most 20 % extra MACs and the lowest peak at
@@ -48,6 +49,44 @@ def _mobilenet_v2():
     return randomize_batchnorm(m).eval(), torch.randn(3, 3, 96, 96, generator=torch.Generator().manual_seed(1))
 
 
+# MCUNet-like (Lin et al., NeurIPS'20/'21: the searched ImageNet/VWW nets): inverted residual blocks with
+# per-block kernel sizes 3/5/7 and expansion ratios 1-6, 128x128 input; (expansion, out channels, kernel, stride)
+MCUNET_BLOCKS = [(1, 8, 3, 1), (3, 16, 7, 2), (3, 16, 3, 1), (5, 24, 7, 2), (4, 24, 5, 1), (5, 24, 5, 1),
+                 (5, 40, 5, 2), (4, 40, 3, 1), (4, 40, 7, 1), (5, 48, 5, 1), (4, 48, 3, 1), (6, 96, 7, 2),
+                 (4, 96, 5, 1), (4, 96, 3, 1), (5, 160, 3, 1)]  # fmt: skip
+
+
+class _MBConv(torch.nn.Module):
+    def __init__(self, cin: int, cout: int, k: int, stride: int, expand: int):
+        super().__init__()
+        nn = torch.nn
+        hid = cin * expand
+        layers: list = [nn.Conv2d(cin, hid, 1, bias=False), nn.BatchNorm2d(hid), nn.ReLU6()] if expand != 1 else []
+        layers += [nn.Conv2d(hid, hid, k, stride, k // 2, groups=hid, bias=False), nn.BatchNorm2d(hid), nn.ReLU6(),
+                   nn.Conv2d(hid, cout, 1, bias=False), nn.BatchNorm2d(cout)]  # fmt: skip
+        self.block = nn.Sequential(*layers)
+        self.residual = stride == 1 and cin == cout
+
+    def forward(self, x):
+        y = self.block(x)
+        return x + y if self.residual else y
+
+
+def _mcunet_like():
+    from helpers import randomize_batchnorm
+
+    nn = torch.nn
+    torch.manual_seed(0)
+    layers: list = [nn.Conv2d(3, 16, 3, 2, 1, bias=False), nn.BatchNorm2d(16), nn.ReLU6()]
+    cin = 16
+    for e, c, k, st in MCUNET_BLOCKS:
+        layers.append(_MBConv(cin, c, k, st, e))
+        cin = c
+    layers += [nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(cin, 2)]
+    m = nn.Sequential(*layers)
+    return randomize_batchnorm(m).eval(), torch.randn(3, 3, 128, 128, generator=torch.Generator().manual_seed(1))
+
+
 def _e2e(name: str):
     from models import build_model, sample_inputs
 
@@ -59,6 +98,7 @@ MODELS = {
     "lenet5": (lambda: _e2e("lenet5"), "csr"),
     "ds_cnn": (lambda: _e2e("ds_cnn"), "csr"),
     "mobilenet_v2_035_96": (_mobilenet_v2, "dense"),
+    "mcunet_like_128": (_mcunet_like, "dense"),
 }
 
 
