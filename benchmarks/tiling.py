@@ -54,6 +54,11 @@ def _mobilenet_v2():
 MCUNET_BLOCKS = [(1, 8, 3, 1), (3, 16, 7, 2), (3, 16, 3, 1), (5, 24, 7, 2), (4, 24, 5, 1), (5, 24, 5, 1),
                  (5, 40, 5, 2), (4, 40, 3, 1), (4, 40, 7, 1), (5, 48, 5, 1), (4, 48, 3, 1), (6, 96, 7, 2),
                  (4, 96, 5, 1), (4, 96, 3, 1), (5, 160, 3, 1)]  # fmt: skip
+# the same with MCUNetV2's receptive-field redistribution: 3x3 kernels in the per-patch stage (the blocks
+# up to 1/16 resolution), the larger kernels moved to the later blocks
+MCUNETV2_BLOCKS = [(1, 8, 3, 1), (3, 16, 3, 2), (3, 16, 3, 1), (5, 24, 3, 2), (4, 24, 3, 1), (5, 24, 3, 1),
+                   (5, 40, 3, 2), (4, 40, 3, 1), (4, 40, 7, 1), (5, 48, 7, 1), (4, 48, 5, 1), (6, 96, 7, 2),
+                   (4, 96, 5, 1), (4, 96, 5, 1), (5, 160, 7, 1)]  # fmt: skip
 
 
 class _MBConv(torch.nn.Module):
@@ -72,14 +77,14 @@ class _MBConv(torch.nn.Module):
         return x + y if self.residual else y
 
 
-def _mcunet_like():
+def _mcunet_like(blocks=MCUNET_BLOCKS):
     from helpers import randomize_batchnorm
 
     nn = torch.nn
     torch.manual_seed(0)
     layers: list = [nn.Conv2d(3, 16, 3, 2, 1, bias=False), nn.BatchNorm2d(16), nn.ReLU6()]
     cin = 16
-    for e, c, k, st in MCUNET_BLOCKS:
+    for e, c, k, st in blocks:
         layers.append(_MBConv(cin, c, k, st, e))
         cin = c
     layers += [nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(cin, 2)]
@@ -99,6 +104,7 @@ MODELS = {
     "ds_cnn": (lambda: _e2e("ds_cnn"), "csr"),
     "mobilenet_v2_035_96": (_mobilenet_v2, "dense"),
     "mcunet_like_128": (_mcunet_like, "dense"),
+    "mcunetv2_like_128": (lambda: _mcunet_like(MCUNETV2_BLOCKS), "dense"),
 }
 
 
