@@ -15,7 +15,10 @@ separation) and runs ``make qemu-power-fail`` (QEMU mps2-an386, ``-icount shift=
 
 Every run also checks the output bit for bit against the uninterrupted run (a mismatch raises). Usage:
 
-    .venv/bin/python benchmarks/intermittent.py [--models lenet5,ds_cnn,digits] [--json out.json]
+    .venv/bin/python benchmarks/intermittent.py [--models lenet5,ds_cnn,digits] [--json out.json] [--ram-fraction 0.5]
+
+``--ram-fraction F`` adds rows emitted with ``ram_budget`` = F x the layer-by-layer arena: the tiled stages run as
+one unit per tile (their tile buffers in SRAM, the SRAM column), only the values between stages in NVM.
 """
 
 from __future__ import annotations
@@ -86,12 +89,18 @@ def smallest_interval(d: Path, hi: int) -> int:
     return hi
 
 
-def measure(name: str, work: Path, bound_div: int | None) -> dict:
+def measure(name: str, work: Path, bound_div: int | None, ram_fraction: float | None = None) -> dict:
     model, x, rep = get_model(name)
     kw = {}
+    if ram_fraction:  # tiled stages as units: ram_budget = this fraction of the layer-by-layer arena
+        plain = save_compressed_model(model, rep, x, work / f"{name}_plain")
+        kw["ram_budget"] = int(plain.report["memory"]["arena_bytes"] * ram_fraction)
     if bound_div:
-        probe = save_compressed_model(model, rep, x, work / f"{name}_probe", intermittent=True)
-        kw["max_unit_macs"] = max(u["macs"] for u in probe.report["intermittent"]["units"]) // bound_div
+        probe = save_compressed_model(model, rep, x, work / f"{name}_probe", intermittent=True, **kw)
+        units = probe.report["intermittent"]["units"]
+        # a tile of a tiled stage is not split further: the bound is at least the largest tile
+        kw["max_unit_macs"] = max(max(u["macs"] for u in units) // bound_div,
+                                  max((u["macs"] for u in units if u["op"] == "tile"), default=0))  # fmt: skip
     res = save_compressed_model(model, rep, x, work / name, intermittent=True, **kw)
     it = res.report["intermittent"]
     out = make(res.directory, "FAILURES=0")
@@ -99,7 +108,8 @@ def measure(name: str, work: Path, bound_div: int | None) -> dict:
     inter = int(re.search(r"SC_REFERENCE_TICKS (\d+)", out)[1])
     k = smallest_interval(res.directory, inter + 2000)
     return {
-        "model": name, "representation": rep, "max_unit_macs": kw.get("max_unit_macs"), "units": len(it["units"]),
+        "model": name, "representation": rep, "max_unit_macs": kw.get("max_unit_macs"),
+        "ram_budget": kw.get("ram_budget"), "tile_workspace_bytes": it.get("tile_workspace_bytes", 0), "units": len(it["units"]),
         "largest_unit_macs": it["max_unit_macs"], "normal_insns": normal * TICK, "intermittent_insns": inter * TICK,
         "overhead_pct": 100.0 * (inter - normal) / normal, "nvm_bytes": it["nvm_bytes"],
         "sram_bytes": it["sram_bytes"], "normal_arena_bytes": it["normal_arena_bytes"],
@@ -112,7 +122,8 @@ def table(rows: list[dict]) -> str:
             "NVM bytes", "SRAM bytes", "normal arena", "smallest K insns", "K / run")  # fmt: skip
     lines = [head]
     for r in rows:
-        tag = r["model"] + (f" (max_unit_macs={r['max_unit_macs']})" if r["max_unit_macs"] else "")
+        tag = r["model"] + (f" (ram_budget={r['ram_budget']})" if r.get("ram_budget") else "")
+        tag += f" (max_unit_macs={r['max_unit_macs']})" if r["max_unit_macs"] else ""
         lines.append((tag, str(r["units"]), str(r["largest_unit_macs"]), str(r["normal_insns"]),
                       str(r["intermittent_insns"]), f"{r['overhead_pct']:+.2f} %", str(r["nvm_bytes"]),
                       str(r["sram_bytes"]), str(r["normal_arena_bytes"]), str(r["smallest_k_insns"]),
@@ -127,12 +138,16 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--models", default="lenet5,ds_cnn,digits")
     ap.add_argument("--json", type=Path)
+    ap.add_argument("--ram-fraction", type=float, default=None,
+                    help="also emit with ram_budget = this fraction of the layer-by-layer arena (tiled stages: a "
+                         "unit per tile, tile buffers in SRAM)")  # fmt: skip
     args = ap.parse_args()
     rows = []
     with tempfile.TemporaryDirectory(prefix="sc-intermittent-") as tmp:
         for name in args.models.split(","):
-            for div in (None, 4):
-                rows.append(measure(name, Path(tmp) / f"d{div}", div))
+            for frac in (None, args.ram_fraction) if args.ram_fraction else (None,):
+                for div in (None, 4):
+                    rows.append(measure(name, Path(tmp) / f"d{div}_{frac}", div, frac))
                 print(table(rows[-1:]).splitlines()[-1], flush=True)
     print()
     print(table(rows))

@@ -27,6 +27,7 @@ from codegen.emission import (  # noqa: F401 - public names re-exported by codeg
     byte_report,
     check_prefix,
     default_tolerance,
+    each_adder,
     format_table,
     write_emission,
 )
@@ -185,7 +186,8 @@ def save_compressed_model(
     reads (codegen/intermittent.py, docs/intermittent.md). The Makefile gets ``power-fail-check`` (host, NVM in
     a file, the process killed at seeded points) and ``qemu-power-fail`` (the emulated Cortex-M4 reset at
     seeded instruction counts); report.json an ``intermittent`` section (units, MACs, NVM and SRAM bytes).
-    ``<prefix>_run`` and its C are unchanged. ``max_unit_macs`` (layer separation, float and integer paths): a layer of
+    ``<prefix>_run`` and its C are unchanged. With ``ram_budget`` / ``tiling_stages`` each tile of a tiled stage
+    is a unit, its tile buffers in ordinary RAM (recomputed after a failure), the rest in NVM. ``max_unit_macs`` (layer separation, float and integer paths): a layer of
     more MACs is split into tiles of output channels (convolutions, depthwise convolutions, fully connected layers;
     weights with addressable rows: dense or CSR, float32 or int8), each its own committed unit; a layer that cannot be
     split that far is a CodegenError naming it.
@@ -208,9 +210,6 @@ def save_compressed_model(
     if max_unit_macs is not None and not intermittent:
         raise CodegenError("max_unit_macs bounds the work between two commits of an intermittent inference: "
                            "give intermittent=True with it")
-    if intermittent and (ram_budget is not None or tiling_stages):
-        raise CodegenError("intermittent=True runs the model layer by layer from an arena in non-volatile memory; "
-                           "tiled execution (ram_budget, tiling_stages) is not combined with it: drop one of them")
     if integer:
         return save_integer_model(
             model, representation, input_data, directory, calibration_data=calibration_data,
@@ -257,16 +256,19 @@ def save_compressed_model(
         test_io = (example.numpy().astype(np.float32), y.astype(np.float32), tol, doc)
         report["test"] = {"tolerance": tol, "max_abs_output": float(np.max(np.abs(y)))}
     e = Emission(g, mem, prefix, representation, name, report, test_io, arduino=arduino)
-    if intermittent:
-        it = intermittent_plan(g, prefix, report, max_unit_macs=max_unit_macs)
-        report["intermittent"] = it.report(mem.arena_bytes)
-        e.extra_context = {"intermittent": it.context()}
-        e.add_files = intermittent_files(e)
+    adders = []
     if schedule is not None:
         report["tiling"] = schedule.report(g)
         if schedule.stages:
             e.extra_context = tiling.emission_context(g, schedule, emit.model_runtime_headers(g))
-            e.add_files = _add_tile_runtime
+            adders.append(_add_tile_runtime)
+    if intermittent:
+        it = intermittent_plan(g, prefix, report, max_unit_macs=max_unit_macs, schedule=schedule)
+        report["intermittent"] = it.report(mem.arena_bytes)
+        e.extra_context = {**e.extra_context, "intermittent": it.context()}
+        adders.append(intermittent_files(e))
+    if adders:
+        e.add_files = each_adder(adders)
     return write_emission(e, directory, overwrite)
 
 

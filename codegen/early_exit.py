@@ -809,9 +809,6 @@ def save_compressed_early_exit_model(
     rep = formats.check_representation(representation)
     spec, simulate_exit = _resolve_arguments(baseline, exit_model, simulate_exit, input_data, input_shape)
     example = example_from(input_data if input_data is not None else tuple(input_shape))
-    if intermittent and ram_budget is not None:
-        raise CodegenError("intermittent=True injects power failures between the layers of a stage; tiled execution "
-                           "(ram_budget) is not combined with it: drop one of them")  # fmt: skip
     b = _build(baseline, spec, simulate_exit, example, rep, prefix, leaf_modules, concrete_args, ram_budget)
     g, stages, n_exits = b.an.graph, b.an.stages, len(b.an.points)
     _check_name_clashes(g, b.hg, prefix)

@@ -265,6 +265,16 @@ def _check(e: Emission) -> None:
 _LIBRARY_DIRS = ("headers/", "runtime/")
 
 
+def each_adder(adders: list[Callable[[emit.Rendered], None]]) -> Callable[[emit.Rendered], None]:
+    """One ``Emission.add_files`` that runs every one of ``adders`` (tiled and intermittent emission together)."""
+
+    def add(r: emit.Rendered) -> None:
+        for a in adders:
+            a(r)
+
+    return add
+
+
 def add_build_files(r: emit.Rendered, e: Emission) -> None:
     """Adds the drop-in build files: CMakeLists.txt (a static library target named after the prefix) always;
     with ``e.arduino`` an Arduino library (library.properties, src/ with the model's sources, headers and

@@ -209,6 +209,7 @@ def save_integer_model(
                           extra_context={"integer": template_context(qm, prefix),
                                          **(float_ctx if input_data is not None else {})},
                           what="integer ", arduino=arduino)
+    adders = []
     if schedule is not None:
         report["tiling"] = schedule.report(g)
         if schedule.stages:
@@ -218,12 +219,14 @@ def save_integer_model(
                 return int8_handler(op).tile_form(qop[op.name], op)
 
             e.extra_context.update(tiling.emission_context(g, schedule, emit.model_runtime_headers(g), tile_qop))
-            e.add_files = _add_tile_runtime
+            adders.append(_add_tile_runtime)
     if intermittent:
-        it = nvm.plan(int8_graph(g), prefix, report, elem_bytes=1, max_unit_macs=max_unit_macs)
+        it = nvm.plan(int8_graph(g), prefix, report, elem_bytes=1, max_unit_macs=max_unit_macs, schedule=schedule)
         report["intermittent"] = it.report(mem.arena_bytes)
         e.extra_context["intermittent"] = it.context()
-        e.add_files = nvm.add_files(e)
+        adders.append(nvm.add_files(e))
+    if adders:
+        e.add_files = emission.each_adder(adders)
     res = emission.write_emission(e, directory, overwrite)
     res.integer_model = qm  # type: ignore[attr-defined]
     return res

@@ -26,9 +26,9 @@ import json
 import logging
 import math
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
-from codegen import emit, ir
+from codegen import emit, ir, tiling
 from codegen.emission import VERSION, Emission
 from codegen.errors import CodegenError
 from codegen.memory import GraphMemory, plan_graph
@@ -46,13 +46,15 @@ BOARD_HARNESS = "app/qemu_power_fail.c"
 @dataclass
 class Unit:
     """One committed piece of work: ``op`` (index into the graph's ops; None: copy the input in);
-    ``tile``: output channels [c0, c1) of the op (layer separation), None: the whole op."""
+    ``tile``: output channels [c0, c1) of the op (layer separation), None: the whole op; ``stage_tile``: the
+    op is a tiled stage and the unit is its tile number ``stage_tile`` (tiled execution)."""
 
     index: int
     op: int | None
     macs: int
     name: str
     tile: tuple[int, int] | None = None
+    stage_tile: int | None = None  # op is a tiled stage (tiling.StageOp): the unit runs this tile of it
 
 
 def _out_channels(op: ir.Op) -> int | None:
@@ -97,12 +99,25 @@ def _tileable(op: ir.Op) -> str | None:
     return None
 
 
-def units_of(g: ir.Graph, max_unit_macs: int | None = None) -> list[Unit]:
+def units_of(g: ir.Graph, max_unit_macs: int | None = None, stages: dict[int, tiling.StagePlan] | None = None
+             ) -> list[Unit]:  # fmt: skip
     """Unit 0 copies the input; then one unit per op, or with ``max_unit_macs`` as many output-channel tiles
-    as keep each unit within the bound (layer separation). A unit that cannot be made small enough:
-    CodegenError naming the layer."""
+    as keep each unit within the bound (layer separation); a tiled stage (``stages``: op index -> plan) is
+    one unit per tile. A unit that cannot be made small enough: CodegenError naming the layer."""
     units = [Unit(0, None, 0, "input")]
     for i, op in enumerate(g.ops):
+        if stages and i in stages:
+            p = stages[i]
+            srcs = [st.op.source for st in p.tiles[0].steps if st.op is not None]
+            tile_macs = [sum(st.op.macs() for st in t.steps if st.op is not None) for t in p.tiles]
+            if max_unit_macs is not None and max(tile_macs) > max_unit_macs:
+                raise CodegenError(
+                    f"tiled stage {srcs[0]}..{srcs[-1]}: a tile is one unit of work and its largest tile is "
+                    f"{max(tile_macs)} MACs, above max_unit_macs={max_unit_macs}; raise max_unit_macs to at least "
+                    f"{max(tile_macs)} or tile the stage on a finer grid (tiling_stages, a lower ram_budget)")
+            for k, macs in enumerate(tile_macs):
+                units.append(Unit(len(units), i, macs, f"{srcs[0]}..{srcs[-1]} tile {k}", stage_tile=k))
+            continue
         macs = op.macs()
         if max_unit_macs is None or macs <= max_unit_macs:
             units.append(Unit(len(units), i, macs, op.source))
@@ -225,9 +240,26 @@ class Intermittent:
     memory: GraphMemory
     units: list[Unit]
     elem_bytes: int  # 4: float arena, 1: int8 arena
-    sram_bytes: int  # bounded kernel scratch on the stack (the largest of one unit)
+    sram_bytes: int  # bounded kernel scratch on the stack (the largest of one unit), plus the tile workspace
     id: int = 0
     bound: int | None = None  # max_unit_macs asked for
+    # tiled stages (tiling.StageOp in ``graph``): op index -> plan; their tile buffers and kernel scratch live in
+    # a workspace in SRAM (lost at a power failure: a tile is recomputed from the stage input, which is in NVM)
+    stages: dict[int, tiling.StagePlan] = field(default_factory=dict)
+    orig: list[int] = field(default_factory=list)  # index in the emitted graph of each op of ``graph``
+
+    def op_index(self, u: Unit) -> int:
+        """The unit's op as an index into the emitted graph's ops (``graph`` has a StageOp per tiled stage)."""
+        assert u.op is not None
+        return self.orig[u.op]
+
+    @property
+    def workspace_bytes(self) -> int:
+        return max((p.workspace_bytes for p in self.stages.values()), default=0)
+
+    @property
+    def workspace_elems(self) -> int:
+        return -(-self.workspace_bytes // self.elem_bytes)
 
     @property
     def arena_elems(self) -> int:
@@ -253,14 +285,55 @@ class Intermittent:
         shape = self.graph.values[value].shape
         return math.prod(shape[1:]) if len(shape) > 1 else 1
 
+    def _tile_out(self, u: Unit) -> tuple[int, int]:
+        """(element offset in the stage output, elements) of the first row of a stage tile's output window:
+        what the failure harness garbles (a tile writes only its window, row by row)."""
+        copy = self.stages[u.op].tiles[u.stage_tile].steps[-1].copy  # the copy of the tile into the stage output
+        _, _, _, _, _, _, dst_w, dy, dx, _, w = copy
+        return dy * dst_w + dx, w
+
+    def _tile_bytes(self, u: Unit) -> int:
+        c = self.tile(u).steps[-1].copy
+        return c[0] * c[9] * c[10] * self.elem_bytes  # channels x h x w of the tile's output window
+
     def out_bytes(self, u: Unit) -> int:
         v = self.out_value(u)
+        if u.stage_tile is not None:
+            return self._tile_out(u)[1] * self.elem_bytes
         if u.tile is not None:
             return (u.tile[1] - u.tile[0]) * self._channel(v) * self.elem_bytes
         return self.graph.values[v].numel * self.elem_bytes
 
     def out_ptr(self, u: Unit) -> str:
+        if u.stage_tile is not None:
+            off = self.memory.storage[self.out_value(u)].offset // self.elem_bytes + self._tile_out(u)[0]
+            return f"(arena + {off})" if off else "arena"
         return self.unit_buf(u)(self.out_value(u))
+
+    def tile(self, u: Unit) -> tiling.TileProgram:
+        return self.stages[u.op].tiles[u.stage_tile]
+
+    def tile_buf(self, u: Unit) -> Callable[[str], str]:
+        """``buf`` of a stage tile's steps: the stage input and output in the NVM arena, the tile buffers in the
+        SRAM workspace ``tile_ws``."""
+        p = self.stages[u.op]
+
+        def buf(value: str) -> str:
+            if value in self.memory.storage and value not in p.offsets:
+                return self.buf(value)
+            off = p.offsets[value] // self.elem_bytes
+            return f"(tile_ws + {off})" if off else "tile_ws"
+
+        return buf
+
+    def tile_scratch(self, u: Unit) -> Callable[[ir.Op], str]:
+        p = self.stages[u.op]
+
+        def scratch(op: ir.Op) -> str:
+            off = p.scratch[op.name] // self.elem_bytes
+            return f"(tile_ws + {off})" if off else "tile_ws"
+
+        return scratch
 
     def unit_op(self, u: Unit, op: ir.Op | None = None) -> ir.Op:
         """The op of unit ``u`` (``op``: the form to tile instead of the graph's, e.g. the int8 op), or its tile."""
@@ -287,6 +360,8 @@ class Intermittent:
         return {
             "units": self.units, "buf": self.buf, "scratch": self.scratch, "out_bytes": self.out_bytes,
             "out_ptr": self.out_ptr, "unit_op": self.unit_op, "unit_buf": self.unit_buf, "id": f"0x{self.id:08x}u", "arena_elems": self.arena_elems,
+            "tile": self.tile, "tile_buf": self.tile_buf, "tile_scratch": self.tile_scratch,
+            "workspace_elems": self.workspace_elems, "op_index": self.op_index,
             "nvm_bytes": self.nvm_bytes, "arena_bytes": self.memory.arena_bytes, "sram_bytes": self.sram_bytes,
             "output_offset": self.memory.storage[self.graph.output].offset // self.elem_bytes,
         }  # fmt: skip
@@ -295,13 +370,16 @@ class Intermittent:
         g = self.graph
         return {
             "units": [
-                {"index": u.index, "layer": u.name, "op": "copy input" if u.op is None else g.ops[u.op].describe(),
-                 "channels": list(u.tile) if u.tile else None, "macs": u.macs, "output_bytes": self.out_bytes(u)}
+                {"index": u.index, "layer": u.name,
+                 "op": "copy input" if u.op is None else "tile" if u.stage_tile is not None else g.ops[u.op].describe(),
+                 "channels": list(u.tile) if u.tile else None, "macs": u.macs,
+                 "output_bytes": self._tile_bytes(u) if u.stage_tile is not None else self.out_bytes(u)}
                 for u in self.units
             ],
             "nvm_bytes": self.nvm_bytes,
             "nvm_arena_bytes": self.memory.arena_bytes,
             "sram_bytes": self.sram_bytes,
+            "tile_workspace_bytes": self.workspace_bytes,
             "normal_arena_bytes": normal_arena_bytes,
             "max_unit_macs": max(u.macs for u in self.units),
             "unit_macs_bound": self.bound,
@@ -319,16 +397,26 @@ def _stack_scratch(op: ir.Op) -> int:
     return kc.scratch.nbytes if kc is not None and kc.scratch is not None and not kc.scratch.arena else 0
 
 
-def plan(g: ir.Graph, prefix: str, report: dict, elem_bytes: int = 4, max_unit_macs: int | None = None) -> Intermittent:
+def plan(g: ir.Graph, prefix: str, report: dict, elem_bytes: int = 4, max_unit_macs: int | None = None,
+         schedule: tiling.Schedule | None = None) -> Intermittent:  # fmt: skip
     """Plans the intermittent run of ``g`` (``elem_bytes``: 4 float, 1 int8; the values of ``g`` have
-    that element size in ``nbytes``); ``max_unit_macs`` splits larger layers into output-channel tiles."""
+    that element size in ``nbytes``); ``max_unit_macs`` splits larger layers into output-channel tiles.
+    ``schedule`` (tiled execution, ``ram_budget``): each tiled stage runs as one unit per tile, its tile
+    buffers in an SRAM workspace; only the values between stages and layers are in the NVM arena."""
     if max_unit_macs is not None and (int(max_unit_macs) != max_unit_macs or max_unit_macs < 1):
         raise CodegenError(f"max_unit_macs must be a positive integer (MACs per unit of work), got {max_unit_macs!r}")
-    mem = plan_nvm(g)
-    check_idempotent(g, mem)
-    units = units_of(g, max_unit_macs)
+    stages: dict[int, tiling.StagePlan] = {}
+    graph = g
+    if schedule is not None and schedule.stages:
+        graph, stages = tiling.reduced_graph(g, schedule.stages)
+    mem = plan_nvm(graph)
+    check_idempotent(graph, mem)
+    units = units_of(graph, max_unit_macs, stages)
     sram = max((_stack_scratch(op) for op in g.ops), default=0)
-    it = Intermittent(g, mem, units, elem_bytes, sram)
+    where = {id(op): i for i, op in enumerate(g.ops)}
+    orig = [stages[i].stage.first if i in stages else where[id(op)] for i, op in enumerate(graph.ops)]
+    it = Intermittent(graph, mem, units, elem_bytes, sram, stages=stages, orig=orig)
+    it.sram_bytes += it.workspace_bytes
     it.id = model_id(prefix, report, units, it.nvm_bytes)
     it.bound = max_unit_macs
     log.info("intermittent: %d units, %d NVM bytes (arena %d, normal arena %d)", len(units), it.nvm_bytes,

@@ -366,24 +366,31 @@ def plan_schedule(g: ir.Graph, stages: list[Stage], search: Search | None = None
     if not stages:
         return Schedule([], plan_graph(g), search.layerwise.arena_bytes)
     plans = [search.stage(s, f"t{i}") for i, s in enumerate(sorted(stages, key=lambda s: s.first))]
-    ops: list[ir.Op] = []
-    extra = []
-    i = 0
-    by_first = {p.stage.first: p for p in plans}
-    while i < len(g.ops):
-        if i in by_first:
-            p = by_first[i]
-            ops.append(StageOp(f"stage{len(extra)}", "stage", "tiled stage", [p.input], p.output))
-            extra.append((f"stage{len(extra)}.workspace", p.workspace_bytes, len(ops) - 1, len(ops) - 1, 0))
-            i = p.stage.last + 1
-        else:
-            ops.append(g.ops[i])
-            i += 1
-    reduced = ir.Graph(g.values, ops, g.input, g.output)
+    reduced, at = reduced_graph(g, plans)
+    extra = [(f"stage{k}.workspace", p.workspace_bytes, i, i, 0) for k, (i, p) in enumerate(sorted(at.items()))]
     mem = plan_graph(reduced, extra=extra)
     for k, p in enumerate(plans):
         place_workspace(mem, p, mem.extra_offsets[f"stage{k}.workspace"])
     return Schedule(plans, mem, search.layerwise.arena_bytes)
+
+
+def reduced_graph(g: ir.Graph, plans: list[StagePlan]) -> tuple[ir.Graph, dict[int, StagePlan]]:
+    """``g`` with each planned stage replaced by one ``StageOp`` (stage input -> stage output), and the
+    plan of the stage at each StageOp's index in the reduced graph's ops."""
+    ops: list[ir.Op] = []
+    at: dict[int, StagePlan] = {}
+    by_first = {p.stage.first: p for p in plans}
+    i = 0
+    while i < len(g.ops):
+        if i in by_first:
+            p = by_first[i]
+            at[len(ops)] = p
+            ops.append(StageOp(f"stage{len(at) - 1}", "stage", "tiled stage", [p.input], p.output))
+            i = p.stage.last + 1
+        else:
+            ops.append(g.ops[i])
+            i += 1
+    return ir.Graph(g.values, ops, g.input, g.output), at
 
 
 def place_workspace(mem: GraphMemory, p: StagePlan, base: int) -> None:

@@ -149,10 +149,47 @@ def test_harness_catches_early_commit(tmp_path):
     assert proc.returncode != 0 and "SC_FAIL" in proc.stdout, proc.stdout[-2000:]
 
 
-def test_refused_with_tiling(tmp_path):
+def _tiled(tmp_path: Path, integer: bool, **kw) -> tuple[codegen.api.EmitResult, codegen.api.EmitResult]:
+    """LeNet-5 emitted intermittent without and with ram_budget = half its arena (two tiled stages)."""
     model, x = build_model("lenet5")
-    with pytest.raises(CodegenError, match="intermittent"):
-        codegen.save_compressed_model(model, "csr", x, tmp_path / "t", intermittent=True, ram_budget=10_000)
+    q = {"integer": True, "calibration_data": sample_inputs("lenet5", 32)} if integer else {}
+    rep = "int8" if integer else "csr"
+    plain = codegen.save_compressed_model(model, rep, x, tmp_path / "plain", intermittent=True, **q)
+    budget = plain.report["memory"]["arena_bytes"] // 2
+    res = codegen.save_compressed_model(model, rep, x, tmp_path / "tiled", intermittent=True, ram_budget=budget,
+                                        **q, **kw)  # fmt: skip
+    return plain, res
+
+
+@pytest.mark.parametrize("integer", [False, True], ids=["float", "int8"])
+def test_tiled_stages_run_as_units(integer, tmp_path):
+    """intermittent=True with ram_budget: each tile of a tiled stage is a unit (its buffers in an SRAM workspace,
+    recomputed after a failure); only the values between stages and layers are in NVM, which shrinks."""
+    plain, res = _tiled(tmp_path, integer)
+    t, it = res.report["tiling"], res.report["intermittent"]
+    assert t["stages"] and res.report["memory"]["arena_bytes"] <= plain.report["memory"]["arena_bytes"] // 2
+    tiles = [u for u in it["units"] if u["op"] == "tile"]
+    assert len(tiles) == sum(s["tiles"] for s in t["stages"])
+    assert sum(u["macs"] for u in it["units"]) == sum(s["macs"] for s in t["stages"]) + sum(
+        ly["macs"] for ly in res.report["layers"] if not any(ly["source"] in s["layers"] for s in t["stages"]))
+    assert it["nvm_bytes"] < plain.report["intermittent"]["nvm_bytes"]
+    assert it["tile_workspace_bytes"] == max(s["workspace_bytes"] for s in t["stages"]) <= it["sram_bytes"]
+    d = res.directory
+    assert make(d, "check").returncode == 0
+    assert power_fail(d)["failures"] == HOST_FAILURES  # bit-identical to the tiled model_run, within tolerance
+
+
+def test_tiled_units_and_max_unit_macs(tmp_path):
+    """A tile is one unit: max_unit_macs below the largest tile is refused naming the stage; at the largest
+    tile the other layers are split into output-channel tiles around the tiled stages."""
+    _, res = _tiled(tmp_path / "a", False)
+    largest = max(u["macs"] for u in res.report["intermittent"]["units"] if u["op"] == "tile")
+    with pytest.raises(CodegenError, match=rf"tiled stage .*largest tile is {largest} MACs.*at least {largest}"):
+        _tiled(tmp_path / "b", False, max_unit_macs=largest - 1)
+    _, res = _tiled(tmp_path / "c", False, max_unit_macs=largest)
+    units = res.report["intermittent"]["units"]
+    assert max(u["macs"] for u in units) <= largest and any(u["channels"] for u in units)
+    power_fail(res.directory, 200)
 
 
 @pytest.mark.parametrize("name", list(E2E_MODELS))
@@ -219,7 +256,7 @@ def test_board_forward_progress_and_nvm_size(tmp_path):
 # ---- early exits: begin/step/exit resumable, answers from the stages done ----------------------------
 
 
-def emit_early_exit(kind: str, tmp_path: Path) -> Path:
+def emit_early_exit(kind: str, tmp_path: Path, **kw) -> Path:
     from test_early_exit import inputs, make_exit_model, make_net
 
     from codegen.early_exit import save_compressed_early_exit_model
@@ -229,8 +266,31 @@ def emit_early_exit(kind: str, tmp_path: Path) -> Path:
     ee = make_exit_model(net, kind)
     d = tmp_path / f"ee_{kind}"
     save_compressed_early_exit_model(net, ee, "csr", simulate_exit=simulate_exit, input_data=inputs()[:1],
-                                     directory=d, intermittent=True)  # fmt: skip
+                                     directory=d, intermittent=True, **kw)  # fmt: skip
     return d
+
+
+@pytest.mark.parametrize("kind", ["global", "branch"])
+def test_early_exit_tiled_power_failures(kind, tmp_path):
+    """Early exits with tiled stages (ram_budget 4 B under the arena) and intermittent=True: a stage cut short
+    re-runs its tiles; every answer, final or part way, bit-identical."""
+    d = emit_early_exit(kind, tmp_path, ram_budget=7620)
+    rep = json.loads((d / "report.json").read_text())
+    assert rep["tiling"]["stages"] and rep["memory"]["arena_bytes"] <= 7620
+    proc = make(d, "power-fail-check", f"FAILURES={HOST_FAILURES}", "SEED=2")
+    assert proc.returncode == 0 and "SC_PASS" in proc.stdout, proc.stdout[-3000:] + proc.stderr[-3000:]
+    m = re.search(r"SC_EARLY_EXITS answered part way: (\d+), different from the one-shot answer: (\d+)", proc.stdout)
+    assert m and int(m[1]) > 20 and int(m[2]) == 0, proc.stdout
+
+
+@pytest.mark.board
+def test_early_exit_tiled_board_power_failures(tmp_path):
+    require_board()
+    d = emit_early_exit("global", tmp_path, ram_budget=7620)
+    proc = qemu_power_fail(d, f"FAILURES={BOARD_FAILURES}", "SEED=3")
+    assert proc.returncode == 0 and "SC_PASS" in proc.stdout, proc.stdout[-2000:] + proc.stderr[-2000:]
+    f = board_figures(proc)
+    assert f["boots"] == BOARD_FAILURES + 1 and f["mismatches"] == 0
 
 
 @pytest.mark.parametrize("kind", ["global", "branch"])
@@ -250,6 +310,19 @@ def test_early_exit_host_power_failures(kind, tmp_path):
 
 
 @pytest.mark.board
+@pytest.mark.board
+@pytest.mark.parametrize("integer", [False, True], ids=["float", "int8"])
+def test_tiled_board_power_failures(integer, tmp_path):
+    """The tiled intermittent LeNet-5 on the emulated M4: resets at seeded instruction counts; the tile
+    workspace in ordinary RAM is lost at each reset, NVM keeps the stage inputs and outputs."""
+    require_board()
+    _, res = _tiled(tmp_path, integer)
+    proc = qemu_power_fail(res.directory, f"FAILURES={BOARD_FAILURES}", "SEED=5")
+    assert proc.returncode == 0 and "SC_PASS" in proc.stdout, proc.stdout[-2000:] + proc.stderr[-2000:]
+    f = board_figures(proc)
+    assert f["failures"] == BOARD_FAILURES and f["boots"] == BOARD_FAILURES + 1 and f["mismatches"] == 0
+
+
 @pytest.mark.parametrize("kind", ["global", "branch"])
 def test_early_exit_board_power_failures(kind, tmp_path):
     require_board()
