@@ -56,6 +56,7 @@ log = logging.getLogger(__name__)
 
 MAX_GRID = 8  # tiles per side the planner tries
 SECOND_STAGE_SEEDS = 6  # first stages extended by a second stage when no one-stage schedule fits
+THIRD_STAGE_SEEDS = 12  # two-stage schedules extended by a third (their front is longer: keep more of it)
 
 
 class Rect(NamedTuple):
@@ -560,24 +561,42 @@ class Search:
 
     def two_stage(self, firsts: list[Stage], max_grid: int = MAX_GRID) -> list[list[Stage]]:
         """Each stage of ``firsts`` (from the input) followed by a stage right after it."""
+        return self.extend([[a] for a in firsts], max_grid)
+
+    def extend(self, prefixes: list[list[Stage]], max_grid: int = MAX_GRID) -> list[list[Stage]]:
+        """Each schedule of ``prefixes`` followed by one more stage right after its last stage."""
         out = []
-        for a in firsts:
+        for pre in prefixes:
+            a = pre[-1]
             for last in self.candidates(a.last + 1):
                 h, w = _chw(self.g.values[self.g.ops[last].output].shape)[1:]
-                out += [[a, Stage(a.last + 1, last, grid)] for grid in grids(h, w, max_grid)
+                out += [[*pre, Stage(a.last + 1, last, grid)] for grid in grids(h, w, max_grid)
                         if self._ok(Stage(a.last + 1, last, grid))]  # fmt: skip
         return out
 
-    def seeds(self, one: list[list[Stage]], n: int = SECOND_STAGE_SEEDS) -> list[Stage]:
-        """Up to ``n`` first stages to extend, as ``pareto_seeds`` but on the lower bound of the peak instead
-        of the planned peak: on the front of (extra MACs, ``lower_bound``), spread evenly along it."""
+    def front(self, cands: list[list[Stage]], n: int = SECOND_STAGE_SEEDS) -> list[list[Stage]]:
+        """Up to ``n`` schedules of ``cands`` to extend, as ``pareto_seeds`` but on the lower bound of the peak
+        instead of the planned peak: on the front of (extra MACs, ``lower_bound``), spread evenly along it."""
         front: list[list[Stage]] = []
-        for c in sorted(one, key=lambda c: (self.extra_macs(c), self.lower_bound(c))):
+        for c in sorted(cands, key=lambda c: (self.extra_macs(c), self.lower_bound(c))):
             if not front or self.lower_bound(c) < self.lower_bound(front[-1]):
                 front.append(c)
         if len(front) > n:
             front = [front[round(i * (len(front) - 1) / (n - 1))] for i in range(n)]
-        return [c[0] for c in front]
+        return front
+
+    def seeds(self, one: list[list[Stage]], n: int = SECOND_STAGE_SEEDS) -> list[Stage]:
+        """Up to ``n`` first stages to extend by a second stage (``front`` of the one-stage schedules)."""
+        return [c[0] for c in self.front(one, n)]
+
+    def considered(self) -> list[list[Stage]]:
+        """Every schedule ``choose_schedule`` weighs: one tiled stage from the input (each candidate extent
+        and grid), two stages (``seeds`` extended by a stage after them) and three (the ``front`` of the
+        two-stage schedules extended once more: a later block whose expanded activations set the peak gets
+        its own stage)."""
+        one = self.one_stage()
+        two = self.two_stage(self.seeds(one))
+        return one + two + self.extend(self.front(two, THIRD_STAGE_SEEDS))
 
     def fewest_macs_fitting(self, cands: list[list[Stage]], budget: int) -> Schedule | None:
         """The schedule of fewest extra MACs (then smallest arena) among ``cands`` that fits ``budget``:
@@ -664,20 +683,19 @@ def pareto_seeds(one: list[Schedule], n: int = SECOND_STAGE_SEEDS) -> list[Sched
 
 def choose_schedule(g: ir.Graph, ram_budget: int, search: Search | None = None) -> Schedule:
     """The schedule of fewest extra MACs whose arena fits ``ram_budget`` bytes: layer by layer, else among
-    one tiled stage from the input and two stages (first stages from ``Search.seeds``, each extended by a
-    stage after it; two small stages often recompute less than one deep one); or CodegenError naming the
-    layer that sets the smallest arena reachable among those.
+    ``Search.considered``: one tiled stage from the input, two and three stages (each extended from the
+    front of the shorter ones; small stages often recompute less than one deep one); or CodegenError naming
+    the layer that sets the smallest arena reachable among those.
     Lower bounds and cached per-stage costs (``Search``) keep most schedules from being planned."""
     search = search or Search(g)
     if search.untiled.memory.arena_bytes <= ram_budget:
         return search.untiled
-    one = search.one_stage()
-    two = search.two_stage(search.seeds(one))
-    choice = search.fewest_macs_fitting(one + two, ram_budget)
+    cands = search.considered()
+    choice = search.fewest_macs_fitting(cands, ram_budget)
     if choice is not None:
         log.info("ram_budget %d: %s (%d schedules planned)", ram_budget, choice.report(g), search.planned)
         return choice
-    low = search.lowest(one + two)
+    low = search.lowest(cands)
     raise CodegenError(
         f"no schedule fits ram_budget={ram_budget} bytes: the smallest arena reachable is "
         f"{low.memory.arena_bytes} bytes ({_culprit(g, low, search)}). Raise ram_budget to at least "

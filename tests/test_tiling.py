@@ -473,13 +473,14 @@ def test_search_equals_exhaustive(model, shape):
     net = {"awkward": _awkward, "mbv2_like": _mbv2_like}[model]()
     g, mem = build_graph(net, shape, "dense")
     search = tiling.Search(g)
-    one = search.one_stage()
-    two = search.two_stage(search.seeds(one))
-    planned = {id(c): search.plan(c) for c in one + two}
+    cands = search.considered()
+    one = [c for c in cands if len(c) == 1]
+    assert one and any(len(c) == 2 for c in cands) and any(len(c) == 3 for c in cands)
+    planned = {id(c): search.plan(c) for c in cands}
     low = min(s.memory.arena_bytes for s in planned.values())
     low_one = min(planned[id(c)].memory.arena_bytes for c in one)
     for budget in sorted({low, low_one, (low_one + mem.arena_bytes) // 2, mem.arena_bytes - 1}):
-        fits = [planned[id(c)] for c in one + two if planned[id(c)].memory.arena_bytes <= budget]
+        fits = [planned[id(c)] for c in cands if planned[id(c)].memory.arena_bytes <= budget]
         want = min(fits, key=lambda s: (s.extra_macs, s.memory.arena_bytes))
         got = tiling.choose_schedule(g, budget)
         assert (got.extra_macs, got.memory.arena_bytes) == (want.extra_macs, want.memory.arena_bytes), budget
