@@ -786,8 +786,8 @@ def save_compressed_early_exit_model(
     ``ram_budget`` (bytes): when the early-exit arena (restartable stages, the exits' features) needs more,
     the first layers run tile by tile (codegen/tiling.py; a tiled stage lies inside one exit stage, so a
     restarted stage re-runs its tiles), the schedule of fewest extra MACs that fits; else CodegenError
-    with the smallest arena reachable. report.json then has a ``tiling`` section. Not with
-    ``intermittent=True`` (its failure points sit between the layers of a stage).
+    with the smallest arena reachable. report.json then has a ``tiling`` section. With ``intermittent=True``
+    the tile buffers are part of the SC_NVM arena and a stage cut short re-runs its tiles.
 
     ``intermittent=True``: the incremental API (begin/step/exit) is already resumable after a power failure
     (its arena and step state are SC_NVM); this adds the failure-injection harnesses and Makefile targets
