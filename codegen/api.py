@@ -186,11 +186,12 @@ def save_compressed_model(
     reads (codegen/intermittent.py, docs/intermittent.md). The Makefile gets ``power-fail-check`` (host, NVM in
     a file, the process killed at seeded points) and ``qemu-power-fail`` (the emulated Cortex-M4 reset at
     seeded instruction counts); report.json an ``intermittent`` section (units, MACs, NVM and SRAM bytes).
-    ``<prefix>_run`` and its C are unchanged. With ``ram_budget`` / ``tiling_stages`` each tile of a tiled stage
-    is a unit, its tile buffers in ordinary RAM (recomputed after a failure), the rest in NVM. ``max_unit_macs`` (layer separation, float and integer paths): a layer of
-    more MACs is split into tiles of output channels (convolutions, depthwise convolutions, fully connected layers;
-    weights with addressable rows: dense or CSR, float32 or int8), each its own committed unit; a layer that cannot be
-    split that far is a CodegenError naming it.
+    ``<prefix>_run`` and its C are unchanged. With ``ram_budget`` / ``tiling_stages`` each tile of a tiled
+    stage is a unit, its tile buffers in ordinary RAM (recomputed after a failure), the rest in NVM.
+    ``max_unit_macs`` (layer separation, float and integer paths): a layer of more MACs is split into tiles of
+    output channels (convolutions, depthwise convolutions, fully connected layers; weights with addressable
+    rows: dense or CSR, float32 or int8), each its own committed unit; a layer that cannot be split that far
+    is a CodegenError naming it.
 
     >>> net = torch.nn.Sequential(torch.nn.Conv2d(1, 4, 3), torch.nn.ReLU(), torch.nn.Flatten(),
     ...                           torch.nn.Linear(4 * 6 * 6, 10))

@@ -269,13 +269,16 @@ class Intermittent:
     def nvm_bytes(self) -> int:
         return 2 * SLOT_BYTES + _align8(max(self.memory.arena_bytes, self.elem_bytes))  # slots, arena (aligned 8)
 
+    def _at(self, base: str, off_bytes: int) -> str:
+        """The C expression of ``base`` + ``off_bytes`` (in elements of the arena's type)."""
+        off = off_bytes // self.elem_bytes
+        return f"({base} + {off})" if off else base
+
     def buf(self, value: str) -> str:
-        off = self.memory.storage[value].offset // self.elem_bytes
-        return f"(arena + {off})" if off else "arena"
+        return self._at("arena", self.memory.storage[value].offset)
 
     def scratch(self, op: ir.Op) -> str:
-        off = self.memory.scratch[op.name] // self.elem_bytes
-        return f"(arena + {off})" if off else "arena"
+        return self._at("arena", self.memory.scratch[op.name])
 
     def out_value(self, u: Unit) -> str:
         return self.graph.input if u.op is None else self.graph.ops[u.op].output
@@ -288,13 +291,12 @@ class Intermittent:
     def _tile_out(self, u: Unit) -> tuple[int, int]:
         """(element offset in the stage output, elements) of the first row of a stage tile's output window:
         what the failure harness garbles (a tile writes only its window, row by row)."""
-        copy = self.stages[u.op].tiles[u.stage_tile].steps[-1].copy  # the copy of the tile into the stage output
-        _, _, _, _, _, _, dst_w, dy, dx, _, w = copy
+        _, _, _, _, _, _, dst_w, dy, dx, _, w = self.tile(u).steps[-1].copy  # the tile into the stage output
         return dy * dst_w + dx, w
 
     def _tile_bytes(self, u: Unit) -> int:
-        c = self.tile(u).steps[-1].copy
-        return c[0] * c[9] * c[10] * self.elem_bytes  # channels x h x w of the tile's output window
+        c, *_, h, w = self.tile(u).steps[-1].copy
+        return c * h * w * self.elem_bytes  # the tile's whole output window
 
     def out_bytes(self, u: Unit) -> int:
         v = self.out_value(u)
@@ -306,8 +308,8 @@ class Intermittent:
 
     def out_ptr(self, u: Unit) -> str:
         if u.stage_tile is not None:
-            off = self.memory.storage[self.out_value(u)].offset // self.elem_bytes + self._tile_out(u)[0]
-            return f"(arena + {off})" if off else "arena"
+            off = self.memory.storage[self.out_value(u)].offset + self._tile_out(u)[0] * self.elem_bytes
+            return self._at("arena", off)
         return self.unit_buf(u)(self.out_value(u))
 
     def tile(self, u: Unit) -> tiling.TileProgram:
@@ -319,21 +321,13 @@ class Intermittent:
         p = self.stages[u.op]
 
         def buf(value: str) -> str:
-            if value in self.memory.storage and value not in p.offsets:
-                return self.buf(value)
-            off = p.offsets[value] // self.elem_bytes
-            return f"(tile_ws + {off})" if off else "tile_ws"
+            return self._at("tile_ws", p.offsets[value]) if value in p.offsets else self.buf(value)
 
         return buf
 
     def tile_scratch(self, u: Unit) -> Callable[[ir.Op], str]:
         p = self.stages[u.op]
-
-        def scratch(op: ir.Op) -> str:
-            off = p.scratch[op.name] // self.elem_bytes
-            return f"(tile_ws + {off})" if off else "tile_ws"
-
-        return scratch
+        return lambda op: self._at("tile_ws", p.scratch[op.name])
 
     def unit_op(self, u: Unit, op: ir.Op | None = None) -> ir.Op:
         """The op of unit ``u`` (``op``: the form to tile instead of the graph's, e.g. the int8 op), or its tile."""
@@ -349,33 +343,35 @@ class Intermittent:
         c0 = u.tile[0]
 
         def buf(value: str) -> str:
-            off = self.memory.storage[value].offset // self.elem_bytes
+            off = self.memory.storage[value].offset
             if value == op.output or (isinstance(op, Conv2d) and op.groups != 1 and value == op.inputs[0]):
-                off += c0 * self._channel(value)
-            return f"(arena + {off})" if off else "arena"
+                off += c0 * self._channel(value) * self.elem_bytes
+            return self._at("arena", off)
 
         return buf
 
     def context(self) -> dict:
         return {
             "units": self.units, "buf": self.buf, "scratch": self.scratch, "out_bytes": self.out_bytes,
-            "out_ptr": self.out_ptr, "unit_op": self.unit_op, "unit_buf": self.unit_buf, "id": f"0x{self.id:08x}u", "arena_elems": self.arena_elems,
-            "tile": self.tile, "tile_buf": self.tile_buf, "tile_scratch": self.tile_scratch,
+            "out_ptr": self.out_ptr, "unit_op": self.unit_op, "unit_buf": self.unit_buf, "id": f"0x{self.id:08x}u",
+            "arena_elems": self.arena_elems, "tile": self.tile, "tile_buf": self.tile_buf, "tile_scratch": self.tile_scratch,
             "workspace_elems": self.workspace_elems, "op_index": self.op_index,
             "nvm_bytes": self.nvm_bytes, "arena_bytes": self.memory.arena_bytes, "sram_bytes": self.sram_bytes,
             "output_offset": self.memory.storage[self.graph.output].offset // self.elem_bytes,
         }  # fmt: skip
 
+    def _unit_row(self, u: Unit) -> dict:
+        """report.json's entry of unit ``u``."""
+        if u.stage_tile is not None:
+            op, out = "tile", self._tile_bytes(u)
+        else:
+            op, out = "copy input" if u.op is None else self.graph.ops[u.op].describe(), self.out_bytes(u)
+        return {"index": u.index, "layer": u.name, "op": op, "channels": list(u.tile) if u.tile else None,
+                "macs": u.macs, "output_bytes": out}  # fmt: skip
+
     def report(self, normal_arena_bytes: int) -> dict:
-        g = self.graph
         return {
-            "units": [
-                {"index": u.index, "layer": u.name,
-                 "op": "copy input" if u.op is None else "tile" if u.stage_tile is not None else g.ops[u.op].describe(),
-                 "channels": list(u.tile) if u.tile else None, "macs": u.macs,
-                 "output_bytes": self._tile_bytes(u) if u.stage_tile is not None else self.out_bytes(u)}
-                for u in self.units
-            ],
+            "units": [self._unit_row(u) for u in self.units],
             "nvm_bytes": self.nvm_bytes,
             "nvm_arena_bytes": self.memory.arena_bytes,
             "sram_bytes": self.sram_bytes,

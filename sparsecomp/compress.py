@@ -950,7 +950,8 @@ def _run(ctx: _Ctx, cfg: CompressConfig, test_loader: Iterable, t0: float) -> Co
     budget, num_epochs, lr, tol = cfg.budget, cfg.num_epochs, cfg.learning_rate, cfg.accuracy_tolerance
     factorize, max_rounds = cfg.layers_factorization, cfg.max_rounds
     conv_method, min_params = cfg.conv_decomposition, cfg.factorization_min_params
-    sensitivity, sens_sparsities, sens_batches = cfg.sensitivity, list(cfg.sensitivity_sparsities), cfg.sensitivity_batches
+    sensitivity, sens_batches = cfg.sensitivity, cfg.sensitivity_batches
+    sens_sparsities = list(cfg.sensitivity_sparsities)
     quant_epochs, quant_lr = cfg.quant_epochs, cfg.quant_learning_rate
     model = ctx.model
     bm = ByteModel(model, ctx.example, ctx.representation, ctx.plan)
