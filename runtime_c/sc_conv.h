@@ -1400,90 +1400,137 @@ static inline void sc_i8_conv_q8_dw(const int8_t *in, int8_t *out, const int8_t 
 #define SC_I8_DW_PAD_W(p) (((p)->wout - 1) * (p)->sw + ((p)->kw - 1) * (p)->dw + 1)
 #define SC_I8_DW_PAD_BYTES(p) (SC_I8_DW_PAD_H(p) * SC_I8_DW_PAD_W(p) + 3)
 
-/* 3x3, stride 1, dilation 1: the channel's 9 weights in registers, 2 outputs per pass. With SMLAD, per
- * kernel row one 4-byte load x0..x3, SXTB16 -> (x0, x2), SXTB16 ROR 8 -> (x1, x3), weights (w0, w2) and
- * (w1, 0) as halfwords: out0 += w0 x0 + w2 x2 + w1 x1, out1 += w0 x1 + w2 x3 + w1 x2 (SMLADX): 7
- * instructions for 6 MACs. Without DSP the same 2 outputs share 4 byte loads per kernel row. */
+#if SC_INT8_DSP
+/* The 3x3 kernels' doubled weight pairs (w0, w2) per row (u0..u2), the middle column (w1, w4) / (w7) (v01, v2),
+ * the requantization constant and the doubled start value; one output: a += row r of the window. */
+#define SC_I8_W2(i) ((uint32_t)(uint16_t)(int16_t)(2 * wc[i]))
+#define SC_I8_DW3_WEIGHTS                                                                         \
+    const uint32_t u0 = SC_I8_W2(0) | SC_I8_W2(2) << 16, u1 = SC_I8_W2(3) | SC_I8_W2(5) << 16;     \
+    const uint32_t u2 = SC_I8_W2(6) | SC_I8_W2(8) << 16, v01 = SC_I8_W2(1) | SC_I8_W2(4) << 16;    \
+    const uint32_t v2 = SC_I8_W2(7);                                                              \
+    const int32_t kz = SC_I8_MM_KZ(e, zp), a0 = 2 * b_in
+#define SC_I8_DW3_ONE(r, u, MLA_A, v)                                                             \
+    do {                                                                                          \
+        const uint32_t xw = sc_ld32(r);                                                           \
+        a = sc_smlad(u, sc_sxtb16(xw), a);                                                        \
+        a = MLA_A(v, sc_sxtb16_ror8(xw), a);                                                      \
+    } while (0)
+#endif
+
+/* 3x3, stride 1, dilation 1: the channel's 9 weights in registers, 2 outputs per pass.
+ * With SMLAD (SC_INT8_DSP) the weights are doubled in their halfword pairs, so the accumulator is 2 * acc
+ * and the requantization is sc_i8_requant_mm (kz, e: SC_I8_MM_KZ; the caller checks its bounds). Per
+ * kernel row one 4-byte load x0..x3, SXTB16 -> (x0, x2), SXTB16 ROR 8 -> (x1, x3); weights (w0, w2) of each
+ * row and (w1, w4) / (w7) as halfwords: out0 += w0 x0 + w2 x2 (SMLAD) + w1 x1 (SMLABB), out1 += w0 x1 + w2 x3
+ * + w1 x2 (SMLABT; rows 1 uses the top halves, SMLATB / SMLATT): 7 instructions for 6 MACs, then per output
+ * SMMLAR, ASR, SSAT and the store (a SUB when the lower bound is below the zero point). Without DSP the same
+ * 2 outputs share 4 byte loads per kernel row and sc_i8_requant_hk (e >= 2) requantizes. */
 static inline SC_SPECIALIZE void sc_i8_dw3_plane(const int8_t *pc, int8_t *o, const int8_t *wc, int32_t b_in,
                                                  int32_t m, int32_t e, const sc_i8_conv_params *p)
 {
     const int32_t wp = p->wout + 2, hout = p->hout, wout = p->wout, zp = p->out_zp, lo = p->act_min, hi = p->act_max;
-    const uint32_t half = ((uint32_t)1) << (e - 2);
     int32_t oy, ox;
 #if SC_INT8_DSP
-#define SC_I8_W02(i) ((uint32_t)(uint16_t)(int16_t)wc[i] | ((uint32_t)(uint16_t)(int16_t)wc[(i) + 2] << 16))
-    const uint32_t u0 = SC_I8_W02(0), u1 = SC_I8_W02(3), u2 = SC_I8_W02(6);
-    const uint32_t v0 = (uint16_t)(int16_t)wc[1], v1 = (uint16_t)(int16_t)wc[4], v2 = (uint16_t)(int16_t)wc[7];
-#undef SC_I8_W02
-#define SC_I8_DW3_ROW(r, u, v)                                                                    \
+    SC_I8_DW3_WEIGHTS;
+#define SC_I8_DW3_ROW(r, u, MLA_A, MLA_B, v)                                                      \
     do {                                                                                          \
         const uint32_t xw = sc_ld32(r), xl = sc_sxtb16(xw), xh = sc_sxtb16_ror8(xw);                 \
         a = sc_smlad(u, xl, a);                                                                   \
-        a = sc_smlad(v, xh, a);                                                                   \
+        a = MLA_A(v, xh, a);                                                                      \
         b = sc_smlad(u, xh, b);                                                                   \
-        b = sc_smladx(v, xl, b);                                                                  \
+        b = MLA_B(v, xl, b);                                                                      \
     } while (0)
+#define SC_I8_DW3_PAIR(r)                                                                         \
+    SC_I8_DW3_ROW(r, u0, sc_smlabb, sc_smlabt, v01);                                              \
+    SC_I8_DW3_ROW((r) + wp, u1, sc_smlatb, sc_smlatt, v01);                                       \
+    SC_I8_DW3_ROW((r) + 2 * wp, u2, sc_smlabb, sc_smlabt, v2)
+#define SC_I8_DW3_OUT(acc) sc_i8_requant_mm(acc, m, kz, e, zp, lo, hi)
 #else
     const int32_t w0 = wc[0], w1 = wc[1], w2 = wc[2], w3 = wc[3], w4 = wc[4], w5 = wc[5];
-    const int32_t w6 = wc[6], w7 = wc[7], w8 = wc[8];
+    const int32_t w6 = wc[6], w7 = wc[7], w8 = wc[8], a0 = b_in;
+    const uint32_t half = ((uint32_t)1) << (e - 2);
 #define SC_I8_DW3_ROW(r, wa, wb, wc_)                                                             \
     do {                                                                                          \
         const int32_t x0 = (r)[0], x1 = (r)[1], x2 = (r)[2], x3 = (r)[3];                         \
         a += wa * x0 + wb * x1 + wc_ * x2;                                                        \
         b += wa * x1 + wb * x2 + wc_ * x3;                                                        \
     } while (0)
+#define SC_I8_DW3_PAIR(r)                                                                         \
+    SC_I8_DW3_ROW(r, w0, w1, w2);                                                                 \
+    SC_I8_DW3_ROW((r) + wp, w3, w4, w5);                                                          \
+    SC_I8_DW3_ROW((r) + 2 * wp, w6, w7, w8)
+#define SC_I8_DW3_OUT(acc) sc_i8_requant_hk(acc, m, half, e - 1, zp, lo, hi)
 #endif
     for (oy = 0; oy < hout; ++oy, o += wout) {
 #if SC_I8_FAST_REQ
         const int8_t *r = pc + oy * wp;
         for (ox = 0; ox + 2 <= wout; ox += 2, r += 2) {
-#else /* -Os: no tail code; an odd last output is computed again with its left neighbour (alone when wout
-       * is 1: the pair's second output then reads the row's slack bytes and is overwritten) */
-        for (ox = 0; ox < wout; ox += 2) {
-            const int32_t x0 = ox + 2 <= wout ? ox : (wout >= 2 ? wout - 2 : 0);
-            const int8_t *r = pc + oy * wp + x0;
+#else /* -Os: no tail code; the pair of an odd last output reads the row's slack bytes (the next row or the
+       * plane's 3 slack bytes) for a second output that is not stored; one copy of the requantization */
+        for (ox = 0; ox < wout;) {
+            const int8_t *r = pc + oy * wp + ox;
+            int32_t k;
 #endif
-            int32_t a = b_in, b = b_in;
-#if SC_INT8_DSP
-            SC_I8_DW3_ROW(r, u0, v0);
-            SC_I8_DW3_ROW(r + wp, u1, v1);
-            SC_I8_DW3_ROW(r + 2 * wp, u2, v2);
-#else
-            SC_I8_DW3_ROW(r, w0, w1, w2);
-            SC_I8_DW3_ROW(r + wp, w3, w4, w5);
-            SC_I8_DW3_ROW(r + 2 * wp, w6, w7, w8);
-#endif
+            int32_t a = a0, b = a0;
+            SC_I8_DW3_PAIR(r);
 #if SC_I8_FAST_REQ
-            o[ox] = sc_i8_requant_hk(a, m, half, e - 1, zp, lo, hi);
-            o[ox + 1] = sc_i8_requant_hk(b, m, half, e - 1, zp, lo, hi);
+            o[ox] = SC_I8_DW3_OUT(a);
+            o[ox + 1] = SC_I8_DW3_OUT(b);
         }
         if (ox < wout) { /* odd width: the last output alone */
+            int32_t a = a0;
 #if SC_INT8_DSP
-#define SC_I8_DW3_ONE(r, u, v)                                                                    \
-    do {                                                                                          \
-        const uint32_t xw = sc_ld32(r);                                                           \
-        a = sc_smlad(u, sc_sxtb16(xw), a);                                                        \
-        a = sc_smlad(v, sc_sxtb16_ror8(xw), a);                                                   \
-    } while (0)
-            int32_t a = b_in;
-            SC_I8_DW3_ONE(r, u0, v0);
-            SC_I8_DW3_ONE(r + wp, u1, v1);
-            SC_I8_DW3_ONE(r + 2 * wp, u2, v2);
-#undef SC_I8_DW3_ONE
+            SC_I8_DW3_ONE(r, u0, sc_smlabb, v01);
+            SC_I8_DW3_ONE(r + wp, u1, sc_smlatb, v01);
+            SC_I8_DW3_ONE(r + 2 * wp, u2, sc_smlabb, v2);
 #else
-            const int32_t a = b_in + w0 * r[0] + w1 * r[1] + w2 * r[2] + w3 * r[wp] + w4 * r[wp + 1] + w5 * r[wp + 2] +
-                              w6 * r[2 * wp] + w7 * r[2 * wp + 1] + w8 * r[2 * wp + 2];
+            a += w0 * r[0] + w1 * r[1] + w2 * r[2] + w3 * r[wp] + w4 * r[wp + 1] + w5 * r[wp + 2] + w6 * r[2 * wp] +
+                 w7 * r[2 * wp + 1] + w8 * r[2 * wp + 2];
 #endif
-            o[ox] = sc_i8_requant_hk(a, m, half, e - 1, zp, lo, hi);
+            o[ox] = SC_I8_DW3_OUT(a);
         }
 #else
-            o[x0 + 1 < wout ? x0 + 1 : x0] = sc_i8_requant_hk(b, m, half, e - 1, zp, lo, hi);
-            o[x0] = sc_i8_requant_hk(a, m, half, e - 1, zp, lo, hi);
+            for (k = 0; k < 2 && ox < wout; ++k, ++ox, a = b) o[ox] = SC_I8_DW3_OUT(a);
         }
 #endif
     }
 #undef SC_I8_DW3_ROW
+#undef SC_I8_DW3_PAIR
+#undef SC_I8_DW3_OUT
 }
+
+#if SC_INT8_DSP && SC_I8_FAST_REQ
+/* 3x3, stride 2, dilation 1 (SMLAD build, not at -Os): one output per pass, per kernel row one 4-byte load
+ * x0..x3 at column 2 ox (x3 unused; at the last column it is the next row's or the plane's slack byte),
+ * SMLAD (w0, w2).(x0, x2) and SMLABB / SMLATB w1 x1 from the stride-1 kernel's registers: 5 instructions for
+ * 3 MACs, then sc_i8_requant_mm (the caller checks sc_i8_mm_ok). */
+static inline SC_SPECIALIZE void sc_i8_dw3s2_plane(const int8_t *pc, int8_t *o, const int8_t *wc, int32_t b_in,
+                                                   int32_t m, int32_t e, const sc_i8_conv_params *p)
+{
+    const int32_t wp = SC_I8_DW_PAD_W(p), hout = p->hout, wout = p->wout, zp = p->out_zp, lo = p->act_min;
+    const int32_t hi = p->act_max;
+    int32_t oy, ox;
+    SC_I8_DW3_WEIGHTS;
+    for (oy = 0; oy < hout; ++oy) {
+        const int8_t *r = pc + 2 * oy * wp;
+        for (ox = 0; ox < wout; ++ox, r += 2) {
+            int32_t a = a0;
+            SC_I8_DW3_ONE(r, u0, sc_smlabb, v01);
+            SC_I8_DW3_ONE(r + wp, u1, sc_smlatb, v01);
+            SC_I8_DW3_ONE(r + 2 * wp, u2, sc_smlabb, v2);
+            *o++ = sc_i8_requant_mm(a, m, kz, e, zp, lo, hi);
+        }
+    }
+}
+#endif
+
+/* The 3x3 kernel's requantization holds for the channel: with DSP sc_i8_requant_mm on 2 * acc
+ * (sc_i8_mm_ok), without it sc_i8_requant_hk (shift <= -2). Other channels take the generic loop. */
+#if SC_INT8_DSP
+#define SC_I8_DW3_OK(b_in, shift) sc_i8_mm_ok(b_in, shift, 9)
+#else
+#define SC_I8_DW3_OK(b_in, shift) ((shift) <= -2)
+#endif
 
 static inline SC_SPECIALIZE void sc_i8_conv_q8_dwp(const int8_t *in, int8_t *out, const int8_t *q,
                                                    const int32_t *bias, const int32_t *mult, const int8_t *shift,
@@ -1503,10 +1550,16 @@ static inline SC_SPECIALIZE void sc_i8_conv_q8_dwp(const int8_t *in, int8_t *out
         for (j = 0; j < khw; ++j) qsum += wc[j];
         b_in = (bias ? bias[c] : 0) - zp * qsum;
         for (y = 0; y < rows; ++y) memcpy(pad + (y + p->ph) * wp + p->pw, in + (c * p->hin + y) * p->win, (size_t)cols);
-        if (kh == 3 && kw == 3 && sh == 1 && sw == 1 && dh == 1 && dw == 1 && shift[c] <= -2) {
+        if (kh == 3 && kw == 3 && sh == 1 && sw == 1 && dh == 1 && dw == 1 && SC_I8_DW3_OK(b_in, shift[c])) {
             sc_i8_dw3_plane(pad, o, wc, b_in, mult[c], -shift[c], p);
             continue;
         }
+#if SC_INT8_DSP && SC_I8_FAST_REQ
+        if (kh == 3 && kw == 3 && sh == 2 && sw == 2 && dh == 1 && dw == 1 && sc_i8_mm_ok(b_in, shift[c], 9)) {
+            sc_i8_dw3s2_plane(pad, o, wc, b_in, mult[c], -shift[c], p);
+            continue;
+        }
+#endif
         for (oy = 0; oy < hout; ++oy) {
             for (ox = 0; ox < wout; ++ox) {
                 const int8_t *r = pad + oy * sh * wp + ox * sw, *w = wc;
@@ -1695,7 +1748,7 @@ static inline void sc_i8_conv_q8_dsp(const int8_t *in, int8_t *out, const int8_t
     int32_t *const acc0 = (int32_t *)scratch;
     uint32_t *const col = scratch + p->cout;
     unsigned char *const colb = (unsigned char *)col;
-    int32_t pos, oc, j, g;
+    int32_t pos, oc, j, g, mm;
     for (oc = 0; oc < p->cout; ++oc) {
         const int8_t *w = q + oc * row_len;
         int32_t s = 0;
@@ -1707,6 +1760,7 @@ static inline void sc_i8_conv_q8_dsp(const int8_t *in, int8_t *out, const int8_t
         for (; j < row_len; ++j) s += w[j];
         acc0[oc] = (bias ? bias[oc] : 0) - p->in_zp * s;
     }
+    mm = SC_I8_FAST_REQ && sc_i8_mm_all(acc0, shift, p->cout, row_len);
     for (pos = 0; pos < npos; pos += 2) {
         const int32_t two = pos + 1 < npos;
         int32_t oy = pos / p->wout, ox = pos - oy * p->wout;
@@ -1754,7 +1808,13 @@ static inline void sc_i8_conv_q8_dsp(const int8_t *in, int8_t *out, const int8_t
             {
                 const int32_t ma = mult[oc], mb = mult[ob], sa = shift[oc], sb = shift[ob];
                 int8_t *const o1 = out + ob * npos + pos;
-                if (SC_I8_FAST_REQ && sa <= -2 && sb <= -2) { /* the usual case: one SMLAL per output */
+                if (SC_I8_FAST_REQ && mm) { /* the usual case: SMMLAR, ASR, SSAT per output */
+                    const int32_t kza = SC_I8_MM_KZ(-sa, zp), kzb = SC_I8_MM_KZ(-sb, zp);
+                    o0[0] = sc_i8_requant_mm(2 * a00, ma, kza, -sa, zp, lo, hi);
+                    if (two) o0[1] = sc_i8_requant_mm(2 * a01, ma, kza, -sa, zp, lo, hi);
+                    o1[0] = sc_i8_requant_mm(2 * a10, mb, kzb, -sb, zp, lo, hi);
+                    if (two) o1[1] = sc_i8_requant_mm(2 * a11, mb, kzb, -sb, zp, lo, hi);
+                } else if (SC_I8_FAST_REQ && sa <= -2 && sb <= -2) { /* one SMLAL per output */
                     const uint32_t ha = ((uint32_t)1) << (-sa - 2), hb = ((uint32_t)1) << (-sb - 2);
                     o0[0] = sc_i8_requant_hk(a00, ma, ha, -sa - 1, zp, lo, hi);
                     if (two) o0[1] = sc_i8_requant_hk(a01, ma, ha, -sa - 1, zp, lo, hi);
@@ -1799,6 +1859,7 @@ static inline SC_SPECIALIZE void sc_i8_conv_q8_pw(const int8_t *in, int8_t *out,
 #if SC_INT8_DSP
     const int32_t c4 = cin & ~3;
     const int32_t last = n >= 2 ? n - 2 : 0;
+    const int mm = SC_I8_FAST_REQ && sc_i8_mm_all(bias, shift, cout, cin); /* sc_i8_requant_mm for every channel */
     for (pos = 0; pos < n; pos += 2) {
         const int32_t pa = pos < last ? pos : last, pb = n >= 2 ? pa + 1 : pa;
         uint32_t *c = col;
@@ -1833,7 +1894,13 @@ static inline SC_SPECIALIZE void sc_i8_conv_q8_pw(const int8_t *in, int8_t *out,
             {
                 int8_t *const o0 = out + oc * n + pa, *const o1 = o0 + (ob - oc) * n;
                 const int32_t d = pb - pa;
-                if (SC_I8_FAST_REQ && sa <= -2 && sb <= -2) { /* the usual case: one SMLAL per output */
+                if (SC_I8_FAST_REQ && mm) { /* the usual case: SMMLAR, ASR, SSAT per output */
+                    const int32_t kza = SC_I8_MM_KZ(-sa, zp), kzb = SC_I8_MM_KZ(-sb, zp);
+                    o0[0] = sc_i8_requant_mm(2 * a00, ma, kza, -sa, zp, lo, hi);
+                    o0[d] = sc_i8_requant_mm(2 * a01, ma, kza, -sa, zp, lo, hi);
+                    o1[0] = sc_i8_requant_mm(2 * a10, mb, kzb, -sb, zp, lo, hi);
+                    o1[d] = sc_i8_requant_mm(2 * a11, mb, kzb, -sb, zp, lo, hi);
+                } else if (SC_I8_FAST_REQ && sa <= -2 && sb <= -2) { /* one SMLAL per output */
                     const uint32_t ha = ((uint32_t)1) << (-sa - 2), hb = ((uint32_t)1) << (-sb - 2);
                     o0[0] = sc_i8_requant_hk(a00, ma, ha, -sa - 1, zp, lo, hi);
                     o0[d] = sc_i8_requant_hk(a01, ma, ha, -sa - 1, zp, lo, hi);

@@ -70,6 +70,11 @@ static inline uint32_t sc_sxtb16_ror8(uint32_t x) { return (uint32_t)__sxtb16((i
 static inline int32_t sc_smlad(uint32_t a, uint32_t b, int32_t acc) { return __smlad((int32_t)a, (int32_t)b, acc); }
 /* acc + lo(a) * hi(b) + hi(a) * lo(b) (SMLADX) */
 static inline int32_t sc_smladx(uint32_t a, uint32_t b, int32_t acc) { return __smladx((int32_t)a, (int32_t)b, acc); }
+/* acc + one signed halfword product: SMLA<x><y>, x / y the half (b bottom, t top) of a / b */
+static inline int32_t sc_smlabb(uint32_t a, uint32_t b, int32_t acc) { return __smlabb((int32_t)a, (int32_t)b, acc); }
+static inline int32_t sc_smlabt(uint32_t a, uint32_t b, int32_t acc) { return __smlabt((int32_t)a, (int32_t)b, acc); }
+static inline int32_t sc_smlatb(uint32_t a, uint32_t b, int32_t acc) { return __smlatb((int32_t)a, (int32_t)b, acc); }
+static inline int32_t sc_smlatt(uint32_t a, uint32_t b, int32_t acc) { return __smlatt((int32_t)a, (int32_t)b, acc); }
 #else
 static inline int32_t sc_s16lo(uint32_t x) { return (int32_t)((x & 0xFFFFu) ^ 0x8000u) - 0x8000; }
 static inline int32_t sc_s16hi(uint32_t x) { return (int32_t)((x >> 16) ^ 0x8000u) - 0x8000; }
@@ -87,6 +92,26 @@ static inline int32_t sc_smlad(uint32_t a, uint32_t b, int32_t acc)
 static inline int32_t sc_smladx(uint32_t a, uint32_t b, int32_t acc)
 {
     return acc + sc_s16lo(a) * sc_s16hi(b) + sc_s16hi(a) * sc_s16lo(b);
+}
+static inline int32_t sc_smlabb(uint32_t a, uint32_t b, int32_t acc) { return acc + sc_s16lo(a) * sc_s16lo(b); }
+static inline int32_t sc_smlabt(uint32_t a, uint32_t b, int32_t acc) { return acc + sc_s16lo(a) * sc_s16hi(b); }
+static inline int32_t sc_smlatb(uint32_t a, uint32_t b, int32_t acc) { return acc + sc_s16hi(a) * sc_s16lo(b); }
+static inline int32_t sc_smlatt(uint32_t a, uint32_t b, int32_t acc) { return acc + sc_s16hi(a) * sc_s16hi(b); }
+#endif
+
+/* acc + (a * b + 2^31) / 2^32 rounded down (SMMLAR; the high word of acc * 2^32 + a * b + 2^31). */
+#if defined(__ARM_FEATURE_DSP) && __ARM_FEATURE_DSP && defined(__GNUC__)
+static inline int32_t sc_smmlar(int32_t a, int32_t b, int32_t acc)
+{
+    int32_t r;
+    __asm__("smmlar %0, %1, %2, %3" : "=r"(r) : "r"(a), "r"(b), "r"(acc));
+    return r;
+}
+#else
+static inline int32_t sc_smmlar(int32_t a, int32_t b, int32_t acc)
+{
+    const int64_t v = (int64_t)acc * 4294967296LL + (int64_t)a * (int64_t)b + 2147483648LL;
+    return (int32_t)(uint32_t)(uint64_t)(v >= 0 ? v >> 32 : ~(~v >> 32));
 }
 #endif
 
@@ -190,6 +215,51 @@ static inline int8_t sc_i8_requant_hk(int32_t acc, int32_t mult, uint32_t half, 
     if (lo > -128 && v < lo) v = lo;
     if (hi < 127 && v > hi) v = hi;
     return (int8_t)v;
+}
+
+/* The requantization of kernels that accumulate 2 * acc (doubled weights or inputs in their halfword
+ * pairs): clamp(mbqm(acc, mult, -e) + zp, lo, hi) for 1 <= e <= SC_I8_MM_EMAX and |acc| < 2^30 (every
+ * partial sum too), with kz = 2^(e-1) + zp * 2^e (SC_I8_MM_KZ). t = floor((acc2 * mult + 2^31) / 2^32) =
+ * floor((acc * mult + 2^30) / 2^31) is SaturatingRoundingDoublingHighMul (which never saturates for
+ * mult >= 0, see sc_i8_srdhm), SMMLAR adds kz to it, and RoundingDivideByPOT is floor((t + 2^(e-1) -
+ * [t < 0]) / 2^e), where [acc < 0] may stand for [t < 0] (acc < 0 with t == 0 gives 0 either way):
+ * floor((t + kz - [acc < 0]) / 2^e) = rdbpot(t, e) + zp. |t| <= |acc| + 1 and |kz| < 2^29, so nothing
+ * overflows. When lo >= zp (ReLU) the [acc < 0] term is dropped: a negative acc gives t <= 0, a result
+ * <= zp with or without it, and both clamp to lo. On the M4: SMMLAR, (SUB), ASR, SSAT. */
+#define SC_I8_MM_EMAX 21
+#define SC_I8_MM_KZ(e, zp) ((int32_t)(((uint32_t)1) << ((e) - 1)) + (zp) * (int32_t)(((uint32_t)1) << (e)))
+#if defined(__GNUC__)
+#define SC_CONST_P(x) __builtin_constant_p(x)
+#else
+#define SC_CONST_P(x) 0
+#endif
+static inline int8_t sc_i8_requant_mm(int32_t acc2, int32_t mult, int32_t kz, int32_t e, int32_t zp, int32_t lo,
+                                      int32_t hi)
+{
+    int32_t v = sc_smmlar(acc2, mult, kz);
+    /* the tests drop out only where the bounds are compile-time constants (an inlined constant parameter
+     * block); with run-time bounds one SUB and a compare each are cheaper than testing first */
+    if (!(SC_CONST_P(lo) && SC_CONST_P(zp)) || lo < zp) v -= (int32_t)((uint32_t)acc2 >> 31);
+    v = sc_ssat8(v >> e);
+    if ((!SC_CONST_P(lo) || lo > -128) && v < lo) v = lo;
+    if ((!SC_CONST_P(hi) || hi < 127) && v > hi) v = hi;
+    return (int8_t)v;
+}
+
+/* sc_i8_requant_mm holds for a channel whose accumulator starts at b and adds `taps` products of int8
+ * (|q * x| <= 2^14): -SC_I8_MM_EMAX <= shift <= -1 and |b| + 2^14 * taps < 2^30. sc_i8_mm_all: for all n. */
+static inline int sc_i8_mm_ok(int32_t b, int32_t shift, int32_t taps)
+{
+    const int32_t lim = taps < 65536 ? ((int32_t)1 << 30) - taps * 16384 : 0;
+    return shift <= -1 && shift >= -SC_I8_MM_EMAX && b > -lim && b < lim;
+}
+
+static inline int sc_i8_mm_all(const int32_t *b, const int8_t *shift, int32_t n, int32_t taps)
+{
+    int32_t c;
+    for (c = 0; c < n; ++c)
+        if (!sc_i8_mm_ok(b ? b[c] : 0, shift[c], taps)) return 0;
+    return 1;
 }
 
 /* 1: the block kernels (pointwise, im2col conv, C_in == 1) inline the shift <= -2 requantization

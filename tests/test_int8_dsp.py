@@ -62,6 +62,10 @@ CASES = {
     "dw_stride2_5x5": (lambda: _seq(nn.Conv2d(4, 4, 3, groups=4, stride=2, padding=1), nn.ReLU(),
                                     nn.Conv2d(4, 4, 5, groups=4, padding=2), nn.Conv2d(4, 4, (1, 3), groups=4, stride=(2, 1))),
                        (1, 4, 11, 10)),  # fmt: skip
+    # 3x3 stride 2 (sc_i8_dw3s2_plane with SMLAD): padding 1, odd input (9 x 12), no activation; then no padding
+    # with ReLU6 (the last column's word load reads the plane's slack bytes)
+    "dw3_stride2": (lambda: _seq(nn.Conv2d(5, 5, 3, groups=5, stride=2, padding=1),
+                                 nn.Conv2d(5, 5, 3, groups=5, stride=2), nn.ReLU6()), (1, 5, 9, 12)),  # fmt: skip
     # a plane above DSP_SCRATCH_MAX_BYTES keeps the clipping kernel sc_i8_conv_q8_dw
     "dw_large_plane": (lambda: _seq(nn.Conv2d(2, 2, 3, groups=2, padding=1)), (1, 2, 95, 90)),
     # pointwise (sc_i8_conv_q8_pw, flat plane): odd plane 5 x 5 (last pair overlaps), cin 64, odd cout 9
@@ -124,7 +128,7 @@ def test_pair_kernels_clean_under_asan_ubsan(tmp_path):
     require_sanitizer()
     for name in ("conv_cin1_odd_kw", "conv_dilation", "conv_interior_nobias", "depthwise_stride_dil", "linear_odd", "pw_odd_plane",
                  "pw_tail_single", "pw_cin2_conv1d", "c1k5_odd", "c1k5_pad_kh3", "c1k5_conv1d",
-                 "dw3_pad_odd", "dw3_wout1", "dw_stride2_5x5"):
+                 "dw3_pad_odd", "dw3_wout1", "dw_stride2_5x5", "dw3_stride2"):
         _check(name, tmp_path / name, [DSP + SANITIZE_FLAGS], n=4)
 
 
@@ -138,8 +142,11 @@ def test_portable_dsp_helpers_match_their_definition(tmp_path):
         '#include <stdio.h>\n#include "sc_fixed.h"\n'
         f"static const uint32_t w[] = {{{', '.join(f'{int(v)}u' for v in words)}}};\n"
         "int main(void) {\n    unsigned i; const unsigned n = sizeof w / sizeof w[0];\n"
-        "    for (i = 0; i < n; ++i) printf(\"%lu %lu %ld\\n\", (unsigned long)sc_sxtb16(w[i]),\n"
-        "        (unsigned long)sc_sxtb16_ror8(w[i]), (long)sc_smlad(w[i], w[n - 1 - i], (int32_t)i - 100));\n"
+        "    for (i = 0; i < n; ++i) {\n        const uint32_t b = w[n - 1 - i]; const int32_t c = (int32_t)i - 100;\n"
+        "        printf(\"%lu %lu %ld %ld %ld %ld %ld %ld %ld\\n\", (unsigned long)sc_sxtb16(w[i]),\n"
+        "        (unsigned long)sc_sxtb16_ror8(w[i]), (long)sc_smlad(w[i], b, c), (long)sc_smladx(w[i], b, c),\n"
+        "        (long)sc_smlabb(w[i], b, c), (long)sc_smlabt(w[i], b, c), (long)sc_smlatb(w[i], b, c),\n"
+        "        (long)sc_smlatt(w[i], b, c), (long)sc_smmlar((int32_t)w[i], (int32_t)b, c));\n    }\n"
         "    return 0;\n}\n"
     )
     exe = tmp_path / "h"
@@ -161,8 +168,14 @@ def test_portable_dsp_helpers_match_their_definition(tmp_path):
     for i, v in enumerate(w):
         ror8 = ((v >> 8) | (v << 24)) & 0xFFFFFFFF
         b = w[len(w) - 1 - i]
-        smlad = (i - 100) + s16(v) * s16(b) + s16(v >> 16) * s16(b >> 16)
-        assert tuple(got[i]) == (sxtb16(v), sxtb16(ror8), smlad), (hex(v), hex(b))
+        c = i - 100
+        smlad = c + s16(v) * s16(b) + s16(v >> 16) * s16(b >> 16)
+        smladx = c + s16(v) * s16(b >> 16) + s16(v >> 16) * s16(b)
+        mla = [c + s16(v >> x) * s16(b >> y) for x, y in ((0, 0), (0, 16), (16, 0), (16, 16))]
+        s32 = ((v ^ 2**31) - 2**31), ((b ^ 2**31) - 2**31)
+        smmlar = (((c << 32) + s32[0] * s32[1] + 2**31) >> 32) & 0xFFFFFFFF
+        smmlar = (smmlar ^ 2**31) - 2**31
+        assert tuple(got[i]) == (sxtb16(v), sxtb16(ror8), smlad, smladx, *mla, smmlar), (hex(v), hex(b))
 
 
 # ---- Cortex-M: real SMLAD on the M4, plain kernels on the M3 -----------------------------------------
@@ -170,7 +183,10 @@ def test_portable_dsp_helpers_match_their_definition(tmp_path):
 
 def _board_net():
     torch.manual_seed(11)
-    return _seq(nn.Conv2d(1, 6, (3, 5), padding=(1, 2)), nn.ReLU(),  # sc_i8_conv_q8_c1k5, a partial quad (7) nn.Conv2d(6, 6, 3, padding=1, groups=6), nn.ReLU(),
+    # sc_i8_conv_q8_c1k5 (a partial quad, 7), the 3x3 depthwise kernel (odd width), the generic padded-plane one,
+    # and the 3x3 stride-2 one,
+    return _seq(nn.Conv2d(1, 6, (3, 5), padding=(1, 2)), nn.ReLU(), nn.Conv2d(6, 6, 3, padding=1, groups=6), nn.ReLU(),
+                nn.Conv2d(6, 6, 3, padding=1, stride=2, groups=6),
                 nn.Conv2d(6, 6, 5, padding=2, stride=(2, 1), groups=6), nn.ReLU(), nn.Conv2d(6, 5, (3, 2), stride=(1, 2)), nn.ReLU(),
                 nn.Conv2d(5, 8, 1), nn.ReLU(), nn.Flatten(), nn.LazyLinear(12), nn.ReLU(), nn.Linear(12, 7),
                 nn.Linear(7, 5))  # fmt: skip
@@ -194,8 +210,10 @@ def test_board_bit_exact_with_and_without_dsp(target, cppflags, expect_dsp, tmp_
     assert run.exit_code == 0, run.stdout + run.stderr
     assert run.max_abs_error == 0.0
     dis = _disassembly(res.directory / "build" / target / "model.elf")
-    for insn in ("smlad", "smladx", "sxtb16"):
+    for insn in ("smlad", "smladx", "sxtb16", "smmlar"):
         assert (f"\t{insn}\t" in dis) == expect_dsp, insn
+    if expect_dsp:  # the 3x3 depthwise kernel's single products (gcc may also pick them for plain C)
+        assert "\tsmlabb\t" in dis and "\tsmlatt\t" in dis
 
 
 def test_requantization_fast_path_matches_reference(tmp_path):
@@ -225,10 +243,12 @@ def test_requantization_fast_path_matches_reference(tmp_path):
     src.write_text(
         '#include <stdio.h>\n#include "sc_fixed.h"\nint main(void) {\n    long a, m, s, z, l, h;\n'
         '    while (scanf("%ld %ld %ld %ld %ld %ld", &a, &m, &s, &z, &l, &h) == 6)\n'
-        '        printf("%ld %d %d\\n", (long)sc_i8_mbqm((int32_t)a, (int32_t)m, (int32_t)s),\n'
+        '        printf("%ld %d %d %d\\n", (long)sc_i8_mbqm((int32_t)a, (int32_t)m, (int32_t)s),\n'
         '               sc_i8_requant((int32_t)a, (int32_t)m, (int32_t)s, (int32_t)z, (int32_t)l, (int32_t)h),\n'
         '               s <= -2 ? sc_i8_requant_hk((int32_t)a, (int32_t)m, 1u << (-s - 2), (int32_t)(-s - 1),\n'
-        '                                          (int32_t)z, (int32_t)l, (int32_t)h) : -1000);\n'
+        '                                          (int32_t)z, (int32_t)l, (int32_t)h) : -1000,\n'
+        '               sc_i8_mm_ok((int32_t)a, (int32_t)s, 0) ? sc_i8_requant_mm((int32_t)(2 * a), (int32_t)m,\n'
+        '                   SC_I8_MM_KZ((int32_t)-s, (int32_t)z), (int32_t)-s, (int32_t)z, (int32_t)l, (int32_t)h) : -1000);\n'
         "    return 0;\n}\n"
     )
     from helpers import SANITIZE_FLAGS, sanitizer_problem
@@ -242,9 +262,14 @@ def test_requantization_fast_path_matches_reference(tmp_path):
     assert out.returncode == 0 and out.stderr == "", out.stderr[-2000:]
     got = np.array([ln.split() for ln in out.stdout.splitlines()], dtype=np.int64)
     want = mbqm(acc, mult, shift)
-    assert got.shape == (acc.size, 3)
+    assert got.shape == (acc.size, 4)
     bad = np.flatnonzero(got[:, 0] != want)
     assert bad.size == 0, f"{bad.size} differ, first acc={acc[bad[0]]} mult={mult[bad[0]]} shift={shift[bad[0]]}: " \
                           f"C {got[bad[0], 0]} ref {want[bad[0]]}"  # fmt: skip
     assert np.array_equal(got[:, 1], np.clip(want + zp, lo, hi))
     assert np.array_equal(got[:, 2], np.where(shift <= -2, np.clip(want + zp, lo, hi), -1000))
+    # sc_i8_requant_mm on 2 * acc: wherever sc_i8_mm_ok holds (|acc| < 2^30, -21 <= shift <= -1), ReLU bounds
+    # (lo >= zp) included; the random accumulators above reach every case
+    mm = (np.abs(acc) < 2**30) & (shift <= -1) & (shift >= -21)
+    assert mm.sum() > 4000 and (mm & (lo >= zp) & (acc < 0)).sum() > 100
+    assert np.array_equal(got[:, 3], np.where(mm, np.clip(want + zp, lo, hi), -1000))
