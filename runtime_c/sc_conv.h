@@ -1642,7 +1642,7 @@ static inline void sc_i8_im2col(const int8_t *in, unsigned char *col, int32_t iy
 
 /* Both windows of the pair at once when they are fully inside the input and B is A shifted by one
  * stride along x (the common case): one pointer walks the taps of A, B's are `sw` further. */
-static inline void sc_i8_im2col2_inner(const int8_t *src, unsigned char *col, const sc_i8_conv_params *p)
+static inline SC_SPECIALIZE void sc_i8_im2col2_inner(const int8_t *src, unsigned char *col, const sc_i8_conv_params *p)
 {
     const int32_t cin = p->cin, kh = p->kh, kw = p->kw, dw = p->dw, sw = p->sw;
     const int32_t row_step = p->dh * p->win, plane = p->hin * p->win;
@@ -1739,7 +1739,7 @@ static inline void sc_i8_im2col2_inner(const int8_t *src, unsigned char *col, co
  * (arena, SC_I8_DSP_SCRATCH_WORDS) holds acc0[cout] then the column. */
 #define SC_I8_DSP_SCRATCH_WORDS(cout, row_len) ((cout) + ((row_len) + 3) / 4 * 4)
 
-static inline void sc_i8_conv_q8_dsp(const int8_t *in, int8_t *out, const int8_t *q, const int32_t *bias,
+static inline SC_SPECIALIZE void sc_i8_conv_q8_dsp(const int8_t *in, int8_t *out, const int8_t *q, const int32_t *bias,
                                      const int32_t *mult, const int8_t *shift, uint32_t *scratch,
                                      const sc_i8_conv_params *p)
 {
@@ -1791,11 +1791,14 @@ static inline void sc_i8_conv_q8_dsp(const int8_t *in, int8_t *out, const int8_t
             const int32_t db = (ob - oc) * row_len;
             const int8_t *wa = q + oc * row_len;
             const uint32_t *x = col;
-            const uint32_t *const xend = col + n4;
+            /* a short last group runs as a whole one where the weight bytes past row ob's end still lie in the
+             * array (rows after ob): the column's taps past row_len are 0, so those bytes add nothing */
+            const int32_t whole = (p->cout - 1 - ob) * row_len >= 3;
+            const uint32_t *const xend = col + (whole ? 4 * groups : n4);
             int32_t a00 = acc0[oc], a10 = acc0[ob], a01 = a00, a11 = a10;
             int8_t *const o0 = out + oc * npos + pos;
             SC_I8_MAC2X2(x, xend, wa, db, a00, a01, a10, a11);
-            for (j = n4; j < row_len; ++j, ++wa) { /* tap t of the last group: word t & 1, half t >> 1 */
+            for (j = whole ? row_len : n4; j < row_len; ++j, ++wa) { /* tap t of the last group: word t & 1, half t >> 1 */
                 const int32_t t = j - n4, qa = wa[0], qb = wa[db];
                 const uint32_t wA = x[t & 1] >> (16 * (t >> 1)), wB = x[2 + (t & 1)] >> (16 * (t >> 1));
                 const int32_t xa = (int32_t)((wA & 0xFFFFu) ^ 0x8000u) - 0x8000;
