@@ -1609,7 +1609,7 @@ static inline void sc_i8_conv_q8(const int8_t *in, int8_t *out, const int8_t *q,
 
 /* The window of one output position (its taps j at byte SC_I8_COLB(j) of `col`). The parameters are
  * copied to locals first: the byte stores may alias *p, which would reload them every tap. */
-static inline void sc_i8_im2col(const int8_t *in, unsigned char *col, int32_t iy0, int32_t ix0,
+static inline SC_SPECIALIZE void sc_i8_im2col(const int8_t *in, unsigned char *col, int32_t iy0, int32_t ix0,
                                 const sc_i8_conv_params *p)
 {
     const unsigned char zp = (unsigned char)p->in_zp;
@@ -1769,12 +1769,14 @@ static inline SC_SPECIALIZE void sc_i8_conv_q8_dsp(const int8_t *in, int8_t *out
             ix0 + p->sw + (p->kw - 1) * p->dw < p->win) {
             sc_i8_im2col2_inner(in + iy0 * p->win + ix0, colb, p);
         } else {
-            sc_i8_im2col(in, colb, iy0, ix0, p);
-            if (two && ++ox == p->wout) {
-                ox = 0;
-                ++oy;
+            int32_t k; /* one inlined copy of the window copy for both positions (code size) */
+            for (k = 0; k < 8; k += 4) {
+                sc_i8_im2col(in, colb + k, oy * p->sh - p->ph, ox * p->sw - p->pw, p);
+                if (two && ++ox == p->wout) {
+                    ox = 0;
+                    ++oy;
+                }
             }
-            sc_i8_im2col(in, colb + 4, oy * p->sh - p->ph, ox * p->sw - p->pw, p);
         }
         if (row_len & 3) { /* the taps past row_len in the last group are never used: defined values */
             for (j = row_len; j < 4 * groups; ++j) colb[SC_I8_COLB(j)] = colb[SC_I8_COLB(j) + 4] = 0;

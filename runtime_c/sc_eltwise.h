@@ -119,6 +119,16 @@ typedef struct {
 static inline void sc_i8_mul(const int8_t *a, const int8_t *b, int8_t *y, int32_t n, const sc_i8_mul_params *p)
 {
     int32_t i;
+#if SC_I8_FAST_REQ
+    {
+        sc_i8_rq r;
+        if (sc_i8_rq_init(&r, p->mult, p->shift, p->out_zp, 255 * 255)) {
+            const int32_t lo = p->act_min, hi = p->act_max, za = p->a_zp, zb = p->b_zp;
+            for (i = 0; i < n; ++i) y[i] = sc_i8_rq_out(&r, ((int32_t)a[i] - za) * ((int32_t)b[i] - zb), lo, hi);
+            return;
+        }
+    }
+#endif
     for (i = 0; i < n; ++i) {
         const int32_t prod = ((int32_t)a[i] - p->a_zp) * ((int32_t)b[i] - p->b_zp);
         y[i] = sc_i8_requant(prod, p->mult, p->shift, p->out_zp, p->act_min, p->act_max);
@@ -131,6 +141,14 @@ static inline void sc_i8_concat_part(const int8_t *x, int8_t *y, int32_t outer, 
                                      int32_t in_zp, int32_t mult, int32_t shift, int32_t out_zp)
 {
     int32_t o, i;
+#if SC_I8_FAST_REQ
+    sc_i8_rq r;
+    if (sc_i8_rq_init(&r, mult, shift, out_zp, 255)) {
+        for (o = 0; o < outer; ++o, x += size, y += stride)
+            for (i = 0; i < size; ++i) y[i] = sc_i8_rq_out(&r, (int32_t)x[i] - in_zp, -128, 127);
+        return;
+    }
+#endif
     for (o = 0; o < outer; ++o) {
         for (i = 0; i < size; ++i)
             y[i] = sc_i8_requant((int32_t)x[i] - in_zp, mult, shift, out_zp, -128, 127);

@@ -262,6 +262,43 @@ static inline int sc_i8_mm_all(const int32_t *b, const int8_t *shift, int32_t n,
     return 1;
 }
 
+/* One layer-wide requantization applied to small values (elementwise kernels): for |x| <= xmax,
+ * sc_i8_rq_init prepares it and returns 1 when sc_i8_rq_mbqm(r, x) == sc_i8_mbqm(x, mult, shift) + zp and
+ * sc_i8_rq_out == sc_i8_requant exactly (else the caller keeps the generic functions). With L = max(shift, 0)
+ * + 1 and e = max(-shift, 0), SMMLAR(x * 2^L, mult, kz) is floor((x * 2^max(shift, 0) * mult + 2^30) / 2^31)
+ * + kz: SaturatingRoundingDoublingHighMul of the left-shifted x (which cannot saturate while |x * 2^L| <
+ * 2^31) plus kz = 2^(e-1) + zp * 2^e (zp alone when e == 0); for e >= 1 subtracting [x < 0] and shifting
+ * right by e is RoundingDivideByPOT (see sc_i8_requant_mm). Conditions: -SC_I8_MM_EMAX <= shift <= 22,
+ * xmax * 2^L < 2^30. */
+typedef struct {
+    int32_t m, l, e, kz, cm; /* multiplier, left shift, right shift, added constant, [e >= 1] */
+} sc_i8_rq;
+
+static inline int sc_i8_rq_init(sc_i8_rq *r, int32_t mult, int32_t shift, int32_t zp, int32_t xmax)
+{
+    r->m = mult;
+    r->l = (shift > 0 ? shift : 0) + 1;
+    r->e = shift < 0 ? -shift : 0;
+    r->cm = r->e > 0;
+    if (shift < -SC_I8_MM_EMAX || shift > 22 || xmax < 0 || xmax >= ((int32_t)1 << (30 - r->l))) return 0;
+    r->kz = (r->e > 0 ? (int32_t)(((uint32_t)1) << (r->e - 1)) : 0) + zp * (int32_t)(((uint32_t)1) << r->e);
+    return 1;
+}
+
+static inline int32_t sc_i8_rq_mbqm(const sc_i8_rq *r, int32_t x)
+{
+    const int32_t xs = (int32_t)((uint32_t)x << r->l);
+    return (sc_smmlar(xs, r->m, r->kz) - (int32_t)(((uint32_t)xs >> 31) & (uint32_t)r->cm)) >> r->e;
+}
+
+static inline int8_t sc_i8_rq_out(const sc_i8_rq *r, int32_t x, int32_t lo, int32_t hi)
+{
+    int32_t v = sc_ssat8(sc_i8_rq_mbqm(r, x));
+    if ((!SC_CONST_P(lo) || lo > -128) && v < lo) v = lo;
+    if ((!SC_CONST_P(hi) || hi < 127) && v > hi) v = hi;
+    return (int8_t)v;
+}
+
 /* 1: the block kernels (pointwise, im2col conv, C_in == 1) inline the shift <= -2 requantization
  * (sc_i8_requant_hk) next to the generic one; 0 (the default at -Os): only the generic sc_i8_requant. */
 #ifndef SC_I8_FAST_REQ

@@ -273,3 +273,57 @@ def test_requantization_fast_path_matches_reference(tmp_path):
     mm = (np.abs(acc) < 2**30) & (shift <= -1) & (shift >= -21)
     assert mm.sum() > 4000 and (mm & (lo >= zp) & (acc < 0)).sum() > 100
     assert np.array_equal(got[:, 3], np.where(mm, np.clip(want + zp, lo, hi), -1000))
+
+
+def test_small_value_requantization_matches_reference(tmp_path):
+    """sc_i8_rq_init / sc_i8_rq_mbqm / sc_i8_rq_out (the elementwise kernels' SMMLAR form, left shifts
+    included) against codegen.integer.mbqm for values within the bound it is given, ties included; outside
+    its conditions sc_i8_rq_init refuses."""
+    from codegen.integer import mbqm
+
+    rng = np.random.default_rng(5)
+    n = 6000
+    shift = rng.integers(-24, 25, n)
+    xmax = rng.choice([255, 255 * 255, 255 * 2**20, 510 * 2**20 + 2], n)
+    x = (rng.random(n) * 2 - 1) * xmax
+    x = np.where(rng.random(n) < 0.1, np.sign(x) * xmax, x).astype(np.int64)
+    mult = rng.integers(2**30, 2**31, n)
+    e = np.maximum(-shift, 1)  # exact ties: mult = 2^30, x = k * 2^(e-1)
+    tie = rng.random(n) < 0.2
+    mult = np.where(tie, 2**30, mult)
+    x = np.where(tie & (e < 20), np.clip(rng.integers(-200, 200, n) << (e - 1), -xmax, xmax), x)
+    zp = rng.integers(-128, 128, n)
+    lo = np.where(rng.random(n) < 0.5, -128, rng.integers(-128, 0, n))
+    hi = np.where(rng.random(n) < 0.5, 127, rng.integers(0, 128, n))
+    rows = np.stack([x, mult, shift, zp, lo, hi, xmax], 1)
+    src = tmp_path / "q.c"
+    src.write_text(
+        '#include <stdio.h>\n#include "sc_fixed.h"\nint main(void) {\n    long a, m, s, z, l, h, xm;\n'
+        '    while (scanf("%ld %ld %ld %ld %ld %ld %ld", &a, &m, &s, &z, &l, &h, &xm) == 7) {\n'
+        "        sc_i8_rq r0, r;\n"
+        "        if (!sc_i8_rq_init(&r0, (int32_t)m, (int32_t)s, 0, (int32_t)xm)"
+        " || !sc_i8_rq_init(&r, (int32_t)m, (int32_t)s, (int32_t)z, (int32_t)xm)) {\n"
+        '            printf("x\\n");\n            continue;\n        }\n'
+        '        printf("%ld %d\\n", (long)sc_i8_rq_mbqm(&r0, (int32_t)a), sc_i8_rq_out(&r, (int32_t)a, (int32_t)l, (int32_t)h));\n'
+        "    }\n    return 0;\n}\n"
+    )
+    from helpers import SANITIZE_FLAGS, sanitizer_problem
+
+    flags = [] if sanitizer_problem() else list(SANITIZE_FLAGS)
+    exe = tmp_path / "q"
+    subprocess.run(["cc", "-std=c99", "-O2", "-Wall", "-Wextra", "-Werror", "-pedantic", *flags, f"-I{RUNTIME}",
+                    str(src), "-o", str(exe)], check=True)  # fmt: skip
+    out = subprocess.run([str(exe)], input="\n".join(" ".join(map(str, r)) for r in rows), capture_output=True,
+                         text=True)  # fmt: skip
+    assert out.returncode == 0 and out.stderr == "", out.stderr[-2000:]
+    lines = out.stdout.splitlines()
+    assert len(lines) == n
+    lshift = np.maximum(shift, 0) + 1
+    ok = (shift >= -21) & (shift <= 22) & (xmax < 2.0 ** (30 - lshift))
+    assert [ln == "x" for ln in lines] == list(~ok)
+    assert ok.sum() > 1500 and (ok & (shift > 0)).sum() > 200 and (ok & (shift == 0)).sum() > 50
+    got = np.array([ln.split() for ln, k in zip(lines, ok) if k], dtype=np.int64)
+    want = mbqm(x[ok], mult[ok], shift[ok])
+    bad = np.flatnonzero(got[:, 0] != want)
+    assert bad.size == 0, f"x={x[ok][bad[0]]} mult={mult[ok][bad[0]]} shift={shift[ok][bad[0]]}: C {got[bad[0], 0]} ref {want[bad[0]]}"
+    assert np.array_equal(got[:, 1], np.clip(want + zp[ok], lo[ok], hi[ok]))
