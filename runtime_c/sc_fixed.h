@@ -75,6 +75,8 @@ static inline int32_t sc_smlabb(uint32_t a, uint32_t b, int32_t acc) { return __
 static inline int32_t sc_smlabt(uint32_t a, uint32_t b, int32_t acc) { return __smlabt((int32_t)a, (int32_t)b, acc); }
 static inline int32_t sc_smlatb(uint32_t a, uint32_t b, int32_t acc) { return __smlatb((int32_t)a, (int32_t)b, acc); }
 static inline int32_t sc_smlatt(uint32_t a, uint32_t b, int32_t acc) { return __smlatt((int32_t)a, (int32_t)b, acc); }
+/* (hi(a) - hi(b), lo(a) - lo(b)), signed halfwords wrapping modulo 2^16 (SSUB16) */
+static inline uint32_t sc_ssub16(uint32_t a, uint32_t b) { return (uint32_t)__ssub16((int32_t)a, (int32_t)b); }
 #else
 static inline int32_t sc_s16lo(uint32_t x) { return (int32_t)((x & 0xFFFFu) ^ 0x8000u) - 0x8000; }
 static inline int32_t sc_s16hi(uint32_t x) { return (int32_t)((x >> 16) ^ 0x8000u) - 0x8000; }
@@ -97,6 +99,10 @@ static inline int32_t sc_smlabb(uint32_t a, uint32_t b, int32_t acc) { return ac
 static inline int32_t sc_smlabt(uint32_t a, uint32_t b, int32_t acc) { return acc + sc_s16lo(a) * sc_s16hi(b); }
 static inline int32_t sc_smlatb(uint32_t a, uint32_t b, int32_t acc) { return acc + sc_s16hi(a) * sc_s16lo(b); }
 static inline int32_t sc_smlatt(uint32_t a, uint32_t b, int32_t acc) { return acc + sc_s16hi(a) * sc_s16hi(b); }
+static inline uint32_t sc_ssub16(uint32_t a, uint32_t b)
+{
+    return (((a & 0xFFFF0000u) - (b & 0xFFFF0000u)) & 0xFFFF0000u) | (((a & 0xFFFFu) - (b & 0xFFFFu)) & 0xFFFFu);
+}
 #endif
 
 /* acc + (a * b + 2^31) / 2^32 rounded down (SMMLAR; the high word of acc * 2^32 + a * b + 2^31). */

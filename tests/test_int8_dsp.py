@@ -30,6 +30,17 @@ def _seq(*mods):
     return nn.Sequential(*mods)
 
 
+class _Rnn(nn.Module):
+    """The output sequence of an nn.LSTM / nn.GRU (batch_first)."""
+
+    def __init__(self, rnn: nn.Module):
+        super().__init__()
+        self.rnn = rnn
+
+    def forward(self, x):
+        return self.rnn(x)[0]
+
+
 # (model factory, input shape): conv cases for sc_i8_conv_q8_dsp, linear cases for the 4-row pair loop
 CASES = {
     # cin = 1, kernel (5, 3) (the 5-wide one takes sc_i8_conv_q8_c1k5), row_len 15 (not a multiple of 4), odd cout, odd number of positions (5 x 3)
@@ -84,6 +95,11 @@ CASES = {
     "linear_odd": (lambda: _seq(nn.Linear(13, 7), nn.ReLU()), (1, 3, 13)),
     # in < 4 (no pair at all), out % 4 == 1; then in % 4 == 0
     "linear_small": (lambda: _seq(nn.Flatten(), nn.Linear(3, 9), nn.ReLU(), nn.Linear(9, 8), nn.Linear(8, 1)), (1, 3)),
+    # recurrent gate projections (sc_i8_rnn_proj, 4 gate rows per pass, the input zero point taken off with
+    # SSUB16; after a ReLU it is -128): GRU 15 gate rows (3 passes + 3 single rows), 6 inputs (a pair + 2 left), hidden 5
+    "gru_rows_tail": (lambda: _seq(nn.ReLU(), _Rnn(nn.GRU(6, 5, batch_first=True))), (1, 4, 6)),
+    # LSTM 16 gate rows, 2 layers, both directions; inputs 8 then 2 x 4 (multiples of 4), hidden 4
+    "lstm_2layer_bidir": (lambda: _Rnn(nn.LSTM(8, 4, num_layers=2, bidirectional=True, batch_first=True)), (1, 3, 8)),
 }
 
 
@@ -126,14 +142,15 @@ def test_pair_kernels_clean_under_asan_ubsan(tmp_path):
     from helpers import SANITIZE_FLAGS, require_sanitizer
 
     require_sanitizer()
-    for name in ("conv_cin1_odd_kw", "conv_dilation", "conv_interior_nobias", "depthwise_stride_dil", "linear_odd", "pw_odd_plane",
+    for name in ("gru_rows_tail", "conv_cin1_odd_kw", "conv_dilation", "conv_interior_nobias", "depthwise_stride_dil", "linear_odd", "pw_odd_plane",
                  "pw_tail_single", "pw_cin2_conv1d", "c1k5_odd", "c1k5_pad_kh3", "c1k5_conv1d",
                  "dw3_pad_odd", "dw3_wout1", "dw_stride2_5x5", "dw3_stride2"):
         _check(name, tmp_path / name, [DSP + SANITIZE_FLAGS], n=4)
 
 
 def test_portable_dsp_helpers_match_their_definition(tmp_path):
-    """sc_sxtb16 / sc_sxtb16_ror8 / sc_smlad (portable C on the host) against the Arm definitions."""
+    """sc_sxtb16 / sc_sxtb16_ror8 / sc_smlad(x) / sc_smla<x><y> / sc_smmlar / sc_ssub16 (portable C on the host)
+    against the Arm definitions."""
     rng = np.random.default_rng(1)
     words = np.concatenate([rng.integers(0, 2**32, 300, dtype=np.uint64),
                             [0, 0xFFFFFFFF, 0x80808080, 0x7F7F7F7F, 0x00800080, 0x80000000]]).astype(np.uint64)  # fmt: skip
@@ -143,10 +160,11 @@ def test_portable_dsp_helpers_match_their_definition(tmp_path):
         f"static const uint32_t w[] = {{{', '.join(f'{int(v)}u' for v in words)}}};\n"
         "int main(void) {\n    unsigned i; const unsigned n = sizeof w / sizeof w[0];\n"
         "    for (i = 0; i < n; ++i) {\n        const uint32_t b = w[n - 1 - i]; const int32_t c = (int32_t)i - 100;\n"
-        "        printf(\"%lu %lu %ld %ld %ld %ld %ld %ld %ld\\n\", (unsigned long)sc_sxtb16(w[i]),\n"
+        "        printf(\"%lu %lu %ld %ld %ld %ld %ld %ld %ld %lu\\n\", (unsigned long)sc_sxtb16(w[i]),\n"
         "        (unsigned long)sc_sxtb16_ror8(w[i]), (long)sc_smlad(w[i], b, c), (long)sc_smladx(w[i], b, c),\n"
         "        (long)sc_smlabb(w[i], b, c), (long)sc_smlabt(w[i], b, c), (long)sc_smlatb(w[i], b, c),\n"
-        "        (long)sc_smlatt(w[i], b, c), (long)sc_smmlar((int32_t)w[i], (int32_t)b, c));\n    }\n"
+        "        (long)sc_smlatt(w[i], b, c), (long)sc_smmlar((int32_t)w[i], (int32_t)b, c),\n"
+        "        (unsigned long)sc_ssub16(w[i], b));\n    }\n"
         "    return 0;\n}\n"
     )
     exe = tmp_path / "h"
@@ -175,7 +193,8 @@ def test_portable_dsp_helpers_match_their_definition(tmp_path):
         s32 = ((v ^ 2**31) - 2**31), ((b ^ 2**31) - 2**31)
         smmlar = (((c << 32) + s32[0] * s32[1] + 2**31) >> 32) & 0xFFFFFFFF
         smmlar = (smmlar ^ 2**31) - 2**31
-        assert tuple(got[i]) == (sxtb16(v), sxtb16(ror8), smlad, smladx, *mla, smmlar), (hex(v), hex(b))
+        ssub16 = ((v - b) & 0xFFFF) | ((((v >> 16) - (b >> 16)) & 0xFFFF) << 16)
+        assert tuple(got[i]) == (sxtb16(v), sxtb16(ror8), smlad, smladx, *mla, smmlar, ssub16), (hex(v), hex(b))
 
 
 # ---- Cortex-M: real SMLAD on the M4, plain kernels on the M3 -----------------------------------------
