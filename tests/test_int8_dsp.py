@@ -235,6 +235,21 @@ def test_board_bit_exact_with_and_without_dsp(target, cppflags, expect_dsp, tmp_
         assert "\tsmlabb\t" in dis and "\tsmlatt\t" in dis
 
 
+def _run_c_rows(src: Path, rows: np.ndarray) -> list[str]:
+    """Builds the C program `src` (host cc, sanitizers where they work) and feeds it `rows`, one per line; its
+    output lines."""
+    from helpers import SANITIZE_FLAGS, sanitizer_problem
+
+    flags = [] if sanitizer_problem() else list(SANITIZE_FLAGS)
+    exe = src.with_suffix("")
+    subprocess.run(["cc", "-std=c99", "-O2", "-Wall", "-Wextra", "-Werror", "-pedantic", *flags, f"-I{RUNTIME}",
+                    str(src), "-o", str(exe)], check=True)  # fmt: skip
+    out = subprocess.run([str(exe)], input="\n".join(" ".join(map(str, r)) for r in rows), capture_output=True,
+                         text=True)  # fmt: skip
+    assert out.returncode == 0 and out.stderr == "", out.stderr[-2000:]
+    return out.stdout.splitlines()
+
+
 def test_requantization_fast_path_matches_reference(tmp_path):
     """sc_i8_mbqm (one SMLAL for shift <= -2, sc_i8_mbqm_e2), sc_i8_requant and sc_i8_requant_hk against the numpy
     reference (codegen.integer.mbqm) on random and edge accumulators, multipliers and shifts, ties
@@ -270,16 +285,7 @@ def test_requantization_fast_path_matches_reference(tmp_path):
         '                   SC_I8_MM_KZ((int32_t)-s, (int32_t)z), (int32_t)-s, (int32_t)z, (int32_t)l, (int32_t)h) : -1000);\n'
         "    return 0;\n}\n"
     )
-    from helpers import SANITIZE_FLAGS, sanitizer_problem
-
-    flags = [] if sanitizer_problem() else list(SANITIZE_FLAGS)
-    exe = tmp_path / "r"
-    subprocess.run(["cc", "-std=c99", "-O2", "-Wall", "-Wextra", "-Werror", "-pedantic", *flags, f"-I{RUNTIME}",
-                    str(src), "-o", str(exe)], check=True)  # fmt: skip
-    out = subprocess.run([str(exe)], input="\n".join(" ".join(map(str, r)) for r in rows), capture_output=True,
-                         text=True)  # fmt: skip
-    assert out.returncode == 0 and out.stderr == "", out.stderr[-2000:]
-    got = np.array([ln.split() for ln in out.stdout.splitlines()], dtype=np.int64)
+    got = np.array([ln.split() for ln in _run_c_rows(src, rows)], dtype=np.int64)
     want = mbqm(acc, mult, shift)
     assert got.shape == (acc.size, 4)
     bad = np.flatnonzero(got[:, 0] != want)
@@ -326,16 +332,7 @@ def test_small_value_requantization_matches_reference(tmp_path):
         '        printf("%ld %d\\n", (long)sc_i8_rq_mbqm(&r0, (int32_t)a), sc_i8_rq_out(&r, (int32_t)a, (int32_t)l, (int32_t)h));\n'
         "    }\n    return 0;\n}\n"
     )
-    from helpers import SANITIZE_FLAGS, sanitizer_problem
-
-    flags = [] if sanitizer_problem() else list(SANITIZE_FLAGS)
-    exe = tmp_path / "q"
-    subprocess.run(["cc", "-std=c99", "-O2", "-Wall", "-Wextra", "-Werror", "-pedantic", *flags, f"-I{RUNTIME}",
-                    str(src), "-o", str(exe)], check=True)  # fmt: skip
-    out = subprocess.run([str(exe)], input="\n".join(" ".join(map(str, r)) for r in rows), capture_output=True,
-                         text=True)  # fmt: skip
-    assert out.returncode == 0 and out.stderr == "", out.stderr[-2000:]
-    lines = out.stdout.splitlines()
+    lines = _run_c_rows(src, rows)
     assert len(lines) == n
     lshift = np.maximum(shift, 0) + 1
     ok = (shift >= -21) & (shift <= 22) & (xmax < 2.0 ** (30 - lshift))
