@@ -102,9 +102,26 @@ typedef struct {
 } sc_i8_add_params;
 
 /* TFLite's int8 add: both operands scaled to 2 * max(scale) with 2^left_shift headroom. */
-static inline void sc_i8_add(const int8_t *a, const int8_t *b, int8_t *y, int32_t n, const sc_i8_add_params *p)
+static inline SC_SPECIALIZE void sc_i8_add(const int8_t *a, const int8_t *b, int8_t *y, int32_t n,
+                                           const sc_i8_add_params *p)
 {
     int32_t i;
+#if SC_I8_FAST_REQ
+    { /* inlined with the layer's constant parameters (-O2), so the requantization constants fold into
+       * immediates; |a - a_zp| <= 255 and an accepted input shift is <= 0, so |av|, |bv| <= 255 * 2^ls + 1 */
+        const int32_t ls = p->left_shift, xmax = ls <= 20 ? 255 * ((int32_t)1 << ls) : -1;
+        sc_i8_rq ra, rb, ro;
+        if (sc_i8_rq_init(&ra, p->a_mult, p->a_shift, 0, xmax) && sc_i8_rq_init(&rb, p->b_mult, p->b_shift, 0, xmax) &&
+            sc_i8_rq_init(&ro, p->out_mult, p->out_shift, p->out_zp, 2 * xmax + 2)) {
+            for (i = 0; i < n; ++i) {
+                const int32_t av = sc_i8_rq_mbqm(&ra, ((int32_t)a[i] - p->a_zp) * ((int32_t)1 << ls));
+                const int32_t bv = sc_i8_rq_mbqm(&rb, ((int32_t)b[i] - p->b_zp) * ((int32_t)1 << ls));
+                y[i] = sc_i8_rq_out(&ro, av + bv, p->act_min, p->act_max);
+            }
+            return;
+        }
+    }
+#endif
     for (i = 0; i < n; ++i) {
         const int32_t av = sc_i8_mbqm(((int32_t)a[i] - p->a_zp) * ((int32_t)1 << p->left_shift), p->a_mult, p->a_shift);
         const int32_t bv = sc_i8_mbqm(((int32_t)b[i] - p->b_zp) * ((int32_t)1 << p->left_shift), p->b_mult, p->b_shift);

@@ -343,3 +343,34 @@ def test_small_value_requantization_matches_reference(tmp_path):
     bad = np.flatnonzero(got[:, 0] != want)
     assert bad.size == 0, f"x={x[ok][bad[0]]} mult={mult[ok][bad[0]]} shift={shift[ok][bad[0]]}: C {got[bad[0], 0]} ref {want[bad[0]]}"
     assert np.array_equal(got[:, 1], np.clip(want + zp[ok], lo[ok], hi[ok]))
+
+
+class _Elementwise(nn.Module):
+    """A residual add (one input at the larger scale: multiplier 2^30, shift 0), a mul and a concat: the
+    elementwise kernels' sc_i8_rq_* forms."""
+
+    def __init__(self):
+        super().__init__()
+        self.a = nn.Conv2d(3, 4, 3, padding=1)
+        self.b = nn.Conv2d(3, 4, 1)
+        self.c = nn.Conv2d(3, 2, 1)
+
+    def forward(self, x):
+        y = torch.relu(self.a(x) + self.b(x)) * torch.sigmoid(self.b(x))
+        return torch.cat([y, self.c(x)], 1)
+
+
+@pytest.mark.parametrize("target", ["m4", "m3"])
+def test_elementwise_bit_exact_on_board(target, tmp_path):
+    _require_board()
+    from codegen import board
+
+    torch.manual_seed(3)
+    res, _ = emit_integer(_Elementwise(), (1, 3, 6, 7), tmp_path)
+    src = (res.directory / "model.c").read_text()
+    assert "sc_i8_add(" in src and "sc_i8_mul(" in src and "sc_i8_concat_part(" in src
+    run = board.run(res.directory, target)
+    assert run.exit_code == 0, run.stdout + run.stderr
+    assert run.max_abs_error == 0.0
+    if target == "m4":  # the SMMLAR forms are in the firmware
+        assert "\tsmmlar\t" in _disassembly(res.directory / "build" / target / "model.elf")
