@@ -891,16 +891,22 @@ def _compress_auto(model: nn.Module, cfg: CompressConfig, data: _Data, t0: float
     logger.info("auto: %s gives the best probe accuracy (%.4f); finalists %s", cands[0].representation,
                 cands[0].val_accuracy, ", ".join(p.representation for p in cands))
     cap = MAX_FINALISTS if cfg.finalists is None else cfg.finalists
-    runs: list[tuple[ProbeRecord, nn.Module, CompressionReport, list]] = []  # record, model copy, report, rng
+    order = (*AUTO_CANDIDATES, *SIZE_CANDIDATES)
+
+    def rank(r: CompressionReport, rep: str) -> tuple:  # the best validation accuracy; ties: preference order
+        return -(r.val_accuracy_after if r.val_accuracy_after is not None else -1.0), order.index(rep)
+
+    best: tuple | None = None  # (rank, model copy, report, the loaders' generator states): only the best is kept
     finals: list[ProbeRecord] = []
-    first_s = extra_s = 0.0
+    # the first completed full run's seconds (it always runs) and its probe's, the extra runs' seconds
+    first_s, first_probe_s, extra_s = None, 1.0, 0.0
     for i, p in enumerate(cands):
         rep = p.representation
         if i >= cap:
             finals.append(ProbeRecord(rep, None, None, 0.0, f"not run: finalists={cap}"))
             continue
-        if i > 0:  # the first full run's time, scaled by the probes' times, estimates this one
-            est = first_s * max(1.0, p.seconds / max(cands[0].seconds, 1e-9))
+        if first_s is not None:  # the first full run's time, scaled by the probes' times, estimates this one
+            est = first_s * max(1.0, p.seconds / max(first_probe_s, 1e-9))
             why = ("" if cfg.finalists is not None or extra_s + est <= FINALIST_SECONDS else
                    f"not run: estimated {est:.0f} s would take the extra full runs beyond {FINALIST_SECONDS:.0f} s "
                    "(finalists=N allows N)")
@@ -917,22 +923,21 @@ def _compress_auto(model: nn.Module, cfg: CompressConfig, data: _Data, t0: float
             finals.append(ProbeRecord(rep, None, None, time.monotonic() - ft, f"not possible: {exc}"))
             continue
         secs = time.monotonic() - ft
-        if i == 0:
-            first_s = secs
+        if first_s is None:
+            first_s, first_probe_s = secs, p.seconds
         else:
             extra_s += secs
         finals.append(ProbeRecord(rep, report.val_accuracy_after, report.final_bytes, secs, report.stopped_reason))
         logger.info("auto finalist %s: val %s at %d bytes (%.1f s)", rep, report.val_accuracy_after,
                     report.final_bytes, secs)
         if report.final_bytes <= cfg.budget:
-            runs.append((finals[-1], run, report, rng.states()))
-    if not runs:
+            if best is None or rank(report, rep) < best[0]:
+                best = (rank(report, rep), run, report, rng.states())
+        del run
+    if best is None:
         raise BudgetError(f"no representation reached the budget of {cfg.budget} bytes in full: "
                           + "; ".join(f"{p.representation}: {p.note}" for p in finals), cfg.budget)
-    order = (*AUTO_CANDIDATES, *SIZE_CANDIDATES)
-    # the best validation accuracy; ties go to the first in preference order
-    record, run, report, states = min(runs, key=lambda r: (-(r[2].val_accuracy_after or 0.0),
-                                                           order.index(r[0].representation)))
+    _, run, report, states = best
     _adopt_(model if data.exits is None else data.exits, run)
     if data.exits is not None:
         data.exits.__dict__["_fx"] = None  # a cached graph module over the copy's layers
