@@ -1,13 +1,14 @@
 """Benchmark (issue 19): the default call against each single representation, accuracy vs the exact
 bytes ``save_compressed_model`` emits, on several tasks with held-out test data.
 
-    python benchmarks/auto_vs_single.py [--tasks digits,sensor1d,kws2d,mlp,lenet300,lenet5]
+    python benchmarks/auto_vs_single.py [--tasks digits,sensor1d,kws2d,kws2d_trad,mlp,lenet300,lenet5]
                                         [--reps default,csr,int8,codebook,per-layer] [--out out/auto]
                                         [--max-train N] [--float-epochs 10]
 
 Tasks: the digits CNN (sklearn digits, 8x8), a 1-D CNN on a synthetic sensor task (three noisy
 channels of bursts, chirps and tones, 8 classes), a DS-CNN on synthetic keyword-spotting spectrograms
-(10 "keywords" of three formant "phonemes" each, jittered in rate, pitch, gain, noise), an MLP on sklearn's make_classification, LeNet-300-100
+(10 "keywords" of three formant "phonemes" each, jittered in rate, pitch, gain, noise) and a
+conventional two-conv CNN on the same data, an MLP on sklearn's make_classification, LeNet-300-100
 and LeNet-5 on MNIST (/work/shared/data/mnist or --data).  Float baselines: plain Adam, ``--float-epochs``
 epochs (10 by default, as in the issue), cached in OUT/<task>.pt.  For each task and representation a
 fresh copy of the float model is compressed with ``compress_NN_models(model, budget, train, test,
@@ -151,6 +152,17 @@ def kws2d_cnn() -> nn.Module:
     )  # fmt: skip
 
 
+
+def kws2d_trad_cnn() -> nn.Module:
+    """A conventional CNN for the same spectrograms (Hello Edge's "CNN" shape: two convs with max pooling, a
+    fully connected layer): more weights per channel than the DS-CNN, so its biases weigh less at 15x."""
+    return nn.Sequential(
+        nn.Conv2d(1, 28, (7, 3), padding=(3, 1)), nn.ReLU(), nn.MaxPool2d(2),
+        nn.Conv2d(28, 30, (5, 3), padding=(2, 1)), nn.ReLU(), nn.MaxPool2d(2),
+        nn.Flatten(), nn.Linear(30 * 10 * 5, 64), nn.ReLU(), nn.Linear(64, 10),
+    )  # fmt: skip
+
+
 def mlp_task(seed: int = 0, n: int = 8000):
     from sklearn.datasets import make_classification
 
@@ -197,6 +209,7 @@ def tasks(data_dir: Path | None, max_train: int | None):
         "digits": (digits_cnn, lambda: load_digits(batch_size=64, seed=0), None),  # 15x of its float size
         "sensor1d": (sensor1d_cnn, lambda: _split_loaders(*_generated(sensor1d_task)), None),
         "kws2d": (kws2d_cnn, lambda: _split_loaders(*_generated(kws2d_task)), None),
+        "kws2d_trad": (kws2d_trad_cnn, lambda: _split_loaders(*_generated(kws2d_task)), None),
         "mlp": (mlp_model, lambda: _split_loaders(*_generated(mlp_task)), None),
         "lenet300": (lenet300_100, mnist, 27_000),
         "lenet5": (lenet5, mnist, 44_000),
@@ -205,7 +218,7 @@ def tasks(data_dir: Path | None, max_train: int | None):
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--tasks", default="digits,sensor1d,kws2d,mlp,lenet300,lenet5")
+    ap.add_argument("--tasks", default="digits,sensor1d,kws2d,kws2d_trad,mlp,lenet300,lenet5")
     ap.add_argument("--reps", default="default,csr,int8,codebook,per-layer")
     ap.add_argument("--out", default="out/auto")
     ap.add_argument("--data", default=None)
