@@ -70,6 +70,8 @@ static inline uint32_t sc_sxtb16_ror8(uint32_t x) { return (uint32_t)__sxtb16((i
 static inline int32_t sc_smlad(uint32_t a, uint32_t b, int32_t acc) { return __smlad((int32_t)a, (int32_t)b, acc); }
 /* acc + lo(a) * hi(b) + hi(a) * lo(b) (SMLADX) */
 static inline int32_t sc_smladx(uint32_t a, uint32_t b, int32_t acc) { return __smladx((int32_t)a, (int32_t)b, acc); }
+/* (hi(a) - hi(b), lo(a) - lo(b)), signed halfwords wrapping modulo 2^16 (SSUB16) */
+static inline uint32_t sc_ssub16(uint32_t a, uint32_t b) { return (uint32_t)__ssub16((int32_t)a, (int32_t)b); }
 #else
 static inline int32_t sc_s16lo(uint32_t x) { return (int32_t)((x & 0xFFFFu) ^ 0x8000u) - 0x8000; }
 static inline int32_t sc_s16hi(uint32_t x) { return (int32_t)((x >> 16) ^ 0x8000u) - 0x8000; }
@@ -87,6 +89,10 @@ static inline int32_t sc_smlad(uint32_t a, uint32_t b, int32_t acc)
 static inline int32_t sc_smladx(uint32_t a, uint32_t b, int32_t acc)
 {
     return acc + sc_s16lo(a) * sc_s16hi(b) + sc_s16hi(a) * sc_s16lo(b);
+}
+static inline uint32_t sc_ssub16(uint32_t a, uint32_t b)
+{
+    return (((a & 0xFFFF0000u) - (b & 0xFFFF0000u)) & 0xFFFF0000u) | (((a & 0xFFFFu) - (b & 0xFFFFu)) & 0xFFFFu);
 }
 #endif
 

@@ -1,6 +1,7 @@
 """Per-layer bit widths and encodings: ``bits_analysis`` (accuracy of each layer weight-shared
-alone at several bit widths) and ``QuantPlan`` (which encoding each layer gets, its estimated
-bytes at a given nonzero count, and applying it to a model).
+alone at several bit widths) and ``make_plan`` (the :class:`~sparsecomp.budget.QuantPlan` saying which
+encoding each layer gets, chosen by measured accuracy and by the bytes
+:class:`~sparsecomp.budget.LayerBytes` counts; this module never counts bytes itself).
 
 Example::
 
@@ -28,8 +29,8 @@ import torch
 import torch.nn as nn
 from tqdm.auto import tqdm
 
-from .budget import layer_nbytes
-from .pruning import find_compressible_layers, weight_matrix_shape
+from .budget import LayerBytes, QuantPlan
+from .pruning import find_compressible_layers
 from .training import Metric, evaluate, top1
 from .weight_sharing import WeightSharingError, check_bits, check_finite
 
@@ -164,48 +165,6 @@ def bits_analysis(
 # --------------------------------------------------------------------------------------
 # per-layer plans
 # --------------------------------------------------------------------------------------
-@dataclass
-class QuantPlan:
-    """How each compressible layer is stored: ``layers[name] = ("int8", None)``, ``("codebook", bits)``
-    or ``("csr", None)`` (float).  ``default`` applies to layers not listed (e.g. new factor layers).
-    The plan only says *how*; the bytes are :mod:`sparsecomp.budget`'s (``ByteModel``, ``layer_nbytes``,
-    ``exact_weight_bytes(..., plan)``)."""
-
-    representation: str
-    layers: dict[str, tuple[str, int | None]] = field(default_factory=dict)
-    default: tuple[str, int | None] = ("csr", None)
-    sharing: str = "cws"  # how codebook layers get their values: sparsecomp.sham.METHODS
-    # measured validation-accuracy drop of each layer stored alone as (kind, bits) (float: 0), the rest float
-    drops: dict[str, dict[tuple[str, int | None], float]] = field(default_factory=dict)
-
-    def kind(self, name: str) -> tuple[str, int | None]:
-        return self.layers.get(name, self.default)
-
-    def apply_(self, model: nn.Module) -> nn.Module:
-        """Quantize (int8) or share (codebook) the weights in place, as planned."""
-        from codegen.quantize import int8_quantize_array
-
-        from .sham import share
-
-        comp = find_compressible_layers(model)
-        check_finite(model, [n for n in comp if self.kind(n)[0] != "csr"])
-        with torch.no_grad():
-            for name, m in comp.items():
-                kind, bits = self.kind(name)
-                w = m.weight.detach().cpu().numpy()
-                if kind == "int8":
-                    new = int8_quantize_array(w.astype("float64"))
-                elif kind == "codebook":
-                    new = share(w, int(bits), self.sharing)
-                else:
-                    continue
-                m.weight.copy_(torch.from_numpy(new).to(m.weight))
-        return model
-
-    def describe(self) -> str:
-        return ", ".join(f"{n}={k}{'' if b is None else f'/{b}b'}" for n, (k, b) in self.layers.items())
-
-
 def make_plan(
     model: nn.Module,
     representation: str,
@@ -267,20 +226,19 @@ def make_plan(
         chosen.update(joint_bits(res, {n: comp[n] for n in todo},
                                  quantization_drop_allowed(res.baseline, tolerance, eval_samples)))
     plan = QuantPlan(representation, default=("codebook", 8), sharing=sharing)
+    store = LayerBytes(comp)  # geometry and nonzeros; each option's bytes at the layer's current density
     base = None
-    for n, m in comp.items():
+    for n in comp:
         b = chosen[n]
         if res is not None and n in res.curves:
             plan.drops[n] = {("codebook", bb): res.baseline - a for bb, a in res.curves[n].items()}
         if representation in ("codebook", "huffman"):  # huffman: the codebook values, Huffman-coded entries
             plan.layers[n] = ("codebook", b if b is not None else 8)
             continue
-        rows, cols = weight_matrix_shape(m)
-        nnz = int((m.weight != 0).sum())
-        options = [(layer_nbytes(rows, cols, nnz, "csr"), ("csr", None))]
+        options = [(store.nbytes(n, kind=("csr", None)), ("csr", None))]
         plan.drops.setdefault(n, {})[("csr", None)] = 0.0
         if b is not None:
-            options.append((layer_nbytes(rows, cols, nnz, "codebook", b), ("codebook", b)))
+            options.append((store.nbytes(n, kind=("codebook", b)), ("codebook", b)))
         # the int8 drop of every layer: the plan may also move a layer to int8 when the budget allows
         ikey = ("int8", weights_fingerprint(model), id(val_loader), n, max_batches)
         if cache is not None and ikey in cache:
@@ -295,7 +253,7 @@ def make_plan(
             base = res.baseline if res is not None else evaluate(model, val_loader, device, metric, max_batches)
         plan.drops[n][("int8", None)] = base - acc
         if (b is None or b >= 8) and base - acc <= quantization_drop_allowed(base, tolerance, eval_samples):
-            options.append((layer_nbytes(rows, cols, nnz, "int8"), ("int8", None)))
+            options.append((store.nbytes(n, kind=("int8", None)), ("int8", None)))
         plan.layers[n] = min(options, key=lambda t: t[0])[1]
     logger.info("quantization plan (%s): %s", representation, plan.describe())
     return plan
@@ -309,10 +267,7 @@ def joint_bits(res: BitsResult, layers: Mapping[str, nn.Module], allowed: float)
     def drop(n: str, b: int) -> float:
         return max(0.0, res.accuracy_drop(n, b))
 
-    geo = {}
-    for n, m in layers.items():
-        rows, cols = weight_matrix_shape(m)
-        geo[n] = (rows, cols, int((m.weight != 0).sum()))
+    store = LayerBytes(layers)
     cur: dict[str, int | None] = {}
     for n in layers:
         ok = [b for b in res.curves[n] if drop(n, b) <= allowed]
@@ -328,7 +283,7 @@ def joint_bits(res: BitsResult, layers: Mapping[str, nn.Module], allowed: float)
             delta = drop(n, c) - drop(n, b)
             if total + delta > allowed:
                 continue
-            saved = layer_nbytes(*geo[n], "codebook", b) - layer_nbytes(*geo[n], "codebook", c)
+            saved = store.nbytes(n, kind=("codebook", b)) - store.nbytes(n, kind=("codebook", c))
             score = (saved + 1e-3) / max(delta, 1e-6)
             if best is None or score > best[0]:
                 best = (score, n, c, delta)

@@ -41,7 +41,7 @@ from tqdm.auto import tqdm
 
 from .allocation import UnreachableBudget, allocate
 from .bits import QuantPlan, make_plan, weights_fingerprint
-from .budget import ByteModel, current_nnz, exact_weight_bytes, parse_size
+from .budget import ByteModel, LayerBytes, current_nnz, exact_weight_bytes, exit_heads_bytes, parse_size
 from .decompose import (
     DecompositionError,
     cp_conv,
@@ -468,20 +468,15 @@ def _uniform_density(bm: ByteModel, budget: int) -> float:
 
 def _budget_rank(ctx: _Ctx, name: str, mod: nn.Linear, r_max: int, budget: int) -> int:
     """The smallest SVD rank of ``name`` at which the model (dense factors, quantized as planned, the other
-    layers as they are) is still at least ``budget`` bytes: lower ranks would drop below the budget."""
-    from .budget import layer_nbytes
-
+    layers as they are) is still at least ``budget`` bytes: lower ranks would drop below the budget.
+    Not called for "dense" (pruning cannot fill the rest)."""
     out_f, in_f = mod.weight.shape
-    kind, bits = ctx.plan.default if ctx.plan is not None else (ctx.representation, None)
-    kind = "csr" if kind == "dense" else kind
-    model = ctx.model
-    here = int(exact_weight_bytes(model, ctx.example, ctx.representation, ctx.plan).total)
-    k0, b0 = ctx.plan.kind(name) if ctx.plan is not None else (kind, None)
-    nnz = int((model.get_submodule(name).weight != 0).sum())
-    rest = here - layer_nbytes(out_f, in_f, nnz, "csr" if k0 == "dense" else k0, b0)
+    store = LayerBytes(ctx.model, ctx.representation, ctx.plan)
+    here = int(exact_weight_bytes(ctx.model, ctx.example, ctx.representation, ctx.plan).total)
+    rest = here - store.nbytes(name, kind=store.kind(name))
 
-    def size(r: int) -> int:
-        return rest + layer_nbytes(r, in_f, r * in_f, kind, bits) + layer_nbytes(out_f, r, out_f * r, kind, bits)
+    def size(r: int) -> int:  # the factors are new layers: stored as the plan's default
+        return rest + store.shape_nbytes(r, in_f, r * in_f) + store.shape_nbytes(out_f, r, out_f * r)
 
     for r in range(1, r_max + 1):
         if size(r) >= budget:
@@ -1417,25 +1412,20 @@ def _spend_slack(ctx: _Ctx, budget: int) -> str:
     up; for "auto" also int8, float) with the best measured accuracy gain per extra byte (the plan's
     ``drops``; a tiny bonus per precision step so a tie still buys precision), while the estimate fits;
     then count exactly and undo the last moves while over.  Returns what changed ("" if nothing)."""
-    from .budget import layer_nbytes
-    from .pruning import weight_matrix_shape
-
     plan = ctx.plan
     if plan is None or plan.representation not in ("auto", "codebook", "huffman") or not plan.drops:
         return ""
-    comp = find_compressible_layers(ctx.model)
+    store = LayerBytes(ctx.model, ctx.representation, plan)  # the layers at their current nonzeros
     exact = int(exact_weight_bytes(ctx.model, ctx.example, ctx.representation, plan).total)
-    geo = {n: (*weight_matrix_shape(m), int((m.weight != 0).sum())) for n, m in comp.items()}
 
     def size(n: str, kind: tuple[str, int | None]) -> int:
-        r, c, nnz = geo[n]
-        return layer_nbytes(r, c, nnz, kind[0], kind[1])
+        return store.nbytes(n, kind=kind)
 
     slack, moves = budget - exact, []
     while True:
         best = None
         for n, opts in plan.drops.items():
-            if n not in comp:
+            if n not in store.layers:
                 continue
             cur = plan.kind(n)
             d0 = opts.get(cur, 0.0)
@@ -1471,20 +1461,18 @@ def _spend_slack(ctx: _Ctx, budget: int) -> str:
 def _reachable_floor(bm: ByteModel, model: nn.Module, factorize: bool) -> int:
     """Lower bound of the reachable size: each layer at one nonzero per output row, or (when
     factorization is allowed) its rank-1 factorization at one nonzero per row, whichever is smaller."""
-    from .budget import encoded_nbytes
-
-    rep = bm.representation if bm.plan is None else "csr"  # factor layers: a float upper bound
+    kind = (bm.representation if bm.plan is None else "csr", None)  # factor layers: a float upper bound
+    size = partial(bm.store.shape_nbytes, kind=kind)
     total = bm.fixed
     for name, g in bm.layers.items():
         best = bm.layer_bytes(name, min(g.numel, g.rows))
         mod = model.get_submodule(name)
         if factorize and isinstance(mod, nn.Linear):
             out_f, in_f = mod.weight.shape
-            best = min(best, encoded_nbytes(1, in_f, 1, rep) + encoded_nbytes(out_f, 1, out_f, rep))
+            best = min(best, size(1, in_f, 1) + size(out_f, 1, out_f))
         elif factorize and isinstance(mod, nn.Conv2d) and mod.groups == 1:
             c_out, c_in, kh, kw = mod.weight.shape
-            best = min(best, encoded_nbytes(1, c_in, 1, rep) + encoded_nbytes(1, kh * kw, 1, rep)
-                       + encoded_nbytes(c_out, 1, c_out, rep))
+            best = min(best, size(1, c_in, 1) + size(1, kh * kw, 1) + size(c_out, 1, c_out))
         total += best
     return total
 
@@ -1565,13 +1553,11 @@ def _store_exit_heads_(exits: nn.Module, representation: str, sharing: str) -> N
 def _exit_heads_bytes(exits: nn.Module, representation: str, sharing: str) -> int:
     """Exact bytes codegen emits for the exit heads stored as :func:`_store_exit_heads_` stores them (the
     heads themselves are left unchanged)."""
-    from codegen.early_exit import exit_weight_bytes
-
     heads = _exit_head_layers(exits)
     saved = [m.weight.detach().clone() for m in heads]
     try:
         _store_exit_heads_(exits, representation, sharing)
-        return exit_weight_bytes(exits, representation)
+        return exit_heads_bytes(exits, representation)
     finally:
         with torch.no_grad():
             for m, w in zip(heads, saved):
@@ -1581,8 +1567,6 @@ def _exit_heads_bytes(exits: nn.Module, representation: str, sharing: str) -> in
 def _finish_exit_heads(ctx: _Ctx, report: CompressionReport) -> int:
     """The backbone is compressed: retrain the exit heads on its features (backbone frozen, ``exit_epochs``;
     probes skip it), store them as the representation holds them, return their exact bytes."""
-    from codegen.early_exit import exit_weight_bytes
-
     from .early_exit import train_exits
 
     exits = ctx.exits
@@ -1597,7 +1581,7 @@ def _finish_exit_heads(ctx: _Ctx, report: CompressionReport) -> int:
         for p, g in zip(ctx.model.parameters(), grads):
             p.requires_grad_(g)
     _store_exit_heads_(exits, ctx.representation, sharing)
-    heads = exit_weight_bytes(exits, ctx.representation)
+    heads = exit_heads_bytes(exits, ctx.representation)
     report.exit_heads_bytes = heads
     logger.info("exit heads retrained on the compressed backbone (%d epochs): %d bytes as %s", ctx.exit_epochs,
                 heads, ctx.representation)
@@ -1664,23 +1648,19 @@ def _enforce_budget(ctx: _Ctx, report: CompressionReport, budget: int) -> None:
 
 
 def _layer_rows(model: nn.Module, byte_report, representation: str) -> list[LayerRow]:
-    from .budget import encoded_nbytes
-    from .pruning import weight_matrix_shape
-
     comp = find_compressible_layers(model)
+    store = LayerBytes(comp, representation)
     per_layer = {k: int(v) for k, v in dict(getattr(byte_report, "layers", {})).items()}
     rows: list[LayerRow] = []
     for name in list(per_layer) + [n for n in comp if n not in per_layer]:
         mod = model.get_submodule(name) if name else model
         if name in comp:
-            r, c = weight_matrix_shape(mod)
-            nnz = int((mod.weight != 0).sum())
-            dense = encoded_nbytes(r, c, nnz, "dense")
+            g, nnz = store.layers[name], store.nnz[name]
             if representation in ("dense", "csr"):
-                fmt = representation if encoded_nbytes(r, c, nnz, representation) < dense else "dense"
+                fmt = store.format_of(name)
             else:  # the encoding codegen picks for these exact values
                 fmt = _encoding_name(mod.weight, representation, name)
-            rows.append(LayerRow(name, type(mod).__name__, list(mod.weight.shape), nnz / (r * c), fmt,
+            rows.append(LayerRow(name, type(mod).__name__, list(mod.weight.shape), nnz / g.numel, fmt,
                                  per_layer.get(name, 0)))
         else:
             shape = list(getattr(mod, "weight", torch.empty(0)).shape) if hasattr(mod, "weight") else []

@@ -30,6 +30,17 @@ def _seq(*mods):
     return nn.Sequential(*mods)
 
 
+class _Rnn(nn.Module):
+    """The output sequence of an nn.LSTM / nn.GRU (batch_first)."""
+
+    def __init__(self, rnn: nn.Module):
+        super().__init__()
+        self.rnn = rnn
+
+    def forward(self, x):
+        return self.rnn(x)[0]
+
+
 # (model factory, input shape): conv cases for sc_i8_conv_q8_dsp, linear cases for the 4-row pair loop
 CASES = {
     # cin = 1, kernel (5, 3) (the 5-wide one takes sc_i8_conv_q8_c1k5), row_len 15 (not a multiple of 4), odd cout, odd number of positions (5 x 3)
@@ -80,6 +91,11 @@ CASES = {
     "linear_odd": (lambda: _seq(nn.Linear(13, 7), nn.ReLU()), (1, 3, 13)),
     # in < 4 (no pair at all), out % 4 == 1; then in % 4 == 0
     "linear_small": (lambda: _seq(nn.Flatten(), nn.Linear(3, 9), nn.ReLU(), nn.Linear(9, 8), nn.Linear(8, 1)), (1, 3)),
+    # recurrent gate projections (sc_i8_rnn_proj, 4 gate rows per pass, the input zero point taken off with
+    # SSUB16; after a ReLU it is -128): GRU 15 gate rows (3 passes + 3 single rows), 6 inputs (a pair + 2 left), hidden 5
+    "gru_rows_tail": (lambda: _seq(nn.ReLU(), _Rnn(nn.GRU(6, 5, batch_first=True))), (1, 4, 6)),
+    # LSTM 16 gate rows, 2 layers, both directions; inputs 8 then 2 x 4 (multiples of 4), hidden 4
+    "lstm_2layer_bidir": (lambda: _Rnn(nn.LSTM(8, 4, num_layers=2, bidirectional=True, batch_first=True)), (1, 3, 8)),
 }
 
 
@@ -122,14 +138,14 @@ def test_pair_kernels_clean_under_asan_ubsan(tmp_path):
     from helpers import SANITIZE_FLAGS, require_sanitizer
 
     require_sanitizer()
-    for name in ("conv_cin1_odd_kw", "conv_dilation", "conv_interior_nobias", "depthwise_stride_dil", "linear_odd", "pw_odd_plane",
+    for name in ("gru_rows_tail", "conv_cin1_odd_kw", "conv_dilation", "conv_interior_nobias", "depthwise_stride_dil", "linear_odd", "pw_odd_plane",
                  "pw_tail_single", "pw_cin2_conv1d", "c1k5_odd", "c1k5_pad_kh3", "c1k5_conv1d",
                  "dw3_pad_odd", "dw3_wout1", "dw_stride2_5x5"):
         _check(name, tmp_path / name, [DSP + SANITIZE_FLAGS], n=4)
 
 
 def test_portable_dsp_helpers_match_their_definition(tmp_path):
-    """sc_sxtb16 / sc_sxtb16_ror8 / sc_smlad (portable C on the host) against the Arm definitions."""
+    """sc_sxtb16 / sc_sxtb16_ror8 / sc_smlad / sc_ssub16 (portable C on the host) against the Arm definitions."""
     rng = np.random.default_rng(1)
     words = np.concatenate([rng.integers(0, 2**32, 300, dtype=np.uint64),
                             [0, 0xFFFFFFFF, 0x80808080, 0x7F7F7F7F, 0x00800080, 0x80000000]]).astype(np.uint64)  # fmt: skip
@@ -138,8 +154,9 @@ def test_portable_dsp_helpers_match_their_definition(tmp_path):
         '#include <stdio.h>\n#include "sc_fixed.h"\n'
         f"static const uint32_t w[] = {{{', '.join(f'{int(v)}u' for v in words)}}};\n"
         "int main(void) {\n    unsigned i; const unsigned n = sizeof w / sizeof w[0];\n"
-        "    for (i = 0; i < n; ++i) printf(\"%lu %lu %ld\\n\", (unsigned long)sc_sxtb16(w[i]),\n"
-        "        (unsigned long)sc_sxtb16_ror8(w[i]), (long)sc_smlad(w[i], w[n - 1 - i], (int32_t)i - 100));\n"
+        "    for (i = 0; i < n; ++i) printf(\"%lu %lu %ld %lu\\n\", (unsigned long)sc_sxtb16(w[i]),\n"
+        "        (unsigned long)sc_sxtb16_ror8(w[i]), (long)sc_smlad(w[i], w[n - 1 - i], (int32_t)i - 100),\n"
+        "        (unsigned long)sc_ssub16(w[i], w[n - 1 - i]));\n"
         "    return 0;\n}\n"
     )
     exe = tmp_path / "h"
@@ -162,7 +179,8 @@ def test_portable_dsp_helpers_match_their_definition(tmp_path):
         ror8 = ((v >> 8) | (v << 24)) & 0xFFFFFFFF
         b = w[len(w) - 1 - i]
         smlad = (i - 100) + s16(v) * s16(b) + s16(v >> 16) * s16(b >> 16)
-        assert tuple(got[i]) == (sxtb16(v), sxtb16(ror8), smlad), (hex(v), hex(b))
+        ssub16 = ((v - b) & 0xFFFF) | ((((v >> 16) - (b >> 16)) & 0xFFFF) << 16)
+        assert tuple(got[i]) == (sxtb16(v), sxtb16(ror8), smlad, ssub16), (hex(v), hex(b))
 
 
 # ---- Cortex-M: real SMLAD on the M4, plain kernels on the M3 -----------------------------------------
