@@ -907,6 +907,8 @@ def _compress_auto(model: nn.Module, cfg: CompressConfig, data: _Data, t0: float
                    "(finalists=N allows N)")
             if not why and deadline is not None and time.monotonic() + est > deadline:
                 why = f"not run: estimated {est:.0f} s would pass time_limit"
+            if distributed() and all_reduce_sum([float(bool(why))], cfg.device)[0] > 0:  # every rank decides alike
+                why = why or "not run: another rank's estimate passed the bound"
             if why:
                 finals.append(ProbeRecord(rep, None, None, 0.0, why))
                 continue
