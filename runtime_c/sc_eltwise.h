@@ -96,32 +96,35 @@ static inline void sc_pad(const float *in, float *out, int32_t c, int32_t hin, i
 
 /* ---- elementwise ---------------------------------------------------------------------------- */
 
+/* y = clamp(((k + a * a_mult + b * b_mult) >> shift) + out_zp): both operands rescaled to the output's scale
+ * in int32, with integer multipliers below 2^21 and the zero points folded into k (codegen.integer.add_constants:
+ * every partial sum stays below 2^31). */
 typedef struct {
-    int32_t a_zp, a_mult, a_shift, b_zp, b_mult, b_shift;
-    int32_t left_shift, out_mult, out_shift, out_zp, act_min, act_max;
+    int32_t k, a_mult, b_mult, shift, out_zp, act_min, act_max;
 } sc_i8_add_params;
 
-/* TFLite's int8 add: both operands scaled to 2 * max(scale) with 2^left_shift headroom. */
+/* (act bounds that are the int8 range take one SSAT once the constant parameters are inlined) */
 static inline void sc_i8_add(const int8_t *a, const int8_t *b, int8_t *y, int32_t n, const sc_i8_add_params *p)
 {
     int32_t i;
     for (i = 0; i < n; ++i) {
-        const int32_t av = sc_i8_mbqm(((int32_t)a[i] - p->a_zp) * ((int32_t)1 << p->left_shift), p->a_mult, p->a_shift);
-        const int32_t bv = sc_i8_mbqm(((int32_t)b[i] - p->b_zp) * ((int32_t)1 << p->left_shift), p->b_mult, p->b_shift);
-        y[i] = sc_i8_requant(av + bv, p->out_mult, p->out_shift, p->out_zp, p->act_min, p->act_max);
+        const int32_t acc = p->k + (int32_t)a[i] * p->a_mult + (int32_t)b[i] * p->b_mult;
+        const int32_t v = (acc >> p->shift) + p->out_zp;
+        y[i] = (int8_t)(p->act_min == -128 && p->act_max == 127 ? sc_ssat8(v) : sc_i8_clamp(v, p->act_min, p->act_max));
     }
 }
 
+/* y = clamp((((a - a_zp)(b - b_zp) mult + round) >> shift) + out_zp), mult below 2^14 (codegen.integer.mul_constants). */
 typedef struct {
-    int32_t a_zp, b_zp, mult, shift, out_zp, act_min, act_max;
+    int32_t a_zp, b_zp, mult, round, shift, out_zp, act_min, act_max;
 } sc_i8_mul_params;
 
 static inline void sc_i8_mul(const int8_t *a, const int8_t *b, int8_t *y, int32_t n, const sc_i8_mul_params *p)
 {
     int32_t i;
     for (i = 0; i < n; ++i) {
-        const int32_t prod = ((int32_t)a[i] - p->a_zp) * ((int32_t)b[i] - p->b_zp);
-        y[i] = sc_i8_requant(prod, p->mult, p->shift, p->out_zp, p->act_min, p->act_max);
+        const int32_t v = ((((int32_t)a[i] - p->a_zp) * ((int32_t)b[i] - p->b_zp) * p->mult + p->round) >> p->shift) + p->out_zp;
+        y[i] = (int8_t)(p->act_min == -128 && p->act_max == 127 ? sc_ssat8(v) : sc_i8_clamp(v, p->act_min, p->act_max));
     }
 }
 
