@@ -266,3 +266,18 @@ def test_requantization_fast_path_matches_reference(tmp_path):
                           f"C {got[bad[0], 0]} ref {want[bad[0]]}"  # fmt: skip
     assert np.array_equal(got[:, 1], np.clip(want + zp, lo, hi))
     assert np.array_equal(got[:, 2], np.where(shift <= -2, np.clip(want + zp, lo, hi), -1000))
+
+
+def test_board_asm_loops_are_left_out_at_O0(tmp_path):
+    """The hand-scheduled int8 loops (SC_I8_MAC2X2, the 4-row linear loop) need more registers than gcc gives
+    an asm block without optimization ("impossible constraints" at -O0): a debug build takes the C loops and
+    stays bit-exact."""
+    _require_board()
+    from codegen import board
+
+    net = _board_net()
+    net(torch.zeros(1, 1, 9, 7))
+    res, _ = emit_integer(net, (1, 1, 9, 7), tmp_path)
+    run = board.run(res.directory, "m4", make_vars={"ARM_OPT": "-O0"})
+    assert run.exit_code == 0, run.stdout + run.stderr
+    assert run.max_abs_error == 0.0
