@@ -1,12 +1,14 @@
 """Benchmark (issue 19): the default call against each single representation, accuracy vs the exact
 bytes ``save_compressed_model`` emits, on several tasks with held-out test data.
 
-    python benchmarks/auto_vs_single.py [--tasks digits,sensor1d,mlp,lenet300,lenet5]
+    python benchmarks/auto_vs_single.py [--tasks digits,sensor1d,kws2d,kws2d_trad,mlp,lenet300,lenet5]
                                         [--reps default,csr,int8,codebook,per-layer] [--out out/auto]
                                         [--max-train N] [--float-epochs 10]
 
 Tasks: the digits CNN (sklearn digits, 8x8), a 1-D CNN on a synthetic sensor task (three noisy
-channels of bursts, chirps and tones, 8 classes), an MLP on sklearn's make_classification, LeNet-300-100
+channels of bursts, chirps and tones, 8 classes), a DS-CNN on synthetic keyword-spotting spectrograms
+(10 "keywords" of three formant "phonemes" each, jittered in rate, pitch, gain, noise) and a
+conventional two-conv CNN on the same data, an MLP on sklearn's make_classification, LeNet-300-100
 and LeNet-5 on MNIST (/work/shared/data/mnist or --data).  Float baselines: plain Adam, ``--float-epochs``
 epochs (10 by default, as in the issue), cached in OUT/<task>.pt.  For each task and representation a
 fresh copy of the float model is compressed with ``compress_NN_models(model, budget, train, test,
@@ -21,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import functools
 import json
 import logging
 import math
@@ -88,6 +91,78 @@ def sensor1d_cnn() -> nn.Module:
     )  # fmt: skip
 
 
+def kws2d_task(seed: int = 0, n: int = 6000, frames: int = 40, bins: int = 20):
+    """Synthetic keyword spotting: log-energy spectrograms (1 x ``frames`` x ``bins``) of 10 "keywords", each
+    a sequence of three "phonemes" from an inventory of six (two formant bands each, some gliding); keywords
+    share phonemes and differ in their order, so the model has to see time-frequency structure.  Per sample:
+    random speaking rate (0.7-1.35), onset, pitch shift (+-1.5 bins), formant widths, gain (+-12 dB), a
+    coloured noise floor, a babble phoneme of another keyword at random time, and dropped frames."""
+    rng = np.random.default_rng(seed)
+    # phoneme: (formant 1, formant 2, glide in bins over the phoneme)
+    phon = [(3.0, 9.0, 0.0), (5.0, 14.0, 0.0), (2.5, 12.0, 3.0), (6.0, 11.0, -3.0), (4.0, 16.5, 0.0),
+            (3.5, 7.5, 2.0)]
+    words = [(0, 1, 2), (0, 2, 1), (1, 0, 3), (1, 3, 4), (2, 4, 0), (3, 5, 1), (4, 1, 5), (5, 0, 4),
+             (2, 3, 5), (4, 5, 3)]
+    f = np.arange(bins, dtype=np.float32)[None, :]
+    y = rng.integers(0, len(words), n)
+    x = np.zeros((n, 1, frames, bins), np.float32)
+
+    def phoneme(spec, p, start, length, shift, width, amp):
+        f1, f2, glide = phon[p]
+        t0, t1 = int(round(start)), int(round(start + length))
+        for t in range(max(0, t0), min(frames, t1)):
+            u = (t - start) / max(length, 1.0)
+            env = amp * np.sin(np.pi * np.clip(u, 0, 1)) ** 0.5
+            for fc, w in ((f1, 1.0), (f2, 0.6)):
+                c = fc + shift + glide * u
+                spec[t] += env * w * np.exp(-0.5 * ((f[0] - c) / width) ** 2)
+
+    for i in range(n):
+        spec = np.zeros((frames, bins), np.float32)
+        rate = rng.uniform(0.7, 1.35)
+        lens = rng.uniform(6, 10, 3) * rate
+        start = rng.uniform(0, max(0.0, frames - lens.sum() - 1))
+        shift, width, amp = rng.uniform(-1.5, 1.5), rng.uniform(0.8, 1.6), 10 ** rng.uniform(-0.6, 0.6)
+        for k, p in enumerate(words[y[i]]):
+            phoneme(spec, p, start + lens[:k].sum(), lens[k], shift, width, amp)
+        other = words[rng.integers(0, len(words))][rng.integers(0, 3)]  # babble
+        phoneme(spec, other, rng.uniform(-4, frames), rng.uniform(5, 9), rng.uniform(-2, 2), 1.2,
+                amp * rng.uniform(0.2, 0.7))
+        floor = np.exp(-f[0] / rng.uniform(4, 12)) * rng.uniform(0.05, 0.4)  # coloured noise floor
+        spec += floor[None, :] * rng.exponential(1.0, (frames, bins))
+        spec += 0.25 * amp * rng.exponential(1.0, (frames, bins)) * (rng.random((frames, bins)) < 0.1)
+        spec[rng.random(frames) < 0.08] = 0.0  # dropped frames
+        x[i, 0] = np.log1p(4.0 * spec)
+    x = (x - x.mean()) / x.std()
+    return torch.from_numpy(x), torch.from_numpy(y).long()
+
+
+def _ds_block(cin: int, cout: int, stride: int) -> list[nn.Module]:
+    return [nn.Conv2d(cin, cin, 3, stride=stride, padding=1, groups=cin, bias=False), nn.BatchNorm2d(cin),
+            nn.ReLU(), nn.Conv2d(cin, cout, 1, bias=False), nn.BatchNorm2d(cout), nn.ReLU()]
+
+
+def kws2d_cnn() -> nn.Module:
+    """A small DS-CNN (Hello Edge style) for 1x40x20 inputs: a 5x3 conv (stride 2 in time), three
+    depthwise-separable blocks (the first two with stride 2), global average pooling, 10 classes."""
+    return nn.Sequential(
+        nn.Conv2d(1, 48, (5, 3), stride=(2, 1), padding=(2, 1), bias=False), nn.BatchNorm2d(48), nn.ReLU(),
+        *_ds_block(48, 96, 2), *_ds_block(96, 96, 2), *_ds_block(96, 96, 1),
+        nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(96, 10),
+    )  # fmt: skip
+
+
+
+def kws2d_trad_cnn() -> nn.Module:
+    """A conventional CNN for the same spectrograms (Hello Edge's "CNN" shape: two convs with max pooling, a
+    fully connected layer): more weights per channel than the DS-CNN, so its biases weigh less at 15x."""
+    return nn.Sequential(
+        nn.Conv2d(1, 28, (7, 3), padding=(3, 1)), nn.ReLU(), nn.MaxPool2d(2),
+        nn.Conv2d(28, 30, (5, 3), padding=(2, 1)), nn.ReLU(), nn.MaxPool2d(2),
+        nn.Flatten(), nn.Linear(30 * 10 * 5, 64), nn.ReLU(), nn.Linear(64, 10),
+    )  # fmt: skip
+
+
 def mlp_task(seed: int = 0, n: int = 8000):
     from sklearn.datasets import make_classification
 
@@ -118,6 +193,12 @@ def _cap(loader, n_max: int | None, seed: int = 0):
                       generator=torch.Generator().manual_seed(seed))
 
 
+@functools.cache
+def _generated(task):
+    """The data set of a synthetic task (generated once per process: each call gets fresh loaders over it)."""
+    return task()
+
+
 def tasks(data_dir: Path | None, max_train: int | None):
     """name -> (factory, loaders thunk, budget in bytes)."""
     def mnist():
@@ -126,8 +207,10 @@ def tasks(data_dir: Path | None, max_train: int | None):
 
     return {
         "digits": (digits_cnn, lambda: load_digits(batch_size=64, seed=0), None),  # 15x of its float size
-        "sensor1d": (sensor1d_cnn, lambda: _split_loaders(*sensor1d_task()), None),
-        "mlp": (mlp_model, lambda: _split_loaders(*mlp_task()), None),
+        "sensor1d": (sensor1d_cnn, lambda: _split_loaders(*_generated(sensor1d_task)), None),
+        "kws2d": (kws2d_cnn, lambda: _split_loaders(*_generated(kws2d_task)), None),
+        "kws2d_trad": (kws2d_trad_cnn, lambda: _split_loaders(*_generated(kws2d_task)), None),
+        "mlp": (mlp_model, lambda: _split_loaders(*_generated(mlp_task)), None),
         "lenet300": (lenet300_100, mnist, 27_000),
         "lenet5": (lenet5, mnist, 44_000),
     }
@@ -135,7 +218,7 @@ def tasks(data_dir: Path | None, max_train: int | None):
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--tasks", default="digits,sensor1d,mlp,lenet300,lenet5")
+    ap.add_argument("--tasks", default="digits,sensor1d,kws2d,kws2d_trad,mlp,lenet300,lenet5")
     ap.add_argument("--reps", default="default,csr,int8,codebook,per-layer")
     ap.add_argument("--out", default="out/auto")
     ap.add_argument("--data", default=None)
@@ -178,9 +261,11 @@ def main() -> None:
                    float_epochs=args.float_epochs, n_train=len(train.dataset), extra_options=args.kw)
         print(f"{name}: float {100 * float_acc:.2f} % at {float_bytes:,} B; budget {budget:,} B "
               f"({float_bytes / budget:.1f}x); {len(train.dataset)} training samples", flush=True)
-        ctrain = _cap(train, args.compress_max_train, seed=1)
-        res["n_train_compress"] = len(ctrain.dataset)
+        res["n_train_compress"] = len(_cap(train, args.compress_max_train, seed=1).dataset)
         for rep in filter(None, args.reps.split(",")):  # --reps "" trains/loads the float baselines only
+            # fresh loaders: every call starts from the same shuffling state, whatever ran before it
+            train, val, test = loaders()
+            ctrain = _cap(train, args.compress_max_train, seed=1)
             m = copy.deepcopy(model)
             kw = {} if rep == "default" else {"representation": rep}
             for item in filter(None, args.kw.split(",")):
@@ -197,7 +282,9 @@ def main() -> None:
             emitted = weight_bytes(m.eval(), x, emit_representation(m, None)).total
             res[rep] = dict(representation=report.representation, test=report.test_accuracy_after,
                             val=report.val_accuracy_after, bytes=emitted, wall_s=wall, success=report.success,
-                            probes=[(p.representation, p.val_accuracy, p.bytes) for p in report.probes],
+                            probes=[(p.representation, p.val_accuracy, p.bytes, p.seconds) for p in report.probes],
+                            finalists=[(p.representation, p.val_accuracy, p.bytes, p.seconds, p.note)
+                                       for p in report.finalists],
                             report=str(report))
             print(f"  {rep:<10} -> {report.representation:<9} test {100 * report.test_accuracy_after:6.2f} % "
                   f"(float {100 * float_acc:.2f}, {100 * (report.test_accuracy_after - float_acc):+.2f}) "

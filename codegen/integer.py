@@ -48,7 +48,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import math
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import ClassVar
 
@@ -64,7 +64,11 @@ from codegen.memory import GraphMemory
 log = logging.getLogger(__name__)
 
 INT32_MIN, INT32_MAX = -(2**31), 2**31 - 1
-ADD_LEFT_SHIFT = 20  # headroom of the int8 add (TFLite uses 20 for int8)
+# the int8 add / mul (sc_i8_add, sc_i8_mul, sc_i8_s_add, sc_i8_s_mul) compute in int32 with plain integer
+# multipliers below 2^bits and one rounding right shift (``shift_multipliers``): |(x - zp) * m| < 2^29 for
+# the add (two terms + rounding < 2^31), |(a - a_zp)(b - b_zp) * m| < 2^30 for the mul (|product| < 2^16)
+ADD_MULT_BITS = 21
+MUL_MULT_BITS = 14
 
 # largest stack scratch of the SMLAD conv kernel (column + start values); larger convs use the plain kernel
 DSP_SCRATCH_MAX_BYTES = 8192
@@ -126,6 +130,65 @@ def mbqm(x: np.ndarray, mult: np.ndarray | int, shift: np.ndarray | int) -> np.n
     x = np.clip(x * (np.int64(1) << left), INT32_MIN, INT32_MAX)
     return rdbpot(srdhm(x, mult), right)
 
+
+
+def shift_multipliers(ratios: Sequence[float], bits: int, what: str, max_shift: int = 30) -> tuple[list[int], int]:
+    """Integer multipliers ``m_i = round(r_i * 2^s)`` with ``|m_i| < 2^bits`` at the largest shift
+    ``s <= max_shift``: the int8 add and mul compute ``(sum_i x_i m_i + 2^(s-1)) >> s`` in int32 (one multiply
+    per operand, no 64-bit product). For an output within int8 range the result differs from the exact
+    rescaling by less than 255 * 2^-s of an output step plus the rounding (the largest ratio is at least
+    2^(bits-1-s)).
+
+    >>> shift_multipliers([0.5, 0.25], 21, "add")
+    ([1048576, 524288], 21)
+    """
+    top = max((abs(r) for r in ratios), default=0.0)
+    if not all(math.isfinite(r) for r in ratios):
+        raise CodegenError(f"{what}: rescaling factors {list(ratios)} are not finite (bug)")
+    s = max_shift
+    while s > 0 and math.floor(top * 2.0**s + 0.5) >= 1 << bits:
+        s -= 1
+    if math.floor(top * 2.0**s + 0.5) >= 1 << bits:
+        raise UnsupportedConfigError(f"{what}: an input scale is {top:g} times the output's, beyond the int8 "
+                                     f"kernels' range (2^{bits}); calibrate with data that covers the output "
+                                     "range or keep this model in float")
+    return [int(math.copysign(math.floor(abs(r) * 2.0**s + 0.5), r)) for r in ratios], s
+
+
+def rounding_term(shift: int) -> int:
+    """2^(shift-1): added before the right shift so that it rounds half up (0 for no shift)."""
+    return 1 << (shift - 1) if shift > 0 else 0
+
+
+def add_constants(qa: QParams, qb: QParams, qout: QParams, what: str, sub: bool = False) -> dict[str, int]:
+    """The int8 add (``sub``: a - b) of sc_i8_add / sc_i8_s_add:
+    ``y = ((k + a * a_mult + b * b_mult) >> shift) + out_zp`` with ``a_mult ~= 2^shift s_a / s_out``,
+    ``b_mult ~= -+2^shift s_b / s_out`` and ``k = 2^(shift-1) - a_zp a_mult - b_zp b_mult`` (the zero points
+    folded at generation time)."""
+    (am, bm), sh = shift_multipliers([qa.scale / qout.scale, (-1.0 if sub else 1.0) * qb.scale / qout.scale],
+                                     ADD_MULT_BITS, what)
+    return dict(k=rounding_term(sh) - qa.zero_point * am - qb.zero_point * bm, a_mult=am, b_mult=bm, shift=sh,
+                out_zp=qout.zero_point)
+
+
+def add_reference(a: np.ndarray, b: np.ndarray, s: dict) -> np.ndarray:
+    """int64 reference of ``add_constants``' arithmetic (before the clamp)."""
+    acc = s["k"] + np.asarray(a, dtype=np.int64) * s["a_mult"] + np.asarray(b, dtype=np.int64) * s["b_mult"]
+    return (acc >> s["shift"]) + s["out_zp"]
+
+
+def mul_constants(qa: QParams, qb: QParams, qout: QParams, what: str) -> dict[str, int]:
+    """The int8 mul of sc_i8_mul / sc_i8_s_mul: ``y = (((a - a_zp)(b - b_zp) mult + round) >> shift) + out_zp``
+    with ``mult ~= 2^shift s_a s_b / s_out`` below 2^14."""
+    (m,), sh = shift_multipliers([qa.scale * qb.scale / qout.scale], MUL_MULT_BITS, what)
+    return dict(a_zp=qa.zero_point, b_zp=qb.zero_point, mult=m, round=rounding_term(sh), shift=sh,
+                out_zp=qout.zero_point)
+
+
+def mul_reference(a: np.ndarray, b: np.ndarray, s: dict) -> np.ndarray:
+    """int64 reference of ``mul_constants``' arithmetic (before the clamp)."""
+    prod = (np.asarray(a, dtype=np.int64) - s["a_zp"]) * (np.asarray(b, dtype=np.int64) - s["b_zp"])
+    return ((prod * s["mult"] + s["round"]) >> s["shift"]) + s["out_zp"]
 
 
 def clamp8(v: np.ndarray, lo: int = -128, hi: int = 127) -> np.ndarray:

@@ -1674,8 +1674,9 @@ static inline SC_SPECIALIZE void sc_i8_im2col2_inner(const int8_t *src, unsigned
  * column words (A0, A2), (A1, A3), (B0, B2), (B1, B3) of positions A and B times the weight words at wa
  * (channel a) and wa + db (channel b), both SXTB16-split: a00/a01 += row a . A/B, a10/a11 += row b . A/B.
  * x and wa advance past the taps. On the M4 (gcc) a hand-scheduled loop: 2 LDRD, 2 LDR, 4 SXTB16, 8 SMLAD
- * and the compare/branch, 18 instructions for 16 MACs (gcc's own schedule of the C loop takes 20). */
-#if SC_INT8_DSP && defined(__ARM_FEATURE_DSP) && __ARM_FEATURE_DSP && defined(__GNUC__) && !defined(SC_NO_ASM)
+ * and the compare/branch, 18 instructions for 16 MACs (gcc's own schedule of the C loop takes 20); only when
+ * optimizing (-O0 cannot give the block its registers: "impossible constraints"). */
+#if SC_INT8_DSP && defined(__ARM_FEATURE_DSP) && __ARM_FEATURE_DSP && defined(__GNUC__) && defined(__OPTIMIZE__) && !defined(SC_NO_ASM)
 #define SC_I8_MAC2X2(x, xend, wa, db, a00, a01, a10, a11)                                         \
     do {                                                                                          \
         if ((x) < (xend)) {                                                                       \

@@ -96,59 +96,36 @@ static inline void sc_pad(const float *in, float *out, int32_t c, int32_t hin, i
 
 /* ---- elementwise ---------------------------------------------------------------------------- */
 
+/* y = clamp(((k + a * a_mult + b * b_mult) >> shift) + out_zp): both operands rescaled to the output's scale
+ * in int32, with integer multipliers below 2^21 and the zero points folded into k (codegen.integer.add_constants:
+ * every partial sum stays below 2^31). */
 typedef struct {
-    int32_t a_zp, a_mult, a_shift, b_zp, b_mult, b_shift;
-    int32_t left_shift, out_mult, out_shift, out_zp, act_min, act_max;
+    int32_t k, a_mult, b_mult, shift, out_zp, act_min, act_max;
 } sc_i8_add_params;
 
-/* TFLite's int8 add: both operands scaled to 2 * max(scale) with 2^left_shift headroom. */
+/* (act bounds that are the int8 range take one SSAT once the constant parameters are inlined: SC_SPECIALIZE) */
 static inline SC_SPECIALIZE void sc_i8_add(const int8_t *a, const int8_t *b, int8_t *y, int32_t n,
                                            const sc_i8_add_params *p)
 {
     int32_t i;
-#if SC_I8_FAST_REQ
-    { /* inlined with the layer's constant parameters (-O2), so the requantization constants fold into
-       * immediates; |a - a_zp| <= 255 and an accepted input shift is <= 0, so |av|, |bv| <= 255 * 2^ls + 1 */
-        const int32_t ls = p->left_shift, xmax = ls <= 20 ? 255 * ((int32_t)1 << ls) : -1;
-        sc_i8_rq ra, rb, ro;
-        if (sc_i8_rq_init(&ra, p->a_mult, p->a_shift, 0, xmax) && sc_i8_rq_init(&rb, p->b_mult, p->b_shift, 0, xmax) &&
-            sc_i8_rq_init(&ro, p->out_mult, p->out_shift, p->out_zp, 2 * xmax + 2)) {
-            for (i = 0; i < n; ++i) {
-                const int32_t av = sc_i8_rq_mbqm(&ra, ((int32_t)a[i] - p->a_zp) * ((int32_t)1 << ls));
-                const int32_t bv = sc_i8_rq_mbqm(&rb, ((int32_t)b[i] - p->b_zp) * ((int32_t)1 << ls));
-                y[i] = sc_i8_rq_out(&ro, av + bv, p->act_min, p->act_max);
-            }
-            return;
-        }
-    }
-#endif
     for (i = 0; i < n; ++i) {
-        const int32_t av = sc_i8_mbqm(((int32_t)a[i] - p->a_zp) * ((int32_t)1 << p->left_shift), p->a_mult, p->a_shift);
-        const int32_t bv = sc_i8_mbqm(((int32_t)b[i] - p->b_zp) * ((int32_t)1 << p->left_shift), p->b_mult, p->b_shift);
-        y[i] = sc_i8_requant(av + bv, p->out_mult, p->out_shift, p->out_zp, p->act_min, p->act_max);
+        const int32_t acc = p->k + (int32_t)a[i] * p->a_mult + (int32_t)b[i] * p->b_mult;
+        const int32_t v = (acc >> p->shift) + p->out_zp;
+        y[i] = (int8_t)(p->act_min == -128 && p->act_max == 127 ? sc_ssat8(v) : sc_i8_clamp(v, p->act_min, p->act_max));
     }
 }
 
+/* y = clamp((((a - a_zp)(b - b_zp) mult + round) >> shift) + out_zp), mult below 2^14 (codegen.integer.mul_constants). */
 typedef struct {
-    int32_t a_zp, b_zp, mult, shift, out_zp, act_min, act_max;
+    int32_t a_zp, b_zp, mult, round, shift, out_zp, act_min, act_max;
 } sc_i8_mul_params;
 
 static inline void sc_i8_mul(const int8_t *a, const int8_t *b, int8_t *y, int32_t n, const sc_i8_mul_params *p)
 {
     int32_t i;
-#if SC_I8_FAST_REQ
-    {
-        sc_i8_rq r;
-        if (sc_i8_rq_init(&r, p->mult, p->shift, p->out_zp, 255 * 255)) {
-            const int32_t lo = p->act_min, hi = p->act_max, za = p->a_zp, zb = p->b_zp;
-            for (i = 0; i < n; ++i) y[i] = sc_i8_rq_out(&r, ((int32_t)a[i] - za) * ((int32_t)b[i] - zb), lo, hi);
-            return;
-        }
-    }
-#endif
     for (i = 0; i < n; ++i) {
-        const int32_t prod = ((int32_t)a[i] - p->a_zp) * ((int32_t)b[i] - p->b_zp);
-        y[i] = sc_i8_requant(prod, p->mult, p->shift, p->out_zp, p->act_min, p->act_max);
+        const int32_t v = ((((int32_t)a[i] - p->a_zp) * ((int32_t)b[i] - p->b_zp) * p->mult + p->round) >> p->shift) + p->out_zp;
+        y[i] = (int8_t)(p->act_min == -128 && p->act_max == 127 ? sc_ssat8(v) : sc_i8_clamp(v, p->act_min, p->act_max));
     }
 }
 

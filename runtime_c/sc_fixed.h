@@ -206,6 +206,17 @@ static inline int8_t sc_i8_requant(int32_t acc, int32_t mult, int32_t shift, int
 }
 
 /* v saturated to int8 (one SSAT on Armv7-M) */
+/* v, hidden from the optimizer (a per-row constant gcc would otherwise re-expand into the loop) */
+#if defined(__GNUC__)
+static inline int32_t sc_opaque32(int32_t v)
+{
+    __asm__("" : "+r"(v));
+    return v;
+}
+#else
+static inline int32_t sc_opaque32(int32_t v) { return v; }
+#endif
+
 #if defined(__ARM_FEATURE_SAT) && __ARM_FEATURE_SAT
 static inline int32_t sc_ssat8(int32_t v) { return __ssat(v, 8); }
 #else

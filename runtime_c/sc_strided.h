@@ -51,32 +51,73 @@ static inline void sc_s_div(const float *a, const float *b, float *out, const sc
 
 /* ---- int8 ---------------------------------------------------------------------------------- */
 
+/* add / sub / mul in int32 with plain integer multipliers and one rounding shift (codegen.integer.add_constants,
+ * mul_constants; sub is an add with b's multiplier negated), as sc_i8_add / sc_i8_mul of sc_eltwise.h. The rows
+ * of the innermost dim are walked with the broadcast operand's term computed once per row (SE-style scaling,
+ * a bias per channel): for the mul, (b - b_zp) * mult and round - a_zp (b - b_zp) mult are each below 2^30
+ * in magnitude (|b - b_zp| <= 255, mult < 2^14), so the row loop is one multiply-add per element. */
+#define SC_I8_STRIDED_ROWS(ROW)                                                                  \
+    do {                                                                                       \
+        int32_t i0, i1, i2, i3, o = 0;                                                         \
+        const int32_t n3 = p->n[3], sa3 = p->sa[3], sb3 = p->sb[3];                             \
+        for (i0 = 0; i0 < p->n[0]; ++i0)                                                       \
+            for (i1 = 0; i1 < p->n[1]; ++i1)                                                   \
+                for (i2 = 0; i2 < p->n[2]; ++i2, o += n3) {                                    \
+                    const int8_t *const ar = a + i0 * p->sa[0] + i1 * p->sa[1] + i2 * p->sa[2]; \
+                    const int8_t *const br = b + i0 * p->sb[0] + i1 * p->sb[1] + i2 * p->sb[2]; \
+                    int8_t *const yr = y + o;                                                  \
+                    ROW;                                                                       \
+                }                                                                              \
+        (void)i3;                                                                              \
+    } while (0)
+
 typedef struct {
-    int32_t a_zp, a_mult, a_shift, b_zp, b_mult, b_shift, left_shift, out_mult, out_shift, out_zp, sub;
+    int32_t k, a_mult, b_mult, shift, out_zp;
 } sc_i8_s_add_params;
 
-/* TFLite's int8 add (sub: the rescaled b subtracted), broadcasting. */
 static inline void sc_i8_s_add(const int8_t *a, const int8_t *b, int8_t *y, const sc_strided_params *p,
                                const sc_i8_s_add_params *q)
 {
-    SC_STRIDED_LOOP({
-        const int32_t av = sc_i8_mbqm(((int32_t)a[ia] - q->a_zp) * ((int32_t)1 << q->left_shift), q->a_mult, q->a_shift);
-        const int32_t bv = sc_i8_mbqm(((int32_t)b[ib] - q->b_zp) * ((int32_t)1 << q->left_shift), q->b_mult, q->b_shift);
-        y[o] = sc_i8_requant(q->sub ? av - bv : av + bv, q->out_mult, q->out_shift, q->out_zp, -128, 127);
+    SC_I8_STRIDED_ROWS({
+        if (sb3 == 0) {
+            const int32_t c = sc_opaque32(q->k + (int32_t)br[0] * q->b_mult);
+            for (i3 = 0; i3 < n3; ++i3)
+                yr[i3] = sc_ssat8(((c + (int32_t)ar[i3 * sa3] * q->a_mult) >> q->shift) + q->out_zp);
+        } else if (sa3 == 0) {
+            const int32_t c = sc_opaque32(q->k + (int32_t)ar[0] * q->a_mult);
+            for (i3 = 0; i3 < n3; ++i3)
+                yr[i3] = sc_ssat8(((c + (int32_t)br[i3 * sb3] * q->b_mult) >> q->shift) + q->out_zp);
+        } else {
+            for (i3 = 0; i3 < n3; ++i3) {
+                const int32_t acc = q->k + (int32_t)ar[i3 * sa3] * q->a_mult + (int32_t)br[i3 * sb3] * q->b_mult;
+                yr[i3] = sc_ssat8((acc >> q->shift) + q->out_zp);
+            }
+        }
     });
 }
 
 typedef struct {
-    int32_t a_zp, b_zp, mult, shift, out_zp;
+    int32_t a_zp, b_zp, mult, round, shift, out_zp;
 } sc_i8_s_mul_params;
 
-/* TFLite's int8 mul, broadcasting. */
 static inline void sc_i8_s_mul(const int8_t *a, const int8_t *b, int8_t *y, const sc_strided_params *p,
                                const sc_i8_s_mul_params *q)
 {
-    SC_STRIDED_LOOP({
-        const int32_t v = ((int32_t)a[ia] - q->a_zp) * ((int32_t)b[ib] - q->b_zp);
-        y[o] = sc_i8_requant(v, q->mult, q->shift, q->out_zp, -128, 127);
+    SC_I8_STRIDED_ROWS({
+        if (sb3 == 0 || sa3 == 0) { /* one operand constant along the row (no comma: a macro argument) */
+            const int8_t *const v = sb3 == 0 ? ar : br;
+            const int32_t sv = sb3 == 0 ? sa3 : sb3;
+            const int32_t zv = sb3 == 0 ? q->a_zp : q->b_zp;
+            const int32_t c = sc_opaque32(((int32_t)(sb3 == 0 ? br[0] : ar[0]) - (sb3 == 0 ? q->b_zp : q->a_zp)) * q->mult);
+            const int32_t c0 = sc_opaque32(q->round - zv * c);
+            for (i3 = 0; i3 < n3; ++i3)
+                yr[i3] = sc_ssat8((((int32_t)v[i3 * sv] * c + c0) >> q->shift) + q->out_zp);
+        } else {
+            for (i3 = 0; i3 < n3; ++i3) {
+                const int32_t prod = ((int32_t)ar[i3 * sa3] - q->a_zp) * ((int32_t)br[i3 * sb3] - q->b_zp);
+                yr[i3] = sc_ssat8(((prod * q->mult + q->round) >> q->shift) + q->out_zp);
+            }
+        }
     });
 }
 

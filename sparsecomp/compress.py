@@ -596,6 +596,7 @@ def compress_NN_models(  # noqa: N802 - public name fixed by the issue
     quant_learning_rate: float | None = None,
     ram_budget: int | None = None,
     prefer_speed: bool = False,
+    finalists: int | None = None,
 ) -> CompressionReport:
     """Compress ``model`` in place so codegen emits at most ``target_size`` of weight data.
 
@@ -668,6 +669,8 @@ def compress_NN_models(  # noqa: N802 - public name fixed by the issue
         raise ValueError(f"quant_epochs must be >= 0, got {quant_epochs}")
     if (num_epochs is not None and num_epochs < 1) or max_rounds < 1:
         raise ValueError("num_epochs and max_rounds must be >= 1")
+    if finalists is not None and (isinstance(finalists, bool) or not isinstance(finalists, int) or finalists < 1):
+        raise ValueError(f"finalists is the number of full runs auto may make (an int >= 1) or None, got {finalists!r}")
     if not 0 <= distillation <= 1:
         raise ValueError(f"distillation is a weight in [0, 1], got {distillation}")
     if not 0 <= accuracy_tolerance < 1:
@@ -712,7 +715,7 @@ def compress_NN_models(  # noqa: N802 - public name fixed by the issue
         max_batches_per_epoch=max_batches_per_epoch, deadline=None if time_limit is None else t0 + time_limit,
         metric=metric, distillation=float(distillation), bits=bits, quant_epochs=quant_epochs,
         quant_learning_rate=quant_learning_rate if quant_learning_rate is not None else learning_rate / 5,
-        prefer_speed=bool(prefer_speed),
+        prefer_speed=bool(prefer_speed), finalists=finalists,
     )
     data = _Data(train_loader, val_loader, test_loader, example, exits)
     if ram_budget is not None:
@@ -793,6 +796,8 @@ class CompressConfig:
     quant_epochs: int
     quant_learning_rate: float
     prefer_speed: bool = False
+    # "auto": how many finalists may run in full (None: up to MAX_FINALISTS within FINALIST_SECONDS)
+    finalists: int | None = None
     # measurements (bits/int8 accuracy per layer, sensitivity curves) shared by auto's probes and its full
     # run, keyed by a fingerprint of the weights: the same weights and data give the same answers
     cache: dict | None = field(default=None, compare=False, repr=False)
@@ -825,6 +830,15 @@ AUTO_CANDIDATES = ("int8", "per-layer", "codebook", "csr")
 # "codebook" (so more weights fit a budget that forces pruning) but decoded bit by bit (several times the
 # instructions); last in preference, left out with prefer_speed=True
 SIZE_CANDIDATES = ("huffman",)
+# probes within this many standard errors of the best probe's validation accuracy are finalists: a probe is
+# one short round, so its ranking is only a hint (digits: int8/codebook/huffman probed 95.91 % and per-layer
+# 94.80 % at 269 validation samples, 1.2 points = one standard error, yet per-layer ends 1.1 points higher)
+FINALIST_NOISE = 2.0
+# at most this many finalists run in full by default (finalists=N allows N)...
+MAX_FINALISTS = 4
+# ...and the extra ones only while they are estimated to take at most this many seconds in all (by the first
+# full run's wall time): a small data set runs all of them, LeNet-5 on 55,000 MNIST samples (~40 min a run) one
+FINALIST_SECONDS = 600.0
 
 
 def _probe_batches(loader: Iterable, cap: int | None) -> int:
@@ -835,16 +849,20 @@ def _probe_batches(loader: Iterable, cap: int | None) -> int:
 
 def _compress_auto(model: nn.Module, cfg: CompressConfig, data: _Data, t0: float) -> CompressionReport:
     """"auto": a short probe of every candidate representation (one epoch on part of the data, one
-    round, no factorization) on a copy of the model, then the full run with the one whose probe
-    reached the best validation accuracy within the budget.  The probes and the full run share their
-    measurements (sensitivity curves, per-layer bits/int8 accuracy) through ``cfg.cache``: each is taken
-    once per distinct set of weights (the float model; its BatchNorm-folded copy)."""
+    round, no factorization) on a copy of the model, then full runs of the finalists (:func:`_finalists`),
+    each on a copy, each exactly the call with that representation (the loaders' shuffling generators are
+    set back to where the call found them), and the model becomes the run with the best validation accuracy
+    (ties: preference order).  Extra finalists run while their estimated time fits ``cfg.finalists`` /
+    :data:`FINALIST_SECONDS` and the deadline.  The probes and the full runs share their measurements
+    (sensitivity curves, per-layer bits/int8 accuracy) through ``cfg.cache``: each is taken once per distinct
+    set of weights (the float model; its BatchNorm-folded copy)."""
     from dataclasses import replace
 
     initial = int(exact_weight_bytes(model, data.example, "csr").total)
     if initial <= cfg.budget:
         return _compress(model, replace(cfg, representation="csr"), data, t0)
     cfg = replace(cfg, cache={} if cfg.cache is None else cfg.cache)
+    rng = _LoaderRng(data.train, data.val, data.test)
     n_probe = _probe_batches(data.train, cfg.max_batches_per_epoch)
     deadline = cfg.deadline
     probe_deadline = None if deadline is None else time.monotonic() + 0.4 * (deadline - time.monotonic())
@@ -864,21 +882,164 @@ def _compress_auto(model: nn.Module, cfg: CompressConfig, data: _Data, t0: float
         raise BudgetError(f"no representation can reach the budget of {cfg.budget} bytes: "
                           + "; ".join(f"{p.representation}: {p.note}" for p in probes),
                           min((p.bytes for p in probes if p.bytes), default=cfg.budget))
-    # probes differ by noise too: of those within one standard error of the best, the first in preference
-    top = max(p.val_accuracy for p in ok)
-    se = math.sqrt(max(top * (1 - top), 1e-4) / max(1, _num_samples(data.val)))
+    cands = _finalists(ok, _num_samples(data.val))
+    logger.info("auto: %s gives the best probe accuracy (%.4f); finalists %s", cands[0].representation,
+                cands[0].val_accuracy, ", ".join(p.representation for p in cands))
+    cap = MAX_FINALISTS if cfg.finalists is None else cfg.finalists
     order = (*AUTO_CANDIDATES, *SIZE_CANDIDATES)
-    best = next(p for p in sorted(ok, key=lambda p: order.index(p.representation))
-                if p.val_accuracy >= top - se)
-    logger.info("auto: %s gives the best probe accuracy (%.4f); running it in full", best.representation,
-                best.val_accuracy)
-    # the full run is exactly the call with that representation (its own sensitivity analysis, on the model
-    # as that representation sees it), so auto is never worse than choosing it by hand
-    report = _compress(model, replace(cfg, representation=best.representation), data, t0)
+
+    def rank(r: CompressionReport, rep: str) -> tuple:  # the best validation accuracy; ties: preference order
+        return -(r.val_accuracy_after if r.val_accuracy_after is not None else -1.0), order.index(rep)
+
+    best: tuple | None = None  # (rank, model copy, report, the loaders' generator states): only the best is kept
+    finals: list[ProbeRecord] = []
+    # the first completed full run's seconds (it always runs) and its probe's, the extra runs' seconds
+    first_s, first_probe_s, extra_s = None, 1.0, 0.0
+    for i, p in enumerate(cands):
+        rep = p.representation
+        if i >= cap:
+            finals.append(ProbeRecord(rep, None, None, 0.0, f"not run: finalists={cap}"))
+            continue
+        if first_s is not None:  # the first full run's time, scaled by the probes' times, estimates this one
+            est = first_s * max(1.0, p.seconds / max(first_probe_s, 1e-9))
+            why = ("" if cfg.finalists is not None or extra_s + est <= FINALIST_SECONDS else
+                   f"not run: estimated {est:.0f} s would take the extra full runs beyond {FINALIST_SECONDS:.0f} s "
+                   "(finalists=N allows N)")
+            if not why and deadline is not None and time.monotonic() + est > deadline:
+                why = f"not run: estimated {est:.0f} s would pass time_limit"
+            if distributed() and all_reduce_sum([float(bool(why))], cfg.device)[0] > 0:  # every rank decides alike
+                why = why or "not run: another rank's estimate passed the bound"
+            if why:
+                finals.append(ProbeRecord(rep, None, None, 0.0, why))
+                continue
+        rng.restore()  # each finalist sees the data as the call with its representation alone would
+        ft = time.monotonic()
+        try:
+            run, report = _finalist(model, replace(cfg, representation=rep), data, ft)
+        except (BudgetError, WeightSharingError) as exc:  # a probe fitted, the full run cannot: not a finalist
+            finals.append(ProbeRecord(rep, None, None, time.monotonic() - ft, f"not possible: {exc}"))
+            continue
+        secs = time.monotonic() - ft
+        if first_s is None:
+            first_s, first_probe_s = secs, p.seconds
+        else:
+            extra_s += secs
+        finals.append(ProbeRecord(rep, report.val_accuracy_after, report.final_bytes, secs, report.stopped_reason))
+        logger.info("auto finalist %s: val %s at %d bytes (%.1f s)", rep, report.val_accuracy_after,
+                    report.final_bytes, secs)
+        if report.final_bytes <= cfg.budget:
+            if best is None or rank(report, rep) < best[0]:
+                best = (rank(report, rep), run, report, rng.states())
+        del run
+    if best is None:
+        raise BudgetError(f"no representation reached the budget of {cfg.budget} bytes in full: "
+                          + "; ".join(f"{p.representation}: {p.note}" for p in finals), cfg.budget)
+    _, run, report, states = best
+    _adopt_(model if data.exits is None else data.exits, run)
+    if data.exits is not None:
+        data.exits.__dict__["_fx"] = None  # a cached graph module over the copy's layers
+    rng.restore(states)
     report.probes = probes
+    report.finalists = finals
     report.chosen_by = "auto"
     report.wall_time_s = time.monotonic() - t0
     return report
+
+
+def _finalists(ok: list[ProbeRecord], n_val: int) -> list[ProbeRecord]:
+    """The probes worth a full run, in the order they run: first the one the probes alone would choose (of
+    those within one standard error of the best, the first in preference order), then the others within
+    :data:`FINALIST_NOISE` standard errors of the best, best probe first (ties: preference order)."""
+    order = (*AUTO_CANDIDATES, *SIZE_CANDIDATES)
+    top = max(p.val_accuracy for p in ok)
+    se = math.sqrt(max(top * (1 - top), 1e-4) / max(1, n_val))
+    by_pref = sorted(ok, key=lambda p: order.index(p.representation))
+    first = next(p for p in by_pref if p.val_accuracy >= top - se)
+    rest = sorted((p for p in by_pref if p is not first and p.val_accuracy >= top - FINALIST_NOISE * se),
+                  key=lambda p: -p.val_accuracy)  # stable: preference order on equal accuracy
+    return [first, *rest]
+
+
+def _finalist(model: nn.Module, cfg: CompressConfig, data: _Data, t0: float) -> tuple[nn.Module, CompressionReport]:
+    """One full run of "auto": the call with ``cfg.representation`` on a copy of ``model`` (of the early-exit
+    model over it when there is one); returns the copy (what :func:`_adopt_` makes the model) and the report."""
+    from dataclasses import replace
+
+    if data.exits is None:
+        run = copy.deepcopy(model)
+        return run, _compress(run, cfg, data, t0)
+    run = copy.deepcopy(data.exits)
+    return run, _compress(run.backbone, cfg, replace(data, exits=run), t0)
+
+
+@torch.no_grad()
+def _adopt_(dst: nn.Module, src: nn.Module) -> None:
+    """Make ``dst`` exactly the module ``src`` is (``src``: a deep copy of ``dst`` that a finalist changed), in
+    place.  ``dst`` keeps its identity, and so do its submodules, parameters and buffers that ``src`` still has
+    under the same name with the same class (shape, dtype, device for tensors): their values, classes and
+    attributes become ``src``'s; everything else (a factorized layer, a new bias) is ``src``'s object."""
+    seen: dict[int, object] = {}  # id(an object of src) -> the object dst ends with (shared modules, tied weights)
+    used: set[int] = set()  # ids of dst's objects already given a src object
+
+    def tensor(old, new):
+        if new is None or id(new) in seen:
+            return None if new is None else seen[id(new)]
+        keep = (old is not None and id(old) not in used and type(old) is type(new) and old.shape == new.shape
+                and old.dtype == new.dtype and old.device == new.device)
+        if keep:
+            old.data = new.data
+            old.grad = new.grad
+            if old.is_leaf:
+                old.requires_grad_(new.requires_grad)
+            used.add(id(old))
+        seen[id(new)] = old if keep else new
+        return seen[id(new)]
+
+    def module(d: nn.Module, s: nn.Module) -> None:
+        seen[id(s)] = d
+        used.add(id(d))
+        children = {}
+        for name, child in s._modules.items():
+            old = d._modules.get(name)
+            if child is None or id(child) in seen:
+                children[name] = None if child is None else seen[id(child)]
+            elif old is not None and type(old) is type(child) and id(old) not in used:
+                module(old, child)
+                children[name] = old
+            else:
+                seen[id(child)] = children[name] = child
+        params = {n: tensor(d._parameters.get(n), p) for n, p in s._parameters.items()}
+        buffers = {n: tensor(d._buffers.get(n), b) for n, b in s._buffers.items()}
+        state = {**s.__dict__, "_modules": children, "_parameters": params, "_buffers": buffers}
+        d.__class__ = s.__class__
+        d.__dict__.clear()
+        d.__dict__.update(state)
+
+    module(dst, src)
+
+
+class _LoaderRng:
+    """The shuffling generators of the loaders "auto" was given (``DataLoader.generator``, its sampler's):
+    every full run starts from the states the call found, and the call ends with the winning run's."""
+
+    def __init__(self, *loaders: Iterable):
+        gens: dict[int, torch.Generator] = {}
+        for ld in loaders:
+            sampler = getattr(ld, "sampler", None)
+            inner = getattr(getattr(ld, "batch_sampler", None), "sampler", None)
+            for g in (getattr(ld, "generator", None), getattr(sampler, "generator", None),
+                      getattr(inner, "generator", None)):
+                if isinstance(g, torch.Generator):
+                    gens[id(g)] = g
+        self.gens = list(gens.values())
+        self.initial = self.states()
+
+    def states(self) -> list[torch.Tensor]:
+        return [g.get_state() for g in self.gens]
+
+    def restore(self, states: list[torch.Tensor] | None = None) -> None:
+        for g, s in zip(self.gens, self.initial if states is None else states):
+            g.set_state(s)
 
 
 def _probe(model: nn.Module, pcfg: CompressConfig, data: _Data) -> ProbeRecord:

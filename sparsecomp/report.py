@@ -59,7 +59,8 @@ class RoundRecord:
 @dataclass
 class ProbeRecord:
     """One short probe of a representation by ``representation="auto"`` (validation accuracy reached
-    in one round of one partial epoch at the budget, exact bytes; None when it could not run)."""
+    in one round of one partial epoch at the budget, exact bytes; None when it could not run), or one of its
+    finalists' full runs (``CompressionReport.finalists``; None and the reason in ``note`` when not run)."""
 
     representation: str
     val_accuracy: float | None
@@ -91,6 +92,8 @@ class CompressionReport:
     warnings: list[str] = field(default_factory=list)
     quantization: str = ""  # int8/codebook/auto: the per-layer plan and the accuracy after quantizing
     probes: list[ProbeRecord] = field(default_factory=list)  # representation="auto": what each probe reached
+    # representation="auto": the finalists' full runs (on copies; the model is the best one's), or why not run
+    finalists: list[ProbeRecord] = field(default_factory=list)
     chosen_by: str = ""  # "auto" when the representation was chosen by probing
     # criterion missed: bytes beyond the budget that the sensitivity curves predict win back one point
     extra_bytes_per_point: int | None = None
@@ -165,15 +168,17 @@ class CompressionReport:
                          f"{self.ram['layerwise_arena_bytes']:,}; {len(self.ram['stages'])} tiled stage(s), "
                          f"{self.ram['extra_macs']:,} extra MACs)")  # fmt: skip
         lines.append("")
-        if self.probes:
-            lines.append("  auto probes (one round of a partial epoch each, on a copy; validation accuracy):")
-            for p in self.probes:
-                mark = "*" if p.representation == self.representation or (
-                    p.representation == "per-layer" and self.representation == "auto") else " "
-                acc = "   n/a " if p.val_accuracy is None else pct(p.val_accuracy)
-                size = "" if p.bytes is None else f"{p.bytes:>9,d} B"
-                lines.append(f"   {mark} {p.representation:<10} {acc} {size:>11} {p.seconds:6.1f}s  {p.note[:90]}")
-            lines.append("")
+        for title, records in (("probes (one round of a partial epoch each, on a copy", self.probes),
+                               ("finalists (full runs, each on a copy; the model is the most accurate", self.finalists)):
+            if records:
+                lines.append(f"  auto {title}; validation accuracy):")
+                for p in records:
+                    mark = "*" if p.representation == self.representation or (
+                        p.representation == "per-layer" and self.representation == "auto") else " "
+                    acc = "   n/a " if p.val_accuracy is None else pct(p.val_accuracy)
+                    size = "" if p.bytes is None else f"{p.bytes:>9,d} B"
+                    lines.append(f"   {mark} {p.representation:<10} {acc} {size:>11} {p.seconds:6.1f}s  {p.note[:90]}")
+                lines.append("")
         hint = self.hint()
         if hint:
             lines.append(f"  what may help: {hint}")

@@ -105,8 +105,8 @@ def gather(x: np.ndarray, sizes: tuple[int, ...], strides: tuple[int, ...]) -> n
 
 @integer.register_int8(Broadcast)
 class BroadcastInt8(integer.Int8Handler):
-    """add/sub: TFLite's add (both operands rescaled to 2 * max(scale) with 2^20 headroom; sub subtracts
-    the rescaled b, as TFLite's sub); mul: TFLite's mul (one multiplier s_a * s_b / s_out)."""
+    """add/sub and mul in int32 with plain integer multipliers and one rounding shift
+    (``integer.add_constants`` / ``mul_constants``; sub negates b's multiplier)."""
 
     template = "strided.j2"
     runtime = ("sc_strided.h",)
@@ -121,30 +121,18 @@ class BroadcastInt8(integer.Int8Handler):
 
     def quantize(self, op: Broadcast, ctx: integer.Int8Context, qo: integer.QOp) -> None:
         qa, qb, qout = ctx.qin(op, 0), ctx.qin(op, 1), ctx.qout(op)
+        what = f"'{op.source}'"
         if op.mode in ("add", "sub"):
-            twice = 2.0 * max(qa.scale, qb.scale)
-            am, ash = integer.quantize_multiplier(qa.scale / twice)
-            bm, bsh = integer.quantize_multiplier(qb.scale / twice)
-            om, osh = integer.quantize_multiplier(twice / ((1 << integer.ADD_LEFT_SHIFT) * qout.scale))
-            qo.scalars.update(a_zp=qa.zero_point, a_mult=am, a_shift=ash, b_zp=qb.zero_point,
-                              b_mult=bm, b_shift=bsh, left_shift=integer.ADD_LEFT_SHIFT,
-                              out_mult=om, out_shift=osh, out_zp=qout.zero_point)  # fmt: skip
+            qo.scalars.update(integer.add_constants(qa, qb, qout, what, sub=op.mode == "sub"))
         else:
-            m, sh = integer.quantize_multiplier(qa.scale * qb.scale / qout.scale)
-            qo.scalars.update(a_zp=qa.zero_point, b_zp=qb.zero_point, mult=m, shift=sh, out_zp=qout.zero_point)
+            qo.scalars.update(integer.mul_constants(qa, qb, qout, what))
 
     def reference(self, qo: integer.QOp, ins: list[np.ndarray]) -> np.ndarray:
         op: Broadcast = qo.op  # type: ignore[assignment]
-        s = qo.scalars
         a = gather(ins[0], op.sizes, op.a_strides)
         b = gather(ins[1], op.sizes, op.b_strides)
-        if op.mode in ("add", "sub"):
-            av = integer.mbqm((a - s["a_zp"]) << s["left_shift"], s["a_mult"], s["a_shift"])
-            bv = integer.mbqm((b - s["b_zp"]) << s["left_shift"], s["b_mult"], s["b_shift"])
-            y = integer.mbqm(av - bv if op.mode == "sub" else av + bv, s["out_mult"], s["out_shift"]) + s["out_zp"]
-        else:
-            y = integer.mbqm((a - s["a_zp"]) * (b - s["b_zp"]), s["mult"], s["shift"]) + s["out_zp"]
-        return integer.clamp8(y)
+        fn = integer.add_reference if op.mode in ("add", "sub") else integer.mul_reference
+        return integer.clamp8(fn(a, b, qo.scalars))
 
 
 @dataclass

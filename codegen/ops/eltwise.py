@@ -144,28 +144,16 @@ class BinaryInt8(integer.Int8Handler):
 
     def quantize(self, op: Binary, ctx: integer.Int8Context, qo: integer.QOp) -> None:
         qa, qb, qout = ctx.qin(op, 0), ctx.qin(op, 1), ctx.qout(op)
-        lo, hi = integer.act_bounds(op.act, qout, f"'{op.source}'")
+        what = f"'{op.source}'"
+        lo, hi = integer.act_bounds(op.act, qout, what)
         if op.mode == "add":
-            twice = 2.0 * max(qa.scale, qb.scale)
-            am, ash = integer.quantize_multiplier(qa.scale / twice)
-            bm, bsh = integer.quantize_multiplier(qb.scale / twice)
-            om, osh = integer.quantize_multiplier(twice / ((1 << integer.ADD_LEFT_SHIFT) * qout.scale))
-            qo.scalars.update(a_zp=qa.zero_point, a_mult=am, a_shift=ash, b_zp=qb.zero_point, b_mult=bm, b_shift=bsh,
-                              left_shift=integer.ADD_LEFT_SHIFT, out_mult=om, out_shift=osh, out_zp=qout.zero_point,
-                              act_min=lo, act_max=hi)  # fmt: skip
+            qo.scalars.update(integer.add_constants(qa, qb, qout, what), act_min=lo, act_max=hi)
         else:
-            m, sh = integer.quantize_multiplier(qa.scale * qb.scale / qout.scale)
-            qo.scalars.update(a_zp=qa.zero_point, b_zp=qb.zero_point, mult=m, shift=sh, out_zp=qout.zero_point,
-                              act_min=lo, act_max=hi)  # fmt: skip
+            qo.scalars.update(integer.mul_constants(qa, qb, qout, what), act_min=lo, act_max=hi)
 
     def reference(self, qo: integer.QOp, ins: list[np.ndarray]) -> np.ndarray:
         s = qo.scalars
-        if qo.kind == "add":
-            a = integer.mbqm((ins[0] - s["a_zp"]) << s["left_shift"], s["a_mult"], s["a_shift"])
-            b = integer.mbqm((ins[1] - s["b_zp"]) << s["left_shift"], s["b_mult"], s["b_shift"])
-            y = integer.mbqm(a + b, s["out_mult"], s["out_shift"]) + s["out_zp"]
-        else:
-            y = integer.mbqm((ins[0] - s["a_zp"]) * (ins[1] - s["b_zp"]), s["mult"], s["shift"]) + s["out_zp"]
+        y = (integer.add_reference if qo.kind == "add" else integer.mul_reference)(ins[0], ins[1], s)
         return integer.clamp8(y, s["act_min"], s["act_max"])
 
 
