@@ -71,7 +71,20 @@ static inline int32_t sc_i8_rnn_act(const int16_t *lut, int32_t v)
     return lut[i] + (((int32_t)(lut[i + 1] - lut[i]) * (u & 127) + 64) >> 7);
 }
 
-/* out[g] = mbqm(sum_k w[g * k_n + k] (x[k] - zp), mult[g], shift[g]) + bias[g]: a gate projection in Q12. */
+/* sc_i8_mbqm(acc, mult, shift) for |acc| < 2^30: with 1 <= e = -shift <= SC_I8_MM_EMAX one SMMLAR on 2 * acc,
+ * the [acc < 0] correction and a shift (the derivation is sc_i8_requant_mm's, without the zero point);
+ * other shifts take sc_i8_mbqm. */
+static inline int32_t sc_i8_rnn_mbqm(int32_t acc, int32_t mult, int32_t shift)
+{
+    if (shift <= -1 && shift >= -SC_I8_MM_EMAX) {
+        const int32_t e = -shift;
+        return (sc_smmlar(2 * acc, mult, (int32_t)(((uint32_t)1) << (e - 1))) - (int32_t)((uint32_t)acc >> 31)) >> e;
+    }
+    return sc_i8_mbqm(acc, mult, shift);
+}
+
+/* out[g] = mbqm(sum_k w[g * k_n + k] (x[k] - zp), mult[g], shift[g]) + bias[g]: a gate projection in Q12.
+ * |w (x - zp)| < 2^15, so |acc| < 2^30 while k_n < 2^15 (sc_i8_rnn_mbqm); longer rows take sc_i8_mbqm. */
 static inline void sc_i8_rnn_proj(const int8_t *x, const int8_t *w, int32_t rows, int32_t k_n, int32_t zp,
                                   const int32_t *mult, const int8_t *shift, const int32_t *bias, int32_t *out)
 {
@@ -119,7 +132,9 @@ static inline void sc_i8_rnn_proj(const int8_t *x, const int8_t *w, int32_t rows
         {
             const int32_t acc[4] = {a0, a1, a2, a3};
             int32_t j;
-            for (j = 0; j < 4; ++j) out[g + j] = sc_i8_mbqm(acc[j], mult[g + j], shift[g + j]) + (bias ? bias[g + j] : 0);
+            for (j = 0; j < 4; ++j)
+                out[g + j] = (k_n < 32768 ? sc_i8_rnn_mbqm(acc[j], mult[g + j], shift[g + j])
+                                          : sc_i8_mbqm(acc[j], mult[g + j], shift[g + j])) + (bias ? bias[g + j] : 0);
         }
     }
 #endif
@@ -127,7 +142,8 @@ static inline void sc_i8_rnn_proj(const int8_t *x, const int8_t *w, int32_t rows
         const int8_t *wr = w + g * k_n;
         int32_t acc = 0;
         for (k = 0; k < k_n; ++k) acc += (int32_t)wr[k] * ((int32_t)x[k] - zp);
-        out[g] = sc_i8_mbqm(acc, mult[g], shift[g]) + (bias ? bias[g] : 0);
+        out[g] = (k_n < 32768 ? sc_i8_rnn_mbqm(acc, mult[g], shift[g]) : sc_i8_mbqm(acc, mult[g], shift[g]))
+                 + (bias ? bias[g] : 0);
     }
 }
 
