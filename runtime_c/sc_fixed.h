@@ -129,6 +129,13 @@ static inline uint32_t sc_ld32(const void *p)
     return v;
 }
 
+/* acc + the 4 products of the int8 word w with an operand word split as xa = sc_sxtb16(x) (bytes 0, 2)
+ * and xb = sc_sxtb16_ror8(x) (bytes 1, 3): 2 SXTB16 and 2 SMLAD on the M4 */
+static inline int32_t sc_i8_mac4(uint32_t w, uint32_t xa, uint32_t xb, int32_t acc)
+{
+    return sc_smlad(sc_sxtb16_ror8(w), xb, sc_smlad(sc_sxtb16(w), xa, acc));
+}
+
 /* ---- fixed-point primitives ----------------------------------------------------------------- */
 
 /* TFLite's SaturatingRoundingDoublingHighMul: (a * b + nudge) / 2^31 truncated toward zero, nudge
@@ -261,6 +268,18 @@ static inline int8_t sc_i8_requant_mm(int32_t acc2, int32_t mult, int32_t kz, in
     if ((!SC_CONST_P(lo) || lo > -128) && v < lo) v = lo;
     if ((!SC_CONST_P(hi) || hi < 127) && v > hi) v = hi;
     return (int8_t)v;
+}
+
+/* sc_i8_mbqm(acc, mult, shift) for |acc| < 2^30: with 1 <= e = -shift <= SC_I8_MM_EMAX one SMMLAR on 2 * acc,
+ * the [acc < 0] correction and a shift (sc_i8_requant_mm's derivation without the zero point); other shifts
+ * take sc_i8_mbqm. */
+static inline int32_t sc_i8_mbqm_small(int32_t acc, int32_t mult, int32_t shift)
+{
+    if (shift <= -1 && shift >= -SC_I8_MM_EMAX) {
+        const int32_t e = -shift;
+        return (sc_smmlar(2 * acc, mult, (int32_t)(((uint32_t)1) << (e - 1))) - (int32_t)((uint32_t)acc >> 31)) >> e;
+    }
+    return sc_i8_mbqm(acc, mult, shift);
 }
 
 /* sc_i8_requant_mm holds for a channel whose accumulator starts at b and adds `taps` products of int8

@@ -470,9 +470,8 @@ static inline int32_t sc_i8_dot_dsp(const int8_t *w, const int8_t *x, int32_t n,
 {
     int32_t i;
     for (i = 0; i + 4 <= n; i += 4) {
-        const uint32_t xv = sc_ld32(x + i), wv = sc_ld32(w + i);
-        acc = sc_smlad(sc_sxtb16(wv), sc_sxtb16(xv), acc);
-        acc = sc_smlad(sc_sxtb16_ror8(wv), sc_sxtb16_ror8(xv), acc);
+        const uint32_t xv = sc_ld32(x + i);
+        acc = sc_i8_mac4(sc_ld32(w + i), sc_sxtb16(xv), sc_sxtb16_ror8(xv), acc);
     }
     for (; i < n; ++i) acc += (int32_t)w[i] * (int32_t)x[i];
     return acc;
@@ -540,18 +539,10 @@ static inline void sc_i8_linear_q8(const int8_t *x, int8_t *y, const int8_t *q, 
             for (i = -n4; i != 0; i += 4) {
                 const uint32_t xv = sc_ld32(xe + i);
                 const uint32_t xa = sc_sxtb16(xv), xb = sc_sxtb16_ror8(xv);
-                uint32_t wv = sc_ld32(e0 + i);
-                a0 = sc_smlad(sc_sxtb16(wv), xa, a0);
-                a0 = sc_smlad(sc_sxtb16_ror8(wv), xb, a0);
-                wv = sc_ld32(e1 + i);
-                a1 = sc_smlad(sc_sxtb16(wv), xa, a1);
-                a1 = sc_smlad(sc_sxtb16_ror8(wv), xb, a1);
-                wv = sc_ld32(e2 + i);
-                a2 = sc_smlad(sc_sxtb16(wv), xa, a2);
-                a2 = sc_smlad(sc_sxtb16_ror8(wv), xb, a2);
-                wv = sc_ld32(e3 + i);
-                a3 = sc_smlad(sc_sxtb16(wv), xa, a3);
-                a3 = sc_smlad(sc_sxtb16_ror8(wv), xb, a3);
+                a0 = sc_i8_mac4(sc_ld32(e0 + i), xa, xb, a0);
+                a1 = sc_i8_mac4(sc_ld32(e1 + i), xa, xb, a1);
+                a2 = sc_i8_mac4(sc_ld32(e2 + i), xa, xb, a2);
+                a3 = sc_i8_mac4(sc_ld32(e3 + i), xa, xb, a3);
             }
 #endif
             for (i = n4; i < in; ++i) {

@@ -68,7 +68,6 @@ static inline void sc_s_div(const float *a, const float *b, float *out, const sc
                     int8_t *const yr = y + o;                                                  \
                     ROW;                                                                       \
                 }                                                                              \
-        (void)i3;                                                                              \
     } while (0)
 
 typedef struct {

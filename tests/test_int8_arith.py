@@ -43,6 +43,11 @@ def _fits(*arrays: np.ndarray) -> bool:
     return all(int(np.abs(a).max()) < INT32 for a in arrays)
 
 
+def _rounds(y: int, q: Fraction, tie: float) -> bool:
+    """y is q rounded half up, or one step off where q lies within ``tie`` of a rounding boundary."""
+    return abs(y - math.floor(q + Fraction(1, 2))) <= (1 if abs(q - math.floor(q) - Fraction(1, 2)) < tie else 0)
+
+
 CASES = _scales(np.random.default_rng(5), 40)
 
 
@@ -64,7 +69,7 @@ def test_add_stays_in_int32_and_rounds_the_exact_sum(i, sub):
             y = int(got[ia * 17, ib * 17])
             # within int8 range the result is the rounded exact value (one step off only next to a tie)
             if -128 <= q <= 127:
-                assert abs(y - math.floor(q + Fraction(1, 2))) <= (1 if abs(q - math.floor(q) - Fraction(1, 2)) < 0.01 else 0)
+                assert _rounds(y, q, 0.01)
 
 
 @pytest.mark.parametrize("i", range(len(CASES)))
@@ -83,7 +88,7 @@ def test_mul_stays_in_int32_and_rounds_the_exact_product(i):
             q = ratio * (int(a) - qa.zero_point) * (int(b) - qb.zero_point) + qo.zero_point
             if -128 <= q <= 127:
                 y = int(got[a + 128, b + 128])
-                assert abs(y - math.floor(q + Fraction(1, 2))) <= (1 if abs(q - math.floor(q) - Fraction(1, 2)) < 0.02 else 0)
+                assert _rounds(y, q, 0.02)
 
 
 def test_a_scale_beyond_the_kernels_range_is_refused_with_the_layer():
