@@ -37,6 +37,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch.fx.passes.shape_prop import ShapeProp
 
+from codegen.constfold import fold_constants, remove_eval_identities
 from codegen.errors import CodegenError, UntraceableModelError
 from codegen.lowering import LOWERINGS, NameAllocator
 from codegen.trace import offending_line, trace
@@ -363,7 +364,16 @@ def trace_model(
 ) -> fx.GraphModule:
     """The front end of every emission: torch.fx symbolic tracing (``codegen.trace.trace``), and when fx
     cannot trace the model, ``torch.export`` (``export_graph``). A model neither can take gets one
-    UntraceableModelError naming both failures (each with the file:line of the offending expression)."""
+    UntraceableModelError naming both failures (each with the file:line of the offending expression).
+    Then ``codegen.constfold``: eval-mode identities removed, parameter-only computations folded."""
+    gm = _trace_either(model, x, leaf_modules, concrete_args)
+    remove_eval_identities(gm)
+    fold_constants(gm)
+    return gm
+
+
+def _trace_either(model: nn.Module, x: torch.Tensor, leaf_modules: tuple[type, ...],
+                  concrete_args: dict | None) -> fx.GraphModule:
     try:
         return trace(model, x, leaf_modules, concrete_args)
     except UntraceableModelError as fx_exc:
