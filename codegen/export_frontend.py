@@ -315,6 +315,7 @@ _ADAPTERS: dict[Any, Callable[[_Translator, fx.Node], Any]] = {
     aten._softmax: _as(F.softmax, 2), aten._log_softmax: _as(F.log_softmax, 2),
     aten.softmax: _as(F.softmax, 2), aten.log_softmax: _as(F.log_softmax, 2),
     aten.add: _as(operator.add, 2), aten.mul: _as(operator.mul, 2),
+    aten.layer_norm: _as(F.layer_norm, 5), aten.group_norm: _as(F.group_norm, 5),  # without cudnn_enable
     aten.view: _as(torch.reshape), aten._unsafe_view: _as(torch.reshape), aten.reshape: _as(torch.reshape),
     aten.dropout: _dropout, aten.feature_dropout: _dropout,
     aten.clone: _identity, aten.alias: _identity, aten.detach: _identity, aten.contiguous: _identity,
