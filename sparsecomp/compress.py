@@ -556,13 +556,19 @@ def _channel_stage(ctx: _Ctx, cfg: CompressConfig, test_loader: Iterable) -> boo
     logger.info("channel pruning: kept %.0f %% of the channels (%s); val %.4f -> %.4f after fine-tuning",
                 100 * f, ", ".join(f"{p} {a}->{b}" for p, a, b in changed), acc0, acc)
     by = {g.producer: g for g in groups}
+    ctx.structure.append(DecompositionRecord(
+        "*", "channels", [], True,
+        f"removed {100 * (1 - f):.0f} % of the channels of {len(changed)} group(s): pruning alone would have kept "
+        f"{per_row:.1f} weights per output row ({100 * density:.1f} % of the weights); val {val0:.4f} -> "
+        f"{acc0:.4f} without them -> {acc:.4f} after fine-tuning{note}"
+        + "".join(f"; {k} not prunable: {v}" for k, v in why.items()), val_accuracy=acc))
     for prod, before, n in changed:
         g = by[prod]
         touched = [prod, *g.followers, *g.consumers]
         ctx.structure.append(DecompositionRecord(
-            prod, "channels", [n], True,
-            f"{before} -> {n} channels ({', '.join(touched[1:])} with it); pruning alone would have kept "
-            f"{per_row:.1f} weights per row, {100 * density:.1f} %; val {acc0:.4f} before fine-tuning{note}",
+            prod, "channels", [n], True, f"{before} -> {n} output channels (" + "; ".join(filter(None, (
+                g.followers and f"the same channels of {', '.join(g.followers)}",
+                f"inputs of {', '.join(g.consumers)}"))) + ")",
             4 * sum(weights[t] for t in touched if t in weights), 4 * sum(after[t] for t in touched if t in after),
             acc))
     return True

@@ -227,9 +227,11 @@ def test_compressor_removes_channels_when_the_budget_leaves_few_weights_per_row(
     report = compress_NN_models(model, f"{budget}B", loader, loader, val_loader=loader, representation=rep, **TINY)
     rec = [d for d in report.decompositions if d.method == "channels"]
     assert rec and all(d.accepted for d in rec), report
-    assert {d.layer for d in rec} <= {"0", "6"}
-    assert model[0].out_channels == rec[0].ranks[0] < 16
-    assert "16 -> " in str(report) or "32 -> " in str(report)
+    assert rec[0].layer == "*" and "removed" in rec[0].reason and "11 not prunable: its output is the model output" \
+        in rec[0].reason
+    assert {d.layer for d in rec[1:]} <= {"0", "6"}
+    assert model[0].out_channels == rec[1].ranks[0] < 16
+    assert f"0: 16 -> {rec[1].ranks[0]} output channels (" in str(report)
     assert report.initial_bytes == weight_bytes(_ds(width=16).eval(), X, "csr").total  # the given model's
     out = tmp_path / "emit"
     res = save_compressed_model(model.eval(), input_data=X, directory=out)
