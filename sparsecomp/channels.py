@@ -28,7 +28,7 @@ Example::
     >>> groups, why = channel_groups(net, torch.zeros(1, 1, 6, 6))
     >>> [(g.producer, g.channels, g.followers, g.consumers) for g in groups], why
     ([('0', 8, ['1'], ['3'])], {'3': 'its output is the model output'})
-    >>> prune_channels_(net, {"0": [0, 2, 5]})
+    >>> prune_channels_(net, {"0": [0, 2, 5]}, groups)
     [('0', 8, 3)]
     >>> net(torch.zeros(2, 1, 6, 6)).shape, net[1].num_features, net[3].in_channels
     (torch.Size([2, 4, 4, 4]), 3, 3)
