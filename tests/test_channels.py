@@ -192,6 +192,9 @@ def test_prune_channels_rejects_bad_requests():
         prune_channels_(model, {"0": []}, groups)
     with pytest.raises(ValueError, match="non-empty subset"):
         prune_channels_(model, {"0": [8]}, groups)
+    with pytest.raises(ValueError, match="an example input"):
+        prune_channels_(model, {"0": [1]})
+    assert prune_channels_(model, {"0": [1, 2]}, example=X) == [("0", 8, 2)] and model[3].groups == 2
 
 
 @needs_cc
