@@ -279,3 +279,31 @@ def test_an_interrupted_call_gives_back_the_model_with_all_its_channels(monkeypa
     assert [type(m) for m in model.modules()] == [type(m) for m in original.modules()]
     sa, sb = model.state_dict(), original.state_dict()
     assert sa.keys() == sb.keys() and all(torch.equal(sa[k], sb[k]) for k in sa)
+
+
+@pytest.mark.board
+def test_channel_pruned_compressed_model_runs_on_the_emulated_board(tmp_path):
+    """The compressor's channel-pruned, pruned and quantized DS-CNN (per-layer: int8 / codebook weights) on
+    the emulated Cortex-M4F gives PyTorch's outputs; its weight bytes there are the report's."""
+    from test_board import require_board
+
+    from codegen import board as cboard
+
+    require_board()
+    torch.manual_seed(0)
+    model = _ds(width=16)
+    loader = _ds_task()
+    budget = int(weight_bytes(model.eval(), X, "csr").total / 8)
+    report = compress_NN_models(model, f"{budget}B", loader, loader, val_loader=loader, representation="per-layer",
+                                **TINY)
+    assert model[0].out_channels < 16, report
+    x = next(iter(loader))[0][:1]
+    d = tmp_path / "model"
+    res = save_compressed_model(model.eval(), input_data=x, directory=d)
+    with torch.no_grad():
+        expected = model(x).numpy().reshape(-1)
+    result = cboard.run(d, "m4")
+    assert result.passed, result.stdout + result.stderr
+    torch.testing.assert_close(torch.from_numpy(result.outputs), torch.from_numpy(expected), rtol=0,
+                               atol=res.report["test"]["tolerance"])
+    assert cboard.measure(d).weight_bytes_nm == report.final_bytes <= budget
