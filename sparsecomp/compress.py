@@ -517,8 +517,10 @@ def _channel_stage(ctx: _Ctx, cfg: CompressConfig, test_loader: Iterable) -> boo
         return skip("no prunable channel group (" + "; ".join(f"{k}: {v}" for k, v in why.items()) + ")")
     scores = channel_scores(model, groups, ctx.val_loader, max_batches=4, device=ctx.device)
     if distributed():  # the same channels on every rank
-        for v in scores.values():
-            dist.broadcast(v, src=0)
+        for k, v in scores.items():
+            t = v.to(ctx.device)
+            dist.broadcast(t, src=0)
+            scores[k] = t.cpu()
 
     def keep_at(f: float) -> dict[str, list[int]]:
         return {g.producer: keep_top(scores[g.producer], math.ceil(f * g.channels)) for g in groups}
