@@ -542,7 +542,8 @@ def _channel_stage(ctx: _Ctx, cfg: CompressConfig, test_loader: Iterable) -> boo
               val0 if test_loader is ctx.val_loader else evaluate(model, test_loader, ctx.device, ctx.metric))
     changed = prune_channels_(model, keep, groups)
     if not changed:
-        return False
+        return skip(f"{per_row:.1f} weights per output row, but pruning alone keeps {100 * density:.1f} % of the "
+                    f"weights (at least {100 * CHANNELS_TARGET_DENSITY:.0f} % with every channel)")
     ctx.before = before
     after = {n: m.weight.numel() for n, m in find_compressible_layers(model).items()}
     acc0 = evaluate(model, ctx.val_loader, ctx.device, ctx.metric)
