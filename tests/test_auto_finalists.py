@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import copy
 import random
-import time
+import types
 
 import pytest
 import torch
@@ -34,15 +34,19 @@ DIGITS_FULL = {"int8": 0.9703, "per-layer": 0.9814, "codebook": 0.9777, "csr": 0
 
 def _fake_run(monkeypatch, probes: dict, full: dict, n_val: int, seconds: float = 0.0):
     """Probes report ``probes``; a full run (on its model) sets the first weight to the representation's
-    MARK and reports ``full`` (None: BudgetError).  Returns the list of full runs made."""
+    MARK and reports ``full`` (None: BudgetError).  Returns the list of full runs made.  With ``seconds``, the
+    compressor reads a fake clock that each full run advances by ``seconds`` (no wall-clock dependence)."""
     ran: list[str] = []
+    clock = [1000.0]
+    if seconds:
+        monkeypatch.setattr(compress_mod, "time", types.SimpleNamespace(monotonic=lambda: clock[0]))
 
     def probe(model, pcfg, data):
         return ProbeRecord(pcfg.representation, probes[pcfg.representation], pcfg.budget - 5, 1.0, "")
 
     def full_run(model, cfg, data, t0):
         ran.append(cfg.representation)
-        time.sleep(seconds)
+        clock[0] += seconds
         if full[cfg.representation] is None:
             raise BudgetError("not in full", 10**6)
         with torch.no_grad():
