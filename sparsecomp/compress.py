@@ -948,6 +948,10 @@ SIZE_CANDIDATES = ("huffman",)
 # one short round, so its ranking is only a hint (digits: int8/codebook/huffman probed 95.91 % and per-layer
 # 94.80 % at 269 validation samples, 1.2 points = one standard error, yet per-layer ends 1.1 points higher)
 FINALIST_NOISE = 2.0
+# probes this far (a fraction) below the model's own validation accuracy have not settled (one partial epoch is
+# not enough for the model to recover, e.g. after channel pruning): their ranking says little, so every probe
+# that fits the budget is a finalist, best probe first, within MAX_FINALISTS / FINALIST_SECONDS as usual
+UNSETTLED_PROBES = 0.05
 # at most this many finalists run in full by default (finalists=N allows N)...
 MAX_FINALISTS = 4
 # ...and the extra ones only while they are estimated to take at most this many seconds in all (by the first
@@ -996,9 +1000,10 @@ def _compress_auto(model: nn.Module, cfg: CompressConfig, data: _Data, t0: float
         raise BudgetError(f"no representation can reach the budget of {cfg.budget} bytes: "
                           + "; ".join(f"{p.representation}: {p.note}" for p in probes),
                           min((p.bytes for p in probes if p.bytes), default=cfg.budget))
-    cands = _finalists(ok, _num_samples(data.val))
-    logger.info("auto: %s gives the best probe accuracy (%.4f); finalists %s", cands[0].representation,
-                cands[0].val_accuracy, ", ".join(p.representation for p in cands))
+    baseline = cfg.cache.get("val_baseline")  # the model's validation accuracy, as the probes measured it
+    cands = _finalists(ok, _num_samples(data.val), baseline)
+    logger.info("auto: %s gives the best probe accuracy (%.4f, model %s); finalists %s", cands[0].representation,
+                cands[0].val_accuracy, baseline, ", ".join(p.representation for p in cands))
     cap = MAX_FINALISTS if cfg.finalists is None else cfg.finalists
     order = (*AUTO_CANDIDATES, *SIZE_CANDIDATES)
 
@@ -1060,16 +1065,19 @@ def _compress_auto(model: nn.Module, cfg: CompressConfig, data: _Data, t0: float
     return report
 
 
-def _finalists(ok: list[ProbeRecord], n_val: int) -> list[ProbeRecord]:
+def _finalists(ok: list[ProbeRecord], n_val: int, baseline: float | None = None) -> list[ProbeRecord]:
     """The probes worth a full run, in the order they run: first the one the probes alone would choose (of
     those within one standard error of the best, the first in preference order), then the others within
-    :data:`FINALIST_NOISE` standard errors of the best, best probe first (ties: preference order)."""
+    :data:`FINALIST_NOISE` standard errors of the best -- every other one when the best probe is more than
+    :data:`UNSETTLED_PROBES` below ``baseline`` (the model's validation accuracy) -- best probe first (ties:
+    preference order)."""
     order = (*AUTO_CANDIDATES, *SIZE_CANDIDATES)
     top = max(p.val_accuracy for p in ok)
     se = math.sqrt(max(top * (1 - top), 1e-4) / max(1, n_val))
+    floor = -1.0 if baseline is not None and top < baseline - UNSETTLED_PROBES else top - FINALIST_NOISE * se
     by_pref = sorted(ok, key=lambda p: order.index(p.representation))
     first = next(p for p in by_pref if p.val_accuracy >= top - se)
-    rest = sorted((p for p in by_pref if p is not first and p.val_accuracy >= top - FINALIST_NOISE * se),
+    rest = sorted((p for p in by_pref if p is not first and p.val_accuracy >= floor),
                   key=lambda p: -p.val_accuracy)  # stable: preference order on equal accuracy
     return [first, *rest]
 
@@ -1166,6 +1174,8 @@ def _probe(model: nn.Module, pcfg: CompressConfig, data: _Data) -> ProbeRecord:
         return ProbeRecord(rep, None, None, time.monotonic() - pt, f"not possible: {exc}")
     logger.info("auto probe %s: val %.4f at %d bytes (%.1f s)", rep, r.val_accuracy_after, r.final_bytes,
                 time.monotonic() - pt)
+    if pcfg.cache is not None and r.val_accuracy_before is not None:
+        pcfg.cache.setdefault("val_baseline", r.val_accuracy_before)
     return ProbeRecord(rep, r.val_accuracy_after, r.final_bytes, time.monotonic() - pt, r.stopped_reason)
 
 
