@@ -11,7 +11,7 @@
 
 Masks (attn_mask, key_padding_mask, is_causal), dropout in training, ``bias_k``/``bias_v``/``add_zero_attn``
 and a used attention-weights output are refused naming the layer. The products of two activations are
-``codegen.ops.matmul.MatMul`` (float only: ``integer=True`` refuses them).
+``codegen.ops.matmul.MatMul`` (float and int8).
 """
 
 from __future__ import annotations

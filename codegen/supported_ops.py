@@ -56,7 +56,7 @@ def markdown() -> str:
     rewritten = sorted(target_name(t) for t in (*REWRITTEN_MODULES, *REWRITTEN_FUNCTIONS))
     lines.append(f"| attention (`codegen/attention.py`: rewritten into linear, matmul, softmax, layernorm before "
                  f"lowering; no masks, batch_first=True) | {', '.join(f'`{n}`' for n in rewritten)} | "
-                 "none (their matmul is refused naming the layer) |")
+                 "those of the ops they become (MatMul, Linear, Softmax, LayerNorm, ...) |")
     lines += ["", END]
     return "\n".join(lines)
 

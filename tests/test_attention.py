@@ -147,13 +147,19 @@ def test_unsupported_attention_is_refused_naming_the_layer(what, match, tmp_path
     assert not (tmp_path / "m").exists()
 
 
-def test_matmul_of_activations_has_no_int8_form(tmp_path):
-    with pytest.raises(CodegenError, match="matmul .*no integer kernel"):
-        save_compressed_model(MHA().eval(), "dense", torch.randn(1, 6, 8), tmp_path / "m", integer=True,
-                              calibration_data=torch.randn(8, 6, 8))  # fmt: skip
+@pytest.mark.parametrize("name", ["matmul_batched", "matmul_broadcast", "bmm", "mha_self", "kwt_encoder"])
+def test_int8_matmul_and_attention_are_bit_exact(name, tmp_path):
+    """integer=True: sc_i8_matmul (and the attention ops around it) equal their numpy reference, self-test passes."""
+    from test_integer import check_bit_exact
+
+    torch.manual_seed(3)
+    make, shape = CASES[name]
+    check_bit_exact(make(), shape, tmp_path)
 
 
 def test_keyword_transformer_on_the_m4(tmp_path):
+    """float and integer=True KWT on the emulated M4: float within the self-test tolerance of PyTorch, int8 equal
+    to its numpy reference (the self-test)."""
     require_board()
     torch.manual_seed(0)
     net = KWT().eval()
@@ -164,3 +170,7 @@ def test_keyword_transformer_on_the_m4(tmp_path):
     result = cboard.run(tmp_path / "kwt", "m4")
     assert result.passed, result.stdout + result.stderr
     np.testing.assert_allclose(result.outputs, expected, rtol=0, atol=res.report["test"]["tolerance"])
+    save_compressed_model(net, "dense", input_data=x, directory=tmp_path / "kwt8", integer=True,
+                          calibration_data=torch.randn(16, 10, 12))  # fmt: skip
+    result = cboard.run(tmp_path / "kwt8", "m4")
+    assert result.passed, result.stdout + result.stderr

@@ -1,8 +1,8 @@
 """Product of two activations (torch.matmul / @ / torch.bmm): IR op and lowering. A parameter operand
 (x @ W with W a parameter or folded constant) is a Linear over the rows of x instead.
 
-Float kernel: runtime_c/sc_matmul.h (``sc_matmul``); template templates/ops/matmul.j2. No int8 form: with
-``integer=True`` the op is refused naming the layer. Attention (F.scaled_dot_product_attention,
+Float kernel: runtime_c/sc_matmul.h (``sc_matmul``); template templates/ops/matmul.j2. int8 kernel
+``sc_i8_matmul`` (the same header); template templates/ops_int8/matmul.j2. Attention (F.scaled_dot_product_attention,
 nn.MultiheadAttention, nn.TransformerEncoderLayer) reaches it through codegen/attention.py.
 """
 
@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from math import prod
 from typing import ClassVar
 
+import numpy as np
 import torch
 import torch.fx as fx
 
@@ -77,14 +78,34 @@ def lower_matmul(ctx: LowerContext, node: fx.Node) -> None:
 accepts_constants(*_MATMUL)  # x @ W with W a parameter: a Linear
 
 
+# |a - a_zp|, |c - c_zp| <= 255: k products stay within int32 up to this k
+MAX_INT8_K = (2**31 - 1) // (255 * 255)
+
+
 @integer.register_int8(MatMul)
 class MatMulInt8(integer.Int8Handler):
-    """Refused: no int8 kernel for the product of two activations yet."""
+    """int32 sums of (a - a_zp)(c - c_zp), one TFLite requantization by s_a s_c / s_out (``sc_i8_matmul``)."""
 
-    supported = False
+    kind = "matmul"
+    template = "matmul.j2"
+    runtime = ("sc_matmul.h",)
 
     def check(self, op: ir.Op) -> None:
-        raise UnsupportedConfigError(
-            f"layer '{op.source}': matmul ({op.torch_op}, a product of two activations, e.g. attention) has no "
-            "integer kernel. Emit without integer=True (float, or int8 weights with representation='int8')"
-        )
+        if op.k > MAX_INT8_K:
+            raise UnsupportedConfigError(
+                f"layer '{op.source}': matmul over k = {op.k} products could overflow its int32 sum in int8 "
+                f"(at most {MAX_INT8_K}). Emit without integer=True"
+            )
+
+    def quantize(self, op: MatMul, ctx: integer.Int8Context, qo: integer.QOp) -> None:
+        qa, qc, qout = ctx.qin(op, 0), ctx.qin(op, 1), ctx.qout(op)
+        mult, shift = integer.quantize_multiplier(qa.scale * qc.scale / qout.scale)
+        qo.scalars.update(a_zp=qa.zero_point, c_zp=qc.zero_point, mult=mult, shift=shift, out_zp=qout.zero_point)
+
+    def reference(self, qo: integer.QOp, ins: list[np.ndarray]) -> np.ndarray:
+        op: MatMul = qo.op  # type: ignore[assignment]
+        s = qo.scalars
+        a = ins[0].astype(np.int64).reshape(-1, op.m, op.k) - s["a_zp"]
+        c = ins[1].astype(np.int64).reshape(-1, op.k, op.n) - s["c_zp"]
+        acc = np.matmul(np.broadcast_to(a, (op.batch, op.m, op.k)), np.broadcast_to(c, (op.batch, op.k, op.n)))
+        return integer.clamp8(integer.mbqm(acc, s["mult"], s["shift"]) + s["out_zp"]).reshape(-1)
