@@ -66,6 +66,18 @@ static inline uint32_t sc_sxtb16_ror8(uint32_t x)
 #else
 static inline uint32_t sc_sxtb16_ror8(uint32_t x) { return (uint32_t)__sxtb16((int32_t)((x >> 8) | (x << 24))); }
 #endif
+/* (b2, b0) / (b3, b1) of x zero-extended: UXTB16, UXTB16 ROR #8 */
+static inline uint32_t sc_uxtb16(uint32_t x) { return __uxtb16(x); }
+#if defined(__GNUC__)
+static inline uint32_t sc_uxtb16_ror8(uint32_t x)
+{
+    uint32_t r;
+    __asm__("uxtb16 %0, %1, ror #8" : "=r"(r) : "r"(x));
+    return r;
+}
+#else
+static inline uint32_t sc_uxtb16_ror8(uint32_t x) { return __uxtb16((x >> 8) | (x << 24)); }
+#endif
 /* acc + lo(a) * lo(b) + hi(a) * hi(b), signed halfwords */
 static inline int32_t sc_smlad(uint32_t a, uint32_t b, int32_t acc) { return __smlad((int32_t)a, (int32_t)b, acc); }
 /* acc + lo(a) * hi(b) + hi(a) * lo(b) (SMLADX) */
@@ -87,6 +99,8 @@ static inline uint32_t sc_sxtb16(uint32_t x)
     return (lo & 0xFFFFu) | (hi << 16);
 }
 static inline uint32_t sc_sxtb16_ror8(uint32_t x) { return sc_sxtb16((x >> 8) | (x << 24)); }
+static inline uint32_t sc_uxtb16(uint32_t x) { return x & 0x00FF00FFu; }
+static inline uint32_t sc_uxtb16_ror8(uint32_t x) { return (x >> 8) & 0x00FF00FFu; }
 static inline int32_t sc_smlad(uint32_t a, uint32_t b, int32_t acc)
 {
     return acc + sc_s16lo(a) * sc_s16lo(b) + sc_s16hi(a) * sc_s16hi(b);

@@ -167,7 +167,7 @@ def test_pair_kernels_clean_under_asan_ubsan(tmp_path):
 
 
 def test_portable_dsp_helpers_match_their_definition(tmp_path):
-    """sc_sxtb16 / sc_sxtb16_ror8 / sc_smlad(x) / sc_smla<x><y> / sc_smmlar / sc_ssub16 (portable C on the host)
+    """sc_sxtb16 / sc_sxtb16_ror8 / sc_smlad(x) / sc_smla<x><y> / sc_smmlar / sc_ssub16 / sc_uxtb16(_ror8) (portable C on the host)
     against the Arm definitions."""
     rng = np.random.default_rng(1)
     words = np.concatenate([rng.integers(0, 2**32, 300, dtype=np.uint64),
@@ -178,11 +178,12 @@ def test_portable_dsp_helpers_match_their_definition(tmp_path):
         f"static const uint32_t w[] = {{{', '.join(f'{int(v)}u' for v in words)}}};\n"
         "int main(void) {\n    unsigned i; const unsigned n = sizeof w / sizeof w[0];\n"
         "    for (i = 0; i < n; ++i) {\n        const uint32_t b = w[n - 1 - i]; const int32_t c = (int32_t)i - 100;\n"
-        "        printf(\"%lu %lu %ld %ld %ld %ld %ld %ld %ld %lu\\n\", (unsigned long)sc_sxtb16(w[i]),\n"
+        "        printf(\"%lu %lu %ld %ld %ld %ld %ld %ld %ld %lu %lu %lu\\n\", (unsigned long)sc_sxtb16(w[i]),\n"
         "        (unsigned long)sc_sxtb16_ror8(w[i]), (long)sc_smlad(w[i], b, c), (long)sc_smladx(w[i], b, c),\n"
         "        (long)sc_smlabb(w[i], b, c), (long)sc_smlabt(w[i], b, c), (long)sc_smlatb(w[i], b, c),\n"
         "        (long)sc_smlatt(w[i], b, c), (long)sc_smmlar((int32_t)w[i], (int32_t)b, c),\n"
-        "        (unsigned long)sc_ssub16(w[i], b));\n    }\n"
+        "        (unsigned long)sc_ssub16(w[i], b), (unsigned long)sc_uxtb16(w[i]), (unsigned long)sc_uxtb16_ror8(w[i]));\n"
+        "    }\n"
         "    return 0;\n}\n"
     )
     exe = tmp_path / "h"
@@ -212,7 +213,8 @@ def test_portable_dsp_helpers_match_their_definition(tmp_path):
         smmlar = (((c << 32) + s32[0] * s32[1] + 2**31) >> 32) & 0xFFFFFFFF
         smmlar = (smmlar ^ 2**31) - 2**31
         ssub16 = ((v - b) & 0xFFFF) | ((((v >> 16) - (b >> 16)) & 0xFFFF) << 16)
-        assert tuple(got[i]) == (sxtb16(v), sxtb16(ror8), smlad, smladx, *mla, smmlar, ssub16), (hex(v), hex(b))
+        uxtb16 = v & 0x00FF00FF, ror8 & 0x00FF00FF
+        assert tuple(got[i]) == (sxtb16(v), sxtb16(ror8), smlad, smladx, *mla, smmlar, ssub16, *uxtb16), (hex(v), hex(b))
 
 
 # ---- Cortex-M: real SMLAD on the M4, plain kernels on the M3 -----------------------------------------
@@ -383,6 +385,24 @@ def test_k3_conv_bit_exact_on_board(target, opt, tmp_path):
     run = board.run(res.directory, target, make_vars={"ARM_OPT": opt})
     assert run.exit_code == 0, run.stdout + run.stderr
     assert run.max_abs_error == 0.0 and len(run.outputs) == 5 * 5 * 5
+
+
+@pytest.mark.parametrize("target", ["m4", "m3"])
+def test_gru_after_relu_bit_exact_on_board(target, tmp_path):
+    """The gate projection of inputs with zero point -128 (after a ReLU: EOR + UXTB16 on the M4) and the SMMLAR
+    requantization every gate row passes (sc_i8_rnn_proj's mm argument = 1), every output compared."""
+    _require_board()
+    from codegen import board
+
+    torch.manual_seed(2)
+    res, _ = emit_integer(_seq(nn.ReLU(), _Rnn(nn.GRU(8, 6, batch_first=True))), (1, 5, 8), tmp_path)
+    src = (res.directory / "model.c").read_text()
+    assert ", -128, " in src and src.count(", 1, gx);") == 1 and src.count(", 1, gh);") == 1
+    run = board.run(res.directory, target)
+    assert run.exit_code == 0, run.stdout + run.stderr
+    assert run.max_abs_error == 0.0 and len(run.outputs) == 5 * 6
+    if target == "m4":
+        assert "\tuxtb16\t" in _disassembly(res.directory / "build" / target / "model.elf")
 
 
 class _Elementwise(nn.Module):
