@@ -41,6 +41,20 @@ class _Rnn(nn.Module):
         return self.rnn(x)[0]
 
 
+class _Mul(nn.Module):
+    """Two elementwise int8 muls of 35 values (8 steps of 4 + 3 single): general zero points, then zero point -128
+    on both inputs (after a ReLU and a sigmoid)."""
+
+    def __init__(self):
+        super().__init__()
+        self.a = nn.Linear(7, 7)
+        self.b = nn.Linear(7, 7)
+
+    def forward(self, x):
+        a, b = self.a(x), self.b(x)
+        return torch.cat([a * b, torch.relu(a) * torch.sigmoid(b)], 1)
+
+
 # (model factory, input shape): conv cases for sc_i8_conv_q8_dsp (conv_*) and the 3-wide sc_i8_conv_q8_k3
 # (k3_*), linear cases for the 4-row pair loop
 CASES = {
@@ -107,6 +121,8 @@ CASES = {
     # max pooling: the 2x2 stride-2 fast path on an odd plane (the last row/column dropped), then ceil mode
     # (a window past the input: the generic loop)
     "maxpool_2x2": (lambda: _seq(nn.MaxPool2d(2), nn.Conv2d(2, 2, 1), nn.MaxPool2d(2, ceil_mode=True)), (1, 2, 7, 11)),
+    # sc_i8_mul's 4-value step (SC_INT8_DSP and SC_I8_FAST_REQ) and its scalar tail
+    "mul_tail": (_Mul, (1, 5, 7)),
     # in % 4 == 1, out = 7 (one 4-row pass + 3 single rows), 3 rows
     "linear_odd": (lambda: _seq(nn.Linear(13, 7), nn.ReLU()), (1, 3, 13)),
     # in < 4 (no pair at all), out % 4 == 1; then in % 4 == 0
@@ -153,13 +169,14 @@ def test_pair_kernels_bit_exact_on_host(name, tmp_path):
     assert ("sc_i8_conv_q8_dwp(" in src) == dw_padded
     assert ("input plane padded with in_zp, + 3 slack bytes (" in src) == dw_padded  # arena scratch
     assert "int8_t pad[" not in src
+    assert src.count("sc_i8_mul(") == (2 if name == "mul_tail" else 0)
 
 
 def test_pair_kernels_clean_under_asan_ubsan(tmp_path):
     from helpers import SANITIZE_FLAGS, require_sanitizer
 
     require_sanitizer()
-    for name in ("gru_rows_tail", "conv_cin1_odd_kw", "k3_cin1_kh5", "k3_cin1_3x3", "k3_stride2_pad", "k3_dilation_y",
+    for name in ("gru_rows_tail", "mul_tail", "conv_cin1_odd_kw", "k3_cin1_kh5", "k3_cin1_3x3", "k3_stride2_pad", "k3_dilation_y",
                  "k3_wout1", "k3_stride3_crop", "conv_dilation", "conv_interior_nobias", "depthwise_stride_dil", "linear_odd", "pw_odd_plane",
                  "pw_tail_single", "pw_cin2_conv1d", "c1k5_odd", "c1k5_pad_kh3", "c1k5_conv1d",
                  "dw3_pad_odd", "dw3_wout1", "dw_stride2_5x5", "dw3_stride2"):
