@@ -48,6 +48,7 @@ import torch.fx as fx
 
 from codegen import api, emission, emit, formats, ir, tiling
 from codegen import intermittent as nvm
+from codegen.constfold import fold_constants, remove_eval_identities
 from codegen.errors import CodegenError
 from codegen.formats import CArray
 from codegen.lower import lower
@@ -326,6 +327,8 @@ def analyze_backbone(backbone: torch.nn.Module, example_input, exit_points: Sequ
     m = prepare_model(backbone)
     x = example_from(example_input)
     gm = trace(m, x, leaf_modules, concrete_args)
+    remove_eval_identities(gm)
+    fold_constants(gm)
     nodes = resolve_exit_nodes(gm, exit_points)
     g, env = lower_with_env(gm)
     points = locate_exits(g, env, nodes, exit_points)

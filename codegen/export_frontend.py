@@ -37,6 +37,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch.fx.passes.shape_prop import ShapeProp
 
+from codegen.constfold import fold_constants, remove_eval_identities
 from codegen.errors import CodegenError, UntraceableModelError
 from codegen.lowering import LOWERINGS, NameAllocator
 from codegen.trace import offending_line, trace
@@ -314,6 +315,7 @@ _ADAPTERS: dict[Any, Callable[[_Translator, fx.Node], Any]] = {
     aten._softmax: _as(F.softmax, 2), aten._log_softmax: _as(F.log_softmax, 2),
     aten.softmax: _as(F.softmax, 2), aten.log_softmax: _as(F.log_softmax, 2),
     aten.add: _as(operator.add, 2), aten.mul: _as(operator.mul, 2),
+    aten.layer_norm: _as(F.layer_norm, 5), aten.group_norm: _as(F.group_norm, 5),  # without cudnn_enable
     aten.view: _as(torch.reshape), aten._unsafe_view: _as(torch.reshape), aten.reshape: _as(torch.reshape),
     aten.dropout: _dropout, aten.feature_dropout: _dropout,
     aten.clone: _identity, aten.alias: _identity, aten.detach: _identity, aten.contiguous: _identity,
@@ -363,7 +365,16 @@ def trace_model(
 ) -> fx.GraphModule:
     """The front end of every emission: torch.fx symbolic tracing (``codegen.trace.trace``), and when fx
     cannot trace the model, ``torch.export`` (``export_graph``). A model neither can take gets one
-    UntraceableModelError naming both failures (each with the file:line of the offending expression)."""
+    UntraceableModelError naming both failures (each with the file:line of the offending expression).
+    Then ``codegen.constfold``: eval-mode identities removed, parameter-only computations folded."""
+    gm = _trace_either(model, x, leaf_modules, concrete_args)
+    remove_eval_identities(gm)
+    fold_constants(gm)
+    return gm
+
+
+def _trace_either(model: nn.Module, x: torch.Tensor, leaf_modules: tuple[type, ...],
+                  concrete_args: dict | None) -> fx.GraphModule:
     try:
         return trace(model, x, leaf_modules, concrete_args)
     except UntraceableModelError as fx_exc:

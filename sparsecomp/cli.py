@@ -45,6 +45,16 @@ def _parse_shape(text: str) -> tuple[int, ...]:
     return shape
 
 
+def _positive_int(text: str) -> int:
+    try:
+        n = int(text)
+    except ValueError:
+        n = 0
+    if n < 1:
+        raise argparse.ArgumentTypeError(f"expected a whole number >= 1, got {text!r}")
+    return n
+
+
 def _load_factory(spec: str):
     mod_name, sep, attr = spec.partition(":")
     if not sep or not mod_name or not attr:
@@ -275,6 +285,7 @@ def cmd_compress(args: argparse.Namespace) -> int:
         report = compress_NN_models(
             model, args.budget, train, test, val_loader=val, representation=args.representation,
             num_epochs=args.epochs, time_limit=args.time_limit, seed=args.seed, progress=not args.quiet,
+            finalists=args.finalists,
             layers_factorization=False,  # the state_dict must load into the factory's own structure
         )  # fmt: skip
     except (BudgetError, CompressionError, ValueError) as exc:
@@ -391,6 +402,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="weight storage (default auto: the most accurate at the budget)")
     c.add_argument("--epochs", type=int, default=None, help="epochs per retraining round (default: from the data size)")
     c.add_argument("--time-limit", type=float, default=None, metavar="S", help="stop after S seconds")
+    c.add_argument("--finalists", type=_positive_int, default=None, metavar="N",
+                   help="auto: how many of the probes' best representations run in full (default: up to "
+                        "MAX_FINALISTS within FINALIST_SECONDS; 1 is fastest)")
     c.add_argument("--batch-size", type=int, default=64, help="batch size for a data file or directory")
     c.add_argument("--seed", type=int, default=0)
     c.add_argument("--out", required=True, metavar="DIR", help="where model.pt and report.json go")

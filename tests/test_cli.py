@@ -155,13 +155,8 @@ BN_FACTORY = textwrap.dedent(
 )
 
 
-@pytest.mark.parametrize("rep", ["int8", "csr"])
-def test_compress_then_emit_end_to_end(rep, tmp_path, monkeypatch, capsys):
-    """`sparsecomp compress` writes a state_dict of the factory's own structure (a BatchNorm the compressor
-    folded becomes an exact identity) and the report; `sparsecomp emit` with the printed representation
-    emits exactly the compressed bytes, within the budget, and its self-test passes."""
-    import shutil
-
+def _trained_bn_factory(tmp_path, monkeypatch) -> None:
+    """Writes cli_bn_models.py (importable) and w.pt, its net() trained 3 epochs."""
     (tmp_path / "cli_bn_models.py").write_text(BN_FACTORY)
     monkeypatch.syspath_prepend(str(tmp_path))
     import importlib
@@ -177,6 +172,16 @@ def test_compress_then_emit_end_to_end(rep, tmp_path, monkeypatch, capsys):
             torch.nn.functional.cross_entropy(model(x), y).backward()
             opt.step()
     torch.save(model.state_dict(), tmp_path / "w.pt")
+
+
+@pytest.mark.parametrize("rep", ["int8", "csr"])
+def test_compress_then_emit_end_to_end(rep, tmp_path, monkeypatch, capsys):
+    """`sparsecomp compress` writes a state_dict of the factory's own structure (a BatchNorm the compressor
+    folded becomes an exact identity) and the report; `sparsecomp emit` with the printed representation
+    emits exactly the compressed bytes, within the budget, and its self-test passes."""
+    import shutil
+
+    _trained_bn_factory(tmp_path, monkeypatch)
     out = tmp_path / "comp"
     rc = cli.main(["compress", "cli_bn_models:net", "--weights", str(tmp_path / "w.pt"), "--data",
                    "cli_bn_models:loaders", "--budget", "2500B", "--representation", rep, "--epochs", "1",
@@ -202,6 +207,22 @@ def test_compress_then_emit_end_to_end(rep, tmp_path, monkeypatch, capsys):
     if shutil.which("make") and (shutil.which("cc") or shutil.which("gcc")):
         run = subprocess.run(["make", "-s", "-C", str(emitted), "check"], capture_output=True, text=True)
         assert run.returncode == 0, run.stdout + run.stderr
+
+
+def test_compress_auto_finalists_option(tmp_path, monkeypatch, capsys):
+    """`--finalists N` bounds how many of auto's probed representations run in full; 0 is refused."""
+    _trained_bn_factory(tmp_path, monkeypatch)
+    argv = ["compress", "cli_bn_models:net", "--weights", str(tmp_path / "w.pt"), "--data", "cli_bn_models:loaders",
+            "--budget", "2500B", "--epochs", "1", "-q"]
+    with pytest.raises(SystemExit) as exc:
+        cli.main([*argv, "--out", str(tmp_path / "bad"), "--finalists", "0"])
+    assert exc.value.code == 2
+    assert "--finalists" in capsys.readouterr().err
+    assert cli.main([*argv, "--out", str(tmp_path / "a"), "--finalists", "1"]) == 0, capsys.readouterr().out
+    info = json.loads((tmp_path / "a" / "report.json").read_text())
+    ran = [f for f in info["finalists"] if f["val_accuracy"] is not None]
+    assert len(ran) == 1 and info["final_bytes"] <= 2500
+    assert ran[0]["representation"] == info["emit"]["representation"] or info["emit"]["representation"] == "auto"
 
 
 def test_compress_bad_input_is_one_line(tmp_path, factory, capsys):

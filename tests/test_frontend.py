@@ -124,6 +124,34 @@ def test_model_neither_front_end_takes_names_both_failures(tmp_path):
     assert list(tmp_path.iterdir()) == []
 
 
+class ShapeDependentNorms(nn.Module):
+    """Through torch.export (an `if` on a shape): aten.group_norm / aten.layer_norm carry a sixth argument
+    (cudnn_enable) that F.group_norm / F.layer_norm do not take; a layer scale on a parameter is folded."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv2d(3, 8, 3, padding=1)
+        self.gn = nn.GroupNorm(2, 8)
+        self.ln = nn.LayerNorm(7)
+        self.gamma = nn.Parameter(torch.rand(8) + 0.5)
+        self.fc = nn.Linear(8, 3)
+
+    def forward(self, x):
+        x = self.gn(self.conv(x))
+        if x.shape[-1] > 2:
+            x = self.ln(torch.relu(x))
+        x = x * self.gamma.reshape(1, -1, 1, 1)
+        return self.fc(x.mean((2, 3)))
+
+
+def test_export_front_end_translates_norms_and_folds_parameters(tmp_path):
+    with pytest.raises(UntraceableModelError):
+        trace(prepare_model(ShapeDependentNorms()), torch.randn(1, 3, 6, 7))
+    torch.manual_seed(0)
+    res = emit_and_verify(ShapeDependentNorms().eval(), (1, 3, 6, 7), "dense", tmp_path)
+    assert res.max_rel_error < 1e-4
+
+
 class UntraceableWithGelu(nn.Module):
     def __init__(self):
         super().__init__()

@@ -326,6 +326,13 @@ OPS.update({
 })
 
 
+# parameter operands of elementwise ops (codegen/constfold.py, ChannelAffine / scalar Unary)
+from test_constfold import LayerScale  # noqa: E402
+
+OPS.update({f"param_{form}": ((lambda form=form: LayerScale(form)), (1, 3, 6, 5))
+            for form in ("mul", "sub", "scalar_tensor", "computed")})
+
+
 @pytest.mark.parametrize("name", list(OPS))
 def test_op_bit_exact(name, tmp_path):
     torch.manual_seed(zlib.crc32(name.encode()) % 1000)  # str hash() differs per process

@@ -18,7 +18,8 @@ import torch
 import torch.fx as fx
 
 from codegen import integer, ir
-from codegen.lowering import LowerContext, lowering_key, register_lowering, tensor_meta
+from codegen.lowering import LowerContext, accepts_constants, lowering_key, register_lowering, tensor_meta
+from codegen.ops.batchnorm import ChannelAffine
 from codegen.ops.broadcast import lower_broadcast
 from codegen.ops.unary import emit_unary
 
@@ -84,6 +85,9 @@ def lower_binary(ctx: LowerContext, node: fx.Node) -> None:
         raise ctx.fail(node, f"{mode} with alpha != 1 is not supported", "Scale the operand explicitly")
     if node.kwargs.get("rounding_mode") is not None:
         raise ctx.fail(node, "division with a rounding_mode is not supported", "Use true division")
+    if _is_constant(a) or _is_constant(b):
+        _lower_constant_operand(ctx, node, a, b, mode)
+        return
     if key in _BINARY and _is_tensor(a) and _is_tensor(b) and ctx.shape(a) == ctx.shape(b):
         ctx.emit(node, Binary(**ctx.common(node, [a, b]), mode=mode, numel=ctx.numel(node)))
         return
@@ -109,10 +113,69 @@ def lower_binary(ctx: LowerContext, node: fx.Node) -> None:
                 ctx.env[name] = ctx.env[node.name]
 
 
+def _is_constant(t: object) -> bool:
+    return isinstance(t, fx.Node) and t.op == "get_attr"
+
+
+def _lower_constant_operand(ctx: LowerContext, node: fx.Node, a: object, b: object, mode: str) -> None:
+    """``x (op) c`` / ``c (op) x`` with ``c`` a parameter or buffer (after codegen.constfold, e.g. a layer
+    scale ``self.gamma.reshape(1, -1, 1, 1)``): a one-element ``c`` is a scalar; a ``c`` that varies along
+    the channel dimension (dim 1) only is a ChannelAffine (x * s + t with s or t the identity, so the C
+    rounds once, as PyTorch does)."""
+    first = _is_constant(a)
+    x, c_node = (b, a) if first else (a, b)
+    index = 0 if first else 1
+    if not _is_tensor(x):
+        raise ctx.fail(node, f"{mode} of {_operand(a)} and {_operand(b)} is not supported",
+                       "One operand must be computed from the model input")  # fmt: skip
+    c = ctx.constant(node, index, "input" if first else "other")
+    shape = ctx.shape(x)
+    if ctx.shape(node) != shape:
+        raise ctx.fail(node, f"{mode} of a tensor of shape {shape} and {_operand(c_node)} of shape "
+                       f"{tuple(c.shape)} broadcasts the tensor to {ctx.shape(node)}",
+                       "Give the constant the tensor's shape or one that broadcasts into it")  # fmt: skip
+    if c.dtype != torch.float32:
+        raise ctx.fail(node, f"{_operand(c_node)} has dtype {c.dtype}", "Use a float32 constant")
+    if c.numel() == 1:
+        v = float(c.reshape(()))
+        fn = _SCALAR_FN[mode][1 if first else 0]
+        emit_unary(ctx, node, x, fn, v)
+        return
+    full = (1, *shape)
+    cs = (1,) * (len(full) - c.dim()) + tuple(c.shape)
+    per_channel = len(cs) == len(full) and len(full) >= 2 and all(d == 1 for i, d in enumerate(cs) if i != 1)
+    if not per_channel or cs[1] != full[1]:
+        raise ctx.fail(
+            node, f"{mode} with {_operand(c_node)} of shape {tuple(c.shape)} on a tensor of shape {shape} "
+            "(batch dimension excluded) is supported only for a constant that varies along dim 1 (one value per "
+            "channel, e.g. shape (1, C, 1, 1)) or is a single value",
+            "Reshape the constant to one value per channel, or use a module (nn.BatchNorm2d, a 1x1 depthwise conv)",
+        )  # fmt: skip
+    v = c.detach().reshape(-1).numpy().astype(np.float32)
+    one, zero = np.ones_like(v), np.zeros_like(v)
+    if mode == "mul":
+        scale, shift = v, zero
+    elif mode == "add":
+        scale, shift = one, v
+    elif mode == "sub":
+        scale, shift = (-one, v) if first else (one, -v)  # c - x = (-x) + c; x - c = x + (-c): exact
+    else:  # div: exact only as a multiplication by an exact reciprocal
+        recip = (np.float32(1) / v).astype(np.float32)
+        if first or not np.all(np.isfinite(recip)) or not np.array_equal(recip.astype(np.float64) * v, one):
+            raise ctx.fail(node, f"division by {_operand(c_node)} (one value per channel) is not exact as a "
+                           "multiplication", "Multiply by the reciprocal in the model (x * (1 / c))")  # fmt: skip
+        scale, shift = recip, zero
+    ctx.emit(node, ChannelAffine(**ctx.common(node, [x]), params={"scale": scale, "shift": shift},
+                                 channels=full[1], inner=prod(full[2:])))  # fmt: skip
+
+
 def _operand(t: object) -> str:
     if isinstance(t, fx.Node):
         return f"self.{t.target} (a constant tensor)" if t.op == "get_attr" else f"'{t.name}' (not a tensor)"
     return repr(t)
+
+
+accepts_constants(*_BINARY, *_MORE)  # a parameter operand: _lower_constant_operand
 
 
 @register_lowering(torch.cat)
