@@ -70,6 +70,8 @@ CASES = {
     # 1x1 (row_len 4), then 'same' even kernel (asymmetric padding)
     "conv_1x1_same": (lambda: _seq(nn.Conv2d(4, 7, 1), nn.ReLU(), nn.Conv2d(7, 3, 4, padding="same")), (1, 4, 5, 6)),
     "conv1d": (lambda: _seq(nn.Conv1d(3, 5, 5, stride=2, padding=2), nn.ReLU()), (1, 3, 17)),
+    # 3 wide, but the band (64 x 3 rows of 51 bytes) is above DSP_SCRATCH_MAX_BYTES: the im2col kernel instead
+    "conv_k3_band_too_large": (lambda: _seq(nn.Conv2d(64, 2, 3, padding=1)), (1, 64, 3, 48)),
     # 3-wide: cin 1, kernel (5, 3): 5 kernel rows (a block + 1 single row), odd cout 5, odd wout 5, no padding
     "k3_cin1_kh5": (lambda: _seq(nn.Conv2d(1, 5, (5, 3))), (1, 1, 7, 7)),
     # 3 kernel rows (3 single rows), padding 1 (the band's borders and rows past the input), ReLU6
