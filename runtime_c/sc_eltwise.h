@@ -131,22 +131,9 @@ static inline void sc_i8_mul(const int8_t *a, const int8_t *b, int8_t *y, int32_
         const int32_t m = p->mult, sh = p->shift, kz = p->round + p->out_zp * (int32_t)(((uint32_t)1) << p->shift);
         const uint32_t za = ((uint32_t)p->a_zp & 0xFFFFu) * 0x10001u, zb = ((uint32_t)p->b_zp & 0xFFFFu) * 0x10001u;
         for (; i + 4 <= n; i += 4) {
-            const uint32_t va = sc_ld32(a + i), vb = sc_ld32(b + i);
             uint32_t a02, a13, b02, b13;
-            if (p->a_zp == -128) {
-                a02 = sc_uxtb16(va ^ 0x80808080u);
-                a13 = sc_uxtb16_ror8(va ^ 0x80808080u);
-            } else {
-                a02 = sc_ssub16(sc_sxtb16(va), za);
-                a13 = sc_ssub16(sc_sxtb16_ror8(va), za);
-            }
-            if (p->b_zp == -128) {
-                b02 = sc_uxtb16(vb ^ 0x80808080u);
-                b13 = sc_uxtb16_ror8(vb ^ 0x80808080u);
-            } else {
-                b02 = sc_ssub16(sc_sxtb16(vb), zb);
-                b13 = sc_ssub16(sc_sxtb16_ror8(vb), zb);
-            }
+            sc_i8_pairs_zp(sc_ld32(a + i), p->a_zp, za, &a02, &a13);
+            sc_i8_pairs_zp(sc_ld32(b + i), p->b_zp, zb, &b02, &b13);
             y[i] = (int8_t)sc_ssat8((sc_smlabb(a02, b02, 0) * m + kz) >> sh);
             y[i + 1] = (int8_t)sc_ssat8((sc_smlabb(a13, b13, 0) * m + kz) >> sh);
             y[i + 2] = (int8_t)sc_ssat8((sc_smlatt(a02, b02, 0) * m + kz) >> sh);

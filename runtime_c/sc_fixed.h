@@ -143,6 +143,24 @@ static inline uint32_t sc_ld32(const void *p)
     return v;
 }
 
+/* x - zp for the 4 int8 of v as halfword pairs, bytes 0, 2 in *p02 and 1, 3 in *p13 (x - zp fits in 16 bits):
+ * SXTB16 and SSUB16 (zp2: zp in both halves; none for zp 0), or for zp -128 (after a ReLU) x + 128 as the byte
+ * with its top bit flipped, zero-extended: EOR and UXTB16 */
+static inline SC_SPECIALIZE void sc_i8_pairs_zp(uint32_t v, int32_t zp, uint32_t zp2, uint32_t *p02, uint32_t *p13)
+{
+    if (zp == -128) {
+        *p02 = sc_uxtb16(v ^ 0x80808080u);
+        *p13 = sc_uxtb16_ror8(v ^ 0x80808080u);
+    } else {
+        *p02 = sc_sxtb16(v);
+        *p13 = sc_sxtb16_ror8(v);
+        if (zp) {
+            *p02 = sc_ssub16(*p02, zp2);
+            *p13 = sc_ssub16(*p13, zp2);
+        }
+    }
+}
+
 /* acc + the 4 products of the int8 word w with an operand word split as xa = sc_sxtb16(x) (bytes 0, 2)
  * and xb = sc_sxtb16_ror8(x) (bytes 1, 3): 2 SXTB16 and 2 SMLAD on the M4 */
 static inline int32_t sc_i8_mac4(uint32_t w, uint32_t xa, uint32_t xb, int32_t acc)

@@ -105,19 +105,8 @@ static inline void sc_i8_rnn_proj(const int8_t *x, const int8_t *w, int32_t rows
         const int8_t *const w0 = w + g * k_n, *const w1 = w0 + k_n, *const w2 = w1 + k_n, *const w3 = w2 + k_n;
         int32_t a0 = 0, a1 = 0, a2 = 0, a3 = 0;
         for (k = 0; k < k4; k += 4) {
-            const uint32_t xv = sc_ld32(x + k);
             uint32_t xa, xb;
-            if (zp == -128) { /* x - zp = x + 128, the byte with its top bit flipped, zero-extended */
-                xa = sc_uxtb16(xv ^ 0x80808080u);
-                xb = sc_uxtb16_ror8(xv ^ 0x80808080u);
-            } else {
-                xa = sc_sxtb16(xv);
-                xb = sc_sxtb16_ror8(xv);
-                if (zp) {
-                    xa = sc_ssub16(xa, zp2);
-                    xb = sc_ssub16(xb, zp2);
-                }
-            }
+            sc_i8_pairs_zp(sc_ld32(x + k), zp, zp2, &xa, &xb);
             a0 = sc_i8_mac4(sc_ld32(w0 + k), xa, xb, a0);
             a1 = sc_i8_mac4(sc_ld32(w1 + k), xa, xb, a1);
             a2 = sc_i8_mac4(sc_ld32(w2 + k), xa, xb, a2);
