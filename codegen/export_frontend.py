@@ -37,6 +37,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch.fx.passes.shape_prop import ShapeProp
 
+from codegen.attention import decompose_attention
 from codegen.constfold import fold_constants, remove_eval_identities
 from codegen.errors import CodegenError, UntraceableModelError
 from codegen.lowering import LOWERINGS, NameAllocator
@@ -315,6 +316,7 @@ _ADAPTERS: dict[Any, Callable[[_Translator, fx.Node], Any]] = {
     aten._softmax: _as(F.softmax, 2), aten._log_softmax: _as(F.log_softmax, 2),
     aten.softmax: _as(F.softmax, 2), aten.log_softmax: _as(F.log_softmax, 2),
     aten.add: _as(operator.add, 2), aten.mul: _as(operator.mul, 2),
+    aten.scaled_dot_product_attention: _as(F.scaled_dot_product_attention),  # codegen/attention.py
     aten.layer_norm: _as(F.layer_norm, 5), aten.group_norm: _as(F.group_norm, 5),  # without cudnn_enable
     aten.view: _as(torch.reshape), aten._unsafe_view: _as(torch.reshape), aten.reshape: _as(torch.reshape),
     aten.dropout: _dropout, aten.feature_dropout: _dropout,
@@ -366,8 +368,12 @@ def trace_model(
     """The front end of every emission: torch.fx symbolic tracing (``codegen.trace.trace``), and when fx
     cannot trace the model, ``torch.export`` (``export_graph``). A model neither can take gets one
     UntraceableModelError naming both failures (each with the file:line of the offending expression).
-    Then ``codegen.constfold``: eval-mode identities removed, parameter-only computations folded."""
+    Then attention rewritten (``codegen.attention``; shapes propagated again) and ``codegen.constfold``:
+    eval-mode identities removed, parameter-only computations folded."""
     gm = _trace_either(model, x, leaf_modules, concrete_args)
+    if decompose_attention(gm):
+        with torch.no_grad():
+            ShapeProp(gm).propagate(x.clone())
     remove_eval_identities(gm)
     fold_constants(gm)
     return gm

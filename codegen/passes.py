@@ -38,7 +38,7 @@ def fold_batchnorm(g: ir.Graph) -> None:
             continue
         if isinstance(prod_op, Conv2d) and bn.channels != prod_op.out_shape[0]:
             continue
-        scale, shift = bn.params["scale"].astype(np.float64), bn.params["shift"].astype(np.float64)
+        scale, shift = (a.astype(np.float64) for a in bn.scale_shift())
         w = prod_op.params["weight"].astype(np.float64) * scale[:, None]
         b = prod_op.params.get("bias")
         b = (b.astype(np.float64) if b is not None else np.zeros_like(scale)) * scale + shift

@@ -51,6 +51,12 @@ def markdown() -> str:
     for fam, names in by_family().items():
         forms = ", ".join(int8.get(fam, [])) or "none (refused naming the layer)"
         lines.append(f"| `{fam}` | {', '.join(f'`{n}`' for n in names)} | {forms} |")
+    from codegen.attention import REWRITTEN_FUNCTIONS, REWRITTEN_MODULES
+
+    rewritten = sorted(target_name(t) for t in (*REWRITTEN_MODULES, *REWRITTEN_FUNCTIONS))
+    lines.append(f"| attention (`codegen/attention.py`: rewritten into linear, matmul, softmax, layernorm before "
+                 f"lowering; no masks, batch_first=True) | {', '.join(f'`{n}`' for n in rewritten)} | "
+                 "none (their matmul is refused naming the layer) |")
     lines += ["", END]
     return "\n".join(lines)
 

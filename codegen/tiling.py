@@ -129,6 +129,8 @@ def tileable(op: ir.Op, g: ir.Graph) -> str | None:
         if op.mode == "avg" and any(op.padding) and op.count_include_pad and not op.divisor:
             return "average pooling counting the padding is not tiled"
         return None
+    if isinstance(op, ChannelAffine) and op.channels != g.values[op.output].shape[0]:
+        return "a constant operand that varies within a channel's plane is not tiled"
     if isinstance(op, (Act, ChannelAffine, Binary)):
         return None
     return f"{op.kind} ops are not tiled"

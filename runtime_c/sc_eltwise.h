@@ -37,6 +37,27 @@ static inline void sc_affine(const float *x, float *out, const float *scale, con
     }
 }
 
+/* A parameter operand of add/sub (shift only) or of mul/div (scale only): y = x + shift[c] / x * scale[c]. */
+static inline void sc_affine_shift(const float *x, float *out, const float *shift, int32_t channels,
+                                   int32_t inner, int act, float alpha)
+{
+    int32_t c, i;
+    for (c = 0; c < channels; ++c) {
+        const float t = shift[c];
+        for (i = 0; i < inner; ++i) out[c * inner + i] = sc_act(x[c * inner + i] + t, act, alpha);
+    }
+}
+
+static inline void sc_affine_scale(const float *x, float *out, const float *scale, int32_t channels,
+                                   int32_t inner, int act, float alpha)
+{
+    int32_t c, i;
+    for (c = 0; c < channels; ++c) {
+        const float s = scale[c];
+        for (i = 0; i < inner; ++i) out[c * inner + i] = sc_act(x[c * inner + i] * s, act, alpha);
+    }
+}
+
 static inline void sc_copy(float *dst, const float *src, int32_t n)
 {
     int32_t i;

@@ -286,7 +286,8 @@ def cmd_compress(args: argparse.Namespace) -> int:
             model, args.budget, train, test, val_loader=val, representation=args.representation,
             num_epochs=args.epochs, time_limit=args.time_limit, seed=args.seed, progress=not args.quiet,
             finalists=args.finalists,
-            layers_factorization=False,  # the state_dict must load into the factory's own structure
+            # the state_dict must load into the factory's own structure: no factorized layers, no removed channels
+            layers_factorization=False, channel_pruning=False,
         )  # fmt: skip
     except (BudgetError, CompressionError, ValueError) as exc:
         raise CLIError(str(exc)) from exc

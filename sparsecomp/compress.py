@@ -198,6 +198,8 @@ class _Ctx:
     exit_reserve: int = 0  # bytes of the budget kept for the exit heads (measured before compressing)
     exit_epochs: int = 0  # epochs of head retraining on the compressed backbone (0: a probe, none)
     exit_sharing: str = "cws"  # the quantizer of codebook heads
+    structure: list[DecompositionRecord] = field(default_factory=list)  # channel pruning (_channel_stage)
+    before: tuple[int, float, float] | None = None  # (float bytes, val, test) of the model before _channel_stage
 
     def loss(self, outputs: torch.Tensor, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         _check_labels(outputs, y, self.criterion)
@@ -466,6 +468,115 @@ def _uniform_density(bm: ByteModel, budget: int) -> float:
     return lo
 
 
+# channel pruning runs when pruning alone would keep fewer weights than this per output row (uniformly, all
+# compressible layers): per-channel costs (biases, scales, the row itself) then eat the budget (the kws2d
+# DS-CNN at 15x: 4.6 per row; LeNet-5 at 44 KB and LeNet-300-100 at 27 KB: ~30)
+CHANNELS_BELOW_NNZ_PER_ROW = 8.0
+# ...and removes the fewest channels (one fraction for every prunable group) at which pruning alone would
+# keep at least this fraction of the remaining weights
+CHANNELS_TARGET_DENSITY = 0.5
+# the narrower model is fine-tuned (distilled from the given one) for up to this many rounds' epochs (a
+# validation plateau ends it earlier): it has to learn again what the removed channels did
+CHANNELS_EPOCHS = 3
+
+
+def _nnz_per_row(bm: ByteModel, budget: int) -> tuple[float, float]:
+    """(the uniform density the budget allows, the nonzeros per output row it keeps over all layers)."""
+    d = _uniform_density(bm, budget)
+    nnz = sum(max(min(g.numel, g.rows), int(round(d * g.numel))) for g in bm.layers.values())
+    return d, nnz / max(1, sum(g.rows for g in bm.layers.values()))
+
+
+def _channel_stage(ctx: _Ctx, cfg: CompressConfig, test_loader: Iterable) -> bool:
+    """Structured channel pruning (:mod:`sparsecomp.channels`) when the budget would leave fewer than
+    :data:`CHANNELS_BELOW_NNZ_PER_ROW` weights per output row: remove the lowest-scored channels of every
+    prunable group, one fraction for all, the fewest at which pruning alone keeps
+    :data:`CHANNELS_TARGET_DENSITY` of the weights (by the byte model), then fine-tune (distilled from the
+    original).  The records (channels before -> after per group, or why not) go to ``ctx.structure``.
+    Returns whether the model changed."""
+    from .channels import channel_groups, channel_scores, keep_top, prune_channels_
+
+    model, budget = ctx.model, cfg.budget  # the exit heads, if any, are already off it
+
+    def skip(why: str) -> bool:
+        logger.info("channel pruning: %s", why)
+        ctx.structure.append(DecompositionRecord("*", "channels", [], False, f"skipped: {why}"))
+        return False
+
+    if ctx.exits is not None:
+        return skip("an early-exit model (its heads read the backbone's channels)")
+    bm = ByteModel(model, ctx.example, ctx.representation, ctx.plan)
+    if bm.exact_total <= budget:
+        return False
+    density, per_row = _nnz_per_row(bm, budget)
+    if per_row >= CHANNELS_BELOW_NNZ_PER_ROW:
+        return skip(f"pruning alone keeps {per_row:.1f} weights per output row ({100 * density:.1f} % of the "
+                    f"weights; channels are removed below {CHANNELS_BELOW_NNZ_PER_ROW:g} per row)")
+    groups, why = channel_groups(model, ctx.example)
+    if not groups:
+        return skip("no prunable channel group (" + "; ".join(f"{k}: {v}" for k, v in why.items()) + ")")
+    scores = channel_scores(model, groups, ctx.val_loader, max_batches=4, device=ctx.device)
+    if distributed():  # the same channels on every rank
+        for k, v in scores.items():
+            t = v.to(ctx.device)
+            dist.broadcast(t, src=0)
+            scores[k] = t.cpu()
+
+    def keep_at(f: float) -> dict[str, list[int]]:
+        return {g.producer: keep_top(scores[g.producer], math.ceil(f * g.channels)) for g in groups}
+
+    def density_at(f: float) -> float:
+        trial = copy.deepcopy(model)
+        prune_channels_(trial, keep_at(f), groups)
+        return _uniform_density(ByteModel(trial, ctx.example, ctx.representation, ctx.plan), budget)
+
+    lo, hi = 0.0, 1.0  # density_at(hi) < target; find the largest f with density_at(f) >= target
+    for _ in range(7):
+        mid = (lo + hi) / 2
+        lo, hi = (mid, hi) if density_at(mid) >= CHANNELS_TARGET_DENSITY else (lo, mid)
+    f = max(lo, 1.0 / min(g.channels for g in groups))
+    keep = keep_at(f)
+    weights = {n: m.weight.numel() for n, m in find_compressible_layers(model).items()}
+    val0 = evaluate(model, ctx.val_loader, ctx.device, ctx.metric)
+    before = (int(exact_weight_bytes(model, ctx.example, "csr").total), val0,
+              val0 if test_loader is ctx.val_loader else evaluate(model, test_loader, ctx.device, ctx.metric))
+    changed = prune_channels_(model, keep, groups)
+    if not changed:
+        return skip(f"{per_row:.1f} weights per output row, but pruning alone keeps {100 * density:.1f} % of the "
+                    f"weights (at least {100 * CHANNELS_TARGET_DENSITY:.0f} % with every channel)")
+    ctx.before = before
+    after = {n: m.weight.numel() for n, m in find_compressible_layers(model).items()}
+    acc0 = evaluate(model, ctx.val_loader, ctx.device, ctx.metric)
+    acc, note = acc0, ""
+    try:
+        acc, state, _ = _train(ctx, _Masks(), CHANNELS_EPOCHS * cfg.num_epochs, cfg.learning_rate,
+                               desc="fine-tune after channel pruning")
+        if state is not None and acc >= acc0:
+            model.load_state_dict(state)
+        acc = max(acc, acc0)
+    except _Stop as stop:
+        note = f"; fine-tuning stopped: {stop.reason}"
+    logger.info("channel pruning: kept %.0f %% of the channels (%s); val %.4f -> %.4f after fine-tuning",
+                100 * f, ", ".join(f"{p} {a}->{b}" for p, a, b in changed), acc0, acc)
+    by = {g.producer: g for g in groups}
+    ctx.structure.append(DecompositionRecord(
+        "*", "channels", [], True,
+        f"removed {100 * (1 - f):.0f} % of the channels of {len(changed)} group(s): pruning alone would have kept "
+        f"{per_row:.1f} weights per output row ({100 * density:.1f} % of the weights); val {val0:.4f} -> "
+        f"{acc0:.4f} without them -> {acc:.4f} after fine-tuning{note}"
+        + "".join(f"; {k} not prunable: {v}" for k, v in why.items()), val_accuracy=acc))
+    for prod, before, n in changed:
+        g = by[prod]
+        touched = [prod, *g.followers, *g.consumers]
+        ctx.structure.append(DecompositionRecord(
+            prod, "channels", [n], True, f"{before} -> {n} output channels (" + "; ".join(filter(None, (
+                g.followers and f"the same channels of {', '.join(g.followers)}",
+                f"inputs of {', '.join(g.consumers)}"))) + ")",
+            4 * sum(weights[t] for t in touched if t in weights), 4 * sum(after[t] for t in touched if t in after),
+            acc))
+    return True
+
+
 def _budget_rank(ctx: _Ctx, name: str, mod: nn.Linear, r_max: int, budget: int) -> int:
     """The smallest SVD rank of ``name`` at which the model (dense factors, quantized as planned, the other
     layers as they are) is still at least ``budget`` bytes: lower ranks would drop below the budget.
@@ -597,6 +708,7 @@ def compress_NN_models(  # noqa: N802 - public name fixed by the issue
     ram_budget: int | None = None,
     prefer_speed: bool = False,
     finalists: int | None = None,
+    channel_pruning: bool = True,
 ) -> CompressionReport:
     """Compress ``model`` in place so codegen emits at most ``target_size`` of weight data.
 
@@ -715,7 +827,7 @@ def compress_NN_models(  # noqa: N802 - public name fixed by the issue
         max_batches_per_epoch=max_batches_per_epoch, deadline=None if time_limit is None else t0 + time_limit,
         metric=metric, distillation=float(distillation), bits=bits, quant_epochs=quant_epochs,
         quant_learning_rate=quant_learning_rate if quant_learning_rate is not None else learning_rate / 5,
-        prefer_speed=bool(prefer_speed), finalists=finalists,
+        prefer_speed=bool(prefer_speed), finalists=finalists, channel_pruning=bool(channel_pruning),
     )
     data = _Data(train_loader, val_loader, test_loader, example, exits)
     if ram_budget is not None:
@@ -798,6 +910,8 @@ class CompressConfig:
     prefer_speed: bool = False
     # "auto": how many finalists may run in full (None: up to MAX_FINALISTS within FINALIST_SECONDS)
     finalists: int | None = None
+    # structured channel pruning when the budget leaves few weights per output row (_channel_stage)
+    channel_pruning: bool = True
     # measurements (bits/int8 accuracy per layer, sensitivity curves) shared by auto's probes and its full
     # run, keyed by a fingerprint of the weights: the same weights and data give the same answers
     cache: dict | None = field(default=None, compare=False, repr=False)
@@ -834,6 +948,10 @@ SIZE_CANDIDATES = ("huffman",)
 # one short round, so its ranking is only a hint (digits: int8/codebook/huffman probed 95.91 % and per-layer
 # 94.80 % at 269 validation samples, 1.2 points = one standard error, yet per-layer ends 1.1 points higher)
 FINALIST_NOISE = 2.0
+# probes this far (a fraction) below the model's own validation accuracy have not settled (one partial epoch is
+# not enough for the model to recover, e.g. after channel pruning): their ranking says little, so every probe
+# that fits the budget is a finalist, best probe first, within MAX_FINALISTS / FINALIST_SECONDS as usual
+UNSETTLED_PROBES = 0.05
 # at most this many finalists run in full by default (finalists=N allows N)...
 MAX_FINALISTS = 4
 # ...and the extra ones only while they are estimated to take at most this many seconds in all (by the first
@@ -882,9 +1000,10 @@ def _compress_auto(model: nn.Module, cfg: CompressConfig, data: _Data, t0: float
         raise BudgetError(f"no representation can reach the budget of {cfg.budget} bytes: "
                           + "; ".join(f"{p.representation}: {p.note}" for p in probes),
                           min((p.bytes for p in probes if p.bytes), default=cfg.budget))
-    cands = _finalists(ok, _num_samples(data.val))
-    logger.info("auto: %s gives the best probe accuracy (%.4f); finalists %s", cands[0].representation,
-                cands[0].val_accuracy, ", ".join(p.representation for p in cands))
+    baseline = cfg.cache.get("val_baseline")  # the model's validation accuracy, as the probes measured it
+    cands = _finalists(ok, _num_samples(data.val), baseline)
+    logger.info("auto: %s gives the best probe accuracy (%.4f, model %s); finalists %s", cands[0].representation,
+                cands[0].val_accuracy, baseline, ", ".join(p.representation for p in cands))
     cap = MAX_FINALISTS if cfg.finalists is None else cfg.finalists
     order = (*AUTO_CANDIDATES, *SIZE_CANDIDATES)
 
@@ -946,16 +1065,19 @@ def _compress_auto(model: nn.Module, cfg: CompressConfig, data: _Data, t0: float
     return report
 
 
-def _finalists(ok: list[ProbeRecord], n_val: int) -> list[ProbeRecord]:
+def _finalists(ok: list[ProbeRecord], n_val: int, baseline: float | None = None) -> list[ProbeRecord]:
     """The probes worth a full run, in the order they run: first the one the probes alone would choose (of
     those within one standard error of the best, the first in preference order), then the others within
-    :data:`FINALIST_NOISE` standard errors of the best, best probe first (ties: preference order)."""
+    :data:`FINALIST_NOISE` standard errors of the best -- every other one when the best probe is more than
+    :data:`UNSETTLED_PROBES` below ``baseline`` (the model's validation accuracy) -- best probe first (ties:
+    preference order)."""
     order = (*AUTO_CANDIDATES, *SIZE_CANDIDATES)
     top = max(p.val_accuracy for p in ok)
     se = math.sqrt(max(top * (1 - top), 1e-4) / max(1, n_val))
+    floor = -1.0 if baseline is not None and top < baseline - UNSETTLED_PROBES else top - FINALIST_NOISE * se
     by_pref = sorted(ok, key=lambda p: order.index(p.representation))
     first = next(p for p in by_pref if p.val_accuracy >= top - se)
-    rest = sorted((p for p in by_pref if p is not first and p.val_accuracy >= top - FINALIST_NOISE * se),
+    rest = sorted((p for p in by_pref if p is not first and p.val_accuracy >= floor),
                   key=lambda p: -p.val_accuracy)  # stable: preference order on equal accuracy
     return [first, *rest]
 
@@ -1052,6 +1174,8 @@ def _probe(model: nn.Module, pcfg: CompressConfig, data: _Data) -> ProbeRecord:
         return ProbeRecord(rep, None, None, time.monotonic() - pt, f"not possible: {exc}")
     logger.info("auto probe %s: val %.4f at %d bytes (%.1f s)", rep, r.val_accuracy_after, r.final_bytes,
                 time.monotonic() - pt)
+    if pcfg.cache is not None and r.val_accuracy_before is not None:
+        pcfg.cache.setdefault("val_baseline", r.val_accuracy_before)
     return ProbeRecord(rep, r.val_accuracy_after, r.final_bytes, time.monotonic() - pt, r.stopped_reason)
 
 
@@ -1087,12 +1211,18 @@ def _compress(model: nn.Module, cfg: CompressConfig, data: _Data, t0: float) -> 
             # the uncompressed model teaches the compressed one (Hinton et al.): a frozen copy
             ctx.teacher = copy.deepcopy(model).eval().requires_grad_(False)
             ctx.distill_alpha = cfg.distillation
+
+        def plan(m: nn.Module) -> QuantPlan:
+            return make_plan(m, cfg.codegen_representation, data.val, cfg.accuracy_tolerance, cfg.bits,
+                             device=device, metric=cfg.metric, max_batches=cfg.sensitivity_batches,
+                             progress=ctx.progress, cache=cfg.cache,
+                             sharing=cfg.representation if cfg.representation in SHARING_METHODS else "cws",
+                             eval_samples=_eval_samples(data.val, cfg.sensitivity_batches))
+
         if quantized:
-            ctx.plan = make_plan(model, cfg.codegen_representation, data.val, cfg.accuracy_tolerance, cfg.bits,
-                                 device=device, metric=cfg.metric, max_batches=cfg.sensitivity_batches,
-                                 progress=ctx.progress, cache=cfg.cache,
-                                 sharing=cfg.representation if cfg.representation in SHARING_METHODS else "cws",
-                                 eval_samples=_eval_samples(data.val, cfg.sensitivity_batches))
+            ctx.plan = plan(model)
+        if cfg.channel_pruning and _channel_stage(ctx, cfg, data.test) and quantized:
+            ctx.plan = plan(model)  # the encodings measured again on the narrower layers
         return _run(ctx, cfg, data.test, t0)
 
 
@@ -1125,9 +1255,12 @@ def _run(ctx: _Ctx, cfg: CompressConfig, test_loader: Iterable, t0: float) -> Co
             f"one weight per output row. Use a target_size of at least {math.ceil(floor / 10) / 100} KB.",
             floor,
         )
-    val_before = evaluate(model, ctx.val_loader, ctx.device, ctx.metric)
-    test_before = val_before if test_loader is ctx.val_loader else evaluate(model, test_loader, ctx.device,
-                                                                             ctx.metric)
+    if ctx.before is not None:  # channels were removed: "before" and the criterion are the given model's
+        initial_bytes, val_before, test_before = ctx.before
+    else:
+        val_before = evaluate(model, ctx.val_loader, ctx.device, ctx.metric)
+        test_before = val_before if test_loader is ctx.val_loader else evaluate(model, test_loader, ctx.device,
+                                                                                 ctx.metric)
     logger.info("baseline accuracy: val %.4f, test %.4f", val_before, test_before)
     report = CompressionReport(
         target_bytes=budget, initial_bytes=initial_bytes, final_bytes=initial_bytes,
@@ -1136,6 +1269,7 @@ def _run(ctx: _Ctx, cfg: CompressConfig, test_loader: Iterable, t0: float) -> Co
         smallest_reachable_bytes=floor,
     )
     masks = _Masks()
+    report.decompositions.extend(ctx.structure)
 
     if bm.exact_total <= budget:
         report.success = True
@@ -1160,8 +1294,8 @@ def _run(ctx: _Ctx, cfg: CompressConfig, test_loader: Iterable, t0: float) -> Co
                 f"skipped: pruning alone reaches the budget keeping {100 * density:.1f} % of the weights "
                 f"(separation runs below {100 * FACTORIZE_BELOW_DENSITY:.0f} %)", bm.exact_total, bm.exact_total))
         if factorize:
-            report.decompositions = _factorize_layers(ctx, masks, val_before, tol, lr, 1, conv_method, min_params,
-                                                      budget)
+            report.decompositions += _factorize_layers(ctx, masks, val_before, tol, lr, 1, conv_method,
+                                                       min_params, budget)
             bm = ByteModel(model, ctx.example, ctx.representation, ctx.plan)
             logger.info("after layer separation: %d bytes", bm.exact_total)
             floor = bm.floor()

@@ -30,7 +30,9 @@ class LayerRow:
 
 @dataclass
 class DecompositionRecord:
-    """What happened when a layer was factorized."""
+    """What happened when a layer was factorized, or (``method`` "channels") the output channels removed
+    from a producer layer and the modules that went with it (``ranks``: the channels kept; ``layer`` "*":
+    why channel pruning did not run)."""
 
     layer: str
     method: str
@@ -193,8 +195,11 @@ class CompressionReport:
                 lines.append(f"  {r.name:<{w}}  {r.op:<12} {shape:<18} {r.format:<{fw}} {dens:>8} {r.bytes:>9,d}")
             lines.append("")
         if self.decompositions:
-            lines.append("  decompositions:")
+            lines.append("  structure (channel pruning, decompositions):")
             for d in self.decompositions:
+                if d.method == "channels":  # "<producer>: 48 -> 28 channels (...)" or why none were removed
+                    lines.append(f"    {d.layer}: {d.reason if d.accepted else 'channel pruning ' + d.reason}")
+                    continue
                 state = "kept" if d.accepted else "rejected"
                 lines.append(f"    {d.layer}: {d.method} ranks={d.ranks} {state} ({d.reason})")
             lines.append("")

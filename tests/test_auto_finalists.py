@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import copy
 import random
-import time
+import types
 
 import pytest
 import torch
@@ -32,17 +32,23 @@ DIGITS_PROBES = {"int8": 0.9591, "per-layer": 0.9480, "codebook": 0.9591, "csr":
 DIGITS_FULL = {"int8": 0.9703, "per-layer": 0.9814, "codebook": 0.9777, "csr": 0.9182, "huffman": 0.9777}
 
 
-def _fake_run(monkeypatch, probes: dict, full: dict, n_val: int, seconds: float = 0.0):
+def _fake_run(monkeypatch, probes: dict, full: dict, n_val: int, seconds: float = 0.0, baseline: float | None = None):
     """Probes report ``probes``; a full run (on its model) sets the first weight to the representation's
-    MARK and reports ``full`` (None: BudgetError).  Returns the list of full runs made."""
+    MARK and reports ``full`` (None: BudgetError).  Returns the list of full runs made.  With ``seconds``, the
+    compressor reads a fake clock that each full run advances by ``seconds`` (no wall-clock dependence)."""
     ran: list[str] = []
+    clock = [1000.0]
+    if seconds:
+        monkeypatch.setattr(compress_mod, "time", types.SimpleNamespace(monotonic=lambda: clock[0]))
 
     def probe(model, pcfg, data):
+        if baseline is not None:  # what a real probe records: the model's validation accuracy
+            pcfg.cache.setdefault("val_baseline", baseline)
         return ProbeRecord(pcfg.representation, probes[pcfg.representation], pcfg.budget - 5, 1.0, "")
 
     def full_run(model, cfg, data, t0):
         ran.append(cfg.representation)
-        time.sleep(seconds)
+        clock[0] += seconds
         if full[cfg.representation] is None:
             raise BudgetError("not in full", 10**6)
         with torch.no_grad():
@@ -110,6 +116,25 @@ def test_finalist_selection_rule(probes, full, n_val, expected_runs, winner, mon
     assert report.val_accuracy_after == full[winner]
     dropped = [p for p in report.finalists if p.val_accuracy is None]
     assert all("not possible" in p.note for p in dropped) and len(dropped) == sum(full[r] is None for r in ran)
+
+
+# the kws2d DS-CNN at 15x (benchmarks/auto_vs_single.py): after channel pruning, one partial epoch leaves every
+# probe far below the model's 89 %; the single calls end at 87-92.5 % in an order the probes do not show
+KWS_PROBES = {"int8": 0.698, "per-layer": 0.735, "codebook": 0.427, "csr": 0.582, "huffman": 0.107}
+KWS_FULL = {"int8": 0.895, "per-layer": 0.9167, "codebook": 0.925, "csr": 0.8717, "huffman": 0.9167}
+
+
+@pytest.mark.parametrize("baseline, expected_runs, winner", [
+    (0.89, ["per-layer", "int8", "csr", "codebook"], "codebook"),  # unsettled: every probe, up to MAX_FINALISTS
+    (0.76, ["per-layer"], "per-layer"),  # within UNSETTLED_PROBES of the model: the 2-standard-error rule
+    (None, ["per-layer"], "per-layer"),  # no baseline recorded: the 2-standard-error rule
+])  # fmt: skip
+def test_unsettled_probes_make_every_probe_a_finalist(baseline, expected_runs, winner, monkeypatch):
+    ran = _fake_run(monkeypatch, KWS_PROBES, KWS_FULL, n_val=600, baseline=baseline)
+    model, loader = _task()
+    report = compress_NN_models(model, "500B", loader, loader, val_loader=loader, **TINY)
+    assert ran == expected_runs and report.val_accuracy_after == KWS_FULL[winner]
+    assert torch.all(model[0].weight == MARK[winner])
 
 
 def test_extra_finalists_are_bounded_by_count_time_and_deadline(monkeypatch):

@@ -13,6 +13,7 @@ from codegen.ops.deconv import ConvTranspose2d
 from codegen.ops.eltwise import Binary, Concat
 from codegen.ops.gather import Gather
 from codegen.ops.linear import Linear
+from codegen.ops.matmul import MatMul
 from codegen.ops.norm import GroupNorm, LayerNorm
 from codegen.ops.pad import Pad2d
 from codegen.ops.pool import Pool2d
@@ -24,5 +25,5 @@ from codegen.ops.unary import PReLU, Unary
 from codegen.ops.view import Copy
 
 __all__ = ["Act", "AdaptivePool", "Binary", "Broadcast", "ChannelAffine", "Concat", "Conv2d", "ConvTranspose2d", "Copy",
-           "Gather", "GroupNorm", "LayerNorm", "Linear", "Pad2d", "Pool2d", "PReLU", "Recurrent", "Reduce", "Resize",
+           "Gather", "GroupNorm", "LayerNorm", "Linear", "MatMul", "Pad2d", "Pool2d", "PReLU", "Recurrent", "Reduce", "Resize",
            "Softmax", "SoftmaxAxis", "Unary"]

@@ -23,11 +23,22 @@ from codegen.ops.conv import Conv2d
 
 @dataclass
 class ChannelAffine(ir.Op):
-    """Standalone BatchNorm in inference form: y = x * scale[c] + shift[c]."""
+    """Standalone BatchNorm in inference form: y = x * scale[c] + shift[c]; also a parameter operand of
+    add/sub/mul/div (codegen/ops/eltwise.py) with ``mode`` "shift" (y = x + shift[c], no scale stored) or
+    "scale" (y = x * scale[c], no shift stored)."""
 
     channels: int = 0
     inner: int = 1  # elements per channel
     act: ir.Activation = ir.NO_ACT
+    mode: str = "affine"  # "affine" | "shift" | "scale": which of params "scale" / "shift" exist
+
+    def scale_shift(self) -> tuple[np.ndarray, np.ndarray]:
+        """(scale, shift) float32 of every mode (the identity for the one not stored)."""
+        scale = self.params.get("scale")
+        shift = self.params.get("shift")
+        scale = np.ones(self.channels, np.float32) if scale is None else scale
+        shift = np.zeros(self.channels, np.float32) if shift is None else shift
+        return scale, shift
 
     kind: ClassVar[str] = "batchnorm"
     template: ClassVar[str] = "affine.j2"
@@ -103,9 +114,9 @@ class AffineInt8(integer.Int8Handler):
 
     def rewrite(self, op: ChannelAffine) -> ir.Op:
         c, inner = op.channels, op.inner
+        scale, shift = op.scale_shift()
         return Conv2d(
             name=op.name, source=op.source, torch_op=op.torch_op, inputs=list(op.inputs), output=op.output,
-            params={"weight": op.params["scale"].reshape(c, 1).astype(np.float32),
-                    "bias": op.params["shift"].astype(np.float32)},
+            params={"weight": scale.reshape(c, 1).astype(np.float32), "bias": shift.astype(np.float32)},
             in_shape=(c, 1, inner), out_shape=(c, 1, inner), kernel=(1, 1), groups=c, act=op.act,
         )  # fmt: skip

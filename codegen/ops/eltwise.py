@@ -119,9 +119,9 @@ def _is_constant(t: object) -> bool:
 
 def _lower_constant_operand(ctx: LowerContext, node: fx.Node, a: object, b: object, mode: str) -> None:
     """``x (op) c`` / ``c (op) x`` with ``c`` a parameter or buffer (after codegen.constfold, e.g. a layer
-    scale ``self.gamma.reshape(1, -1, 1, 1)``): a one-element ``c`` is a scalar; a ``c`` that varies along
-    the channel dimension (dim 1) only is a ChannelAffine (x * s + t with s or t the identity, so the C
-    rounds once, as PyTorch does)."""
+    scale ``self.gamma.reshape(1, -1, 1, 1)``, a position embedding): a one-element ``c`` is a scalar; a ``c``
+    that varies over dims 1..j (all of each) and not after is a ChannelAffine storing only the operand
+    (x + t or x * s: the C rounds once, as PyTorch does)."""
     first = _is_constant(a)
     x, c_node = (b, a) if first else (a, b)
     index = 0 if first else 1
@@ -143,30 +143,37 @@ def _lower_constant_operand(ctx: LowerContext, node: fx.Node, a: object, b: obje
         return
     full = (1, *shape)
     cs = (1,) * (len(full) - c.dim()) + tuple(c.shape)
-    per_channel = len(cs) == len(full) and len(full) >= 2 and all(d == 1 for i, d in enumerate(cs) if i != 1)
-    if not per_channel or cs[1] != full[1]:
+    # the constant must vary over a leading block of dims (1..j) and be constant after it: "channels" are
+    # that block's elements (one per channel for a (1, C, 1, 1) layer scale, every element for a (T, D)
+    # position embedding), "inner" the elements each value covers
+    j = max((i for i, d in enumerate(cs) if d != 1), default=0)
+    if len(cs) != len(full) or cs[0] != 1 or tuple(cs[1 : j + 1]) != tuple(full[1 : j + 1]):
         raise ctx.fail(
             node, f"{mode} with {_operand(c_node)} of shape {tuple(c.shape)} on a tensor of shape {shape} "
             "(batch dimension excluded) is supported only for a constant that varies along dim 1 (one value per "
-            "channel, e.g. shape (1, C, 1, 1)) or is a single value",
-            "Reshape the constant to one value per channel, or use a module (nn.BatchNorm2d, a 1x1 depthwise conv)",
+            "channel, e.g. shape (1, C, 1, 1)), along dims 1..j in full (e.g. a position embedding of the "
+            "tensor's shape) or is a single value",
+            "Reshape or expand the constant to one of those shapes, or use a module (nn.BatchNorm2d, a 1x1 "
+            "depthwise conv)",
         )  # fmt: skip
-    v = c.detach().reshape(-1).numpy().astype(np.float32)
-    one, zero = np.ones_like(v), np.zeros_like(v)
+    channels, inner = prod(full[1 : j + 1]), prod(full[j + 1 :])
+    v = np.ascontiguousarray(c.detach().reshape(-1).numpy().astype(np.float32))
     if mode == "mul":
-        scale, shift = v, zero
+        amode, params = "scale", {"scale": v}
     elif mode == "add":
-        scale, shift = one, v
-    elif mode == "sub":
-        scale, shift = (-one, v) if first else (one, -v)  # c - x = (-x) + c; x - c = x + (-c): exact
+        amode, params = "shift", {"shift": v}
+    elif mode == "sub" and not first:  # x - c = x + (-c): exact
+        amode, params = "shift", {"shift": -v}
+    elif mode == "sub":  # c - x = (-x) + c: exact
+        amode, params = "affine", {"scale": -np.ones_like(v), "shift": v}
     else:  # div: exact only as a multiplication by an exact reciprocal
         recip = (np.float32(1) / v).astype(np.float32)
-        if first or not np.all(np.isfinite(recip)) or not np.array_equal(recip.astype(np.float64) * v, one):
-            raise ctx.fail(node, f"division by {_operand(c_node)} (one value per channel) is not exact as a "
-                           "multiplication", "Multiply by the reciprocal in the model (x * (1 / c))")  # fmt: skip
-        scale, shift = recip, zero
-    ctx.emit(node, ChannelAffine(**ctx.common(node, [x]), params={"scale": scale, "shift": shift},
-                                 channels=full[1], inner=prod(full[2:])))  # fmt: skip
+        if first or not np.all(np.isfinite(recip)) or not np.array_equal(recip.astype(np.float64) * v, np.ones_like(v)):
+            raise ctx.fail(node, f"division by {_operand(c_node)} is not exact as a multiplication",
+                           "Multiply by the reciprocal in the model (x * (1 / c))")  # fmt: skip
+        amode, params = "scale", {"scale": recip}
+    ctx.emit(node, ChannelAffine(**ctx.common(node, [x]), params=params, channels=channels, inner=inner,
+                                 mode=amode))  # fmt: skip
 
 
 def _operand(t: object) -> str:

@@ -46,7 +46,7 @@ class Linear(ir.Op):
         return None
 
 
-def _linear_op(ctx: LowerContext, node: fx.Node, x: fx.Node, weight, bias) -> Linear:
+def linear_op(ctx: LowerContext, node: fx.Node, x: fx.Node, weight, bias) -> Linear:
     """The Linear op of nn.Linear or of F.linear (one IR op for both forms)."""
     params = {"weight": f32(weight)}
     if bias is not None:
@@ -63,7 +63,7 @@ def _linear_op(ctx: LowerContext, node: fx.Node, x: fx.Node, weight, bias) -> Li
 @register_lowering(nn.Linear)
 def lower_linear(ctx: LowerContext, node: fx.Node) -> None:
     m = ctx.module(node)
-    ctx.emit(node, _linear_op(ctx, node, ctx.tensor_arg(node, 0, "input"), m.weight, m.bias))
+    ctx.emit(node, linear_op(ctx, node, ctx.tensor_arg(node, 0, "input"), m.weight, m.bias))
 
 
 @register_lowering(F.linear)
@@ -73,7 +73,7 @@ def lower_linear_functional(ctx: LowerContext, node: fx.Node) -> None:
     weight = ctx.constant(node, 1, "weight")
     if weight.dim() != 2:
         raise ctx.fail(node, f"its weight has shape {tuple(weight.shape)}", "Give a 2-D (out, in) weight")
-    ctx.emit(node, _linear_op(ctx, node, x, weight, ctx.constant(node, 2, "bias", optional=True)))
+    ctx.emit(node, linear_op(ctx, node, x, weight, ctx.constant(node, 2, "bias", optional=True)))
 
 
 accepts_constants(F.linear)
