@@ -581,12 +581,13 @@ def quantize_weight(w: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 
 
 
-def encode_q(q: np.ndarray, base: str, representation: str, layer: str) -> Encoded:
+def encode_q(q: np.ndarray, base: str, representation: str, layer: str, encoding: str | None = None) -> Encoded:
     """Encodes int8 q with the smallest int8 encoding the representation allows in integer mode
-    (``formats.REPRESENTATIONS[representation].integer``), without the float scale array."""
+    (``formats.REPRESENTATIONS[representation].integer``), or with ``encoding``, without the float scale
+    array."""
     allowed = formats.REPRESENTATIONS[representation].integer
     qf = q.astype(np.float32)
-    best = min(allowed, key=lambda n: (formats.ENCODINGS[n].tensor_nbytes(qf), allowed.index(n)))
+    best = encoding or min(allowed, key=lambda n: (formats.ENCODINGS[n].tensor_nbytes(qf), allowed.index(n)))
     enc = formats.ENCODINGS[best].encode(qf, base)
     scale = enc.arrays.pop("scale").values
     if not np.all((scale == 1) | (scale == 0)):  # pragma: no cover - q rows have max |q| = 127

@@ -1600,6 +1600,66 @@ static inline void sc_i8_conv_q8(const int8_t *in, int8_t *out, const int8_t *q,
     }
 }
 
+/* The 2 x 2 inner loop of the pair kernels (pointwise and im2col conv): while x < xend, per 4 taps the
+ * column words (A0, A2), (A1, A3), (B0, B2), (B1, B3) of positions A and B times the weight words at wa
+ * (channel a) and wa + db (channel b), both SXTB16-split: a00/a01 += row a . A/B, a10/a11 += row b . A/B.
+ * x and wa advance past the taps. On the M4 (gcc) a hand-scheduled loop: 2 LDRD, 2 LDR, 4 SXTB16, 8 SMLAD
+ * and the compare/branch, 18 instructions for 16 MACs (gcc's own schedule of the C loop takes 20); only when
+ * optimizing (-O0 cannot give the block its registers: "impossible constraints"). */
+#if SC_INT8_DSP && defined(__ARM_FEATURE_DSP) && __ARM_FEATURE_DSP && defined(__GNUC__) && defined(__OPTIMIZE__) && !defined(SC_NO_ASM)
+#define SC_I8_MAC2X2(x, xend, wa, db, a00, a01, a10, a11)                                         \
+    do {                                                                                          \
+        if ((x) < (xend)) {                                                                       \
+            uint32_t x0_, x1_, x2_, x3_, t_, u_;                                                  \
+            __asm__ volatile("1:\n\t"                                                              \
+                             "ldrd %[x0], %[x1], [%[x]], #16\n\t"                                \
+                             "ldrd %[x2], %[x3], [%[x], #-8]\n\t"                                \
+                             "ldr %[u], [%[wa]], #4\n\t"                                          \
+                             "sxtb16 %[t], %[u]\n\t"                                              \
+                             "sxtb16 %[u], %[u], ror #8\n\t"                                      \
+                             "smlad %[a00], %[t], %[x0], %[a00]\n\t"                              \
+                             "smlad %[a00], %[u], %[x1], %[a00]\n\t"                              \
+                             "smlad %[a01], %[t], %[x2], %[a01]\n\t"                              \
+                             "smlad %[a01], %[u], %[x3], %[a01]\n\t"                              \
+                             "ldr %[u], [%[wa], %[db]]\n\t"                                       \
+                             "sxtb16 %[t], %[u]\n\t"                                              \
+                             "sxtb16 %[u], %[u], ror #8\n\t"                                      \
+                             "smlad %[a10], %[t], %[x0], %[a10]\n\t"                              \
+                             "smlad %[a10], %[u], %[x1], %[a10]\n\t"                              \
+                             "smlad %[a11], %[t], %[x2], %[a11]\n\t"                              \
+                             "smlad %[a11], %[u], %[x3], %[a11]\n\t"                              \
+                             "cmp %[x], %[xend]\n\t"                                              \
+                             "bne 1b\n\t"                                                         \
+                             : [a00] "+r"(a00), [a01] "+r"(a01), [a10] "+r"(a10), [a11] "+r"(a11),  \
+                               [x] "+r"(x), [wa] "+r"(wa), [x0] "=&r"(x0_), [x1] "=&r"(x1_),       \
+                               [x2] "=&r"(x2_), [x3] "=&r"(x3_), [t] "=&r"(t_), [u] "=&r"(u_)      \
+                             : [xend] "r"(xend), [db] "r"((db) - 4)                               \
+                             : "cc", "memory");                                                   \
+        }                                                                                         \
+    } while (0)
+#else
+#define SC_I8_MAC2X2(x, xend, wa, db, a00, a01, a10, a11)                                         \
+    do {                                                                                          \
+        while ((x) < (xend)) {                                                                    \
+            const uint32_t xa0 = (x)[0], xa1 = (x)[1], xb0 = (x)[2], xb1 = (x)[3];                \
+            uint32_t v_ = sc_ld32(wa), wl_ = sc_sxtb16(v_), wh_ = sc_sxtb16_ror8(v_);             \
+            a00 = sc_smlad(wl_, xa0, a00);                                                        \
+            a00 = sc_smlad(wh_, xa1, a00);                                                        \
+            a01 = sc_smlad(wl_, xb0, a01);                                                        \
+            a01 = sc_smlad(wh_, xb1, a01);                                                        \
+            v_ = sc_ld32((wa) + (db));                                                            \
+            wl_ = sc_sxtb16(v_);                                                                  \
+            wh_ = sc_sxtb16_ror8(v_);                                                             \
+            a10 = sc_smlad(wl_, xa0, a10);                                                        \
+            a10 = sc_smlad(wh_, xa1, a10);                                                        \
+            a11 = sc_smlad(wl_, xb0, a11);                                                        \
+            a11 = sc_smlad(wh_, xb1, a11);                                                        \
+            (wa) += 4;                                                                            \
+            (x) += 4;                                                                             \
+        }                                                                                         \
+    } while (0)
+#endif
+
 #if SC_INT8_DSP
 /* Scratch of the SMLAD conv (sc_i8_conv_q8_dsp), declared by the op template with sizes known at
  * generation time: acc0[cout] int32 (bias - in_zp * sum of the channel's weights) and the column of 2
@@ -1669,66 +1729,6 @@ static inline SC_SPECIALIZE void sc_i8_im2col2_inner(const int8_t *src, unsigned
         }
     }
 }
-
-/* The 2 x 2 inner loop of the pair kernels (pointwise and im2col conv): while x < xend, per 4 taps the
- * column words (A0, A2), (A1, A3), (B0, B2), (B1, B3) of positions A and B times the weight words at wa
- * (channel a) and wa + db (channel b), both SXTB16-split: a00/a01 += row a . A/B, a10/a11 += row b . A/B.
- * x and wa advance past the taps. On the M4 (gcc) a hand-scheduled loop: 2 LDRD, 2 LDR, 4 SXTB16, 8 SMLAD
- * and the compare/branch, 18 instructions for 16 MACs (gcc's own schedule of the C loop takes 20); only when
- * optimizing (-O0 cannot give the block its registers: "impossible constraints"). */
-#if SC_INT8_DSP && defined(__ARM_FEATURE_DSP) && __ARM_FEATURE_DSP && defined(__GNUC__) && defined(__OPTIMIZE__) && !defined(SC_NO_ASM)
-#define SC_I8_MAC2X2(x, xend, wa, db, a00, a01, a10, a11)                                         \
-    do {                                                                                          \
-        if ((x) < (xend)) {                                                                       \
-            uint32_t x0_, x1_, x2_, x3_, t_, u_;                                                  \
-            __asm__ volatile("1:\n\t"                                                              \
-                             "ldrd %[x0], %[x1], [%[x]], #16\n\t"                                \
-                             "ldrd %[x2], %[x3], [%[x], #-8]\n\t"                                \
-                             "ldr %[u], [%[wa]], #4\n\t"                                          \
-                             "sxtb16 %[t], %[u]\n\t"                                              \
-                             "sxtb16 %[u], %[u], ror #8\n\t"                                      \
-                             "smlad %[a00], %[t], %[x0], %[a00]\n\t"                              \
-                             "smlad %[a00], %[u], %[x1], %[a00]\n\t"                              \
-                             "smlad %[a01], %[t], %[x2], %[a01]\n\t"                              \
-                             "smlad %[a01], %[u], %[x3], %[a01]\n\t"                              \
-                             "ldr %[u], [%[wa], %[db]]\n\t"                                       \
-                             "sxtb16 %[t], %[u]\n\t"                                              \
-                             "sxtb16 %[u], %[u], ror #8\n\t"                                      \
-                             "smlad %[a10], %[t], %[x0], %[a10]\n\t"                              \
-                             "smlad %[a10], %[u], %[x1], %[a10]\n\t"                              \
-                             "smlad %[a11], %[t], %[x2], %[a11]\n\t"                              \
-                             "smlad %[a11], %[u], %[x3], %[a11]\n\t"                              \
-                             "cmp %[x], %[xend]\n\t"                                              \
-                             "bne 1b\n\t"                                                         \
-                             : [a00] "+r"(a00), [a01] "+r"(a01), [a10] "+r"(a10), [a11] "+r"(a11),  \
-                               [x] "+r"(x), [wa] "+r"(wa), [x0] "=&r"(x0_), [x1] "=&r"(x1_),       \
-                               [x2] "=&r"(x2_), [x3] "=&r"(x3_), [t] "=&r"(t_), [u] "=&r"(u_)      \
-                             : [xend] "r"(xend), [db] "r"((db) - 4)                               \
-                             : "cc", "memory");                                                   \
-        }                                                                                         \
-    } while (0)
-#else
-#define SC_I8_MAC2X2(x, xend, wa, db, a00, a01, a10, a11)                                         \
-    do {                                                                                          \
-        while ((x) < (xend)) {                                                                    \
-            const uint32_t xa0 = (x)[0], xa1 = (x)[1], xb0 = (x)[2], xb1 = (x)[3];                \
-            uint32_t v_ = sc_ld32(wa), wl_ = sc_sxtb16(v_), wh_ = sc_sxtb16_ror8(v_);             \
-            a00 = sc_smlad(wl_, xa0, a00);                                                        \
-            a00 = sc_smlad(wh_, xa1, a00);                                                        \
-            a01 = sc_smlad(wl_, xb0, a01);                                                        \
-            a01 = sc_smlad(wh_, xb1, a01);                                                        \
-            v_ = sc_ld32((wa) + (db));                                                            \
-            wl_ = sc_sxtb16(v_);                                                                  \
-            wh_ = sc_sxtb16_ror8(v_);                                                             \
-            a10 = sc_smlad(wl_, xa0, a10);                                                        \
-            a10 = sc_smlad(wh_, xa1, a10);                                                        \
-            a11 = sc_smlad(wl_, xb0, a11);                                                        \
-            a11 = sc_smlad(wh_, xb1, a11);                                                        \
-            (wa) += 4;                                                                            \
-            (x) += 4;                                                                             \
-        }                                                                                         \
-    } while (0)
-#endif
 
 /* Dense conv, groups == 1, SMLAD pairs. Per output channel the accumulator starts at bias - in_zp *
  * sum(q) (acc0, computed once per call); the windows of 2 output positions are copied to the column
@@ -2024,6 +2024,141 @@ static inline SC_SPECIALIZE void sc_i8_conv_q8_c1k5(const int8_t *in, int8_t *ou
                 }
             }
         }
+    }
+}
+
+/* ---- 3-wide conv (kernel width 3, dilation 1 along x, groups == 1, dense int8 weights) ---------------
+ * The first layers and the few-channel 3x3 convs (U-Nets, attention CNNs, stems) where the generic im2col
+ * of sc_i8_conv_q8_dsp costs more than the MACs it feeds. Kernel rows r = ci * kh + ky (R of them) of 3 taps
+ * each, in blocks of 4 rows r0..r3 and then R % 4 single rows; the weights are reordered at generation time
+ * (codegen.ops.conv.k3_weight_order), per output channel and block the 12 bytes w0(r0) w0(r1) w2(r0) w2(r1) |
+ * w0(r2) w0(r3) w2(r2) w2(r3) | w1(r0) w1(r2) w1(r1) w1(r3), per single row w0 w1 w2 0, so the SXTB16 lanes
+ * of each weight word meet these column words of a window (v(r): its 4 bytes x0..x3 of row r): SXTB16 v(r) =
+ * (x0, x2); in a block the middle taps x1 of two rows packed from SXTB16 ROR #8 (one PKHBT), in a single
+ * row SXTB16 ROR #8 v(r) = (x1, x3) (x3 times the weight 0).
+ * Per output row the band (arena) holds, for every kernel row, the input row it reads with in_zp borders
+ * (rows are SC_I8_K3_WP bytes apart), so each window is interior; the bias holds -in_zp * sum(q) (folded at
+ * generation time). Per pair of positions A, B of the output row: the column (A's and B's words interleaved
+ * as SC_I8_MAC2X2 reads them; per block 8 word loads, 16 SXTB16 and 4 PKHBT), then 2 output channels x 2
+ * positions per SC_I8_MAC2X2 pass. `scratch` (arena, SC_I8_K3_SCRATCH_WORDS) holds the column then the
+ * band. An odd last position is paired with the one before it (written twice with the same value). */
+#define SC_I8_K3_GROUPS(p) ((p)->cin * (p)->kh / 4 * 3 + (p)->cin * (p)->kh % 4) /* 4-tap groups of a row */
+#define SC_I8_K3_WP(p) (((p)->wout - 1) * (p)->sw + 4)
+#define SC_I8_K3_SCRATCH_WORDS(p) (4 * SC_I8_K3_GROUPS(p) + ((p)->cin * (p)->kh * SC_I8_K3_WP(p) + 3) / 4)
+
+/* (lo(a), lo(b)): PKHBT */
+static inline uint32_t sc_pkhbt(uint32_t a, uint32_t b) { return (a & 0xFFFFu) | (b << 16); }
+
+/* the 4 outputs of a 2 x 2 block (channels a, b at o0, o1; positions at +0, +d): sc_i8_requant_mm on 2 * acc
+ * when `mm` (every channel passes sc_i8_mm_ok), one SMLAL each when both shifts are <= -2, else generic */
+static inline void sc_i8_out2x2(int8_t *o0, int8_t *o1, int32_t d, int32_t a00, int32_t a01, int32_t a10,
+                                int32_t a11, int32_t ma, int32_t mb, int32_t sa, int32_t sb, int mm, int32_t zp,
+                                int32_t lo, int32_t hi)
+{
+    if (SC_I8_FAST_REQ && mm) { /* the usual case: SMMLAR, ASR, SSAT per output */
+        const int32_t kza = SC_I8_MM_KZ(-sa, zp), kzb = SC_I8_MM_KZ(-sb, zp);
+        o0[0] = sc_i8_requant_mm(2 * a00, ma, kza, -sa, zp, lo, hi);
+        o0[d] = sc_i8_requant_mm(2 * a01, ma, kza, -sa, zp, lo, hi);
+        o1[0] = sc_i8_requant_mm(2 * a10, mb, kzb, -sb, zp, lo, hi);
+        o1[d] = sc_i8_requant_mm(2 * a11, mb, kzb, -sb, zp, lo, hi);
+    } else if (SC_I8_FAST_REQ && sa <= -2 && sb <= -2) { /* one SMLAL per output */
+        const uint32_t ha = ((uint32_t)1) << (-sa - 2), hb = ((uint32_t)1) << (-sb - 2);
+        o0[0] = sc_i8_requant_hk(a00, ma, ha, -sa - 1, zp, lo, hi);
+        o0[d] = sc_i8_requant_hk(a01, ma, ha, -sa - 1, zp, lo, hi);
+        o1[0] = sc_i8_requant_hk(a10, mb, hb, -sb - 1, zp, lo, hi);
+        o1[d] = sc_i8_requant_hk(a11, mb, hb, -sb - 1, zp, lo, hi);
+    } else {
+        o0[0] = sc_i8_requant(a00, ma, sa, zp, lo, hi);
+        o0[d] = sc_i8_requant(a01, ma, sa, zp, lo, hi);
+        o1[0] = sc_i8_requant(a10, mb, sb, zp, lo, hi);
+        o1[d] = sc_i8_requant(a11, mb, sb, zp, lo, hi);
+    }
+}
+
+static inline SC_SPECIALIZE void sc_i8_conv_q8_k3(const int8_t *in, int8_t *out, const int8_t *q, const int32_t *bias,
+                                                  const int32_t *mult, const int8_t *shift, uint32_t *scratch,
+                                                  const sc_i8_conv_params *p)
+{
+    const int32_t cin = p->cin, kh = p->kh, hin = p->hin, win = p->win, hout = p->hout, wout = p->wout;
+    const int32_t cout = p->cout, sh = p->sh, sw = p->sw, dh = p->dh, npos = hout * wout;
+    const int32_t rows = cin * kh, r4 = rows & ~3, wp = SC_I8_K3_WP(p), rl = 4 * SC_I8_K3_GROUPS(p);
+    const int32_t c0 = p->pw < wp ? p->pw : wp, ncp = win < wp - c0 ? win : wp - c0; /* band columns [c0, c0 + ncp) */
+    const int32_t zp = p->out_zp, lo = p->act_min, hi = p->act_max;
+    const int mm = SC_I8_FAST_REQ && sc_i8_mm_all(bias, shift, cout, rl);
+    uint32_t *const col = scratch;
+    int8_t *const band = (int8_t *)(scratch + rl);
+    int32_t oy, ox, ci, ky, r, oc;
+    /* the borders stay in_zp: rows in range overwrite only their columns [c0, c0 + ncp) */
+    memset(band, (unsigned char)p->in_zp, (size_t)(rows * wp));
+    for (oy = 0; oy < hout; ++oy) {
+        int8_t *dst = band + c0;
+        for (ci = 0; ci < cin; ++ci) {
+            const int8_t *const in_c = in + ci * hin * win;
+            for (ky = 0, r = oy * sh - p->ph; ky < kh; ++ky, r += dh, dst += wp) {
+                if (r >= 0 && r < hin)
+                    memcpy(dst, in_c + r * win, (size_t)ncp);
+                else
+                    memset(dst, (unsigned char)p->in_zp, (size_t)ncp);
+            }
+        }
+#if SC_INT8_DSP
+        for (ox = 0; ox < wout; ox += 2) {
+            const int32_t pa = ox + 1 < wout || wout < 2 ? ox : wout - 2, pb = wout >= 2 ? pa + 1 : pa;
+            const int8_t *ra = band + pa * sw, *rb = band + pb * sw;
+            uint32_t *c = col;
+            for (r = 0; r < r4; r += 4, ra += 4 * wp, rb += 4 * wp, c += 12) {
+                const uint32_t a0 = sc_ld32(ra), a1 = sc_ld32(ra + wp), a2 = sc_ld32(ra + 2 * wp), a3 = sc_ld32(ra + 3 * wp);
+                const uint32_t b0 = sc_ld32(rb), b1 = sc_ld32(rb + wp), b2 = sc_ld32(rb + 2 * wp), b3 = sc_ld32(rb + 3 * wp);
+                c[0] = sc_sxtb16(a0);
+                c[1] = sc_sxtb16(a1);
+                c[2] = sc_sxtb16(b0);
+                c[3] = sc_sxtb16(b1);
+                c[4] = sc_sxtb16(a2);
+                c[5] = sc_sxtb16(a3);
+                c[6] = sc_sxtb16(b2);
+                c[7] = sc_sxtb16(b3);
+                c[8] = sc_pkhbt(sc_sxtb16_ror8(a0), sc_sxtb16_ror8(a1));
+                c[9] = sc_pkhbt(sc_sxtb16_ror8(a2), sc_sxtb16_ror8(a3));
+                c[10] = sc_pkhbt(sc_sxtb16_ror8(b0), sc_sxtb16_ror8(b1));
+                c[11] = sc_pkhbt(sc_sxtb16_ror8(b2), sc_sxtb16_ror8(b3));
+            }
+            for (; r < rows; ++r, ra += wp, rb += wp, c += 4) {
+                const uint32_t a0 = sc_ld32(ra), b0 = sc_ld32(rb);
+                c[0] = sc_sxtb16(a0);
+                c[1] = sc_sxtb16_ror8(a0);
+                c[2] = sc_sxtb16(b0);
+                c[3] = sc_sxtb16_ror8(b0);
+            }
+            for (oc = 0; oc < cout; oc += 2) {
+                const int32_t ob = oc + 1 < cout ? oc + 1 : oc, db = (ob - oc) * rl;
+                const int8_t *wa = q + oc * rl;
+                const uint32_t *x = col;
+                const uint32_t *const xend = col + rl;
+                int32_t a00 = bias ? bias[oc] : 0, a10 = bias ? bias[ob] : 0, a01 = a00, a11 = a10;
+                int8_t *const o0 = out + oc * npos + oy * wout + pa;
+                SC_I8_MAC2X2(x, xend, wa, db, a00, a01, a10, a11);
+                sc_i8_out2x2(o0, o0 + (ob - oc) * npos, pb - pa, a00, a01, a10, a11, mult[oc], mult[ob], shift[oc],
+                             shift[ob], mm, zp, lo, hi);
+            }
+        }
+#else /* plain C over the same weight order, one output at a time */
+        (void)col;
+        (void)mm;
+        for (oc = 0; oc < cout; ++oc) {
+            int8_t *const o = out + oc * npos + oy * wout;
+            for (ox = 0; ox < wout; ++ox) {
+                const int8_t *x = band + ox * sw, *w = q + oc * rl;
+                int32_t acc = bias ? bias[oc] : 0;
+                for (r = 0; r < r4; r += 4, x += 4 * wp, w += 12) {
+                    const int8_t *const x1 = x + wp, *const x2 = x + 2 * wp, *const x3 = x + 3 * wp;
+                    acc += w[0] * x[0] + w[1] * x1[0] + w[2] * x[2] + w[3] * x1[2] + w[4] * x2[0] + w[5] * x3[0] +
+                           w[6] * x2[2] + w[7] * x3[2] + w[8] * x[1] + w[9] * x2[1] + w[10] * x1[1] + w[11] * x3[1];
+                }
+                for (; r < rows; ++r, x += wp, w += 4) acc += w[0] * x[0] + w[1] * x[1] + w[2] * x[2];
+                o[ox] = sc_i8_requant(acc, mult[oc], shift[oc], zp, lo, hi);
+            }
+        }
+#endif
     }
 }
 

@@ -143,8 +143,26 @@ typedef struct {
 
 static inline void sc_i8_mul(const int8_t *a, const int8_t *b, int8_t *y, int32_t n, const sc_i8_mul_params *p)
 {
-    int32_t i;
-    for (i = 0; i < n; ++i) {
+    int32_t i = 0;
+#if SC_INT8_DSP && SC_I8_FAST_REQ
+    /* int8 output bounds and shift <= 22: 4 values per step, the differences x - zp as halfword pairs (SXTB16 and
+     * SSUB16; for zp = -128 EOR and UXTB16), one SMULBB / SMULTT and one MLA each, out_zp folded into the
+     * rounding term (|prod * mult| < 2^30 and |kz| < 2^30: no overflow), the shift inside the SSAT */
+    if (p->act_min == -128 && p->act_max == 127 && p->shift >= 0 && p->shift <= 22) {
+        const int32_t m = p->mult, sh = p->shift, kz = p->round + p->out_zp * (int32_t)(((uint32_t)1) << p->shift);
+        const uint32_t za = ((uint32_t)p->a_zp & 0xFFFFu) * 0x10001u, zb = ((uint32_t)p->b_zp & 0xFFFFu) * 0x10001u;
+        for (; i + 4 <= n; i += 4) {
+            uint32_t a02, a13, b02, b13;
+            sc_i8_pairs_zp(sc_ld32(a + i), p->a_zp, za, &a02, &a13);
+            sc_i8_pairs_zp(sc_ld32(b + i), p->b_zp, zb, &b02, &b13);
+            y[i] = (int8_t)sc_ssat8((sc_smlabb(a02, b02, 0) * m + kz) >> sh);
+            y[i + 1] = (int8_t)sc_ssat8((sc_smlabb(a13, b13, 0) * m + kz) >> sh);
+            y[i + 2] = (int8_t)sc_ssat8((sc_smlatt(a02, b02, 0) * m + kz) >> sh);
+            y[i + 3] = (int8_t)sc_ssat8((sc_smlatt(a13, b13, 0) * m + kz) >> sh);
+        }
+    }
+#endif
+    for (; i < n; ++i) {
         const int32_t v = ((((int32_t)a[i] - p->a_zp) * ((int32_t)b[i] - p->b_zp) * p->mult + p->round) >> p->shift) + p->out_zp;
         y[i] = (int8_t)(p->act_min == -128 && p->act_max == 127 ? sc_ssat8(v) : sc_i8_clamp(v, p->act_min, p->act_max));
     }

@@ -66,6 +66,18 @@ static inline uint32_t sc_sxtb16_ror8(uint32_t x)
 #else
 static inline uint32_t sc_sxtb16_ror8(uint32_t x) { return (uint32_t)__sxtb16((int32_t)((x >> 8) | (x << 24))); }
 #endif
+/* (b2, b0) / (b3, b1) of x zero-extended: UXTB16, UXTB16 ROR #8 */
+static inline uint32_t sc_uxtb16(uint32_t x) { return __uxtb16(x); }
+#if defined(__GNUC__)
+static inline uint32_t sc_uxtb16_ror8(uint32_t x)
+{
+    uint32_t r;
+    __asm__("uxtb16 %0, %1, ror #8" : "=r"(r) : "r"(x));
+    return r;
+}
+#else
+static inline uint32_t sc_uxtb16_ror8(uint32_t x) { return __uxtb16((x >> 8) | (x << 24)); }
+#endif
 /* acc + lo(a) * lo(b) + hi(a) * hi(b), signed halfwords */
 static inline int32_t sc_smlad(uint32_t a, uint32_t b, int32_t acc) { return __smlad((int32_t)a, (int32_t)b, acc); }
 /* acc + lo(a) * hi(b) + hi(a) * lo(b) (SMLADX) */
@@ -87,6 +99,8 @@ static inline uint32_t sc_sxtb16(uint32_t x)
     return (lo & 0xFFFFu) | (hi << 16);
 }
 static inline uint32_t sc_sxtb16_ror8(uint32_t x) { return sc_sxtb16((x >> 8) | (x << 24)); }
+static inline uint32_t sc_uxtb16(uint32_t x) { return x & 0x00FF00FFu; }
+static inline uint32_t sc_uxtb16_ror8(uint32_t x) { return (x >> 8) & 0x00FF00FFu; }
 static inline int32_t sc_smlad(uint32_t a, uint32_t b, int32_t acc)
 {
     return acc + sc_s16lo(a) * sc_s16lo(b) + sc_s16hi(a) * sc_s16hi(b);
@@ -127,6 +141,24 @@ static inline uint32_t sc_ld32(const void *p)
     uint32_t v;
     memcpy(&v, p, sizeof v);
     return v;
+}
+
+/* x - zp for the 4 int8 of v as halfword pairs, bytes 0, 2 in *p02 and 1, 3 in *p13 (x - zp fits in 16 bits):
+ * SXTB16 and SSUB16 (zp2: zp in both halves; none for zp 0), or for zp -128 (after a ReLU) x + 128 as the byte
+ * with its top bit flipped, zero-extended: EOR and UXTB16 */
+static inline SC_SPECIALIZE void sc_i8_pairs_zp(uint32_t v, int32_t zp, uint32_t zp2, uint32_t *p02, uint32_t *p13)
+{
+    if (zp == -128) {
+        *p02 = sc_uxtb16(v ^ 0x80808080u);
+        *p13 = sc_uxtb16_ror8(v ^ 0x80808080u);
+    } else {
+        *p02 = sc_sxtb16(v);
+        *p13 = sc_sxtb16_ror8(v);
+        if (zp) {
+            *p02 = sc_ssub16(*p02, zp2);
+            *p13 = sc_ssub16(*p13, zp2);
+        }
+    }
 }
 
 /* acc + the 4 products of the int8 word w with an operand word split as xa = sc_sxtb16(x) (bytes 0, 2)

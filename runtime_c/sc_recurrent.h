@@ -72,15 +72,22 @@ static inline int32_t sc_i8_rnn_act(const int16_t *lut, int32_t v)
 }
 
 /* the Q12 gate pre-activation: |w (x - zp)| < 2^15, so |acc| < 2^30 while the row has fewer than 2^15 inputs
- * (always inlined at -O2: out of line, gru_kws_2layer took 723,840 instead of 673,360 M4 instructions) */
-static inline SC_SPECIALIZE int32_t sc_i8_rnn_gate(int32_t acc, int32_t mult, int32_t shift, int32_t k_n)
+ * (always inlined at -O2: out of line, gru_kws_2layer took 723,840 instead of 673,360 M4 instructions). `mm`
+ * (a constant of the call site, set at generation time): every row has -SC_I8_MM_EMAX <= shift <= -1 and
+ * k_n < 2^15, so sc_i8_mbqm_small's SMMLAR form holds without testing the shift per row. */
+static inline SC_SPECIALIZE int32_t sc_i8_rnn_gate(int32_t acc, int32_t mult, int32_t shift, int32_t k_n, int mm)
 {
+    if (mm) {
+        const int32_t e = -shift;
+        return (sc_smmlar(2 * acc, mult, (int32_t)(((uint32_t)1) << (e - 1))) - (int32_t)((uint32_t)acc >> 31)) >> e;
+    }
     return k_n < 32768 ? sc_i8_mbqm_small(acc, mult, shift) : sc_i8_mbqm(acc, mult, shift);
 }
 
-/* out[g] = mbqm(sum_k w[g * k_n + k] (x[k] - zp), mult[g], shift[g]) + bias[g]: a gate projection in Q12. */
+/* out[g] = mbqm(sum_k w[g * k_n + k] (x[k] - zp), mult[g], shift[g]) + bias[g]: a gate projection in Q12
+ * (mm: see sc_i8_rnn_gate). */
 static inline void sc_i8_rnn_proj(const int8_t *x, const int8_t *w, int32_t rows, int32_t k_n, int32_t zp,
-                                  const int32_t *mult, const int8_t *shift, const int32_t *bias, int32_t *out)
+                                  const int32_t *mult, const int8_t *shift, const int32_t *bias, int mm, int32_t *out)
 {
     int32_t g, k;
 #if SC_INT8_DSP
@@ -90,19 +97,16 @@ static inline void sc_i8_rnn_proj(const int8_t *x, const int8_t *w, int32_t rows
 #endif
 #if SC_INT8_DSP
     /* 4 gate rows per pass share the inputs: per 4 inputs one load, 2 SXTB16 (2 SSUB16 take the zero point
-     * off both halfword lanes: x - zp fits in 16 bits), then per row one load, 2 SXTB16, 2 SMLAD */
+     * off both halfword lanes: x - zp fits in 16 bits; for zp = -128, after a ReLU, one EOR and 2 UXTB16
+     * instead), then per row one load, 2 SXTB16, 2 SMLAD */
     const int32_t k4 = k_n & ~3;
     const uint32_t zp2 = ((uint32_t)zp & 0xFFFFu) * 0x10001u;
     for (g = 0; g < g4; g += 4) {
         const int8_t *const w0 = w + g * k_n, *const w1 = w0 + k_n, *const w2 = w1 + k_n, *const w3 = w2 + k_n;
         int32_t a0 = 0, a1 = 0, a2 = 0, a3 = 0;
         for (k = 0; k < k4; k += 4) {
-            const uint32_t xv = sc_ld32(x + k);
-            uint32_t xa = sc_sxtb16(xv), xb = sc_sxtb16_ror8(xv);
-            if (zp) {
-                xa = sc_ssub16(xa, zp2);
-                xb = sc_ssub16(xb, zp2);
-            }
+            uint32_t xa, xb;
+            sc_i8_pairs_zp(sc_ld32(x + k), zp, zp2, &xa, &xb);
             a0 = sc_i8_mac4(sc_ld32(w0 + k), xa, xb, a0);
             a1 = sc_i8_mac4(sc_ld32(w1 + k), xa, xb, a1);
             a2 = sc_i8_mac4(sc_ld32(w2 + k), xa, xb, a2);
@@ -119,7 +123,7 @@ static inline void sc_i8_rnn_proj(const int8_t *x, const int8_t *w, int32_t rows
             const int32_t acc[4] = {a0, a1, a2, a3};
             int32_t j;
             for (j = 0; j < 4; ++j)
-                out[g + j] = sc_i8_rnn_gate(acc[j], mult[g + j], shift[g + j], k_n) + (bias ? bias[g + j] : 0);
+                out[g + j] = sc_i8_rnn_gate(acc[j], mult[g + j], shift[g + j], k_n, mm) + (bias ? bias[g + j] : 0);
         }
     }
 #endif
@@ -127,7 +131,7 @@ static inline void sc_i8_rnn_proj(const int8_t *x, const int8_t *w, int32_t rows
         const int8_t *wr = w + g * k_n;
         int32_t acc = 0;
         for (k = 0; k < k_n; ++k) acc += (int32_t)wr[k] * ((int32_t)x[k] - zp);
-        out[g] = sc_i8_rnn_gate(acc, mult[g], shift[g], k_n) + (bias ? bias[g] : 0);
+        out[g] = sc_i8_rnn_gate(acc, mult[g], shift[g], k_n, mm) + (bias ? bias[g] : 0);
     }
 }
 

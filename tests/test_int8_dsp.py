@@ -41,20 +41,52 @@ class _Rnn(nn.Module):
         return self.rnn(x)[0]
 
 
-# (model factory, input shape): conv cases for sc_i8_conv_q8_dsp, linear cases for the 4-row pair loop
+class _Mul(nn.Module):
+    """Two elementwise int8 muls of 35 values (8 steps of 4 + 3 single): general zero points, then zero point -128
+    on both inputs (after a ReLU and a sigmoid)."""
+
+    def __init__(self):
+        super().__init__()
+        self.a = nn.Linear(7, 7)
+        self.b = nn.Linear(7, 7)
+
+    def forward(self, x):
+        a, b = self.a(x), self.b(x)
+        return torch.cat([a * b, torch.relu(a) * torch.sigmoid(b)], 1)
+
+
+# (model factory, input shape): conv cases for sc_i8_conv_q8_dsp (conv_*) and the 3-wide sc_i8_conv_q8_k3
+# (k3_*), linear cases for the 4-row pair loop
 CASES = {
-    # cin = 1, kernel (5, 3) (the 5-wide one takes sc_i8_conv_q8_c1k5), row_len 15 (not a multiple of 4), odd cout, odd number of positions (5 x 3)
-    "conv_cin1_odd_kw": (lambda: _seq(nn.Conv2d(1, 5, (5, 3))), (1, 1, 7, 7)),
-    # stride 2 + padding: border windows, pairs that straddle output rows (wout = 5)
-    "conv_stride2_pad": (lambda: _seq(nn.Conv2d(3, 4, 3, stride=2, padding=1), nn.ReLU()), (1, 3, 9, 10)),
+    # cin = 1, kernel (5, 4), row_len 20 (a multiple of 4), odd cout, odd number of positions (4 x 3)
+    "conv_cin1_odd_kw": (lambda: _seq(nn.Conv2d(1, 5, (5, 4))), (1, 1, 7, 7)),
+    # stride 2 + padding: border windows, pairs that straddle output rows (wout = 5), row_len 18
+    "conv_stride2_pad": (lambda: _seq(nn.Conv2d(3, 4, (3, 2), stride=2, padding=1), nn.ReLU()), (1, 3, 9, 10)),
     # dilation and asymmetric stride/padding/dilation, row_len 18
-    "conv_dilation": (lambda: _seq(nn.Conv2d(2, 6, 3, stride=(1, 2), padding=(2, 1), dilation=(2, 1))),
+    "conv_dilation": (lambda: _seq(nn.Conv2d(2, 6, 3, stride=(1, 2), padding=(2, 1), dilation=(2, 2))),
                       (1, 2, 8, 9)),  # fmt: skip
-    # interior pairs (im2col of both windows at once) and borders, row_len 72 (multiple of 4), no bias
-    "conv_interior_nobias": (lambda: _seq(nn.Conv2d(8, 6, 3, padding=1, bias=False), nn.ReLU6()), (1, 8, 7, 9)),
+    # interior pairs (im2col of both windows at once) and borders, row_len 200 (multiple of 4), no bias
+    "conv_interior_nobias": (lambda: _seq(nn.Conv2d(8, 6, 5, padding=2, bias=False), nn.ReLU6()), (1, 8, 7, 9)),
     # 1x1 (row_len 4), then 'same' even kernel (asymmetric padding)
     "conv_1x1_same": (lambda: _seq(nn.Conv2d(4, 7, 1), nn.ReLU(), nn.Conv2d(7, 3, 4, padding="same")), (1, 4, 5, 6)),
     "conv1d": (lambda: _seq(nn.Conv1d(3, 5, 5, stride=2, padding=2), nn.ReLU()), (1, 3, 17)),
+    # 3 wide, but the band (64 x 3 rows of 51 bytes) is above DSP_SCRATCH_MAX_BYTES: the im2col kernel instead
+    "conv_k3_band_too_large": (lambda: _seq(nn.Conv2d(64, 2, 3, padding=1)), (1, 64, 3, 48)),
+    # 3-wide: cin 1, kernel (5, 3): 5 kernel rows (a block + 1 single row), odd cout 5, odd wout 5, no padding
+    "k3_cin1_kh5": (lambda: _seq(nn.Conv2d(1, 5, (5, 3))), (1, 1, 7, 7)),
+    # 3 kernel rows (3 single rows), padding 1 (the band's borders and rows past the input), ReLU6
+    "k3_cin1_3x3": (lambda: _seq(nn.Conv2d(1, 3, 3, padding=1), nn.ReLU6()), (1, 1, 6, 7)),
+    # stride 2 + padding, 9 rows (2 blocks + 1), wout 5; then 24 rows (6 blocks), no bias, even wout 4
+    "k3_stride2_pad": (lambda: _seq(nn.Conv2d(3, 8, 3, stride=2, padding=1), nn.ReLU(),
+                                    nn.Conv2d(8, 6, 3, padding=1, bias=False)), (1, 3, 9, 10)),  # fmt: skip
+    # dilation along y (2), stride (1, 2), padding (2, 1): 6 rows (a block + 2 single rows)
+    "k3_dilation_y": (lambda: _seq(nn.Conv2d(2, 6, 3, stride=(1, 2), padding=(2, 1), dilation=(2, 1))),
+                      (1, 2, 8, 9)),  # fmt: skip
+    # output width 1 (input width 1, padding (0, 1)), then output height 1; cout 1
+    "k3_wout1": (lambda: _seq(nn.Conv2d(4, 5, 3, padding=(0, 1)), nn.Conv2d(5, 1, 3, padding=1)), (1, 4, 3, 1)),
+    # stride 3: the band reads fewer columns than the input has (11 > (3 - 1) * 3 + 4); Conv1d, 3 rows
+    "k3_stride3_crop": (lambda: _seq(nn.Conv2d(2, 3, 3, stride=3), nn.Flatten(2), nn.Conv1d(3, 4, 3, padding=1)),
+                        (1, 2, 7, 11)),  # fmt: skip
     # a grouped conv keeps the plain kernel in both builds; the depthwise one takes the padded plane
     "conv_groups_depthwise": (lambda: _seq(nn.Conv2d(4, 4, 3, groups=4, padding=1), nn.Conv2d(4, 6, 3, groups=2)),
                               (1, 4, 6, 6)),  # fmt: skip
@@ -91,6 +123,8 @@ CASES = {
     # max pooling: the 2x2 stride-2 fast path on an odd plane (the last row/column dropped), then ceil mode
     # (a window past the input: the generic loop)
     "maxpool_2x2": (lambda: _seq(nn.MaxPool2d(2), nn.Conv2d(2, 2, 1), nn.MaxPool2d(2, ceil_mode=True)), (1, 2, 7, 11)),
+    # sc_i8_mul's 4-value step (SC_INT8_DSP and SC_I8_FAST_REQ) and its scalar tail
+    "mul_tail": (_Mul, (1, 5, 7)),
     # in % 4 == 1, out = 7 (one 4-row pass + 3 single rows), 3 rows
     "linear_odd": (lambda: _seq(nn.Linear(13, 7), nn.ReLU()), (1, 3, 13)),
     # in < 4 (no pair at all), out % 4 == 1; then in % 4 == 0
@@ -130,26 +164,29 @@ def test_pair_kernels_bit_exact_on_host(name, tmp_path):
     assert ("sc_i8_conv_q8_pw(" in src) == (name.startswith("pw") or name in ("conv_1x1_same", "maxpool_2x2"))
     assert ("sc_i8_conv_q8_c1k5(" in src) == name.startswith("c1k5")
     assert ("sc_i8_conv_q8_dsp(" in src) == convs_g1
+    assert ("sc_i8_conv_q8_k3(" in src) == name.startswith("k3")
     if convs_g1:
         assert "#if SC_INT8_DSP" in src and "uint32_t *const scratch = " in src
     dw_padded = name.startswith(("dw", "depthwise", "conv_groups_depthwise")) and name != "dw_large_plane"
     assert ("sc_i8_conv_q8_dwp(" in src) == dw_padded
     assert ("input plane padded with in_zp, + 3 slack bytes (" in src) == dw_padded  # arena scratch
     assert "int8_t pad[" not in src
+    assert src.count("sc_i8_mul(") == (2 if name == "mul_tail" else 0)
 
 
 def test_pair_kernels_clean_under_asan_ubsan(tmp_path):
     from helpers import SANITIZE_FLAGS, require_sanitizer
 
     require_sanitizer()
-    for name in ("gru_rows_tail", "conv_cin1_odd_kw", "conv_dilation", "conv_interior_nobias", "depthwise_stride_dil", "linear_odd", "pw_odd_plane",
+    for name in ("gru_rows_tail", "mul_tail", "conv_cin1_odd_kw", "k3_cin1_kh5", "k3_cin1_3x3", "k3_stride2_pad", "k3_dilation_y",
+                 "k3_wout1", "k3_stride3_crop", "conv_dilation", "conv_interior_nobias", "depthwise_stride_dil", "linear_odd", "pw_odd_plane",
                  "pw_tail_single", "pw_cin2_conv1d", "c1k5_odd", "c1k5_pad_kh3", "c1k5_conv1d",
                  "dw3_pad_odd", "dw3_wout1", "dw_stride2_5x5", "dw3_stride2"):
         _check(name, tmp_path / name, [DSP + SANITIZE_FLAGS], n=4)
 
 
 def test_portable_dsp_helpers_match_their_definition(tmp_path):
-    """sc_sxtb16 / sc_sxtb16_ror8 / sc_smlad(x) / sc_smla<x><y> / sc_smmlar / sc_ssub16 (portable C on the host)
+    """sc_sxtb16 / sc_sxtb16_ror8 / sc_smlad(x) / sc_smla<x><y> / sc_smmlar / sc_ssub16 / sc_uxtb16(_ror8) (portable C on the host)
     against the Arm definitions."""
     rng = np.random.default_rng(1)
     words = np.concatenate([rng.integers(0, 2**32, 300, dtype=np.uint64),
@@ -160,11 +197,12 @@ def test_portable_dsp_helpers_match_their_definition(tmp_path):
         f"static const uint32_t w[] = {{{', '.join(f'{int(v)}u' for v in words)}}};\n"
         "int main(void) {\n    unsigned i; const unsigned n = sizeof w / sizeof w[0];\n"
         "    for (i = 0; i < n; ++i) {\n        const uint32_t b = w[n - 1 - i]; const int32_t c = (int32_t)i - 100;\n"
-        "        printf(\"%lu %lu %ld %ld %ld %ld %ld %ld %ld %lu\\n\", (unsigned long)sc_sxtb16(w[i]),\n"
+        "        printf(\"%lu %lu %ld %ld %ld %ld %ld %ld %ld %lu %lu %lu\\n\", (unsigned long)sc_sxtb16(w[i]),\n"
         "        (unsigned long)sc_sxtb16_ror8(w[i]), (long)sc_smlad(w[i], b, c), (long)sc_smladx(w[i], b, c),\n"
         "        (long)sc_smlabb(w[i], b, c), (long)sc_smlabt(w[i], b, c), (long)sc_smlatb(w[i], b, c),\n"
         "        (long)sc_smlatt(w[i], b, c), (long)sc_smmlar((int32_t)w[i], (int32_t)b, c),\n"
-        "        (unsigned long)sc_ssub16(w[i], b));\n    }\n"
+        "        (unsigned long)sc_ssub16(w[i], b), (unsigned long)sc_uxtb16(w[i]), (unsigned long)sc_uxtb16_ror8(w[i]));\n"
+        "    }\n"
         "    return 0;\n}\n"
     )
     exe = tmp_path / "h"
@@ -194,7 +232,8 @@ def test_portable_dsp_helpers_match_their_definition(tmp_path):
         smmlar = (((c << 32) + s32[0] * s32[1] + 2**31) >> 32) & 0xFFFFFFFF
         smmlar = (smmlar ^ 2**31) - 2**31
         ssub16 = ((v - b) & 0xFFFF) | ((((v >> 16) - (b >> 16)) & 0xFFFF) << 16)
-        assert tuple(got[i]) == (sxtb16(v), sxtb16(ror8), smlad, smladx, *mla, smmlar, ssub16), (hex(v), hex(b))
+        uxtb16 = v & 0x00FF00FF, ror8 & 0x00FF00FF
+        assert tuple(got[i]) == (sxtb16(v), sxtb16(ror8), smlad, smladx, *mla, smmlar, ssub16, *uxtb16), (hex(v), hex(b))
 
 
 # ---- Cortex-M: real SMLAD on the M4, plain kernels on the M3 -----------------------------------------
@@ -202,10 +241,10 @@ def test_portable_dsp_helpers_match_their_definition(tmp_path):
 
 def _board_net():
     torch.manual_seed(11)
-    # sc_i8_conv_q8_c1k5 (a partial quad, 7), the 3x3 depthwise kernel (odd width), the generic padded-plane one,
-    # and the 3x3 stride-2 one,
-    return _seq(nn.Conv2d(1, 6, (3, 5), padding=(1, 2)), nn.ReLU(), nn.Conv2d(6, 6, 3, padding=1, groups=6), nn.ReLU(),
-                nn.Conv2d(6, 6, 3, padding=1, stride=2, groups=6),
+    # sc_i8_conv_q8_c1k5 (a partial quad, 7), the 3-wide sc_i8_conv_q8_k3 (18 kernel rows: 4 blocks + 2 single
+    # rows, odd width), the 3x3 depthwise kernel (odd width), the generic padded-plane one, and the 3x3 stride-2 one,
+    return _seq(nn.Conv2d(1, 6, (3, 5), padding=(1, 2)), nn.Conv2d(6, 6, 3, padding=1), nn.ReLU(),
+                nn.Conv2d(6, 6, 3, padding=1, groups=6), nn.ReLU(), nn.Conv2d(6, 6, 3, padding=1, stride=2, groups=6),
                 nn.Conv2d(6, 6, 5, padding=2, stride=(2, 1), groups=6), nn.ReLU(), nn.Conv2d(6, 5, (3, 2), stride=(1, 2)), nn.ReLU(),
                 nn.Conv2d(5, 8, 1), nn.ReLU(), nn.Flatten(), nn.LazyLinear(12), nn.ReLU(), nn.Linear(12, 7),
                 nn.Linear(7, 5))  # fmt: skip
@@ -215,19 +254,23 @@ def _disassembly(elf: Path) -> str:
     return subprocess.run(["arm-none-eabi-objdump", "-d", str(elf)], capture_output=True, text=True, check=True).stdout
 
 
-@pytest.mark.parametrize("target,cppflags,expect_dsp", [("m4", "", True), ("m4", "-DSC_INT8_DSP=0", False),
-                                                        ("m3", "", False)])  # fmt: skip
-def test_board_bit_exact_with_and_without_dsp(target, cppflags, expect_dsp, tmp_path):
+@pytest.mark.parametrize("target,cppflags,expect_dsp,opt", [("m4", "", True, "-O2"), ("m4", "-DSC_INT8_DSP=0", False, "-O2"),
+                                                            ("m3", "", False, "-O2"), ("m4", "", True, "-Os"),
+                                                            ("m3", "", False, "-Os")])  # fmt: skip
+def test_board_bit_exact_with_and_without_dsp(target, cppflags, expect_dsp, opt, tmp_path):
     _require_board()
     from codegen import board
 
     net = _board_net()
     net(torch.zeros(1, 1, 9, 7))
     res, _ = emit_integer(net, (1, 1, 9, 7), tmp_path)
-    make_vars = {"CPPFLAGS": f"-I. {cppflags}"} if cppflags else None
+    assert "sc_i8_conv_q8_k3(" in (res.directory / "model.c").read_text()
+    make_vars = {"ARM_OPT": opt, **({"CPPFLAGS": f"-I. {cppflags}"} if cppflags else {})}
     run = board.run(res.directory, target, make_vars=make_vars)
     assert run.exit_code == 0, run.stdout + run.stderr
     assert run.max_abs_error == 0.0
+    if opt == "-Os":  # the -Os forms (no SC_I8_FAST_REQ: no SMMLAR requantization)
+        return
     dis = _disassembly(res.directory / "build" / target / "model.elf")
     for insn in ("smlad", "smladx", "sxtb16", "smmlar"):
         assert (f"\t{insn}\t" in dis) == expect_dsp, insn
@@ -343,6 +386,42 @@ def test_small_value_requantization_matches_reference(tmp_path):
     bad = np.flatnonzero(got[:, 0] != want)
     assert bad.size == 0, f"x={x[ok][bad[0]]} mult={mult[ok][bad[0]]} shift={shift[ok][bad[0]]}: C {got[bad[0], 0]} ref {want[bad[0]]}"
     assert np.array_equal(got[:, 1], np.clip(want + zp[ok], lo[ok], hi[ok]))
+
+
+@pytest.mark.parametrize("opt", ["-O2", "-Os"])
+@pytest.mark.parametrize("target", ["m4", "m3"])
+def test_k3_conv_bit_exact_on_board(target, opt, tmp_path):
+    """The 3-wide kernel (sc_i8_conv_q8_k3: SXTB16/PKHBT column and the asm 2x2 loop on the M4, plain C on the
+    M3) with every output compared: 9 kernel rows (2 blocks + 1) at stride 2 with padding, then (5, 3) over
+    40 rows (10 blocks), odd widths."""
+    _require_board()
+    from codegen import board
+
+    torch.manual_seed(5)
+    net = _seq(nn.Conv2d(3, 8, 3, stride=2, padding=1), nn.ReLU(), nn.Conv2d(8, 5, (5, 3), padding=(2, 1)))
+    res, _ = emit_integer(net, (1, 3, 9, 10), tmp_path)
+    assert (res.directory / "model.c").read_text().count("sc_i8_conv_q8_k3(") == 2
+    run = board.run(res.directory, target, make_vars={"ARM_OPT": opt})
+    assert run.exit_code == 0, run.stdout + run.stderr
+    assert run.max_abs_error == 0.0 and len(run.outputs) == 5 * 5 * 5
+
+
+@pytest.mark.parametrize("target", ["m4", "m3"])
+def test_gru_after_relu_bit_exact_on_board(target, tmp_path):
+    """The gate projection of inputs with zero point -128 (after a ReLU: EOR + UXTB16 on the M4) and the SMMLAR
+    requantization every gate row passes (sc_i8_rnn_proj's mm argument = 1), every output compared."""
+    _require_board()
+    from codegen import board
+
+    torch.manual_seed(2)
+    res, _ = emit_integer(_seq(nn.ReLU(), _Rnn(nn.GRU(8, 6, batch_first=True))), (1, 5, 8), tmp_path)
+    src = (res.directory / "model.c").read_text()
+    assert ", -128, " in src and src.count(", 1, gx);") == 1 and src.count(", 1, gh);") == 1
+    run = board.run(res.directory, target)
+    assert run.exit_code == 0, run.stdout + run.stderr
+    assert run.max_abs_error == 0.0 and len(run.outputs) == 5 * 6
+    if target == "m4":
+        assert "\tuxtb16\t" in _disassembly(res.directory / "build" / target / "model.elf")
 
 
 class _Elementwise(nn.Module):

@@ -536,7 +536,8 @@ void sc_entry(void) { sc_rc = model_run_int8(in, out); for (;;) {} }
 
 def test_integer_path_links_no_soft_float_on_m3(tmp_path):
     """The integer path alone, built for the Cortex-M3 (soft float) with -ffunction-sections and
-    --gc-sections: no __aeabi_f*/__aeabi_d* (soft-float) helper is linked."""
+    --gc-sections: no __aeabi_f*/__aeabi_d* (soft-float) helper is linked (libc only for memcpy / memset,
+    which the padded-plane kernels call)."""
     _require_board()
     res, _ = emit_integer(_small_cnn(), (1, 1, 8, 8), tmp_path)
     d = res.directory
@@ -544,7 +545,7 @@ def test_integer_path_links_no_soft_float_on_m3(tmp_path):
     elf = tmp_path / "int8.elf"
     cmd = ["arm-none-eabi-gcc", "-mcpu=cortex-m3", "-mthumb", "-mfloat-abi=soft", "-std=c99", "-O2", "-Wall", "-Wextra",
            "-Werror", "-pedantic", "-ffunction-sections", "-fdata-sections", f"-I{d}", str(d / "model.c"),
-           str(tmp_path / "entry.c"), "-nostartfiles", "-nostdlib", "-Wl,--gc-sections", "-Wl,-e,sc_entry", "-lgcc",
+           str(tmp_path / "entry.c"), "-nostartfiles", "-nostdlib", "-Wl,--gc-sections", "-Wl,-e,sc_entry", "-lc", "-lgcc",
            "-o", str(elf)]  # fmt: skip
     subprocess.run(cmd, check=True, capture_output=True)
     syms = subprocess.run(["arm-none-eabi-nm", str(elf)], capture_output=True, text=True, check=True).stdout

@@ -94,6 +94,10 @@ class Conv2d(ir.Windowed):
             if int8_c1k5(self, w.kernel):  # the input plane copied with in_zp borders first
                 pad8 = ir.Scratch("int8_t", "pad", c1k5_pad_bytes(self), "input plane with in_zp borders", arena=True)
                 return ir.KernelChoice("sc_i8_conv_q8_c1k5", pad8)
+            if int8_k3(self, w.kernel):  # the kernel rows of each output row copied with in_zp borders first
+                k3 = ir.Scratch("uint32_t", "scratch", k3_scratch_words(self),
+                                "2 windows as int16 pairs, then the kernel rows' input rows", arena=True)  # fmt: skip
+                return ir.KernelChoice("sc_i8_conv_q8_k3", k3)
             pad_bytes = dw_pad_bytes(self, w.kernel)
             if pad_bytes:  # depthwise: each channel copied into an in_zp-padded plane first
                 pad8 = ir.Scratch("int8_t", "pad", pad_bytes, "input plane padded with in_zp, + 3 slack bytes", arena=True)
@@ -233,9 +237,48 @@ def c1k5_pad_bytes(op: Conv2d) -> int:
     return (op.out_shape[1] + op.kernel[0] - 1) * wp
 
 
+def k3_groups(op: Conv2d) -> int:
+    """4-tap weight groups per output channel of the 3-wide kernel (``SC_I8_K3_GROUPS``): 3 per block of 4
+    kernel rows (C_in x kh rows), 1 per remaining row."""
+    rows = op.in_shape[0] * op.kernel[0]
+    return rows // 4 * 3 + rows % 4
+
+
+def k3_scratch_words(op: Conv2d) -> int:
+    """uint32 words of the 3-wide kernel's arena scratch (``SC_I8_K3_SCRATCH_WORDS``): the column of 2
+    positions (4 words per group) and the band of kernel rows, each (W_out - 1) * stride + 4 bytes."""
+    wp = (op.out_shape[2] - 1) * op.stride[1] + 4
+    return 4 * k3_groups(op) + (op.in_shape[0] * op.kernel[0] * wp + 3) // 4
+
+
+def int8_k3(op: ir.Op, weight_kernel: str) -> bool:
+    """The int8 3-wide kernel (``sc_i8_conv_q8_k3``) runs: groups == 1, kernel width 3, dilation 1 along x
+    (any height, stride, padding), dense int8 weights (stored in ``k3_weight_order``), neither pointwise nor
+    C_in == 1 5-wide, scratch within ``integer.DSP_SCRATCH_MAX_BYTES``. Its bias holds -in_zp * sum(q)."""
+    return (isinstance(op, Conv2d) and op.groups == 1 and op.kernel[1] == 3 and op.dilation[1] == 1
+            and weight_kernel == "q8" and 4 * k3_scratch_words(op) <= integer.DSP_SCRATCH_MAX_BYTES)  # fmt: skip
+
+
+K3_BLOCK_ORDER = ((0, 0), (1, 0), (0, 2), (1, 2), (2, 0), (3, 0), (2, 2), (3, 2), (0, 1), (2, 1), (1, 1), (3, 1))
+
+
+def k3_weight_order(q: np.ndarray, op: Conv2d) -> np.ndarray:
+    """The weights [C_out, C_in * kh * 3] as ``sc_i8_conv_q8_k3`` reads them, 4 * ``k3_groups`` bytes per
+    output channel: per block of 4 kernel rows r0..r3 the 12 bytes w0(r0) w0(r1) w2(r0) w2(r1) w0(r2) w0(r3)
+    w2(r2) w2(r3) w1(r0) w1(r2) w1(r1) w1(r3) (wk(r): tap k of row r, ``K3_BLOCK_ORDER``), then per remaining
+    row w0 w1 w2 0."""
+    co = q.shape[0]
+    rows = q.reshape(co, -1, 3)
+    n4 = rows.shape[1] // 4 * 4
+    b = rows[:, :n4].reshape(co, n4 // 4, 4, 3)  # [co, block, row in block, tap]
+    blocks = np.stack([b[:, :, r, k] for r, k in K3_BLOCK_ORDER], axis=2).reshape(co, -1)
+    tail = np.concatenate([rows[:, n4:], np.zeros((co, rows.shape[1] - n4, 1), q.dtype)], axis=2).reshape(co, -1)
+    return np.concatenate([blocks, tail], axis=1)
+
+
 def int8_folds_input_zp(op: ir.Op, weight_kernel: str) -> bool:
     """The int8 conv kernel multiplies raw inputs (its bias holds -in_zp * sum(q))."""
-    return int8_pointwise(op, weight_kernel) or int8_c1k5(op, weight_kernel)
+    return int8_pointwise(op, weight_kernel) or int8_c1k5(op, weight_kernel) or int8_k3(op, weight_kernel)
 
 
 def pw_column_words(op: Conv2d) -> int:
@@ -279,6 +322,9 @@ class ConvInt8(integer.Int8Handler):
 
     def quantize(self, op: Conv2d, ctx: integer.Int8Context, qo: integer.QOp) -> None:
         integer.quantize_weighted(op, ctx, qo, fold_input_zp=lambda kernel: int8_folds_input_zp(op, kernel))
+        if int8_k3(op, ctx.encoded["weight"].kernel):  # stored in the kernel's order (the reference keeps q)
+            ctx.encoded["weight"] = integer.encode_q(k3_weight_order(qo.consts["q"], op), ctx.base + "_w",
+                                                     ctx.representation, op.source, encoding=ctx.encoded["weight"].encoding)  # fmt: skip
         qo.scalars["pw"] = int(int8_pointwise(op, ctx.encoded["weight"].kernel))
         qo.scalars["folded"] = int(int8_folds_input_zp(op, ctx.encoded["weight"].kernel))
         qo.scalars["dsp_col"] = dsp_column_words(op, ctx.encoded["weight"].kernel)

@@ -206,6 +206,9 @@ def recurrent_state_ranges(g: ir.Graph, cal: integer.Calibration) -> None:
             cal.value_ranges[op.output] = list(H_RANGE)
 
 
+MM_EMAX = 21  # SC_I8_MM_EMAX (runtime_c/sc_fixed.h): the largest right shift of the SMMLAR requantization
+
+
 @integer.register_int8(Recurrent)
 class RecurrentInt8(integer.Int8Handler):
     """One LSTM/GRU layer: per step gx = W_ih (x - zp_x) and gh = W_hh h requantized to Q12 (+ bias in Q12),
@@ -232,6 +235,8 @@ class RecurrentInt8(integer.Int8Handler):
                 ctx.int_array(src + sfx, f"_w{k}", "int8_t", q.reshape(-1))
                 ctx.int_array("mult_" + k, f"_m{k}", "int32_t", qo.consts["m" + k])
                 ctx.int_array("shift_" + k, f"_s{k}", "int8_t", qo.consts["s" + k])
+                # every row's requantization takes sc_i8_rnn_proj's SMMLAR form (its `mm` argument)
+                qo.scalars["mm_" + k] = int(all(-MM_EMAX <= v <= -1 for v in qo.consts["s" + k]) and q.shape[1] < 2**15)
                 b = op.params.get(("bias_ih" if key == "x" else "bias_hh") + sfx)
                 if b is not None:
                     bq = np.clip(np.rint(b.astype(np.float64) * one), -(2**30), 2**30).astype(np.int64)
