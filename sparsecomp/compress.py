@@ -724,7 +724,9 @@ def compress_NN_models(  # noqa: N802 - public name fixed by the issue
     :class:`CompressionError` on unusable models or loaders.
 
     The model is moved to ``device`` and modified in place (weights, and layers replaced by
-    their factorizations).  Nothing is written to disk unless ``checkpoint_path`` is given
+    their factorizations or by narrower layers when channels are pruned: its state_dict then loads
+    only into the compressed structure; ``layers_factorization=False, channel_pruning=False`` keep
+    the given structure).  Nothing is written to disk unless ``checkpoint_path`` is given
     (the final state_dict is saved there).  ``sensitivity`` may be a
     :class:`SensitivityResult` or the CSV path written by :func:`sensitivity_analysis`;
     layers missing from it are analysed.  ``max_batches_per_epoch`` and ``time_limit``

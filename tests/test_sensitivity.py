@@ -80,8 +80,8 @@ def test_compressor_reads_analysis_csv_and_saves_checkpoint_only_when_asked(setu
     monkeypatch.setattr(cm, "sensitivity_analysis", lambda *a, **k: pytest.fail("CSV must be reused"))
     m = copy.deepcopy(model)
     r = cm.compress_NN_models(m, "1200B", loader, loader, val_loader=loader, sensitivity=tmp_path / "s.csv",
-                              checkpoint_path=tmp_path / "best.pt", layers_factorization=False, num_epochs=1,
-                              max_rounds=1, progress=False, accuracy_tolerance=0.2, representation="csr")
+                              checkpoint_path=tmp_path / "best.pt", layers_factorization=False, channel_pruning=False,
+                              num_epochs=1, max_rounds=1, progress=False, accuracy_tolerance=0.2, representation="csr")
     fresh = copy.deepcopy(model)
     fresh.load_state_dict(torch.load(tmp_path / "best.pt", weights_only=True))
     assert all(torch.equal(a, b) for a, b in zip(fresh.state_dict().values(), m.state_dict().values()))
