@@ -141,6 +141,12 @@ def _run_eager(model: torch.nn.Module, x: torch.Tensor):
         where = f" in layer '{entered[-1]}' ({type(model.get_submodule(entered[-1])).__name__})" \
             if entered and entered[-1] else ""
         why = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        if "indices" in why and ("Long" in why or "Int" in why):
+            raise CodegenError(
+                f"the model fails on a float32 input{where}: {why}. The generated C takes float32 inputs, so the "
+                "example input is converted to float32; integer inputs (token ids for nn.Embedding, index "
+                "tensors) are not supported. Look the embeddings up outside the model and pass them as its input"
+            ) from exc
         raise CodegenError(
             f"the model fails on an input of shape {tuple(x.shape)}{where}: {why}. Check the input shape "
             "(input_shape / --input-shape, with the batch dimension of 1 first): it must be the one the model "

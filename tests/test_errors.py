@@ -195,3 +195,20 @@ def test_untraceable_model_names_the_offending_line(tmp_path):
     src, start = inspect.getsourcelines(DataDependent.forward)
     line = start + next(i for i, s in enumerate(src) if "if x.sum() > 0" in s)
     assert f"at {inspect.getsourcefile(DataDependent)}:{line}, in forward (if x.sum() > 0:)" in str(ei.value)
+
+
+def test_integer_token_input_is_explained(tmp_path):
+    """nn.Embedding needs integer ids; the C takes float32 inputs: the error says so instead of blaming the shape."""
+
+    class Tokens(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.emb = nn.Embedding(50, 8)
+            self.fc = nn.Linear(8, 2)
+
+        def forward(self, x):
+            return self.fc(self.emb(x).mean(1))
+
+    with pytest.raises(CodegenError, match="integer inputs .*nn.Embedding") as exc:
+        save_compressed_model(Tokens().eval(), "dense", torch.randint(0, 50, (1, 9)), tmp_path / "m")
+    assert "layer 'emb'" in str(exc.value) and not (tmp_path / "m").exists()
