@@ -92,8 +92,9 @@ def _scores_softmax_values(b: _Builder, q: fx.Node, k: fx.Node, v: fx.Node, scal
     return b.fn(torch.matmul, p, v)
 
 
-def _mha(gm: fx.GraphModule, b: _Builder, path: str, mod: nn.MultiheadAttention, q_in: Any, k_in: Any, v_in: Any,
-         shape_of: dict[Any, tuple[int, ...]]) -> fx.Node:  # fmt: skip
+def _mha(b: _Builder, path: str, mod: nn.MultiheadAttention, q_in: Any, k_in: Any, v_in: Any, lq: int,
+         lk: int) -> fx.Node:
+    """The attention of ``mod`` on (1, lq, E) queries and (1, lk, E) keys / values."""
     if not mod.batch_first:
         raise _fail(path, "nn.MultiheadAttention with batch_first=False takes (L, N, E) inputs; the C runs one "
                     "sample with the batch dimension first", "Construct it with batch_first=True")  # fmt: skip
@@ -102,7 +103,6 @@ def _mha(gm: fx.GraphModule, b: _Builder, path: str, mod: nn.MultiheadAttention,
                     "Construct it without them")  # fmt: skip
     e, h = mod.embed_dim, mod.num_heads
     d = e // h
-    (_, lq, _), (_, lk, _) = shape_of[q_in], shape_of[k_in]
     bias = b.attr(f"{path}.in_proj_bias") if mod.in_proj_bias is not None else None
 
     def project(x: Any, i: int, separate: str) -> fx.Node:
@@ -133,11 +133,10 @@ def _no_masks(path: str, node: fx.Node, names: dict[str, int]) -> None:
             raise _fail(path, f"it is called with {name}", "Call it without masks (the C runs unmasked attention)")
 
 
-def _encoder_layer(gm: fx.GraphModule, b: _Builder, path: str, mod: nn.TransformerEncoderLayer, x: Any,
-                   shape_of: dict[Any, tuple[int, ...]]) -> Any:  # fmt: skip
+def _encoder_layer(b: _Builder, path: str, mod: nn.TransformerEncoderLayer, x: Any, length: int) -> Any:
+    """One encoder layer on a (1, length, E) sequence."""
     def sa(t: Any) -> fx.Node:
-        shape_of[t] = shape_of[x]
-        return _mha(gm, b, f"{path}.self_attn", mod.self_attn, t, t, t, shape_of)
+        return _mha(b, f"{path}.self_attn", mod.self_attn, t, t, t, length, length)
 
     def act(t: fx.Node) -> fx.Node:
         a = mod.activation
@@ -197,9 +196,8 @@ def decompose_attention(gm: fx.GraphModule) -> int:
             path = str(node.target)
             _no_masks(path, node, {"key_padding_mask": 3, "attn_mask": 5, "is_causal": 7})
             q, k, v = (_arg(node, i, nm) for i, nm in enumerate(("query", "key", "value")))
-            shape_of = {t: _shape(t) for t in (q, k, v)}
             b = _Builder(gm, node)
-            out = _mha(gm, b, path, mod, q, k, v, shape_of)
+            out = _mha(b, path, mod, q, k, v, _shape(q)[1], _shape(k)[1])
             _replace_tuple_output(path, node, out)
             gm.graph.erase_node(node)
             n += 1
@@ -212,15 +210,14 @@ def decompose_attention(gm: fx.GraphModule) -> int:
                 _no_masks(path, node, {"src_mask": 1, "src_key_padding_mask": 2, "is_causal": 3})
             else:
                 _no_masks(path, node, {"mask": 1, "src_key_padding_mask": 2, "is_causal": 3})
-            shape_of = {x: _shape(x)}
+            length = _shape(x)[1]
             b = _Builder(gm, node)
             y = x
             for lp, layer in layers:
                 if not layer.self_attn.batch_first:
                     raise _fail(lp, "nn.TransformerEncoderLayer with batch_first=False takes (L, N, E) inputs",
                                 "Construct it with batch_first=True")  # fmt: skip
-                y = _encoder_layer(gm, b, lp, layer, y, shape_of)
-                shape_of[y] = shape_of[x]
+                y = _encoder_layer(b, lp, layer, y, length)
             if isinstance(mod, nn.TransformerEncoder) and mod.norm is not None:
                 y = b.module(f"{path}.norm", y)
             node.replace_all_uses_with(y)

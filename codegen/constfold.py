@@ -32,6 +32,7 @@ from typing import Any
 import torch
 import torch.fx as fx
 from torch.fx.node import map_arg
+from torch.fx.passes.shape_prop import ShapeProp
 
 log = logging.getLogger(__name__)
 
@@ -61,6 +62,19 @@ def _fetch(gm: fx.GraphModule, target: str) -> Any:
     return obj
 
 
+def simplify_graph(gm: fx.GraphModule, x: torch.Tensor) -> None:
+    """What every front end does to its traced graph before lowering: attention rewritten
+    (``codegen.attention``; shapes propagated again on ``x``), eval-mode identities removed, parameter-only
+    computations folded."""
+    from codegen.attention import decompose_attention
+
+    if decompose_attention(gm):
+        with torch.no_grad():
+            ShapeProp(gm).propagate(x.clone())
+    remove_eval_identities(gm)
+    fold_constants(gm)
+
+
 def remove_eval_identities(gm: fx.GraphModule) -> int:
     """Replaces torchvision's stochastic_depth in eval mode (training=False, or p=0) by its input."""
     n = 0
@@ -69,11 +83,11 @@ def remove_eval_identities(gm: fx.GraphModule) -> int:
             continue
         if not str(getattr(node.target, "__module__", "")).startswith("torchvision"):
             continue
-        args = list(node.args) + [None] * 4
-        p = node.kwargs.get("p", args[1])
-        training = node.kwargs.get("training", args[3] if len(node.args) > 3 else True)
-        if isinstance(args[0], fx.Node) and (training is False or p == 0):
-            node.replace_all_uses_with(args[0])
+        x = node.kwargs.get("input", node.args[0] if node.args else None)
+        p = node.kwargs.get("p", node.args[1] if len(node.args) > 1 else None)
+        training = node.kwargs.get("training", node.args[3] if len(node.args) > 3 else True)
+        if isinstance(x, fx.Node) and (training is False or p == 0):
+            node.replace_all_uses_with(x)
             gm.graph.erase_node(node)
             n += 1
     if n:

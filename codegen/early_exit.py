@@ -45,12 +45,10 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.fx as fx
-from torch.fx.passes.shape_prop import ShapeProp
 
 from codegen import api, emission, emit, formats, ir, tiling
 from codegen import intermittent as nvm
-from codegen.attention import decompose_attention
-from codegen.constfold import fold_constants, remove_eval_identities
+from codegen.constfold import simplify_graph
 from codegen.errors import CodegenError
 from codegen.formats import CArray
 from codegen.lower import lower
@@ -329,10 +327,7 @@ def analyze_backbone(backbone: torch.nn.Module, example_input, exit_points: Sequ
     m = prepare_model(backbone)
     x = example_from(example_input)
     gm = trace(m, x, leaf_modules, concrete_args)
-    if decompose_attention(gm):
-        ShapeProp(gm).propagate(x.clone())
-    remove_eval_identities(gm)
-    fold_constants(gm)
+    simplify_graph(gm, x)
     nodes = resolve_exit_nodes(gm, exit_points)
     g, env = lower_with_env(gm)
     points = locate_exits(g, env, nodes, exit_points)

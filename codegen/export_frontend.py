@@ -37,8 +37,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch.fx.passes.shape_prop import ShapeProp
 
-from codegen.attention import decompose_attention
-from codegen.constfold import fold_constants, remove_eval_identities
+from codegen.constfold import simplify_graph
 from codegen.errors import CodegenError, UntraceableModelError
 from codegen.lowering import LOWERINGS, NameAllocator
 from codegen.trace import offending_line, trace
@@ -371,11 +370,7 @@ def trace_model(
     Then attention rewritten (``codegen.attention``; shapes propagated again) and ``codegen.constfold``:
     eval-mode identities removed, parameter-only computations folded."""
     gm = _trace_either(model, x, leaf_modules, concrete_args)
-    if decompose_attention(gm):
-        with torch.no_grad():
-            ShapeProp(gm).propagate(x.clone())
-    remove_eval_identities(gm)
-    fold_constants(gm)
+    simplify_graph(gm, x)
     return gm
 
 
