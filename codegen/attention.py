@@ -27,6 +27,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from codegen.errors import UnsupportedConfigError
+from codegen.trace import recompile
 
 log = logging.getLogger(__name__)
 
@@ -225,6 +226,6 @@ def decompose_attention(gm: fx.GraphModule) -> int:
             n += 1
     if n:
         gm.graph.lint()
-        gm.recompile()
+        recompile(gm)
         log.debug("rewrote %d attention op(s)", n)
     return n

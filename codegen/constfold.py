@@ -34,6 +34,8 @@ import torch.fx as fx
 from torch.fx.node import map_arg
 from torch.fx.passes.shape_prop import ShapeProp
 
+from codegen.trace import recompile
+
 log = logging.getLogger(__name__)
 
 # never folded: their value changes from call to call
@@ -91,7 +93,7 @@ def remove_eval_identities(gm: fx.GraphModule) -> int:
             gm.graph.erase_node(node)
             n += 1
     if n:
-        gm.recompile()
+        recompile(gm)
     return n
 
 
@@ -147,6 +149,6 @@ def fold_constants(gm: fx.GraphModule) -> int:
             graph.erase_node(node)
             dead += 1
     if made or dead:
-        gm.recompile()
+        recompile(gm)
     log.debug("folded %d constant subgraph(s)", made)
     return made

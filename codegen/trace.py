@@ -79,6 +79,12 @@ def graph_module(root: torch.nn.Module, graph: fx.Graph, class_name: str = "Grap
         return fx.GraphModule(root, graph, class_name)
 
 
+def recompile(gm: fx.GraphModule) -> None:
+    """``gm.recompile()`` after a graph rewrite, for submodule names that are not Python identifiers too."""
+    with _quoted_fx_targets():
+        gm.recompile()
+
+
 def prepare_model(model: torch.nn.Module) -> torch.nn.Module:
     """A float32 CPU copy of the model in eval mode; the user's model is left untouched."""
     if not isinstance(model, torch.nn.Module):

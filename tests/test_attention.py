@@ -174,3 +174,22 @@ def test_keyword_transformer_on_the_m4(tmp_path):
                           calibration_data=torch.randn(16, 10, 12))  # fmt: skip
     result = cboard.run(tmp_path / "kwt8", "m4")
     assert result.passed, result.stdout + result.stderr
+
+
+class HostileNames(nn.Module):
+    """Attention and a layer scale under submodule / parameter names that are not Python identifiers: the
+    rewritten graph must still compile as Python (codegen.trace.recompile) and reach C only escaped."""
+
+    def __init__(self):
+        super().__init__()
+        self.add_module('a*/"\\n#x', nn.MultiheadAttention(8, 2, batch_first=True))
+        self.add_module("g*/ */", nn.Linear(8, 3))
+        self.register_parameter("s'\"", nn.Parameter(torch.rand(6, 1) + 0.5))
+
+    def forward(self, x):
+        y, _ = getattr(self, 'a*/"\\n#x')(x, x, x)
+        return getattr(self, "g*/ */")(y * getattr(self, "s'\"").reshape(1, 6, 1))
+
+
+def test_rewritten_graph_with_hostile_names(tmp_path):
+    run(HostileNames(), (1, 6, 8), "dense", tmp_path)
